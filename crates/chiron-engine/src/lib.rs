@@ -1,0 +1,135 @@
+//! The Chiron ML engine: dynamic-shape tensors with autodiff and optimizers.
+//!
+//! The enclave runtime executes every tensor operation a sandboxed provider program asks
+//! for through the [`Backend`] trait. The trait is deliberately small and shape-checked so
+//! that a faster backend (libtorch, a GPU) can be added without changing the host ABI that
+//! provider programs are compiled against. [`FlexBackend`] is the default, pure-Rust
+//! implementation on top of `burn`'s `flex` CPU backend.
+//!
+//! Every operation validates its arguments before touching the engine, because its inputs
+//! come from untrusted code: a bad shape is an [`EngineError`], never a panic.
+//!
+//! ```
+//! use chiron_engine::{Backend, FlexBackend, Unary};
+//! let engine = FlexBackend::new();
+//! let x = engine.constant(&[1, 3], vec![1.0, -2.0, 3.0]).unwrap();
+//! let y = engine.unary(Unary::Relu, &x).unwrap();
+//! assert_eq!(engine.read(&y).unwrap(), vec![1.0, 0.0, 3.0]);
+//! ```
+
+mod error;
+mod flex;
+mod optim;
+mod shape;
+
+pub use error::EngineError;
+pub use flex::FlexBackend;
+pub use optim::{Optimizer, OptimizerKind};
+pub use shape::{MAX_RANK, Shape};
+
+/// The operations the runtime's ML engine offers to provider programs.
+///
+/// Tensors are `f32`, of rank 1 to [`MAX_RANK`], in row-major layout. Images are `NCHW`.
+/// Implementations must check every precondition and return [`EngineError`] instead of
+/// panicking: the arguments come from untrusted code.
+pub trait Backend {
+    /// A tensor handle. Cloning is cheap (reference counted) and shares storage.
+    type Tensor: Clone;
+    /// Gradients produced by one backward pass.
+    type Gradients;
+
+    /// A constant tensor (no gradient) from row-major data.
+    fn constant(&self, shape: &[usize], data: Vec<f32>) -> Result<Self::Tensor, EngineError>;
+    /// A trainable parameter (gradient retained by [`Backend::backward`]).
+    fn parameter(&self, shape: &[usize], data: Vec<f32>) -> Result<Self::Tensor, EngineError>;
+    /// The tensor's shape.
+    fn shape(&self, t: &Self::Tensor) -> Shape;
+    /// Copies the tensor's values out, row-major.
+    fn read(&self, t: &Self::Tensor) -> Result<Vec<f32>, EngineError>;
+    /// The same values, cut from any autodiff graph (for evaluation and optimizer state).
+    fn detach(&self, t: &Self::Tensor) -> Self::Tensor;
+
+    /// 2-D convolution: `x` is `[N, C, H, W]`, `w` is `[O, C, KH, KW]`, `b` is `[O]`.
+    fn conv2d(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        b: Option<&Self::Tensor>,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self::Tensor, EngineError>;
+    /// 2-D max pooling over `[N, C, H, W]` with a square window.
+    fn max_pool2d(
+        &self,
+        x: &Self::Tensor,
+        kernel: usize,
+        stride: usize,
+    ) -> Result<Self::Tensor, EngineError>;
+    /// Affine map `x · w + b` with `x` `[N, I]`, `w` `[I, O]`, `b` `[O]`.
+    fn linear(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        b: Option<&Self::Tensor>,
+    ) -> Result<Self::Tensor, EngineError>;
+    /// Element-wise unary function.
+    fn unary(&self, op: Unary, x: &Self::Tensor) -> Result<Self::Tensor, EngineError>;
+    /// Element-wise binary function of two tensors of the same shape.
+    fn binary(
+        &self,
+        op: Binary,
+        a: &Self::Tensor,
+        b: &Self::Tensor,
+    ) -> Result<Self::Tensor, EngineError>;
+    /// `scale · x + shift`, element-wise.
+    fn affine(&self, x: &Self::Tensor, scale: f32, shift: f32)
+    -> Result<Self::Tensor, EngineError>;
+    /// The same values viewed with another shape of the same element count.
+    fn reshape(&self, x: &Self::Tensor, shape: &[usize]) -> Result<Self::Tensor, EngineError>;
+    /// Mean softmax cross-entropy of logits `[N, C]` against class indices `[N]` (as `f32`).
+    /// Returns a one-element tensor.
+    fn cross_entropy(
+        &self,
+        logits: &Self::Tensor,
+        labels: &Self::Tensor,
+    ) -> Result<Self::Tensor, EngineError>;
+    /// Mean over all elements, as a one-element tensor.
+    fn mean(&self, x: &Self::Tensor) -> Result<Self::Tensor, EngineError>;
+
+    /// Back-propagates from a one-element tensor.
+    fn backward(&self, loss: &Self::Tensor) -> Result<Self::Gradients, EngineError>;
+    /// The gradient of `param` in `grads`, if it took part in the pass.
+    fn grad(&self, grads: &Self::Gradients, param: &Self::Tensor) -> Option<Self::Tensor>;
+    /// Re-wraps updated values as a trainable parameter.
+    fn into_parameter(&self, t: Self::Tensor) -> Self::Tensor;
+}
+
+/// Element-wise unary functions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Unary {
+    /// `max(x, 0)`.
+    Relu,
+    /// Hyperbolic tangent.
+    Tanh,
+    /// Logistic sigmoid.
+    Sigmoid,
+    /// Square root (optimizer internals).
+    Sqrt,
+    /// Softmax over the last dimension.
+    Softmax,
+}
+
+/// Element-wise binary functions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Binary {
+    /// `a + b`.
+    Add,
+    /// `a - b`.
+    Sub,
+    /// `a * b`.
+    Mul,
+    /// `a / b`.
+    Div,
+}

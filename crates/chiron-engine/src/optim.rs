@@ -1,0 +1,175 @@
+//! Optimizers, written once over [`Backend`] operations so every backend gets them.
+
+use crate::{Backend, Binary, EngineError, Unary};
+
+/// Which update rule an [`Optimizer`] applies, with its hyper-parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum OptimizerKind {
+    /// Stochastic gradient descent with heavy-ball momentum (PyTorch's formulation) and
+    /// L2 weight decay.
+    Sgd {
+        /// Learning rate.
+        lr: f32,
+        /// Momentum factor; 0 disables momentum.
+        momentum: f32,
+        /// L2 penalty added to the gradient.
+        weight_decay: f32,
+    },
+    /// Adam with bias correction and L2 weight decay.
+    Adam {
+        /// Learning rate.
+        lr: f32,
+        /// First-moment decay.
+        beta1: f32,
+        /// Second-moment decay.
+        beta2: f32,
+        /// Denominator stabiliser.
+        eps: f32,
+        /// L2 penalty added to the gradient.
+        weight_decay: f32,
+    },
+}
+
+impl OptimizerKind {
+    /// Checks that every hyper-parameter is finite and in range.
+    pub fn validate(&self) -> Result<(), EngineError> {
+        let ok = match *self {
+            Self::Sgd { lr, momentum, weight_decay } => {
+                lr.is_finite() && lr > 0.0 && (0.0..1.0).contains(&momentum) && weight_decay.is_finite() && weight_decay >= 0.0
+            }
+            Self::Adam { lr, beta1, beta2, eps, weight_decay } => {
+                lr.is_finite()
+                    && lr > 0.0
+                    && (0.0..1.0).contains(&beta1)
+                    && (0.0..1.0).contains(&beta2)
+                    && eps.is_finite()
+                    && eps > 0.0
+                    && weight_decay.is_finite()
+                    && weight_decay >= 0.0
+            }
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(EngineError::Argument {
+                op: "optimizer",
+                detail: format!("hyper-parameters out of range: {self:?}"),
+            })
+        }
+    }
+}
+
+/// An optimizer over a fixed list of parameters, holding its per-parameter state.
+pub struct Optimizer<B: Backend> {
+    kind: OptimizerKind,
+    step: u32,
+    first: Vec<Option<B::Tensor>>,
+    second: Vec<Option<B::Tensor>>,
+}
+
+impl<B: Backend> Optimizer<B> {
+    /// An optimizer for `params` parameters.
+    pub fn new(kind: OptimizerKind, params: usize) -> Result<Self, EngineError> {
+        kind.validate()?;
+        Ok(Self {
+            kind,
+            step: 0,
+            first: vec![None; params],
+            second: vec![None; params],
+        })
+    }
+
+    /// Changes the learning rate (for schedules).
+    pub fn set_lr(&mut self, new_lr: f32) -> Result<(), EngineError> {
+        let mut kind = self.kind;
+        match &mut kind {
+            OptimizerKind::Sgd { lr, .. } | OptimizerKind::Adam { lr, .. } => *lr = new_lr,
+        }
+        kind.validate()?;
+        self.kind = kind;
+        Ok(())
+    }
+
+    /// How many parameters this optimizer updates.
+    pub fn len(&self) -> usize {
+        self.first.len()
+    }
+
+    /// Whether it updates no parameter.
+    pub fn is_empty(&self) -> bool {
+        self.first.is_empty()
+    }
+
+    /// Applies one update to `params` from `grads`. Parameters without a gradient are left
+    /// unchanged.
+    pub fn step(
+        &mut self,
+        engine: &B,
+        params: &mut [B::Tensor],
+        grads: &B::Gradients,
+    ) -> Result<(), EngineError> {
+        if params.len() != self.first.len() {
+            return Err(EngineError::Argument {
+                op: "optimizer_step",
+                detail: format!("{} parameters for an optimizer of {}", params.len(), self.first.len()),
+            });
+        }
+        self.step = self.step.saturating_add(1);
+        for (i, param) in params.iter_mut().enumerate() {
+            let Some(grad) = engine.grad(grads, param) else {
+                continue;
+            };
+            let value = engine.detach(param);
+            let updated = match self.kind {
+                OptimizerKind::Sgd { lr, momentum, weight_decay } => {
+                    let g = decayed(engine, grad, &value, weight_decay)?;
+                    let direction = if momentum > 0.0 {
+                        let v = match self.first[i].take() {
+                            Some(v) => engine.binary(Binary::Add, &engine.affine(&v, momentum, 0.0)?, &g)?,
+                            None => g,
+                        };
+                        self.first[i] = Some(v.clone());
+                        v
+                    } else {
+                        g
+                    };
+                    engine.binary(Binary::Sub, &value, &engine.affine(&direction, lr, 0.0)?)?
+                }
+                OptimizerKind::Adam { lr, beta1, beta2, eps, weight_decay } => {
+                    let g = decayed(engine, grad, &value, weight_decay)?;
+                    let g2 = engine.binary(Binary::Mul, &g, &g)?;
+                    let m = blend(engine, self.first[i].take(), &g, beta1)?;
+                    let v = blend(engine, self.second[i].take(), &g2, beta2)?;
+                    let t = self.step as i32;
+                    let m_hat = engine.affine(&m, 1.0 / (1.0 - beta1.powi(t)), 0.0)?;
+                    let v_hat = engine.affine(&v, 1.0 / (1.0 - beta2.powi(t)), 0.0)?;
+                    let denom = engine.affine(&engine.unary(Unary::Sqrt, &v_hat)?, 1.0, eps)?;
+                    let delta = engine.binary(Binary::Div, &m_hat, &denom)?;
+                    self.first[i] = Some(m);
+                    self.second[i] = Some(v);
+                    engine.binary(Binary::Sub, &value, &engine.affine(&delta, lr, 0.0)?)?
+                }
+            };
+            *param = engine.into_parameter(updated);
+        }
+        Ok(())
+    }
+}
+
+fn decayed<B: Backend>(engine: &B, grad: B::Tensor, value: &B::Tensor, weight_decay: f32) -> Result<B::Tensor, EngineError> {
+    if weight_decay > 0.0 {
+        engine.binary(Binary::Add, &grad, &engine.affine(value, weight_decay, 0.0)?)
+    } else {
+        Ok(grad)
+    }
+}
+
+/// `beta · previous + (1 − beta) · fresh`, starting from zero.
+fn blend<B: Backend>(engine: &B, previous: Option<B::Tensor>, fresh: &B::Tensor, beta: f32) -> Result<B::Tensor, EngineError> {
+    let scaled = engine.affine(fresh, 1.0 - beta, 0.0)?;
+    match previous {
+        Some(p) => engine.binary(Binary::Add, &engine.affine(&p, beta, 0.0)?, &scaled),
+        None => Ok(scaled),
+    }
+}

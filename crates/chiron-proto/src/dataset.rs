@@ -1,0 +1,167 @@
+//! The owner's dataset: a public header and the plaintext record layout.
+//!
+//! The header is public by design (DESIGN.md, leakage rules): shape, element encoding, example
+//! counts and class count. The plaintext body, which only the enclave ever sees, is
+//!
+//! ```text
+//! labels   : (train_count + valid_count) × u32 little-endian, each < classes
+//! features : (train_count + valid_count) × feature_len × element size
+//! ```
+//!
+//! Training examples come first, then the validation examples the owner held out.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Largest accepted plaintext body (16 GiB); a sanity bound, not a quota.
+pub const MAX_PLAINTEXT_LEN: u64 = 16 << 30;
+/// Largest accepted dimension of one example's features.
+pub const MAX_DIM: u32 = 1 << 16;
+/// Largest accepted class count.
+pub const MAX_CLASSES: u32 = 1 << 16;
+
+/// What kind of examples a dataset holds; tells the provider program which model family fits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DatasetKind {
+    /// Images, features `[channels, height, width]`.
+    Image,
+    /// Tabular rows, features `[columns]`, standardised per column by the owner's client.
+    Tabular,
+}
+
+/// How one feature value is stored in the plaintext body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ElementEncoding {
+    /// One byte, read as `value / 255.0` (image pixels).
+    U8Unit,
+    /// An `f32`, little-endian.
+    F32,
+}
+
+impl ElementEncoding {
+    /// Bytes per stored value.
+    pub fn size(self) -> usize {
+        match self {
+            Self::U8Unit => 1,
+            Self::F32 => 4,
+        }
+    }
+}
+
+/// The public description of an encrypted dataset.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetHeader {
+    /// Image or tabular.
+    pub kind: DatasetKind,
+    /// Shape of one example's features: `[c, h, w]` for images, `[columns]` for tables.
+    pub dims: Vec<u32>,
+    /// Storage of each feature value.
+    pub encoding: ElementEncoding,
+    /// Number of classes; labels are `0..classes`.
+    pub classes: u32,
+    /// Examples to train on.
+    pub train_count: u32,
+    /// Examples held out for validation metrics (reported to the owner only).
+    pub valid_count: u32,
+}
+
+/// A header that cannot describe a dataset.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum HeaderError {
+    /// Rank or a dimension out of range.
+    #[error("feature shape {0:?} is not supported (rank 1 for tables, 3 for images, dims 1..={MAX_DIM})")]
+    Shape(Vec<u32>),
+    /// Fewer than two or too many classes.
+    #[error("class count {0} is outside 2..={MAX_CLASSES}")]
+    Classes(u32),
+    /// No training examples.
+    #[error("the dataset has no training examples")]
+    Empty,
+    /// The body would exceed [`MAX_PLAINTEXT_LEN`].
+    #[error("the dataset body would be {0} bytes, above the {MAX_PLAINTEXT_LEN}-byte limit")]
+    TooLarge(u64),
+}
+
+impl DatasetHeader {
+    /// Checks that the header is self-consistent and within limits.
+    pub fn validate(&self) -> Result<(), HeaderError> {
+        let rank_ok = match self.kind {
+            DatasetKind::Image => self.dims.len() == 3,
+            DatasetKind::Tabular => self.dims.len() == 1,
+        };
+        if !rank_ok || self.dims.iter().any(|&d| d == 0 || d > MAX_DIM) {
+            return Err(HeaderError::Shape(self.dims.clone()));
+        }
+        if !(2..=MAX_CLASSES).contains(&self.classes) {
+            return Err(HeaderError::Classes(self.classes));
+        }
+        if self.train_count == 0 {
+            return Err(HeaderError::Empty);
+        }
+        let len = self.plaintext_len_unchecked();
+        if len > MAX_PLAINTEXT_LEN as u128 {
+            return Err(HeaderError::TooLarge(u64::try_from(len).unwrap_or(u64::MAX)));
+        }
+        Ok(())
+    }
+
+    /// Values per example.
+    pub fn feature_len(&self) -> usize {
+        self.dims.iter().map(|&d| d as usize).product()
+    }
+
+    /// Examples in both splits.
+    pub fn total_count(&self) -> u64 {
+        u64::from(self.train_count) + u64::from(self.valid_count)
+    }
+
+    /// Exact length of the plaintext body, for a validated header.
+    pub fn plaintext_len(&self) -> Result<u64, HeaderError> {
+        self.validate()?;
+        // validate() bounded it by MAX_PLAINTEXT_LEN.
+        Ok(self.plaintext_len_unchecked() as u64)
+    }
+
+    fn plaintext_len_unchecked(&self) -> u128 {
+        let n = u128::from(self.total_count());
+        let features = self.dims.iter().map(|&d| u128::from(d)).product::<u128>();
+        n * 4 + n * features * self.encoding.size() as u128
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fashion() -> DatasetHeader {
+        DatasetHeader {
+            kind: DatasetKind::Image,
+            dims: vec![1, 28, 28],
+            encoding: ElementEncoding::U8Unit,
+            classes: 10,
+            train_count: 60_000,
+            valid_count: 0,
+        }
+    }
+
+    #[test]
+    fn plaintext_length_counts_labels_and_pixels() {
+        assert_eq!(fashion().plaintext_len(), Ok(60_000 * 4 + 60_000 * 784));
+    }
+
+    #[test]
+    fn rejects_inconsistent_headers() {
+        let mut h = fashion();
+        h.dims = vec![784];
+        assert!(matches!(h.validate(), Err(HeaderError::Shape(_))));
+        let mut h = fashion();
+        h.classes = 1;
+        assert_eq!(h.validate(), Err(HeaderError::Classes(1)));
+        let mut h = fashion();
+        h.train_count = 0;
+        assert_eq!(h.validate(), Err(HeaderError::Empty));
+        let mut h = fashion();
+        h.dims = vec![4096, 4096, 4096];
+        assert!(matches!(h.validate(), Err(HeaderError::TooLarge(_))));
+    }
+}

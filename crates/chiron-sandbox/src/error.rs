@@ -1,0 +1,90 @@
+use chiron_engine::EngineError;
+use thiserror::Error;
+
+/// Why a provider program was refused or stopped.
+///
+/// The [`Display`](std::fmt::Display) text may name shapes and limits the program chose; it is
+/// meant for the data owner's encrypted event stream. What the untrusted host may see is only
+/// [`SandboxError::public_class`].
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum SandboxError {
+    /// The module is not a valid Chiron program (bad wasm, a forbidden import, a missing
+    /// export). Refused before any of it runs.
+    #[error("program refused at load: {0}")]
+    Refused(String),
+    /// The program used the host ABI wrongly (unknown handle, bad pointer, bad shape...).
+    #[error("program misused the host ABI in {call}: {detail}")]
+    Abi {
+        /// The ABI function.
+        call: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The engine refused an operation the program asked for.
+    #[error("tensor operation failed: {0}")]
+    Engine(#[from] EngineError),
+    /// A resource limit was reached.
+    #[error("program exceeded its {0}")]
+    Limit(Limit),
+    /// The program trapped on its own (a panic, `unreachable`, a division by zero...).
+    #[error("program trapped: {0}")]
+    Trap(String),
+    /// `train` returned without calling `save_model`.
+    #[error("program finished training without saving a model")]
+    NoModel,
+    /// `predict` returned without calling `set_output`, or with scores of the wrong shape.
+    #[error("program produced no valid output: {0}")]
+    BadOutput(String),
+    /// The wasm engine itself failed (a runtime bug, not the program's doing).
+    #[error("sandbox failure: {0}")]
+    Internal(String),
+}
+
+/// The resource limits a program can exhaust.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    /// The job's wall-clock budget.
+    TimeBudget,
+    /// The instruction (fuel) budget.
+    Fuel,
+    /// Linear-memory size.
+    Memory,
+    /// Runtime-side tensor memory.
+    TensorMemory,
+    /// Number of live handles.
+    Handles,
+    /// Wasm call-stack depth.
+    Stack,
+}
+
+impl std::fmt::Display for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::TimeBudget => "time budget",
+            Self::Fuel => "instruction budget",
+            Self::Memory => "linear-memory limit",
+            Self::TensorMemory => "tensor-memory quota",
+            Self::Handles => "handle limit",
+            Self::Stack => "stack limit",
+        })
+    }
+}
+
+impl SandboxError {
+    /// A fixed label, independent of any detail, for what the untrusted host may log.
+    pub fn public_class(&self) -> &'static str {
+        match self {
+            Self::Refused(_) => "program refused",
+            Self::Internal(_) => "sandbox failure",
+            _ => "program failed",
+        }
+    }
+
+    pub(crate) fn abi(call: &'static str, detail: impl Into<String>) -> Self {
+        Self::Abi {
+            call,
+            detail: detail.into(),
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! A trained model as the runtime holds it between `save_model` and sealing.
+
+use chiron_proto::dataset::DatasetHeader;
+use serde::{Deserialize, Serialize};
+
+/// Largest number of tensors in one model.
+pub const MAX_MODEL_TENSORS: usize = 4096;
+
+/// The tensors and metadata a program saved, plus the public header of the data it was
+/// trained on (so `predict` sees the same shapes). Plaintext: it only ever leaves the
+/// enclave sealed.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Model {
+    /// Header of the training data.
+    pub header: Option<DatasetHeader>,
+    /// Each tensor's shape and row-major values.
+    pub tensors: Vec<(Vec<usize>, Vec<f32>)>,
+    /// The program's free-form metadata (its architecture).
+    pub meta: Vec<u8>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Weights are the provider's secret and may encode training data: never print them.
+        f.debug_struct("Model")
+            .field("tensors", &self.tensors.len())
+            .field("meta_len", &self.meta.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A model encoding that does not decode or does not make sense.
+#[derive(Debug, thiserror::Error)]
+#[error("model encoding is invalid: {0}")]
+pub struct ModelFormatError(String);
+
+impl Model {
+    /// Number of parameters (public: it sizes the sealed blob).
+    pub fn parameter_count(&self) -> usize {
+        self.tensors.iter().map(|(_, v)| v.len()).sum()
+    }
+
+    /// Encodes the model for sealing.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // Serialising plain vectors into a Vec cannot fail.
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    /// Decodes and validates a model unsealed by the runtime.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ModelFormatError> {
+        let model: Self =
+            postcard::from_bytes(bytes).map_err(|e| ModelFormatError(e.to_string()))?;
+        if model.tensors.len() > MAX_MODEL_TENSORS {
+            return Err(ModelFormatError("too many tensors".into()));
+        }
+        for (dims, values) in &model.tensors {
+            let shape =
+                chiron_engine::Shape::new(dims).map_err(|e| ModelFormatError(e.to_string()))?;
+            if shape.elements() != values.len() {
+                return Err(ModelFormatError("a tensor's values do not fill its shape".into()));
+            }
+        }
+        if let Some(h) = &model.header {
+            h.validate().map_err(|e| ModelFormatError(e.to_string()))?;
+        }
+        Ok(model)
+    }
+}

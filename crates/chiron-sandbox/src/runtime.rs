@@ -1,0 +1,640 @@
+//! The runtime side of the host ABI: handle tables, quotas and the meaning of each call,
+//! independent of how the program is executed (wasm here; natively for reference runs).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chiron_engine::{Backend, Binary, Optimizer, OptimizerKind, Unary};
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+use crate::data::{Split, TrainingData};
+use crate::error::{Limit, SandboxError};
+use crate::model::Model;
+
+/// ABI constant for an absent optional tensor.
+pub const NONE: u32 = u32::MAX;
+/// Longest metric name accepted.
+pub const MAX_METRIC_NAME: usize = 32;
+/// Largest model metadata accepted.
+pub const MAX_MODEL_META: usize = 64 * 1024;
+/// Longest batch a single call may request.
+pub const MAX_BATCH: u32 = 1 << 16;
+
+/// Resource limits for one run of a program.
+#[derive(Clone, Debug)]
+pub struct Quotas {
+    /// Live tensor elements across all handles.
+    pub tensor_elements: u64,
+    /// Live handles (tensors and optimisers).
+    pub handles: usize,
+    /// Metric events per run.
+    pub metrics: usize,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Self {
+            tensor_elements: 1 << 28,
+            handles: 1 << 14,
+            metrics: 4096,
+        }
+    }
+}
+
+/// A metric the program reported, for the owner's eyes only.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Metric {
+    /// The program's name for it.
+    pub name: String,
+    /// The epoch it belongs to.
+    pub epoch: u32,
+    /// Its value.
+    pub value: f32,
+}
+
+/// Where a run gets its inputs and sends its outputs.
+pub enum Mode {
+    /// `train`: a dataset to learn from.
+    Train {
+        /// The decrypted dataset.
+        data: Arc<TrainingData>,
+        /// The owner's epoch budget, passed to the program.
+        epochs: u32,
+        /// Receives metrics as they are reported.
+        metrics: Box<dyn FnMut(Metric) + Send>,
+    },
+    /// `predict`: a model and one query's inputs.
+    Predict {
+        /// The model being served.
+        model: Arc<Model>,
+        /// Input shape `[n, ...dims]`.
+        input_shape: Vec<usize>,
+        /// Input values, row-major.
+        input: Vec<f32>,
+    },
+}
+
+enum Entry<B: Backend> {
+    Tensor(B::Tensor, u64),
+    Optimizer(Box<Optimizer<B>>, Vec<u32>),
+}
+
+/// The state behind one program run: every handle it holds and everything it produced.
+pub struct Runtime<B: Backend> {
+    engine: B,
+    quotas: Quotas,
+    entries: HashMap<u32, Entry<B>>,
+    next_handle: u32,
+    live_elements: u64,
+    rng: ChaCha20Rng,
+    mode: Mode,
+    metrics_sent: usize,
+    saved: Option<Model>,
+    output: Option<(Vec<usize>, Vec<f32>)>,
+}
+
+type Result<T> = std::result::Result<T, SandboxError>;
+
+impl<B: Backend> Runtime<B> {
+    /// A fresh runtime with no handles, seeded random stream and the given mode.
+    pub fn new(engine: B, quotas: Quotas, seed: [u8; 32], mode: Mode) -> Self {
+        Self {
+            engine,
+            quotas,
+            entries: HashMap::new(),
+            next_handle: 1,
+            live_elements: 0,
+            rng: ChaCha20Rng::from_seed(seed),
+            mode,
+            metrics_sent: 0,
+            saved: None,
+            output: None,
+        }
+    }
+
+    /// The model saved by `train`, if any.
+    pub fn take_model(&mut self) -> Option<Model> {
+        self.saved.take()
+    }
+
+    /// The scores set by `predict`, if any, with their shape.
+    pub fn take_output(&mut self) -> Option<(Vec<usize>, Vec<f32>)> {
+        self.output.take()
+    }
+
+    // --- handle table ---
+
+    fn insert(&mut self, t: B::Tensor) -> Result<u32> {
+        let elements = self.engine.shape(&t).elements() as u64;
+        if self.entries.len() >= self.quotas.handles {
+            return Err(SandboxError::Limit(Limit::Handles));
+        }
+        let live = self.live_elements.saturating_add(elements);
+        if live > self.quotas.tensor_elements {
+            return Err(SandboxError::Limit(Limit::TensorMemory));
+        }
+        let handle = self.next_handle;
+        // Handles are never reused, so a stale handle cannot alias a newer tensor.
+        self.next_handle = self
+            .next_handle
+            .checked_add(1)
+            .filter(|&h| h != NONE)
+            .ok_or(SandboxError::Limit(Limit::Handles))?;
+        self.live_elements = live;
+        self.entries.insert(handle, Entry::Tensor(t, elements));
+        Ok(handle)
+    }
+
+    fn tensor(&self, call: &'static str, handle: u32) -> Result<&B::Tensor> {
+        match self.entries.get(&handle) {
+            Some(Entry::Tensor(t, _)) => Ok(t),
+            Some(Entry::Optimizer(..)) => Err(SandboxError::abi(
+                call,
+                format!("handle {handle} is an optimizer, not a tensor"),
+            )),
+            None => Err(SandboxError::abi(call, format!("unknown handle {handle}"))),
+        }
+    }
+
+    fn optional(&self, call: &'static str, handle: u32) -> Result<Option<&B::Tensor>> {
+        if handle == NONE {
+            Ok(None)
+        } else {
+            self.tensor(call, handle).map(Some)
+        }
+    }
+
+    /// Releases a handle.
+    pub fn free(&mut self, handle: u32) -> Result<()> {
+        match self.entries.remove(&handle) {
+            Some(Entry::Tensor(_, elements)) => {
+                self.live_elements -= elements;
+                Ok(())
+            }
+            Some(Entry::Optimizer(..)) => Ok(()),
+            None => Err(SandboxError::abi("free", format!("unknown handle {handle}"))),
+        }
+    }
+
+    // --- dataset ---
+
+    fn training(&self, call: &'static str) -> Result<&Arc<TrainingData>> {
+        match &self.mode {
+            Mode::Train { data, .. } => Ok(data),
+            Mode::Predict { .. } => Err(SandboxError::abi(call, "only available in train")),
+        }
+    }
+
+    /// Dataset kind: 0 image, 1 tabular.
+    pub fn dataset_kind(&self) -> Result<u32> {
+        use chiron_proto::dataset::DatasetKind;
+        Ok(match self.header("dataset_kind")?.kind {
+            DatasetKind::Image => 0,
+            DatasetKind::Tabular => 1,
+        })
+    }
+
+    fn header(&self, call: &'static str) -> Result<&chiron_proto::dataset::DatasetHeader> {
+        match &self.mode {
+            Mode::Train { data, .. } => Ok(data.header()),
+            Mode::Predict { model, .. } => model
+                .header
+                .as_ref()
+                .ok_or_else(|| SandboxError::abi(call, "no dataset header")),
+        }
+    }
+
+    /// Examples in a split.
+    pub fn dataset_count(&self, split: u32) -> Result<u32> {
+        let split = parse_split("dataset_count", split)?;
+        Ok(self.training("dataset_count")?.count(split))
+    }
+
+    /// Rank of one example.
+    pub fn dataset_rank(&self) -> Result<u32> {
+        Ok(self.header("dataset_rank")?.dims.len() as u32)
+    }
+
+    /// One dimension of an example.
+    pub fn dataset_dim(&self, axis: u32) -> Result<u32> {
+        self.header("dataset_dim")?
+            .dims
+            .get(axis as usize)
+            .copied()
+            .ok_or_else(|| SandboxError::abi("dataset_dim", format!("no axis {axis}")))
+    }
+
+    /// Class count.
+    pub fn dataset_classes(&self) -> Result<u32> {
+        Ok(self.header("dataset_classes")?.classes)
+    }
+
+    /// The owner's epoch budget.
+    pub fn budget_epochs(&self) -> Result<u32> {
+        match &self.mode {
+            Mode::Train { epochs, .. } => Ok(*epochs),
+            Mode::Predict { .. } => Err(SandboxError::abi("budget_epochs", "only in train")),
+        }
+    }
+
+    /// Features of a batch.
+    pub fn batch_features(&mut self, split: u32, indices: &[u32]) -> Result<u32> {
+        const CALL: &str = "batch_features";
+        let (data, split) = self.batch_request(CALL, split, indices)?;
+        let values = data
+            .features(split, indices)
+            .ok_or_else(|| SandboxError::abi(CALL, "example index out of range"))?;
+        let mut shape = vec![indices.len()];
+        shape.extend(data.header().dims.iter().map(|&d| d as usize));
+        let t = self.engine.constant(&shape, values)?;
+        self.insert(t)
+    }
+
+    /// Labels of a batch.
+    pub fn batch_labels(&mut self, split: u32, indices: &[u32]) -> Result<u32> {
+        const CALL: &str = "batch_labels";
+        let (data, split) = self.batch_request(CALL, split, indices)?;
+        let values = data
+            .labels(split, indices)
+            .ok_or_else(|| SandboxError::abi(CALL, "example index out of range"))?;
+        let t = self.engine.constant(&[indices.len()], values)?;
+        self.insert(t)
+    }
+
+    fn batch_request(
+        &self,
+        call: &'static str,
+        split: u32,
+        indices: &[u32],
+    ) -> Result<(Arc<TrainingData>, Split)> {
+        let split = parse_split(call, split)?;
+        if indices.is_empty() || indices.len() > MAX_BATCH as usize {
+            return Err(SandboxError::abi(
+                call,
+                format!("batch of {} outside 1..={MAX_BATCH}", indices.len()),
+            ));
+        }
+        Ok((Arc::clone(self.training(call)?), split))
+    }
+
+    /// The next 64 bits of the seeded stream.
+    pub fn random_u64(&mut self) -> u64 {
+        self.rng.next_u64()
+    }
+
+    // --- tensors ---
+
+    /// A constant tensor from program memory.
+    pub fn tensor_from(&mut self, data: Vec<f32>, shape: &[usize]) -> Result<u32> {
+        let t = self.engine.constant(shape, data)?;
+        self.insert(t)
+    }
+
+    /// A fresh parameter.
+    pub fn parameter(&mut self, shape: &[usize], init: u32, a: f32) -> Result<u32> {
+        const CALL: &str = "parameter";
+        let shape_checked = chiron_engine::Shape::new(shape)?;
+        let n = shape_checked.elements();
+        if !a.is_finite() || a < 0.0 {
+            return Err(SandboxError::abi(CALL, "scale must be finite and non-negative"));
+        }
+        // Check the quota before generating values, so a huge request costs nothing.
+        if self.live_elements.saturating_add(n as u64) > self.quotas.tensor_elements {
+            return Err(SandboxError::Limit(Limit::TensorMemory));
+        }
+        let values: Vec<f32> = match init {
+            0 => vec![0.0; n],
+            1 => (0..n).map(|_| self.rng.gen_range(-1.0f32..=1.0) * a).collect(),
+            2 => (0..n).map(|_| normal(&mut self.rng) * a).collect(),
+            other => return Err(SandboxError::abi(CALL, format!("unknown init {other}"))),
+        };
+        let t = self.engine.parameter(shape, values)?;
+        self.insert(t)
+    }
+
+    /// The shape of a tensor.
+    pub fn shape(&self, handle: u32) -> Result<Vec<usize>> {
+        let t = self.tensor("shape", handle)?;
+        Ok(self.engine.shape(t).dims().to_vec())
+    }
+
+    /// The values of a tensor.
+    pub fn read(&self, handle: u32) -> Result<Vec<f32>> {
+        let t = self.tensor("read", handle)?;
+        Ok(self.engine.read(t)?)
+    }
+
+    /// Convolution.
+    pub fn conv2d(&mut self, x: u32, w: u32, b: u32, stride: u32, padding: u32) -> Result<u32> {
+        const CALL: &str = "conv2d";
+        let out = self.engine.conv2d(
+            self.tensor(CALL, x)?,
+            self.tensor(CALL, w)?,
+            self.optional(CALL, b)?,
+            stride as usize,
+            padding as usize,
+        )?;
+        self.insert(out)
+    }
+
+    /// Max pooling.
+    pub fn max_pool2d(&mut self, x: u32, kernel: u32, stride: u32) -> Result<u32> {
+        let out =
+            self.engine
+                .max_pool2d(self.tensor("max_pool2d", x)?, kernel as usize, stride as usize)?;
+        self.insert(out)
+    }
+
+    /// Affine layer.
+    pub fn linear(&mut self, x: u32, w: u32, b: u32) -> Result<u32> {
+        const CALL: &str = "linear";
+        let out = self.engine.linear(
+            self.tensor(CALL, x)?,
+            self.tensor(CALL, w)?,
+            self.optional(CALL, b)?,
+        )?;
+        self.insert(out)
+    }
+
+    /// Element-wise unary op by ABI code.
+    pub fn unary(&mut self, op: u32, x: u32) -> Result<u32> {
+        let op = match op {
+            0 => Unary::Relu,
+            1 => Unary::Tanh,
+            2 => Unary::Sigmoid,
+            3 => Unary::Sqrt,
+            4 => Unary::Softmax,
+            other => return Err(SandboxError::abi("unary", format!("unknown op {other}"))),
+        };
+        let out = self.engine.unary(op, self.tensor("unary", x)?)?;
+        self.insert(out)
+    }
+
+    /// Element-wise binary op by ABI code.
+    pub fn binary(&mut self, op: u32, a: u32, b: u32) -> Result<u32> {
+        const CALL: &str = "binary";
+        let op = match op {
+            0 => Binary::Add,
+            1 => Binary::Sub,
+            2 => Binary::Mul,
+            3 => Binary::Div,
+            other => return Err(SandboxError::abi(CALL, format!("unknown op {other}"))),
+        };
+        let out = self
+            .engine
+            .binary(op, self.tensor(CALL, a)?, self.tensor(CALL, b)?)?;
+        self.insert(out)
+    }
+
+    /// `scale * x + shift`.
+    pub fn affine(&mut self, x: u32, scale: f32, shift: f32) -> Result<u32> {
+        let out = self.engine.affine(self.tensor("affine", x)?, scale, shift)?;
+        self.insert(out)
+    }
+
+    /// Reshape.
+    pub fn reshape(&mut self, x: u32, shape: &[usize]) -> Result<u32> {
+        let out = self.engine.reshape(self.tensor("reshape", x)?, shape)?;
+        self.insert(out)
+    }
+
+    /// Cross-entropy loss.
+    pub fn cross_entropy(&mut self, logits: u32, labels: u32) -> Result<u32> {
+        const CALL: &str = "cross_entropy";
+        let out = self
+            .engine
+            .cross_entropy(self.tensor(CALL, logits)?, self.tensor(CALL, labels)?)?;
+        self.insert(out)
+    }
+
+    /// Mean of all elements.
+    pub fn mean(&mut self, x: u32) -> Result<u32> {
+        let out = self.engine.mean(self.tensor("mean", x)?)?;
+        self.insert(out)
+    }
+
+    /// Rows whose arg-max equals the label.
+    pub fn count_correct(&self, logits: u32, labels: u32) -> Result<u32> {
+        const CALL: &str = "count_correct";
+        let (l, y) = (self.tensor(CALL, logits)?, self.tensor(CALL, labels)?);
+        let dims = self.engine.shape(l).dims().to_vec();
+        let [n, classes] = dims[..] else {
+            return Err(SandboxError::abi(CALL, format!("logits {dims:?} are not [N, C]")));
+        };
+        if self.engine.shape(y).dims() != [n] {
+            return Err(SandboxError::abi(CALL, "labels are not [N]"));
+        }
+        let (scores, labels) = (self.engine.read(l)?, self.engine.read(y)?);
+        let correct = scores
+            .chunks_exact(classes)
+            .zip(labels)
+            .filter(|(row, label)| argmax(row) as f32 == *label)
+            .count();
+        Ok(correct as u32)
+    }
+
+    // --- optimisers ---
+
+    /// A new optimiser over parameter handles.
+    pub fn optimizer(&mut self, params: Vec<u32>, kind: OptimizerKind) -> Result<u32> {
+        const CALL: &str = "optimizer";
+        for &p in &params {
+            self.tensor(CALL, p)?;
+        }
+        let mut sorted = params.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        if sorted.len() != params.len() {
+            return Err(SandboxError::abi(CALL, "a parameter is listed twice"));
+        }
+        let opt = Optimizer::new(kind, params.len())?;
+        if self.entries.len() >= self.quotas.handles {
+            return Err(SandboxError::Limit(Limit::Handles));
+        }
+        let handle = self.next_handle;
+        self.next_handle = self
+            .next_handle
+            .checked_add(1)
+            .filter(|&h| h != NONE)
+            .ok_or(SandboxError::Limit(Limit::Handles))?;
+        self.entries
+            .insert(handle, Entry::Optimizer(Box::new(opt), params));
+        Ok(handle)
+    }
+
+    /// Changes an optimiser's learning rate.
+    pub fn optimizer_set_lr(&mut self, opt: u32, lr: f32) -> Result<()> {
+        match self.entries.get_mut(&opt) {
+            Some(Entry::Optimizer(o, _)) => Ok(o.set_lr(lr)?),
+            _ => Err(SandboxError::abi("optimizer_set_lr", format!("{opt} is not an optimizer"))),
+        }
+    }
+
+    /// Back-propagates from `loss` and updates the optimiser's parameters in place.
+    pub fn optimizer_step(&mut self, opt: u32, loss: u32) -> Result<()> {
+        const CALL: &str = "optimizer_step";
+        let grads = self.engine.backward(self.tensor(CALL, loss)?)?;
+        let Some(Entry::Optimizer(mut optimizer, params)) = self.entries.remove(&opt) else {
+            return Err(SandboxError::abi(CALL, format!("{opt} is not an optimizer")));
+        };
+        let result = self.apply_step(&mut optimizer, &params, &grads);
+        self.entries
+            .insert(opt, Entry::Optimizer(optimizer, params));
+        result
+    }
+
+    fn apply_step(
+        &mut self,
+        optimizer: &mut Optimizer<B>,
+        params: &[u32],
+        grads: &B::Gradients,
+    ) -> Result<()> {
+        const CALL: &str = "optimizer_step";
+        let mut values = params
+            .iter()
+            .map(|&p| self.tensor(CALL, p).cloned())
+            .collect::<Result<Vec<_>>>()?;
+        optimizer.step(&self.engine, &mut values, grads)?;
+        for (&p, v) in params.iter().zip(values) {
+            if let Some(Entry::Tensor(t, _)) = self.entries.get_mut(&p) {
+                *t = v;
+            }
+        }
+        Ok(())
+    }
+
+    // --- results ---
+
+    /// Records a metric for the owner.
+    pub fn report_metric(&mut self, name: &[u8], epoch: u32, value: f32) -> Result<()> {
+        const CALL: &str = "report_metric";
+        let Mode::Train { metrics, .. } = &mut self.mode else {
+            return Err(SandboxError::abi(CALL, "only available in train"));
+        };
+        if name.is_empty() || name.len() > MAX_METRIC_NAME {
+            return Err(SandboxError::abi(CALL, "name must be 1..=32 bytes"));
+        }
+        let name = std::str::from_utf8(name)
+            .map_err(|_| SandboxError::abi(CALL, "name is not UTF-8"))?;
+        if self.metrics_sent >= self.quotas.metrics {
+            return Err(SandboxError::abi(CALL, "too many metrics"));
+        }
+        self.metrics_sent += 1;
+        metrics(Metric {
+            name: name.to_owned(),
+            epoch,
+            value,
+        });
+        Ok(())
+    }
+
+    /// Saves the model (the last call wins).
+    pub fn save_model(&mut self, params: &[u32], meta: Vec<u8>) -> Result<()> {
+        const CALL: &str = "save_model";
+        let header = self.training(CALL)?.header().clone();
+        if meta.len() > MAX_MODEL_META {
+            return Err(SandboxError::abi(CALL, "metadata above 64 KiB"));
+        }
+        let mut tensors = Vec::with_capacity(params.len());
+        for &p in params {
+            let t = self.tensor(CALL, p)?;
+            let dims = self.engine.shape(t).dims().to_vec();
+            tensors.push((dims, self.engine.read(t)?));
+        }
+        self.saved = Some(Model {
+            header: Some(header),
+            tensors,
+            meta,
+        });
+        Ok(())
+    }
+
+    fn model(&self, call: &'static str) -> Result<&Arc<Model>> {
+        match &self.mode {
+            Mode::Predict { model, .. } => Ok(model),
+            Mode::Train { .. } => Err(SandboxError::abi(call, "only available in predict")),
+        }
+    }
+
+    /// Tensors in the loaded model.
+    pub fn model_len(&self) -> Result<u32> {
+        Ok(self.model("model_len")?.tensors.len() as u32)
+    }
+
+    /// A model tensor as a constant.
+    pub fn model_tensor(&mut self, index: u32) -> Result<u32> {
+        const CALL: &str = "model_tensor";
+        let model = Arc::clone(self.model(CALL)?);
+        let (dims, values) = model
+            .tensors
+            .get(index as usize)
+            .ok_or_else(|| SandboxError::abi(CALL, format!("no model tensor {index}")))?;
+        let t = self.engine.constant(dims, values.clone())?;
+        self.insert(t)
+    }
+
+    /// The model's metadata.
+    pub fn model_meta(&self) -> Result<Vec<u8>> {
+        Ok(self.model("model_meta")?.meta.clone())
+    }
+
+    /// The query's input tensor.
+    pub fn query_input(&mut self) -> Result<u32> {
+        const CALL: &str = "query_input";
+        let Mode::Predict {
+            input_shape, input, ..
+        } = &self.mode
+        else {
+            return Err(SandboxError::abi(CALL, "only available in predict"));
+        };
+        let t = self.engine.constant(input_shape, input.clone())?;
+        self.insert(t)
+    }
+
+    /// Sets the query's scores.
+    pub fn set_output(&mut self, scores: u32) -> Result<()> {
+        const CALL: &str = "set_output";
+        let model = Arc::clone(self.model(CALL)?);
+        let t = self.tensor(CALL, scores)?;
+        let dims = self.engine.shape(t).dims().to_vec();
+        let expected_rows = match &self.mode {
+            Mode::Predict { input_shape, .. } => input_shape[0],
+            Mode::Train { .. } => 0,
+        };
+        let classes = model.header.as_ref().map_or(0, |h| h.classes as usize);
+        if dims != [expected_rows, classes] {
+            return Err(SandboxError::BadOutput(format!(
+                "scores {dims:?}, expected [{expected_rows}, {classes}]"
+            )));
+        }
+        self.output = Some((dims, self.engine.read(t)?));
+        Ok(())
+    }
+}
+
+fn parse_split(call: &'static str, split: u32) -> Result<Split> {
+    match split {
+        0 => Ok(Split::Train),
+        1 => Ok(Split::Valid),
+        other => Err(SandboxError::abi(call, format!("unknown split {other}"))),
+    }
+}
+
+/// Index of the largest value; the first on ties. NaN never wins.
+pub fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] || row[best].is_nan() {
+            best = i;
+        }
+    }
+    best
+}
+
+/// A standard normal sample (Box–Muller), so the stream is the same on every platform.
+fn normal(rng: &mut ChaCha20Rng) -> f32 {
+    let u1: f64 = rng.gen_range(f64::EPSILON..1.0);
+    let u2: f64 = rng.r#gen();
+    ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+}
