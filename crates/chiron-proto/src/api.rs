@@ -1,0 +1,95 @@
+//! The host's public HTTP API (JSON bodies unless noted). Everything here is visible to the
+//! platform, so none of it is secret: ids, public dataset headers, job states, ciphertext.
+//!
+//! | method and path | body | answer |
+//! |---|---|---|
+//! | `POST /v1/programs` | wasm bytes | [`ProgramCreated`] |
+//! | `POST /v1/datasets` | dataset container bytes | [`DatasetCreated`] |
+//! | `POST /v1/jobs` | [`CreateJob`] | [`JobCreated`] |
+//! | `GET /v1/jobs/{id}/evidence?nonce=HEX` | – | evidence bytes |
+//! | `POST /v1/jobs/{id}/start` | sealed train request bytes | [`JobStatus`] |
+//! | `GET /v1/jobs/{id}` | – | [`JobStatus`] |
+//! | `GET /v1/jobs/{id}/events?from=N` | – | [`Events`] |
+//! | `GET /v1/models/{job_id}/evidence?nonce=HEX` | – | evidence bytes (query enclave) |
+//! | `POST /v1/models/{job_id}/query` | sealed query bytes | encrypted answer bytes |
+//!
+//! Errors come back as a non-2xx status with an [`ApiError`] body.
+
+use serde::{Deserialize, Serialize};
+
+use crate::dataset::DatasetHeader;
+
+/// A registered provider program.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProgramCreated {
+    /// Hex SHA-256 of the wasm: the id owners pin in their training request.
+    pub program_id: String,
+}
+
+/// An uploaded dataset.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DatasetCreated {
+    /// The dataset's id.
+    pub dataset_id: String,
+    /// Its public header, as read from the container.
+    pub header: DatasetHeader,
+}
+
+/// Request to create a training job.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CreateJob {
+    /// A registered program.
+    pub program_id: String,
+    /// An uploaded dataset.
+    pub dataset_id: String,
+}
+
+/// A created job; its training enclave is up and waiting for the owner.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobCreated {
+    /// The job's id.
+    pub job_id: String,
+}
+
+/// Where a job is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobState {
+    /// Enclave started, waiting for the owner's sealed request.
+    Created,
+    /// Training.
+    Running,
+    /// Trained; the sealed model is stored and queries can be served.
+    Succeeded,
+    /// Failed; details went to the owner's event stream.
+    Failed,
+}
+
+/// A job's public status.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobStatus {
+    /// The job's id.
+    pub job_id: String,
+    /// Its state.
+    pub state: JobState,
+    /// A data-independent failure label, when failed.
+    pub error: Option<String>,
+    /// Events stored so far.
+    pub events: u64,
+}
+
+/// A slice of a job's encrypted event stream.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Events {
+    /// The job's state when the slice was taken.
+    pub state: JobState,
+    /// Events from the requested position on, in order; each is `(seq, ciphertext)` with
+    /// the ciphertext base64-encoded.
+    pub events: Vec<(u64, String)>,
+}
+
+/// An error answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApiError {
+    /// What went wrong, for the caller.
+    pub error: String,
+}

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod dataset;
 pub mod evidence;
+pub mod owner;
 pub mod wire;
 
 /// Version of the protocol spoken between the owner, the host and the enclave runtime.

@@ -1,0 +1,153 @@
+//! Frames between the untrusted host and an enclave process, over one TCP connection.
+//!
+//! Each frame is a little-endian `u32` length followed by that many bytes of postcard.
+//! Everything secret inside a frame is already encrypted end to end (to the enclave's
+//! attested key, to the owner's response key, or sealed), so the host relays but cannot read
+//! or undetectably alter it. The frames themselves are not trusted by either side.
+
+use std::io::{Read, Write};
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use thiserror::Error;
+
+/// Largest frame accepted (dataset ciphertext travels in parts below this).
+pub const MAX_FRAME: usize = 64 << 20;
+/// Size of one dataset part sent by the host.
+pub const DATASET_PART: usize = 8 << 20;
+/// Size of every owner event after padding: events are all the same size on the wire, so
+/// their length says nothing about their content.
+pub const EVENT_PLAINTEXT_LEN: usize = 256;
+/// The line an enclave prints on standard output once it listens: `PREFIX <port>`.
+pub const LISTENING_PREFIX: &str = "CHIRON-ENCLAVE-LISTENING";
+
+/// Host → enclave.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum HostFrame {
+    /// Asks for attestation evidence over the owner's `nonce`, for the job or model whose id
+    /// hashes to `context`.
+    GetEvidence {
+        /// The verifier's fresh nonce.
+        nonce: [u8; 32],
+        /// SHA-256 of the job or model id.
+        context: [u8; 32],
+    },
+    /// Training role: the owner's request, HPKE-sealed to the enclave's key.
+    StartTraining {
+        /// Job id the enclave serves (bound into every sealed output).
+        job_id: String,
+        /// The owner's sealed `TrainRequest`.
+        sealed_request: Vec<u8>,
+        /// The provider program (wasm); its digest is checked against the owner's request.
+        program: Vec<u8>,
+        /// Total length of the dataset ciphertext about to follow.
+        dataset_len: u64,
+    },
+    /// Training role: the next part of the dataset ciphertext.
+    DatasetPart(Vec<u8>),
+    /// Query role: the model to serve, sealed by a training enclave, and its program.
+    LoadModel {
+        /// Job id that produced the model (the sealing context).
+        job_id: String,
+        /// The sealed model blob.
+        sealed_model: Vec<u8>,
+        /// The provider program (wasm).
+        program: Vec<u8>,
+    },
+    /// Query role: one query, HPKE-sealed by the owner to the enclave's key.
+    Query {
+        /// The owner's sealed `QueryRequest`.
+        sealed: Vec<u8>,
+    },
+}
+
+/// Enclave → host.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum EnclaveFrame {
+    /// Signed evidence (postcard-encoded `Evidence`).
+    Evidence(Vec<u8>),
+    /// An event for the owner, encrypted under the owner's response key at counter `seq`.
+    Event {
+        /// Position in the job's event stream (also the AEAD counter).
+        seq: u64,
+        /// Ciphertext of a padded `OwnerEvent`.
+        ciphertext: Vec<u8>,
+    },
+    /// Training finished; the sealed model for the object store.
+    Trained {
+        /// The sealed model blob.
+        sealed_model: Vec<u8>,
+    },
+    /// Query role: the model is loaded and the enclave accepts queries.
+    Ready,
+    /// A query's answer, encrypted under that query's response key.
+    Answer(Vec<u8>),
+    /// The request failed. `public` is a fixed label safe for the host to log; details, if
+    /// any, went to the owner as an encrypted event.
+    Failed {
+        /// A data-independent label, e.g. "program failed".
+        public: String,
+    },
+}
+
+/// A frame that could not be read or written.
+#[derive(Debug, Error)]
+pub enum FrameError {
+    /// The connection failed or closed.
+    #[error("connection to the enclave failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// A length above [`MAX_FRAME`].
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
+    TooLarge(usize),
+    /// Bytes that do not decode.
+    #[error("malformed frame: {0}")]
+    Malformed(#[from] postcard::Error),
+}
+
+/// Writes one frame.
+pub fn write_frame<T: Serialize>(w: &mut impl Write, frame: &T) -> Result<(), FrameError> {
+    let bytes = postcard::to_allocvec(frame)?;
+    if bytes.len() > MAX_FRAME {
+        return Err(FrameError::TooLarge(bytes.len()));
+    }
+    w.write_all(&(bytes.len() as u32).to_le_bytes())?;
+    w.write_all(&bytes)?;
+    w.flush()?;
+    Ok(())
+}
+
+/// Reads one frame.
+pub fn read_frame<T: DeserializeOwned>(r: &mut impl Read) -> Result<T, FrameError> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len)?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    let mut buf = vec![0u8; len];
+    r.read_exact(&mut buf)?;
+    Ok(postcard::from_bytes(&buf)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_reject_garbage() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &EnclaveFrame::Answer(vec![1, 2, 3])).expect("write");
+        let back: EnclaveFrame = read_frame(&mut buf.as_slice()).expect("read");
+        assert!(matches!(back, EnclaveFrame::Answer(v) if v == [1, 2, 3]));
+
+        let huge = (u32::MAX).to_le_bytes();
+        assert!(matches!(
+            read_frame::<EnclaveFrame>(&mut huge.as_slice()),
+            Err(FrameError::TooLarge(_))
+        ));
+        let junk = [3u8, 0, 0, 0, 0xff, 0xff, 0xff];
+        assert!(matches!(
+            read_frame::<EnclaveFrame>(&mut junk.as_slice()),
+            Err(FrameError::Malformed(_))
+        ));
+    }
+}

@@ -1,0 +1,139 @@
+//! A typed HTTP client for the host's public API (see `chiron_proto::api`).
+
+use std::io::Read;
+
+use chiron_proto::api::{
+    ApiError, CreateJob, DatasetCreated, Events, JobCreated, JobStatus, ProgramCreated,
+};
+use serde::de::DeserializeOwned;
+
+use crate::ClientError;
+
+/// Largest answer body read from the host.
+const MAX_BODY: u64 = 64 << 20;
+
+/// The untrusted host's API. Nothing sent through it is secret: datasets are ciphertext,
+/// keys and queries are sealed to an attested enclave before they get here.
+#[derive(Clone, Debug)]
+pub struct HostClient {
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl HostClient {
+    /// A client for the host at `base` (e.g. `http://127.0.0.1:7700`).
+    pub fn new(base: &str) -> Self {
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(std::time::Duration::from_secs(600)))
+            .build();
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            agent: config.into(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Registers a provider program; returns its id (hex SHA-256).
+    pub fn register_program(&self, wasm: &[u8]) -> Result<ProgramCreated, ClientError> {
+        let r = self.agent.post(&self.url("/v1/programs")).send(wasm);
+        json(r)
+    }
+
+    /// Uploads an encrypted dataset container.
+    pub fn upload_dataset(&self, container: &[u8]) -> Result<DatasetCreated, ClientError> {
+        let r = self.agent.post(&self.url("/v1/datasets")).send(container);
+        json(r)
+    }
+
+    /// Creates a training job (the host starts its enclave).
+    pub fn create_job(&self, program_id: &str, dataset_id: &str) -> Result<JobCreated, ClientError> {
+        let body = CreateJob {
+            program_id: program_id.to_owned(),
+            dataset_id: dataset_id.to_owned(),
+        };
+        let r = self.agent.post(&self.url("/v1/jobs")).send_json(&body);
+        json(r)
+    }
+
+    /// Evidence from a job's training enclave over `nonce`.
+    pub fn job_evidence(&self, job_id: &str, nonce: &[u8; 32]) -> Result<Vec<u8>, ClientError> {
+        let path = format!("/v1/jobs/{job_id}/evidence?nonce={}", hex::encode(nonce));
+        bytes(self.agent.get(&self.url(&path)).call())
+    }
+
+    /// Hands the sealed training request to the job's enclave.
+    pub fn start_job(&self, job_id: &str, sealed: &[u8]) -> Result<JobStatus, ClientError> {
+        let path = format!("/v1/jobs/{job_id}/start");
+        json(self.agent.post(&self.url(&path)).send(sealed))
+    }
+
+    /// A job's public status.
+    pub fn job_status(&self, job_id: &str) -> Result<JobStatus, ClientError> {
+        json(self.agent.get(&self.url(&format!("/v1/jobs/{job_id}"))).call())
+    }
+
+    /// A job's encrypted events from sequence number `from`.
+    pub fn job_events(&self, job_id: &str, from: u64) -> Result<Events, ClientError> {
+        let path = format!("/v1/jobs/{job_id}/events?from={from}");
+        json(self.agent.get(&self.url(&path)).call())
+    }
+
+    /// Evidence from the query enclave serving a job's model.
+    pub fn model_evidence(&self, job_id: &str, nonce: &[u8; 32]) -> Result<Vec<u8>, ClientError> {
+        let path = format!("/v1/models/{job_id}/evidence?nonce={}", hex::encode(nonce));
+        bytes(self.agent.get(&self.url(&path)).call())
+    }
+
+    /// Sends a sealed query; returns the encrypted answer.
+    pub fn query(&self, job_id: &str, sealed: &[u8]) -> Result<Vec<u8>, ClientError> {
+        let path = format!("/v1/models/{job_id}/query");
+        bytes(self.agent.post(&self.url(&path)).send(sealed))
+    }
+}
+
+type Reply = Result<ureq::http::Response<ureq::Body>, ureq::Error>;
+
+fn checked(reply: Reply) -> Result<ureq::http::Response<ureq::Body>, ClientError> {
+    let mut response = reply.map_err(|e| ClientError::Http(e.to_string()))?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let mut text = String::new();
+    let _ = response
+        .body_mut()
+        .as_reader()
+        .take(64 * 1024)
+        .read_to_string(&mut text);
+    let message = serde_json::from_str::<ApiError>(&text)
+        .map(|e| e.error)
+        .unwrap_or(text);
+    Err(ClientError::Host {
+        status: status.as_u16(),
+        message,
+    })
+}
+
+fn json<T: DeserializeOwned>(reply: Reply) -> Result<T, ClientError> {
+    let mut response = checked(reply)?;
+    response
+        .body_mut()
+        .with_config()
+        .limit(MAX_BODY)
+        .read_json()
+        .map_err(|e| ClientError::Http(e.to_string()))
+}
+
+fn bytes(reply: Reply) -> Result<Vec<u8>, ClientError> {
+    let mut response = checked(reply)?;
+    response
+        .body_mut()
+        .with_config()
+        .limit(MAX_BODY)
+        .read_to_vec()
+        .map_err(|e| ClientError::Http(e.to_string()))
+}

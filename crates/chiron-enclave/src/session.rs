@@ -1,0 +1,120 @@
+//! One host connection: evidence on request, then the role's work.
+
+use std::net::TcpStream;
+use std::sync::{Arc, Mutex};
+
+use chiron_crypto::{EnclaveKeypair, SimPlatform};
+use chiron_proto::evidence::Role;
+use chiron_proto::wire::{EnclaveFrame, FrameError, HostFrame, read_frame, write_frame};
+
+use crate::{query, train};
+
+/// What every request handler needs: identity, keys and the way back to the host.
+pub struct Enclave {
+    pub role: Role,
+    pub platform: SimPlatform,
+    pub measurement: [u8; 32],
+    pub keypair: EnclaveKeypair,
+    out: Arc<Mutex<TcpStream>>,
+}
+
+impl Enclave {
+    /// Sends a frame to the host. Several threads may send (metrics arrive from inside the
+    /// sandbox), so writes are serialised.
+    pub fn send(&self, frame: &EnclaveFrame) -> Result<(), FrameError> {
+        let mut out = self
+            .out
+            .lock()
+            .map_err(|_| std::io::Error::other("writer poisoned"))?;
+        write_frame(&mut *out, frame)
+    }
+
+    /// A handle for sending from a callback.
+    pub fn sender(&self) -> Arc<Mutex<TcpStream>> {
+        Arc::clone(&self.out)
+    }
+
+    fn evidence(&self, nonce: [u8; 32], context: [u8; 32]) -> EnclaveFrame {
+        let evidence = self.platform.issue(
+            self.role,
+            self.measurement,
+            self.keypair.public_key(),
+            nonce,
+            context,
+        );
+        EnclaveFrame::Evidence(evidence.to_bytes())
+    }
+}
+
+/// Serves the host until it disconnects.
+pub fn serve(
+    stream: TcpStream,
+    role: Role,
+    platform: SimPlatform,
+    measurement: [u8; 32],
+) -> anyhow::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut input = stream.try_clone()?;
+    let enclave = Enclave {
+        role,
+        platform,
+        measurement,
+        keypair: EnclaveKeypair::generate(),
+        out: Arc::new(Mutex::new(stream)),
+    };
+    let mut query_state: Option<query::Serving> = None;
+    loop {
+        let frame: HostFrame = match read_frame(&mut input) {
+            Ok(frame) => frame,
+            Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let reply = match (role, frame) {
+            (_, HostFrame::GetEvidence { nonce, context }) => Some(enclave.evidence(nonce, context)),
+            (
+                Role::Train,
+                HostFrame::StartTraining {
+                    job_id,
+                    sealed_request,
+                    program,
+                    dataset_len,
+                },
+            ) => {
+                let start = train::Start {
+                    job_id,
+                    sealed_request,
+                    program,
+                    dataset_len,
+                };
+                Some(train::run(&enclave, start, &mut input))
+            }
+            (Role::Query, HostFrame::LoadModel {
+                job_id,
+                sealed_model,
+                program,
+            }) => Some(match query::Serving::load(&enclave, &job_id, &sealed_model, &program) {
+                Ok(serving) => {
+                    query_state = Some(serving);
+                    EnclaveFrame::Ready
+                }
+                Err(public) => EnclaveFrame::Failed {
+                    public: public.to_owned(),
+                },
+            }),
+            (Role::Query, HostFrame::Query { sealed }) => Some(match query_state.as_mut() {
+                Some(serving) => serving.answer(&enclave, &sealed),
+                None => EnclaveFrame::Failed {
+                    public: "no model loaded".into(),
+                },
+            }),
+            _ => Some(EnclaveFrame::Failed {
+                public: "request not valid for this enclave's role".into(),
+            }),
+        };
+        if let Some(reply) = reply {
+            enclave.send(&reply)?;
+        }
+    }
+}

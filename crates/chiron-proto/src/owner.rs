@@ -1,0 +1,199 @@
+//! Messages between the data owner and an enclave. They only ever travel encrypted (HPKE to
+//! the attested enclave key one way, the owner's response key the other), so the host sees
+//! their ciphertext and nothing else.
+
+use serde::{Deserialize, Serialize};
+
+use crate::wire::EVENT_PLAINTEXT_LEN;
+
+/// HPKE `info` for a training request.
+pub const TRAIN_INFO: &[u8] = b"chiron/v1 train request";
+/// HPKE `info` for a query.
+pub const QUERY_INFO: &[u8] = b"chiron/v1 query";
+/// Largest number of inputs in one query.
+pub const MAX_QUERY_BATCH: u32 = 1024;
+/// Largest top-k an answer may carry.
+pub const MAX_TOP_K: u8 = 10;
+
+/// The granularity of query answers, fixed when training starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AnswerPolicy {
+    /// The most likely class only.
+    Label,
+    /// The `k` most likely classes, best first, without scores.
+    TopK(u8),
+}
+
+impl AnswerPolicy {
+    /// Classes per answered input.
+    pub fn width(self) -> usize {
+        match self {
+            Self::Label => 1,
+            Self::TopK(k) => usize::from(k),
+        }
+    }
+}
+
+/// What the owner asks a training enclave to do (sent sealed).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct TrainRequest {
+    /// Key of the encrypted dataset.
+    pub data_key: [u8; 32],
+    /// SHA-256 of the provider program the owner agreed to; the enclave refuses another.
+    pub program_digest: [u8; 32],
+    /// Epochs the program may use.
+    pub epochs: u32,
+    /// Wall-clock budget in seconds; the program is stopped when it runs out.
+    pub time_budget_secs: u32,
+    /// Seed of the runtime's random stream.
+    pub seed: [u8; 32],
+    /// Granularity of answers the query enclave will give.
+    pub answers: AnswerPolicy,
+    /// Queries the owner allows per query-enclave session.
+    pub query_budget: u64,
+    /// SHA-256 of the secret that authorises queries on the resulting model.
+    pub query_token_digest: [u8; 32],
+}
+
+impl std::fmt::Debug for TrainRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrainRequest")
+            .field("epochs", &self.epochs)
+            .field("time_budget_secs", &self.time_budget_secs)
+            .field("answers", &self.answers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One event on the owner's encrypted stream. Serialised and zero-padded to
+/// [`EVENT_PLAINTEXT_LEN`] before encryption.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum OwnerEvent {
+    /// The enclave decrypted the dataset and started the program.
+    Started {
+        /// Training examples.
+        train_count: u32,
+        /// Validation examples.
+        valid_count: u32,
+    },
+    /// A metric the program reported.
+    Metric {
+        /// Its name (at most 32 bytes).
+        name: String,
+        /// Epoch it belongs to.
+        epoch: u32,
+        /// Its value.
+        value: f32,
+    },
+    /// Training succeeded and the sealed model is stored.
+    Finished {
+        /// Parameters in the model.
+        parameters: u64,
+    },
+    /// The job failed; the text is for the owner only.
+    Failed {
+        /// What went wrong (truncated to fit the event).
+        detail: String,
+    },
+}
+
+impl OwnerEvent {
+    /// Encodes and pads the event to the fixed event size, truncating a long failure text.
+    pub fn to_padded(&self) -> Vec<u8> {
+        let mut event = self.clone();
+        loop {
+            if let Ok(mut bytes) = postcard::to_allocvec(&event)
+                && bytes.len() <= EVENT_PLAINTEXT_LEN
+            {
+                bytes.resize(EVENT_PLAINTEXT_LEN, 0);
+                return bytes;
+            }
+            match &mut event {
+                Self::Failed { detail } if !detail.is_empty() => {
+                    let mut cut = detail.len().saturating_sub(16);
+                    while !detail.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    detail.truncate(cut);
+                }
+                Self::Metric { name, .. } if !name.is_empty() => name.clear(),
+                _ => {
+                    event = Self::Failed {
+                        detail: String::new(),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Decodes a padded event.
+    pub fn from_padded(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        if bytes.len() != EVENT_PLAINTEXT_LEN {
+            return Err(postcard::Error::DeserializeUnexpectedEnd);
+        }
+        postcard::take_from_bytes(bytes).map(|(event, _)| event)
+    }
+}
+
+/// A query (sent sealed to the query enclave).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct QueryRequest {
+    /// The secret whose digest the training request named.
+    pub token: [u8; 32],
+    /// Number of inputs.
+    pub count: u32,
+    /// `count × feature_len` values, in the dataset's layout and encoding as `f32`.
+    pub inputs: Vec<f32>,
+}
+
+/// A query's answer: for each input, [`AnswerPolicy::width`] class indices, best first.
+/// Always `count × width` entries of four bytes each, so its encoded size depends only on
+/// public values (a varint encoding would reveal which classes were predicted).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueryAnswer {
+    /// Class indices, row-major.
+    pub classes: Vec<u32>,
+}
+
+impl QueryAnswer {
+    /// Fixed-width little-endian encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        self.classes.iter().flat_map(|c| c.to_le_bytes()).collect()
+    }
+
+    /// Decodes an answer for `count` inputs under `policy`.
+    pub fn decode(bytes: &[u8], count: usize, policy: AnswerPolicy) -> Option<Self> {
+        if bytes.len() != count * policy.width() * 4 {
+            return None;
+        }
+        let classes = bytes
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        Some(Self { classes })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_have_one_size_whatever_their_content() {
+        let short = OwnerEvent::Finished { parameters: 1 }.to_padded();
+        let long = OwnerEvent::Failed {
+            detail: "é".repeat(1000),
+        }
+        .to_padded();
+        assert_eq!(short.len(), EVENT_PLAINTEXT_LEN);
+        assert_eq!(long.len(), EVENT_PLAINTEXT_LEN);
+        assert_eq!(
+            OwnerEvent::from_padded(&short).expect("decodes"),
+            OwnerEvent::Finished { parameters: 1 }
+        );
+        assert!(matches!(
+            OwnerEvent::from_padded(&long),
+            Ok(OwnerEvent::Failed { .. })
+        ));
+    }
+}

@@ -1,0 +1,260 @@
+//! The host ABI as native symbols, so a provider program compiled for the host (as an rlib)
+//! calls the same [`Runtime`] the sandbox uses, without wasm in between.
+//!
+//! The SDK declares the ABI as `extern "C"` functions; linking this module defines them.
+//! Misuse aborts the process, as a trap ends a sandboxed run.
+
+#![allow(unsafe_code)]
+
+use std::cell::RefCell;
+
+use chiron_engine::{FlexBackend, OptimizerKind};
+use chiron_sandbox::runtime::Runtime;
+
+thread_local! {
+    static RUNTIME: RefCell<Option<Runtime<FlexBackend>>> = const { RefCell::new(None) };
+}
+
+/// Installs the runtime the next program call on this thread will use.
+pub fn install(runtime: Runtime<FlexBackend>) {
+    RUNTIME.with(|r| *r.borrow_mut() = Some(runtime));
+}
+
+/// Removes and returns the installed runtime.
+pub fn uninstall() -> Option<Runtime<FlexBackend>> {
+    RUNTIME.with(|r| r.borrow_mut().take())
+}
+
+fn with<T>(f: impl FnOnce(&mut Runtime<FlexBackend>) -> Result<T, chiron_sandbox::SandboxError>) -> T {
+    RUNTIME.with(|r| {
+        let mut slot = r.borrow_mut();
+        let Some(rt) = slot.as_mut() else {
+            eprintln!("reference run: no runtime installed");
+            std::process::abort();
+        };
+        match f(rt) {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("reference run: program failed: {e}");
+                std::process::abort();
+            }
+        }
+    })
+}
+
+/// Reads `len` values the program passed by pointer.
+///
+/// # Safety
+/// `ptr` must point to `len` readable, initialised values (the program's own memory).
+unsafe fn slice<'a, T>(ptr: *const T, len: u32) -> &'a [T] {
+    if len == 0 {
+        return &[];
+    }
+    // SAFETY: the caller (the program, through the ABI contract) passes a valid pointer to
+    // `len` elements, exactly as it would into wasm linear memory.
+    unsafe { std::slice::from_raw_parts(ptr, len as usize) }
+}
+
+fn dims(shape: &[u32]) -> Vec<usize> {
+    shape.iter().map(|&d| d as usize).collect()
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn chiron_dataset_kind() -> u32 {
+    with(|r| r.dataset_kind())
+}
+#[unsafe(no_mangle)]
+extern "C" fn chiron_dataset_count(split: u32) -> u32 {
+    with(|r| r.dataset_count(split))
+}
+#[unsafe(no_mangle)]
+extern "C" fn chiron_dataset_rank() -> u32 {
+    with(|r| r.dataset_rank())
+}
+#[unsafe(no_mangle)]
+extern "C" fn chiron_dataset_dim(axis: u32) -> u32 {
+    with(|r| r.dataset_dim(axis))
+}
+#[unsafe(no_mangle)]
+extern "C" fn chiron_dataset_classes() -> u32 {
+    with(|r| r.dataset_classes())
+}
+#[unsafe(no_mangle)]
+extern "C" fn chiron_budget_epochs() -> u32 {
+    with(|r| r.budget_epochs())
+}
+#[unsafe(no_mangle)]
+unsafe extern "C" fn chiron_batch_features(split: u32, indices: *const u32, count: u32) -> u32 {
+    // SAFETY: ABI contract, see `slice`.
+    let indices = unsafe { slice(indices, count) };
+    with(|r| r.batch_features(split, indices))
+}
+#[unsafe(no_mangle)]
+unsafe extern "C" fn chiron_batch_labels(split: u32, indices: *const u32, count: u32) -> u32 {
+    // SAFETY: ABI contract, see `slice`.
+    let indices = unsafe { slice(indices, count) };
+    with(|r| r.batch_labels(split, indices))
+}
+#[unsafe(no_mangle)]
+extern "C" fn chiron_random_u64() -> u64 {
+    with(|r| Ok(r.random_u64()))
+}
+#[unsafe(no_mangle)]
+unsafe extern "C" fn chiron_tensor(data: *const f32, len: u32, shape: *const u32, rank: u32) -> u32 {
+    // SAFETY: ABI contract, see `slice`.
+    let (data, shape) = unsafe { (slice(data, len), slice(shape, rank)) };
+    with(|r| r.tensor_from(data.to_vec(), &dims(shape)))
+}
+#[unsafe(no_mangle)]
+unsafe extern "C" fn chiron_parameter(shape: *const u32, rank: u32, init: u32, a: f32) -> u32 {
+    // SAFETY: ABI contract, see `slice`.
+    let shape = unsafe { slice(shape, rank) };
+    with(|r| r.parameter(&dims(shape), init, a))
+}
+#[unsafe(no_mangle)]
+unsafe extern "C" fn chiron_shape(t: u32, out: *mut u32, cap: u32) -> u32 {
+    let shape = with(|r| r.shape(t));
+    for (i, &d) in shape.iter().take(cap as usize).enumerate() {
+        // SAFETY: the program passed room for `cap` dimensions.
+        unsafe { out.add(i).write(d as u32) };
+    }
+    shape.len() as u32
+}
+#[unsafe(no_mangle)]
+unsafe extern "C" fn chiron_read(t: u32, out: *mut f32, len: u32) {
+    let values = with(|r| r.read(t));
+    if values.len() != len as usize {
+        eprintln!("reference run: read length mismatch");
+        std::process::abort();
+    }
+    // SAFETY: the program passed room for `len` values, which equals `values.len()`.
+    unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), out, values.len()) };
+}
+#[unsafe(no_mangle)]
+extern "C" fn chiron_free(t: u32) {
+    with(|r| r.free(t))
+}
+#[unsafe(no_mangle)]
+extern "C" fn chiron_conv2d(x: u32, w: u32, b: u32, stride: u32, padding: u32) -> u32 {
+    with(|r| r.conv2d(x, w, b, stride, padding))
+}
+#[unsafe(no_mangle)]
+extern "C" fn chiron_max_pool2d(x: u32, kernel: u32, stride: u32) -> u32 {
+    with(|r| r.max_pool2d(x, kernel, stride))
+}
+#[unsafe(no_mangle)]
+extern "C" fn chiron_linear(x: u32, w: u32, b: u32) -> u32 {
+    with(|r| r.linear(x, w, b))
+}
+#[unsafe(no_mangle)]
+extern "C" fn chiron_unary(op: u32, x: u32) -> u32 {
+    with(|r| r.unary(op, x))
+}
+#[unsafe(no_mangle)]
+extern "C" fn chiron_binary(op: u32, a: u32, b: u32) -> u32 {
+    with(|r| r.binary(op, a, b))
+}
+#[unsafe(no_mangle)]
+extern "C" fn chiron_affine(x: u32, scale: f32, shift: f32) -> u32 {
+    with(|r| r.affine(x, scale, shift))
+}
+#[unsafe(no_mangle)]
+unsafe extern "C" fn chiron_reshape(x: u32, shape: *const u32, rank: u32) -> u32 {
+    // SAFETY: ABI contract, see `slice`.
+    let shape = unsafe { slice(shape, rank) };
+    with(|r| r.reshape(x, &dims(shape)))
+}
+#[unsafe(no_mangle)]
+extern "C" fn chiron_cross_entropy(logits: u32, labels: u32) -> u32 {
+    with(|r| r.cross_entropy(logits, labels))
+}
+#[unsafe(no_mangle)]
+extern "C" fn chiron_mean(x: u32) -> u32 {
+    with(|r| r.mean(x))
+}
+#[unsafe(no_mangle)]
+extern "C" fn chiron_count_correct(logits: u32, labels: u32) -> u32 {
+    with(|r| r.count_correct(logits, labels))
+}
+#[unsafe(no_mangle)]
+unsafe extern "C" fn chiron_optimizer_sgd(
+    params: *const u32,
+    count: u32,
+    lr: f32,
+    momentum: f32,
+    weight_decay: f32,
+) -> u32 {
+    // SAFETY: ABI contract, see `slice`.
+    let params = unsafe { slice(params, count) }.to_vec();
+    let kind = OptimizerKind::Sgd {
+        lr,
+        momentum,
+        weight_decay,
+    };
+    with(|r| r.optimizer(params, kind))
+}
+#[unsafe(no_mangle)]
+unsafe extern "C" fn chiron_optimizer_adam(
+    params: *const u32,
+    count: u32,
+    lr: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    weight_decay: f32,
+) -> u32 {
+    // SAFETY: ABI contract, see `slice`.
+    let params = unsafe { slice(params, count) }.to_vec();
+    let kind = OptimizerKind::Adam {
+        lr,
+        beta1,
+        beta2,
+        eps,
+        weight_decay,
+    };
+    with(|r| r.optimizer(params, kind))
+}
+#[unsafe(no_mangle)]
+extern "C" fn chiron_optimizer_set_lr(opt: u32, lr: f32) {
+    with(|r| r.optimizer_set_lr(opt, lr))
+}
+#[unsafe(no_mangle)]
+extern "C" fn chiron_optimizer_step(opt: u32, loss: u32) {
+    with(|r| r.optimizer_step(opt, loss))
+}
+#[unsafe(no_mangle)]
+unsafe extern "C" fn chiron_report_metric(name: *const u8, name_len: u32, epoch: u32, value: f32) {
+    // SAFETY: ABI contract, see `slice`.
+    let name = unsafe { slice(name, name_len) };
+    with(|r| r.report_metric(name, epoch, value))
+}
+#[unsafe(no_mangle)]
+unsafe extern "C" fn chiron_save_model(params: *const u32, count: u32, meta: *const u8, meta_len: u32) {
+    // SAFETY: ABI contract, see `slice`.
+    let (params, meta) = unsafe { (slice(params, count), slice(meta, meta_len)) };
+    with(|r| r.save_model(params, meta.to_vec()))
+}
+#[unsafe(no_mangle)]
+extern "C" fn chiron_model_len() -> u32 {
+    with(|r| r.model_len())
+}
+#[unsafe(no_mangle)]
+extern "C" fn chiron_model_tensor(index: u32) -> u32 {
+    with(|r| r.model_tensor(index))
+}
+#[unsafe(no_mangle)]
+unsafe extern "C" fn chiron_model_meta(out: *mut u8, cap: u32) -> u32 {
+    let meta = with(|r| r.model_meta());
+    let n = meta.len().min(cap as usize);
+    // SAFETY: the program passed room for `cap` bytes; we write at most that many.
+    unsafe { std::ptr::copy_nonoverlapping(meta.as_ptr(), out, n) };
+    meta.len() as u32
+}
+#[unsafe(no_mangle)]
+extern "C" fn chiron_query_input() -> u32 {
+    with(|r| r.query_input())
+}
+#[unsafe(no_mangle)]
+extern "C" fn chiron_set_output(scores: u32) {
+    with(|r| r.set_output(scores))
+}

@@ -1,0 +1,323 @@
+//! The harness behind Chiron's end-to-end tests: it starts a real host process (which starts
+//! real enclave processes) on loopback, plays the owner through the client library, and
+//! collects everything the platform can see so tests can search it for the owner's secrets.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use chiron_client::HostClient;
+use chiron_client::convert::{self, ConvertOptions, PlainDataset};
+use chiron_client::owner::{self, JobTicket, TrainingTerms};
+use chiron_crypto::{DataKey, Policy};
+use chiron_proto::api::JobState;
+use chiron_proto::owner::{AnswerPolicy, OwnerEvent};
+
+/// The Fashion-MNIST files installed by the set-up (Debian package `dataset-fashion-mnist`).
+pub const FASHION_DIR: &str = "/usr/share/datasets/fashion-mnist";
+
+/// Fashion-MNIST training images and labels.
+pub fn fashion_train() -> (PathBuf, PathBuf) {
+    let dir = Path::new(FASHION_DIR);
+    (
+        dir.join("train-images-idx3-ubyte.gz"),
+        dir.join("train-labels-idx1-ubyte.gz"),
+    )
+}
+
+/// Fashion-MNIST test images and labels.
+pub fn fashion_test() -> (PathBuf, PathBuf) {
+    let dir = Path::new(FASHION_DIR);
+    (
+        dir.join("t10k-images-idx3-ubyte.gz"),
+        dir.join("t10k-labels-idx1-ubyte.gz"),
+    )
+}
+
+/// The first `limit` Fashion-MNIST training examples, 10% held out for validation.
+pub fn fashion_subset(limit: usize) -> PlainDataset {
+    let (images, labels) = fashion_train();
+    let opts = ConvertOptions {
+        valid_fraction: 0.1,
+        limit: Some(limit),
+        shuffle_seed: Some(0),
+    };
+    convert::from_idx(&images, &labels, &opts).expect("Fashion-MNIST is installed by the set-up")
+}
+
+/// The Iris table shipped with the client's tests (real data, public domain).
+pub fn iris_csv() -> PathBuf {
+    workspace_root().join("crates/chiron-client/tests/data/iris.csv")
+}
+
+/// The Iris dataset, 20% held out.
+pub fn iris() -> PlainDataset {
+    let opts = ConvertOptions {
+        valid_fraction: 0.2,
+        limit: None,
+        shuffle_seed: Some(1),
+    };
+    convert::from_csv(&iris_csv(), "species", &opts).expect("iris.csv converts")
+}
+
+/// The workspace's root directory.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Where cargo put this workspace's binaries for the running profile.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// The compiled wasm of a program in `programs/` (`chiron_cnn`, `hostile_spin`, ...),
+/// building the programs workspace once per test process.
+pub fn program_wasm(name: &str) -> Vec<u8> {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let manifest = workspace_root().join("programs/Cargo.toml");
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--release", "--target", "wasm32-unknown-unknown", "--manifest-path"])
+            .arg(&manifest)
+            .env_remove("RUSTFLAGS")
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the wasm programs failed");
+        workspace_root().join("programs/target/wasm32-unknown-unknown/release")
+    });
+    let path = dir.join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A running host (and the enclaves it starts), with its own data directory and logs.
+pub struct Service {
+    child: Child,
+    /// The host's base URL.
+    pub url: String,
+    /// The host's data directory (object store, platform key).
+    pub data_dir: tempfile::TempDir,
+    stdout_log: PathBuf,
+    stderr_log: PathBuf,
+}
+
+impl Service {
+    /// Starts `chiron-host` on a free loopback port.
+    pub fn start() -> Self {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let stdout_log = data_dir.path().join("host.out");
+        let stderr_log = data_dir.path().join("host.err");
+        let bins = bin_dir();
+        let mut child = Command::new(bins.join("chiron-host"))
+            .arg("--data-dir")
+            .arg(data_dir.path().join("state"))
+            .args(["--listen", "127.0.0.1:0", "--enclave-bin"])
+            .arg(bins.join("chiron-enclave"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr_log).expect("log file"))
+            .spawn()
+            .expect("chiron-host starts (build the workspace first)");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout);
+        let mut first = String::new();
+        lines.read_line(&mut first).expect("host prints its address");
+        let url = first
+            .trim()
+            .rsplit(' ')
+            .next()
+            .expect("address on the first line")
+            .to_owned();
+        let mut log = std::fs::File::create(&stdout_log).expect("log file");
+        std::io::Write::write_all(&mut log, first.as_bytes()).expect("log");
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut lines, &mut log);
+        });
+        Self {
+            child,
+            url,
+            data_dir,
+            stdout_log,
+            stderr_log,
+        }
+    }
+
+    /// A client for this host.
+    pub fn client(&self) -> HostClient {
+        HostClient::new(&self.url)
+    }
+
+    /// The state directory the host writes.
+    pub fn state_dir(&self) -> PathBuf {
+        self.data_dir.path().join("state")
+    }
+
+    /// The owner's policy for this service: the enclave binary's measurement and the
+    /// simulated platform's key.
+    pub fn policy(&self) -> Policy {
+        let measurement =
+            chiron_crypto::measure_file(&bin_dir().join("chiron-enclave")).expect("measure");
+        Policy::new(vec![measurement]).dangerous_accept_simulated_platform(self.platform_key())
+    }
+
+    /// The simulated platform's public key.
+    pub fn platform_key(&self) -> [u8; 32] {
+        let text = std::fs::read_to_string(self.state_dir().join("sim-platform.key.pub"))
+            .expect("host created the platform key");
+        hex::decode(text.trim())
+            .expect("hex")
+            .try_into()
+            .expect("32 bytes")
+    }
+
+    /// Every file the host wrote, except the simulated platform's key (which stands in for
+    /// the TEE hardware's secrets), and the host's logs: what the platform can see.
+    pub fn platform_view(&self) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.state_dir()];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.file_name().is_some_and(|n| n != "sim-platform.key") {
+                    let bytes = std::fs::read(&path).unwrap_or_default();
+                    out.push((path.display().to_string(), bytes));
+                }
+            }
+        }
+        for log in [&self.stdout_log, &self.stderr_log] {
+            out.push((log.display().to_string(), std::fs::read(log).unwrap_or_default()));
+        }
+        out
+    }
+
+    /// The host's standard error so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    /// Whether the host process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Default terms for tests: label answers, generous query budget.
+pub fn terms(epochs: u32, time_budget_secs: u32) -> TrainingTerms {
+    TrainingTerms {
+        epochs,
+        time_budget_secs,
+        answers: AnswerPolicy::Label,
+        query_budget: 1_000_000,
+    }
+}
+
+/// Registers `wasm`, encrypts and uploads `data`, creates a job, attests and starts it.
+pub fn start_job(
+    service: &Service,
+    wasm: &[u8],
+    data: &PlainDataset,
+    terms: &TrainingTerms,
+) -> Result<JobTicket, chiron_client::ClientError> {
+    let host = service.client();
+    let program = host.register_program(wasm)?;
+    let key = DataKey::generate();
+    let mut container = Vec::new();
+    chiron_crypto::encrypt_dataset(&key, &data.header, data.body.as_slice(), &mut container)?;
+    let dataset = host.upload_dataset(&container)?;
+    let job = host.create_job(&program.program_id, &dataset.dataset_id)?;
+    owner::start_training(
+        &host,
+        &service.policy(),
+        &job.job_id,
+        &program.program_id,
+        &data.header,
+        &key,
+        terms,
+    )
+}
+
+/// Follows a job's events until it ends (or `timeout`); returns its final state and events.
+pub fn wait(service: &Service, ticket: &JobTicket, timeout: Duration) -> (JobState, Vec<OwnerEvent>) {
+    let host = service.client();
+    let deadline = Instant::now() + timeout;
+    let mut all = Vec::new();
+    loop {
+        let (state, events) = ticket
+            .events(&host, all.len() as u64)
+            .expect("events authenticate");
+        all.extend(events);
+        let ended = all
+            .iter()
+            .any(|e| matches!(e, OwnerEvent::Finished { .. } | OwnerEvent::Failed { .. }));
+        if matches!(state, JobState::Failed) || (ended && state == JobState::Succeeded) {
+            // Collect anything that arrived with the final state.
+            let (_, rest) = ticket
+                .events(&host, all.len() as u64)
+                .expect("events authenticate");
+            all.extend(rest);
+            return (state, all);
+        }
+        assert!(Instant::now() < deadline, "job did not end in {timeout:?}: {all:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The failure text the owner received, if any.
+pub fn failure(events: &[OwnerEvent]) -> Option<&str> {
+    events.iter().find_map(|e| match e {
+        OwnerEvent::Failed { detail } => Some(detail.as_str()),
+        _ => None,
+    })
+}
+
+/// The last value of a metric the program reported.
+pub fn last_metric(events: &[OwnerEvent], name: &str) -> Option<f32> {
+    events.iter().rev().find_map(|e| match e {
+        OwnerEvent::Metric { name: n, value, .. } if n == name => Some(*value),
+        _ => None,
+    })
+}
+
+/// Accuracy of the model behind `ticket` on labelled inputs, through black-box queries.
+pub fn query_accuracy(
+    service: &Service,
+    ticket: &JobTicket,
+    features: &[f32],
+    labels: &[u32],
+    batch: usize,
+) -> Result<f64, chiron_client::ClientError> {
+    let host = service.client();
+    let session = owner::QuerySession::open(&host, &service.policy(), ticket)?;
+    let feature_len = ticket.header.feature_len();
+    let mut correct = 0usize;
+    for start in (0..labels.len()).step_by(batch) {
+        let end = (start + batch).min(labels.len());
+        let answer = session.query(
+            end - start,
+            features[start * feature_len..end * feature_len].to_vec(),
+        )?;
+        let width = ticket.answers.width();
+        for (row, &label) in answer.classes.chunks_exact(width).zip(&labels[start..end]) {
+            correct += usize::from(row[0] == label);
+        }
+    }
+    Ok(correct as f64 / labels.len().max(1) as f64)
+}

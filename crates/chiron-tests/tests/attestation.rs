@@ -1,0 +1,100 @@
+//! No secret leaves the owner before the enclave's evidence verifies.
+
+use std::time::Duration;
+
+use chiron_client::ClientError;
+use chiron_client::owner;
+use chiron_crypto::{AttestationError, DataKey, Policy};
+use chiron_proto::api::JobState;
+use chiron_tests::*;
+
+#[test]
+fn a_wrong_measurement_is_refused_before_the_key_is_sent() {
+    let service = Service::start();
+    let host = service.client();
+    let data = iris();
+    let program = host.register_program(&program_wasm("chiron_mlp")).expect("register");
+    let key = DataKey::generate();
+    let mut container = Vec::new();
+    chiron_crypto::encrypt_dataset(&key, &data.header, data.body.as_slice(), &mut container)
+        .expect("encrypt");
+    let dataset = host.upload_dataset(&container).expect("upload");
+    let job = host
+        .create_job(&program.program_id, &dataset.dataset_id)
+        .expect("job");
+
+    // The owner expects another runtime build.
+    let policy = Policy::new(vec![[0x42; 32]])
+        .dangerous_accept_simulated_platform(service.platform_key());
+    let err = owner::start_training(
+        &host,
+        &policy,
+        &job.job_id,
+        &program.program_id,
+        &data.header,
+        &key,
+        &terms(1, 60),
+    )
+    .expect_err("must refuse");
+    assert!(
+        matches!(err, ClientError::Attestation(AttestationError::WrongMeasurement { .. })),
+        "{err}"
+    );
+    assert!(err.to_string().contains("measurement"), "{err}");
+    // Nothing was sent: the job is still waiting for its key.
+    let status = host.job_status(&job.job_id).expect("status");
+    assert_eq!(status.state, JobState::Created);
+
+    // An untrusted platform key is refused too.
+    let policy = Policy::new(vec![
+        chiron_crypto::measure_file(&bin_dir().join("chiron-enclave")).expect("measure"),
+    ])
+    .dangerous_accept_simulated_platform([7; 32]);
+    let err = owner::attest_training(&host, &policy, &job.job_id).expect_err("must refuse");
+    assert!(
+        matches!(err, ClientError::Attestation(AttestationError::UntrustedPlatform)),
+        "{err}"
+    );
+
+    // The right policy then works on the same job: nothing was lost.
+    let ticket = owner::start_training(
+        &host,
+        &service.policy(),
+        &job.job_id,
+        &program.program_id,
+        &data.header,
+        &key,
+        &terms(5, 60),
+    )
+    .expect("correct policy");
+    let (state, events) = wait(&service, &ticket, Duration::from_secs(120));
+    assert_eq!(state, JobState::Succeeded, "{events:?}");
+}
+
+#[test]
+fn evidence_from_another_nonce_is_stale() {
+    let service = Service::start();
+    let host = service.client();
+    let data = iris();
+    let program = host.register_program(&program_wasm("chiron_mlp")).expect("register");
+    let key = DataKey::generate();
+    let mut container = Vec::new();
+    chiron_crypto::encrypt_dataset(&key, &data.header, data.body.as_slice(), &mut container)
+        .expect("encrypt");
+    let dataset = host.upload_dataset(&container).expect("upload");
+    let job = host
+        .create_job(&program.program_id, &dataset.dataset_id)
+        .expect("job");
+    // A host replaying evidence it obtained for an earlier nonce.
+    let old = host.job_evidence(&job.job_id, &[1; 32]).expect("evidence");
+    let evidence = chiron_proto::evidence::Evidence::from_bytes(&old).expect("decodes");
+    let err = chiron_crypto::verify(
+        &service.policy(),
+        &evidence,
+        chiron_proto::evidence::Role::Train,
+        &[2; 32],
+        &owner::context_of(&job.job_id),
+    )
+    .expect_err("stale");
+    assert!(matches!(err, AttestationError::StaleNonce), "{err}");
+}

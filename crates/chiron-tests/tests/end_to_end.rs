@@ -1,0 +1,100 @@
+//! The whole path with real processes and real data: a provider registers a program, an
+//! owner trains on encrypted data after attesting the enclave, then queries black-box.
+
+use std::time::Duration;
+
+use chiron_client::convert;
+use chiron_proto::api::JobState;
+use chiron_proto::owner::OwnerEvent;
+use chiron_tests::*;
+
+#[test]
+fn owner_trains_the_cnn_on_fashion_mnist_and_queries_it() {
+    let service = Service::start();
+    let data = fashion_subset(6000);
+    let ticket = start_job(&service, &program_wasm("chiron_cnn"), &data, &terms(1, 600))
+        .expect("job starts after attestation");
+    let (state, events) = wait(&service, &ticket, Duration::from_secs(600));
+    assert_eq!(state, JobState::Succeeded, "{events:?}");
+    assert!(matches!(events.first(), Some(OwnerEvent::Started { train_count: 5400, valid_count: 600 })));
+    assert!(last_metric(&events, "train_loss").is_some(), "{events:?}");
+
+    let (images, labels) = fashion_test();
+    let test = convert::load_idx_inputs(&images, &labels, Some(1000)).expect("test set");
+    let accuracy =
+        query_accuracy(&service, &ticket, &test.features, &test.labels, 100).expect("queries");
+    // One epoch on 5 400 images: well above chance (10%) if the program really learned.
+    assert!(accuracy > 0.70, "accuracy {accuracy}");
+}
+
+#[test]
+fn owner_trains_the_mlp_on_a_csv_table() {
+    let service = Service::start();
+    let data = iris();
+    let ticket = start_job(&service, &program_wasm("chiron_mlp"), &data, &terms(60, 120))
+        .expect("job starts");
+    let (state, events) = wait(&service, &ticket, Duration::from_secs(300));
+    assert_eq!(state, JobState::Succeeded, "{events:?}");
+    let valid = last_metric(&events, "valid_accuracy").expect("validation accuracy reported");
+    assert!(valid >= 0.8, "validation accuracy {valid}");
+
+    let test = convert::load_csv_inputs(
+        &iris_csv(),
+        "species",
+        &data.class_names,
+        data.standardizer.as_ref(),
+        None,
+    )
+    .expect("inputs");
+    let accuracy =
+        query_accuracy(&service, &ticket, &test.features, &test.labels, 50).expect("queries");
+    assert!(accuracy > 0.85, "accuracy {accuracy}");
+}
+
+#[test]
+fn the_command_line_tool_runs_the_flow() {
+    let service = Service::start();
+    let bins = bin_dir();
+    let cli = bins.join("chiron");
+    let work = tempfile::tempdir().expect("tmp");
+    let wasm_path = work.path().join("mlp.wasm");
+    std::fs::write(&wasm_path, program_wasm("chiron_mlp")).expect("write");
+    let measurement = hex::encode(
+        chiron_crypto::measure_file(&bins.join("chiron-enclave")).expect("measure"),
+    );
+    let platform = service.state_dir().join("sim-platform.key.pub");
+
+    let out = std::process::Command::new(&cli)
+        .args(["register", "--host", &service.url])
+        .arg(&wasm_path)
+        .output()
+        .expect("chiron runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let program = String::from_utf8(out.stdout).expect("utf8").trim().to_owned();
+
+    let ticket = work.path().join("job.json");
+    let csv = iris_csv();
+    let common = |cmd: &mut std::process::Command| {
+        cmd.args(["--host", &service.url, "--expect-measurement", &measurement])
+            .arg("--sim-platform-pub")
+            .arg(&platform)
+            .arg("--ticket")
+            .arg(&ticket)
+            .arg("--csv")
+            .arg(&csv)
+            .args(["--label-column", "species"]);
+    };
+    let mut train = std::process::Command::new(&cli);
+    train.args(["train", "--program", &program, "--epochs", "60", "--valid-fraction", "0.2"]);
+    common(&mut train);
+    let out = train.output().expect("chiron train runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let mut evaluate = std::process::Command::new(&cli);
+    evaluate.arg("evaluate");
+    common(&mut evaluate);
+    let out = evaluate.output().expect("chiron evaluate runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("accuracy on 150 held-out examples"), "{text}");
+}

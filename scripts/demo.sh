@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The whole Chiron flow on the embedded defaults, end to end:
+#   provider registers the CNN program; the service (untrusted host + enclave processes on
+#   loopback, simulated TEE) starts; the owner encrypts Fashion-MNIST locally, verifies the
+#   training enclave's evidence, releases the key, follows training, then queries the model
+#   black-box with the 10 000 test images and prints the accuracy.
+# EPOCHS (default 3) and LIMIT (training examples, default all 60 000) can be overridden.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+scripts/build.sh
+
+EPOCHS="${EPOCHS:-3}"
+LIMIT_ARGS=()
+if [ -n "${LIMIT:-}" ]; then LIMIT_ARGS=(--limit "$LIMIT"); fi
+FMNIST=/usr/share/datasets/fashion-mnist
+BIN=target/release
+WORK="$(mktemp -d)"
+trap 'kill "$HOST_PID" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+# The service: untrusted host, which launches measured enclave processes.
+"$BIN/chiron-host" --data-dir "$WORK/service" --listen 127.0.0.1:0 >"$WORK/host.out" 2>"$WORK/host.err" &
+HOST_PID=$!
+for _ in $(seq 100); do
+    if [ -s "$WORK/host.out" ]; then break; fi
+    sleep 0.1
+done
+URL="$(head -n1 "$WORK/host.out" | awk '{print $NF}')"
+echo "service: $URL"
+
+# Provider: register the training program.
+PROGRAM="$("$BIN/chiron" register --host "$URL" programs/target/wasm32-unknown-unknown/release/chiron_cnn.wasm)"
+echo "provider registered program $PROGRAM"
+
+# Owner: pin the runtime measurement (from a reproducible build of the public runtime) and
+# the simulated platform's key, then train and evaluate.
+MEASUREMENT="$("$BIN/chiron" measure "$BIN/chiron-enclave")"
+TRUST=(--expect-measurement "$MEASUREMENT" --sim-platform-pub "$WORK/service/sim-platform.key.pub")
+"$BIN/chiron" train --host "$URL" --program "$PROGRAM" \
+    --idx-images "$FMNIST/train-images-idx3-ubyte.gz" --idx-labels "$FMNIST/train-labels-idx1-ubyte.gz" \
+    "${LIMIT_ARGS[@]}" --epochs "$EPOCHS" --valid-fraction 0.05 --ticket "$WORK/job.json" "${TRUST[@]}"
+"$BIN/chiron" evaluate --host "$URL" --ticket "$WORK/job.json" \
+    --idx-images "$FMNIST/t10k-images-idx3-ubyte.gz" --idx-labels "$FMNIST/t10k-labels-idx1-ubyte.gz" \
+    "${TRUST[@]}"
