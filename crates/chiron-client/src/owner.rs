@@ -129,7 +129,7 @@ pub fn start_training(
     let plaintext =
         postcard::to_allocvec(&request).map_err(|e| ClientError::Input(e.to_string()))?;
     let (sealed, event_key) = chiron_crypto::seal_to_enclave(
-        &enclave.public_key(),
+        &enclave.enclave_public_key(),
         TRAIN_INFO,
         job_id.as_bytes(),
         &plaintext,
@@ -216,7 +216,7 @@ impl<'a> QuerySession<'a> {
         let plaintext =
             postcard::to_allocvec(&request).map_err(|e| ClientError::Input(e.to_string()))?;
         let (sealed, key) = chiron_crypto::seal_to_enclave(
-            &self.enclave.public_key(),
+            &self.enclave.enclave_public_key(),
             QUERY_INFO,
             self.ticket.job_id.as_bytes(),
             &plaintext,

@@ -42,7 +42,12 @@ impl Enclave {
             nonce,
             context,
         );
-        EnclaveFrame::Evidence(evidence.to_bytes())
+        match evidence.to_bytes() {
+            Ok(bytes) => EnclaveFrame::Evidence(bytes),
+            Err(_) => EnclaveFrame::Failed {
+                public: "evidence could not be encoded".into(),
+            },
+        }
     }
 }
 

@@ -1,1 +1,107 @@
-fn main() {}
+//! `chiron-host`: the untrusted host of the Chiron service.
+//!
+//! It serves the public API, keeps ciphertext and sealed blobs in an object store, keeps job
+//! records, and launches enclave processes, relaying frames it cannot read. It plays the
+//! simulated TEE platform too: it makes sure the platform key exists before any enclave runs.
+//! It logs ids, states and fixed labels only, never anything derived from a payload.
+
+mod api;
+mod config;
+mod enclave;
+mod ids;
+mod jobs;
+mod models;
+mod store;
+
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::net::TcpListener;
+use tracing::info;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::Config;
+use crate::enclave::Launcher;
+use crate::jobs::Jobs;
+use crate::models::Models;
+use crate::store::Store;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let config = Config::parse();
+
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            config.data_dir.display()
+        )
+    })?;
+    let store = Store::open_local(&config.objects_dir()).with_context(|| {
+        format!(
+            "cannot open the object store in {}",
+            config.objects_dir().display()
+        )
+    })?;
+    let launcher = Launcher::new(config.enclave_bin()?, config.platform_key());
+    launcher
+        .init_platform()
+        .await
+        .context("cannot set up the simulated platform key")?;
+    let jobs = Jobs::load(store.clone(), launcher.clone())
+        .await
+        .context("cannot load the job records")?;
+    let state = api::AppState {
+        models: Arc::new(Models::new(store.clone(), launcher)),
+        jobs: Arc::new(jobs),
+        store,
+    };
+
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "chiron-host listening on http://{addr}")?;
+        out.flush()?;
+    }
+    info!("listening on http://{addr}");
+    axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(shutdown())
+        .await?;
+    info!("shutting down; stopping enclaves");
+    // Dropping the runtime drops every job task and query enclave, which kills their
+    // processes (kill_on_drop).
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

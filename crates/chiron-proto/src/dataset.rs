@@ -69,7 +69,9 @@ pub struct DatasetHeader {
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum HeaderError {
     /// Rank or a dimension out of range.
-    #[error("feature shape {0:?} is not supported (rank 1 for tables, 3 for images, dims 1..={MAX_DIM})")]
+    #[error(
+        "feature shape {0:?} is not supported (rank 1 for tables, 3 for images, dims 1..={MAX_DIM})"
+    )]
     Shape(Vec<u32>),
     /// Fewer than two or too many classes.
     #[error("class count {0} is outside 2..={MAX_CLASSES}")]
@@ -100,7 +102,9 @@ impl DatasetHeader {
         }
         let len = self.plaintext_len_unchecked();
         if len > MAX_PLAINTEXT_LEN as u128 {
-            return Err(HeaderError::TooLarge(u64::try_from(len).unwrap_or(u64::MAX)));
+            return Err(HeaderError::TooLarge(
+                u64::try_from(len).unwrap_or(u64::MAX),
+            ));
         }
         Ok(())
     }

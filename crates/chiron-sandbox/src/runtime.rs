@@ -35,7 +35,7 @@ pub struct Quotas {
 impl Default for Quotas {
     fn default() -> Self {
         Self {
-            tensor_elements: 1 << 28,
+            tensor_elements: 1 << 26,
             handles: 1 << 14,
             metrics: 4096,
         }

@@ -134,7 +134,7 @@ fn a_flipped_bit_in_the_sealed_model_or_a_query_is_detected() {
     };
     let plaintext = postcard::to_allocvec(&request).expect("encodes");
     let (mut sealed, _) = chiron_crypto::seal_to_enclave(
-        &enclave.public_key(),
+        &enclave.enclave_public_key(),
         QUERY_INFO,
         ticket.job_id.as_bytes(),
         &plaintext,

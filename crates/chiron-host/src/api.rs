@@ -1,0 +1,438 @@
+//! The public HTTP API (see the table in `chiron_proto::api`).
+//!
+//! Errors are JSON [`ApiError`]s with fixed texts, ids and limits: never anything from a
+//! request body, and never anything an enclave said except its public failure label.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::BytesMut;
+use chiron_proto::api::{
+    ApiError, CreateJob, DatasetCreated, Events, JobCreated, JobState, JobStatus, ProgramCreated,
+};
+use chiron_proto::wire::MAX_FRAME;
+use futures::StreamExt;
+use serde::Deserialize;
+use tracing::{error, info, warn};
+
+use crate::enclave::EnclaveError;
+use crate::ids::{BadId, DatasetId, JobId, ProgramId, parse_nonce};
+use crate::jobs::{Job, JobError, Jobs};
+use crate::models::{ModelError, Models};
+use crate::store::{self, Store, StoreError};
+
+/// Largest program: it must fit in one frame next to the sealed request.
+pub const PROGRAM_LIMIT: usize = MAX_FRAME - (1 << 20);
+/// Largest dataset container.
+pub const DATASET_LIMIT: u64 = 2 << 30;
+/// Largest sealed training request (a few hundred bytes in practice).
+pub const START_LIMIT: usize = 1 << 20;
+/// Largest sealed query: it must fit in one frame.
+pub const QUERY_LIMIT: usize = MAX_FRAME - 1024;
+/// Bytes of an upload read before its public header is parsed; a valid container's
+/// preamble, header and nonce are far smaller.
+const HEADER_PREFIX: usize = 8 << 10;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The object store.
+    pub store: Store,
+    /// The jobs.
+    pub jobs: Arc<Jobs>,
+    /// The query enclaves.
+    pub models: Arc<Models>,
+}
+
+/// The router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/v1/programs",
+            post(post_program).layer(DefaultBodyLimit::max(PROGRAM_LIMIT)),
+        )
+        // Streamed and bounded by the handler itself.
+        .route(
+            "/v1/datasets",
+            post(post_dataset).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/v1/jobs", post(post_job))
+        .route("/v1/jobs/{id}", get(get_job))
+        .route("/v1/jobs/{id}/evidence", get(job_evidence))
+        .route(
+            "/v1/jobs/{id}/start",
+            post(start_job).layer(DefaultBodyLimit::max(START_LIMIT)),
+        )
+        .route("/v1/jobs/{id}/events", get(job_events))
+        .route("/v1/models/{id}/evidence", get(model_evidence))
+        .route(
+            "/v1/models/{id}/query",
+            post(query_model).layer(DefaultBodyLimit::max(QUERY_LIMIT)),
+        )
+        .fallback(no_route)
+        .with_state(state)
+}
+
+/// An error answer: a status and an [`ApiError`] body.
+#[derive(Debug)]
+pub struct HttpError {
+    status: StatusCode,
+    message: String,
+}
+
+impl HttpError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+
+    fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, message)
+    }
+
+    fn bad_gateway(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_GATEWAY, message)
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        // Messages carry fixed texts, ids, limits, public labels and OS errors: safe to log.
+        if self.status == StatusCode::BAD_GATEWAY {
+            warn!("answering 502: {}", self.message);
+        } else if self.status.is_server_error() {
+            error!("answering {}: {}", self.status.as_u16(), self.message);
+        }
+        (
+            self.status,
+            Json(ApiError {
+                error: self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+impl From<BadId> for HttpError {
+    fn from(e: BadId) -> Self {
+        Self::bad_request(e.to_string())
+    }
+}
+
+impl From<StoreError> for HttpError {
+    fn from(e: StoreError) -> Self {
+        error!("object store: {e}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the host's object store failed; see the host's log",
+        )
+    }
+}
+
+impl From<JobError> for HttpError {
+    fn from(e: JobError) -> Self {
+        match e {
+            JobError::UnknownProgram(_) | JobError::UnknownDataset(_) => {
+                Self::not_found(e.to_string())
+            }
+            JobError::WrongState { .. } => Self::conflict(e.to_string()),
+            JobError::EnclaveGone(_) => Self::bad_gateway(e.to_string()),
+            JobError::Enclave(EnclaveError::Refused(label)) => Self::bad_gateway(label),
+            JobError::Enclave(e) => Self::bad_gateway(format!("training enclave: {e}")),
+            JobError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl HttpError {
+    /// Maps a model error; `refused` is the status for an enclave's refusal of the request.
+    fn from_model(e: ModelError, refused: StatusCode) -> Self {
+        match e {
+            ModelError::NotLoaded(_) => Self::conflict(e.to_string()),
+            ModelError::Refused(label) => Self::new(refused, label),
+            ModelError::LoadRefused(_)
+            | ModelError::Unavailable
+            | ModelError::Start(_)
+            | ModelError::Missing(_) => Self::bad_gateway(e.to_string()),
+            ModelError::TooLarge if refused == StatusCode::BAD_REQUEST => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+            }
+            ModelError::TooLarge => Self::bad_gateway(e.to_string()),
+            ModelError::Store(e) => e.into(),
+            ModelError::Internal => Self::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+}
+
+fn body_error(rejection: &BytesRejection, limit: usize, what: &str) -> HttpError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        HttpError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("{what} exceeds this endpoint's limit of {limit} bytes"),
+        )
+    } else {
+        HttpError::bad_request(format!("could not read the request body ({what})"))
+    }
+}
+
+fn octets(bytes: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response()
+}
+
+fn job(state: &AppState, id: &str) -> Result<(JobId, Arc<Job>), HttpError> {
+    let id = JobId::parse(id)?;
+    let job = state.jobs.get(&id).ok_or_else(|| {
+        HttpError::not_found(format!("no job {id}; create one with POST /v1/jobs"))
+    })?;
+    Ok((id, job))
+}
+
+async fn succeeded_job(state: &AppState, id: &str) -> Result<(JobId, Arc<Job>), HttpError> {
+    let (id, job) = job(state, id)?;
+    let job_state = job.state().await;
+    if job_state != JobState::Succeeded {
+        return Err(HttpError::conflict(format!(
+            "model {id} is not available: its job is {job_state:?}; models are served once the \
+             job has Succeeded"
+        )));
+    }
+    Ok((id, job))
+}
+
+#[derive(Deserialize)]
+struct NonceParam {
+    nonce: String,
+}
+
+fn nonce(param: Result<Query<NonceParam>, QueryRejection>) -> Result<[u8; 32], HttpError> {
+    let Query(param) = param.map_err(|_| {
+        HttpError::bad_request("add ?nonce=<64 hex characters> (your fresh 32-byte nonce)")
+    })?;
+    Ok(parse_nonce(&param.nonce)?)
+}
+
+#[derive(Deserialize)]
+struct FromParam {
+    from: Option<u64>,
+}
+
+async fn no_route() -> HttpError {
+    HttpError::not_found("no such endpoint; the API is listed in chiron_proto::api")
+}
+
+async fn post_program(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<ProgramCreated>, HttpError> {
+    let wasm = body.map_err(|r| body_error(&r, PROGRAM_LIMIT, "the program"))?;
+    if !wasm.starts_with(b"\0asm") {
+        return Err(HttpError::bad_request(
+            "the body must be a binary WebAssembly module (starting with \\0asm)",
+        ));
+    }
+    let id = ProgramId::of_wasm(&wasm);
+    let path = store::program_path(&id);
+    if !state.store.exists(&path).await? {
+        state.store.put(&path, wasm).await?;
+    }
+    info!("program {id} registered");
+    Ok(Json(ProgramCreated {
+        program_id: id.to_string(),
+    }))
+}
+
+async fn post_dataset(
+    State(state): State<AppState>,
+    body: Body,
+) -> Result<Json<DatasetCreated>, HttpError> {
+    let interrupted = || HttpError::bad_request("the dataset upload was interrupted; retry it");
+    let mut stream = body.into_data_stream();
+    // Read enough to parse the public header, or the whole body if it is shorter.
+    let mut prefix = BytesMut::new();
+    let mut ended = false;
+    while prefix.len() < HEADER_PREFIX {
+        match stream.next().await {
+            Some(Ok(chunk)) => prefix.extend_from_slice(&chunk),
+            Some(Err(_)) => return Err(interrupted()),
+            None => {
+                ended = true;
+                break;
+            }
+        }
+    }
+    let header = chiron_crypto::read_dataset_header(&prefix).map_err(|e| {
+        HttpError::bad_request(format!(
+            "not a valid encrypted dataset container ({e}); create one with the owner client"
+        ))
+    })?;
+    let expected = chiron_crypto::dataset::container_len(&header)
+        .map_err(|e| HttpError::bad_request(format!("the dataset header cannot be used ({e})")))?;
+    if expected > DATASET_LIMIT {
+        return Err(HttpError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the dataset container would be {expected} bytes, above this host's limit of \
+                 {DATASET_LIMIT} bytes"
+            ),
+        ));
+    }
+    let length_error = |found: u64| {
+        HttpError::bad_request(format!(
+            "the upload is {found} bytes but its header implies {expected}: the file was cut \
+             short or has extra data"
+        ))
+    };
+    if prefix.len() as u64 > expected {
+        return Err(length_error(prefix.len() as u64));
+    }
+    let id = DatasetId::random();
+    let path = store::dataset_path(&id);
+    let mut writer = state.store.writer(&path).await?;
+    let mut total = prefix.len() as u64;
+    writer.put(prefix.freeze());
+    if !ended {
+        while let Some(chunk) = stream.next().await {
+            let Ok(chunk) = chunk else {
+                let _ = writer.abort().await;
+                return Err(interrupted());
+            };
+            total += chunk.len() as u64;
+            if total > expected {
+                let _ = writer.abort().await;
+                return Err(length_error(total));
+            }
+            if let Err(e) = writer.wait_for_capacity(4).await {
+                let _ = writer.abort().await;
+                return Err(StoreError::from(e).into());
+            }
+            writer.put(chunk);
+        }
+    }
+    if total != expected {
+        let _ = writer.abort().await;
+        return Err(length_error(total));
+    }
+    writer
+        .finish()
+        .await
+        .map_err(|e| HttpError::from(StoreError::from(e)))?;
+    info!("dataset {id} stored");
+    Ok(Json(DatasetCreated {
+        dataset_id: id.to_string(),
+        header,
+    }))
+}
+
+async fn post_job(
+    State(state): State<AppState>,
+    body: Result<Json<CreateJob>, JsonRejection>,
+) -> Result<Json<JobCreated>, HttpError> {
+    let Json(request) = body.map_err(|_| {
+        HttpError::bad_request(
+            "the body must be JSON {\"program_id\": \"<64 hex>\", \"dataset_id\": \"<32 hex>\"} \
+             with Content-Type: application/json",
+        )
+    })?;
+    let program_id = ProgramId::parse(&request.program_id)?;
+    let dataset_id = DatasetId::parse(&request.dataset_id)?;
+    let job = state.jobs.create(program_id, dataset_id).await?;
+    Ok(Json(JobCreated {
+        job_id: job.id.to_string(),
+    }))
+}
+
+async fn get_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobStatus>, HttpError> {
+    let (_, job) = job(&state, &id)?;
+    Ok(Json(job.status().await))
+}
+
+async fn job_evidence(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    param: Result<Query<NonceParam>, QueryRejection>,
+) -> Result<Response, HttpError> {
+    let (_, job) = job(&state, &id)?;
+    let nonce = nonce(param)?;
+    Ok(octets(job.evidence(nonce).await?))
+}
+
+async fn start_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<JobStatus>, HttpError> {
+    let (_, job) = job(&state, &id)?;
+    let sealed = body.map_err(|r| body_error(&r, START_LIMIT, "the sealed request"))?;
+    if sealed.is_empty() {
+        return Err(HttpError::bad_request(
+            "the body must be the training request sealed to the job's attested enclave key",
+        ));
+    }
+    Ok(Json(job.start(sealed.to_vec()).await?))
+}
+
+async fn job_events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    param: Result<Query<FromParam>, QueryRejection>,
+) -> Result<Json<Events>, HttpError> {
+    let (_, job) = job(&state, &id)?;
+    let Query(param) = param.map_err(|_| {
+        HttpError::bad_request("?from= must be a non-negative integer (an event sequence number)")
+    })?;
+    Ok(Json(job.events_from(param.from.unwrap_or(0)).await))
+}
+
+async fn model_evidence(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    param: Result<Query<NonceParam>, QueryRejection>,
+) -> Result<Response, HttpError> {
+    let (id, job) = succeeded_job(&state, &id).await?;
+    let nonce = nonce(param)?;
+    let evidence = state
+        .models
+        .evidence(&id, &job.program_id, nonce)
+        .await
+        .map_err(|e| HttpError::from_model(e, StatusCode::BAD_GATEWAY))?;
+    Ok(octets(evidence))
+}
+
+async fn query_model(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, HttpError> {
+    let (id, _) = succeeded_job(&state, &id).await?;
+    let sealed = body.map_err(|r| body_error(&r, QUERY_LIMIT, "the sealed query"))?;
+    if sealed.is_empty() {
+        return Err(HttpError::bad_request(
+            "the body must be a query sealed to the model's attested query-enclave key",
+        ));
+    }
+    let answer = state
+        .models
+        .query(&id, sealed.to_vec())
+        .await
+        .map_err(|e| HttpError::from_model(e, StatusCode::BAD_REQUEST))?;
+    Ok(octets(answer))
+}

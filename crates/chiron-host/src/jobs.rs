@@ -1,0 +1,642 @@
+//! Training jobs: their records, and one task per job that owns its training enclave.
+//!
+//! A job's record lives in memory behind its own lock and is persisted as JSON at
+//! `jobs/<id>.json` on every change. All enclave I/O happens in the job's own task (see
+//! [`run_job`]); request handlers talk to it through a channel and never hold a lock across
+//! enclave I/O, so a job whose enclave hangs or crashes affects no other job.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex as StdMutex, PoisonError};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::{Bytes, BytesMut};
+use chiron_proto::api::{Events, JobState, JobStatus};
+use chiron_proto::wire::{DATASET_PART, EnclaveFrame, FrameError, HostFrame};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::enclave::{
+    Enclave, EnclaveError, Launcher, Role, clean_label, frame_kind, read_frame, write_frame,
+};
+use crate::ids::{DatasetId, JobId, ProgramId};
+use crate::store::{self, Store, StoreError};
+
+/// How long a training enclave may take to produce evidence.
+pub const EVIDENCE_TIMEOUT: Duration = Duration::from_secs(60);
+/// After the dataset transfer broke, how long to wait for the enclave's closing frame.
+const CLOSING_GRACE: Duration = Duration::from_secs(30);
+/// Largest event ciphertext accepted (events are padded to a small fixed size).
+const MAX_EVENT_LEN: usize = 64 << 10;
+
+/// Public failure labels set by the host itself.
+pub mod labels {
+    /// The enclave's connection closed (or broke) before it reported an outcome.
+    pub const ENCLAVE_EXITED: &str = "enclave exited";
+    /// The enclave stopped answering.
+    pub const ENCLAVE_UNRESPONSIVE: &str = "enclave unresponsive";
+    /// The enclave sent a frame that does not fit the protocol.
+    pub const PROTOCOL: &str = "enclave protocol error";
+    /// The host restarted while the job was waiting or running.
+    pub const HOST_RESTARTED: &str = "host restarted";
+    /// The host could not read the program or dataset from its store.
+    pub const HOST_READ: &str = "host could not read the program or dataset";
+    /// The host could not store the sealed model.
+    pub const HOST_WRITE: &str = "host could not store the model";
+}
+
+/// One stored event: its sequence number and base64 ciphertext.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StoredEvent {
+    /// Position in the job's event stream.
+    pub seq: u64,
+    /// Standard base64 of the ciphertext.
+    pub ciphertext: String,
+}
+
+/// A job's persisted record.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// The job's id.
+    pub job_id: String,
+    /// The program it runs.
+    pub program_id: String,
+    /// The dataset it trains on.
+    pub dataset_id: String,
+    /// Its state.
+    pub state: JobState,
+    /// Public failure label, when failed.
+    pub error: Option<String>,
+    /// The encrypted event stream so far.
+    pub events: Vec<StoredEvent>,
+}
+
+impl JobRecord {
+    fn status(&self) -> JobStatus {
+        JobStatus {
+            job_id: self.job_id.clone(),
+            state: self.state,
+            error: self.error.clone(),
+            events: self.events.len() as u64,
+        }
+    }
+}
+
+/// Why a job operation failed.
+#[derive(Debug, Error)]
+pub enum JobError {
+    /// The program is not registered.
+    #[error("program {0} is not registered; upload it with POST /v1/programs")]
+    UnknownProgram(ProgramId),
+    /// The dataset is not uploaded.
+    #[error("dataset {0} does not exist; upload it with POST /v1/datasets")]
+    UnknownDataset(DatasetId),
+    /// The operation needs another state.
+    #[error("job {job} is {state:?}; this needs it to be {needed:?}")]
+    WrongState {
+        /// The job.
+        job: JobId,
+        /// Its state.
+        state: JobState,
+        /// The state the operation needs.
+        needed: JobState,
+    },
+    /// The job's enclave task has ended.
+    #[error("the training enclave of job {0} is no longer running")]
+    EnclaveGone(JobId),
+    /// The enclave failed.
+    #[error("training enclave: {0}")]
+    Enclave(#[from] EnclaveError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Requests to a job's task.
+enum Command {
+    Evidence {
+        nonce: [u8; 32],
+        reply: oneshot::Sender<Result<Vec<u8>, JobError>>,
+    },
+    Start {
+        sealed_request: Vec<u8>,
+    },
+}
+
+/// One job.
+pub struct Job {
+    /// Its id.
+    pub id: JobId,
+    /// The program it runs.
+    pub program_id: ProgramId,
+    /// The dataset it trains on.
+    pub dataset_id: DatasetId,
+    record: Mutex<JobRecord>,
+    commands: Option<mpsc::Sender<Command>>,
+    store: Store,
+}
+
+impl Job {
+    /// The job's public status.
+    pub async fn status(&self) -> JobStatus {
+        self.record.lock().await.status()
+    }
+
+    /// The job's state.
+    pub async fn state(&self) -> JobState {
+        self.record.lock().await.state
+    }
+
+    /// Events with sequence number `from` or later.
+    pub async fn events_from(&self, from: u64) -> Events {
+        let record = self.record.lock().await;
+        Events {
+            state: record.state,
+            events: record
+                .events
+                .iter()
+                .filter(|e| e.seq >= from)
+                .map(|e| (e.seq, e.ciphertext.clone()))
+                .collect(),
+        }
+    }
+
+    /// Evidence from the job's training enclave (only while it waits for its owner).
+    pub async fn evidence(&self, nonce: [u8; 32]) -> Result<Vec<u8>, JobError> {
+        self.require(JobState::Created).await?;
+        let commands = self
+            .commands
+            .as_ref()
+            .ok_or_else(|| JobError::EnclaveGone(self.id.clone()))?;
+        let (reply, answer) = oneshot::channel();
+        commands
+            .send(Command::Evidence { nonce, reply })
+            .await
+            .map_err(|_| JobError::EnclaveGone(self.id.clone()))?;
+        answer
+            .await
+            .map_err(|_| JobError::EnclaveGone(self.id.clone()))?
+    }
+
+    /// Hands the owner's sealed request to the enclave; the job becomes Running.
+    pub async fn start(&self, sealed_request: Vec<u8>) -> Result<JobStatus, JobError> {
+        let status = {
+            let mut record = self.record.lock().await;
+            if record.state != JobState::Created {
+                return Err(self.wrong_state(record.state, JobState::Created));
+            }
+            // Only jobs loaded after a restart lack a task, and those are never Created.
+            if self.commands.is_none() {
+                return Err(JobError::EnclaveGone(self.id.clone()));
+            }
+            record.state = JobState::Running;
+            if let Err(e) = self
+                .store
+                .put_json(&store::job_path(&self.id), &*record)
+                .await
+            {
+                record.state = JobState::Created;
+                return Err(e.into());
+            }
+            record.status()
+        };
+        info!("job {} state Running", self.id);
+        let Some(commands) = self.commands.as_ref() else {
+            return Err(JobError::EnclaveGone(self.id.clone()));
+        };
+        if commands
+            .send(Command::Start { sealed_request })
+            .await
+            .is_err()
+        {
+            // The task ended (its enclave died) after the check: it failed the job, or will.
+            return Err(JobError::EnclaveGone(self.id.clone()));
+        }
+        Ok(status)
+    }
+
+    async fn require(&self, needed: JobState) -> Result<(), JobError> {
+        let state = self.state().await;
+        if state == needed {
+            Ok(())
+        } else {
+            Err(self.wrong_state(state, needed))
+        }
+    }
+
+    fn wrong_state(&self, state: JobState, needed: JobState) -> JobError {
+        JobError::WrongState {
+            job: self.id.clone(),
+            state,
+            needed,
+        }
+    }
+
+    async fn push_event(&self, seq: u64, ciphertext: &[u8]) {
+        let mut record = self.record.lock().await;
+        record.events.push(StoredEvent {
+            seq,
+            ciphertext: BASE64.encode(ciphertext),
+        });
+        if let Err(e) = self
+            .store
+            .put_json(&store::job_path(&self.id), &*record)
+            .await
+        {
+            warn!("job {}: persisting its record failed: {e}", self.id);
+        }
+    }
+
+    /// Moves the job to its final state and logs it.
+    async fn finish(&self, outcome: Result<(), String>) {
+        let mut record = self.record.lock().await;
+        match &outcome {
+            Ok(()) => {
+                record.state = JobState::Succeeded;
+                record.error = None;
+            }
+            Err(label) => {
+                record.state = JobState::Failed;
+                record.error = Some(label.clone());
+            }
+        }
+        if let Err(e) = self
+            .store
+            .put_json(&store::job_path(&self.id), &*record)
+            .await
+        {
+            warn!("job {}: persisting its record failed: {e}", self.id);
+        }
+        drop(record);
+        match outcome {
+            Ok(()) => info!("job {} state Succeeded", self.id),
+            Err(label) => info!("job {} failed: {label}", self.id),
+        }
+    }
+}
+
+/// All jobs.
+pub struct Jobs {
+    store: Store,
+    launcher: Launcher,
+    map: StdMutex<HashMap<JobId, Arc<Job>>>,
+}
+
+impl Jobs {
+    /// Loads the stored job records. Jobs that were waiting or running when the host stopped
+    /// lost their enclave with it, so they become Failed ("host restarted").
+    pub async fn load(store: Store, launcher: Launcher) -> anyhow::Result<Self> {
+        let mut map = HashMap::new();
+        for path in store.list(&store::jobs_prefix()).await? {
+            let record: JobRecord = match store.get_json(&path).await {
+                Ok(Some(record)) => record,
+                Ok(None) => continue,
+                Err(e) => {
+                    warn!("skipping job record {path}: {e}");
+                    continue;
+                }
+            };
+            let (Ok(id), Ok(program_id), Ok(dataset_id)) = (
+                JobId::parse(&record.job_id),
+                ProgramId::parse(&record.program_id),
+                DatasetId::parse(&record.dataset_id),
+            ) else {
+                warn!("skipping job record {path}: malformed ids");
+                continue;
+            };
+            if store::job_path(&id) != path {
+                warn!("skipping job record {path}: stored under another id");
+                continue;
+            }
+            let mut record = record;
+            if matches!(record.state, JobState::Created | JobState::Running) {
+                record.state = JobState::Failed;
+                record.error = Some(labels::HOST_RESTARTED.to_owned());
+                store.put_json(&path, &record).await?;
+                info!("job {id} failed: {}", labels::HOST_RESTARTED);
+            }
+            let job = Job {
+                id: id.clone(),
+                program_id,
+                dataset_id,
+                record: Mutex::new(record),
+                commands: None,
+                store: store.clone(),
+            };
+            map.insert(id, Arc::new(job));
+        }
+        if !map.is_empty() {
+            info!("loaded {} job records", map.len());
+        }
+        Ok(Self {
+            store,
+            launcher,
+            map: StdMutex::new(map),
+        })
+    }
+
+    /// A job by id.
+    pub fn get(&self, id: &JobId) -> Option<Arc<Job>> {
+        self.map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .cloned()
+    }
+
+    /// Creates a job: checks its inputs exist, starts its training enclave and its task.
+    pub async fn create(
+        &self,
+        program_id: ProgramId,
+        dataset_id: DatasetId,
+    ) -> Result<Arc<Job>, JobError> {
+        if !self.store.exists(&store::program_path(&program_id)).await? {
+            return Err(JobError::UnknownProgram(program_id));
+        }
+        if !self.store.exists(&store::dataset_path(&dataset_id)).await? {
+            return Err(JobError::UnknownDataset(dataset_id));
+        }
+        let enclave = self.launcher.spawn(Role::Train).await?;
+        let id = JobId::random();
+        let record = JobRecord {
+            job_id: id.to_string(),
+            program_id: program_id.to_string(),
+            dataset_id: dataset_id.to_string(),
+            state: JobState::Created,
+            error: None,
+            events: Vec::new(),
+        };
+        self.store.put_json(&store::job_path(&id), &record).await?;
+        let (commands, receiver) = mpsc::channel(8);
+        let job = Arc::new(Job {
+            id: id.clone(),
+            program_id,
+            dataset_id,
+            record: Mutex::new(record),
+            commands: Some(commands),
+            store: self.store.clone(),
+        });
+        self.map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id.clone(), Arc::clone(&job));
+        info!("job {id} created");
+        tokio::spawn(run_job(Arc::clone(&job), enclave, receiver));
+        Ok(job)
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+type FrameResult = Result<EnclaveFrame, FrameError>;
+
+/// The task that owns a job's enclave for the job's whole life.
+async fn run_job(job: Arc<Job>, enclave: Enclave, mut commands: mpsc::Receiver<Command>) {
+    let Enclave {
+        reader,
+        mut writer,
+        child,
+    } = enclave;
+    // Frames are read by their own task and queued, so waiting for one is cancel-safe.
+    let (frame_tx, mut frames) = mpsc::channel::<FrameResult>(16);
+    let _reader = AbortOnDrop(tokio::spawn(async move {
+        let mut reader = reader;
+        loop {
+            let frame = read_frame::<EnclaveFrame>(&mut reader).await;
+            let end = frame.is_err();
+            if frame_tx.send(frame).await.is_err() || end {
+                break;
+            }
+        }
+    }));
+
+    let outcome = loop {
+        tokio::select! {
+            command = commands.recv() => match command {
+                // Every sender is gone: the host is shutting down.
+                None => break None,
+                Some(Command::Evidence { nonce, reply }) => {
+                    let answer = evidence(&job, &mut writer, &mut frames, nonce).await;
+                    let fatal = match &answer {
+                        Err(JobError::Enclave(e)) if e.is_fatal() => Some(enclave_label(e)),
+                        _ => None,
+                    };
+                    let _ = reply.send(answer);
+                    if let Some(label) = fatal {
+                        break Some(Err(label.to_owned()));
+                    }
+                }
+                Some(Command::Start { sealed_request }) => {
+                    break Some(train(&job, writer, &mut frames, &mut commands, sealed_request).await);
+                }
+            },
+            frame = frames.recv() => {
+                // Nothing is expected while the job waits for its owner.
+                break Some(Err(match frame {
+                    Some(Ok(_)) => labels::PROTOCOL,
+                    Some(Err(_)) | None => labels::ENCLAVE_EXITED,
+                }.to_owned()));
+            }
+        }
+    };
+    if let Some(mut child) = child {
+        let _ = child.kill().await;
+    }
+    if let Some(outcome) = outcome {
+        job.finish(outcome).await;
+    }
+}
+
+/// The label a broken enclave conversation fails a job with.
+fn enclave_label(e: &EnclaveError) -> &'static str {
+    match e {
+        EnclaveError::Timeout(_) => labels::ENCLAVE_UNRESPONSIVE,
+        EnclaveError::Unexpected(_) | EnclaveError::Frame(FrameError::Malformed(_)) => {
+            labels::PROTOCOL
+        }
+        _ => labels::ENCLAVE_EXITED,
+    }
+}
+
+async fn evidence(
+    job: &Job,
+    writer: &mut OwnedWriteHalf,
+    frames: &mut mpsc::Receiver<FrameResult>,
+    nonce: [u8; 32],
+) -> Result<Vec<u8>, JobError> {
+    let frame = HostFrame::GetEvidence {
+        nonce,
+        context: job.id.context(),
+    };
+    write_frame(writer, &frame)
+        .await
+        .map_err(EnclaveError::from)?;
+    let answer = tokio::time::timeout(EVIDENCE_TIMEOUT, frames.recv())
+        .await
+        .map_err(|_| EnclaveError::Timeout(EVIDENCE_TIMEOUT))?;
+    match answer {
+        Some(Ok(EnclaveFrame::Evidence(bytes))) => Ok(bytes),
+        Some(Ok(EnclaveFrame::Failed { public })) => {
+            Err(EnclaveError::Refused(clean_label(&public)).into())
+        }
+        Some(Ok(other)) => Err(EnclaveError::Unexpected(frame_kind(&other)).into()),
+        Some(Err(e)) => Err(EnclaveError::Frame(e).into()),
+        None => Err(
+            EnclaveError::Frame(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into())).into(),
+        ),
+    }
+}
+
+/// Why sending the training input stopped.
+enum SendFailure {
+    /// The host could not read its own store.
+    Store,
+    /// The enclave connection broke (the enclave may have refused and closed).
+    Enclave,
+}
+
+/// Sends the start frame and the dataset container in parts.
+async fn send_training_input(
+    mut writer: OwnedWriteHalf,
+    job: Arc<Job>,
+    sealed_request: Vec<u8>,
+) -> Result<OwnedWriteHalf, SendFailure> {
+    let program = match job.store.get(&store::program_path(&job.program_id)).await {
+        Ok(Some(program)) => program,
+        _ => return Err(SendFailure::Store),
+    };
+    let dataset = match job
+        .store
+        .get_stream(&store::dataset_path(&job.dataset_id))
+        .await
+    {
+        Ok(Some(dataset)) => dataset,
+        _ => return Err(SendFailure::Store),
+    };
+    let start = HostFrame::StartTraining {
+        job_id: job.id.to_string(),
+        sealed_request,
+        program: program.to_vec(),
+        dataset_len: dataset.size,
+    };
+    write_frame(&mut writer, &start)
+        .await
+        .map_err(|_| SendFailure::Enclave)?;
+    drop(start);
+    let mut sent = 0u64;
+    let mut pending = BytesMut::new();
+    let mut bytes = dataset.bytes;
+    loop {
+        let next: Option<Bytes> = match bytes.next().await {
+            Some(Ok(chunk)) => Some(chunk),
+            Some(Err(_)) => return Err(SendFailure::Store),
+            None => None,
+        };
+        let done = next.is_none();
+        if let Some(chunk) = next {
+            pending.extend_from_slice(&chunk);
+        }
+        while pending.len() >= DATASET_PART || (done && !pending.is_empty()) {
+            let take = pending.len().min(DATASET_PART);
+            let part = pending.split_to(take);
+            sent += part.len() as u64;
+            write_frame(&mut writer, &HostFrame::DatasetPart(part.to_vec()))
+                .await
+                .map_err(|_| SendFailure::Enclave)?;
+        }
+        if done {
+            break;
+        }
+    }
+    // The file changed under the host while it was read: the enclave would wait forever.
+    if sent != dataset.size {
+        return Err(SendFailure::Store);
+    }
+    Ok(writer)
+}
+
+/// Runs a started job to its end; returns Ok on success or the public failure label.
+async fn train(
+    job: &Arc<Job>,
+    writer: OwnedWriteHalf,
+    frames: &mut mpsc::Receiver<FrameResult>,
+    commands: &mut mpsc::Receiver<Command>,
+    sealed_request: Vec<u8>,
+) -> Result<(), String> {
+    let mut sender = AbortOnDrop(tokio::spawn(send_training_input(
+        writer,
+        Arc::clone(job),
+        sealed_request,
+    )));
+    let mut sending = true;
+    // Keeps the write half (and so the connection) open once the transfer is done.
+    let mut _writer: Option<OwnedWriteHalf> = None;
+    let mut closing: Option<tokio::time::Instant> = None;
+    let mut commands_open = true;
+    loop {
+        let grace = async {
+            match closing {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            sent = &mut sender.0, if sending => {
+                sending = false;
+                match sent {
+                    Ok(Ok(writer)) => _writer = Some(writer),
+                    Ok(Err(SendFailure::Store)) => return Err(labels::HOST_READ.to_owned()),
+                    Ok(Err(SendFailure::Enclave)) | Err(_) => {
+                        closing = Some(tokio::time::Instant::now() + CLOSING_GRACE);
+                    }
+                }
+            }
+            frame = frames.recv() => match frame {
+                Some(Ok(EnclaveFrame::Event { seq, ciphertext })) => {
+                    if ciphertext.len() > MAX_EVENT_LEN {
+                        return Err(labels::PROTOCOL.to_owned());
+                    }
+                    job.push_event(seq, &ciphertext).await;
+                }
+                Some(Ok(EnclaveFrame::Trained { sealed_model })) => {
+                    let path = store::model_path(&job.id);
+                    return match job.store.put(&path, Bytes::from(sealed_model)).await {
+                        Ok(()) => Ok(()),
+                        Err(e) => {
+                            warn!("job {}: storing its model failed: {e}", job.id);
+                            Err(labels::HOST_WRITE.to_owned())
+                        }
+                    };
+                }
+                Some(Ok(EnclaveFrame::Failed { public })) => return Err(clean_label(&public)),
+                Some(Ok(_)) => return Err(labels::PROTOCOL.to_owned()),
+                Some(Err(FrameError::Malformed(_) | FrameError::TooLarge(_))) => {
+                    return Err(labels::PROTOCOL.to_owned());
+                }
+                Some(Err(FrameError::Io(_))) | None => return Err(labels::ENCLAVE_EXITED.to_owned()),
+            },
+            command = commands.recv(), if commands_open => match command {
+                Some(Command::Evidence { reply, .. }) => {
+                    let _ = reply.send(Err(job.wrong_state(JobState::Running, JobState::Created)));
+                }
+                // Refused before it is sent: the state is no longer Created.
+                Some(Command::Start { .. }) => {}
+                None => commands_open = false,
+            },
+            () = grace => return Err(labels::ENCLAVE_EXITED.to_owned()),
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! Query enclaves: at most one per trained model, started on the first evidence request.
+//!
+//! Each model has a slot holding its query enclave behind an async mutex: requests to one
+//! enclave are serialised (it is one connection), requests to different models are not.
+//! Every conversation runs in a spawned task, so a client that disconnects half way cannot
+//! leave the connection out of step.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex as StdMutex, PoisonError};
+use std::time::Duration;
+
+use chiron_proto::wire::{EnclaveFrame, FrameError, HostFrame};
+use thiserror::Error;
+use tokio::sync::Mutex;
+use tracing::{info, warn};
+
+use crate::enclave::{Enclave, EnclaveError, Launcher, Role, clean_label, frame_kind};
+use crate::ids::{JobId, ProgramId};
+use crate::jobs::EVIDENCE_TIMEOUT;
+use crate::store::{self, Store, StoreError};
+
+/// How long a query enclave may take to open a model.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long one query may take.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Why a model request failed.
+#[derive(Debug, Error)]
+pub enum ModelError {
+    /// No query enclave is running for the model.
+    #[error(
+        "no query enclave is running for model {0}; fetch GET /v1/models/{0}/evidence?nonce=... \
+         to start one, then seal the query to the key in that evidence"
+    )]
+    NotLoaded(JobId),
+    /// The query enclave refused to load the model (label from the enclave).
+    #[error("the query enclave could not load the model: {0}")]
+    LoadRefused(String),
+    /// The enclave refused the request (label from the enclave).
+    #[error("{0}")]
+    Refused(String),
+    /// The query enclave failed or died; it was discarded.
+    #[error("query enclave unavailable")]
+    Unavailable,
+    /// The enclave could not be started.
+    #[error("could not start a query enclave: {0}")]
+    Start(#[source] EnclaveError),
+    /// The sealed model and program do not fit one frame.
+    #[error("the sealed model and its program are too large to send to a query enclave")]
+    TooLarge,
+    /// The sealed model or program is missing from the store.
+    #[error("the sealed model or program of model {0} is missing from the host's store")]
+    Missing(JobId),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The task serving the request ended abnormally.
+    #[error("internal error while serving the model")]
+    Internal,
+}
+
+type Slot = Arc<Mutex<Option<Enclave>>>;
+
+/// The query enclaves of all models.
+pub struct Models {
+    store: Store,
+    launcher: Launcher,
+    slots: StdMutex<HashMap<JobId, Slot>>,
+}
+
+impl Models {
+    /// No query enclaves yet.
+    pub fn new(store: Store, launcher: Launcher) -> Self {
+        Self {
+            store,
+            launcher,
+            slots: StdMutex::new(HashMap::new()),
+        }
+    }
+
+    fn slot(&self, id: &JobId) -> Slot {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(slots.entry(id.clone()).or_default())
+    }
+
+    /// Evidence from the model's query enclave, starting it (and loading the model) first if
+    /// none is running. The caller has checked that the job succeeded.
+    pub async fn evidence(
+        self: &Arc<Self>,
+        id: &JobId,
+        program_id: &ProgramId,
+        nonce: [u8; 32],
+    ) -> Result<Vec<u8>, ModelError> {
+        let this = Arc::clone(self);
+        let slot = self.slot(id);
+        let id = id.clone();
+        let program_id = program_id.clone();
+        tokio::spawn(async move {
+            let mut guard = slot.lock_owned().await;
+            if guard.is_none() {
+                *guard = Some(this.start(&id, &program_id).await?);
+            }
+            let Some(enclave) = guard.as_mut() else {
+                return Err(ModelError::Internal);
+            };
+            match enclave
+                .evidence(nonce, id.context(), EVIDENCE_TIMEOUT)
+                .await
+            {
+                Ok(evidence) => Ok(evidence),
+                Err(EnclaveError::Refused(label)) => Err(ModelError::Refused(label)),
+                Err(e) => {
+                    discard(&id, guard.take(), &e).await;
+                    Err(ModelError::Unavailable)
+                }
+            }
+        })
+        .await
+        .map_err(|_| ModelError::Internal)?
+    }
+
+    /// Sends a sealed query to the model's query enclave; returns the encrypted answer.
+    pub async fn query(
+        self: &Arc<Self>,
+        id: &JobId,
+        sealed: Vec<u8>,
+    ) -> Result<Vec<u8>, ModelError> {
+        let slot = self.slot(id);
+        let id = id.clone();
+        tokio::spawn(async move {
+            let mut guard = slot.lock_owned().await;
+            let Some(enclave) = guard.as_mut() else {
+                return Err(ModelError::NotLoaded(id));
+            };
+            let answer = enclave
+                .request(&HostFrame::Query { sealed }, QUERY_TIMEOUT)
+                .await;
+            match answer {
+                Ok(EnclaveFrame::Answer(bytes)) => Ok(bytes),
+                Ok(EnclaveFrame::Failed { public }) => {
+                    Err(ModelError::Refused(clean_label(&public)))
+                }
+                Ok(other) => {
+                    let e = EnclaveError::Unexpected(frame_kind(&other));
+                    discard(&id, guard.take(), &e).await;
+                    Err(ModelError::Unavailable)
+                }
+                // Nothing was written: the enclave is still in step.
+                Err(EnclaveError::Frame(FrameError::TooLarge(_))) => Err(ModelError::TooLarge),
+                Err(e) => {
+                    discard(&id, guard.take(), &e).await;
+                    Err(ModelError::Unavailable)
+                }
+            }
+        })
+        .await
+        .map_err(|_| ModelError::Internal)?
+    }
+
+    /// Starts a query enclave and loads the model into it.
+    async fn start(&self, id: &JobId, program_id: &ProgramId) -> Result<Enclave, ModelError> {
+        let sealed_model = self
+            .store
+            .get(&store::model_path(id))
+            .await?
+            .ok_or_else(|| ModelError::Missing(id.clone()))?;
+        let program = self
+            .store
+            .get(&store::program_path(program_id))
+            .await?
+            .ok_or_else(|| ModelError::Missing(id.clone()))?;
+        let mut enclave = self
+            .launcher
+            .spawn(Role::Query)
+            .await
+            .map_err(ModelError::Start)?;
+        let load = HostFrame::LoadModel {
+            job_id: id.to_string(),
+            sealed_model: sealed_model.to_vec(),
+            program: program.to_vec(),
+        };
+        drop((sealed_model, program));
+        let answer = enclave.request(&load, LOAD_TIMEOUT).await;
+        drop(load);
+        match answer {
+            Ok(EnclaveFrame::Ready) => {
+                info!("model {id} query enclave ready");
+                Ok(enclave)
+            }
+            Ok(EnclaveFrame::Failed { public }) => {
+                let label = clean_label(&public);
+                info!("model {id} query enclave failed: {label}");
+                enclave.kill().await;
+                Err(ModelError::LoadRefused(label))
+            }
+            Ok(other) => {
+                discard(
+                    id,
+                    Some(enclave),
+                    &EnclaveError::Unexpected(frame_kind(&other)),
+                )
+                .await;
+                Err(ModelError::Unavailable)
+            }
+            Err(EnclaveError::Frame(FrameError::TooLarge(_))) => {
+                enclave.kill().await;
+                Err(ModelError::TooLarge)
+            }
+            Err(e) => {
+                discard(id, Some(enclave), &e).await;
+                Err(ModelError::Unavailable)
+            }
+        }
+    }
+}
+
+/// Drops a broken query enclave.
+async fn discard(id: &JobId, enclave: Option<Enclave>, why: &EnclaveError) {
+    warn!("model {id} query enclave discarded: {why}");
+    if let Some(enclave) = enclave {
+        enclave.kill().await;
+    }
+}

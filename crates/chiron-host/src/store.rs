@@ -1,0 +1,248 @@
+//! The object store: ciphertext datasets, programs, sealed models and job records.
+//!
+//! Everything goes through `object_store` (a local directory by default). Object paths are
+//! built only from parsed ids (see [`crate::ids`]), so a request cannot name a path outside
+//! its own directory.
+
+use std::path::Path as FsPath;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use futures::stream::BoxStream;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ObjectStore, PutPayload, WriteMultipart};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+
+use crate::ids::{DatasetId, JobId, ProgramId};
+
+/// A store operation that failed.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The backend failed (disk full, permissions, ...).
+    #[error("object store failed: {0}")]
+    Backend(#[from] object_store::Error),
+    /// A stored record does not decode.
+    #[error("stored record {path} is corrupt: {source}")]
+    Corrupt {
+        /// The record's path.
+        path: String,
+        /// Why it does not decode.
+        source: serde_json::Error,
+    },
+    /// A record could not be encoded.
+    #[error("record could not be encoded: {0}")]
+    Encode(#[source] serde_json::Error),
+}
+
+/// Where a program's wasm lives.
+pub fn program_path(id: &ProgramId) -> Path {
+    Path::from(format!("programs/{id}.wasm"))
+}
+
+/// Where a dataset container lives.
+pub fn dataset_path(id: &DatasetId) -> Path {
+    Path::from(format!("datasets/{id}.bin"))
+}
+
+/// Where a job's sealed model lives.
+pub fn model_path(id: &JobId) -> Path {
+    Path::from(format!("models/{id}.sealed"))
+}
+
+/// Where a job's record lives.
+pub fn job_path(id: &JobId) -> Path {
+    Path::from(format!("jobs/{id}.json"))
+}
+
+/// The prefix under which job records live.
+pub fn jobs_prefix() -> Path {
+    Path::from("jobs")
+}
+
+/// A handle on the object store; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    inner: Arc<dyn ObjectStore>,
+}
+
+/// A stored object opened for streaming.
+pub struct ObjectStream {
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its bytes, in order.
+    pub bytes: BoxStream<'static, Result<Bytes, object_store::Error>>,
+}
+
+impl Store {
+    /// Opens (creating it if needed) a store rooted at a local directory.
+    pub fn open_local(dir: &FsPath) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let local = LocalFileSystem::new_with_prefix(dir)?.with_automatic_cleanup(true);
+        Ok(Self::new(Arc::new(local)))
+    }
+
+    /// Wraps any object store backend.
+    pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
+        Self { inner }
+    }
+
+    /// Writes an object in one go (atomically on the local backend).
+    pub async fn put(&self, path: &Path, bytes: Bytes) -> Result<(), StoreError> {
+        self.inner.put(path, PutPayload::from(bytes)).await?;
+        Ok(())
+    }
+
+    /// Reads a whole object, `None` when it does not exist.
+    pub async fn get(&self, path: &Path) -> Result<Option<Bytes>, StoreError> {
+        match self.inner.get(path).await {
+            Ok(result) => Ok(Some(result.bytes().await?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Opens an object for streaming, `None` when it does not exist.
+    pub async fn get_stream(&self, path: &Path) -> Result<Option<ObjectStream>, StoreError> {
+        match self.inner.get(path).await {
+            Ok(result) => Ok(Some(ObjectStream {
+                size: result.meta.size,
+                bytes: result.into_stream(),
+            })),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether an object exists.
+    pub async fn exists(&self, path: &Path) -> Result<bool, StoreError> {
+        match self.inner.head(path).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Starts a streaming upload; nothing is visible at `path` until it is finished.
+    pub async fn writer(&self, path: &Path) -> Result<WriteMultipart, StoreError> {
+        Ok(WriteMultipart::new(self.inner.put_multipart(path).await?))
+    }
+
+    /// Writes a JSON record.
+    pub async fn put_json<T: Serialize>(&self, path: &Path, value: &T) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec_pretty(value).map_err(StoreError::Encode)?;
+        self.put(path, Bytes::from(bytes)).await
+    }
+
+    /// Reads a JSON record, `None` when it does not exist.
+    pub async fn get_json<T: DeserializeOwned>(
+        &self,
+        path: &Path,
+    ) -> Result<Option<T>, StoreError> {
+        let Some(bytes) = self.get(path).await? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| StoreError::Corrupt {
+                path: path.to_string(),
+                source,
+            })
+    }
+
+    /// Paths of all objects under a prefix.
+    pub async fn list(&self, prefix: &Path) -> Result<Vec<Path>, StoreError> {
+        let metas: Vec<_> = self.inner.list(Some(prefix)).try_collect().await?;
+        Ok(metas.into_iter().map(|meta| meta.location).collect())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Rec {
+        n: u32,
+    }
+
+    #[tokio::test]
+    async fn local_store_round_trips_objects_and_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open_local(&dir.path().join("objects")).expect("open");
+        let id = JobId::random();
+
+        assert_eq!(store.get(&model_path(&id)).await.expect("get"), None);
+        assert!(!store.exists(&model_path(&id)).await.expect("head"));
+        store
+            .put(&model_path(&id), Bytes::from_static(b"sealed"))
+            .await
+            .expect("put");
+        assert!(store.exists(&model_path(&id)).await.expect("head"));
+        assert_eq!(
+            store.get(&model_path(&id)).await.expect("get").as_deref(),
+            Some(&b"sealed"[..])
+        );
+        assert!(
+            dir.path()
+                .join(format!("objects/models/{id}.sealed"))
+                .is_file()
+        );
+
+        store
+            .put_json(&job_path(&id), &Rec { n: 7 })
+            .await
+            .expect("put json");
+        let back: Option<Rec> = store.get_json(&job_path(&id)).await.expect("get json");
+        assert_eq!(back, Some(Rec { n: 7 }));
+        assert_eq!(
+            store.list(&jobs_prefix()).await.expect("list"),
+            vec![job_path(&id)]
+        );
+
+        store
+            .put(&job_path(&id), Bytes::from_static(b"{not json"))
+            .await
+            .expect("put");
+        assert!(matches!(
+            store.get_json::<Rec>(&job_path(&id)).await,
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn streaming_upload_appears_only_when_finished() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open_local(dir.path()).expect("open");
+        let id = DatasetId::random();
+        let path = dataset_path(&id);
+        let mut writer = store.writer(&path).await.expect("writer");
+        writer.write(&[1u8; 1000]);
+        writer.put(Bytes::from(vec![2u8; 10]));
+        assert!(!store.exists(&path).await.expect("head"));
+        writer.finish().await.expect("finish");
+        let stream = store.get_stream(&path).await.expect("get").expect("exists");
+        assert_eq!(stream.size, 1010);
+        let parts: Vec<Bytes> = stream.bytes.try_collect().await.expect("read");
+        assert_eq!(parts.concat().len(), 1010);
+
+        let aborted = store
+            .writer(&dataset_path(&DatasetId::random()))
+            .await
+            .expect("writer");
+        aborted.abort().await.expect("abort");
+        assert_eq!(
+            store
+                .list(&Path::from("datasets"))
+                .await
+                .expect("list")
+                .len(),
+            1
+        );
+    }
+}

@@ -1,0 +1,141 @@
+//! The Chiron SDK: a safe Rust API for provider programs.
+//!
+//! A provider program is compiled to WebAssembly and runs inside the enclave's sandbox. It
+//! never sees the owner's data directly: tensors live in the runtime and the program holds
+//! [`Tensor`] handles to them, builds a model out of the runtime's operations, trains it
+//! with a runtime [`Optimizer`] and saves it with [`save_model`]. Later, the same program's
+//! `predict` entry point rebuilds the forward pass from the [`model`] and answers queries.
+//!
+//! ```no_run
+//! use chiron_sdk::{Dataset, Init, Optimizer, Split, Tensor};
+//!
+//! pub fn train() {
+//!     let features: u32 = Dataset::dims().iter().product();
+//!     let classes = Dataset::classes();
+//!     let w = Tensor::parameter(&[features, classes], Init::torch_default(features));
+//!     let b = Tensor::parameter(&[classes], Init::torch_default(features));
+//!     let mut opt = Optimizer::adam(&[&w, &b], 1e-3, 0.9, 0.999, 1e-8, 0.0);
+//!     let indices: Vec<u32> = (0..Dataset::count(Split::Train).min(64)).collect();
+//!     let (x, y) = Dataset::batch(Split::Train, &indices);
+//!     let x = x.reshape(&[indices.len() as u32, features]);
+//!     let loss = x.linear(&w, Some(&b)).cross_entropy(&y);
+//!     opt.step(&loss);
+//!     chiron_sdk::save_model(&[&w, &b], b"linear");
+//! }
+//!
+//! pub fn predict() {
+//!     let (w, b) = (chiron_sdk::model::tensor(0), chiron_sdk::model::tensor(1));
+//!     let x = chiron_sdk::query_input();
+//!     let n = x.shape()[0];
+//!     let x = x.reshape(&[n, w.shape()[0]]);
+//!     chiron_sdk::set_output(&x.linear(&w, Some(&b)));
+//! }
+//!
+//! chiron_sdk::export_program!(train = train, predict = predict);
+//! ```
+//!
+//! Misuse of the host ABI (a bad shape, an unknown handle, an exceeded quota) is never
+//! reported as an error value: the runtime traps the program and the job fails. The SDK
+//! therefore returns plain values, and checks the few things it can check locally with
+//! panics that say what went wrong (a panic also ends the program).
+
+pub mod meta;
+pub mod model;
+#[rustfmt::skip] // The ABI contract is kept exactly as written.
+pub mod sys;
+
+mod data;
+mod optim;
+mod rng;
+mod tensor;
+
+pub use data::{Dataset, Kind, MAX_BATCH, Split};
+pub use optim::Optimizer;
+pub use rng::Rng;
+pub use tensor::{Init, Tensor};
+
+/// Longest metric name the runtime accepts, in bytes.
+pub const MAX_METRIC_NAME: usize = 32;
+
+/// Sends a metric to the data owner (encrypted; the provider and the platform never see
+/// it). `epoch` counts from 0.
+///
+/// # Panics
+/// If `name` is empty or longer than [`MAX_METRIC_NAME`] bytes.
+pub fn report_metric(name: &str, epoch: u32, value: f32) {
+    assert!(
+        !name.is_empty() && name.len() <= MAX_METRIC_NAME,
+        "metric name must be 1..={MAX_METRIC_NAME} bytes: {name:?}"
+    );
+    // SAFETY: `name` is a live UTF-8 buffer of exactly `name.len()` bytes; the runtime only
+    // reads it during the call.
+    unsafe { sys::chiron_report_metric(name.as_ptr(), len_u32(name.len()), epoch, value) }
+}
+
+/// Saves the model: the values of `params` (in this order; [`model::tensor`] returns them
+/// by index) and free-form `meta` bytes describing the architecture (at most 64 KiB). The
+/// last call wins; `train` must call it at least once.
+pub fn save_model(params: &[&Tensor], meta: &[u8]) {
+    let handles = tensor::handles(params);
+    // SAFETY: both pointers name live buffers of the given lengths, only read during the
+    // call; every handle comes from a live `Tensor`.
+    unsafe {
+        sys::chiron_save_model(
+            handles.as_ptr(),
+            len_u32(handles.len()),
+            meta.as_ptr(),
+            len_u32(meta.len()),
+        )
+    }
+}
+
+/// The query's inputs in `predict`: a constant `[N, ...dims]`, laid out like the training
+/// features (images `[N, C, H, W]` in `[0, 1]`, tables `[N, columns]` standardised).
+pub fn query_input() -> Tensor {
+    // SAFETY: no arguments; the returned handle is fresh and owned by the new `Tensor`.
+    unsafe { Tensor::from_handle(sys::chiron_query_input()) }
+}
+
+/// Answers the query in `predict` with `scores` `[N, classes]` (logits or probabilities:
+/// the runtime only ranks them).
+pub fn set_output(scores: &Tensor) {
+    // SAFETY: `scores` is a live handle; the runtime validates its shape.
+    unsafe { sys::chiron_set_output(scores.handle()) }
+}
+
+/// A slice length as the ABI's `u32`.
+///
+/// # Panics
+/// If it does not fit (only possible on 64-bit hosts, never on wasm32).
+pub(crate) fn len_u32(len: usize) -> u32 {
+    u32::try_from(len).unwrap_or_else(|_| panic!("length {len} exceeds the ABI's u32"))
+}
+
+/// Exports a program's entry points to the sandbox.
+///
+/// ```ignore
+/// chiron_sdk::export_program!(train = crate::train, predict = crate::predict);
+/// ```
+///
+/// expands to `#[unsafe(no_mangle)] pub extern "C" fn chiron_train()` and
+/// `chiron_predict()` calling the two functions, on `wasm32` only: natively, the program is
+/// a plain library whose `train`/`predict` functions a reference runner calls directly
+/// (and two programs linked into one binary must not both define the exports).
+#[macro_export]
+macro_rules! export_program {
+    (train = $train:path, predict = $predict:path $(,)?) => {
+        /// Sandbox entry point: trains and saves a model.
+        #[cfg(target_arch = "wasm32")]
+        #[unsafe(no_mangle)]
+        pub extern "C" fn chiron_train() {
+            $train()
+        }
+
+        /// Sandbox entry point: answers one query with the loaded model.
+        #[cfg(target_arch = "wasm32")]
+        #[unsafe(no_mangle)]
+        pub extern "C" fn chiron_predict() {
+            $predict()
+        }
+    };
+}

@@ -1,0 +1,85 @@
+//! [`Optimizer`]: runtime-side SGD and Adam.
+
+use crate::tensor::handles;
+use crate::{Tensor, len_u32, sys};
+
+/// An optimiser held by the runtime, updating a fixed list of parameters in place.
+///
+/// After [`step`](Optimizer::step) the parameters' [`Tensor`]s name their new values; the
+/// optimiser's state (momenta) stays in the runtime. Dropping it frees that state.
+pub struct Optimizer {
+    handle: u32,
+}
+
+impl Optimizer {
+    /// SGD with heavy-ball momentum (PyTorch's formulation; 0 disables it) and L2 weight
+    /// decay `weight_decay`.
+    pub fn sgd(params: &[&Tensor], lr: f32, momentum: f32, weight_decay: f32) -> Optimizer {
+        let handles = handles(params);
+        // SAFETY: `handles` is a live buffer of `handles.len()` values, only read during the
+        // call; the runtime validates each handle and hyper-parameter.
+        let handle = unsafe {
+            sys::chiron_optimizer_sgd(
+                handles.as_ptr(),
+                len_u32(handles.len()),
+                lr,
+                momentum,
+                weight_decay,
+            )
+        };
+        Optimizer { handle }
+    }
+
+    /// Adam with bias correction and L2 weight decay (PyTorch's `Adam`, not `AdamW`).
+    /// The usual values are `lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8`.
+    pub fn adam(
+        params: &[&Tensor],
+        lr: f32,
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        weight_decay: f32,
+    ) -> Optimizer {
+        let handles = handles(params);
+        // SAFETY: as in `sgd`.
+        let handle = unsafe {
+            sys::chiron_optimizer_adam(
+                handles.as_ptr(),
+                len_u32(handles.len()),
+                lr,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            )
+        };
+        Optimizer { handle }
+    }
+
+    /// Changes the learning rate (for schedules).
+    pub fn set_lr(&mut self, lr: f32) {
+        // SAFETY: handle-only call; the runtime validates the handle and the rate.
+        unsafe { sys::chiron_optimizer_set_lr(self.handle, lr) }
+    }
+
+    /// Back-propagates from the one-element `loss` and updates every parameter.
+    pub fn step(&mut self, loss: &Tensor) {
+        // SAFETY: handle-only call; the runtime validates both handles.
+        unsafe { sys::chiron_optimizer_step(self.handle, loss.handle()) }
+    }
+}
+
+impl Drop for Optimizer {
+    fn drop(&mut self) {
+        // SAFETY: `self` owns this live handle and nothing uses it after the drop.
+        unsafe { sys::chiron_free(self.handle) }
+    }
+}
+
+impl std::fmt::Debug for Optimizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Optimizer")
+            .field("handle", &self.handle)
+            .finish()
+    }
+}
