@@ -52,7 +52,7 @@ fn a_wrong_measurement_is_refused_before_the_key_is_sent() {
     .dangerous_accept_simulated_platform([7; 32]);
     let err = owner::attest_training(&host, &policy, &job.job_id).expect_err("must refuse");
     assert!(
-        matches!(err, ClientError::Attestation(AttestationError::UntrustedPlatform)),
+        matches!(err, ClientError::Attestation(AttestationError::UntrustedPlatform { .. })),
         "{err}"
     );
 
