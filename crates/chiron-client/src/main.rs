@@ -248,10 +248,22 @@ fn follow(host: &HostClient, ticket: &JobTicket, epochs: u32) -> anyhow::Result<
                 OwnerEvent::Started { .. } => bar.set_message("running"),
                 OwnerEvent::Metric { name, epoch, value } => {
                     bar.set_position(u64::from(epoch + 1).min(u64::from(epochs)));
-                    bar.println(format!("epoch {epoch}: {name} = {value:.4}"));
+                    let line = format!("epoch {epoch}: {name} = {value:.4}");
+                    // A hidden bar (output not a terminal) swallows `println`.
+                    if bar.is_hidden() {
+                        eprintln!("{line}");
+                    } else {
+                        bar.println(line);
+                    }
                 }
                 OwnerEvent::Finished { parameters } => {
                     bar.finish_with_message(format!("done ({parameters} parameters)"));
+                    if bar.is_hidden() {
+                        eprintln!(
+                            "training finished in {:.1} s: model of {parameters} parameters sealed",
+                            bar.elapsed().as_secs_f64()
+                        );
+                    }
                 }
                 OwnerEvent::Failed { detail } => {
                     bar.abandon_with_message("failed");
