@@ -5,5 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo fmt --all -- --check
-cargo build --release --target wasm32-unknown-unknown --manifest-path programs/Cargo.toml
+# The end-to-end tests start the real binaries and load the real wasm programs.
+scripts/build.sh
 cargo test --release --workspace

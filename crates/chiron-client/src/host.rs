@@ -50,7 +50,11 @@ impl HostClient {
     }
 
     /// Creates a training job (the host starts its enclave).
-    pub fn create_job(&self, program_id: &str, dataset_id: &str) -> Result<JobCreated, ClientError> {
+    pub fn create_job(
+        &self,
+        program_id: &str,
+        dataset_id: &str,
+    ) -> Result<JobCreated, ClientError> {
         let body = CreateJob {
             program_id: program_id.to_owned(),
             dataset_id: dataset_id.to_owned(),
@@ -73,7 +77,11 @@ impl HostClient {
 
     /// A job's public status.
     pub fn job_status(&self, job_id: &str) -> Result<JobStatus, ClientError> {
-        json(self.agent.get(&self.url(&format!("/v1/jobs/{job_id}"))).call())
+        json(
+            self.agent
+                .get(&self.url(&format!("/v1/jobs/{job_id}")))
+                .call(),
+        )
     }
 
     /// A job's encrypted events from sequence number `from`.

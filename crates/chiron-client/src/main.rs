@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use chiron_client::HostClient;
 use chiron_client::convert::{self, ConvertOptions, LabelledInputs, PlainDataset, Standardizer};
 use chiron_client::owner::{self, JobTicket, QuerySession, TrainingTerms};
-use chiron_client::HostClient;
 use chiron_crypto::{DataKey, Policy};
 use chiron_proto::api::JobState;
 use chiron_proto::owner::{AnswerPolicy, OwnerEvent};
@@ -17,7 +17,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 #[derive(Parser)]
-#[command(version, about = "Chiron: train on a provider's model without showing them your data")]
+#[command(
+    version,
+    about = "Chiron: train on a provider's model without showing them your data"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -64,9 +67,8 @@ impl Trust {
             .iter()
             .map(|m| parse_hex32(m).with_context(|| format!("bad measurement `{m}`")))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let text = std::fs::read_to_string(&self.sim_platform_pub).with_context(|| {
-            format!("cannot read {}", self.sim_platform_pub.display())
-        })?;
+        let text = std::fs::read_to_string(&self.sim_platform_pub)
+            .with_context(|| format!("cannot read {}", self.sim_platform_pub.display()))?;
         let platform = parse_hex32(text.trim()).context("bad simulated platform key")?;
         Ok(Policy::new(measurements).dangerous_accept_simulated_platform(platform))
     }
@@ -181,7 +183,12 @@ fn load_training_data(data: &DataArgs, valid_fraction: f32) -> anyhow::Result<Pl
         limit: data.limit,
         shuffle_seed: Some(0),
     };
-    match (&data.idx_images, &data.idx_labels, &data.csv, &data.label_column) {
+    match (
+        &data.idx_images,
+        &data.idx_labels,
+        &data.csv,
+        &data.label_column,
+    ) {
         (Some(images), Some(labels), None, _) => Ok(convert::from_idx(images, labels, &opts)?),
         (None, None, Some(csv), Some(column)) => Ok(convert::from_csv(csv, column, &opts)?),
         _ => bail!("give either --idx-images with --idx-labels, or --csv with --label-column"),
@@ -222,7 +229,10 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         &key,
         &terms,
     )?;
-    eprintln!("enclave attested; data key released to job {}", ticket.job_id);
+    eprintln!(
+        "enclave attested; data key released to job {}",
+        ticket.job_id
+    );
     let record = OwnerRecord {
         ticket,
         class_names: plain.class_names,
@@ -235,8 +245,10 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
 fn follow(host: &HostClient, ticket: &JobTicket, epochs: u32) -> anyhow::Result<()> {
     let bar = ProgressBar::new(u64::from(epochs));
     bar.set_style(
-        ProgressStyle::with_template("{spinner} training [{elapsed_precise}] {bar:30} epoch {pos}/{len} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{spinner} training [{elapsed_precise}] {bar:30} epoch {pos}/{len} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
     let mut next = 0u64;
@@ -307,7 +319,11 @@ fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         let end = (start + batch).min(n);
         let values = inputs.features[start * feature_len..end * feature_len].to_vec();
         let answer = session.query(end - start, values)?;
-        for (row, &label) in answer.classes.chunks_exact(width).zip(&inputs.labels[start..end]) {
+        for (row, &label) in answer
+            .classes
+            .chunks_exact(width)
+            .zip(&inputs.labels[start..end])
+        {
             correct += usize::from(row[0] == label);
             top_k_correct += usize::from(row.contains(&label));
         }
@@ -328,7 +344,12 @@ fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
 }
 
 fn load_inputs(data: &DataArgs, record: &OwnerRecord) -> anyhow::Result<LabelledInputs> {
-    match (&data.idx_images, &data.idx_labels, &data.csv, &data.label_column) {
+    match (
+        &data.idx_images,
+        &data.idx_labels,
+        &data.csv,
+        &data.label_column,
+    ) {
         (Some(images), Some(labels), None, _) => {
             Ok(convert::load_idx_inputs(images, labels, data.limit)?)
         }

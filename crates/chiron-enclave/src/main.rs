@@ -12,10 +12,10 @@
 //! chiron-enclave measure                            print this binary's measurement
 //! ```
 
-mod session;
-mod sealed;
-mod train;
 mod query;
+mod sealed;
+mod session;
+mod train;
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -87,8 +87,7 @@ fn main() -> anyhow::Result<()> {
                 RoleArg::Train => Role::Train,
                 RoleArg::Query => Role::Query,
             };
-            let listener =
-                TcpListener::bind("127.0.0.1:0").context("cannot listen on loopback")?;
+            let listener = TcpListener::bind("127.0.0.1:0").context("cannot listen on loopback")?;
             let port = listener.local_addr()?.port();
             let mut out = std::io::stdout();
             writeln!(out, "{} {port}", chiron_proto::wire::LISTENING_PREFIX)?;

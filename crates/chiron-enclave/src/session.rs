@@ -77,7 +77,9 @@ pub fn serve(
             Err(e) => return Err(e.into()),
         };
         let reply = match (role, frame) {
-            (_, HostFrame::GetEvidence { nonce, context }) => Some(enclave.evidence(nonce, context)),
+            (_, HostFrame::GetEvidence { nonce, context }) => {
+                Some(enclave.evidence(nonce, context))
+            }
             (
                 Role::Train,
                 HostFrame::StartTraining {
@@ -95,19 +97,24 @@ pub fn serve(
                 };
                 Some(train::run(&enclave, start, &mut input))
             }
-            (Role::Query, HostFrame::LoadModel {
-                job_id,
-                sealed_model,
-                program,
-            }) => Some(match query::Serving::load(&enclave, &job_id, &sealed_model, &program) {
-                Ok(serving) => {
-                    query_state = Some(serving);
-                    EnclaveFrame::Ready
-                }
-                Err(public) => EnclaveFrame::Failed {
-                    public: public.to_owned(),
+            (
+                Role::Query,
+                HostFrame::LoadModel {
+                    job_id,
+                    sealed_model,
+                    program,
                 },
-            }),
+            ) => Some(
+                match query::Serving::load(&enclave, &job_id, &sealed_model, &program) {
+                    Ok(serving) => {
+                        query_state = Some(serving);
+                        EnclaveFrame::Ready
+                    }
+                    Err(public) => EnclaveFrame::Failed {
+                        public: public.to_owned(),
+                    },
+                },
+            ),
             (Role::Query, HostFrame::Query { sealed }) => Some(match query_state.as_mut() {
                 Some(serving) => serving.answer(&enclave, &sealed),
                 None => EnclaveFrame::Failed {

@@ -119,8 +119,8 @@ fn train(
     let key = DataKey::from_bytes(request.data_key);
     let (header, body) = chiron_crypto::decrypt_dataset(&key, container)
         .map_err(|e| fail("dataset failed authentication", e))?;
-    let data = TrainingData::from_plaintext(header, body)
-        .map_err(|e| fail("dataset is malformed", e))?;
+    let data =
+        TrainingData::from_plaintext(header, body).map_err(|e| fail("dataset is malformed", e))?;
     events.emit(&OwnerEvent::Started {
         train_count: data.header().train_count,
         valid_count: data.header().valid_count,

@@ -79,7 +79,7 @@ impl FlexBackend {
         }
     }
 
-    fn from_data(&self, shape: &Shape, data: Vec<f32>) -> Result<FlexTensor, EngineError> {
+    fn tensor_from_data(&self, shape: &Shape, data: Vec<f32>) -> Result<FlexTensor, EngineError> {
         if data.len() != shape.elements() {
             return Err(EngineError::Shape {
                 op: "tensor",
@@ -132,7 +132,11 @@ fn rank2(op: &'static str, t: &FlexTensor) -> Result<Tensor<2>, EngineError> {
     }
 }
 
-fn bias(op: &'static str, b: Option<&FlexTensor>, len: usize) -> Result<Option<Tensor<1>>, EngineError> {
+fn bias(
+    op: &'static str,
+    b: Option<&FlexTensor>,
+    len: usize,
+) -> Result<Option<Tensor<1>>, EngineError> {
     match b {
         None => Ok(None),
         Some(FlexTensor::R1(x)) if x.dims()[0] == len => Ok(Some(x.clone())),
@@ -149,12 +153,12 @@ impl Backend for FlexBackend {
 
     fn constant(&self, shape: &[usize], data: Vec<f32>) -> Result<FlexTensor, EngineError> {
         let shape = Shape::new(shape)?;
-        self.from_data(&shape, data)
+        self.tensor_from_data(&shape, data)
     }
 
     fn parameter(&self, shape: &[usize], data: Vec<f32>) -> Result<FlexTensor, EngineError> {
         let t = self.constant(shape, data)?;
-        Ok(self.into_parameter(t))
+        Ok(self.as_parameter(t))
     }
 
     fn shape(&self, t: &FlexTensor) -> Shape {
@@ -183,7 +187,10 @@ impl Backend for FlexBackend {
         let (x, w) = (rank4(OP, x)?, rank4(OP, w)?);
         let ([_, c, h, wd], [o, wc, kh, kw]) = (x.dims(), w.dims());
         if c != wc {
-            return Err(shape_err(OP, format!("input has {c} channels, kernel {wc}")));
+            return Err(shape_err(
+                OP,
+                format!("input has {c} channels, kernel {wc}"),
+            ));
         }
         if stride == 0 || stride > 16 || padding > 16 {
             return Err(EngineError::Argument {
@@ -192,14 +199,22 @@ impl Backend for FlexBackend {
             });
         }
         if kh > h + 2 * padding || kw > wd + 2 * padding {
-            return Err(shape_err(OP, format!("kernel {kh}x{kw} larger than padded input {h}x{wd}")));
+            return Err(shape_err(
+                OP,
+                format!("kernel {kh}x{kw} larger than padded input {h}x{wd}"),
+            ));
         }
         let b = bias(OP, b, o)?;
         let opts = ConvOptions::new([stride; 2], [padding; 2], [1; 2], 1);
         contained(OP, || FlexTensor::R4(module::conv2d(x, w, b, opts)))
     }
 
-    fn max_pool2d(&self, x: &FlexTensor, kernel: usize, stride: usize) -> Result<FlexTensor, EngineError> {
+    fn max_pool2d(
+        &self,
+        x: &FlexTensor,
+        kernel: usize,
+        stride: usize,
+    ) -> Result<FlexTensor, EngineError> {
         const OP: &str = "max_pool2d";
         let x = rank4(OP, x)?;
         let [_, _, h, w] = x.dims();
@@ -214,7 +229,12 @@ impl Backend for FlexBackend {
         contained(OP, || FlexTensor::R4(module::max_pool2d(x, opts)))
     }
 
-    fn linear(&self, x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>) -> Result<FlexTensor, EngineError> {
+    fn linear(
+        &self,
+        x: &FlexTensor,
+        w: &FlexTensor,
+        b: Option<&FlexTensor>,
+    ) -> Result<FlexTensor, EngineError> {
         const OP: &str = "linear";
         let (x, w) = (rank2(OP, x)?, rank2(OP, w)?);
         let ([_, i], [wi, o]) = (x.dims(), w.dims());
@@ -239,7 +259,12 @@ impl Backend for FlexBackend {
         })
     }
 
-    fn binary(&self, op: Binary, a: &FlexTensor, b: &FlexTensor) -> Result<FlexTensor, EngineError> {
+    fn binary(
+        &self,
+        op: Binary,
+        a: &FlexTensor,
+        b: &FlexTensor,
+    ) -> Result<FlexTensor, EngineError> {
         let (da, db) = (dims_of(a), dims_of(b));
         if da != db {
             return Err(shape_err("binary", format!("{da:?} vs {db:?}")));
@@ -262,7 +287,10 @@ impl Backend for FlexBackend {
             });
         }
         let x = x.clone();
-        contained("affine", || map_rank!(x, t => t.mul_scalar(scale).add_scalar(shift)))
+        contained(
+            "affine",
+            || map_rank!(x, t => t.mul_scalar(scale).add_scalar(shift)),
+        )
     }
 
     fn reshape(&self, x: &FlexTensor, shape: &[usize]) -> Result<FlexTensor, EngineError> {
@@ -283,7 +311,11 @@ impl Backend for FlexBackend {
         })
     }
 
-    fn cross_entropy(&self, logits: &FlexTensor, labels: &FlexTensor) -> Result<FlexTensor, EngineError> {
+    fn cross_entropy(
+        &self,
+        logits: &FlexTensor,
+        labels: &FlexTensor,
+    ) -> Result<FlexTensor, EngineError> {
         const OP: &str = "cross_entropy";
         let logits = rank2(OP, logits)?;
         let [n, classes] = logits.dims();
@@ -307,7 +339,8 @@ impl Backend for FlexBackend {
             }
             one_hot[row * classes + label as usize] = 1.0;
         }
-        let target: Tensor<2> = Tensor::from_data(TensorData::new(one_hot, vec![n, classes]), &self.device);
+        let target: Tensor<2> =
+            Tensor::from_data(TensorData::new(one_hot, vec![n, classes]), &self.device);
         contained(OP, || {
             let log_p = activation::log_softmax(logits, 1);
             FlexTensor::R1(log_p.mul(target).sum().div_scalar(n as f32).neg())
@@ -337,7 +370,7 @@ impl Backend for FlexBackend {
         }
     }
 
-    fn into_parameter(&self, t: FlexTensor) -> FlexTensor {
+    fn as_parameter(&self, t: FlexTensor) -> FlexTensor {
         // Parameters re-enter autodiff as fresh leaves; dropping `require_grad` here would
         // silently stop learning.
         map_rank!(t, x => x.inner().autodiff().require_grad())

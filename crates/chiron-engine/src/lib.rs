@@ -101,7 +101,7 @@ pub trait Backend {
     /// The gradient of `param` in `grads`, if it took part in the pass.
     fn grad(&self, grads: &Self::Gradients, param: &Self::Tensor) -> Option<Self::Tensor>;
     /// Re-wraps updated values as a trainable parameter.
-    fn into_parameter(&self, t: Self::Tensor) -> Self::Tensor;
+    fn as_parameter(&self, t: Self::Tensor) -> Self::Tensor;
 }
 
 /// Element-wise unary functions.

@@ -35,10 +35,24 @@ impl OptimizerKind {
     /// Checks that every hyper-parameter is finite and in range.
     pub fn validate(&self) -> Result<(), EngineError> {
         let ok = match *self {
-            Self::Sgd { lr, momentum, weight_decay } => {
-                lr.is_finite() && lr > 0.0 && (0.0..1.0).contains(&momentum) && weight_decay.is_finite() && weight_decay >= 0.0
+            Self::Sgd {
+                lr,
+                momentum,
+                weight_decay,
+            } => {
+                lr.is_finite()
+                    && lr > 0.0
+                    && (0.0..1.0).contains(&momentum)
+                    && weight_decay.is_finite()
+                    && weight_decay >= 0.0
             }
-            Self::Adam { lr, beta1, beta2, eps, weight_decay } => {
+            Self::Adam {
+                lr,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            } => {
                 lr.is_finite()
                     && lr > 0.0
                     && (0.0..1.0).contains(&beta1)
@@ -112,7 +126,11 @@ impl<B: Backend> Optimizer<B> {
         if params.len() != self.first.len() {
             return Err(EngineError::Argument {
                 op: "optimizer_step",
-                detail: format!("{} parameters for an optimizer of {}", params.len(), self.first.len()),
+                detail: format!(
+                    "{} parameters for an optimizer of {}",
+                    params.len(),
+                    self.first.len()
+                ),
             });
         }
         self.step = self.step.saturating_add(1);
@@ -122,11 +140,19 @@ impl<B: Backend> Optimizer<B> {
             };
             let value = engine.detach(param);
             let updated = match self.kind {
-                OptimizerKind::Sgd { lr, momentum, weight_decay } => {
+                OptimizerKind::Sgd {
+                    lr,
+                    momentum,
+                    weight_decay,
+                } => {
                     let g = decayed(engine, grad, &value, weight_decay)?;
                     let direction = if momentum > 0.0 {
                         let v = match self.first[i].take() {
-                            Some(v) => engine.binary(Binary::Add, &engine.affine(&v, momentum, 0.0)?, &g)?,
+                            Some(v) => engine.binary(
+                                Binary::Add,
+                                &engine.affine(&v, momentum, 0.0)?,
+                                &g,
+                            )?,
                             None => g,
                         };
                         self.first[i] = Some(v.clone());
@@ -136,7 +162,13 @@ impl<B: Backend> Optimizer<B> {
                     };
                     engine.binary(Binary::Sub, &value, &engine.affine(&direction, lr, 0.0)?)?
                 }
-                OptimizerKind::Adam { lr, beta1, beta2, eps, weight_decay } => {
+                OptimizerKind::Adam {
+                    lr,
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay,
+                } => {
                     let g = decayed(engine, grad, &value, weight_decay)?;
                     let g2 = engine.binary(Binary::Mul, &g, &g)?;
                     let m = blend(engine, self.first[i].take(), &g, beta1)?;
@@ -151,22 +183,36 @@ impl<B: Backend> Optimizer<B> {
                     engine.binary(Binary::Sub, &value, &engine.affine(&delta, lr, 0.0)?)?
                 }
             };
-            *param = engine.into_parameter(updated);
+            *param = engine.as_parameter(updated);
         }
         Ok(())
     }
 }
 
-fn decayed<B: Backend>(engine: &B, grad: B::Tensor, value: &B::Tensor, weight_decay: f32) -> Result<B::Tensor, EngineError> {
+fn decayed<B: Backend>(
+    engine: &B,
+    grad: B::Tensor,
+    value: &B::Tensor,
+    weight_decay: f32,
+) -> Result<B::Tensor, EngineError> {
     if weight_decay > 0.0 {
-        engine.binary(Binary::Add, &grad, &engine.affine(value, weight_decay, 0.0)?)
+        engine.binary(
+            Binary::Add,
+            &grad,
+            &engine.affine(value, weight_decay, 0.0)?,
+        )
     } else {
         Ok(grad)
     }
 }
 
 /// `beta · previous + (1 − beta) · fresh`, starting from zero.
-fn blend<B: Backend>(engine: &B, previous: Option<B::Tensor>, fresh: &B::Tensor, beta: f32) -> Result<B::Tensor, EngineError> {
+fn blend<B: Backend>(
+    engine: &B,
+    previous: Option<B::Tensor>,
+    fresh: &B::Tensor,
+    beta: f32,
+) -> Result<B::Tensor, EngineError> {
     let scaled = engine.affine(fresh, 1.0 - beta, 0.0)?;
     match previous {
         Some(p) => engine.binary(Binary::Add, &engine.affine(&p, beta, 0.0)?, &scaled),

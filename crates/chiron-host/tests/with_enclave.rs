@@ -1,11 +1,6 @@
 //! The host against the real enclave binary: a whole job, queries, and the error paths the
-//! host owns. Needs `chiron-enclave` built next to `chiron-host` and the wasm programs built
-//! (`programs/`), so it is ignored by default:
-//!
-//! ```text
-//! cargo build --release -p chiron-enclave -p chiron-host
-//! cargo test --release -p chiron-host -- --ignored
-//! ```
+//! host owns (bad input, a crashed enclave, a host restart). Needs `chiron-enclave` built next
+//! to `chiron-host` and the wasm programs built (`programs/`); `scripts/test.sh` does both.
 #![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
 
 use std::io::{BufRead, BufReader};
@@ -199,7 +194,6 @@ fn dataset() -> (DatasetHeader, Vec<u8>, Vec<f32>, Vec<u32>) {
 }
 
 #[test]
-#[ignore = "needs the chiron-enclave binary and the wasm programs"]
 fn a_job_trains_serves_queries_and_errors_are_typed() {
     let host = Host::start(tempfile::tempdir().expect("tempdir"));
 

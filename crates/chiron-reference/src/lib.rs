@@ -51,7 +51,12 @@ pub fn train(
         epochs,
         metrics: Box::new(metrics),
     };
-    native::install(Runtime::new(FlexBackend::new(), Quotas::default(), seed, mode));
+    native::install(Runtime::new(
+        FlexBackend::new(),
+        Quotas::default(),
+        seed,
+        mode,
+    ));
     example.train();
     native::uninstall()
         .and_then(|mut rt| rt.take_model())
@@ -70,7 +75,12 @@ pub fn predict(
         input_shape,
         input,
     };
-    native::install(Runtime::new(FlexBackend::new(), Quotas::default(), [0; 32], mode));
+    native::install(Runtime::new(
+        FlexBackend::new(),
+        Quotas::default(),
+        [0; 32],
+        mode,
+    ));
     example.predict();
     native::uninstall()
         .and_then(|mut rt| rt.take_output())

@@ -25,7 +25,9 @@ pub fn uninstall() -> Option<Runtime<FlexBackend>> {
     RUNTIME.with(|r| r.borrow_mut().take())
 }
 
-fn with<T>(f: impl FnOnce(&mut Runtime<FlexBackend>) -> Result<T, chiron_sandbox::SandboxError>) -> T {
+fn with<T>(
+    f: impl FnOnce(&mut Runtime<FlexBackend>) -> Result<T, chiron_sandbox::SandboxError>,
+) -> T {
     RUNTIME.with(|r| {
         let mut slot = r.borrow_mut();
         let Some(rt) = slot.as_mut() else {
@@ -100,7 +102,12 @@ extern "C" fn chiron_random_u64() -> u64 {
     with(|r| Ok(r.random_u64()))
 }
 #[unsafe(no_mangle)]
-unsafe extern "C" fn chiron_tensor(data: *const f32, len: u32, shape: *const u32, rank: u32) -> u32 {
+unsafe extern "C" fn chiron_tensor(
+    data: *const f32,
+    len: u32,
+    shape: *const u32,
+    rank: u32,
+) -> u32 {
     // SAFETY: ABI contract, see `slice`.
     let (data, shape) = unsafe { (slice(data, len), slice(shape, rank)) };
     with(|r| r.tensor_from(data.to_vec(), &dims(shape)))
@@ -229,7 +236,12 @@ unsafe extern "C" fn chiron_report_metric(name: *const u8, name_len: u32, epoch:
     with(|r| r.report_metric(name, epoch, value))
 }
 #[unsafe(no_mangle)]
-unsafe extern "C" fn chiron_save_model(params: *const u32, count: u32, meta: *const u8, meta_len: u32) {
+unsafe extern "C" fn chiron_save_model(
+    params: *const u32,
+    count: u32,
+    meta: *const u8,
+    meta_len: u32,
+) {
     // SAFETY: ABI contract, see `slice`.
     let (params, meta) = unsafe { (slice(params, count), slice(meta, meta_len)) };
     with(|r| r.save_model(params, meta.to_vec()))

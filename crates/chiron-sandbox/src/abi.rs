@@ -133,24 +133,36 @@ fn rt<'a>(caller: &'a mut Ctx<'_>) -> &'a mut Runtime<FlexBackend> {
 pub(crate) fn define(linker: &mut Linker<RunState>) -> wasmtime::Result<()> {
     const M: &str = "chiron";
     // Dataset and job.
-    linker.func_wrap(M, "chiron_dataset_kind", |mut c: Ctx<'_>| -> AbiResult<u32> {
-        Ok(rt(&mut c).dataset_kind()?)
-    })?;
-    linker.func_wrap(M, "chiron_dataset_count", |mut c: Ctx<'_>, split: u32| -> AbiResult<u32> {
-        Ok(rt(&mut c).dataset_count(split)?)
-    })?;
-    linker.func_wrap(M, "chiron_dataset_rank", |mut c: Ctx<'_>| -> AbiResult<u32> {
-        Ok(rt(&mut c).dataset_rank()?)
-    })?;
-    linker.func_wrap(M, "chiron_dataset_dim", |mut c: Ctx<'_>, axis: u32| -> AbiResult<u32> {
-        Ok(rt(&mut c).dataset_dim(axis)?)
-    })?;
-    linker.func_wrap(M, "chiron_dataset_classes", |mut c: Ctx<'_>| -> AbiResult<u32> {
-        Ok(rt(&mut c).dataset_classes()?)
-    })?;
-    linker.func_wrap(M, "chiron_budget_epochs", |mut c: Ctx<'_>| -> AbiResult<u32> {
-        Ok(rt(&mut c).budget_epochs()?)
-    })?;
+    linker.func_wrap(
+        M,
+        "chiron_dataset_kind",
+        |mut c: Ctx<'_>| -> AbiResult<u32> { Ok(rt(&mut c).dataset_kind()?) },
+    )?;
+    linker.func_wrap(
+        M,
+        "chiron_dataset_count",
+        |mut c: Ctx<'_>, split: u32| -> AbiResult<u32> { Ok(rt(&mut c).dataset_count(split)?) },
+    )?;
+    linker.func_wrap(
+        M,
+        "chiron_dataset_rank",
+        |mut c: Ctx<'_>| -> AbiResult<u32> { Ok(rt(&mut c).dataset_rank()?) },
+    )?;
+    linker.func_wrap(
+        M,
+        "chiron_dataset_dim",
+        |mut c: Ctx<'_>, axis: u32| -> AbiResult<u32> { Ok(rt(&mut c).dataset_dim(axis)?) },
+    )?;
+    linker.func_wrap(
+        M,
+        "chiron_dataset_classes",
+        |mut c: Ctx<'_>| -> AbiResult<u32> { Ok(rt(&mut c).dataset_classes()?) },
+    )?;
+    linker.func_wrap(
+        M,
+        "chiron_budget_epochs",
+        |mut c: Ctx<'_>| -> AbiResult<u32> { Ok(rt(&mut c).budget_epochs()?) },
+    )?;
     linker.func_wrap(
         M,
         "chiron_batch_features",
@@ -223,9 +235,11 @@ pub(crate) fn define(linker: &mut Linker<RunState>) -> wasmtime::Result<()> {
             Ok(write_bytes(&mut c, "read", out, &raw)?)
         },
     )?;
-    linker.func_wrap(M, "chiron_free", |mut c: Ctx<'_>, t: u32| -> AbiResult<()> {
-        Ok(rt(&mut c).free(t)?)
-    })?;
+    linker.func_wrap(
+        M,
+        "chiron_free",
+        |mut c: Ctx<'_>, t: u32| -> AbiResult<()> { Ok(rt(&mut c).free(t)?) },
+    )?;
     linker.func_wrap(
         M,
         "chiron_conv2d",
@@ -247,9 +261,11 @@ pub(crate) fn define(linker: &mut Linker<RunState>) -> wasmtime::Result<()> {
             Ok(rt(&mut c).linear(x, w, b)?)
         },
     )?;
-    linker.func_wrap(M, "chiron_unary", |mut c: Ctx<'_>, op: u32, x: u32| -> AbiResult<u32> {
-        Ok(rt(&mut c).unary(op, x)?)
-    })?;
+    linker.func_wrap(
+        M,
+        "chiron_unary",
+        |mut c: Ctx<'_>, op: u32, x: u32| -> AbiResult<u32> { Ok(rt(&mut c).unary(op, x)?) },
+    )?;
     linker.func_wrap(
         M,
         "chiron_binary",
@@ -279,9 +295,11 @@ pub(crate) fn define(linker: &mut Linker<RunState>) -> wasmtime::Result<()> {
             Ok(rt(&mut c).cross_entropy(logits, labels)?)
         },
     )?;
-    linker.func_wrap(M, "chiron_mean", |mut c: Ctx<'_>, x: u32| -> AbiResult<u32> {
-        Ok(rt(&mut c).mean(x)?)
-    })?;
+    linker.func_wrap(
+        M,
+        "chiron_mean",
+        |mut c: Ctx<'_>, x: u32| -> AbiResult<u32> { Ok(rt(&mut c).mean(x)?) },
+    )?;
     linker.func_wrap(
         M,
         "chiron_count_correct",
@@ -294,7 +312,13 @@ pub(crate) fn define(linker: &mut Linker<RunState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         M,
         "chiron_optimizer_sgd",
-        |mut c: Ctx<'_>, params: u32, count: u32, lr: f32, momentum: f32, wd: f32| -> AbiResult<u32> {
+        |mut c: Ctx<'_>,
+         params: u32,
+         count: u32,
+         lr: f32,
+         momentum: f32,
+         wd: f32|
+         -> AbiResult<u32> {
             let params = read_u32s(&mut c, "optimizer_sgd", params, count)?;
             let kind = OptimizerKind::Sgd {
                 lr,
@@ -373,9 +397,11 @@ pub(crate) fn define(linker: &mut Linker<RunState>) -> wasmtime::Result<()> {
     linker.func_wrap(M, "chiron_model_len", |mut c: Ctx<'_>| -> AbiResult<u32> {
         Ok(rt(&mut c).model_len()?)
     })?;
-    linker.func_wrap(M, "chiron_model_tensor", |mut c: Ctx<'_>, i: u32| -> AbiResult<u32> {
-        Ok(rt(&mut c).model_tensor(i)?)
-    })?;
+    linker.func_wrap(
+        M,
+        "chiron_model_tensor",
+        |mut c: Ctx<'_>, i: u32| -> AbiResult<u32> { Ok(rt(&mut c).model_tensor(i)?) },
+    )?;
     linker.func_wrap(
         M,
         "chiron_model_meta",
@@ -386,11 +412,15 @@ pub(crate) fn define(linker: &mut Linker<RunState>) -> wasmtime::Result<()> {
             Ok(meta.len() as u32)
         },
     )?;
-    linker.func_wrap(M, "chiron_query_input", |mut c: Ctx<'_>| -> AbiResult<u32> {
-        Ok(rt(&mut c).query_input()?)
-    })?;
-    linker.func_wrap(M, "chiron_set_output", |mut c: Ctx<'_>, t: u32| -> AbiResult<()> {
-        Ok(rt(&mut c).set_output(t)?)
-    })?;
+    linker.func_wrap(
+        M,
+        "chiron_query_input",
+        |mut c: Ctx<'_>| -> AbiResult<u32> { Ok(rt(&mut c).query_input()?) },
+    )?;
+    linker.func_wrap(
+        M,
+        "chiron_set_output",
+        |mut c: Ctx<'_>, t: u32| -> AbiResult<()> { Ok(rt(&mut c).set_output(t)?) },
+    )?;
     Ok(())
 }

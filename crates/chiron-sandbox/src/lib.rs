@@ -91,7 +91,12 @@ pub struct TrainJob {
 
 impl TrainJob {
     /// A job that discards metrics.
-    pub fn new(data: Arc<TrainingData>, seed: [u8; 32], epochs: u32, time_budget: Duration) -> Self {
+    pub fn new(
+        data: Arc<TrainingData>,
+        seed: [u8; 32],
+        epochs: u32,
+        time_budget: Duration,
+    ) -> Self {
         Self {
             data,
             seed,
@@ -178,7 +183,11 @@ impl Sandbox {
                 )));
             }
         }
-        if module.get_export("memory").and_then(|e| e.memory().cloned()).is_none() {
+        if module
+            .get_export("memory")
+            .and_then(|e| e.memory().cloned())
+            .is_none()
+        {
             return Err(SandboxError::Refused("it does not export `memory`".into()));
         }
         let pre = self
@@ -195,7 +204,12 @@ impl Sandbox {
             epochs: job.epochs,
             metrics: job.metrics,
         };
-        let runtime = Runtime::new(FlexBackend::new(), self.config.quotas.clone(), job.seed, mode);
+        let runtime = Runtime::new(
+            FlexBackend::new(),
+            self.config.quotas.clone(),
+            job.seed,
+            mode,
+        );
         let mut runtime = self.run(program, runtime, "chiron_train", u64::MAX, job.time_budget)?;
         runtime.take_model().ok_or(SandboxError::NoModel)
     }
@@ -215,7 +229,12 @@ impl Sandbox {
             input,
         };
         // Queries get no randomness that could differ between runs: a fixed seed.
-        let runtime = Runtime::new(FlexBackend::new(), self.config.quotas.clone(), [0; 32], mode);
+        let runtime = Runtime::new(
+            FlexBackend::new(),
+            self.config.quotas.clone(),
+            [0; 32],
+            mode,
+        );
         let mut runtime = self.run(
             program,
             runtime,
@@ -249,10 +268,7 @@ impl Sandbox {
         store.set_fuel(fuel).map_err(internal)?;
         store.set_epoch_deadline(self.clock.ticks(deadline));
         store.epoch_deadline_trap();
-        let instance = program
-            .pre
-            .instantiate(&mut store)
-            .map_err(classify)?;
+        let instance = program.pre.instantiate(&mut store).map_err(classify)?;
         let func = instance
             .get_typed_func::<(), ()>(&mut store, entry)
             .map_err(|e| SandboxError::Refused(root(&e)))?;

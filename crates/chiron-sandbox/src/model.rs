@@ -57,7 +57,9 @@ impl Model {
             let shape =
                 chiron_engine::Shape::new(dims).map_err(|e| ModelFormatError(e.to_string()))?;
             if shape.elements() != values.len() {
-                return Err(ModelFormatError("a tensor's values do not fill its shape".into()));
+                return Err(ModelFormatError(
+                    "a tensor's values do not fill its shape".into(),
+                ));
             }
         }
         if let Some(h) = &model.header {

@@ -173,7 +173,10 @@ impl<B: Backend> Runtime<B> {
                 Ok(())
             }
             Some(Entry::Optimizer(..)) => Ok(()),
-            None => Err(SandboxError::abi("free", format!("unknown handle {handle}"))),
+            None => Err(SandboxError::abi(
+                "free",
+                format!("unknown handle {handle}"),
+            )),
         }
     }
 
@@ -297,7 +300,10 @@ impl<B: Backend> Runtime<B> {
         let shape_checked = chiron_engine::Shape::new(shape)?;
         let n = shape_checked.elements();
         if !a.is_finite() || a < 0.0 {
-            return Err(SandboxError::abi(CALL, "scale must be finite and non-negative"));
+            return Err(SandboxError::abi(
+                CALL,
+                "scale must be finite and non-negative",
+            ));
         }
         // Check the quota before generating values, so a huge request costs nothing.
         if self.live_elements.saturating_add(n as u64) > self.quotas.tensor_elements {
@@ -305,7 +311,9 @@ impl<B: Backend> Runtime<B> {
         }
         let values: Vec<f32> = match init {
             0 => vec![0.0; n],
-            1 => (0..n).map(|_| self.rng.gen_range(-1.0f32..=1.0) * a).collect(),
+            1 => (0..n)
+                .map(|_| self.rng.gen_range(-1.0f32..=1.0) * a)
+                .collect(),
             2 => (0..n).map(|_| normal(&mut self.rng) * a).collect(),
             other => return Err(SandboxError::abi(CALL, format!("unknown init {other}"))),
         };
@@ -340,9 +348,11 @@ impl<B: Backend> Runtime<B> {
 
     /// Max pooling.
     pub fn max_pool2d(&mut self, x: u32, kernel: u32, stride: u32) -> Result<u32> {
-        let out =
-            self.engine
-                .max_pool2d(self.tensor("max_pool2d", x)?, kernel as usize, stride as usize)?;
+        let out = self.engine.max_pool2d(
+            self.tensor("max_pool2d", x)?,
+            kernel as usize,
+            stride as usize,
+        )?;
         self.insert(out)
     }
 
@@ -389,7 +399,9 @@ impl<B: Backend> Runtime<B> {
 
     /// `scale * x + shift`.
     pub fn affine(&mut self, x: u32, scale: f32, shift: f32) -> Result<u32> {
-        let out = self.engine.affine(self.tensor("affine", x)?, scale, shift)?;
+        let out = self
+            .engine
+            .affine(self.tensor("affine", x)?, scale, shift)?;
         self.insert(out)
     }
 
@@ -420,7 +432,10 @@ impl<B: Backend> Runtime<B> {
         let (l, y) = (self.tensor(CALL, logits)?, self.tensor(CALL, labels)?);
         let dims = self.engine.shape(l).dims().to_vec();
         let [n, classes] = dims[..] else {
-            return Err(SandboxError::abi(CALL, format!("logits {dims:?} are not [N, C]")));
+            return Err(SandboxError::abi(
+                CALL,
+                format!("logits {dims:?} are not [N, C]"),
+            ));
         };
         if self.engine.shape(y).dims() != [n] {
             return Err(SandboxError::abi(CALL, "labels are not [N]"));
@@ -467,7 +482,10 @@ impl<B: Backend> Runtime<B> {
     pub fn optimizer_set_lr(&mut self, opt: u32, lr: f32) -> Result<()> {
         match self.entries.get_mut(&opt) {
             Some(Entry::Optimizer(o, _)) => Ok(o.set_lr(lr)?),
-            _ => Err(SandboxError::abi("optimizer_set_lr", format!("{opt} is not an optimizer"))),
+            _ => Err(SandboxError::abi(
+                "optimizer_set_lr",
+                format!("{opt} is not an optimizer"),
+            )),
         }
     }
 
@@ -476,7 +494,10 @@ impl<B: Backend> Runtime<B> {
         const CALL: &str = "optimizer_step";
         let grads = self.engine.backward(self.tensor(CALL, loss)?)?;
         let Some(Entry::Optimizer(mut optimizer, params)) = self.entries.remove(&opt) else {
-            return Err(SandboxError::abi(CALL, format!("{opt} is not an optimizer")));
+            return Err(SandboxError::abi(
+                CALL,
+                format!("{opt} is not an optimizer"),
+            ));
         };
         let result = self.apply_step(&mut optimizer, &params, &grads);
         self.entries
@@ -515,8 +536,8 @@ impl<B: Backend> Runtime<B> {
         if name.is_empty() || name.len() > MAX_METRIC_NAME {
             return Err(SandboxError::abi(CALL, "name must be 1..=32 bytes"));
         }
-        let name = std::str::from_utf8(name)
-            .map_err(|_| SandboxError::abi(CALL, "name is not UTF-8"))?;
+        let name =
+            std::str::from_utf8(name).map_err(|_| SandboxError::abi(CALL, "name is not UTF-8"))?;
         if self.metrics_sent >= self.quotas.metrics {
             return Err(SandboxError::abi(CALL, "too many metrics"));
         }

@@ -1,6 +1,9 @@
 //! The harness behind Chiron's end-to-end tests: it starts a real host process (which starts
 //! real enclave processes) on loopback, plays the owner through the client library, and
 //! collects everything the platform can see so tests can search it for the owner's secrets.
+// Test support only: a failed set-up step is a failed test, and panicking with the step's
+// name is the clearest report.
+#![allow(clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -84,7 +87,13 @@ pub fn program_wasm(name: &str) -> Vec<u8> {
     let dir = BUILT.get_or_init(|| {
         let manifest = workspace_root().join("programs/Cargo.toml");
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--release", "--target", "wasm32-unknown-unknown", "--manifest-path"])
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-unknown-unknown",
+                "--manifest-path",
+            ])
             .arg(&manifest)
             .env_remove("RUSTFLAGS")
             .status()
@@ -127,7 +136,9 @@ impl Service {
         let stdout = child.stdout.take().expect("piped stdout");
         let mut lines = BufReader::new(stdout);
         let mut first = String::new();
-        lines.read_line(&mut first).expect("host prints its address");
+        lines
+            .read_line(&mut first)
+            .expect("host prints its address");
         let url = first
             .trim()
             .rsplit(' ')
@@ -162,7 +173,7 @@ impl Service {
     /// simulated platform's key.
     pub fn policy(&self) -> Policy {
         let measurement =
-            chiron_crypto::measure_file(&bin_dir().join("chiron-enclave")).expect("measure");
+            chiron_crypto::measure_file(bin_dir().join("chiron-enclave")).expect("measure");
         Policy::new(vec![measurement]).dangerous_accept_simulated_platform(self.platform_key())
     }
 
@@ -196,7 +207,10 @@ impl Service {
             }
         }
         for log in [&self.stdout_log, &self.stderr_log] {
-            out.push((log.display().to_string(), std::fs::read(log).unwrap_or_default()));
+            out.push((
+                log.display().to_string(),
+                std::fs::read(log).unwrap_or_default(),
+            ));
         }
         out
     }
@@ -255,7 +269,11 @@ pub fn start_job(
 }
 
 /// Follows a job's events until it ends (or `timeout`); returns its final state and events.
-pub fn wait(service: &Service, ticket: &JobTicket, timeout: Duration) -> (JobState, Vec<OwnerEvent>) {
+pub fn wait(
+    service: &Service,
+    ticket: &JobTicket,
+    timeout: Duration,
+) -> (JobState, Vec<OwnerEvent>) {
     let host = service.client();
     let deadline = Instant::now() + timeout;
     let mut all = Vec::new();
@@ -275,7 +293,10 @@ pub fn wait(service: &Service, ticket: &JobTicket, timeout: Duration) -> (JobSta
             all.extend(rest);
             return (state, all);
         }
-        assert!(Instant::now() < deadline, "job did not end in {timeout:?}: {all:?}");
+        assert!(
+            Instant::now() < deadline,
+            "job did not end in {timeout:?}: {all:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -1,4 +1,5 @@
 //! No secret leaves the owner before the enclave's evidence verifies.
+#![allow(clippy::expect_used)] // test helpers: a failed step is a failed test
 
 use std::time::Duration;
 
@@ -13,7 +14,9 @@ fn a_wrong_measurement_is_refused_before_the_key_is_sent() {
     let service = Service::start();
     let host = service.client();
     let data = iris();
-    let program = host.register_program(&program_wasm("chiron_mlp")).expect("register");
+    let program = host
+        .register_program(&program_wasm("chiron_mlp"))
+        .expect("register");
     let key = DataKey::generate();
     let mut container = Vec::new();
     chiron_crypto::encrypt_dataset(&key, &data.header, data.body.as_slice(), &mut container)
@@ -24,8 +27,8 @@ fn a_wrong_measurement_is_refused_before_the_key_is_sent() {
         .expect("job");
 
     // The owner expects another runtime build.
-    let policy = Policy::new(vec![[0x42; 32]])
-        .dangerous_accept_simulated_platform(service.platform_key());
+    let policy =
+        Policy::new(vec![[0x42; 32]]).dangerous_accept_simulated_platform(service.platform_key());
     let err = owner::start_training(
         &host,
         &policy,
@@ -37,7 +40,10 @@ fn a_wrong_measurement_is_refused_before_the_key_is_sent() {
     )
     .expect_err("must refuse");
     assert!(
-        matches!(err, ClientError::Attestation(AttestationError::WrongMeasurement { .. })),
+        matches!(
+            err,
+            ClientError::Attestation(AttestationError::WrongMeasurement { .. })
+        ),
         "{err}"
     );
     assert!(err.to_string().contains("measurement"), "{err}");
@@ -47,12 +53,15 @@ fn a_wrong_measurement_is_refused_before_the_key_is_sent() {
 
     // An untrusted platform key is refused too.
     let policy = Policy::new(vec![
-        chiron_crypto::measure_file(&bin_dir().join("chiron-enclave")).expect("measure"),
+        chiron_crypto::measure_file(bin_dir().join("chiron-enclave")).expect("measure"),
     ])
     .dangerous_accept_simulated_platform([7; 32]);
     let err = owner::attest_training(&host, &policy, &job.job_id).expect_err("must refuse");
     assert!(
-        matches!(err, ClientError::Attestation(AttestationError::UntrustedPlatform { .. })),
+        matches!(
+            err,
+            ClientError::Attestation(AttestationError::UntrustedPlatform { .. })
+        ),
         "{err}"
     );
 
@@ -76,7 +85,9 @@ fn evidence_from_another_nonce_is_stale() {
     let service = Service::start();
     let host = service.client();
     let data = iris();
-    let program = host.register_program(&program_wasm("chiron_mlp")).expect("register");
+    let program = host
+        .register_program(&program_wasm("chiron_mlp"))
+        .expect("register");
     let key = DataKey::generate();
     let mut container = Vec::new();
     chiron_crypto::encrypt_dataset(&key, &data.header, data.body.as_slice(), &mut container)

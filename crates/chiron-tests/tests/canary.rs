@@ -1,5 +1,6 @@
 //! A random canary in the owner's data must appear in nothing the platform can see: stored
 //! objects, job records, host logs, process output, error texts.
+#![allow(clippy::expect_used)] // test helpers: a failed step is a failed test
 
 use std::time::Duration;
 
@@ -23,8 +24,12 @@ fn encodings(canary: &str) -> Vec<Vec<u8>> {
         raw.to_vec(),
         hex::encode(raw).into_bytes(),
         hex::encode_upper(raw).into_bytes(),
-        base64::engine::general_purpose::STANDARD.encode(raw).into_bytes(),
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw).into_bytes(),
+        base64::engine::general_purpose::STANDARD
+            .encode(raw)
+            .into_bytes(),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(raw)
+            .into_bytes(),
         // As the f32 values the runtime and queries use.
         raw.iter()
             .flat_map(|&b| (f32::from(b) / 255.0).to_le_bytes())
@@ -60,8 +65,8 @@ fn the_canary_never_reaches_the_platform() {
     let mut texts = Vec::new();
 
     let service = Service::start();
-    let ticket = start_job(&service, &program_wasm("chiron_cnn"), &data, &terms(1, 300))
-        .expect("start");
+    let ticket =
+        start_job(&service, &program_wasm("chiron_cnn"), &data, &terms(1, 300)).expect("start");
     let (state, events) = wait(&service, &ticket, Duration::from_secs(300));
     assert_eq!(state, JobState::Succeeded, "{events:?}");
 
@@ -74,8 +79,13 @@ fn the_canary_never_reaches_the_platform() {
     query_accuracy(&service, &ticket, &features, &labels, 10).expect("queries");
 
     // A hostile program on the same data fails; its error texts are part of the view.
-    let bad = start_job(&service, &program_wasm("hostile_badhandle"), &data, &terms(1, 30))
-        .expect("start");
+    let bad = start_job(
+        &service,
+        &program_wasm("hostile_badhandle"),
+        &data,
+        &terms(1, 30),
+    )
+    .expect("start");
     let (state, _) = wait(&service, &bad, Duration::from_secs(60));
     assert_eq!(state, JobState::Failed);
     for job in [&ticket.job_id, &bad.job_id] {
@@ -85,7 +95,10 @@ fn the_canary_never_reaches_the_platform() {
 
     let mut view = service.platform_view();
     view.push(("api texts".into(), texts.join("\n").into_bytes()));
-    assert!(view.iter().any(|(name, _)| name.ends_with(".sealed")), "model stored");
+    assert!(
+        view.iter().any(|(name, _)| name.ends_with(".sealed")),
+        "model stored"
+    );
     for (name, bytes) in &view {
         for needle in encodings(&canary) {
             assert!(!contains(bytes, &needle), "canary found in {name}");

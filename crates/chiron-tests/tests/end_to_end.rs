@@ -1,5 +1,6 @@
 //! The whole path with real processes and real data: a provider registers a program, an
 //! owner trains on encrypted data after attesting the enclave, then queries black-box.
+#![allow(clippy::expect_used)] // test helpers: a failed step is a failed test
 
 use std::time::Duration;
 
@@ -16,7 +17,13 @@ fn owner_trains_the_cnn_on_fashion_mnist_and_queries_it() {
         .expect("job starts after attestation");
     let (state, events) = wait(&service, &ticket, Duration::from_secs(600));
     assert_eq!(state, JobState::Succeeded, "{events:?}");
-    assert!(matches!(events.first(), Some(OwnerEvent::Started { train_count: 5400, valid_count: 600 })));
+    assert!(matches!(
+        events.first(),
+        Some(OwnerEvent::Started {
+            train_count: 5400,
+            valid_count: 600
+        })
+    ));
     assert!(last_metric(&events, "train_loss").is_some(), "{events:?}");
 
     let (images, labels) = fashion_test();
@@ -31,8 +38,13 @@ fn owner_trains_the_cnn_on_fashion_mnist_and_queries_it() {
 fn owner_trains_the_mlp_on_a_csv_table() {
     let service = Service::start();
     let data = iris();
-    let ticket = start_job(&service, &program_wasm("chiron_mlp"), &data, &terms(60, 120))
-        .expect("job starts");
+    let ticket = start_job(
+        &service,
+        &program_wasm("chiron_mlp"),
+        &data,
+        &terms(60, 120),
+    )
+    .expect("job starts");
     let (state, events) = wait(&service, &ticket, Duration::from_secs(300));
     assert_eq!(state, JobState::Succeeded, "{events:?}");
     let valid = last_metric(&events, "valid_accuracy").expect("validation accuracy reported");
@@ -59,9 +71,8 @@ fn the_command_line_tool_runs_the_flow() {
     let work = tempfile::tempdir().expect("tmp");
     let wasm_path = work.path().join("mlp.wasm");
     std::fs::write(&wasm_path, program_wasm("chiron_mlp")).expect("write");
-    let measurement = hex::encode(
-        chiron_crypto::measure_file(&bins.join("chiron-enclave")).expect("measure"),
-    );
+    let measurement =
+        hex::encode(chiron_crypto::measure_file(bins.join("chiron-enclave")).expect("measure"));
     let platform = service.state_dir().join("sim-platform.key.pub");
 
     let out = std::process::Command::new(&cli)
@@ -69,8 +80,15 @@ fn the_command_line_tool_runs_the_flow() {
         .arg(&wasm_path)
         .output()
         .expect("chiron runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let program = String::from_utf8(out.stdout).expect("utf8").trim().to_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let program = String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_owned();
 
     let ticket = work.path().join("job.json");
     let csv = iris_csv();
@@ -85,16 +103,32 @@ fn the_command_line_tool_runs_the_flow() {
             .args(["--label-column", "species"]);
     };
     let mut train = std::process::Command::new(&cli);
-    train.args(["train", "--program", &program, "--epochs", "60", "--valid-fraction", "0.2"]);
+    train.args([
+        "train",
+        "--program",
+        &program,
+        "--epochs",
+        "60",
+        "--valid-fraction",
+        "0.2",
+    ]);
     common(&mut train);
     let out = train.output().expect("chiron train runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let mut evaluate = std::process::Command::new(&cli);
     evaluate.arg("evaluate");
     common(&mut evaluate);
     let out = evaluate.output().expect("chiron evaluate runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("accuracy on 150 held-out examples"), "{text}");
 }

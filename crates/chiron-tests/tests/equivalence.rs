@@ -1,5 +1,6 @@
 //! Confinement changes nothing numerically: the CNN trained in the sandbox and the same
 //! program linked natively against the engine, from the same seed, give the same model.
+#![allow(clippy::expect_used)] // test helpers: a failed step is a failed test
 
 use std::sync::Arc;
 use std::time::Duration;

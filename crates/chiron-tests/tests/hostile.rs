@@ -1,5 +1,6 @@
 //! Hostile provider programs end their own job with an error for the owner, and the
 //! service keeps serving everyone else.
+#![allow(clippy::expect_used)] // test helpers: a failed step is a failed test
 
 use std::time::Duration;
 
@@ -19,10 +20,17 @@ fn hostile_programs_fail_their_jobs_and_the_service_keeps_serving() {
     // All hostile jobs and one honest job run at the same time.
     let hostile: Vec<_> = cases
         .iter()
-        .map(|(name, _)| start_job(&service, &program_wasm(name), &data, &terms(1, 3)).expect("start"))
+        .map(|(name, _)| {
+            start_job(&service, &program_wasm(name), &data, &terms(1, 3)).expect("start")
+        })
         .collect();
-    let honest =
-        start_job(&service, &program_wasm("chiron_mlp"), &data, &terms(40, 120)).expect("start");
+    let honest = start_job(
+        &service,
+        &program_wasm("chiron_mlp"),
+        &data,
+        &terms(40, 120),
+    )
+    .expect("start");
 
     for ((name, expected), ticket) in cases.iter().zip(&hostile) {
         let (state, events) = wait(&service, ticket, Duration::from_secs(120));
@@ -55,8 +63,11 @@ fn a_program_importing_wasi_is_refused_at_load() {
     wasm.push(0x02);
     wasm.push(imports.len() as u8);
     wasm.extend(imports);
-    let sandbox = chiron_sandbox::Sandbox::new(chiron_sandbox::SandboxConfig::default())
-        .expect("sandbox");
+    let sandbox =
+        chiron_sandbox::Sandbox::new(chiron_sandbox::SandboxConfig::default()).expect("sandbox");
     let err = sandbox.load(&wasm).expect_err("refused");
-    assert!(err.to_string().contains("only the `chiron` host ABI"), "{err}");
+    assert!(
+        err.to_string().contains("only the `chiron` host ABI"),
+        "{err}"
+    );
 }

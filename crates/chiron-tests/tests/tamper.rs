@@ -1,5 +1,6 @@
 //! A platform that flips bits in what it stores or relays is caught, and the owner loses
 //! nothing: the same data and model work again once the platform stops tampering.
+#![allow(clippy::expect_used)] // test helpers: a failed step is a failed test
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -34,7 +35,9 @@ fn a_flipped_bit_in_the_stored_dataset_fails_the_job_and_a_retry_succeeds() {
     let service = Service::start();
     let host = service.client();
     let data = iris();
-    let program = host.register_program(&program_wasm("chiron_mlp")).expect("register");
+    let program = host
+        .register_program(&program_wasm("chiron_mlp"))
+        .expect("register");
     let key = DataKey::generate();
     let mut container = Vec::new();
     chiron_crypto::encrypt_dataset(&key, &data.header, data.body.as_slice(), &mut container)
@@ -61,7 +64,10 @@ fn a_flipped_bit_in_the_stored_dataset_fails_the_job_and_a_retry_succeeds() {
     let detail = failure(&events).expect("the owner is told why");
     assert!(detail.contains("failed authentication"), "{detail}");
     let status = host.job_status(&job.job_id).expect("status");
-    assert_eq!(status.error.as_deref(), Some("dataset failed authentication"));
+    assert_eq!(
+        status.error.as_deref(),
+        Some("dataset failed authentication")
+    );
 
     // The platform stops tampering: the same upload and key train fine.
     std::fs::write(&path, original).expect("restore");
@@ -86,8 +92,13 @@ fn a_flipped_bit_in_the_stored_dataset_fails_the_job_and_a_retry_succeeds() {
 fn a_flipped_bit_in_the_sealed_model_or_a_query_is_detected() {
     let service = Service::start();
     let data = iris();
-    let ticket =
-        start_job(&service, &program_wasm("chiron_mlp"), &data, &terms(40, 120)).expect("start");
+    let ticket = start_job(
+        &service,
+        &program_wasm("chiron_mlp"),
+        &data,
+        &terms(40, 120),
+    )
+    .expect("start");
     let (state, events) = wait(&service, &ticket, Duration::from_secs(120));
     assert_eq!(state, JobState::Succeeded, "{events:?}");
 
@@ -111,14 +122,18 @@ fn a_flipped_bit_in_the_sealed_model_or_a_query_is_detected() {
         Some(10),
     )
     .expect("inputs");
-    let accuracy =
-        query_accuracy(&service, &ticket, &test.features, &test.labels, 10).expect("model loads again");
+    let accuracy = query_accuracy(&service, &ticket, &test.features, &test.labels, 10)
+        .expect("model loads again");
     assert!(accuracy > 0.5);
 
     // A query whose ciphertext is altered in transit is refused, and the service goes on.
     let nonce = [5; 32];
-    let evidence = Evidence::from_bytes(&host.model_evidence(&ticket.job_id, &nonce).expect("evidence"))
-        .expect("decodes");
+    let evidence = Evidence::from_bytes(
+        &host
+            .model_evidence(&ticket.job_id, &nonce)
+            .expect("evidence"),
+    )
+    .expect("decodes");
     let enclave = chiron_crypto::verify(
         &service.policy(),
         &evidence,
@@ -142,8 +157,13 @@ fn a_flipped_bit_in_the_sealed_model_or_a_query_is_detected() {
     .expect("seal");
     let last = sealed.len() - 1;
     sealed[last] ^= 1;
-    let err = host.query(&ticket.job_id, &sealed).expect_err("tampered query");
-    assert!(err.to_string().contains("query failed authentication"), "{err}");
+    let err = host
+        .query(&ticket.job_id, &sealed)
+        .expect_err("tampered query");
+    assert!(
+        err.to_string().contains("query failed authentication"),
+        "{err}"
+    );
     let accuracy =
         query_accuracy(&service, &ticket, &test.features, &test.labels, 10).expect("still serving");
     assert!(accuracy > 0.5);
