@@ -4,7 +4,9 @@
 #   loopback, simulated TEE) starts; the owner encrypts Fashion-MNIST locally, verifies the
 #   training enclave's evidence, releases the key, follows training, then queries the model
 #   black-box with the 10 000 test images and prints the accuracy.
-# EPOCHS (default 3) and LIMIT (training examples, default all 60 000) can be overridden.
+# EPOCHS (default 3) and LIMIT (training examples, default all 60 000) can be overridden;
+# SEED (64 hex digits, default zeros) fixes the training run's random stream, so the demo
+# is reproducible (the CLI draws a fresh seed when none is given).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -13,6 +15,8 @@ scripts/build.sh
 EPOCHS="${EPOCHS:-3}"
 LIMIT_ARGS=()
 if [ -n "${LIMIT:-}" ]; then LIMIT_ARGS=(--limit "$LIMIT"); fi
+SEED="${SEED:-0000000000000000000000000000000000000000000000000000000000000000}"
+SEED_ARGS=(--seed "$SEED")
 FMNIST=/usr/share/datasets/fashion-mnist
 BIN=target/release
 WORK="$(mktemp -d)"
@@ -38,7 +42,7 @@ MEASUREMENT="$("$BIN/chiron" measure "$BIN/chiron-enclave")"
 TRUST=(--expect-measurement "$MEASUREMENT" --sim-platform-pub "$WORK/service/sim-platform.key.pub")
 "$BIN/chiron" train --host "$URL" --program "$PROGRAM" \
     --idx-images "$FMNIST/train-images-idx3-ubyte.gz" --idx-labels "$FMNIST/train-labels-idx1-ubyte.gz" \
-    "${LIMIT_ARGS[@]}" --epochs "$EPOCHS" --valid-fraction 0.05 --ticket "$WORK/job.json" "${TRUST[@]}"
+    "${LIMIT_ARGS[@]}" "${SEED_ARGS[@]}" --epochs "$EPOCHS" --valid-fraction 0.05 --ticket "$WORK/job.json" "${TRUST[@]}"
 "$BIN/chiron" evaluate --host "$URL" --ticket "$WORK/job.json" \
     --idx-images "$FMNIST/t10k-images-idx3-ubyte.gz" --idx-labels "$FMNIST/t10k-labels-idx1-ubyte.gz" \
     "${TRUST[@]}"

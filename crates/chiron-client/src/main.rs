@@ -123,6 +123,10 @@ struct TrainArgs {
     /// Where to keep the job's ticket (contains secrets; created with mode 0600).
     #[arg(long, default_value = "chiron-job.json")]
     ticket: PathBuf,
+    /// Seed of the training run's random stream, 64 hex digits (default: fresh and random).
+    /// A fixed seed makes the run reproducible.
+    #[arg(long)]
+    seed: Option<String>,
 }
 
 #[derive(Args)]
@@ -219,6 +223,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         time_budget_secs: args.time_budget,
         answers: args.top_k.map_or(AnswerPolicy::Label, AnswerPolicy::TopK),
         query_budget: args.query_budget,
+        seed: args.seed.as_deref().map(parse_seed).transpose()?,
     };
     let ticket = owner::start_training(
         &host,
@@ -298,6 +303,13 @@ fn follow(host: &HostClient, ticket: &JobTicket, epochs: u32) -> anyhow::Result<
             _ => std::thread::sleep(Duration::from_millis(250)),
         }
     }
+}
+
+fn parse_seed(text: &str) -> anyhow::Result<[u8; 32]> {
+    hex::decode(text)
+        .ok()
+        .and_then(|bytes| bytes.try_into().ok())
+        .with_context(|| format!("--seed must be 64 hex digits, not `{text}`"))
 }
 
 fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {

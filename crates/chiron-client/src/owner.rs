@@ -27,6 +27,10 @@ pub struct TrainingTerms {
     pub answers: AnswerPolicy,
     /// Queries allowed per query-enclave session.
     pub query_budget: u64,
+    /// Seed of the runtime's random stream (initialisation, shuffling); `None` draws a fresh
+    /// one. Fixing it makes a run reproducible: the same seed, data and program give the same
+    /// model, in the sandbox or natively.
+    pub seed: Option<[u8; 32]>,
 }
 
 /// Everything the owner keeps about a started job. Holds secrets (the event key and the
@@ -113,8 +117,7 @@ pub fn start_training(
         ));
     }
     let enclave = attest_training(host, policy, job_id)?;
-    let mut seed = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut seed);
+    let seed = terms.seed.unwrap_or_else(fresh_nonce);
     let query_token = fresh_nonce();
     let request = TrainRequest {
         data_key: data_key.to_bytes(),

@@ -23,13 +23,6 @@ pub enum Example {
 }
 
 impl Example {
-    fn train(self) {
-        match self {
-            Self::Cnn => chiron_cnn::train(),
-            Self::Mlp => chiron_mlp::train(),
-        }
-    }
-
     fn predict(self) {
         match self {
             Self::Cnn => chiron_cnn::predict(),
@@ -46,6 +39,22 @@ pub fn train(
     epochs: u32,
     metrics: impl FnMut(Metric) + Send + 'static,
 ) -> Result<Model, SandboxError> {
+    let entry = match example {
+        Example::Cnn => chiron_cnn::train as fn(),
+        Example::Mlp => chiron_mlp::train,
+    };
+    train_program(entry, data, seed, epochs, metrics)
+}
+
+/// Runs any natively linked program's `train` entry point on `data`; returns the saved
+/// model.
+pub fn train_program(
+    entry: fn(),
+    data: Arc<TrainingData>,
+    seed: [u8; 32],
+    epochs: u32,
+    metrics: impl FnMut(Metric) + Send + 'static,
+) -> Result<Model, SandboxError> {
     let mode = Mode::Train {
         data,
         epochs,
@@ -57,7 +66,7 @@ pub fn train(
         seed,
         mode,
     ));
-    example.train();
+    entry();
     native::uninstall()
         .and_then(|mut rt| rt.take_model())
         .ok_or(SandboxError::NoModel)

@@ -240,6 +240,7 @@ pub fn terms(epochs: u32, time_budget_secs: u32) -> TrainingTerms {
         time_budget_secs,
         answers: AnswerPolicy::Label,
         query_budget: 1_000_000,
+        seed: None,
     }
 }
 

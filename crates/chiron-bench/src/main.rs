@@ -1,0 +1,335 @@
+//! `chiron-bench`: what confinement costs in training throughput, and how the engine
+//! compares with PyTorch.
+//!
+//! For each benchmark network and batch size, three configurations train the same program
+//! (`programs/bench`), interleaved round by round so that machine drift cancels:
+//!
+//! - **native**: the program linked natively, the engine called directly; no sandbox, no
+//!   crypto;
+//! - **confined**: the enclave runtime's path in one process: the dataset encrypted with a
+//!   fresh data key, decrypted, the wasm program trained in the sandbox, the model
+//!   serialised and sealed;
+//! - **pytorch**: `bench/torch_bench.py`, the same networks in PyTorch CPU with as many
+//!   threads as the engine uses; skipped when `torch` cannot be imported.
+//!
+//! Throughput is images per second over intervals of `chiron_bench_nets::INTERVAL` steps,
+//! timed by the program's `step` metrics (the program has no clock); the first interval
+//! of every run is warm-up and is dropped. The table quotes medians over all rounds.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use chiron_bench_nets::INTERVAL;
+use chiron_client::convert::{self, ConvertOptions};
+use chiron_crypto::{DataKey, SealingKey};
+use chiron_proto::dataset::{DatasetHeader, DatasetKind, ElementEncoding};
+use chiron_sandbox::{Program, Sandbox, SandboxConfig, TrainJob, TrainingData};
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(about = "Training throughput: native engine, confined path, PyTorch")]
+struct Cli {
+    /// Rounds; each runs every configuration once, in alternating order.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Measured intervals per run (after one warm-up interval).
+    #[arg(long, default_value_t = 5)]
+    intervals: u32,
+    /// Networks to run.
+    #[arg(long, value_delimiter = ',', default_value = "a,b")]
+    nets: Vec<NetName>,
+    /// Batch sizes to run (64 and 128 are built).
+    #[arg(long, value_delimiter = ',', default_value = "64,128")]
+    batches: Vec<u32>,
+    /// Where the benchmark wasm programs are.
+    #[arg(long, default_value = "programs/target/wasm32-unknown-unknown/release")]
+    programs: PathBuf,
+    /// Fashion-MNIST training images (real inputs for net B).
+    #[arg(
+        long,
+        default_value = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
+    )]
+    fmnist_images: PathBuf,
+    /// Fashion-MNIST training labels.
+    #[arg(
+        long,
+        default_value = "/usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz"
+    )]
+    fmnist_labels: PathBuf,
+    /// The PyTorch script.
+    #[arg(long, default_value = "bench/torch_bench.py")]
+    torch_script: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum NetName {
+    A,
+    B,
+}
+
+/// What one configuration measured over all rounds.
+#[derive(Default)]
+struct Samples {
+    /// Images per second, one per measured interval.
+    throughput: Vec<f64>,
+    /// Per-job work outside training (decrypt, seal), one per run.
+    overhead: Vec<Duration>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let sandbox = Sandbox::new(SandboxConfig::default()).context("cannot start the sandbox")?;
+    let torch = torch_available();
+    println!("{}", machine());
+    println!(
+        "rounds {}, {} measured intervals of {INTERVAL} steps per run; medians\n",
+        cli.rounds, cli.intervals
+    );
+    println!(
+        "| net | batch | (a) native img/s | (b) confined img/s | (b)/(a) | (c) PyTorch img/s | (a)/(c) | confined per-job decrypt+seal |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for &net in &cli.nets {
+        for &batch in &cli.batches {
+            let entry = native_entry(batch)?;
+            let wasm_path = cli.programs.join(format!("bench_b{batch}.wasm"));
+            let wasm = std::fs::read(&wasm_path).with_context(|| {
+                format!(
+                    "cannot read {} (build programs/ first: scripts/build.sh)",
+                    wasm_path.display()
+                )
+            })?;
+            let program = sandbox.load(&wasm).context("benchmark program refused")?;
+            let examples = batch * INTERVAL * (cli.intervals + 1);
+            let (header, body) = dataset(net, examples, &cli)?;
+            let key = DataKey::generate();
+            let mut container = Vec::new();
+            chiron_crypto::encrypt_dataset(&key, &header, body.as_slice(), &mut container)?;
+
+            let (mut native, mut confined, mut pytorch) =
+                (Samples::default(), Samples::default(), Samples::default());
+            for round in 0..cli.rounds {
+                // Alternate the order so neither configuration always runs on a warmer machine.
+                let order: [u8; 3] = if round % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
+                for which in order {
+                    match which {
+                        0 => run_native(entry, &header, &body, batch, &mut native)?,
+                        1 => run_confined(
+                            &sandbox,
+                            &program,
+                            &key,
+                            &container,
+                            batch,
+                            &mut confined,
+                        )?,
+                        _ if torch => {
+                            run_torch(&cli.torch_script, net, batch, cli.intervals, &mut pytorch)?
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            let (a, b) = (median(&native.throughput), median(&confined.throughput));
+            let c = (!pytorch.throughput.is_empty()).then(|| median(&pytorch.throughput));
+            let overhead = median_duration(&confined.overhead);
+            println!(
+                "| {net:?} | {batch} | {a:.0} | {b:.0} | {:.3} | {} | {} | {:.0} ms |",
+                b / a,
+                c.map_or("skipped (no torch)".into(), |c| format!("{c:.0}")),
+                c.map_or("–".into(), |c| format!("{:.3}", a / c)),
+                overhead.as_secs_f64() * 1e3,
+            );
+        }
+    }
+    Ok(())
+}
+
+fn native_entry(batch: u32) -> anyhow::Result<fn()> {
+    fn b64() {
+        chiron_bench_nets::train(64)
+    }
+    fn b128() {
+        chiron_bench_nets::train(128)
+    }
+    match batch {
+        64 => Ok(b64),
+        128 => Ok(b128),
+        other => bail!("batch {other} is not built; the benchmark programs exist for 64 and 128"),
+    }
+}
+
+/// The dataset for `net`: Fashion-MNIST (real) for net B; for net A, 3×32×32 images of
+/// seeded noise (no CIFAR-style set is installed, and throughput does not depend on pixel
+/// values).
+fn dataset(net: NetName, examples: u32, cli: &Cli) -> anyhow::Result<(DatasetHeader, Vec<u8>)> {
+    match net {
+        NetName::B => {
+            let opts = ConvertOptions {
+                valid_fraction: 0.0,
+                limit: Some(examples as usize),
+                shuffle_seed: None,
+            };
+            let plain = convert::from_idx(&cli.fmnist_images, &cli.fmnist_labels, &opts)
+                .context("Fashion-MNIST is needed for net B (scripts/setup.sh installs it)")?;
+            Ok((plain.header, plain.body))
+        }
+        NetName::A => {
+            let header = DatasetHeader {
+                kind: DatasetKind::Image,
+                dims: vec![3, 32, 32],
+                encoding: ElementEncoding::U8Unit,
+                classes: 10,
+                train_count: examples,
+                valid_count: 0,
+            };
+            let mut body: Vec<u8> = (0..examples).flat_map(|i| (i % 10).to_le_bytes()).collect();
+            let mut state = 0x9e37_79b9_7f4a_7c15u64;
+            body.extend((0..examples as usize * 3 * 32 * 32).map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                (state >> 56) as u8
+            }));
+            Ok((header, body))
+        }
+    }
+}
+
+/// Collects the times at which the program reported `step`.
+fn step_clock() -> (
+    Arc<Mutex<Vec<Instant>>>,
+    impl FnMut(chiron_sandbox::Metric) + Send,
+) {
+    let times = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&times);
+    (times, move |m: chiron_sandbox::Metric| {
+        if m.name == "step"
+            && let Ok(mut t) = sink.lock()
+        {
+            t.push(Instant::now());
+        }
+    })
+}
+
+/// Images per second between consecutive reports (the span before the first is warm-up).
+fn throughputs(times: &Mutex<Vec<Instant>>, batch: u32) -> anyhow::Result<Vec<f64>> {
+    let times = times
+        .lock()
+        .map_err(|_| anyhow::anyhow!("metric clock poisoned"))?;
+    if times.len() < 2 {
+        bail!("the program reported {} steps; expected more", times.len());
+    }
+    Ok(times
+        .windows(2)
+        .map(|w| f64::from(batch * INTERVAL) / (w[1] - w[0]).as_secs_f64())
+        .collect())
+}
+
+fn run_native(
+    entry: fn(),
+    header: &DatasetHeader,
+    body: &[u8],
+    batch: u32,
+    out: &mut Samples,
+) -> anyhow::Result<()> {
+    let data = Arc::new(TrainingData::from_plaintext(header.clone(), body.to_vec())?);
+    let (times, sink) = step_clock();
+    chiron_reference::train_program(entry, data, [7; 32], 1, sink)?;
+    out.throughput.extend(throughputs(&times, batch)?);
+    Ok(())
+}
+
+fn run_confined(
+    sandbox: &Sandbox,
+    program: &Program,
+    key: &DataKey,
+    container: &[u8],
+    batch: u32,
+    out: &mut Samples,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let (header, body) = chiron_crypto::decrypt_dataset(key, container)?;
+    let data = Arc::new(TrainingData::from_plaintext(header, body)?);
+    let decrypted = started.elapsed();
+    let (times, sink) = step_clock();
+    let job = TrainJob::new(data, [7; 32], 1, Duration::from_secs(3600)).with_metrics(sink);
+    let model = sandbox.train(program, job)?;
+    let sealing = Instant::now();
+    let sealed = SealingKey::derive(&[1; 32], &[2; 32], b"chiron-bench model")
+        .seal(b"bench job", &model.to_bytes());
+    std::hint::black_box(sealed);
+    out.overhead.push(decrypted + sealing.elapsed());
+    out.throughput.extend(throughputs(&times, batch)?);
+    Ok(())
+}
+
+fn torch_available() -> bool {
+    Command::new("python3")
+        .args(["-c", "import torch"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn run_torch(
+    script: &Path,
+    net: NetName,
+    batch: u32,
+    intervals: u32,
+    out: &mut Samples,
+) -> anyhow::Result<()> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let output = Command::new("python3")
+        .arg(script)
+        .args(["--net", if net == NetName::A { "a" } else { "b" }])
+        .args(["--batch", &batch.to_string()])
+        .args(["--interval", &INTERVAL.to_string()])
+        .args(["--intervals", &intervals.to_string()])
+        .args(["--threads", &threads.to_string()])
+        .output()
+        .with_context(|| format!("cannot run {}", script.display()))?;
+    if !output.status.success() {
+        bail!(
+            "{} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let seconds: Vec<f64> =
+        serde_json::from_slice(&output.stdout).context("the PyTorch script printed no JSON")?;
+    out.throughput
+        .extend(seconds.iter().map(|s| f64::from(batch * INTERVAL) / s));
+    Ok(())
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+fn median_duration(values: &[Duration]) -> Duration {
+    let secs: Vec<f64> = values.iter().map(Duration::as_secs_f64).collect();
+    Duration::from_secs_f64(median(&secs).max(0.0))
+}
+
+/// The machine, for the table's caption.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!("machine: {cpu}, {threads} hardware threads available")
+}
