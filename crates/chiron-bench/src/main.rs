@@ -15,6 +15,10 @@
 //! Throughput is images per second over intervals of `chiron_bench_nets::INTERVAL` steps,
 //! timed by the program's `step` metrics (the program has no clock); the first interval
 //! of every run is warm-up and is dropped. The table quotes medians over all rounds.
+//!
+//! A second table times queries on the trained models: one input per query, natively and
+//! in the sandbox (a fresh wasm instance per query, as the query enclave serves them),
+//! interleaved in blocks, and batched sandboxed queries.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,7 +30,7 @@ use chiron_bench_nets::INTERVAL;
 use chiron_client::convert::{self, ConvertOptions};
 use chiron_crypto::{DataKey, SealingKey};
 use chiron_proto::dataset::{DatasetHeader, DatasetKind, ElementEncoding};
-use chiron_sandbox::{Program, Sandbox, SandboxConfig, TrainJob, TrainingData};
+use chiron_sandbox::{Model, Program, Sandbox, SandboxConfig, TrainJob, TrainingData};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -59,6 +63,9 @@ struct Cli {
         default_value = "/usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz"
     )]
     fmnist_labels: PathBuf,
+    /// Single-input queries timed per configuration and network.
+    #[arg(long, default_value_t = 400)]
+    queries: usize,
     /// The PyTorch script.
     #[arg(long, default_value = "bench/torch_bench.py")]
     torch_script: PathBuf,
@@ -92,6 +99,7 @@ fn main() -> anyhow::Result<()> {
         "| net | batch | (a) native img/s | (b) confined img/s | (b)/(a) | (c) PyTorch img/s | (a)/(c) | confined per-job decrypt+seal |"
     );
     println!("|---|---|---|---|---|---|---|---|");
+    let mut trained: Vec<(NetName, Vec<u8>, Model)> = Vec::new();
     for &net in &cli.nets {
         for &batch in &cli.batches {
             let entry = native_entry(batch)?;
@@ -111,20 +119,23 @@ fn main() -> anyhow::Result<()> {
 
             let (mut native, mut confined, mut pytorch) =
                 (Samples::default(), Samples::default(), Samples::default());
+            let mut last_model = None;
             for round in 0..cli.rounds {
                 // Alternate the order so neither configuration always runs on a warmer machine.
                 let order: [u8; 3] = if round % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
                 for which in order {
                     match which {
                         0 => run_native(entry, &header, &body, batch, &mut native)?,
-                        1 => run_confined(
-                            &sandbox,
-                            &program,
-                            &key,
-                            &container,
-                            batch,
-                            &mut confined,
-                        )?,
+                        1 => {
+                            last_model = Some(run_confined(
+                                &sandbox,
+                                &program,
+                                &key,
+                                &container,
+                                batch,
+                                &mut confined,
+                            )?);
+                        }
                         _ if torch => {
                             run_torch(&cli.torch_script, net, batch, cli.intervals, &mut pytorch)?
                         }
@@ -142,9 +153,99 @@ fn main() -> anyhow::Result<()> {
                 c.map_or("–".into(), |c| format!("{:.3}", a / c)),
                 overhead.as_secs_f64() * 1e3,
             );
+            if let Some(model) = last_model {
+                trained.retain(|(n, _, _)| *n != net);
+                trained.push((net, wasm, model));
+            }
         }
     }
+
+    println!(
+        "\n| net | native predict p50 / p99 | sandboxed predict (fresh instance) p50 / p99 | fresh-instance cost (p50 difference) | sandboxed, batches of 256 |"
+    );
+    println!("|---|---|---|---|---|");
+    for (net, wasm, model) in trained {
+        let program = sandbox.load(&wasm).context("benchmark program refused")?;
+        query_bench(&sandbox, &program, net, Arc::new(model), cli.queries)?;
+    }
     Ok(())
+}
+
+fn native_predict_entry() -> fn() {
+    chiron_bench_nets::predict
+}
+
+/// Times single-input queries natively and sandboxed, interleaved in blocks of 20, then
+/// batched sandboxed queries.
+fn query_bench(
+    sandbox: &Sandbox,
+    program: &Program,
+    net: NetName,
+    model: Arc<Model>,
+    queries: usize,
+) -> anyhow::Result<()> {
+    let dims: Vec<usize> = match net {
+        NetName::A => vec![3, 32, 32],
+        NetName::B => vec![1, 28, 28],
+    };
+    let feature_len: usize = dims.iter().product();
+    let input: Vec<f32> = (0..feature_len).map(|i| (i % 251) as f32 / 251.0).collect();
+    let shape = |n: usize| {
+        let mut s = vec![n];
+        s.extend(&dims);
+        s
+    };
+    let (mut native, mut sandboxed) = (Vec::new(), Vec::new());
+    for _ in 0..queries.div_ceil(20) {
+        for _ in 0..20 {
+            let t = Instant::now();
+            chiron_reference::predict_program(
+                native_predict_entry(),
+                Arc::clone(&model),
+                shape(1),
+                input.clone(),
+            )?;
+            native.push(t.elapsed().as_secs_f64());
+        }
+        for _ in 0..20 {
+            let t = Instant::now();
+            sandbox.predict(program, Arc::clone(&model), shape(1), input.clone())?;
+            sandboxed.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let batch: Vec<f32> = input
+        .iter()
+        .copied()
+        .cycle()
+        .take(256 * feature_len)
+        .collect();
+    let mut batched = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        sandbox.predict(program, Arc::clone(&model), shape(256), batch.clone())?;
+        batched.push(256.0 / t.elapsed().as_secs_f64());
+    }
+    let us = |v: f64| v * 1e6;
+    println!(
+        "| {net:?} | {:.0} µs / {:.0} µs | {:.0} µs / {:.0} µs | {:.0} µs | {:.0} img/s |",
+        us(median(&native)),
+        us(percentile(&native, 0.99)),
+        us(median(&sandboxed)),
+        us(percentile(&sandboxed, 0.99)),
+        us(median(&sandboxed) - median(&native)),
+        median(&batched),
+    );
+    Ok(())
+}
+
+fn percentile(values: &[f64], p: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let at = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[at.min(sorted.len() - 1)]
 }
 
 fn native_entry(batch: u32) -> anyhow::Result<fn()> {
@@ -249,7 +350,7 @@ fn run_confined(
     container: &[u8],
     batch: u32,
     out: &mut Samples,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Model> {
     let started = Instant::now();
     let (header, body) = chiron_crypto::decrypt_dataset(key, container)?;
     let data = Arc::new(TrainingData::from_plaintext(header, body)?);
@@ -263,7 +364,7 @@ fn run_confined(
     std::hint::black_box(sealed);
     out.overhead.push(decrypted + sealing.elapsed());
     out.throughput.extend(throughputs(&times, batch)?);
-    Ok(())
+    Ok(model)
 }
 
 fn torch_available() -> bool {

@@ -22,15 +22,6 @@ pub enum Example {
     Mlp,
 }
 
-impl Example {
-    fn predict(self) {
-        match self {
-            Self::Cnn => chiron_cnn::predict(),
-            Self::Mlp => chiron_mlp::predict(),
-        }
-    }
-}
-
 /// Trains `example` natively on `data`; returns the saved model.
 pub fn train(
     example: Example,
@@ -79,6 +70,21 @@ pub fn predict(
     input_shape: Vec<usize>,
     input: Vec<f32>,
 ) -> Result<Vec<f32>, SandboxError> {
+    let entry = match example {
+        Example::Cnn => chiron_cnn::predict as fn(),
+        Example::Mlp => chiron_mlp::predict,
+    };
+    predict_program(entry, model, input_shape, input)
+}
+
+/// Runs any natively linked program's `predict` entry point on inputs `[n, ...dims]`;
+/// returns scores `[n, classes]`.
+pub fn predict_program(
+    entry: fn(),
+    model: Arc<Model>,
+    input_shape: Vec<usize>,
+    input: Vec<f32>,
+) -> Result<Vec<f32>, SandboxError> {
     let mode = Mode::Predict {
         model,
         input_shape,
@@ -90,7 +96,7 @@ pub fn predict(
         [0; 32],
         mode,
     ));
-    example.predict();
+    entry();
     native::uninstall()
         .and_then(|mut rt| rt.take_output())
         .map(|(_, scores)| scores)
