@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use chiron_client::convert;
+use chiron_client::owner::TrainingTerms;
 use chiron_proto::api::JobState;
 use chiron_proto::owner::OwnerEvent;
 use chiron_tests::*;
@@ -131,4 +132,32 @@ fn the_command_line_tool_runs_the_flow() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("accuracy on 150 held-out examples"), "{text}");
+}
+
+#[test]
+fn the_owners_seed_makes_training_reproducible() {
+    let service = Service::start();
+    let data = iris();
+    let wasm = program_wasm("chiron_mlp");
+    let metrics = |seed: [u8; 32]| {
+        let terms = TrainingTerms {
+            seed: Some(seed),
+            ..terms(20, 120)
+        };
+        let ticket = start_job(&service, &wasm, &data, &terms).expect("job starts");
+        let (state, events) = wait(&service, &ticket, Duration::from_secs(300));
+        assert_eq!(state, JobState::Succeeded, "{events:?}");
+        let values: Vec<(String, u32, u32)> = events
+            .into_iter()
+            .filter_map(|e| match e {
+                OwnerEvent::Metric { name, epoch, value } => Some((name, epoch, value.to_bits())),
+                _ => None,
+            })
+            .collect();
+        assert!(!values.is_empty());
+        values
+    };
+    let first = metrics([3; 32]);
+    assert_eq!(first, metrics([3; 32]), "same seed, same run");
+    assert_ne!(first, metrics([4; 32]), "another seed, another run");
 }
