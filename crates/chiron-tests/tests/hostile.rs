@@ -1,4 +1,5 @@
-//! Hostile provider programs end their own job with an error for the owner, and the
+//! Hostile provider programs (infinite loop, memory bomb, forged handles, tensor bomb,
+//! out-of-bounds pointers, stack overflow) end their own job with an error for the owner, and the
 //! service keeps serving everyone else.
 #![allow(clippy::expect_used)] // test helpers: a failed step is a failed test
 
@@ -16,6 +17,8 @@ fn hostile_programs_fail_their_jobs_and_the_service_keeps_serving() {
         ("hostile_membomb", "linear-memory limit"),
         ("hostile_badhandle", "misused the host ABI"),
         ("hostile_tensorbomb", "tensor-memory quota"),
+        ("hostile_badpointer", "pointer outside the program's memory"),
+        ("hostile_stackbomb", "stack limit"),
     ];
     // All hostile jobs and one honest job run at the same time.
     let hostile: Vec<_> = cases
