@@ -127,6 +127,10 @@ struct TrainArgs {
     /// A fixed seed makes the run reproducible.
     #[arg(long)]
     seed: Option<String>,
+    /// Hide the job's timing from the platform: the enclave holds all progress reports
+    /// until the time budget has passed, and the job always lasts its whole budget.
+    #[arg(long)]
+    private_timing: bool,
 }
 
 #[derive(Args)]
@@ -224,6 +228,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         answers: args.top_k.map_or(AnswerPolicy::Label, AnswerPolicy::TopK),
         query_budget: args.query_budget,
         seed: args.seed.as_deref().map(parse_seed).transpose()?,
+        private_timing: args.private_timing,
     };
     let ticket = owner::start_training(
         &host,
@@ -244,6 +249,12 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         standardizer: plain.standardizer,
     };
     write_secret(&args.ticket, &serde_json::to_vec_pretty(&record)?)?;
+    if args.private_timing {
+        eprintln!(
+            "private timing: progress is held until the {} s budget has passed",
+            args.time_budget
+        );
+    }
     follow(&host, &record.ticket, args.epochs)
 }
 
@@ -263,6 +274,7 @@ fn follow(host: &HostClient, ticket: &JobTicket, epochs: u32) -> anyhow::Result<
         for event in events {
             match event {
                 OwnerEvent::Started { .. } => bar.set_message("running"),
+                OwnerEvent::Padding => {}
                 OwnerEvent::Metric { name, epoch, value } => {
                     bar.set_position(u64::from(epoch + 1).min(u64::from(epochs)));
                     let line = format!("epoch {epoch}: {name} = {value:.4}");

@@ -31,6 +31,9 @@ pub struct TrainingTerms {
     /// one. Fixing it makes a run reproducible: the same seed, data and program give the same
     /// model, in the sandbox or natively.
     pub seed: Option<[u8; 32]>,
+    /// Hide the job's timing from the platform: no events until the time budget has passed,
+    /// then a fixed number of them (see [`TrainRequest::private_timing`]).
+    pub private_timing: bool,
 }
 
 /// Everything the owner keeps about a started job. Holds secrets (the event key and the
@@ -128,6 +131,7 @@ pub fn start_training(
         answers: terms.answers,
         query_budget: terms.query_budget,
         query_token_digest: Sha256::digest(query_token).into(),
+        private_timing: terms.private_timing,
     };
     let plaintext =
         postcard::to_allocvec(&request).map_err(|e| ClientError::Input(e.to_string()))?;

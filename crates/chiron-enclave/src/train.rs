@@ -4,10 +4,10 @@ use std::io::Read;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chiron_crypto::DataKey;
-use chiron_proto::owner::{OwnerEvent, TRAIN_INFO, TrainRequest};
+use chiron_proto::owner::{HELD_EVENT_SLOTS, OwnerEvent, TRAIN_INFO, TrainRequest};
 use chiron_proto::wire::{DATASET_PART, EnclaveFrame, HostFrame, read_frame, write_frame};
 use chiron_sandbox::{Sandbox, SandboxConfig, TrainJob, TrainingData};
 use sha2::{Digest, Sha256};
@@ -42,6 +42,7 @@ fn fail(public: &'static str, detail: impl ToString) -> Failure {
 
 /// Runs one training job and returns the frame that ends it.
 pub fn run(enclave: &Enclave, start: Start, input: &mut impl Read) -> EnclaveFrame {
+    let started = Instant::now();
     // Receive the dataset first, whatever happens, so the connection stays in step.
     let container = receive_dataset(input, start.dataset_len);
     let opened = enclave
@@ -52,19 +53,28 @@ pub fn run(enclave: &Enclave, start: Start, input: &mut impl Read) -> EnclaveFra
         // Without the owner's key there is no one to tell the detail to.
         Err(_) => return failed("training request failed authentication"),
     };
+    let request: Result<TrainRequest, Failure> =
+        postcard::from_bytes(&request_bytes).map_err(|e| fail("malformed training request", e));
+    // Private timing: everything the platform sees next happens at the budget's end.
+    let deadline = match &request {
+        Ok(r) if r.private_timing => {
+            Some(started + Duration::from_secs(u64::from(r.time_budget_secs)))
+        }
+        _ => None,
+    };
     let events = Events {
         out: enclave.sender(),
         job_id: start.job_id.clone(),
         key: response_key,
         seq: Arc::new(AtomicU64::new(0)),
+        held: deadline.map(|_| Arc::new(Mutex::new(Vec::new()))),
     };
     let outcome = (|| {
-        let request: TrainRequest = postcard::from_bytes(&request_bytes)
-            .map_err(|e| fail("malformed training request", e))?;
+        let request = request?;
         let container = container.map_err(|e| fail("dataset transfer failed", e))?;
-        train(enclave, &start, request, &container, &events)
+        train(enclave, &start, request, &container, &events, deadline)
     })();
-    match outcome {
+    let frame = match outcome {
         Ok((sealed_model, parameters)) => {
             events.emit(&OwnerEvent::Finished { parameters });
             EnclaveFrame::Trained { sealed_model }
@@ -73,7 +83,12 @@ pub fn run(enclave: &Enclave, start: Start, input: &mut impl Read) -> EnclaveFra
             events.emit(&OwnerEvent::Failed { detail: f.detail });
             failed(f.public)
         }
+    };
+    if let Some(deadline) = deadline {
+        std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+        events.release();
     }
+    frame
 }
 
 fn failed(public: &str) -> EnclaveFrame {
@@ -108,6 +123,7 @@ fn train(
     request: TrainRequest,
     container: &[u8],
     events: &Events,
+    deadline: Option<Instant>,
 ) -> Result<(Vec<u8>, u64), Failure> {
     let digest: [u8; 32] = Sha256::digest(&start.program).into();
     if digest != request.program_digest {
@@ -131,19 +147,20 @@ fn train(
         .load(&start.program)
         .map_err(|e| fail(e.public_class(), e))?;
     let metrics_events = events.clone();
-    let job = TrainJob::new(
-        Arc::new(data),
-        request.seed,
-        request.epochs,
-        Duration::from_secs(u64::from(request.time_budget_secs)),
-    )
-    .with_metrics(move |m| {
-        metrics_events.emit(&OwnerEvent::Metric {
-            name: m.name,
-            epoch: m.epoch,
-            value: m.value,
-        })
-    });
+    // Under private timing the budget counts from the job's start, so that the program is
+    // stopped by the time the events are released.
+    let time_budget = match deadline {
+        Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+        None => Duration::from_secs(u64::from(request.time_budget_secs)),
+    };
+    let job = TrainJob::new(Arc::new(data), request.seed, request.epochs, time_budget)
+        .with_metrics(move |m| {
+            metrics_events.emit(&OwnerEvent::Metric {
+                name: m.name,
+                epoch: m.epoch,
+                value: m.value,
+            })
+        });
     let model = sandbox
         .train(&program, job)
         .map_err(|e| fail(e.public_class(), e))?;
@@ -170,10 +187,42 @@ struct Events {
     job_id: String,
     key: chiron_crypto::ResponseKey,
     seq: Arc<AtomicU64>,
+    /// Under private timing, the events held back until [`Events::release`].
+    held: Option<Arc<Mutex<Vec<OwnerEvent>>>>,
 }
 
 impl Events {
     fn emit(&self, event: &OwnerEvent) {
+        match &self.held {
+            Some(held) => {
+                if let Ok(mut held) = held.lock() {
+                    held.push(event.clone());
+                }
+            }
+            None => self.send(event),
+        }
+    }
+
+    /// Sends the held events as exactly [`HELD_EVENT_SLOTS`] frames: the first ones and the
+    /// final one when there are too many, padding when there are too few.
+    fn release(&self) {
+        let Some(held) = &self.held else { return };
+        let mut events = held
+            .lock()
+            .map(|mut held| std::mem::take(&mut *held))
+            .unwrap_or_default();
+        if events.len() > HELD_EVENT_SLOTS {
+            let last = events.pop();
+            events.truncate(HELD_EVENT_SLOTS - 1);
+            events.extend(last);
+        }
+        events.resize(HELD_EVENT_SLOTS, OwnerEvent::Padding);
+        for event in &events {
+            self.send(event);
+        }
+    }
+
+    fn send(&self, event: &OwnerEvent) {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst);
         let ciphertext = self
             .key

@@ -53,7 +53,17 @@ pub struct TrainRequest {
     pub query_budget: u64,
     /// SHA-256 of the secret that authorises queries on the resulting model.
     pub query_token_digest: [u8; 32],
+    /// Private timing: the enclave holds every event until the time budget (counted from the
+    /// job's start) has passed, then releases exactly [`HELD_EVENT_SLOTS`] events (padded
+    /// with [`OwnerEvent::Padding`]) and ends the job. The platform then sees the same event
+    /// count, sizes and completion time whatever the data made the program do, at the cost
+    /// of no progress reports during training and a job that always lasts its budget.
+    pub private_timing: bool,
 }
+
+/// Events released by a private-timing job, always exactly this many. A job with more
+/// events keeps the first `HELD_EVENT_SLOTS - 1` and its final one.
+pub const HELD_EVENT_SLOTS: usize = 256;
 
 impl std::fmt::Debug for TrainRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -61,6 +71,7 @@ impl std::fmt::Debug for TrainRequest {
             .field("epochs", &self.epochs)
             .field("time_budget_secs", &self.time_budget_secs)
             .field("answers", &self.answers)
+            .field("private_timing", &self.private_timing)
             .finish_non_exhaustive()
     }
 }
@@ -95,6 +106,8 @@ pub enum OwnerEvent {
         /// What went wrong (truncated to fit the event).
         detail: String,
     },
+    /// Fills a private-timing job's event stream to its fixed length; carries nothing.
+    Padding,
 }
 
 impl OwnerEvent {

@@ -241,6 +241,7 @@ pub fn terms(epochs: u32, time_budget_secs: u32) -> TrainingTerms {
         answers: AnswerPolicy::Label,
         query_budget: 1_000_000,
         seed: None,
+        private_timing: false,
     }
 }
 
