@@ -19,6 +19,9 @@
 //! A second table times queries on the trained models: one input per query, natively and
 //! in the sandbox (a fresh wasm instance per query, as the query enclave serves them),
 //! interleaved in blocks, and batched sandboxed queries.
+//!
+//! A third times ingest: the owner's encryption, the upload to a real `chiron-host` process
+//! over loopback (which streams it into its object store), and the enclave's decryption.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -63,6 +66,9 @@ struct Cli {
         default_value = "/usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz"
     )]
     fmnist_labels: PathBuf,
+    /// Size of the ingest benchmark's dataset in MiB (0 skips it).
+    #[arg(long, default_value_t = 1024)]
+    ingest_mib: u64,
     /// Single-input queries timed per configuration and network.
     #[arg(long, default_value_t = 400)]
     queries: usize,
@@ -168,7 +174,123 @@ fn main() -> anyhow::Result<()> {
         let program = sandbox.load(&wasm).context("benchmark program refused")?;
         query_bench(&sandbox, &program, net, Arc::new(model), cli.queries)?;
     }
+    if cli.ingest_mib > 0 {
+        ingest_bench(cli.ingest_mib)?;
+    }
     Ok(())
+}
+
+/// Encrypts a dataset of `mib` MiB, uploads it to a `chiron-host` started for the purpose,
+/// and decrypts it again; prints each stage's rate and the end-to-end rate.
+fn ingest_bench(mib: u64) -> anyhow::Result<()> {
+    let example = 4 + 3 * 32 * 32;
+    let examples = u32::try_from((mib << 20) / example).context("dataset too large")?;
+    let header = DatasetHeader {
+        kind: DatasetKind::Image,
+        dims: vec![3, 32, 32],
+        encoding: ElementEncoding::U8Unit,
+        classes: 10,
+        train_count: examples,
+        valid_count: 0,
+    };
+    let mut body: Vec<u8> = (0..examples).flat_map(|i| (i % 10).to_le_bytes()).collect();
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    body.extend((0..examples as usize * 3 * 32 * 32).map(|_| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state as u8
+    }));
+    let bytes = body.len() as f64;
+
+    let t = Instant::now();
+    let key = DataKey::generate();
+    let mut container = Vec::with_capacity(body.len() + (body.len() >> 10));
+    chiron_crypto::encrypt_dataset(&key, &header, body.as_slice(), &mut container)?;
+    let encrypt = t.elapsed();
+    drop(body);
+
+    let host = HostProcess::start()?;
+    let t = Instant::now();
+    chiron_client::HostClient::new(&host.url)
+        .upload_dataset(&container)
+        .context("upload failed")?;
+    let upload = t.elapsed();
+    drop(host);
+
+    let t = Instant::now();
+    let (_, plain) = chiron_crypto::decrypt_dataset(&key, &container)?;
+    let decrypt = t.elapsed();
+    std::hint::black_box(plain);
+
+    let mb = |d: Duration| bytes / 1e6 / d.as_secs_f64();
+    println!(
+        "\n| ingest, {mib} MiB | owner encrypts | upload to the host (loopback, stored) | enclave decrypts | end to end |"
+    );
+    println!("|---|---|---|---|---|");
+    println!(
+        "| MB/s | {:.0} | {:.0} | {:.0} | {:.0} |",
+        mb(encrypt),
+        mb(upload),
+        mb(decrypt),
+        mb(encrypt + upload + decrypt)
+    );
+    Ok(())
+}
+
+/// A `chiron-host` process (from next to this binary) on a fresh data directory, stopped
+/// and removed on drop.
+struct HostProcess {
+    child: std::process::Child,
+    dir: PathBuf,
+    url: String,
+}
+
+impl HostProcess {
+    fn start() -> anyhow::Result<Self> {
+        use std::io::BufRead;
+        let exe = std::env::current_exe()?.with_file_name("chiron-host");
+        let dir = std::env::temp_dir().join(format!("chiron-bench-{}", std::process::id()));
+        let mut child = Command::new(&exe)
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "cannot start {} (scripts/build.sh builds it)",
+                    exe.display()
+                )
+            })?;
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            std::io::BufReader::new(out).read_line(&mut line)?;
+        }
+        let url = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        if !url.starts_with("http://") {
+            let _ = child.kill();
+            bail!(
+                "chiron-host did not print its address (got `{}`)",
+                line.trim()
+            );
+        }
+        Ok(Self { child, dir, url })
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 fn native_predict_entry() -> fn() {

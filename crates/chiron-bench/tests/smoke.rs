@@ -9,7 +9,16 @@ fn a_short_benchmark_run_prints_both_tables() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let out = Command::new(env!("CARGO_BIN_EXE_chiron-bench"))
         .current_dir(&root)
-        .args(["--rounds", "1", "--intervals", "1", "--queries", "20"])
+        .args([
+            "--rounds",
+            "1",
+            "--intervals",
+            "1",
+            "--queries",
+            "20",
+            "--ingest-mib",
+            "8",
+        ])
         .args(["--nets", "b", "--batches", "64"])
         .output()
         .expect("chiron-bench runs");
@@ -31,5 +40,9 @@ fn a_short_benchmark_run_prints_both_tables() {
         text.lines()
             .any(|l| l.starts_with("| B | ") && l.contains("µs")),
         "no query row: {text}"
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with("| MB/s | ")),
+        "no ingest row: {text}"
     );
 }
