@@ -185,22 +185,7 @@ fn main() -> anyhow::Result<()> {
 fn ingest_bench(mib: u64) -> anyhow::Result<()> {
     let example = 4 + 3 * 32 * 32;
     let examples = u32::try_from((mib << 20) / example).context("dataset too large")?;
-    let header = DatasetHeader {
-        kind: DatasetKind::Image,
-        dims: vec![3, 32, 32],
-        encoding: ElementEncoding::U8Unit,
-        classes: 10,
-        train_count: examples,
-        valid_count: 0,
-    };
-    let mut body: Vec<u8> = (0..examples).flat_map(|i| (i % 10).to_le_bytes()).collect();
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    body.extend((0..examples as usize * 3 * 32 * 32).map(|_| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state as u8
-    }));
+    let (header, body) = noise_images(examples);
     let bytes = body.len() as f64;
 
     let t = Instant::now();
@@ -293,10 +278,6 @@ impl Drop for HostProcess {
     }
 }
 
-fn native_predict_entry() -> fn() {
-    chiron_bench_nets::predict
-}
-
 /// Times single-input queries natively and sandboxed, interleaved in blocks of 20, then
 /// batched sandboxed queries.
 fn query_bench(
@@ -322,7 +303,7 @@ fn query_bench(
         for _ in 0..20 {
             let t = Instant::now();
             chiron_reference::predict_program(
-                native_predict_entry(),
+                chiron_bench_nets::predict,
                 Arc::clone(&model),
                 shape(1),
                 input.clone(),
@@ -399,26 +380,30 @@ fn dataset(net: NetName, examples: u32, cli: &Cli) -> anyhow::Result<(DatasetHea
                 .context("Fashion-MNIST is needed for net B (scripts/setup.sh installs it)")?;
             Ok((plain.header, plain.body))
         }
-        NetName::A => {
-            let header = DatasetHeader {
-                kind: DatasetKind::Image,
-                dims: vec![3, 32, 32],
-                encoding: ElementEncoding::U8Unit,
-                classes: 10,
-                train_count: examples,
-                valid_count: 0,
-            };
-            let mut body: Vec<u8> = (0..examples).flat_map(|i| (i % 10).to_le_bytes()).collect();
-            let mut state = 0x9e37_79b9_7f4a_7c15u64;
-            body.extend((0..examples as usize * 3 * 32 * 32).map(|_| {
-                state = state
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
-                (state >> 56) as u8
-            }));
-            Ok((header, body))
-        }
+        NetName::A => Ok(noise_images(examples)),
     }
+}
+
+/// `examples` 3×32×32 images of seeded noise with labels cycling through 10 classes, as
+/// one training split: throughput and ingest rates do not depend on pixel values.
+fn noise_images(examples: u32) -> (DatasetHeader, Vec<u8>) {
+    let header = DatasetHeader {
+        kind: DatasetKind::Image,
+        dims: vec![3, 32, 32],
+        encoding: ElementEncoding::U8Unit,
+        classes: 10,
+        train_count: examples,
+        valid_count: 0,
+    };
+    let mut body: Vec<u8> = (0..examples).flat_map(|i| (i % 10).to_le_bytes()).collect();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    body.extend((0..examples as usize * 3 * 32 * 32).map(|_| {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (state >> 56) as u8
+    }));
+    (header, body)
 }
 
 /// Collects the times at which the program reported `step`.
