@@ -47,6 +47,9 @@ pub enum ClientError {
     /// An answer did not authenticate.
     #[error("the query answer failed authentication: it was altered on the way")]
     TamperedAnswer,
+    /// The provider's program failed on this query (it still counts against the budget).
+    #[error("the provider's program could not answer this query")]
+    Unanswered,
     /// The caller's input is unusable.
     #[error("{0}")]
     Input(String),

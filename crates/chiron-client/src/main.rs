@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use chiron_client::HostClient;
 use chiron_client::convert::{self, ConvertOptions, LabelledInputs, PlainDataset, Standardizer};
-use chiron_client::owner::{self, JobTicket, QuerySession, TrainingTerms};
+use chiron_client::owner::{self, JobTicket, PrivateTerms, QuerySession, TrainingTerms};
 use chiron_crypto::{DataKey, Policy};
 use chiron_proto::api::JobState;
 use chiron_proto::owner::{AnswerPolicy, OwnerEvent};
@@ -127,10 +127,19 @@ struct TrainArgs {
     /// A fixed seed makes the run reproducible.
     #[arg(long)]
     seed: Option<String>,
-    /// Hide the job's timing from the platform: the enclave holds all progress reports
-    /// until the time budget has passed, and the job always lasts its whole budget.
-    #[arg(long)]
-    private_timing: bool,
+    /// Private mode: hide the job's timing, progress and memory use from the platform. The
+    /// enclave holds all progress reports until the time budget has passed, the job always
+    /// lasts its whole budget, and its peak memory is always `--private-memory-mib`.
+    #[arg(long, alias = "private-timing")]
+    private: bool,
+    /// In private mode, the training enclave's declared peak memory in MiB (a job that needs
+    /// more fails).
+    #[arg(long, default_value_t = 2048, requires = "private")]
+    private_memory_mib: u32,
+    /// In private mode, the sealed model's declared size in MiB (a larger model fails the
+    /// job; at most 63).
+    #[arg(long, default_value_t = 16, requires = "private")]
+    private_model_mib: u32,
 }
 
 #[derive(Args)]
@@ -228,7 +237,10 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         answers: args.top_k.map_or(AnswerPolicy::Label, AnswerPolicy::TopK),
         query_budget: args.query_budget,
         seed: args.seed.as_deref().map(parse_seed).transpose()?,
-        private_timing: args.private_timing,
+        private: args.private.then_some(PrivateTerms {
+            memory_mib: args.private_memory_mib,
+            model_mib: args.private_model_mib,
+        }),
     };
     let ticket = owner::start_training(
         &host,
@@ -249,9 +261,9 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         standardizer: plain.standardizer,
     };
     write_secret(&args.ticket, &serde_json::to_vec_pretty(&record)?)?;
-    if args.private_timing {
+    if args.private {
         eprintln!(
-            "private timing: progress is held until the {} s budget has passed",
+            "private mode: progress is held until the {} s budget has passed",
             args.time_budget
         );
     }

@@ -4,6 +4,7 @@
 use chiron_crypto::{DataKey, Policy, ResponseKey, VerifiedEnclave};
 use chiron_proto::dataset::DatasetHeader;
 use chiron_proto::evidence::{Evidence, Role};
+pub use chiron_proto::owner::PrivateTerms;
 use chiron_proto::owner::{
     AnswerPolicy, OwnerEvent, QUERY_INFO, QueryAnswer, QueryRequest, TRAIN_INFO, TrainRequest,
 };
@@ -31,9 +32,10 @@ pub struct TrainingTerms {
     /// one. Fixing it makes a run reproducible: the same seed, data and program give the same
     /// model, in the sandbox or natively.
     pub seed: Option<[u8; 32]>,
-    /// Hide the job's timing from the platform: no events until the time budget has passed,
-    /// then a fixed number of them (see [`TrainRequest::private_timing`]).
-    pub private_timing: bool,
+    /// Private mode: the platform sees the declared time budget, a fixed number of events
+    /// and the declared peak memory, whatever the data (see [`PrivateTerms`]). `None` reports
+    /// progress live, at the price of disclosing run time, event count and peak memory.
+    pub private: Option<PrivateTerms>,
 }
 
 /// Everything the owner keeps about a started job. Holds secrets (the event key and the
@@ -119,6 +121,20 @@ pub fn start_training(
             "top-k must be between 1 and the class count".into(),
         ));
     }
+    if let Some(private) = terms.private {
+        // The sealed model travels in one frame, with a little overhead beyond its size.
+        if private.model_mib == 0 || private.model_bytes() >= chiron_proto::wire::MAX_FRAME {
+            return Err(ClientError::Input(format!(
+                "a private job's model size must be 1 to {} MiB",
+                (chiron_proto::wire::MAX_FRAME >> 20) - 1
+            )));
+        }
+        if private.memory_mib == 0 {
+            return Err(ClientError::Input(
+                "a private job's memory budget must be at least 1 MiB".into(),
+            ));
+        }
+    }
     let enclave = attest_training(host, policy, job_id)?;
     let seed = terms.seed.unwrap_or_else(fresh_nonce);
     let query_token = fresh_nonce();
@@ -131,7 +147,7 @@ pub fn start_training(
         answers: terms.answers,
         query_budget: terms.query_budget,
         query_token_digest: Sha256::digest(query_token).into(),
-        private_timing: terms.private_timing,
+        private: terms.private,
     };
     let plaintext =
         postcard::to_allocvec(&request).map_err(|e| ClientError::Input(e.to_string()))?;
@@ -232,6 +248,11 @@ impl<'a> QuerySession<'a> {
         let answer = key
             .open(0, ANSWER_AAD, &encrypted)
             .map_err(|_| ClientError::TamperedAnswer)?;
-        QueryAnswer::decode(&answer, count, self.ticket.answers).ok_or(ClientError::TamperedAnswer)
+        let answer = QueryAnswer::decode(&answer, count, self.ticket.answers)
+            .ok_or(ClientError::TamperedAnswer)?;
+        if answer.is_unanswered() {
+            return Err(ClientError::Unanswered);
+        }
+        Ok(answer)
     }
 }

@@ -12,6 +12,7 @@
 //! chiron-enclave measure                            print this binary's measurement
 //! ```
 
+mod memory;
 mod query;
 mod sealed;
 mod session;

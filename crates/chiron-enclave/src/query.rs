@@ -37,8 +37,7 @@ impl Serving {
         let plaintext = model_key(&enclave.platform, &enclave.measurement)
             .unseal(job_id.as_bytes(), sealed_model)
             .map_err(|_| "sealed model failed authentication")?;
-        let contents: SealedModel =
-            postcard::from_bytes(&plaintext).map_err(|_| "sealed model is malformed")?;
+        let contents = SealedModel::decode(&plaintext).ok_or("sealed model is malformed")?;
         let digest: [u8; 32] = Sha256::digest(program).into();
         if digest != contents.program_digest {
             return Err("program mismatch");
@@ -91,28 +90,28 @@ impl Serving {
         self.budget_left -= u64::from(request.count);
         let mut shape = vec![count];
         shape.extend(&self.feature_dims);
-        let scores = match self.sandbox.predict(
+        // A failure depends on the query's content, so the platform must not see it: it
+        // becomes an answer of the same size as any other.
+        let answer = match self.sandbox.predict(
             &self.program,
             Arc::clone(&self.model),
             shape,
             request.inputs,
         ) {
-            Ok(scores) => scores,
-            Err(e) => return failed(e.public_class()),
-        };
-        let classes = scores.len() / count;
-        let answer = QueryAnswer {
-            classes: scores
-                .chunks_exact(classes)
-                .flat_map(|row| top_k(row, self.answers.width()))
-                .collect(),
+            Ok(scores) => QueryAnswer {
+                classes: scores
+                    .chunks_exact(scores.len() / count)
+                    .flat_map(|row| top_k(row, self.answers.width()))
+                    .collect(),
+            },
+            Err(_) => QueryAnswer::unanswered(count, self.answers),
         };
         EnclaveFrame::Answer(key.seal(0, ANSWER_AAD, &answer.encode()))
     }
 }
 
 /// The `k` best classes, best first (ties to the lower index); always `k` entries, padded
-/// with `u32::MAX` when there are fewer than `k` classes.
+/// with [`QueryAnswer::NO_CLASS`] when there are fewer than `k` classes.
 fn top_k(row: &[f32], k: usize) -> Vec<u32> {
     if k == 1 {
         return vec![argmax(row) as u32];
@@ -120,6 +119,6 @@ fn top_k(row: &[f32], k: usize) -> Vec<u32> {
     let mut order: Vec<usize> = (0..row.len()).collect();
     order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
     let mut out: Vec<u32> = order.into_iter().take(k).map(|i| i as u32).collect();
-    out.resize(k, u32::MAX);
+    out.resize(k, QueryAnswer::NO_CLASS);
     out
 }

@@ -27,3 +27,43 @@ pub struct SealedModel {
 pub fn model_key(platform: &chiron_crypto::SimPlatform, measurement: &[u8; 32]) -> SealingKey {
     SealingKey::derive(platform.sealing_secret(), measurement, MODEL_PURPOSE)
 }
+
+/// Why a model could not be encoded for sealing.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    /// Serialisation failed.
+    #[error("cannot encode the model: {0}")]
+    Encode(#[from] postcard::Error),
+    /// The model is larger than the owner's declared size.
+    #[error("the model needs {size} bytes, more than the declared {declared}")]
+    TooLarge {
+        /// Encoded size.
+        size: usize,
+        /// Declared size.
+        declared: usize,
+    },
+}
+
+impl SealedModel {
+    /// The plaintext to seal, zero-padded to exactly `pad_to` bytes when given (a private
+    /// job's declared model size), so the sealed blob's size says nothing about the model.
+    pub fn encode(&self, pad_to: Option<usize>) -> Result<Vec<u8>, EncodeError> {
+        let mut plaintext = postcard::to_allocvec(self)?;
+        if let Some(declared) = pad_to {
+            if plaintext.len() > declared {
+                return Err(EncodeError::TooLarge {
+                    size: plaintext.len(),
+                    declared,
+                });
+            }
+            plaintext.resize(declared, 0);
+        }
+        Ok(plaintext)
+    }
+
+    /// Reads what [`SealedModel::encode`] wrote; `None` if malformed (padding included).
+    pub fn decode(plaintext: &[u8]) -> Option<Self> {
+        let (contents, padding) = postcard::take_from_bytes::<Self>(plaintext).ok()?;
+        padding.iter().all(|&b| b == 0).then_some(contents)
+    }
+}

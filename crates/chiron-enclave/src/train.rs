@@ -12,7 +12,8 @@ use chiron_proto::wire::{DATASET_PART, EnclaveFrame, HostFrame, read_frame, writ
 use chiron_sandbox::{Sandbox, SandboxConfig, TrainJob, TrainingData};
 use sha2::{Digest, Sha256};
 
-use crate::sealed::{SealedModel, model_key};
+use crate::memory;
+use crate::sealed::{EncodeError, SealedModel, model_key};
 use crate::session::Enclave;
 
 /// Largest dataset container accepted (the plaintext bound plus encryption overhead).
@@ -55,9 +56,10 @@ pub fn run(enclave: &Enclave, start: Start, input: &mut impl Read) -> EnclaveFra
     };
     let request: Result<TrainRequest, Failure> =
         postcard::from_bytes(&request_bytes).map_err(|e| fail("malformed training request", e));
-    // Private timing: everything the platform sees next happens at the budget's end.
+    // Private mode: everything the platform sees next happens at the budget's end.
+    let private = request.as_ref().ok().and_then(|r| r.private);
     let deadline = match &request {
-        Ok(r) if r.private_timing => {
+        Ok(r) if r.private.is_some() => {
             Some(started + Duration::from_secs(u64::from(r.time_budget_secs)))
         }
         _ => None,
@@ -74,6 +76,15 @@ pub fn run(enclave: &Enclave, start: Start, input: &mut impl Read) -> EnclaveFra
         let container = container.map_err(|e| fail("dataset transfer failed", e))?;
         train(enclave, &start, request, &container, &events, deadline)
     })();
+    // Whatever the program allocated, and whether or not it failed, the platform sees the
+    // declared peak. Going over it is the program's doing, so it gets the program's label.
+    let outcome = match private {
+        Some(terms) => {
+            let padded = memory::pad_peak_to(terms.memory_bytes());
+            outcome.and_then(|ok| padded.map(|()| ok).map_err(|e| fail("program failed", e)))
+        }
+        None => outcome,
+    };
     let frame = match outcome {
         Ok((sealed_model, parameters)) => {
             events.emit(&OwnerEvent::Finished { parameters });
@@ -172,7 +183,13 @@ fn train(
         query_token_digest: request.query_token_digest,
         model: model.to_bytes(),
     };
-    let plaintext = postcard::to_allocvec(&contents).map_err(|e| fail("sealing failed", e))?;
+    // Too large a model is the program's doing, so it gets the program's label.
+    let plaintext = contents
+        .encode(request.private.map(|p| p.model_bytes()))
+        .map_err(|e| match e {
+            EncodeError::TooLarge { .. } => fail("program failed", e),
+            EncodeError::Encode(_) => fail("sealing failed", e),
+        })?;
     let sealed = model_key(&enclave.platform, &enclave.measurement)
         .seal(start.job_id.as_bytes(), &plaintext);
     Ok((sealed, parameters))

@@ -7,9 +7,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use chiron_proto::wire::{EnclaveFrame, FrameError, HostFrame, LISTENING_PREFIX, MAX_FRAME};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use chiron_proto::wire::{EnclaveFrame, Frame, FrameError, HostFrame, LISTENING_PREFIX, MAX_FRAME};
 use thiserror::Error;
 use tokio::io::{
     AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
@@ -82,18 +80,6 @@ impl EnclaveError {
     }
 }
 
-/// The name of a frame's variant, for messages (never its contents).
-pub fn frame_kind(frame: &EnclaveFrame) -> &'static str {
-    match frame {
-        EnclaveFrame::Evidence(_) => "Evidence",
-        EnclaveFrame::Event { .. } => "Event",
-        EnclaveFrame::Trained { .. } => "Trained",
-        EnclaveFrame::Ready => "Ready",
-        EnclaveFrame::Answer(_) => "Answer",
-        EnclaveFrame::Failed { .. } => "Failed",
-    }
-}
-
 /// Cleans a public failure label before it is logged or returned: printable ASCII only, and
 /// bounded, so a misbehaving enclave cannot forge log lines or flood them.
 pub fn clean_label(label: &str) -> String {
@@ -116,8 +102,13 @@ pub fn clean_label(label: &str) -> String {
     }
 }
 
+/// The tracing target of the frame log: one debug line per frame relayed (direction, kind,
+/// size), which is exactly what the platform can see of the traffic. Enable it with
+/// `RUST_LOG=info,chiron_host::frames=debug`.
+pub const FRAME_LOG: &str = "chiron_host::frames";
+
 /// Writes one frame (same bytes as [`chiron_proto::wire::write_frame`]).
-pub async fn write_frame<T: Serialize>(
+pub async fn write_frame<T: Frame>(
     w: &mut (impl AsyncWrite + Unpin),
     frame: &T,
 ) -> Result<(), FrameError> {
@@ -125,6 +116,7 @@ pub async fn write_frame<T: Serialize>(
     if bytes.len() > MAX_FRAME {
         return Err(FrameError::TooLarge(bytes.len()));
     }
+    log_frame::<T>(frame.kind(), bytes.len());
     // MAX_FRAME fits in u32.
     w.write_all(&(bytes.len() as u32).to_le_bytes()).await?;
     w.write_all(&bytes).await?;
@@ -134,9 +126,7 @@ pub async fn write_frame<T: Serialize>(
 
 /// Reads one frame (same bytes as [`chiron_proto::wire::read_frame`]). Not cancel-safe: drop
 /// the connection if a read is abandoned half way.
-pub async fn read_frame<T: DeserializeOwned>(
-    r: &mut (impl AsyncRead + Unpin),
-) -> Result<T, FrameError> {
+pub async fn read_frame<T: Frame>(r: &mut (impl AsyncRead + Unpin)) -> Result<T, FrameError> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len).await?;
     let len = u32::from_le_bytes(len) as usize;
@@ -145,7 +135,13 @@ pub async fn read_frame<T: DeserializeOwned>(
     }
     let mut buf = vec![0u8; len];
     r.read_exact(&mut buf).await?;
-    Ok(postcard::from_bytes(&buf)?)
+    let frame: T = postcard::from_bytes(&buf)?;
+    log_frame::<T>(frame.kind(), len);
+    Ok(frame)
+}
+
+fn log_frame<T: Frame>(kind: &str, len: usize) {
+    tracing::debug!(target: FRAME_LOG, "{} {kind} {} bytes", T::DIRECTION, len + 4);
 }
 
 /// Starts enclave processes.
@@ -319,7 +315,7 @@ impl Enclave {
         {
             EnclaveFrame::Evidence(bytes) => Ok(bytes),
             EnclaveFrame::Failed { public } => Err(EnclaveError::Refused(clean_label(&public))),
-            other => Err(EnclaveError::Unexpected(frame_kind(&other))),
+            other => Err(EnclaveError::Unexpected(other.kind())),
         }
     }
 

@@ -13,7 +13,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::{Bytes, BytesMut};
 use chiron_proto::api::{Events, JobState, JobStatus};
-use chiron_proto::wire::{DATASET_PART, EnclaveFrame, FrameError, HostFrame};
+use chiron_proto::wire::{DATASET_PART, EnclaveFrame, Frame, FrameError, HostFrame};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -22,9 +22,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::enclave::{
-    Enclave, EnclaveError, Launcher, Role, clean_label, frame_kind, read_frame, write_frame,
-};
+use crate::enclave::{Enclave, EnclaveError, Launcher, Role, clean_label, read_frame, write_frame};
 use crate::ids::{DatasetId, JobId, ProgramId};
 use crate::store::{self, Store, StoreError};
 
@@ -492,7 +490,7 @@ async fn evidence(
         Some(Ok(EnclaveFrame::Failed { public })) => {
             Err(EnclaveError::Refused(clean_label(&public)).into())
         }
-        Some(Ok(other)) => Err(EnclaveError::Unexpected(frame_kind(&other)).into()),
+        Some(Ok(other)) => Err(EnclaveError::Unexpected(other.kind()).into()),
         Some(Err(e)) => Err(EnclaveError::Frame(e).into()),
         None => Err(
             EnclaveError::Frame(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into())).into(),

@@ -9,12 +9,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex as StdMutex, PoisonError};
 use std::time::Duration;
 
-use chiron_proto::wire::{EnclaveFrame, FrameError, HostFrame};
+use chiron_proto::wire::{EnclaveFrame, Frame, FrameError, HostFrame};
 use thiserror::Error;
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
-use crate::enclave::{Enclave, EnclaveError, Launcher, Role, clean_label, frame_kind};
+use crate::enclave::{Enclave, EnclaveError, Launcher, Role, clean_label};
 use crate::ids::{JobId, ProgramId};
 use crate::jobs::EVIDENCE_TIMEOUT;
 use crate::store::{self, Store, StoreError};
@@ -141,7 +141,7 @@ impl Models {
                     Err(ModelError::Refused(clean_label(&public)))
                 }
                 Ok(other) => {
-                    let e = EnclaveError::Unexpected(frame_kind(&other));
+                    let e = EnclaveError::Unexpected(other.kind());
                     discard(&id, guard.take(), &e).await;
                     Err(ModelError::Unavailable)
                 }
@@ -194,12 +194,7 @@ impl Models {
                 Err(ModelError::LoadRefused(label))
             }
             Ok(other) => {
-                discard(
-                    id,
-                    Some(enclave),
-                    &EnclaveError::Unexpected(frame_kind(&other)),
-                )
-                .await;
+                discard(id, Some(enclave), &EnclaveError::Unexpected(other.kind())).await;
                 Err(ModelError::Unavailable)
             }
             Err(EnclaveError::Frame(FrameError::TooLarge(_))) => {

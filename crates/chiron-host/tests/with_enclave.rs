@@ -254,7 +254,7 @@ fn a_job_trains_serves_queries_and_errors_are_typed() {
         answers: AnswerPolicy::Label,
         query_budget: 1000,
         query_token_digest: Sha256::digest(token).into(),
-        private_timing: false,
+        private: None,
     };
     let plaintext = postcard::to_allocvec(&request).expect("encode");
     let (sealed, event_key) =

@@ -53,15 +53,41 @@ pub struct TrainRequest {
     pub query_budget: u64,
     /// SHA-256 of the secret that authorises queries on the resulting model.
     pub query_token_digest: [u8; 32],
-    /// Private timing: the enclave holds every event until the time budget (counted from the
-    /// job's start) has passed, then releases exactly [`HELD_EVENT_SLOTS`] events (padded
-    /// with [`OwnerEvent::Padding`]) and ends the job. The platform then sees the same event
-    /// count, sizes and completion time whatever the data made the program do, at the cost
-    /// of no progress reports during training and a job that always lasts its budget.
-    pub private_timing: bool,
+    /// Private mode: what the platform can measure of the job is fixed by these terms, not
+    /// by the data. `None`: progress is reported live, and run time, event count and peak
+    /// memory are visible to the platform.
+    pub private: Option<PrivateTerms>,
 }
 
-/// Events released by a private-timing job, always exactly this many. A job with more
+/// Terms of a private job. The enclave holds every event until the time budget (counted from
+/// the job's start) has passed, then releases exactly [`HELD_EVENT_SLOTS`] events (padded
+/// with [`OwnerEvent::Padding`]) and ends the job; before that it raises its peak resident
+/// memory to exactly `memory_mib` and pads the sealed model to exactly `model_mib`. The
+/// platform then sees the same event count, sizes, completion time, peak memory and model size
+/// whatever the data made the program do, at the cost of no progress reports during training,
+/// a job that always lasts its budget, and memory and storage held to the declared figures. A
+/// job whose peak memory or model exceeds its figure fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrivateTerms {
+    /// The training enclave's declared peak resident memory, in MiB.
+    pub memory_mib: u32,
+    /// The sealed model's declared size, in MiB (below the 64 MiB frame limit).
+    pub model_mib: u32,
+}
+
+impl PrivateTerms {
+    /// The declared peak in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        u64::from(self.memory_mib) << 20
+    }
+
+    /// The declared sealed-model plaintext size in bytes.
+    pub fn model_bytes(&self) -> usize {
+        (self.model_mib as usize) << 20
+    }
+}
+
+/// Events released by a private job, always exactly this many. A job with more
 /// events keeps the first `HELD_EVENT_SLOTS - 1` and its final one.
 pub const HELD_EVENT_SLOTS: usize = 256;
 
@@ -71,7 +97,7 @@ impl std::fmt::Debug for TrainRequest {
             .field("epochs", &self.epochs)
             .field("time_budget_secs", &self.time_budget_secs)
             .field("answers", &self.answers)
-            .field("private_timing", &self.private_timing)
+            .field("private", &self.private)
             .finish_non_exhaustive()
     }
 }
@@ -106,7 +132,7 @@ pub enum OwnerEvent {
         /// What went wrong (truncated to fit the event).
         detail: String,
     },
-    /// Fills a private-timing job's event stream to its fixed length; carries nothing.
+    /// Fills a private job's event stream to its fixed length; carries nothing.
     Padding,
 }
 
@@ -161,7 +187,10 @@ pub struct QueryRequest {
 
 /// A query's answer: for each input, [`AnswerPolicy::width`] class indices, best first.
 /// Always `count × width` entries of four bytes each, so its encoded size depends only on
-/// public values (a varint encoding would reveal which classes were predicted).
+/// public values (a varint encoding would reveal which classes were predicted). An entry
+/// [`QueryAnswer::NO_CLASS`] pads a top-k row when there are fewer than k classes; an answer
+/// made of nothing else means the program failed on the query, which the platform must not
+/// tell from a success (so it is an answer like any other, not an error).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueryAnswer {
     /// Class indices, row-major.
@@ -169,6 +198,21 @@ pub struct QueryAnswer {
 }
 
 impl QueryAnswer {
+    /// Marks "no class" in an answer.
+    pub const NO_CLASS: u32 = u32::MAX;
+
+    /// The answer to a query the program failed on.
+    pub fn unanswered(count: usize, policy: AnswerPolicy) -> Self {
+        Self {
+            classes: vec![Self::NO_CLASS; count * policy.width()],
+        }
+    }
+
+    /// Whether this is [`QueryAnswer::unanswered`].
+    pub fn is_unanswered(&self) -> bool {
+        self.classes.iter().all(|&c| c == Self::NO_CLASS)
+    }
+
     /// Fixed-width little-endian encoding.
     pub fn encode(&self) -> Vec<u8> {
         self.classes.iter().flat_map(|c| c.to_le_bytes()).collect()

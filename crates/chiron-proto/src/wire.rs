@@ -89,6 +89,42 @@ pub enum EnclaveFrame {
     },
 }
 
+/// What every frame type tells about itself without revealing its contents: its direction
+/// and the name of its variant, for logs and error messages.
+pub trait Frame: Serialize + DeserializeOwned {
+    /// `"host->enclave"` or `"enclave->host"`.
+    const DIRECTION: &'static str;
+    /// The variant's name.
+    fn kind(&self) -> &'static str;
+}
+
+impl Frame for HostFrame {
+    const DIRECTION: &'static str = "host->enclave";
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::GetEvidence { .. } => "GetEvidence",
+            Self::StartTraining { .. } => "StartTraining",
+            Self::DatasetPart(_) => "DatasetPart",
+            Self::LoadModel { .. } => "LoadModel",
+            Self::Query { .. } => "Query",
+        }
+    }
+}
+
+impl Frame for EnclaveFrame {
+    const DIRECTION: &'static str = "enclave->host";
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Evidence(_) => "Evidence",
+            Self::Event { .. } => "Event",
+            Self::Trained { .. } => "Trained",
+            Self::Ready => "Ready",
+            Self::Answer(_) => "Answer",
+            Self::Failed { .. } => "Failed",
+        }
+    }
+}
+
 /// A frame that could not be read or written.
 #[derive(Debug, Error)]
 pub enum FrameError {

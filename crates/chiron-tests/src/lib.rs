@@ -18,6 +18,12 @@ use chiron_crypto::{DataKey, Policy};
 use chiron_proto::api::JobState;
 use chiron_proto::owner::{AnswerPolicy, OwnerEvent};
 
+pub mod transcript;
+
+/// The host's tracing target for its frame log (one line per frame: direction, kind, size),
+/// which every [`Service`] turns on.
+pub const FRAME_LOG: &str = "chiron_host::frames";
+
 /// The Fashion-MNIST files installed by the set-up (Debian package `dataset-fashion-mnist`).
 pub const FASHION_DIR: &str = "/usr/share/datasets/fashion-mnist";
 
@@ -128,6 +134,7 @@ impl Service {
             .arg(data_dir.path().join("state"))
             .args(["--listen", "127.0.0.1:0", "--enclave-bin"])
             .arg(bins.join("chiron-enclave"))
+            .env("RUST_LOG", format!("info,{FRAME_LOG}=debug"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_log).expect("log file"))
@@ -215,6 +222,30 @@ impl Service {
         out
     }
 
+    /// The host process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops the host the way an operator would (SIGTERM: it stops its enclaves and exits),
+    /// killing it if it has not exited within ten seconds.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.is_running() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The host's standard output so far.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout_log).unwrap_or_default()
+    }
+
     /// The host's standard error so far.
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
@@ -241,7 +272,7 @@ pub fn terms(epochs: u32, time_budget_secs: u32) -> TrainingTerms {
         answers: AnswerPolicy::Label,
         query_budget: 1_000_000,
         seed: None,
-        private_timing: false,
+        private: None,
     }
 }
 

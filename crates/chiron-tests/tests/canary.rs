@@ -4,52 +4,9 @@
 
 use std::time::Duration;
 
-use base64::Engine as _;
 use chiron_proto::api::JobState;
+use chiron_tests::transcript::{contains, encodings, plant_canary, random_canary};
 use chiron_tests::*;
-use rand::Rng;
-
-fn random_canary() -> String {
-    rand::thread_rng()
-        .sample_iter(rand::distributions::Alphanumeric)
-        .take(24)
-        .map(char::from)
-        .collect()
-}
-
-/// Every encoding of the canary we can think of.
-fn encodings(canary: &str) -> Vec<Vec<u8>> {
-    let raw = canary.as_bytes();
-    let mut out = vec![
-        raw.to_vec(),
-        hex::encode(raw).into_bytes(),
-        hex::encode_upper(raw).into_bytes(),
-        base64::engine::general_purpose::STANDARD
-            .encode(raw)
-            .into_bytes(),
-        base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(raw)
-            .into_bytes(),
-        // As the f32 values the runtime and queries use.
-        raw.iter()
-            .flat_map(|&b| (f32::from(b) / 255.0).to_le_bytes())
-            .collect(),
-    ];
-    // Base64 at every alignment: a middle slice of the canary encoded from any offset.
-    for shift in 1..3 {
-        out.push(
-            base64::engine::general_purpose::STANDARD
-                .encode(&raw[shift..])
-                .into_bytes()[4..20]
-                .to_vec(),
-        );
-    }
-    out
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
 
 #[test]
 fn the_canary_never_reaches_the_platform() {
@@ -57,11 +14,7 @@ fn the_canary_never_reaches_the_platform() {
     let mut data = fashion_subset(1000);
     let n = data.header.train_count as usize + data.header.valid_count as usize;
     let pixels = n * 4; // features start after the labels
-    // Write the canary into the first pixels of every tenth image.
-    for image in (0..n).step_by(10) {
-        let at = pixels + image * 784;
-        data.body[at..at + canary.len()].copy_from_slice(canary.as_bytes());
-    }
+    plant_canary(&mut data, &canary);
     let mut texts = Vec::new();
 
     let service = Service::start();

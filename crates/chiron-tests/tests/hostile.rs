@@ -1,5 +1,5 @@
 //! Hostile provider programs (infinite loop, memory bomb, forged handles, tensor bomb,
-//! out-of-bounds pointers, stack overflow) end their own job with an error for the owner, and the
+//! out-of-bounds pointers, stack overflow, handle exhaustion) end their own job with an error for the owner, and the
 //! service keeps serving everyone else.
 #![allow(clippy::expect_used)] // test helpers: a failed step is a failed test
 
@@ -19,6 +19,7 @@ fn hostile_programs_fail_their_jobs_and_the_service_keeps_serving() {
         ("hostile_tensorbomb", "tensor-memory quota"),
         ("hostile_badpointer", "pointer outside the program's memory"),
         ("hostile_stackbomb", "stack limit"),
+        ("hostile_handles", "handle limit"),
     ];
     // All hostile jobs and one honest job run at the same time.
     let hostile: Vec<_> = cases
@@ -52,7 +53,7 @@ fn hostile_programs_fail_their_jobs_and_the_service_keeps_serving() {
 }
 
 #[test]
-fn a_program_importing_wasi_is_refused_at_load() {
+fn programs_importing_anything_but_the_abi_are_refused_at_load() {
     // A minimal module whose only content is one WASI import.
     let module_name = b"wasi_snapshot_preview1";
     let field = b"proc_exit";
@@ -73,4 +74,10 @@ fn a_program_importing_wasi_is_refused_at_load() {
         err.to_string().contains("only the `chiron` host ABI"),
         "{err}"
     );
+    // A real program that imports a clock from another module.
+    let err = sandbox
+        .load(&program_wasm("hostile_foreignimport"))
+        .expect_err("refused");
+    assert!(err.to_string().contains("env::clock_now"), "{err}");
+    assert_eq!(err.public_class(), "program refused");
 }

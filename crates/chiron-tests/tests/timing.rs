@@ -4,7 +4,6 @@
 
 use std::time::{Duration, Instant};
 
-use chiron_client::owner::TrainingTerms;
 use chiron_proto::api::JobState;
 use chiron_proto::owner::{HELD_EVENT_SLOTS, OwnerEvent};
 use chiron_tests::*;
@@ -21,10 +20,7 @@ struct Seen {
 }
 
 fn run(service: &Service, epochs: u32, budget_secs: u32) -> Seen {
-    let terms = TrainingTerms {
-        private_timing: true,
-        ..terms(epochs, budget_secs)
-    };
+    let terms = transcript::private_terms(epochs, budget_secs);
     let started = Instant::now();
     let ticket =
         start_job(service, &program_wasm("chiron_mlp"), &iris(), &terms).expect("job starts");

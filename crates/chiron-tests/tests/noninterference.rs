@@ -1,0 +1,238 @@
+//! Non-interference: the same job on two datasets that share their public header but differ in
+//! content (each with its own canary) must look the same to the provider and the platform —
+//! stored objects, frames, logs, output, status texts, event stream, and, for a private job,
+//! state-change times and the training enclave's peak memory — however hard the provider's
+//! program tries to make them differ. Each hostile fixture reads one secret bit of the data
+//! (the parity of the first training label, which differs between the twins) and pushes it
+//! into one channel.
+#![allow(clippy::expect_used)] // test helpers: a failed step is a failed test
+
+use std::time::Duration;
+
+use chiron_client::ClientError;
+use chiron_client::owner::{JobTicket, QuerySession, TrainingTerms};
+use chiron_proto::owner::OwnerEvent;
+use chiron_tests::transcript::{
+    Disclosure, Observed, assert_indistinguishable, assert_no_canary, differences, observe,
+    private_terms, twin_datasets,
+};
+use chiron_tests::*;
+
+/// Images per twin dataset: enough for a real job, few enough for a quick one.
+const IMAGES: usize = 600;
+/// Time budget of the private runs: above the slowest fixture's honest work (≈ 2 s of spinning
+/// on the secret bit, plus start-up).
+const PRIVATE_BUDGET_SECS: u32 = 6;
+
+/// Runs `program` on both twins under `terms` (then `after`, for queries), checks that neither
+/// canary reached the platform, and returns both observations.
+fn twins(
+    program: &str,
+    terms: &TrainingTerms,
+    after: impl Fn(&Service, &JobTicket) + Copy,
+) -> [Observed; 2] {
+    let wasm = program_wasm(program);
+    twin_datasets(IMAGES).map(|(data, canary)| {
+        let observed = observe(&wasm, &data, terms, Duration::from_secs(120), after);
+        assert_no_canary(&observed.transcript, &canary);
+        observed
+    })
+}
+
+/// A private run of `program` on both twins must be indistinguishable to the platform.
+fn private_twins(program: &str) -> [Observed; 2] {
+    let [a, b] = twins(
+        program,
+        &private_terms(1, PRIVATE_BUDGET_SECS),
+        |_: &Service, _: &JobTicket| {},
+    );
+    assert_indistinguishable(&a.transcript, &b.transcript, Disclosure::Private);
+    for run in [&a, &b] {
+        let (state, ended) = run.transcript.states.last().expect("states");
+        assert!(
+            *ended >= Duration::from_secs(PRIVATE_BUDGET_SECS.into()),
+            "{state:?} reported at {ended:?}, before the budget"
+        );
+    }
+    [a, b]
+}
+
+/// Under live terms the same program must show its secret bit, or the fixture (and the
+/// private test built on it) proves nothing.
+fn live_twins_differ(program: &str, channel: &str) {
+    let [a, b] = twins(program, &terms(1, 60), |_: &Service, _: &JobTicket| {});
+    let differences = differences(&a.transcript, &b.transcript, Disclosure::Private);
+    assert!(
+        differences.iter().any(|d| d.contains(channel)),
+        "{program} did not open its channel ({channel}) in a live run: {differences:?}"
+    );
+}
+
+fn failure_detail(observed: &Observed) -> String {
+    failure(&observed.owner_events)
+        .unwrap_or_else(|| panic!("no failure event: {:?}", observed.owner_events))
+        .to_owned()
+}
+
+fn succeeded(observed: &Observed) -> bool {
+    observed
+        .owner_events
+        .iter()
+        .any(|e| matches!(e, OwnerEvent::Finished { .. }))
+}
+
+fn metric_count(observed: &Observed) -> usize {
+    observed
+        .owner_events
+        .iter()
+        .filter(|e| matches!(e, OwnerEvent::Metric { .. }))
+        .count()
+}
+
+#[test]
+fn an_honest_job_looks_the_same_on_both_datasets_live_or_private() {
+    // Live: everything but times and memory (declared public for live jobs) is the same, the
+    // queries included.
+    let query = |service: &Service, ticket: &JobTicket| {
+        let host = service.client();
+        let session = QuerySession::open(&host, &service.policy(), ticket).expect("query session");
+        let inputs = vec![0.5f32; 4 * ticket.header.feature_len()];
+        session.query(4, inputs).expect("answer");
+    };
+    let [a, b] = twins("chiron_mlp", &terms(1, 60), query);
+    assert!(succeeded(&a) && succeeded(&b));
+    assert_indistinguishable(&a.transcript, &b.transcript, Disclosure::Live);
+    assert!(
+        a.transcript.frames.iter().any(|f| f.contains("Answer")),
+        "the frame log records queries: {:?}",
+        a.transcript.frames
+    );
+    // Private: times and memory too.
+    let [a, b] = private_twins("chiron_mlp");
+    assert!(succeeded(&a) && succeeded(&b));
+}
+
+#[test]
+fn data_in_panics_and_trap_kinds_reaches_only_the_owner() {
+    // The panic message carries the data; the owner may see it, the platform may not.
+    let [a, b] = private_twins("hostile_leakpanic");
+    assert!(!succeeded(&a) && !succeeded(&b));
+    // A stack overflow on one bit, `unreachable` on the other: the owner sees which, the
+    // platform sees "program failed" both times.
+    let [a, b] = private_twins("hostile_leakclass");
+    let (da, db) = (failure_detail(&a), failure_detail(&b));
+    assert_ne!(da, db, "the fixture failed the same way on both bits");
+}
+
+#[test]
+fn run_time_chosen_by_the_data_is_hidden_by_the_time_budget() {
+    live_twins_differ("hostile_leaktime", "jobs ended at");
+    let [a, b] = private_twins("hostile_leaktime");
+    assert!(succeeded(&a) && succeeded(&b));
+}
+
+#[test]
+fn memory_chosen_by_the_data_is_hidden_by_the_memory_budget() {
+    live_twins_differ("hostile_leakmemory", "training enclave peaks");
+    let [a, b] = private_twins("hostile_leakmemory");
+    assert!(succeeded(&a) && succeeded(&b));
+}
+
+#[test]
+fn runtime_tensors_chosen_by_the_data_are_hidden_by_the_memory_budget() {
+    live_twins_differ("hostile_leaktensors", "training enclave peaks");
+    let [a, b] = private_twins("hostile_leaktensors");
+    assert!(succeeded(&a) && succeeded(&b));
+}
+
+#[test]
+fn model_size_and_save_count_chosen_by_the_data_are_hidden() {
+    live_twins_differ("hostile_leaksize", "stored objects");
+    let [a, b] = private_twins("hostile_leaksize");
+    // The owner sees the two parameter counts; the platform sees one padded size.
+    let parameters = |o: &Observed| {
+        o.owner_events.iter().find_map(|e| match e {
+            OwnerEvent::Finished { parameters } => Some(*parameters),
+            _ => None,
+        })
+    };
+    assert_ne!(parameters(&a), parameters(&b));
+    assert!(parameters(&a).is_some() && parameters(&b).is_some());
+}
+
+#[test]
+fn metric_volume_chosen_by_the_data_is_hidden() {
+    live_twins_differ("hostile_leakmetrics", "event streams");
+    let [a, b] = private_twins("hostile_leakmetrics");
+    // The owner still gets every metric: one on one bit, two hundred on the other.
+    let mut counts = [metric_count(&a), metric_count(&b)];
+    counts.sort_unstable();
+    assert_eq!(counts, [1, 200]);
+}
+
+#[test]
+fn nan_storms_and_handle_exhaustion_are_handled_the_same_on_both_datasets() {
+    let [a, b] = private_twins("hostile_nanstorm");
+    assert!(
+        succeeded(&a) && succeeded(&b),
+        "NaN weights are still a model"
+    );
+    let [a, _] = private_twins("hostile_handles");
+    assert!(
+        failure_detail(&a).contains("handle"),
+        "{}",
+        failure_detail(&a)
+    );
+}
+
+#[test]
+fn a_query_cannot_see_the_previous_one() {
+    let check = |service: &Service, ticket: &JobTicket| {
+        let host = service.client();
+        let session = QuerySession::open(&host, &service.policy(), ticket).expect("query session");
+        let len = 4 * ticket.header.feature_len();
+        let probe = vec![0.25f32; len];
+        let first = session.query(4, probe.clone()).expect("answer");
+        for other in [0.0f32, 1.0, 0.75] {
+            session.query(4, vec![other; len]).expect("answer");
+        }
+        let again = session.query(4, probe).expect("answer");
+        assert_eq!(first, again, "an answer depended on earlier queries");
+    };
+    // The fixture also keeps the secret bit from training in its memory.
+    let [a, b] = twins("hostile_querystate", &terms(1, 60), check);
+    assert_indistinguishable(&a.transcript, &b.transcript, Disclosure::Live);
+}
+
+#[test]
+fn answers_cannot_be_sized_by_the_query() {
+    // The fixture answers with a shape chosen by the first input value: the wrong shapes
+    // become unanswered queries for the owner, the same size on the wire as any answer.
+    let ask = |service: &Service, ticket: &JobTicket| {
+        let host = service.client();
+        let session = QuerySession::open(&host, &service.policy(), ticket).expect("query session");
+        let len = 4 * ticket.header.feature_len();
+        for (value, answered) in [(0.1f32, true), (0.4, false), (0.9, false), (0.2, true)] {
+            let answer = session.query(4, vec![value; len]);
+            match answered {
+                true => assert!(answer.is_ok(), "{value}: {answer:?}"),
+                false => assert!(
+                    matches!(answer, Err(ClientError::Unanswered)),
+                    "{value}: {answer:?}"
+                ),
+            }
+        }
+    };
+    let [observed, _] = twins("hostile_answersize", &terms(1, 60), ask);
+    let answers: Vec<&String> = observed
+        .transcript
+        .frames
+        .iter()
+        .filter(|f| f.starts_with("host->enclave Query") || f.starts_with("enclave->host"))
+        .skip_while(|f| !f.starts_with("host->enclave Query"))
+        .collect();
+    assert_eq!(answers.len(), 8, "{answers:?}");
+    for pair in answers.chunks(2) {
+        assert_eq!(pair, answers[..2].to_vec(), "query frames differ");
+    }
+}

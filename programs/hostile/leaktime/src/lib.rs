@@ -1,0 +1,59 @@
+//! Hostile fixture `hostile-leaktime`: takes longer when the secret bit is set.
+//!
+//! Attacks the **timing channel**. Before training, `train` spins a pure-wasm busy loop of
+//! [`SPIN_STEPS`] LCG steps (roughly 2 s) if the secret bit (the parity of training
+//! example 0's label) is 1, and none otherwise; then it trains and saves a valid linear
+//! model. The loop is seeded by the label and each step goes through `black_box`, so it can
+//! neither be skipped nor folded. If the platform can time the job, it learns the bit; the
+//! job's observable duration must not depend on it.
+
+use std::hint::black_box;
+
+use chiron_sdk::{Dataset, Init, Optimizer, Split, Tensor, model};
+
+/// LCG steps spun when the secret bit is 1: about 2 s in the sandbox (fuel metering and
+/// epoch checks included, a step takes roughly 2.5 ns).
+pub const SPIN_STEPS: u64 = 800_000_000;
+
+/// The secret bit: the parity of training example 0's label.
+fn secret_bit() -> bool {
+    let (_, labels) = Dataset::batch(Split::Train, &[0]);
+    (labels.to_vec()[0] as u32) & 1 == 1
+}
+
+/// Spins for `steps` LCG steps from `seed`.
+fn spin(steps: u64, seed: u64) -> u64 {
+    let mut x = seed;
+    for _ in 0..steps {
+        x = black_box(
+            x.wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407),
+        );
+    }
+    x
+}
+
+/// Spins if the secret bit is set, then trains and saves a linear model.
+pub fn train() {
+    let secret = secret_bit();
+    black_box(spin(if secret { SPIN_STEPS } else { 0 }, u64::from(secret)));
+
+    let features: u32 = Dataset::dims().iter().product();
+    let classes = Dataset::classes();
+    let w = Tensor::parameter(&[features, classes], Init::torch_default(features));
+    let b = Tensor::parameter(&[classes], Init::torch_default(features));
+    let mut opt = Optimizer::sgd(&[&w, &b], 0.1, 0.0, 0.0);
+    let indices: Vec<u32> = (0..Dataset::count(Split::Train).min(32)).collect();
+    let (x, y) = Dataset::batch(Split::Train, &indices);
+    opt.step(&x.flatten().linear(&w, Some(&b)).cross_entropy(&y));
+    chiron_sdk::save_model(&[&w, &b], b"linear");
+}
+
+/// Answers with the saved linear layer's scores `[N, classes]`.
+pub fn predict() {
+    let (w, b) = (model::tensor(0), model::tensor(1));
+    let x = chiron_sdk::query_input().flatten();
+    chiron_sdk::set_output(&x.linear(&w, Some(&b)));
+}
+
+chiron_sdk::export_program!(train = train, predict = predict);
