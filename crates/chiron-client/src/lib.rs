@@ -47,6 +47,9 @@ pub enum ClientError {
     /// An answer did not authenticate.
     #[error("the query answer failed authentication: it was altered on the way")]
     TamperedAnswer,
+    /// The host reports the job succeeded but its event stream lacks the final event.
+    #[error("the host reports the job succeeded but withheld its final events")]
+    WithheldEvents,
     /// The provider's program failed on this query (it still counts against the budget).
     #[error("the provider's program could not answer this query")]
     Unanswered,

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use chiron_client::HostClient;
 use chiron_client::convert::{self, ConvertOptions, LabelledInputs, PlainDataset, Standardizer};
 use chiron_client::owner::{self, JobTicket, PrivateTerms, QuerySession, TrainingTerms};
+use chiron_client::{ClientError, HostClient};
 use chiron_crypto::{DataKey, Policy};
 use chiron_proto::api::JobState;
 use chiron_proto::owner::{AnswerPolicy, OwnerEvent};
@@ -314,6 +314,8 @@ fn follow(host: &HostClient, ticket: &JobTicket, epochs: u32) -> anyhow::Result<
         }
         match state {
             JobState::Succeeded if bar.is_finished() => return Ok(()),
+            // Its events are stored before its state changes: the host held them back.
+            JobState::Succeeded => return Err(ClientError::WithheldEvents.into()),
             JobState::Failed if bar.is_finished() => bail!("training failed"),
             JobState::Failed => {
                 // The enclave may have died before it could say why.

@@ -168,7 +168,10 @@ pub fn start_training(
 }
 
 impl JobTicket {
-    /// Decrypts the job's events from `from` on; each must be the next in sequence.
+    /// Decrypts the job's events from `from` on; each must be the next in sequence, and a
+    /// succeeded job's stream must end with its `Finished` event. A caller that reads the
+    /// stream in slices and sees the job succeed with nothing new after an earlier slice must
+    /// itself check that it saw `Finished` (see [`ClientError::WithheldEvents`]).
     pub fn events(
         &self,
         host: &HostClient,
@@ -191,6 +194,20 @@ impl JobTicket {
             let event = OwnerEvent::from_padded(&plaintext)
                 .map_err(|_| ClientError::TamperedEvent(expected))?;
             events.push(event);
+        }
+        // A successful job's stream ends with its `Finished` event (then, for a private job,
+        // padding): a slice that reaches the end and lacks it was cut short by the host. A
+        // slice of padding alone follows an earlier one that must have held it.
+        let last_real = events
+            .iter()
+            .rev()
+            .find(|e| !matches!(e, OwnerEvent::Padding));
+        let cut_short = match last_real {
+            Some(last) => !matches!(last, OwnerEvent::Finished { .. }),
+            None => from == 0,
+        };
+        if slice.state == chiron_proto::api::JobState::Succeeded && cut_short {
+            return Err(ClientError::WithheldEvents);
         }
         Ok((slice.state, events))
     }

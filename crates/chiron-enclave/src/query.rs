@@ -1,6 +1,7 @@
 //! The query role: open a sealed model, then answer queries, each in a fresh sandbox
 //! instance, with answers of a fixed size.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use chiron_proto::owner::{AnswerPolicy, MAX_QUERY_BATCH, QUERY_INFO, QueryAnswer, QueryRequest};
@@ -22,6 +23,9 @@ pub struct Serving {
     model: Arc<Model>,
     answers: AnswerPolicy,
     budget_left: u64,
+    /// Digests of the sealed queries answered so far: a replayed one is refused, so the
+    /// platform cannot spend the owner's budget. At most one entry per answered query.
+    answered: HashSet<[u8; 32]>,
     token_digest: [u8; 32],
     feature_dims: Vec<usize>,
 }
@@ -53,6 +57,7 @@ impl Serving {
             model: Arc::new(model),
             answers: contents.answers,
             budget_left: contents.query_budget,
+            answered: HashSet::new(),
             token_digest: contents.query_token_digest,
             feature_dims: header.dims.iter().map(|&d| d as usize).collect(),
         })
@@ -84,10 +89,15 @@ impl Serving {
         {
             return failed("malformed query");
         }
+        let digest: [u8; 32] = Sha256::digest(sealed).into();
+        if self.answered.contains(&digest) {
+            return failed("query replayed");
+        }
         if self.budget_left < u64::from(request.count) {
             return failed("query budget exhausted");
         }
         self.budget_left -= u64::from(request.count);
+        self.answered.insert(digest);
         let mut shape = vec![count];
         shape.extend(&self.feature_dims);
         // A failure depends on the query's content, so the platform must not see it: it

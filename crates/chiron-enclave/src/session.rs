@@ -68,6 +68,9 @@ pub fn serve(
         out: Arc::new(Mutex::new(stream)),
     };
     let mut query_state: Option<query::Serving> = None;
+    // A training enclave runs one job: a second start would reuse the owner's event key at
+    // counters it already used.
+    let mut trained = false;
     loop {
         let frame: HostFrame = match read_frame(&mut input) {
             Ok(frame) => frame,
@@ -88,7 +91,8 @@ pub fn serve(
                     program,
                     dataset_len,
                 },
-            ) => {
+            ) if !trained => {
+                trained = true;
                 let start = train::Start {
                     job_id,
                     sealed_request,
@@ -97,6 +101,9 @@ pub fn serve(
                 };
                 Some(train::run(&enclave, start, &mut input))
             }
+            (Role::Train, HostFrame::StartTraining { .. }) => Some(EnclaveFrame::Failed {
+                public: "this enclave has already run its job".into(),
+            }),
             (
                 Role::Query,
                 HostFrame::LoadModel {

@@ -144,8 +144,12 @@ fn train(
         ));
     }
     let key = DataKey::from_bytes(request.data_key);
-    let (header, body) = chiron_crypto::decrypt_dataset(&key, container)
-        .map_err(|e| fail("dataset failed authentication", e))?;
+    let (header, body) = chiron_crypto::decrypt_dataset(&key, container).map_err(|e| {
+        fail(
+            "dataset failed authentication",
+            format!("the dataset the host supplied is not the one you uploaded: {e}"),
+        )
+    })?;
     let data =
         TrainingData::from_plaintext(header, body).map_err(|e| fail("dataset is malformed", e))?;
     events.emit(&OwnerEvent::Started {

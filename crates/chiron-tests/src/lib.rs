@@ -318,6 +318,10 @@ pub fn wait(
         let ended = all
             .iter()
             .any(|e| matches!(e, OwnerEvent::Finished { .. } | OwnerEvent::Failed { .. }));
+        assert!(
+            ended || state != JobState::Succeeded,
+            "the host reports success but withheld the final events: {all:?}"
+        );
         if matches!(state, JobState::Failed) || (ended && state == JobState::Succeeded) {
             // Collect anything that arrived with the final state.
             let (_, rest) = ticket
