@@ -48,6 +48,15 @@ fn private_twins(program: &str) -> [Observed; 2] {
     );
     assert_indistinguishable(&a.transcript, &b.transcript, Disclosure::Private);
     for run in [&a, &b] {
+        eprintln!(
+            "{program}: ended at {:?}, training enclave peak {:?} MiB",
+            run.transcript.states.last().map(|(_, at)| at),
+            run.transcript
+                .training_peaks
+                .iter()
+                .map(|p| p >> 20)
+                .collect::<Vec<_>>()
+        );
         let (state, ended) = run.transcript.states.last().expect("states");
         assert!(
             *ended >= Duration::from_secs(PRIVATE_BUDGET_SECS.into()),
@@ -235,4 +244,51 @@ fn answers_cannot_be_sized_by_the_query() {
     for pair in answers.chunks(2) {
         assert_eq!(pair, answers[..2].to_vec(), "query frames differ");
     }
+}
+
+#[test]
+fn success_or_failure_is_the_only_bit_a_program_can_choose_to_show() {
+    let [a, b] = twins(
+        "hostile_leakoutcome",
+        &private_terms(1, PRIVATE_BUDGET_SECS),
+        |_: &Service, _: &JobTicket| {},
+    );
+    assert_ne!(succeeded(&a), succeeded(&b), "the fixture acts on its bit");
+    // What the outcome itself shows: the final state (its log line, status text and end
+    // frame) and whether a model and which job record were stored. Nothing else may differ:
+    // not the event stream, the times or the memory.
+    const OUTCOME: [&str; 6] = [
+        "stored objects",
+        "frames between host and enclaves",
+        "host logs",
+        "public job statuses",
+        "final job states",
+        "job state sequences",
+    ];
+    for difference in differences(&a.transcript, &b.transcript, Disclosure::Private) {
+        assert!(
+            OUTCOME.iter().any(|o| difference.starts_with(o)),
+            "the platform learns more than the outcome: {difference}"
+        );
+    }
+    let (fa, fb) = (&a.transcript.frames, &b.transcript.frames);
+    assert_eq!(fa.len(), fb.len());
+    assert_eq!(
+        fa[..fa.len() - 1],
+        fb[..fb.len() - 1],
+        "frames before the end"
+    );
+    let others = |t: &chiron_tests::transcript::Transcript| {
+        t.objects
+            .iter()
+            .filter(|(name, _)| {
+                // The model, the job record and the log (its final line) carry the outcome.
+                !["models/", "jobs/", "host.err"]
+                    .iter()
+                    .any(|outcome| name.contains(outcome))
+            })
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(others(&a.transcript), others(&b.transcript));
 }
