@@ -20,8 +20,14 @@
 //! in the sandbox (a fresh wasm instance per query, as the query enclave serves them),
 //! interleaved in blocks, and batched sandboxed queries.
 //!
-//! A third times ingest: the owner's encryption, the upload to a real `chiron-host` process
+//! A third trains each network through the whole service (a real host and enclave processes
+//! on loopback), reports the training enclave's peak memory, and times queries through the
+//! full path: HTTP, HPKE, the query enclave, a fresh instance, the encrypted answer.
+//!
+//! A fourth times ingest: the owner's encryption, the upload to a real `chiron-host` process
 //! over loopback (which streams it into its object store), and the enclave's decryption.
+
+mod service;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -72,6 +78,9 @@ struct Cli {
     /// Single-input queries timed per configuration and network.
     #[arg(long, default_value_t = 400)]
     queries: usize,
+    /// Single-input queries timed through the whole service (0 skips the service table).
+    #[arg(long, default_value_t = 200)]
+    service_queries: usize,
     /// The PyTorch script.
     #[arg(long, default_value = "bench/torch_bench.py")]
     torch_script: PathBuf,
@@ -174,8 +183,30 @@ fn main() -> anyhow::Result<()> {
         let program = sandbox.load(&wasm).context("benchmark program refused")?;
         query_bench(&sandbox, &program, net, Arc::new(model), cli.queries)?;
     }
+    if cli.service_queries > 0 {
+        service_bench(&cli)?;
+    }
     if cli.ingest_mib > 0 {
         ingest_bench(cli.ingest_mib)?;
+    }
+    Ok(())
+}
+
+/// One batch-64 job per network through a real host and enclaves, then queries through the
+/// whole path.
+fn service_bench(cli: &Cli) -> anyhow::Result<()> {
+    println!(
+        "\n| net (batch 64, whole service) | upload to sealed model | training enclave peak memory | single-input query p50 / p99 | queries of 256 |"
+    );
+    println!("|---|---|---|---|---|");
+    let batch = 64;
+    let wasm_path = cli.programs.join(format!("bench_b{batch}.wasm"));
+    let wasm = std::fs::read(&wasm_path)
+        .with_context(|| format!("cannot read {}", wasm_path.display()))?;
+    for &net in &cli.nets {
+        let (header, body) = dataset(net, batch * INTERVAL * (cli.intervals + 1), cli)?;
+        let figures = service::measure(&wasm, &header, &body, cli.service_queries)?;
+        service::print_row(&format!("{net:?}"), &figures);
     }
     Ok(())
 }

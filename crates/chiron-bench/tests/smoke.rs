@@ -1,4 +1,4 @@
-//! The benchmark keeps working: one short round on net B prints both tables.
+//! The benchmark keeps working: one short round on net B prints every table.
 #![allow(clippy::expect_used)]
 
 use std::path::Path;
@@ -18,6 +18,8 @@ fn a_short_benchmark_run_prints_both_tables() {
             "20",
             "--ingest-mib",
             "8",
+            "--service-queries",
+            "20",
         ])
         .args(["--nets", "b", "--batches", "64"])
         .output()
@@ -40,6 +42,11 @@ fn a_short_benchmark_run_prints_both_tables() {
         text.lines()
             .any(|l| l.starts_with("| B | ") && l.contains("µs")),
         "no query row: {text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("| B | ") && l.contains(" MiB |")),
+        "no whole-service row: {text}"
     );
     assert!(
         text.lines().any(|l| l.starts_with("| MB/s | ")),

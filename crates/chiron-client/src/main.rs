@@ -297,11 +297,17 @@ fn follow(host: &HostClient, ticket: &JobTicket, epochs: u32) -> anyhow::Result<
                         bar.println(line);
                     }
                 }
-                OwnerEvent::Finished { parameters } => {
-                    bar.finish_with_message(format!("done ({parameters} parameters)"));
+                OwnerEvent::Finished {
+                    parameters,
+                    peak_memory_mib,
+                } => {
+                    bar.finish_with_message(format!(
+                        "done ({parameters} parameters, peak memory {peak_memory_mib} MiB)"
+                    ));
                     if bar.is_hidden() {
                         eprintln!(
-                            "training finished in {:.1} s: model of {parameters} parameters sealed",
+                            "training finished in {:.1} s: model of {parameters} parameters \
+                             sealed; the enclave's peak memory was {peak_memory_mib} MiB",
                             bar.elapsed().as_secs_f64()
                         );
                     }

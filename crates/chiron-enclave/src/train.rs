@@ -76,6 +76,10 @@ pub fn run(enclave: &Enclave, start: Start, input: &mut impl Read) -> EnclaveFra
         let container = container.map_err(|e| fail("dataset transfer failed", e))?;
         train(enclave, &start, request, &container, &events, deadline)
     })();
+    // For the owner (who sizes private jobs by it), before any padding.
+    let peak_memory_mib = memory::Usage::read()
+        .map(|usage| u32::try_from(usage.peak >> 20).unwrap_or(u32::MAX))
+        .unwrap_or(0);
     // Whatever the program allocated, and whether or not it failed, the platform sees the
     // declared peak. Going over it is the program's doing, so it gets the program's label.
     let outcome = match private {
@@ -87,7 +91,10 @@ pub fn run(enclave: &Enclave, start: Start, input: &mut impl Read) -> EnclaveFra
     };
     let frame = match outcome {
         Ok((sealed_model, parameters)) => {
-            events.emit(&OwnerEvent::Finished { parameters });
+            events.emit(&OwnerEvent::Finished {
+                parameters,
+                peak_memory_mib,
+            });
             EnclaveFrame::Trained { sealed_model }
         }
         Err(f) => {

@@ -126,6 +126,9 @@ pub enum OwnerEvent {
     Finished {
         /// Parameters in the model.
         parameters: u64,
+        /// The training enclave's peak resident memory in MiB (before a private job's padding):
+        /// what to declare for a private run of the same job.
+        peak_memory_mib: u32,
     },
     /// The job failed; the text is for the owner only.
     Failed {
@@ -237,7 +240,11 @@ mod tests {
 
     #[test]
     fn events_have_one_size_whatever_their_content() {
-        let short = OwnerEvent::Finished { parameters: 1 }.to_padded();
+        let short = OwnerEvent::Finished {
+            parameters: 1,
+            peak_memory_mib: 2,
+        }
+        .to_padded();
         let long = OwnerEvent::Failed {
             detail: "é".repeat(1000),
         }
@@ -246,7 +253,10 @@ mod tests {
         assert_eq!(long.len(), EVENT_PLAINTEXT_LEN);
         assert_eq!(
             OwnerEvent::from_padded(&short).expect("decodes"),
-            OwnerEvent::Finished { parameters: 1 }
+            OwnerEvent::Finished {
+                parameters: 1,
+                peak_memory_mib: 2,
+            }
         );
         assert!(matches!(
             OwnerEvent::from_padded(&long),

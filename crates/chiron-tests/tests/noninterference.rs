@@ -161,7 +161,7 @@ fn model_size_and_save_count_chosen_by_the_data_are_hidden() {
     // The owner sees the two parameter counts; the platform sees one padded size.
     let parameters = |o: &Observed| {
         o.owner_events.iter().find_map(|e| match e {
-            OwnerEvent::Finished { parameters } => Some(*parameters),
+            OwnerEvent::Finished { parameters, .. } => Some(*parameters),
             _ => None,
         })
     };
