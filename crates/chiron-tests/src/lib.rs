@@ -176,6 +176,15 @@ impl Service {
         self.data_dir.path().join("state")
     }
 
+    /// Where the host stores object `id` of `kind` (`datasets`, `models`, `programs`) with
+    /// extension `ext`.
+    pub fn object(&self, kind: &str, id: &str, ext: &str) -> PathBuf {
+        self.state_dir()
+            .join("objects")
+            .join(kind)
+            .join(format!("{id}.{ext}"))
+    }
+
     /// The owner's policy for this service: the enclave binary's measurement and the
     /// simulated platform's key.
     pub fn policy(&self) -> Policy {

@@ -54,14 +54,6 @@ const SEAL_NONCE: Range<usize> = 5..17;
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-fn object(service: &Service, kind: &str, id: &str, ext: &str) -> PathBuf {
-    service
-        .state_dir()
-        .join("objects")
-        .join(kind)
-        .join(format!("{id}.{ext}"))
-}
-
 fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -109,7 +101,7 @@ impl Upload {
         chiron_crypto::encrypt_dataset(&key, &data.header, data.body.as_slice(), &mut container)
             .expect("encrypt");
         let dataset_id = host.upload_dataset(&container).expect("upload").dataset_id;
-        let path = object(service, "datasets", &dataset_id, "bin");
+        let path = service.object("datasets", &dataset_id, "bin");
         assert_eq!(read(&path), container, "the host stores the upload as is");
         Self {
             data,
@@ -236,7 +228,9 @@ impl Run {
             "{case}: training must not start on unauthenticated data"
         );
         assert!(
-            !object(service, "models", &self.ticket.job_id, "sealed").exists(),
+            !service
+                .object("models", &self.ticket.job_id, "sealed")
+                .exists(),
             "{case}: no model"
         );
     }
@@ -313,23 +307,38 @@ fn assert_load_refused(result: Result<(), ClientError>, label: &str, case: &str)
 /// Makes the platform's version of a stored object from the original.
 type Tamper = fn(&[u8]) -> Vec<u8>;
 
+/// Starts `count` iris jobs of the MLP program side by side and waits for each to succeed;
+/// their tickets and events.
+fn finished_mlp_jobs(
+    service: &Service,
+    data: &PlainDataset,
+    epochs: u32,
+    count: usize,
+) -> Vec<(JobTicket, Vec<OwnerEvent>)> {
+    let wasm = program_wasm("chiron_mlp");
+    let tickets: Vec<JobTicket> = (0..count)
+        .map(|_| start_job(service, &wasm, data, &terms(epochs, 60)).expect("start"))
+        .collect();
+    tickets
+        .into_iter()
+        .map(|ticket| {
+            let (state, events) = wait(service, &ticket, JOB_TIMEOUT);
+            assert_eq!(state, JobState::Succeeded, "{events:?}");
+            (ticket, events)
+        })
+        .collect()
+}
+
 /// Trains one iris job per case; for each, the platform stores the case's bytes in place of
 /// the job's sealed model, the model does not load, the original is put back, and it answers.
 fn run_model_cases(cases: &[(&str, Tamper)]) {
     let service = Service::start();
     let data = iris();
-    let wasm = program_wasm("chiron_mlp");
-    // Started together: the jobs train side by side.
-    let tickets: Vec<JobTicket> = cases
-        .iter()
-        .map(|_| start_job(&service, &wasm, &data, &terms(5, 60)).expect("start"))
-        .collect();
+    let jobs = finished_mlp_jobs(&service, &data, 5, cases.len());
     let inputs = iris_inputs(&data);
-    for ((what, tamper), ticket) in cases.iter().zip(&tickets) {
-        let (state, events) = wait(&service, ticket, JOB_TIMEOUT);
-        assert_eq!(state, JobState::Succeeded, "{events:?}");
+    for ((what, tamper), (ticket, _)) in cases.iter().zip(&jobs) {
         // The tampering happens before the first query: a loaded model stays in its enclave.
-        let path = object(&service, "models", &ticket.job_id, "sealed");
+        let path = service.object("models", &ticket.job_id, "sealed");
         let original = read(&path);
         let tampered = tamper(&original);
         assert_ne!(tampered, original, "{what}");
@@ -877,16 +886,13 @@ fn another_owners_dataset_with_the_same_header_fails_authentication() {
 fn swapped_sealed_models_do_not_load_and_work_once_swapped_back() {
     let service = Service::start();
     let data = iris();
-    let wasm = program_wasm("chiron_mlp");
-    let one = start_job(&service, &wasm, &data, &terms(5, 60)).expect("start");
-    let two = start_job(&service, &wasm, &data, &terms(5, 60)).expect("start");
-    for ticket in [&one, &two] {
-        let (state, events) = wait(&service, ticket, JOB_TIMEOUT);
-        assert_eq!(state, JobState::Succeeded, "{events:?}");
-    }
+    let mut jobs = finished_mlp_jobs(&service, &data, 5, 2)
+        .into_iter()
+        .map(|(t, _)| t);
+    let (one, two) = (jobs.next().expect("job one"), jobs.next().expect("job two"));
     let inputs = iris_inputs(&data);
-    let path_one = object(&service, "models", &one.job_id, "sealed");
-    let path_two = object(&service, "models", &two.job_id, "sealed");
+    let path_one = service.object("models", &one.job_id, "sealed");
+    let path_two = service.object("models", &two.job_id, "sealed");
     let (model_one, model_two) = (read(&path_one), read(&path_two));
 
     write(&path_one, &model_two);
@@ -914,7 +920,7 @@ fn swapped_sealed_models_do_not_load_and_work_once_swapped_back() {
 fn a_swapped_program_is_refused_for_training_and_for_serving() {
     let service = Service::start();
     let upload = Upload::new(&service, iris());
-    let path = object(&service, "programs", &upload.program_id, "wasm");
+    let path = service.object("programs", &upload.program_id, "wasm");
     let approved = read(&path);
     let other = program_wasm("chiron_cnn");
     assert_ne!(approved, other);
@@ -1009,7 +1015,7 @@ fn a_replayed_training_request_is_refused() {
         Some("training request failed authentication")
     );
     assert_eq!(status.events, 0, "no event under the owner's key");
-    assert!(!object(&service, "models", &replay.job_id, "sealed").exists());
+    assert!(!service.object("models", &replay.job_id, "sealed").exists());
 }
 
 /// A host that keeps a training enclave alive after its job and feeds it the owner's sealed
@@ -1087,13 +1093,10 @@ fn a_training_enclave_refuses_a_second_start_of_the_same_request() {
 fn a_replayed_query_is_refused_by_another_models_enclave() {
     let service = Service::start();
     let data = iris();
-    let wasm = program_wasm("chiron_mlp");
-    let one = start_job(&service, &wasm, &data, &terms(5, 60)).expect("start");
-    let two = start_job(&service, &wasm, &data, &terms(5, 60)).expect("start");
-    for ticket in [&one, &two] {
-        let (state, events) = wait(&service, ticket, JOB_TIMEOUT);
-        assert_eq!(state, JobState::Succeeded, "{events:?}");
-    }
+    let mut jobs = finished_mlp_jobs(&service, &data, 5, 2)
+        .into_iter()
+        .map(|(t, _)| t);
+    let (one, two) = (jobs.next().expect("job one"), jobs.next().expect("job two"));
     let inputs = iris_inputs(&data);
     let recorder = Recorder::start(&service);
     let proxied = recorder.client();
@@ -1157,12 +1160,9 @@ type EventEdit = fn(&mut Vec<Value>, &[Value]);
 fn events_served_out_of_place_fail_authentication() {
     let service = Service::start();
     let data = iris();
-    let wasm = program_wasm("chiron_mlp");
-    let a = start_job(&service, &wasm, &data, &terms(3, 60)).expect("start");
-    let b = start_job(&service, &wasm, &data, &terms(3, 60)).expect("start");
-    for ticket in [&a, &b] {
-        let (state, events) = wait(&service, ticket, JOB_TIMEOUT);
-        assert_eq!(state, JobState::Succeeded, "{events:?}");
+    let mut jobs = finished_mlp_jobs(&service, &data, 3, 2).into_iter();
+    let ((a, a_events), (b, b_events)) = (jobs.next().expect("job a"), jobs.next().expect("job b"));
+    for events in [&a_events, &b_events] {
         assert!(events.len() >= 3, "{events:?}");
     }
     fn renumber(events: &mut [Value]) {

@@ -2,7 +2,7 @@
 //! nothing: the same data and model work again once the platform stops tampering.
 #![allow(clippy::expect_used)] // test helpers: a failed step is a failed test
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use chiron_client::ClientError;
@@ -12,14 +12,6 @@ use chiron_proto::api::JobState;
 use chiron_proto::evidence::{Evidence, Role};
 use chiron_proto::owner::{QUERY_INFO, QueryRequest};
 use chiron_tests::*;
-
-fn object(service: &Service, kind: &str, id: &str, ext: &str) -> PathBuf {
-    service
-        .state_dir()
-        .join("objects")
-        .join(kind)
-        .join(format!("{id}.{ext}"))
-}
 
 fn flip_bit(path: &Path, at: usize) -> Vec<u8> {
     let original = std::fs::read(path).expect("stored object exists");
@@ -43,7 +35,7 @@ fn a_flipped_bit_in_the_stored_dataset_fails_the_job_and_a_retry_succeeds() {
     chiron_crypto::encrypt_dataset(&key, &data.header, data.body.as_slice(), &mut container)
         .expect("encrypt");
     let dataset = host.upload_dataset(&container).expect("upload");
-    let path = object(&service, "datasets", &dataset.dataset_id, "bin");
+    let path = service.object("datasets", &dataset.dataset_id, "bin");
     let original = flip_bit(&path, container.len() / 2);
 
     let job = host
@@ -102,7 +94,7 @@ fn a_flipped_bit_in_the_sealed_model_or_a_query_is_detected() {
     let (state, events) = wait(&service, &ticket, Duration::from_secs(120));
     assert_eq!(state, JobState::Succeeded, "{events:?}");
 
-    let path = object(&service, "models", &ticket.job_id, "sealed");
+    let path = service.object("models", &ticket.job_id, "sealed");
     let original = flip_bit(&path, 100);
     let host = service.client();
     let err = chiron_client::owner::QuerySession::open(&host, &service.policy(), &ticket)
