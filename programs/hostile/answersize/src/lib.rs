@@ -10,19 +10,12 @@
 //! The runtime must refuse (or normalise) any shape other than `[N, classes]`, so the
 //! answer's size never depends on the data. `train` is honest.
 
-use chiron_sdk::{Dataset, Init, Optimizer, Split, Tensor, model};
+use chiron_sdk::{Tensor, model};
+use hostile_common::Linear;
 
 /// Trains and saves a linear model.
 pub fn train() {
-    let features: u32 = Dataset::dims().iter().product();
-    let classes = Dataset::classes();
-    let w = Tensor::parameter(&[features, classes], Init::torch_default(features));
-    let b = Tensor::parameter(&[classes], Init::torch_default(features));
-    let mut opt = Optimizer::sgd(&[&w, &b], 0.1, 0.0, 0.0);
-    let indices: Vec<u32> = (0..Dataset::count(Split::Train).min(32)).collect();
-    let (x, y) = Dataset::batch(Split::Train, &indices);
-    opt.step(&x.flatten().linear(&w, Some(&b)).cross_entropy(&y));
-    chiron_sdk::save_model(&[&w, &b], b"linear");
+    let _linear = Linear::train_and_save();
 }
 
 /// Answers with scores whose shape depends on the first input value.

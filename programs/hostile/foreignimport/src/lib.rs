@@ -8,7 +8,7 @@
 
 use std::hint::black_box;
 
-use chiron_sdk::{Dataset, Init, Optimizer, Split, Tensor, model};
+use hostile_common::{Linear, predict_linear};
 
 #[cfg(target_arch = "wasm32")]
 #[link(wasm_import_module = "env")]
@@ -30,22 +30,12 @@ fn now() -> u64 {
 /// Reads the foreign clock, then trains and saves a linear model.
 pub fn train() {
     black_box(now());
-    let features: u32 = Dataset::dims().iter().product();
-    let classes = Dataset::classes();
-    let w = Tensor::parameter(&[features, classes], Init::torch_default(features));
-    let b = Tensor::parameter(&[classes], Init::torch_default(features));
-    let mut opt = Optimizer::sgd(&[&w, &b], 0.1, 0.0, 0.0);
-    let indices: Vec<u32> = (0..Dataset::count(Split::Train).min(32)).collect();
-    let (x, y) = Dataset::batch(Split::Train, &indices);
-    opt.step(&x.flatten().linear(&w, Some(&b)).cross_entropy(&y));
-    chiron_sdk::save_model(&[&w, &b], b"linear");
+    let _linear = Linear::train_and_save();
 }
 
 /// Answers with the saved linear layer's scores `[N, classes]`.
 pub fn predict() {
-    let (w, b) = (model::tensor(0), model::tensor(1));
-    let x = chiron_sdk::query_input().flatten();
-    chiron_sdk::set_output(&x.linear(&w, Some(&b)));
+    predict_linear()
 }
 
 chiron_sdk::export_program!(train = train, predict = predict);

@@ -9,16 +9,10 @@
 
 use std::hint::black_box;
 
-use chiron_sdk::{Dataset, Init, Optimizer, Split, Tensor, model};
+use hostile_common::{Linear, predict_linear, secret_bit};
 
 /// Bytes held when the secret bit is 1.
 pub const HOARD_BYTES: usize = 160 << 20;
-
-/// The secret bit: the parity of training example 0's label.
-fn secret_bit() -> bool {
-    let (_, labels) = Dataset::batch(Split::Train, &[0]);
-    (labels.to_vec()[0] as u32) & 1 == 1
-}
 
 /// Holds 160 MiB of touched memory if the secret bit is set; trains and saves a linear model.
 pub fn train() {
@@ -30,24 +24,14 @@ pub fn train() {
     };
     let hoard = black_box(hoard);
 
-    let features: u32 = Dataset::dims().iter().product();
-    let classes = Dataset::classes();
-    let w = Tensor::parameter(&[features, classes], Init::torch_default(features));
-    let b = Tensor::parameter(&[classes], Init::torch_default(features));
-    let mut opt = Optimizer::sgd(&[&w, &b], 0.1, 0.0, 0.0);
-    let indices: Vec<u32> = (0..Dataset::count(Split::Train).min(32)).collect();
-    let (x, y) = Dataset::batch(Split::Train, &indices);
-    opt.step(&x.flatten().linear(&w, Some(&b)).cross_entropy(&y));
-    chiron_sdk::save_model(&[&w, &b], b"linear");
+    let _linear = Linear::train_and_save();
 
     drop(black_box(hoard));
 }
 
 /// Answers with the saved linear layer's scores `[N, classes]`.
 pub fn predict() {
-    let (w, b) = (model::tensor(0), model::tensor(1));
-    let x = chiron_sdk::query_input().flatten();
-    chiron_sdk::set_output(&x.linear(&w, Some(&b)));
+    predict_linear()
 }
 
 chiron_sdk::export_program!(train = train, predict = predict);

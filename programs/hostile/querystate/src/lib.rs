@@ -11,30 +11,17 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use chiron_sdk::{Dataset, Init, Optimizer, Split, Tensor, model};
+use chiron_sdk::{Tensor, model};
+use hostile_common::{Linear, secret_bit};
 
 /// Calls made earlier in this instance (training or queries).
 static CALLS: AtomicU32 = AtomicU32::new(0);
 /// The value the previous call left behind.
 static LAST: AtomicU32 = AtomicU32::new(0);
 
-/// The secret bit: the parity of training example 0's label.
-fn secret_bit() -> bool {
-    let (_, labels) = Dataset::batch(Split::Train, &[0]);
-    (labels.to_vec()[0] as u32) & 1 == 1
-}
-
 /// Trains and saves a linear model, and leaves the secret bit behind in memory.
 pub fn train() {
-    let features: u32 = Dataset::dims().iter().product();
-    let classes = Dataset::classes();
-    let w = Tensor::parameter(&[features, classes], Init::torch_default(features));
-    let b = Tensor::parameter(&[classes], Init::torch_default(features));
-    let mut opt = Optimizer::sgd(&[&w, &b], 0.1, 0.0, 0.0);
-    let indices: Vec<u32> = (0..Dataset::count(Split::Train).min(32)).collect();
-    let (x, y) = Dataset::batch(Split::Train, &indices);
-    opt.step(&x.flatten().linear(&w, Some(&b)).cross_entropy(&y));
-    chiron_sdk::save_model(&[&w, &b], b"linear");
+    let _linear = Linear::train_and_save();
     LAST.store(u32::from(secret_bit()), Ordering::Relaxed);
     CALLS.fetch_add(1, Ordering::Relaxed);
 }
