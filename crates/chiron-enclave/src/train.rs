@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use chiron_crypto::DataKey;
 use chiron_proto::owner::{HELD_EVENT_SLOTS, OwnerEvent, TRAIN_INFO, TrainRequest};
-use chiron_proto::wire::{DATASET_PART, EnclaveFrame, HostFrame, read_frame, write_frame};
+use chiron_proto::wire::{
+    DATASET_PART, EnclaveFrame, HostFrame, MAX_FRAME, read_frame, write_frame,
+};
 use chiron_sandbox::{Sandbox, SandboxConfig, TrainJob, TrainingData};
 use sha2::{Digest, Sha256};
 
@@ -54,8 +56,16 @@ pub fn run(enclave: &Enclave, start: Start, input: &mut impl Read) -> EnclaveFra
         // Without the owner's key there is no one to tell the detail to.
         Err(_) => return failed("training request failed authentication"),
     };
-    let request: Result<TrainRequest, Failure> =
-        postcard::from_bytes(&request_bytes).map_err(|e| fail("malformed training request", e));
+    let request: Result<TrainRequest, Failure> = postcard::from_bytes(&request_bytes)
+        .map_err(|e| fail("malformed training request", e))
+        .and_then(|request: TrainRequest| match request.private {
+            // The sealed model must fit in one frame.
+            Some(terms) if terms.model_bytes() >= MAX_FRAME || terms.memory_mib == 0 => Err(fail(
+                "malformed training request",
+                "private model or memory size out of range",
+            )),
+            _ => Ok(request),
+        });
     // Private mode: everything the platform sees next happens at the budget's end.
     let private = request.as_ref().ok().and_then(|r| r.private);
     let deadline = match &request {
