@@ -22,24 +22,32 @@
 //! * The chunk layout follows from the header's plaintext length, so once the first chunk has
 //!   authenticated the header, a wrong container length is reported as truncation or trailing
 //!   data without decrypting the rest.
+//! * Each chunk's nonce depends only on its index, so chunks are sealed and opened in
+//!   parallel; decryption still reports the lowest-numbered chunk that fails.
 //! * A fresh random nonce prefix per container means reusing a data key for two datasets does
 //!   not reuse nonces (the probability of a collision stays negligible for a handful of uses;
 //!   the intended use is one key per dataset).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, Read, Write};
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError, mpsc};
 
-use aes_gcm::Aes256Gcm;
-use aes_gcm::aead::KeyInit;
-use aes_gcm::aead::stream::{DecryptorBE32, EncryptorBE32};
 use chiron_proto::dataset::DatasetHeader;
 use rand::RngCore;
 use rand::rngs::OsRng;
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, Tag, UnboundKey};
 
 use crate::error::CryptoError;
 
 /// Plaintext bytes per chunk (the last chunk may be shorter).
 pub const CHUNK_LEN: usize = 64 * 1024;
+/// Chunks encrypted or decrypted as one unit of work (1 MiB of plaintext).
+const BATCH_CHUNKS: usize = 16;
+/// Most threads one container is encrypted or decrypted on.
+const MAX_THREADS: usize = 8;
 
 const MAGIC: [u8; 8] = *b"CHIRONDS";
 const VERSION: u16 = 1;
@@ -48,6 +56,8 @@ const MAX_HEADER_LEN: usize = 4096;
 /// The STREAM BE32 construction spends 5 of AES-GCM's 12 nonce bytes on counter and flag.
 const NONCE_PREFIX_LEN: usize = 7;
 const TAG_LEN: usize = 16;
+/// A full chunk in the container: ciphertext and tag.
+const SLOT_LEN: usize = CHUNK_LEN + TAG_LEN;
 /// magic + version + header_len.
 const FIXED_PREAMBLE_LEN: usize = 8 + 2 + 4;
 
@@ -86,8 +96,11 @@ impl DataKey {
         self.0
     }
 
-    fn cipher(&self) -> Aes256Gcm {
-        Aes256Gcm::new(&self.0.into())
+    /// The `aes-gcm` cipher, for checking the format against `aead::stream`.
+    #[cfg(test)]
+    fn cipher(&self) -> aes_gcm::Aes256Gcm {
+        use aes_gcm::aead::KeyInit;
+        aes_gcm::Aes256Gcm::new(&self.0.into())
     }
 }
 
@@ -100,6 +113,7 @@ impl fmt::Debug for DataKey {
 /// How a plaintext of a given length is cut into chunks.
 #[derive(Clone, Copy)]
 struct Layout {
+    plaintext_len: u64,
     chunks: u64,
     last_len: usize,
 }
@@ -112,6 +126,7 @@ impl Layout {
         let last_len = plaintext_len - (chunks - 1) * chunk;
         // last_len <= CHUNK_LEN, so the conversion is lossless.
         Self {
+            plaintext_len,
             chunks,
             last_len: last_len as usize,
         }
@@ -163,6 +178,10 @@ pub fn container_len(header: &DatasetHeader) -> Result<u64, CryptoError> {
 /// `body` must produce exactly `header.plaintext_len()` bytes; anything else is an error, so a
 /// container always agrees with its header. Returns the number of bytes written.
 /// On error, `out` holds a partial container that must be discarded.
+///
+/// The body is read and written in batches of 16 chunks (1 MiB), sealed in place; above one
+/// batch they are sealed on up to 8 threads (as many as the machine has) while the calling
+/// thread reads the next batches and writes the finished ones in order.
 pub fn encrypt_dataset(
     key: &DataKey,
     header: &DatasetHeader,
@@ -171,6 +190,10 @@ pub fn encrypt_dataset(
 ) -> Result<u64, CryptoError> {
     let plaintext_len = header.plaintext_len()?;
     let layout = Layout::new(plaintext_len);
+    // STREAM BE32 numbers chunks with a 32-bit counter.
+    if layout.chunks - 1 > u64::from(u32::MAX) {
+        return Err(CryptoError::Encrypt);
+    }
     let preamble = encode_preamble(header)?;
     let mut nonce_prefix = [0; NONCE_PREFIX_LEN];
     OsRng.fill_bytes(&mut nonce_prefix);
@@ -179,35 +202,18 @@ pub fn encrypt_dataset(
     out.write_all(&nonce_prefix)?;
     let mut written = (preamble.len() + NONCE_PREFIX_LEN) as u64;
 
-    let mut encryptor = EncryptorBE32::from_aead(key.cipher(), &nonce_prefix.into());
-    let mut buffer = Vec::with_capacity(CHUNK_LEN + TAG_LEN);
-    let mut consumed = 0u64;
-    for index in 0..layout.chunks {
-        let want = layout.plaintext_len(index);
-        buffer.clear();
-        buffer.resize(want, 0);
-        let got = read_full(&mut body, &mut buffer)?;
-        consumed += got as u64;
-        if got < want {
-            return Err(CryptoError::DatasetBodyTooShort {
-                expected: plaintext_len,
-                found: consumed,
-            });
-        }
-        if index + 1 == layout.chunks {
-            encryptor
-                .encrypt_last_in_place(&preamble, &mut buffer)
-                .map_err(|_| CryptoError::Encrypt)?;
-            out.write_all(&buffer)?;
-            written += buffer.len() as u64;
-            break;
-        }
-        encryptor
-            .encrypt_next_in_place(&preamble, &mut buffer)
-            .map_err(|_| CryptoError::Encrypt)?;
-        out.write_all(&buffer)?;
-        written += buffer.len() as u64;
-    }
+    let cipher = ChunkCipher::new(key, nonce_prefix, &preamble).ok_or(CryptoError::Encrypt)?;
+    let mut reader = BodyReader {
+        body: &mut body,
+        layout,
+        consumed: 0,
+    };
+    let threads = worker_threads(layout.chunks.div_ceil(BATCH_CHUNKS as u64));
+    written += if threads <= 1 {
+        seal_in_turn(&cipher, &mut reader, &mut out)?
+    } else {
+        seal_in_parallel(&cipher, &mut reader, &mut out, threads)?
+    };
     if read_full(&mut body, &mut [0])? != 0 {
         return Err(CryptoError::DatasetBodyTooLong {
             expected: plaintext_len,
@@ -215,6 +221,139 @@ pub fn encrypt_dataset(
     }
     out.flush()?;
     Ok(written)
+}
+
+/// One batch of consecutive chunks laid out as they are in the container: each chunk's
+/// plaintext followed by room for its tag, sealed in place.
+struct Batch {
+    /// Index of the batch's first chunk.
+    first: u64,
+    /// Chunks in the batch.
+    count: u64,
+    /// Ciphertext-sized buffer; only `used` bytes of it belong to the batch.
+    buf: Vec<u8>,
+    used: usize,
+}
+
+/// Reads a dataset body into batches, checking that it is as long as its header says.
+struct BodyReader<'r, R> {
+    body: &'r mut R,
+    layout: Layout,
+    consumed: u64,
+}
+
+impl<R: Read> BodyReader<'_, R> {
+    /// Fills `buf` with the plaintext of the batch starting at chunk `first`.
+    fn fill(&mut self, first: u64, mut buf: Vec<u8>) -> Result<Batch, CryptoError> {
+        let count = (self.layout.chunks - first).min(BATCH_CHUNKS as u64);
+        // At most BATCH_CHUNKS slots.
+        buf.resize(count as usize * SLOT_LEN, 0);
+        let mut used = 0;
+        for (index, slot) in (first..first + count).zip(buf.chunks_mut(SLOT_LEN)) {
+            let want = self.layout.plaintext_len(index);
+            let got = read_full(self.body, &mut slot[..want])?;
+            self.consumed += got as u64;
+            if got < want {
+                return Err(CryptoError::DatasetBodyTooShort {
+                    expected: self.layout.plaintext_len,
+                    found: self.consumed,
+                });
+            }
+            used += want + TAG_LEN;
+        }
+        Ok(Batch {
+            first,
+            count,
+            buf,
+            used,
+        })
+    }
+}
+
+/// Encrypts batch after batch on the calling thread (small bodies, or a single core).
+fn seal_in_turn<R: Read>(
+    cipher: &ChunkCipher<'_>,
+    reader: &mut BodyReader<'_, R>,
+    out: &mut impl Write,
+) -> Result<u64, CryptoError> {
+    let mut buf = Vec::new();
+    let mut written = 0;
+    let mut next = 0;
+    while next < reader.layout.chunks {
+        let mut batch = reader.fill(next, buf)?;
+        cipher.seal_batch(reader.layout, &mut batch)?;
+        out.write_all(&batch.buf[..batch.used])?;
+        written += batch.used as u64;
+        next += batch.count;
+        buf = batch.buf;
+    }
+    Ok(written)
+}
+
+/// Encrypts batches on `threads` worker threads; the calling thread reads batches ahead and
+/// writes sealed ones in order, reusing their buffers. At most `threads + 1` batches are
+/// between reading and writing at any time.
+fn seal_in_parallel<R: Read>(
+    cipher: &ChunkCipher<'_>,
+    reader: &mut BodyReader<'_, R>,
+    out: &mut impl Write,
+    threads: usize,
+) -> Result<u64, CryptoError> {
+    let layout = reader.layout;
+    let (jobs, job_queue) = mpsc::channel::<Batch>();
+    let job_queue = Mutex::new(job_queue);
+    let (done, sealed) = mpsc::channel::<Result<Batch, CryptoError>>();
+    std::thread::scope(|scope| {
+        let mut workers = 0;
+        for _ in 0..threads {
+            let (job_queue, done) = (&job_queue, done.clone());
+            let spawned = std::thread::Builder::new().spawn_scoped(scope, move || {
+                loop {
+                    // Bind the job first so that the queue is unlocked while sealing.
+                    let job = job_queue
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .recv();
+                    let Ok(mut batch) = job else { break };
+                    let result = cipher.seal_batch(layout, &mut batch).map(|()| batch);
+                    if done.send(result).is_err() {
+                        break;
+                    }
+                }
+            });
+            workers += usize::from(spawned.is_ok());
+        }
+        drop(done);
+        // Dropping `jobs` and `sealed` on the way out (success or error) stops the workers
+        // before the scope joins them.
+        let (jobs, sealed) = (jobs, sealed);
+        if workers == 0 {
+            return seal_in_turn(cipher, reader, out);
+        }
+        let ahead = (workers as u64 + 1) * BATCH_CHUNKS as u64;
+        let mut spare: Vec<Vec<u8>> = Vec::new();
+        let mut waiting = BTreeMap::new();
+        let (mut next_read, mut next_write) = (0, 0);
+        let mut written = 0;
+        while next_write < layout.chunks {
+            // A batch for every worker and one queued, so no worker waits on the reader.
+            while next_read - next_write < ahead && next_read < layout.chunks {
+                let batch = reader.fill(next_read, spare.pop().unwrap_or_default())?;
+                next_read += batch.count;
+                jobs.send(batch).map_err(|_| CryptoError::Encrypt)?;
+            }
+            // The batch at `next_write` has been sent and not yet received.
+            let batch = sealed.recv().map_err(|_| CryptoError::Encrypt)??;
+            waiting.insert(batch.first, batch);
+            while let Some(batch) = waiting.remove(&next_write) {
+                out.write_all(&batch.buf[..batch.used])?;
+                written += batch.used as u64;
+                next_write += batch.count;
+                spare.push(batch.buf);
+            }
+        }
+        Ok(written)
+    })
 }
 
 /// Reads until `buf` is full or the reader ends; returns how many bytes were read.
@@ -229,6 +368,79 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(filled)
+}
+
+/// How many threads to spread `batches` batches over.
+fn worker_threads(batches: u64) -> usize {
+    let available = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    available
+        .min(MAX_THREADS)
+        .min(usize::try_from(batches).unwrap_or(usize::MAX))
+}
+
+/// AES-256-GCM under one container's key, nonce prefix and associated data: the STREAM BE32
+/// construction, with each chunk sealed or opened independently of the others.
+///
+/// The chunks use ring's AES-GCM (stitched AES-NI/CLMUL code), about three times the speed of
+/// the `aes-gcm` crate on the same core; the container format is the one `aead::stream`'s
+/// `EncryptorBE32` writes (a test checks both directions).
+struct ChunkCipher<'a> {
+    key: LessSafeKey,
+    nonce_prefix: [u8; NONCE_PREFIX_LEN],
+    aad: &'a [u8],
+}
+
+impl<'a> ChunkCipher<'a> {
+    /// `None` only if ring refuses a 32-byte AES-256 key, which it does not.
+    fn new(key: &DataKey, nonce_prefix: [u8; NONCE_PREFIX_LEN], aad: &'a [u8]) -> Option<Self> {
+        let key = UnboundKey::new(&AES_256_GCM, &key.0).ok()?;
+        Some(Self {
+            key: LessSafeKey::new(key),
+            nonce_prefix,
+            aad,
+        })
+    }
+
+    /// The nonce of chunk `index`: prefix ‖ index (u32 big-endian) ‖ last-chunk flag, as
+    /// `aead::stream::StreamBE32` builds it. `None` past the 32-bit counter.
+    fn nonce(&self, index: u64, last: bool) -> Option<Nonce> {
+        let counter = u32::try_from(index).ok()?;
+        let mut nonce = [0; NONCE_LEN];
+        nonce[..NONCE_PREFIX_LEN].copy_from_slice(&self.nonce_prefix);
+        nonce[NONCE_PREFIX_LEN..NONCE_LEN - 1].copy_from_slice(&counter.to_be_bytes());
+        nonce[NONCE_LEN - 1] = u8::from(last);
+        Some(Nonce::assume_unique_for_key(nonce))
+    }
+
+    /// Seals the chunks of `batch` in place: each slot's plaintext becomes ciphertext and
+    /// its last [`TAG_LEN`] bytes receive the tag.
+    fn seal_batch(&self, layout: Layout, batch: &mut Batch) -> Result<(), CryptoError> {
+        let slots = batch.buf[..batch.used].chunks_mut(SLOT_LEN);
+        for (index, slot) in (batch.first..).zip(slots) {
+            let last = index + 1 == layout.chunks;
+            let nonce = self.nonce(index, last).ok_or(CryptoError::Encrypt)?;
+            let (text, tag) = slot.split_at_mut(slot.len() - TAG_LEN);
+            let sealed = self
+                .key
+                .seal_in_place_separate_tag(nonce, Aad::from(self.aad), text)
+                .map_err(|_| CryptoError::Encrypt)?;
+            tag.copy_from_slice(sealed.as_ref());
+        }
+        Ok(())
+    }
+
+    /// Authenticates one chunk (ciphertext ‖ tag) and decrypts it into `out`, which is
+    /// exactly as long as its plaintext. On failure `out` holds no plaintext (ring zeroes it).
+    fn open(&self, index: u64, last: bool, chunk: &[u8], out: &mut [u8]) -> Result<(), ()> {
+        let nonce = self.nonce(index, last).ok_or(())?;
+        let (text, tag) = chunk.split_at(chunk.len() - TAG_LEN);
+        let tag = Tag::try_from(tag).map_err(|_| ())?;
+        out.copy_from_slice(text);
+        self.key
+            .open_in_place_separate_tag(nonce, Aad::from(self.aad), tag, out, 0..)
+            .map(|_| ())
+            .map_err(|_| ())
+    }
 }
 
 /// A container split into its parts; nothing in it is authenticated yet.
@@ -310,7 +522,9 @@ pub fn read_dataset_header(container: &[u8]) -> Result<DatasetHeader, CryptoErro
 /// Authenticates and decrypts a whole container, returning its header and plaintext body.
 ///
 /// Fails on the first chunk that does not authenticate, naming it, and on any container whose
-/// length disagrees with its (authenticated) header.
+/// length disagrees with its (authenticated) header. The first chunk is checked alone; once it
+/// has authenticated the header, the rest are decrypted straight into the returned body in
+/// batches of 16 chunks on up to 8 threads (as many as the machine has).
 pub fn decrypt_dataset(
     key: &DataKey,
     container: &[u8],
@@ -320,53 +534,87 @@ pub fn decrypt_dataset(
     let expected_len = (container.len() - parsed.chunks.len()) as u64
         + layout.ciphertext_len(parsed.plaintext_len);
     let found_len = container.len() as u64;
+    let cipher = ChunkCipher::new(key, parsed.nonce_prefix, parsed.aad)
+        .ok_or(CryptoError::DatasetChunk { index: 0 })?;
 
-    let mut decryptor = DecryptorBE32::from_aead(key.cipher(), &parsed.nonce_prefix.into());
-    // Sized by what is present, never by the unauthenticated header's claim.
-    let mut body = Vec::with_capacity(parsed.chunks.len());
-    let mut buffer = Vec::with_capacity(CHUNK_LEN + TAG_LEN);
-    let mut rest = parsed.chunks;
-    let truncated = CryptoError::DatasetTruncated {
-        expected: expected_len,
-        found: found_len,
-    };
-    let last = layout.chunks - 1;
-    for index in 0..=last {
-        let chunk_len = layout.plaintext_len(index) + TAG_LEN;
-        let Some((chunk, tail)) = rest.split_at_checked(chunk_len) else {
-            return Err(truncated);
-        };
-        rest = tail;
-        buffer.clear();
-        buffer.extend_from_slice(chunk);
-        if index == last {
-            // Consumes the decryptor: nothing may follow the last chunk.
-            decryptor
-                .decrypt_last_in_place(parsed.aad, &mut buffer)
-                .map_err(|_| CryptoError::DatasetChunk { index })?;
-            body.extend_from_slice(&buffer);
-            if index == 0 {
-                check_len(expected_len, found_len)?;
-            }
-            break;
-        }
-        decryptor
-            .decrypt_next_in_place(parsed.aad, &mut buffer)
-            .map_err(|_| CryptoError::DatasetChunk { index })?;
-        body.extend_from_slice(&buffer);
-        // The first chunk authenticated the header, so the layout it implies is now trusted:
-        // report a wrong length before spending time on the remaining chunks.
-        if index == 0 {
-            check_len(expected_len, found_len)?;
-        }
-    }
-    if body.len() as u64 != parsed.plaintext_len {
-        return Err(CryptoError::DatasetDecryptedLength {
-            expected: parsed.plaintext_len,
-            found: body.len() as u64,
+    let first_len = layout.plaintext_len(0);
+    let Some((first, rest)) = parsed.chunks.split_at_checked(first_len + TAG_LEN) else {
+        return Err(CryptoError::DatasetTruncated {
+            expected: expected_len,
+            found: found_len,
         });
-    }
+    };
+    // Nothing is sized by the unauthenticated header's claim: chunk 0 goes into a chunk-sized
+    // buffer, and the body is allocated only once the header is authentic and the container
+    // is exactly as long as it implies.
+    let mut first_plain = vec![0; first_len];
+    cipher
+        .open(0, layout.chunks == 1, first, &mut first_plain)
+        .map_err(|()| CryptoError::DatasetChunk { index: 0 })?;
+    check_len(expected_len, found_len)?;
+
+    // The container holds the whole body, so its length bounds the allocation (and the
+    // conversion cannot fail).
+    let body_len =
+        usize::try_from(parsed.plaintext_len).map_err(|_| CryptoError::DatasetDecryptedLength {
+            expected: parsed.plaintext_len,
+            found: 0,
+        })?;
+    // Zeroed allocation maps pages lazily: each worker faults in the part it writes.
+    let mut body = vec![0; body_len];
+    let (body_first, body_rest) = body.split_at_mut(first_len);
+    body_first.copy_from_slice(&first_plain);
+    open_in_parallel(&cipher, layout, rest, body_rest)?;
     Ok((parsed.header, body))
+}
+
+/// Decrypts chunks 1.. of `layout` (`chunks`: their ciphertext and tags back to back) into
+/// `out`, reporting the lowest-numbered chunk that fails, as a decryption in order would.
+fn open_in_parallel(
+    cipher: &ChunkCipher<'_>,
+    layout: Layout,
+    chunks: &[u8],
+    out: &mut [u8],
+) -> Result<(), CryptoError> {
+    let batches = chunks
+        .chunks(BATCH_CHUNKS * SLOT_LEN)
+        .zip(out.chunks_mut(BATCH_CHUNKS * CHUNK_LEN));
+    let batch_count = batches.len();
+    let queue = Mutex::new((1..).step_by(BATCH_CHUNKS).zip(batches));
+    let failed = AtomicU64::new(u64::MAX);
+    let work = || {
+        loop {
+            let next = queue.lock().unwrap_or_else(PoisonError::into_inner).next();
+            let Some((first, (sealed, plain))) = next else {
+                break;
+            };
+            // Batches are handed out in order, so one after a known failure cannot hold
+            // the first failing chunk.
+            if first > failed.load(Ordering::Relaxed) {
+                break;
+            }
+            let pieces = sealed.chunks(SLOT_LEN).zip(plain.chunks_mut(CHUNK_LEN));
+            for (index, (chunk, out)) in (first..).zip(pieces) {
+                let last = index + 1 == layout.chunks;
+                if cipher.open(index, last, chunk, out).is_err() {
+                    failed.fetch_min(index, Ordering::Relaxed);
+                    break;
+                }
+            }
+        }
+    };
+    let threads = worker_threads(batch_count as u64);
+    std::thread::scope(|scope| {
+        for _ in 1..threads {
+            // A helper that cannot be started leaves its share to the others.
+            let _ = std::thread::Builder::new().spawn_scoped(scope, work);
+        }
+        work();
+    });
+    match failed.into_inner() {
+        u64::MAX => Ok(()),
+        index => Err(CryptoError::DatasetChunk { index }),
+    }
 }
 
 fn check_len(expected: u64, found: u64) -> Result<(), CryptoError> {
@@ -440,6 +688,135 @@ mod tests {
             assert_eq!(got_header, h);
             assert_eq!(got_body, body);
         }
+        Ok(())
+    }
+
+    /// The chunks are exactly what `aead::stream`'s BE32 STREAM produces, in both directions,
+    /// across a batch boundary and with a short last chunk.
+    #[test]
+    fn chunks_match_the_reference_stream() -> Result<(), Box<dyn std::error::Error>> {
+        use aes_gcm::aead::Payload;
+        use aes_gcm::aead::stream::{DecryptorBE32, EncryptorBE32};
+        let failed = |_| "the reference STREAM refused";
+        let key = DataKey::generate();
+        // 34 examples of 65 535 bytes: 2 × BATCH_CHUNKS + 1 full chunks and a short one.
+        let h = header(65_531, 2 * BATCH_CHUNKS as u32 + 2);
+        let (body, container) = encrypt(&key, &h)?;
+        assert_eq!(
+            Layout::new(body.len() as u64).chunks,
+            2 * BATCH_CHUNKS as u64 + 2
+        );
+        assert!(Layout::new(body.len() as u64).last_len < CHUNK_LEN);
+        let parsed = parse(&container)?;
+        let mut decryptor = DecryptorBE32::from_aead(key.cipher(), &parsed.nonce_prefix.into());
+        let mut plain = Vec::new();
+        let mut chunks = parsed.chunks.chunks(SLOT_LEN).peekable();
+        while let Some(chunk) = chunks.next() {
+            if chunks.peek().is_some() {
+                plain.extend(
+                    decryptor
+                        .decrypt_next(Payload {
+                            msg: chunk,
+                            aad: parsed.aad,
+                        })
+                        .map_err(failed)?,
+                );
+            } else {
+                plain.extend(
+                    decryptor
+                        .decrypt_last(Payload {
+                            msg: chunk,
+                            aad: parsed.aad,
+                        })
+                        .map_err(failed)?,
+                );
+                break;
+            }
+        }
+        assert_eq!(plain, body);
+
+        // And a container built by the reference encryptor decrypts here.
+        let prefix = [9; NONCE_PREFIX_LEN];
+        let mut encryptor = EncryptorBE32::from_aead(key.cipher(), &prefix.into());
+        let mut reference = parsed.aad.to_vec();
+        reference.extend_from_slice(&prefix);
+        let mut pieces = body.chunks(CHUNK_LEN).peekable();
+        while let Some(piece) = pieces.next() {
+            if pieces.peek().is_some() {
+                reference.extend(
+                    encryptor
+                        .encrypt_next(Payload {
+                            msg: piece,
+                            aad: parsed.aad,
+                        })
+                        .map_err(failed)?,
+                );
+            } else {
+                reference.extend(
+                    encryptor
+                        .encrypt_last(Payload {
+                            msg: piece,
+                            aad: parsed.aad,
+                        })
+                        .map_err(failed)?,
+                );
+                break;
+            }
+        }
+        assert_eq!(decrypt_dataset(&key, &reference)?.1, body);
+        Ok(())
+    }
+
+    /// A failure deep in a large container names the first failing chunk, however the
+    /// batches were spread over threads.
+    #[test]
+    fn parallel_decryption_names_the_first_failure() -> Result<(), CryptoError> {
+        let key = DataKey::generate();
+        let h = header(65_532, 5 * BATCH_CHUNKS as u32 + 3);
+        let (body, container) = encrypt(&key, &h)?;
+        assert_eq!(decrypt_dataset(&key, &container)?.1, body);
+        let start = chunks_start(&container)?;
+        for bad_chunks in [
+            vec![BATCH_CHUNKS + 1],
+            vec![4 * BATCH_CHUNKS, 3 * BATCH_CHUNKS + 7, 5 * BATCH_CHUNKS + 2],
+            vec![5 * BATCH_CHUNKS + 2, 2],
+        ] {
+            let mut bad = container.clone();
+            for &i in &bad_chunks {
+                bad[start + i * SLOT_LEN + 3] ^= 1;
+            }
+            let first = bad_chunks.iter().min().copied().unwrap_or_default() as u64;
+            match decrypt_dataset(&key, &bad) {
+                Err(CryptoError::DatasetChunk { index }) => assert_eq!(index, first),
+                other => panic!("{bad_chunks:?}: {:?}", other.map(|_| ())),
+            }
+        }
+        Ok(())
+    }
+
+    /// A reader that hands out a few bytes at a time still fills whole chunks.
+    #[test]
+    fn encrypts_from_a_trickling_reader() -> Result<(), CryptoError> {
+        struct Trickle<'a>(&'a [u8]);
+        impl Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let n = buf.len().min(self.0.len()).min(1000);
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let key = DataKey::generate();
+        let h = header(65_532, 3 * BATCH_CHUNKS as u32);
+        let body = body_for(&h)?;
+        let mut container = Vec::new();
+        encrypt_dataset(&key, &h, Trickle(&body), &mut container)?;
+        assert_eq!(decrypt_dataset(&key, &container)?.1, body);
+        let short = &body[..body.len() - 1];
+        assert!(matches!(
+            encrypt_dataset(&key, &h, Trickle(short), io::sink()),
+            Err(CryptoError::DatasetBodyTooShort { .. })
+        ));
         Ok(())
     }
 
