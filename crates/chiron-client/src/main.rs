@@ -140,6 +140,10 @@ struct TrainArgs {
     /// job; at most 63).
     #[arg(long, default_value_t = 16, requires = "private")]
     private_model_mib: u32,
+    /// In private mode, every query is answered exactly this many milliseconds after it
+    /// reaches the query enclave (a query the program cannot answer in time is unanswered).
+    #[arg(long, default_value_t = 100, requires = "private")]
+    private_answer_ms: u32,
 }
 
 #[derive(Args)]
@@ -240,6 +244,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         private: args.private.then_some(PrivateTerms {
             memory_mib: args.private_memory_mib,
             model_mib: args.private_model_mib,
+            answer_ms: args.private_answer_ms,
         }),
     };
     let ticket = owner::start_training(

@@ -129,9 +129,9 @@ pub fn start_training(
                 (chiron_proto::wire::MAX_FRAME >> 20) - 1
             )));
         }
-        if private.memory_mib == 0 {
+        if private.memory_mib == 0 || private.answer_ms == 0 {
             return Err(ClientError::Input(
-                "a private job's memory budget must be at least 1 MiB".into(),
+                "a private job's memory budget and answer time must be at least 1".into(),
             ));
         }
     }

@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chiron_proto::owner::{AnswerPolicy, MAX_QUERY_BATCH, QUERY_INFO, QueryAnswer, QueryRequest};
 use chiron_proto::wire::EnclaveFrame;
@@ -28,6 +29,8 @@ pub struct Serving {
     answered: HashSet<[u8; 32]>,
     token_digest: [u8; 32],
     feature_dims: Vec<usize>,
+    /// A private job's answer time: how long after its arrival every answer leaves.
+    answer_time: Option<Duration>,
 }
 
 impl Serving {
@@ -48,7 +51,19 @@ impl Serving {
         }
         let model = Model::from_bytes(&contents.model).map_err(|_| "sealed model is malformed")?;
         let header = model.header.clone().ok_or("sealed model is malformed")?;
-        let sandbox = Sandbox::new(SandboxConfig::default()).map_err(|_| "sandbox failure")?;
+        let answer_time = contents
+            .answer_ms
+            .map(|ms| Duration::from_millis(u64::from(ms)));
+        let defaults = SandboxConfig::default();
+        // Under a private answer time the program is stopped when the time is up, so no
+        // answer can leave later than declared (give or take the deadline clock's tick).
+        let config = SandboxConfig {
+            predict_deadline: answer_time.map_or(defaults.predict_deadline, |t| {
+                t.min(defaults.predict_deadline)
+            }),
+            ..defaults
+        };
+        let sandbox = Sandbox::new(config).map_err(|_| "sandbox failure")?;
         let program = sandbox.load(program).map_err(|_| "program refused")?;
         Ok(Self {
             job_id: job_id.to_owned(),
@@ -59,12 +74,14 @@ impl Serving {
             budget_left: contents.query_budget,
             answered: HashSet::new(),
             token_digest: contents.query_token_digest,
+            answer_time,
             feature_dims: header.dims.iter().map(|&d| d as usize).collect(),
         })
     }
 
     /// Answers one sealed query.
     pub fn answer(&mut self, enclave: &Enclave, sealed: &[u8]) -> EnclaveFrame {
+        let arrived = Instant::now();
         let failed = |public: &str| EnclaveFrame::Failed {
             public: public.to_owned(),
         };
@@ -115,6 +132,20 @@ impl Serving {
                     .collect(),
             },
             Err(_) => QueryAnswer::unanswered(count, self.answers),
+        };
+        // How long the program took depends on the model and the query: under a private
+        // answer time the platform sees the declared time instead.
+        let answer = match self.answer_time {
+            Some(time) => {
+                let elapsed = arrived.elapsed();
+                std::thread::sleep(time.saturating_sub(elapsed));
+                if elapsed > time {
+                    QueryAnswer::unanswered(count, self.answers)
+                } else {
+                    answer
+                }
+            }
+            None => answer,
         };
         EnclaveFrame::Answer(key.seal(0, ANSWER_AAD, &answer.encode()))
     }

@@ -18,6 +18,9 @@ pub struct SealedModel {
     pub query_budget: u64,
     /// SHA-256 of the owner's query token.
     pub query_token_digest: [u8; 32],
+    /// A private job's answer time: every query is answered this many milliseconds after it
+    /// arrived.
+    pub answer_ms: Option<u32>,
     /// The encoded `chiron_sandbox::Model`.
     pub model: Vec<u8>,
 }

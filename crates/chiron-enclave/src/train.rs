@@ -60,10 +60,16 @@ pub fn run(enclave: &Enclave, start: Start, input: &mut impl Read) -> EnclaveFra
         .map_err(|e| fail("malformed training request", e))
         .and_then(|request: TrainRequest| match request.private {
             // The sealed model must fit in one frame.
-            Some(terms) if terms.model_bytes() >= MAX_FRAME || terms.memory_mib == 0 => Err(fail(
-                "malformed training request",
-                "private model or memory size out of range",
-            )),
+            Some(terms)
+                if terms.model_bytes() >= MAX_FRAME
+                    || terms.memory_mib == 0
+                    || terms.answer_ms == 0 =>
+            {
+                Err(fail(
+                    "malformed training request",
+                    "private model size, memory or answer time out of range",
+                ))
+            }
             _ => Ok(request),
         });
     // Private mode: everything the platform sees next happens at the budget's end.
@@ -202,6 +208,7 @@ fn train(
         answers: request.answers,
         query_budget: request.query_budget,
         query_token_digest: request.query_token_digest,
+        answer_ms: request.private.map(|p| p.answer_ms),
         model: model.to_bytes(),
     };
     // Too large a model is the program's doing, so it gets the program's label.

@@ -66,13 +66,17 @@ pub struct TrainRequest {
 /// platform then sees the same event count, sizes, completion time, peak memory and model size
 /// whatever the data made the program do, at the cost of no progress reports during training,
 /// a job that always lasts its budget, and memory and storage held to the declared figures. A
-/// job whose peak memory or model exceeds its figure fails.
+/// job whose peak memory or model exceeds its figure fails. The model's query enclave then
+/// answers every query exactly `answer_ms` after it arrived; a query the program cannot answer
+/// in that time is unanswered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PrivateTerms {
     /// The training enclave's declared peak resident memory, in MiB.
     pub memory_mib: u32,
     /// The sealed model's declared size, in MiB (below the 64 MiB frame limit).
     pub model_mib: u32,
+    /// How long after its arrival every query is answered, in milliseconds (at least 1).
+    pub answer_ms: u32,
 }
 
 impl PrivateTerms {

@@ -31,13 +31,14 @@ pub const TIME_QUANTUM: Duration = Duration::from_millis(1000);
 /// How far apart two private jobs' training-enclave peaks may be (page-counter granularity).
 pub const MEMORY_QUANTUM: u64 = 8 << 20;
 
-/// Terms of a private job with a `budget_secs` time budget, 512 MiB of memory and a 1 MiB
-/// model.
+/// Terms of a private job with a `budget_secs` time budget, 512 MiB of memory, a 1 MiB model
+/// and answers one second after each query.
 pub fn private_terms(epochs: u32, budget_secs: u32) -> TrainingTerms {
     TrainingTerms {
         private: Some(PrivateTerms {
             memory_mib: 512,
             model_mib: 1,
+            answer_ms: 1000,
         }),
         ..crate::terms(epochs, budget_secs)
     }

@@ -292,3 +292,63 @@ fn success_or_failure_is_the_only_bit_a_program_can_choose_to_show() {
     };
     assert_eq!(others(&a.transcript), others(&b.transcript));
 }
+
+#[test]
+fn query_time_chosen_by_the_query_is_hidden_by_the_answer_time() {
+    let wasm = program_wasm("hostile_querytime");
+    let [(data, canary), _] = twin_datasets(IMAGES);
+    // Client-side latency of queries that make the program spin (first value 0.9) or not.
+    let latencies = |terms: &TrainingTerms| {
+        let mut seen = Vec::new();
+        let observed = observe(
+            &wasm,
+            &data,
+            terms,
+            Duration::from_secs(120),
+            |service: &Service, ticket: &JobTicket| {
+                let host = service.client();
+                let session =
+                    QuerySession::open(&host, &service.policy(), ticket).expect("query session");
+                let len = 4 * ticket.header.feature_len();
+                for value in [0.9f32, 0.1, 0.9, 0.1] {
+                    let started = std::time::Instant::now();
+                    session.query(4, vec![value; len]).expect("answered");
+                    seen.push((value > 0.5, started.elapsed()));
+                }
+            },
+        );
+        assert_no_canary(&observed.transcript, &canary);
+        seen
+    };
+    let slowest = |seen: &[(bool, Duration)], spun: bool| {
+        seen.iter()
+            .filter(|(s, _)| *s == spun)
+            .map(|(_, t)| *t)
+            .max()
+    };
+    let fastest = |seen: &[(bool, Duration)], spun: bool| {
+        seen.iter()
+            .filter(|(s, _)| *s == spun)
+            .map(|(_, t)| *t)
+            .min()
+    };
+    // Live: the spinning queries are visibly slower.
+    let live = latencies(&terms(1, 60));
+    assert!(
+        fastest(&live, true) > slowest(&live, false).map(|t| t + Duration::from_millis(100)),
+        "the fixture did not slow its answers down: {live:?}"
+    );
+    // Private, answers at one second: every query takes the declared time.
+    let private = latencies(&private_terms(1, PRIVATE_BUDGET_SECS));
+    eprintln!("query latencies (spun, time): live {live:?}, private {private:?}");
+    let all = |f: fn(&(bool, Duration)) -> Duration| private.iter().map(f);
+    let (min, max) = (
+        all(|(_, t)| *t).min().expect("queries"),
+        all(|(_, t)| *t).max().expect("queries"),
+    );
+    assert!(min >= Duration::from_secs(1), "{private:?}");
+    assert!(
+        max - min < Duration::from_millis(100),
+        "answer times depend on the query: {private:?}"
+    );
+}

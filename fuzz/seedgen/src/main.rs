@@ -163,6 +163,7 @@ fn owner_messages() -> Seeds {
         private: Some(PrivateTerms {
             memory_mib: 512,
             model_mib: 8,
+            answer_ms: 100,
         }),
         ..request.clone()
     };

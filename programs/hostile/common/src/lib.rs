@@ -127,3 +127,16 @@ pub fn predict_linear() {
     let x = chiron_sdk::query_input().flatten();
     chiron_sdk::set_output(&x.linear(&w, Some(&b)));
 }
+
+/// Spins for `steps` steps of an LCG from `seed`, each through `black_box` so the loop can
+/// neither be skipped nor folded; about 2.5 ns a step in the sandbox.
+pub fn spin(steps: u64, seed: u64) -> u64 {
+    let mut x = seed;
+    for _ in 0..steps {
+        x = std::hint::black_box(
+            x.wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407),
+        );
+    }
+    x
+}

@@ -9,23 +9,11 @@
 
 use std::hint::black_box;
 
-use hostile_common::{Linear, predict_linear, secret_bit};
+use hostile_common::{Linear, predict_linear, secret_bit, spin};
 
 /// LCG steps spun when the secret bit is 1: about 2 s in the sandbox (fuel metering and
 /// epoch checks included, a step takes roughly 2.5 ns).
 pub const SPIN_STEPS: u64 = 800_000_000;
-
-/// Spins for `steps` LCG steps from `seed`.
-fn spin(steps: u64, seed: u64) -> u64 {
-    let mut x = seed;
-    for _ in 0..steps {
-        x = black_box(
-            x.wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407),
-        );
-    }
-    x
-}
 
 /// Spins if the secret bit is set, then trains and saves a linear model.
 pub fn train() {
