@@ -122,18 +122,9 @@ pub fn start_training(
         ));
     }
     if let Some(private) = terms.private {
-        // The sealed model travels in one frame, with a little overhead beyond its size.
-        if private.model_mib == 0 || private.model_bytes() >= chiron_proto::wire::MAX_FRAME {
-            return Err(ClientError::Input(format!(
-                "a private job's model size must be 1 to {} MiB",
-                (chiron_proto::wire::MAX_FRAME >> 20) - 1
-            )));
-        }
-        if private.memory_mib == 0 || private.answer_ms == 0 {
-            return Err(ClientError::Input(
-                "a private job's memory budget and answer time must be at least 1".into(),
-            ));
-        }
+        private
+            .validate()
+            .map_err(|e| ClientError::Input(e.to_string()))?;
     }
     let enclave = attest_training(host, policy, job_id)?;
     let seed = terms.seed.unwrap_or_else(fresh_nonce);

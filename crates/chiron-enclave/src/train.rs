@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 
 use chiron_crypto::DataKey;
 use chiron_proto::owner::{HELD_EVENT_SLOTS, OwnerEvent, TRAIN_INFO, TrainRequest};
-use chiron_proto::wire::{
-    DATASET_PART, EnclaveFrame, HostFrame, MAX_FRAME, read_frame, write_frame,
-};
+use chiron_proto::wire::{DATASET_PART, EnclaveFrame, HostFrame, read_frame, write_frame};
 use chiron_sandbox::{Sandbox, SandboxConfig, TrainJob, TrainingData};
 use sha2::{Digest, Sha256};
 
@@ -58,28 +56,19 @@ pub fn run(enclave: &Enclave, start: Start, input: &mut impl Read) -> EnclaveFra
     };
     let request: Result<TrainRequest, Failure> = postcard::from_bytes(&request_bytes)
         .map_err(|e| fail("malformed training request", e))
-        .and_then(|request: TrainRequest| match request.private {
-            // The sealed model must fit in one frame.
-            Some(terms)
-                if terms.model_bytes() >= MAX_FRAME
-                    || terms.memory_mib == 0
-                    || terms.answer_ms == 0 =>
-            {
-                Err(fail(
-                    "malformed training request",
-                    "private model size, memory or answer time out of range",
-                ))
-            }
-            _ => Ok(request),
-        });
+        .and_then(
+            |request: TrainRequest| match request.private.map(|p| p.validate()) {
+                Some(Err(e)) => Err(fail("malformed training request", e)),
+                _ => Ok(request),
+            },
+        );
     // Private mode: everything the platform sees next happens at the budget's end.
     let private = request.as_ref().ok().and_then(|r| r.private);
-    let deadline = match &request {
-        Ok(r) if r.private.is_some() => {
-            Some(started + Duration::from_secs(u64::from(r.time_budget_secs)))
-        }
-        _ => None,
-    };
+    let deadline = request
+        .as_ref()
+        .ok()
+        .filter(|r| r.private.is_some())
+        .map(|r| started + Duration::from_secs(u64::from(r.time_budget_secs)));
     let events = Events {
         out: enclave.sender(),
         job_id: start.job_id.clone(),

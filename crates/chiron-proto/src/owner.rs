@@ -89,6 +89,29 @@ impl PrivateTerms {
     pub fn model_bytes(&self) -> usize {
         (self.model_mib as usize) << 20
     }
+
+    /// Checks the figures: every one at least 1, and a model that fits in one frame (with a
+    /// little overhead beyond its size). Both the owner's client and the enclave check.
+    pub fn validate(&self) -> Result<(), PrivateTermsError> {
+        if self.model_mib == 0 || self.model_bytes() >= crate::wire::MAX_FRAME {
+            return Err(PrivateTermsError::ModelSize);
+        }
+        if self.memory_mib == 0 || self.answer_ms == 0 {
+            return Err(PrivateTermsError::Zero);
+        }
+        Ok(())
+    }
+}
+
+/// Private terms that cannot be honoured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PrivateTermsError {
+    /// The model size is 0 or would not fit in one frame.
+    #[error("a private job's model size must be 1 to {} MiB", (crate::wire::MAX_FRAME >> 20) - 1)]
+    ModelSize,
+    /// The memory budget or the answer time is 0.
+    #[error("a private job's memory budget and answer time must be at least 1")]
+    Zero,
 }
 
 /// Events released by a private job, always exactly this many. A job with more

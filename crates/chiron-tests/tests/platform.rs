@@ -886,10 +886,9 @@ fn another_owners_dataset_with_the_same_header_fails_authentication() {
 fn swapped_sealed_models_do_not_load_and_work_once_swapped_back() {
     let service = Service::start();
     let data = iris();
-    let mut jobs = finished_mlp_jobs(&service, &data, 5, 2)
-        .into_iter()
-        .map(|(t, _)| t);
-    let (one, two) = (jobs.next().expect("job one"), jobs.next().expect("job two"));
+    let [(one, _), (two, _)]: [_; 2] = finished_mlp_jobs(&service, &data, 5, 2)
+        .try_into()
+        .expect("two jobs");
     let inputs = iris_inputs(&data);
     let path_one = service.object("models", &one.job_id, "sealed");
     let path_two = service.object("models", &two.job_id, "sealed");
@@ -1093,10 +1092,9 @@ fn a_training_enclave_refuses_a_second_start_of_the_same_request() {
 fn a_replayed_query_is_refused_by_another_models_enclave() {
     let service = Service::start();
     let data = iris();
-    let mut jobs = finished_mlp_jobs(&service, &data, 5, 2)
-        .into_iter()
-        .map(|(t, _)| t);
-    let (one, two) = (jobs.next().expect("job one"), jobs.next().expect("job two"));
+    let [(one, _), (two, _)]: [_; 2] = finished_mlp_jobs(&service, &data, 5, 2)
+        .try_into()
+        .expect("two jobs");
     let inputs = iris_inputs(&data);
     let recorder = Recorder::start(&service);
     let proxied = recorder.client();
@@ -1160,8 +1158,9 @@ type EventEdit = fn(&mut Vec<Value>, &[Value]);
 fn events_served_out_of_place_fail_authentication() {
     let service = Service::start();
     let data = iris();
-    let mut jobs = finished_mlp_jobs(&service, &data, 3, 2).into_iter();
-    let ((a, a_events), (b, b_events)) = (jobs.next().expect("job a"), jobs.next().expect("job b"));
+    let [(a, a_events), (b, b_events)]: [_; 2] = finished_mlp_jobs(&service, &data, 3, 2)
+        .try_into()
+        .expect("two jobs");
     for events in [&a_events, &b_events] {
         assert!(events.len() >= 3, "{events:?}");
     }
