@@ -27,6 +27,9 @@ pub use flex::FlexBackend;
 pub use optim::{Optimizer, OptimizerKind};
 pub use shape::{MAX_RANK, Shape};
 
+/// The engine the runtime is built with: the pure-Rust [`FlexBackend`] by default.
+pub type DefaultBackend = FlexBackend;
+
 /// The operations the runtime's ML engine offers to provider programs.
 ///
 /// Tensors are `f32`, of rank 1 to [`MAX_RANK`], in row-major layout. Images are `NCHW`.

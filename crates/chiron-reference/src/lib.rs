@@ -9,7 +9,7 @@ pub mod native;
 
 use std::sync::Arc;
 
-use chiron_engine::FlexBackend;
+use chiron_engine::DefaultBackend;
 use chiron_sandbox::runtime::{Mode, Runtime};
 use chiron_sandbox::{Metric, Model, Quotas, SandboxError, TrainingData};
 
@@ -52,7 +52,7 @@ pub fn train_program(
         metrics: Box::new(metrics),
     };
     native::install(Runtime::new(
-        FlexBackend::new(),
+        DefaultBackend::new(),
         Quotas::default(),
         seed,
         mode,
@@ -91,7 +91,7 @@ pub fn predict_program(
         input,
     };
     native::install(Runtime::new(
-        FlexBackend::new(),
+        DefaultBackend::new(),
         Quotas::default(),
         [0; 32],
         mode,

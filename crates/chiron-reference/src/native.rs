@@ -8,25 +8,25 @@
 
 use std::cell::RefCell;
 
-use chiron_engine::{FlexBackend, OptimizerKind};
+use chiron_engine::{DefaultBackend, OptimizerKind};
 use chiron_sandbox::runtime::Runtime;
 
 thread_local! {
-    static RUNTIME: RefCell<Option<Runtime<FlexBackend>>> = const { RefCell::new(None) };
+    static RUNTIME: RefCell<Option<Runtime<DefaultBackend>>> = const { RefCell::new(None) };
 }
 
 /// Installs the runtime the next program call on this thread will use.
-pub fn install(runtime: Runtime<FlexBackend>) {
+pub fn install(runtime: Runtime<DefaultBackend>) {
     RUNTIME.with(|r| *r.borrow_mut() = Some(runtime));
 }
 
 /// Removes and returns the installed runtime.
-pub fn uninstall() -> Option<Runtime<FlexBackend>> {
+pub fn uninstall() -> Option<Runtime<DefaultBackend>> {
     RUNTIME.with(|r| r.borrow_mut().take())
 }
 
 fn with<T>(
-    f: impl FnOnce(&mut Runtime<FlexBackend>) -> Result<T, chiron_sandbox::SandboxError>,
+    f: impl FnOnce(&mut Runtime<DefaultBackend>) -> Result<T, chiron_sandbox::SandboxError>,
 ) -> T {
     RUNTIME.with(|r| {
         let mut slot = r.borrow_mut();

@@ -2,7 +2,7 @@
 //! `sys.rs`, nothing else. Each function copies its arguments out of the program's memory
 //! with bounds checks and hands them to [`Runtime`], whose errors trap the program.
 
-use chiron_engine::{FlexBackend, OptimizerKind};
+use chiron_engine::{DefaultBackend, OptimizerKind};
 use wasmtime::{Caller, Extern, Linker, Memory, ResourceLimiter};
 
 use crate::error::{Limit, SandboxError};
@@ -10,7 +10,7 @@ use crate::runtime::Runtime;
 
 /// Everything a store holds for one run.
 pub(crate) struct RunState {
-    pub(crate) runtime: Runtime<FlexBackend>,
+    pub(crate) runtime: Runtime<DefaultBackend>,
     pub(crate) limiter: MemoryLimiter,
 }
 
@@ -125,7 +125,7 @@ fn read_shape(
         .collect())
 }
 
-fn rt<'a>(caller: &'a mut Ctx<'_>) -> &'a mut Runtime<FlexBackend> {
+fn rt<'a>(caller: &'a mut Ctx<'_>) -> &'a mut Runtime<DefaultBackend> {
     &mut caller.data_mut().runtime
 }
 

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use chiron_engine::FlexBackend;
+use chiron_engine::DefaultBackend;
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
     PoolingAllocationConfig, Store, Trap,
@@ -205,7 +205,7 @@ impl Sandbox {
             metrics: job.metrics,
         };
         let runtime = Runtime::new(
-            FlexBackend::new(),
+            DefaultBackend::new(),
             self.config.quotas.clone(),
             job.seed,
             mode,
@@ -230,7 +230,7 @@ impl Sandbox {
         };
         // Queries get no randomness that could differ between runs: a fixed seed.
         let runtime = Runtime::new(
-            FlexBackend::new(),
+            DefaultBackend::new(),
             self.config.quotas.clone(),
             [0; 32],
             mode,
@@ -251,11 +251,11 @@ impl Sandbox {
     fn run(
         &self,
         program: &Program,
-        runtime: Runtime<FlexBackend>,
+        runtime: Runtime<DefaultBackend>,
         entry: &str,
         fuel: u64,
         deadline: Duration,
-    ) -> Result<Runtime<FlexBackend>, SandboxError> {
+    ) -> Result<Runtime<DefaultBackend>, SandboxError> {
         let state = RunState {
             runtime,
             limiter: MemoryLimiter {
