@@ -7,7 +7,7 @@ use burn_tensor::{
     ops::{ConvOptions, MaxPoolOptions},
 };
 
-use crate::{Backend, Binary, EngineError, Shape, Unary};
+use crate::{Backend, Binary, EngineError, Shape, Unary, check};
 
 /// A `burn` tensor of rank 1 to 4; the host ABI is rank-dynamic, `burn` is not.
 #[derive(Clone, Debug)]
@@ -132,17 +132,12 @@ fn rank2(op: &'static str, t: &FlexTensor) -> Result<Tensor<2>, EngineError> {
     }
 }
 
-fn bias(
-    op: &'static str,
-    b: Option<&FlexTensor>,
-    len: usize,
-) -> Result<Option<Tensor<1>>, EngineError> {
-    match b {
-        None => Ok(None),
-        Some(FlexTensor::R1(x)) if x.dims()[0] == len => Ok(Some(x.clone())),
-        Some(other) => Err(shape_err(
+fn rank1(op: &'static str, t: &FlexTensor) -> Result<Tensor<1>, EngineError> {
+    match t {
+        FlexTensor::R1(x) => Ok(x.clone()),
+        other => Err(shape_err(
             op,
-            format!("bias {:?} does not match {len} outputs", dims_of(other)),
+            format!("expected rank 1, got {:?}", dims_of(other)),
         )),
     }
 }
@@ -184,27 +179,15 @@ impl Backend for FlexBackend {
         padding: usize,
     ) -> Result<FlexTensor, EngineError> {
         const OP: &str = "conv2d";
+        check::conv2d(
+            &dims_of(x),
+            &dims_of(w),
+            b.map(dims_of).as_deref(),
+            stride,
+            padding,
+        )?;
         let (x, w) = (rank4(OP, x)?, rank4(OP, w)?);
-        let ([_, c, h, wd], [o, wc, kh, kw]) = (x.dims(), w.dims());
-        if c != wc {
-            return Err(shape_err(
-                OP,
-                format!("input has {c} channels, kernel {wc}"),
-            ));
-        }
-        if stride == 0 || stride > 16 || padding > 16 {
-            return Err(EngineError::Argument {
-                op: OP,
-                detail: format!("stride {stride} / padding {padding} out of range"),
-            });
-        }
-        if kh > h + 2 * padding || kw > wd + 2 * padding {
-            return Err(shape_err(
-                OP,
-                format!("kernel {kh}x{kw} larger than padded input {h}x{wd}"),
-            ));
-        }
-        let b = bias(OP, b, o)?;
+        let b = b.map(|b| rank1(OP, b)).transpose()?;
         let opts = ConvOptions::new([stride; 2], [padding; 2], [1; 2], 1);
         contained(OP, || FlexTensor::R4(module::conv2d(x, w, b, opts)))
     }
@@ -216,14 +199,8 @@ impl Backend for FlexBackend {
         stride: usize,
     ) -> Result<FlexTensor, EngineError> {
         const OP: &str = "max_pool2d";
+        check::max_pool2d(&dims_of(x), kernel, stride)?;
         let x = rank4(OP, x)?;
-        let [_, _, h, w] = x.dims();
-        if kernel == 0 || stride == 0 || kernel > h || kernel > w {
-            return Err(EngineError::Argument {
-                op: OP,
-                detail: format!("window {kernel} stride {stride} on {h}x{w}"),
-            });
-        }
         let mut opts = MaxPoolOptions::new([kernel; 2]);
         opts.stride = [stride; 2];
         contained(OP, || FlexTensor::R4(module::max_pool2d(x, opts)))
@@ -236,12 +213,9 @@ impl Backend for FlexBackend {
         b: Option<&FlexTensor>,
     ) -> Result<FlexTensor, EngineError> {
         const OP: &str = "linear";
+        check::linear(&dims_of(x), &dims_of(w), b.map(dims_of).as_deref())?;
         let (x, w) = (rank2(OP, x)?, rank2(OP, w)?);
-        let ([_, i], [wi, o]) = (x.dims(), w.dims());
-        if i != wi {
-            return Err(shape_err(OP, format!("input width {i}, weight rows {wi}")));
-        }
-        let b = bias(OP, b, o)?;
+        let b = b.map(|b| rank1(OP, b)).transpose()?;
         contained(OP, || FlexTensor::R2(module::linear(x, w, b)))
     }
 
@@ -265,10 +239,7 @@ impl Backend for FlexBackend {
         a: &FlexTensor,
         b: &FlexTensor,
     ) -> Result<FlexTensor, EngineError> {
-        let (da, db) = (dims_of(a), dims_of(b));
-        if da != db {
-            return Err(shape_err("binary", format!("{da:?} vs {db:?}")));
-        }
+        check::same_shape(&dims_of(a), &dims_of(b))?;
         let (a, b) = (a.clone(), b.clone());
         contained("binary", || match op {
             Binary::Add => zip_rank!(a, b, x, y => x.add(y)),
@@ -280,12 +251,7 @@ impl Backend for FlexBackend {
     }
 
     fn affine(&self, x: &FlexTensor, scale: f32, shift: f32) -> Result<FlexTensor, EngineError> {
-        if !scale.is_finite() || !shift.is_finite() {
-            return Err(EngineError::Argument {
-                op: "affine",
-                detail: "non-finite coefficient".into(),
-            });
-        }
+        check::affine(scale, shift)?;
         let x = x.clone();
         contained(
             "affine",
@@ -294,11 +260,7 @@ impl Backend for FlexBackend {
     }
 
     fn reshape(&self, x: &FlexTensor, shape: &[usize]) -> Result<FlexTensor, EngineError> {
-        let target = Shape::new(shape)?;
-        let from = dims_of(x);
-        if from.iter().product::<usize>() != target.elements() {
-            return Err(shape_err("reshape", format!("{from:?} into {shape:?}")));
-        }
+        let target = check::reshape(&dims_of(x), shape)?;
         let d = target.dims().to_vec();
         let x = x.clone();
         contained("reshape", || {
@@ -317,27 +279,12 @@ impl Backend for FlexBackend {
         labels: &FlexTensor,
     ) -> Result<FlexTensor, EngineError> {
         const OP: &str = "cross_entropy";
+        let [n, classes] = check::cross_entropy(&dims_of(logits), &dims_of(labels))?;
         let logits = rank2(OP, logits)?;
-        let [n, classes] = logits.dims();
-        let labels = match labels {
-            FlexTensor::R1(l) if l.dims()[0] == n => self.read(&FlexTensor::R1(l.clone()))?,
-            other => {
-                return Err(shape_err(
-                    OP,
-                    format!("labels {:?} for {n} rows", dims_of(other)),
-                ));
-            }
-        };
+        let labels = check::class_indices(&self.read(labels)?, classes)?;
         let mut one_hot = vec![0.0f32; n * classes];
-        for (row, &label) in labels.iter().enumerate() {
-            // Labels must be exact class indices; anything else is a program bug.
-            if !(label >= 0.0 && label.fract() == 0.0 && (label as usize) < classes) {
-                return Err(EngineError::Argument {
-                    op: OP,
-                    detail: format!("label outside 0..{classes}"),
-                });
-            }
-            one_hot[row * classes + label as usize] = 1.0;
+        for (row, label) in labels.into_iter().enumerate() {
+            one_hot[row * classes + label] = 1.0;
         }
         let target: Tensor<2> =
             Tensor::from_data(TensorData::new(one_hot, vec![n, classes]), &self.device);

@@ -17,18 +17,30 @@
 //! assert_eq!(engine.read(&y).unwrap(), vec![1.0, 0.0, 3.0]);
 //! ```
 
+mod check;
+mod cpu;
 mod error;
 mod flex;
+#[cfg(feature = "libtorch")]
+mod libtorch;
 mod optim;
 mod shape;
 
+pub use cpu::{CpuBackend, CpuGradients, CpuTensor};
 pub use error::EngineError;
 pub use flex::FlexBackend;
+#[cfg(feature = "libtorch")]
+pub use libtorch::TchBackend;
 pub use optim::{Optimizer, OptimizerKind};
 pub use shape::{MAX_RANK, Shape};
 
 /// The engine the runtime is built with: the pure-Rust [`FlexBackend`] by default.
+#[cfg(not(feature = "libtorch"))]
 pub type DefaultBackend = FlexBackend;
+/// The engine the runtime is built with: libtorch ([`TchBackend`]), as the `libtorch`
+/// feature asks.
+#[cfg(feature = "libtorch")]
+pub type DefaultBackend = TchBackend;
 
 /// The operations the runtime's ML engine offers to provider programs.
 ///

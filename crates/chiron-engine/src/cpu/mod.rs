@@ -1,0 +1,388 @@
+//! [`Backend`] on the engine's own CPU kernels: im2col convolutions and dense products on
+//! the `gemm` crate's micro-kernels, threads from `rayon`, and a small tape for gradients.
+//!
+//! Results do not depend on how work lands on threads: every reduction splits its work into
+//! a fixed number of parts and adds them in order, so a seeded run gives the same model in
+//! and out of the sandbox.
+
+mod conv;
+mod elementwise;
+mod gemm;
+mod pool;
+mod tape;
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use tape::CpuGradients;
+use tape::Op;
+
+use crate::{Backend, Binary, EngineError, Shape, Unary, check};
+
+/// The engine's own CPU implementation of [`Backend`].
+#[derive(Clone, Debug, Default)]
+pub struct CpuBackend;
+
+impl CpuBackend {
+    /// An engine on the CPU, using `rayon`'s global thread pool.
+    pub fn new() -> Self {
+        Self
+    }
+}
+
+/// A tensor: shared, immutable values and, if computed from a parameter, how.
+#[derive(Clone)]
+pub struct CpuTensor(Arc<Node>);
+
+struct Node {
+    /// Identity for the gradient walk; unique within the process.
+    id: u64,
+    dims: Vec<usize>,
+    /// Shared with reshaped and detached views of the same values.
+    data: Arc<Vec<f32>>,
+    /// Whether gradients flow to this tensor (a parameter, or computed from one).
+    tracked: bool,
+    /// How it was computed; `None` for parameters and constants.
+    op: Option<Op>,
+}
+
+impl std::fmt::Debug for CpuTensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CpuTensor")
+            .field("dims", &self.0.dims)
+            .field("tracked", &self.0.tracked)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(op) = self.op.take() {
+            tape::release(op);
+        }
+    }
+}
+
+fn next_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+impl CpuTensor {
+    fn leaf(dims: Vec<usize>, data: Arc<Vec<f32>>, tracked: bool) -> Self {
+        Self(Arc::new(Node {
+            id: next_id(),
+            dims,
+            data,
+            tracked,
+            op: None,
+        }))
+    }
+
+    /// A computed tensor; it records `op` only if an input is tracked.
+    fn computed(dims: Vec<usize>, data: Vec<f32>, op: Op) -> Self {
+        let tracked = op_tracked(&op);
+        Self(Arc::new(Node {
+            id: next_id(),
+            dims,
+            data: Arc::new(data),
+            tracked,
+            op: tracked.then_some(op),
+        }))
+    }
+
+    fn dims(&self) -> &[usize] {
+        &self.0.dims
+    }
+
+    fn data(&self) -> &[f32] {
+        &self.0.data
+    }
+}
+
+fn op_tracked(op: &Op) -> bool {
+    match op {
+        Op::Conv { x, w, b, .. } | Op::Linear { x, w, b } => {
+            x.0.tracked || w.0.tracked || b.as_ref().is_some_and(|b| b.0.tracked)
+        }
+        Op::Binary { a, b, .. } => a.0.tracked || b.0.tracked,
+        Op::MaxPool { x, .. }
+        | Op::Unary { x, .. }
+        | Op::Affine { x, .. }
+        | Op::Reshape { x }
+        | Op::Mean { x } => x.0.tracked,
+        Op::CrossEntropy { logits, .. } => logits.0.tracked,
+    }
+}
+
+/// Runs kernel code, turning an unexpected panic into an error. Arguments are checked before
+/// every kernel, so this is a second line of defence, not the first.
+fn contained<T>(
+    op: &'static str,
+    f: impl FnOnce() -> Result<T, EngineError>,
+) -> Result<T, EngineError> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or(Err(EngineError::Internal { op }))
+}
+
+fn softmax_rows(x: &[f32], last: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; x.len()];
+    for (o, row) in out.chunks_mut(last).zip(x.chunks(last)) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0f32;
+        for (o, &v) in o.iter_mut().zip(row) {
+            *o = (v - max).exp();
+            sum += *o;
+        }
+        o.iter_mut().for_each(|o| *o /= sum);
+    }
+    out
+}
+
+impl Backend for CpuBackend {
+    type Tensor = CpuTensor;
+    type Gradients = CpuGradients;
+
+    fn constant(&self, shape: &[usize], data: Vec<f32>) -> Result<CpuTensor, EngineError> {
+        let shape = Shape::new(shape)?;
+        if data.len() != shape.elements() {
+            return Err(EngineError::Shape {
+                op: "tensor",
+                detail: format!("{} values for shape {:?}", data.len(), shape.dims()),
+            });
+        }
+        Ok(CpuTensor::leaf(shape.0, Arc::new(data), false))
+    }
+
+    fn parameter(&self, shape: &[usize], data: Vec<f32>) -> Result<CpuTensor, EngineError> {
+        let t = self.constant(shape, data)?;
+        Ok(self.as_parameter(t))
+    }
+
+    fn shape(&self, t: &CpuTensor) -> Shape {
+        Shape(t.0.dims.clone())
+    }
+
+    fn read(&self, t: &CpuTensor) -> Result<Vec<f32>, EngineError> {
+        Ok(t.data().to_vec())
+    }
+
+    fn detach(&self, t: &CpuTensor) -> CpuTensor {
+        CpuTensor::leaf(t.0.dims.clone(), t.0.data.clone(), false)
+    }
+
+    fn conv2d(
+        &self,
+        x: &CpuTensor,
+        w: &CpuTensor,
+        b: Option<&CpuTensor>,
+        stride: usize,
+        padding: usize,
+    ) -> Result<CpuTensor, EngineError> {
+        const OP: &str = "conv2d";
+        let g = check::conv2d(x.dims(), w.dims(), b.map(|b| b.dims()), stride, padding)?;
+        let y = contained(OP, || {
+            conv::forward(&g, x.data(), w.data(), b.map(|b| b.data()))
+                .ok_or(EngineError::Internal { op: OP })
+        })?;
+        Ok(CpuTensor::computed(
+            vec![g.batch, g.outputs, g.out_h(), g.out_w()],
+            y,
+            Op::Conv {
+                x: x.clone(),
+                w: w.clone(),
+                b: b.cloned(),
+                geometry: g,
+            },
+        ))
+    }
+
+    fn max_pool2d(
+        &self,
+        x: &CpuTensor,
+        kernel: usize,
+        stride: usize,
+    ) -> Result<CpuTensor, EngineError> {
+        let out = check::max_pool2d(x.dims(), kernel, stride)?;
+        let dims: [usize; 4] = [x.dims()[0], x.dims()[1], x.dims()[2], x.dims()[3]];
+        let (values, argmax) = contained("max_pool2d", || {
+            Ok(pool::max_pool2d(x.data(), dims, out, kernel, stride))
+        })?;
+        Ok(CpuTensor::computed(
+            out.to_vec(),
+            values,
+            Op::MaxPool {
+                x: x.clone(),
+                argmax,
+            },
+        ))
+    }
+
+    fn linear(
+        &self,
+        x: &CpuTensor,
+        w: &CpuTensor,
+        b: Option<&CpuTensor>,
+    ) -> Result<CpuTensor, EngineError> {
+        const OP: &str = "linear";
+        let [n, i, o] = check::linear(x.dims(), w.dims(), b.map(|b| b.dims()))?;
+        let y = contained(OP, || {
+            let mut y = vec![0.0f32; n * o];
+            if let Some(b) = b {
+                y.chunks_mut(o)
+                    .for_each(|row| row.copy_from_slice(b.data()));
+            }
+            let ok = gemm::matmul(
+                &mut y,
+                o,
+                gemm::View::rows(x.data(), n, i),
+                gemm::View::rows(w.data(), i, o),
+                b.is_some(),
+                rayon::current_num_threads(),
+            );
+            ok.then_some(y).ok_or(EngineError::Internal { op: OP })
+        })?;
+        Ok(CpuTensor::computed(
+            vec![n, o],
+            y,
+            Op::Linear {
+                x: x.clone(),
+                w: w.clone(),
+                b: b.cloned(),
+            },
+        ))
+    }
+
+    fn unary(&self, op: Unary, x: &CpuTensor) -> Result<CpuTensor, EngineError> {
+        let data = x.data();
+        let y = contained("unary", || {
+            Ok(match op {
+                Unary::Relu => elementwise::map(data, |v| v.max(0.0)),
+                Unary::Tanh => elementwise::map(data, f32::tanh),
+                Unary::Sigmoid => elementwise::map(data, |v| 1.0 / (1.0 + (-v).exp())),
+                Unary::Sqrt => elementwise::map(data, f32::sqrt),
+                Unary::Softmax => softmax_rows(data, x.dims().last().copied().unwrap_or(1)),
+            })
+        })?;
+        Ok(CpuTensor::computed(
+            x.dims().to_vec(),
+            y,
+            Op::Unary { op, x: x.clone() },
+        ))
+    }
+
+    fn binary(&self, op: Binary, a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor, EngineError> {
+        check::same_shape(a.dims(), b.dims())?;
+        let (av, bv) = (a.data(), b.data());
+        let y = contained("binary", || {
+            Ok(match op {
+                Binary::Add => elementwise::zip(av, bv, |x, y| x + y),
+                Binary::Sub => elementwise::zip(av, bv, |x, y| x - y),
+                Binary::Mul => elementwise::zip(av, bv, |x, y| x * y),
+                Binary::Div => elementwise::zip(av, bv, |x, y| x / y),
+            })
+        })?;
+        Ok(CpuTensor::computed(
+            a.dims().to_vec(),
+            y,
+            Op::Binary {
+                op,
+                a: a.clone(),
+                b: b.clone(),
+            },
+        ))
+    }
+
+    fn affine(&self, x: &CpuTensor, scale: f32, shift: f32) -> Result<CpuTensor, EngineError> {
+        check::affine(scale, shift)?;
+        let y = elementwise::map(x.data(), |v| v * scale + shift);
+        Ok(CpuTensor::computed(
+            x.dims().to_vec(),
+            y,
+            Op::Affine {
+                x: x.clone(),
+                scale,
+            },
+        ))
+    }
+
+    fn reshape(&self, x: &CpuTensor, shape: &[usize]) -> Result<CpuTensor, EngineError> {
+        let target = check::reshape(x.dims(), shape)?;
+        if !x.0.tracked {
+            return Ok(CpuTensor::leaf(target.0, x.0.data.clone(), false));
+        }
+        Ok(CpuTensor::computed(
+            target.0,
+            x.data().to_vec(),
+            Op::Reshape { x: x.clone() },
+        ))
+    }
+
+    fn cross_entropy(
+        &self,
+        logits: &CpuTensor,
+        labels: &CpuTensor,
+    ) -> Result<CpuTensor, EngineError> {
+        const OP: &str = "cross_entropy";
+        let [n, classes] = check::cross_entropy(logits.dims(), labels.dims())?;
+        let labels = check::class_indices(labels.data(), classes)?;
+        let (loss, probabilities) = contained(OP, || {
+            let probabilities = softmax_rows(logits.data(), classes);
+            let total: f64 = labels
+                .iter()
+                .enumerate()
+                .map(|(row, &label)| {
+                    let row_logits = &logits.data()[row * classes..(row + 1) * classes];
+                    let max = row_logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let lse = max
+                        + row_logits
+                            .iter()
+                            .map(|&v| (v - max).exp())
+                            .sum::<f32>()
+                            .ln();
+                    f64::from(row_logits[label] - lse)
+                })
+                .sum();
+            Ok(((-total / n as f64) as f32, probabilities))
+        })?;
+        Ok(CpuTensor::computed(
+            vec![1],
+            vec![loss],
+            Op::CrossEntropy {
+                logits: logits.clone(),
+                probabilities,
+                labels,
+            },
+        ))
+    }
+
+    fn mean(&self, x: &CpuTensor) -> Result<CpuTensor, EngineError> {
+        let sum: f64 = x.data().iter().map(|&v| f64::from(v)).sum();
+        let mean = (sum / x.data().len() as f64) as f32;
+        Ok(CpuTensor::computed(
+            vec![1],
+            vec![mean],
+            Op::Mean { x: x.clone() },
+        ))
+    }
+
+    fn backward(&self, loss: &CpuTensor) -> Result<CpuGradients, EngineError> {
+        if loss.dims() != [1] || !loss.0.tracked {
+            return Err(EngineError::NotDifferentiable);
+        }
+        contained("backward", || tape::backward(loss))
+    }
+
+    fn grad(&self, grads: &CpuGradients, param: &CpuTensor) -> Option<CpuTensor> {
+        let g = grads.get(param.0.id)?;
+        Some(CpuTensor::leaf(
+            param.0.dims.clone(),
+            Arc::new(g.clone()),
+            false,
+        ))
+    }
+
+    fn as_parameter(&self, t: CpuTensor) -> CpuTensor {
+        CpuTensor::leaf(t.0.dims.clone(), t.0.data.clone(), true)
+    }
+}

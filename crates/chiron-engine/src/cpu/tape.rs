@@ -1,0 +1,336 @@
+//! Reverse-mode differentiation: each tensor computed from a parameter remembers the
+//! operation that made it, and [`backward`] walks those records from the loss back to the
+//! parameters.
+//!
+//! Both the walk and the release of a graph are iterative, so a program that chains a
+//! million operations cannot overflow the runtime's stack.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use super::{CpuTensor, conv, elementwise, gemm::View, gemm::matmul};
+use crate::check::Conv2d;
+use crate::{Binary, EngineError, Unary};
+
+/// How a tracked tensor was computed: its inputs and what its gradient needs.
+#[derive(Debug)]
+pub(crate) enum Op {
+    Conv {
+        x: CpuTensor,
+        w: CpuTensor,
+        b: Option<CpuTensor>,
+        geometry: Conv2d,
+    },
+    MaxPool {
+        x: CpuTensor,
+        /// For each output, the index in `x` of the value it took.
+        argmax: Vec<u32>,
+    },
+    Linear {
+        x: CpuTensor,
+        w: CpuTensor,
+        b: Option<CpuTensor>,
+    },
+    Unary {
+        op: Unary,
+        x: CpuTensor,
+    },
+    Binary {
+        op: Binary,
+        a: CpuTensor,
+        b: CpuTensor,
+    },
+    Affine {
+        x: CpuTensor,
+        scale: f32,
+    },
+    Reshape {
+        x: CpuTensor,
+    },
+    CrossEntropy {
+        logits: CpuTensor,
+        probabilities: Vec<f32>,
+        labels: Vec<usize>,
+    },
+    Mean {
+        x: CpuTensor,
+    },
+}
+
+impl Op {
+    fn inputs(&self) -> Vec<&CpuTensor> {
+        match self {
+            Op::Conv { x, w, b, .. } | Op::Linear { x, w, b } => {
+                let mut v = vec![x, w];
+                v.extend(b.as_ref());
+                v
+            }
+            Op::Binary { a, b, .. } => vec![a, b],
+            Op::MaxPool { x, .. }
+            | Op::Unary { x, .. }
+            | Op::Affine { x, .. }
+            | Op::Reshape { x }
+            | Op::Mean { x } => vec![x],
+            Op::CrossEntropy { logits, .. } => vec![logits],
+        }
+    }
+
+    pub(crate) fn into_inputs(self) -> Vec<CpuTensor> {
+        match self {
+            Op::Conv { x, w, b, .. } | Op::Linear { x, w, b } => {
+                let mut v = vec![x, w];
+                v.extend(b);
+                v
+            }
+            Op::Binary { a, b, .. } => vec![a, b],
+            Op::MaxPool { x, .. }
+            | Op::Unary { x, .. }
+            | Op::Affine { x, .. }
+            | Op::Reshape { x }
+            | Op::Mean { x } => vec![x],
+            Op::CrossEntropy { logits, .. } => vec![logits],
+        }
+    }
+}
+
+/// The gradients of one backward pass, by parameter.
+#[derive(Debug, Default)]
+pub struct CpuGradients {
+    by_parameter: HashMap<u64, Vec<f32>>,
+}
+
+impl CpuGradients {
+    pub(crate) fn get(&self, id: u64) -> Option<&Vec<f32>> {
+        self.by_parameter.get(&id)
+    }
+}
+
+/// Tracked tensors reachable from `root`, each after every tensor computed from it.
+fn order(root: &CpuTensor) -> Vec<CpuTensor> {
+    let mut post = Vec::new();
+    let mut seen = HashSet::new();
+    let mut stack = vec![(root.clone(), false)];
+    while let Some((t, expanded)) = stack.pop() {
+        if expanded {
+            post.push(t);
+            continue;
+        }
+        if !seen.insert(t.0.id) {
+            continue;
+        }
+        let inputs: Vec<CpuTensor> =
+            t.0.op
+                .as_ref()
+                .map(|op| {
+                    op.inputs()
+                        .into_iter()
+                        .filter(|i| i.0.tracked)
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+        stack.push((t, true));
+        stack.extend(inputs.into_iter().map(|i| (i, false)));
+    }
+    post.reverse();
+    post
+}
+
+fn accumulate(grads: &mut HashMap<u64, Vec<f32>>, t: &CpuTensor, g: Vec<f32>) {
+    if !t.0.tracked {
+        return;
+    }
+    match grads.get_mut(&t.0.id) {
+        Some(sum) => sum.iter_mut().zip(&g).for_each(|(s, v)| *s += v),
+        None => {
+            grads.insert(t.0.id, g);
+        }
+    }
+}
+
+/// Back-propagates from the one-element `loss`.
+pub(crate) fn backward(loss: &CpuTensor) -> Result<CpuGradients, EngineError> {
+    let mut grads: HashMap<u64, Vec<f32>> = HashMap::new();
+    grads.insert(loss.0.id, vec![1.0]);
+    let mut result = CpuGradients::default();
+    for t in order(loss) {
+        let Some(g) = grads.remove(&t.0.id) else {
+            continue;
+        };
+        let Some(op) = &t.0.op else {
+            result.by_parameter.insert(t.0.id, g);
+            continue;
+        };
+        for (input, grad) in input_grads(op, &t, &g)? {
+            accumulate(&mut grads, input, grad);
+        }
+    }
+    Ok(result)
+}
+
+/// The gradient of each (tracked) input of `op`, given the gradient `g` of its output `y`.
+fn input_grads<'a>(
+    op: &'a Op,
+    y: &CpuTensor,
+    g: &[f32],
+) -> Result<Vec<(&'a CpuTensor, Vec<f32>)>, EngineError> {
+    let internal = |op: &'static str| EngineError::Internal { op };
+    Ok(match op {
+        Op::Conv { x, w, b, geometry } => {
+            let want = (
+                x.0.tracked,
+                w.0.tracked,
+                b.as_ref().is_some_and(|b| b.0.tracked),
+            );
+            let back = conv::backward(geometry, &x.0.data, &w.0.data, g, want)
+                .ok_or(internal("conv2d backward"))?;
+            let mut v = Vec::new();
+            v.extend(back.dx.map(|d| (x, d)));
+            v.extend(back.dw.map(|d| (w, d)));
+            if let (Some(b), Some(d)) = (b, back.db) {
+                v.push((b, d));
+            }
+            v
+        }
+        Op::MaxPool { x, argmax } => {
+            let mut dx = vec![0.0f32; x.0.data.len()];
+            for (&i, &v) in argmax.iter().zip(g) {
+                let slot = dx
+                    .get_mut(i as usize)
+                    .ok_or(internal("max_pool2d backward"))?;
+                *slot += v;
+            }
+            vec![(x, dx)]
+        }
+        Op::Linear { x, w, b } => {
+            let (n, i) = (x.0.dims[0], x.0.dims[1]);
+            let o = w.0.dims[1];
+            let threads = rayon::current_num_threads();
+            let mut v = Vec::new();
+            if x.0.tracked {
+                let mut dx = vec![0.0f32; n * i];
+                let ok = matmul(
+                    &mut dx,
+                    i,
+                    View::rows(g, n, o),
+                    View::transposed(&w.0.data, i, o),
+                    false,
+                    threads,
+                );
+                v.push((x, ok.then_some(dx).ok_or(internal("linear backward"))?));
+            }
+            if w.0.tracked {
+                let mut dw = vec![0.0f32; i * o];
+                let ok = matmul(
+                    &mut dw,
+                    o,
+                    View::transposed(&x.0.data, n, i),
+                    View::rows(g, n, o),
+                    false,
+                    threads,
+                );
+                v.push((w, ok.then_some(dw).ok_or(internal("linear backward"))?));
+            }
+            if let Some(b) = b.as_ref().filter(|b| b.0.tracked) {
+                let mut db = vec![0.0f32; o];
+                for row in g.chunks(o) {
+                    db.iter_mut().zip(row).for_each(|(d, v)| *d += v);
+                }
+                v.push((b, db));
+            }
+            v
+        }
+        Op::Unary { op, x } => {
+            let out = &y.0.data;
+            let dx = match op {
+                Unary::Relu => elementwise::zip(out, g, |y, g| if y > 0.0 { g } else { 0.0 }),
+                Unary::Tanh => elementwise::zip(out, g, |y, g| g * (1.0 - y * y)),
+                Unary::Sigmoid => elementwise::zip(out, g, |y, g| g * y * (1.0 - y)),
+                Unary::Sqrt => elementwise::zip(out, g, |y, g| g * 0.5 / y),
+                Unary::Softmax => {
+                    let last = y.0.dims.last().copied().unwrap_or(1);
+                    let mut dx = vec![0.0f32; g.len()];
+                    for ((d, yr), gr) in dx
+                        .chunks_mut(last)
+                        .zip(out.chunks(last))
+                        .zip(g.chunks(last))
+                    {
+                        let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+                        for ((d, &yv), &gv) in d.iter_mut().zip(yr).zip(gr) {
+                            *d = yv * (gv - dot);
+                        }
+                    }
+                    dx
+                }
+            };
+            vec![(x, dx)]
+        }
+        Op::Binary { op, a, b } => {
+            let (av, bv) = (&a.0.data, &b.0.data);
+            let mut v = Vec::new();
+            match op {
+                Binary::Add => {
+                    v.push((a, g.to_vec()));
+                    v.push((b, g.to_vec()));
+                }
+                Binary::Sub => {
+                    v.push((a, g.to_vec()));
+                    v.push((b, elementwise::map(g, |g| -g)));
+                }
+                Binary::Mul => {
+                    if a.0.tracked {
+                        v.push((a, elementwise::zip(g, bv, |g, b| g * b)));
+                    }
+                    if b.0.tracked {
+                        v.push((b, elementwise::zip(g, av, |g, a| g * a)));
+                    }
+                }
+                Binary::Div => {
+                    if a.0.tracked {
+                        v.push((a, elementwise::zip(g, bv, |g, b| g / b)));
+                    }
+                    if b.0.tracked {
+                        let quotient = &y.0.data;
+                        let gq = elementwise::zip(g, quotient, |g, q| g * q);
+                        v.push((b, elementwise::zip(&gq, bv, |gq, b| -gq / b)));
+                    }
+                }
+            }
+            v
+        }
+        Op::Affine { x, scale } => {
+            let s = *scale;
+            vec![(x, elementwise::map(g, |g| g * s))]
+        }
+        Op::Reshape { x } => vec![(x, g.to_vec())],
+        Op::CrossEntropy {
+            logits,
+            probabilities,
+            labels,
+        } => {
+            let classes = logits.0.dims[1];
+            let scale = g.first().copied().unwrap_or(0.0) / labels.len() as f32;
+            let mut d = elementwise::map(probabilities, |p| p * scale);
+            for (row, &label) in labels.iter().enumerate() {
+                d[row * classes + label] -= scale;
+            }
+            vec![(logits, d)]
+        }
+        Op::Mean { x } => {
+            let v = g.first().copied().unwrap_or(0.0) / x.0.data.len() as f32;
+            vec![(x, vec![v; x.0.data.len()])]
+        }
+    })
+}
+
+/// Releases a graph without recursion: inputs this node held last are taken apart here.
+pub(crate) fn release(op: Op) {
+    let mut stack = op.into_inputs();
+    while let Some(t) = stack.pop() {
+        if let Ok(mut node) = Arc::try_unwrap(t.0)
+            && let Some(op) = node.op.take()
+        {
+            stack.extend(op.into_inputs());
+        }
+    }
+}
