@@ -50,6 +50,9 @@ fn run<B: Backend>(engine: &B, case: &Case) -> Result<(f32, Vec<Vec<f32>>), Engi
     let cb = engine.parameter(&[o], values(o, 3))?;
     let y = engine.conv2d(&x, &cw, Some(&cb), case.stride, case.padding)?;
     let y = engine.unary(Unary::Tanh, &y)?;
+    // A second convolution, so that the first one's output gradient flows into an input.
+    let w2 = engine.parameter(&[6, o, 3, 3], values(6 * o * 9, 6))?;
+    let y = engine.conv2d(&y, &w2, None, 1, 1)?;
     let y = engine.max_pool2d(&y, case.pool.0, case.pool.1)?;
     let dims = engine.shape(&y).dims().to_vec();
     let features: usize = dims[1..].iter().product();
@@ -65,7 +68,7 @@ fn run<B: Backend>(engine: &B, case: &Case) -> Result<(f32, Vec<Vec<f32>>), Engi
     let loss = engine.cross_entropy(&logits, &labels)?;
     let grads = engine.backward(&loss)?;
     let mut out = Vec::new();
-    for p in [&cw, &cb, &lw, &lb] {
+    for p in [&cw, &cb, &w2, &lw, &lb] {
         let g = engine
             .grad(&grads, p)
             .ok_or(EngineError::NotDifferentiable)?;
@@ -103,6 +106,15 @@ fn convolutional_networks_agree_with_burn() {
             padding: 2,
             pool: (1, 1),
             classes: 3,
+        },
+        // Blocks of several images, the last one short (20 = 6 × 3 + 2).
+        Case {
+            input: [20, 5, 10, 10],
+            conv: [7, 5, 3, 3],
+            stride: 1,
+            padding: 1,
+            pool: (2, 2),
+            classes: 5,
         },
         // Many positions per image: the patch matrix is tiled (K = 64·25 = 1600 rows).
         Case {

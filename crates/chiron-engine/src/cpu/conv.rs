@@ -3,13 +3,14 @@
 //! With `K = C·KH·KW` patch values and `P = OH·OW` output positions per image, a block of
 //! `B` images forms a `K × B·P` patch matrix (`col`). The output is `W (O × K) · col`, copied
 //! into each image's `O × P` slice of the NCHW output; the weight gradient is `dY · colᵀ`
-//! and the input gradient `col2im(Wᵀ · dY)`. One product per block keeps the matrices large
-//! enough for the micro-kernels, with the weights packed once per block rather than once per
-//! image. Blocks hold at most [`COL_LIMIT`] patch values, whatever shapes a program asks for:
-//! an image too large for that is cut into runs of positions.
+//! and the input gradient `col2im(Wᵀ · dY)`. A batch is cut into [`PARTS`] blocks that run
+//! on separate threads, each with one product large enough for the micro-kernels and the
+//! weights packed once per block rather than once per image. Blocks hold at most
+//! [`COL_LIMIT`] patch values whatever shapes a program asks for: an image too large for
+//! that is cut into runs of positions, run one after another on all threads.
 //!
-//! Every product accumulates over blocks in a fixed order, so results do not depend on how
-//! threads share the work.
+//! The weight and bias gradients add the blocks' partial sums in block order, and the
+//! blocks depend on the batch alone, so results do not depend on the number of threads.
 
 use rayon::prelude::*;
 
@@ -18,6 +19,9 @@ use crate::check::Conv2d;
 
 /// Most values one patch matrix may hold (16 MiB of `f32`).
 const COL_LIMIT: usize = 1 << 22;
+
+/// Blocks a batch is cut into.
+const PARTS: usize = 8;
 
 impl Conv2d {
     fn positions(&self) -> usize {
@@ -46,12 +50,14 @@ impl Block {
     }
 }
 
-fn blocks(g: &Conv2d) -> Vec<Block> {
+/// The blocks of a convolution, and whether they are whole images (which can run in
+/// parallel) rather than runs of positions of one image.
+fn blocks(g: &Conv2d) -> (Vec<Block>, bool) {
     let (k, p) = (g.patch(), g.positions());
     let per_image = k * p;
     if per_image <= COL_LIMIT {
-        let group = (COL_LIMIT / per_image).max(1);
-        (0..g.batch)
+        let group = g.batch.div_ceil(PARTS).min(COL_LIMIT / per_image).max(1);
+        let blocks = (0..g.batch)
             .step_by(group)
             .map(|first| Block {
                 first,
@@ -59,10 +65,11 @@ fn blocks(g: &Conv2d) -> Vec<Block> {
                 start: 0,
                 len: p,
             })
-            .collect()
+            .collect();
+        (blocks, true)
     } else {
         let len = (COL_LIMIT / k.max(1)).clamp(1, p);
-        (0..g.batch)
+        let blocks = (0..g.batch)
             .flat_map(|first| {
                 (0..p).step_by(len).map(move |start| Block {
                     first,
@@ -71,16 +78,28 @@ fn blocks(g: &Conv2d) -> Vec<Block> {
                     len: len.min(p - start),
                 })
             })
-            .collect()
+            .collect();
+        (blocks, false)
+    }
+}
+
+/// Threads each block's products may use: one when blocks run side by side, all when they
+/// run one after another.
+fn product_threads(blocks: usize, parallel: bool) -> usize {
+    let threads = rayon::current_num_threads();
+    if parallel && blocks >= threads {
+        1
+    } else {
+        threads
     }
 }
 
 /// Fills `col` (`K × columns`) with the block's patches: row `(c, ki, kj)`, then image, then
-/// position. Rows are filled in parallel.
+/// position.
 fn im2col(g: &Conv2d, x: &[f32], block: Block, col: &mut [f32]) {
     let cols = block.columns();
     let taps = g.kernel_h * g.kernel_w;
-    col.par_chunks_mut(cols).enumerate().for_each(|(row, out)| {
+    col.chunks_mut(cols).enumerate().for_each(|(row, out)| {
         let (c, tap) = (row / taps, row % taps);
         let (ki, kj) = (tap / g.kernel_w, tap % g.kernel_w);
         for (b, out) in out.chunks_mut(block.len).enumerate() {
@@ -91,14 +110,13 @@ fn im2col(g: &Conv2d, x: &[f32], block: Block, col: &mut [f32]) {
     });
 }
 
-/// Adds the block's patch gradients `dcol` (`K × columns`) into the input gradient; images
-/// in parallel.
-fn col2im(g: &Conv2d, dcol: &[f32], block: Block, dx: &mut [f32]) {
+/// Adds the block's patch gradients `dcol` (`K × columns`) into `images`, the input
+/// gradient of the block's images.
+fn col2im(g: &Conv2d, dcol: &[f32], block: Block, images: &mut [f32]) {
     let cols = block.columns();
     let taps = g.kernel_h * g.kernel_w;
-    let images = &mut dx[block.first * g.image()..(block.first + block.images) * g.image()];
     images
-        .par_chunks_mut(g.image())
+        .chunks_mut(g.image())
         .enumerate()
         .for_each(|(b, image)| {
             for (row, grads) in dcol.chunks(cols).enumerate() {
@@ -205,47 +223,65 @@ fn add_patch_row(g: &Conv2d, grads: &[f32], ki: usize, kj: usize, start: usize, 
     });
 }
 
+/// Computes a block's output into `out`, the outputs of the block's images.
+fn forward_block(
+    g: &Conv2d,
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    block: Block,
+    out: &mut [f32],
+    threads: usize,
+) -> bool {
+    let (k, pcount, o) = (g.patch(), g.positions(), g.outputs);
+    let cols = block.columns();
+    let mut col = vec![0.0f32; k * cols];
+    im2col(g, x, block, &mut col);
+    let mut product = vec![0.0f32; o * cols];
+    if let Some(b) = b {
+        for (row, &bias) in product.chunks_mut(cols).zip(b) {
+            row.fill(bias);
+        }
+    }
+    let rows = View::rows(&col, k, cols);
+    if !matmul(
+        &mut product,
+        cols,
+        View::rows(w, o, k),
+        rows,
+        b.is_some(),
+        threads,
+    ) {
+        return false;
+    }
+    // Product row `o`, image `b` → output channel `o` of the block's image `b`.
+    for (b, image) in out.chunks_mut(o * pcount).enumerate() {
+        for (channel, row) in image.chunks_mut(pcount).zip(product.chunks(cols)) {
+            channel[block.start..block.start + block.len]
+                .copy_from_slice(&row[b * block.len..(b + 1) * block.len]);
+        }
+    }
+    true
+}
+
 /// `y = conv(x, w) + b`. Returns `None` on an internal size inconsistency.
 pub(crate) fn forward(g: &Conv2d, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Option<Vec<f32>> {
-    let (k, pcount, o) = (g.patch(), g.positions(), g.outputs);
-    let threads = rayon::current_num_threads();
-    let mut y = vec![0.0f32; g.batch * o * pcount];
-    let mut col = Vec::new();
-    let mut product = Vec::new();
-    for block in blocks(g) {
-        let cols = block.columns();
-        col.resize(k * cols, 0.0);
-        product.resize(o * cols, 0.0);
-        im2col(g, x, block, &mut col);
-        if let Some(b) = b {
-            for (row, &bias) in product.chunks_mut(cols).zip(b) {
-                row.fill(bias);
-            }
-        }
-        let ok = matmul(
-            &mut product,
-            cols,
-            View::rows(w, o, k),
-            View::rows(&col, k, cols),
-            b.is_some(),
-            threads,
-        );
-        if !ok {
-            return None;
-        }
-        // Product row `o`, image `b` → output channel `o` of image `first + b`.
-        let images = &mut y[block.first * o * pcount..(block.first + block.images) * o * pcount];
-        images
-            .par_chunks_mut(o * pcount)
-            .enumerate()
-            .for_each(|(b, image)| {
-                for (channel, row) in image.chunks_mut(pcount).zip(product.chunks(cols)) {
-                    channel[block.start..block.start + block.len]
-                        .copy_from_slice(&row[b * block.len..(b + 1) * block.len]);
-                }
-            });
-    }
-    Some(y)
+    let out_image = g.outputs * g.positions();
+    let mut y = vec![0.0f32; g.batch * out_image];
+    let (blocks, parallel) = blocks(g);
+    let threads = product_threads(blocks.len(), parallel);
+    let ok = if parallel {
+        let group = blocks.first().map_or(1, |b| b.images);
+        y.par_chunks_mut(group * out_image)
+            .zip(blocks.par_iter())
+            .all(|(out, &block)| forward_block(g, x, w, b, block, out, threads))
+    } else {
+        blocks.iter().all(|&block| {
+            let out = &mut y[block.first * out_image..(block.first + 1) * out_image];
+            forward_block(g, x, w, b, block, out, threads)
+        })
+    };
+    ok.then_some(y)
 }
 
 /// Gradients of the input and the weights (and bias) from the output gradient `dy`.
@@ -253,6 +289,62 @@ pub(crate) struct Backward {
     pub dx: Option<Vec<f32>>,
     pub dw: Option<Vec<f32>>,
     pub db: Option<Vec<f32>>,
+}
+
+/// One block's share of the weight and bias gradients.
+type Partial = (Option<Vec<f32>>, Option<Vec<f32>>);
+
+/// Back-propagates one block: writes its images' input gradient into `dx` (if asked) and
+/// returns its partial weight and bias gradients (if asked).
+#[allow(clippy::too_many_arguments)]
+fn backward_block(
+    g: &Conv2d,
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    want: (bool, bool, bool),
+    block: Block,
+    dx: Option<&mut [f32]>,
+    threads: usize,
+) -> Option<Partial> {
+    let (k, pcount, o) = (g.patch(), g.positions(), g.outputs);
+    let (_, want_dw, want_db) = want;
+    let cols = block.columns();
+    // The block's output gradient as an `O × columns` matrix, like the forward product.
+    let mut dprod = vec![0.0f32; o * cols];
+    for (channel, row) in dprod.chunks_mut(cols).enumerate() {
+        for (b, out) in row.chunks_mut(block.len).enumerate() {
+            let at = ((block.first + b) * o + channel) * pcount + block.start;
+            out.copy_from_slice(&dy[at..at + block.len]);
+        }
+    }
+    let db = want_db.then(|| {
+        dprod
+            .chunks(cols)
+            .map(|row| row.iter().sum::<f32>())
+            .collect()
+    });
+    let dw = if want_dw {
+        let mut col = vec![0.0f32; k * cols];
+        im2col(g, x, block, &mut col);
+        let mut dw = vec![0.0f32; o * k];
+        let (lhs, rhs) = (View::rows(&dprod, o, cols), View::transposed(&col, k, cols));
+        if !matmul(&mut dw, k, lhs, rhs, false, threads) {
+            return None;
+        }
+        Some(dw)
+    } else {
+        None
+    };
+    if let Some(dx) = dx {
+        let mut dcol = vec![0.0f32; k * cols];
+        let (lhs, rhs) = (View::transposed(w, o, k), View::rows(&dprod, o, cols));
+        if !matmul(&mut dcol, cols, lhs, rhs, false, threads) {
+            return None;
+        }
+        col2im(g, &dcol, block, dx);
+    }
+    Some((dw, db))
 }
 
 /// Back-propagates `dy` through `y = conv(x, w) + b`, computing only the gradients asked for.
@@ -263,60 +355,43 @@ pub(crate) fn backward(
     dy: &[f32],
     want: (bool, bool, bool),
 ) -> Option<Backward> {
-    let (k, pcount, o) = (g.patch(), g.positions(), g.outputs);
-    let (want_dx, want_dw, want_db) = want;
-    let threads = rayon::current_num_threads();
-    let mut dx = want_dx.then(|| vec![0.0f32; g.batch * g.image()]);
-    let mut dw = want_dw.then(|| vec![0.0f32; o * k]);
-    let mut db = want_db.then(|| vec![0.0f32; o]);
-    let (mut col, mut dcol, mut dprod) = (Vec::new(), Vec::new(), Vec::new());
-    for block in blocks(g) {
-        let cols = block.columns();
-        // The block's output gradient as an `O × columns` matrix, like the forward product.
-        dprod.resize(o * cols, 0.0);
-        dprod
-            .par_chunks_mut(cols)
-            .enumerate()
-            .for_each(|(channel, row)| {
-                for (b, out) in row.chunks_mut(block.len).enumerate() {
-                    let at = ((block.first + b) * o + channel) * pcount + block.start;
-                    out.copy_from_slice(&dy[at..at + block.len]);
-                }
-            });
-        if let Some(db) = db.as_mut() {
-            for (d, row) in db.iter_mut().zip(dprod.chunks(cols)) {
-                *d += row.iter().sum::<f32>();
-            }
+    let image = g.image();
+    let mut dx = want.0.then(|| vec![0.0f32; g.batch * image]);
+    let (blocks, parallel) = blocks(g);
+    let threads = product_threads(blocks.len(), parallel);
+    let partials: Vec<Option<Partial>> = if parallel {
+        let group = blocks.first().map_or(1, |b| b.images);
+        match dx.as_mut() {
+            Some(dx) => dx
+                .par_chunks_mut(group * image)
+                .zip(blocks.par_iter())
+                .map(|(dx, &block)| backward_block(g, x, w, dy, want, block, Some(dx), threads))
+                .collect(),
+            None => blocks
+                .par_iter()
+                .map(|&block| backward_block(g, x, w, dy, want, block, None, threads))
+                .collect(),
         }
-        if let Some(dw) = dw.as_mut() {
-            col.resize(k * cols, 0.0);
-            im2col(g, x, block, &mut col);
-            let ok = matmul(
-                dw,
-                k,
-                View::rows(&dprod, o, cols),
-                View::transposed(&col, k, cols),
-                true,
-                threads,
-            );
-            if !ok {
-                return None;
+    } else {
+        blocks
+            .iter()
+            .map(|&block| {
+                let dx = dx
+                    .as_mut()
+                    .map(|dx| &mut dx[block.first * image..(block.first + 1) * image]);
+                backward_block(g, x, w, dy, want, block, dx, threads)
+            })
+            .collect()
+    };
+    let (mut dw, mut db) = (None::<Vec<f32>>, None::<Vec<f32>>);
+    for partial in partials {
+        let (pw, pb) = partial?;
+        for (total, part) in [(&mut dw, pw), (&mut db, pb)] {
+            match (total.as_mut(), part) {
+                (Some(t), Some(p)) => t.iter_mut().zip(&p).for_each(|(t, p)| *t += p),
+                (None, Some(p)) => *total = Some(p),
+                _ => {}
             }
-        }
-        if let Some(dx) = dx.as_mut() {
-            dcol.resize(k * cols, 0.0);
-            let ok = matmul(
-                &mut dcol,
-                cols,
-                View::transposed(w, o, k),
-                View::rows(&dprod, o, cols),
-                false,
-                threads,
-            );
-            if !ok {
-                return None;
-            }
-            col2im(g, &dcol, block, dx);
         }
     }
     Some(Backward { dx, dw, db })
