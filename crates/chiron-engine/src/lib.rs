@@ -3,15 +3,21 @@
 //! The enclave runtime executes every tensor operation a sandboxed provider program asks
 //! for through the [`Backend`] trait. The trait is deliberately small and shape-checked so
 //! that a faster backend (libtorch, a GPU) can be added without changing the host ABI that
-//! provider programs are compiled against. [`FlexBackend`] is the default, pure-Rust
-//! implementation on top of `burn`'s `flex` CPU backend.
+//! provider programs are compiled against. Three implement it:
+//!
+//! - [`CpuBackend`], the default: the engine's own pure-Rust CPU kernels (im2col
+//!   convolutions on the `gemm` crate's micro-kernels, `rayon` threads, a small gradient
+//!   tape).
+//! - [`FlexBackend`], on `burn`'s pure-Rust `flex` CPU backend: the reference the default is
+//!   tested against.
+//! - `TchBackend`, on libtorch, behind the `libtorch` feature.
 //!
 //! Every operation validates its arguments before touching the engine, because its inputs
 //! come from untrusted code: a bad shape is an [`EngineError`], never a panic.
 //!
 //! ```
-//! use chiron_engine::{Backend, FlexBackend, Unary};
-//! let engine = FlexBackend::new();
+//! use chiron_engine::{Backend, CpuBackend, Unary};
+//! let engine = CpuBackend::new();
 //! let x = engine.constant(&[1, 3], vec![1.0, -2.0, 3.0]).unwrap();
 //! let y = engine.unary(Unary::Relu, &x).unwrap();
 //! assert_eq!(engine.read(&y).unwrap(), vec![1.0, 0.0, 3.0]);
@@ -34,9 +40,9 @@ pub use libtorch::TchBackend;
 pub use optim::{Optimizer, OptimizerKind};
 pub use shape::{MAX_RANK, Shape};
 
-/// The engine the runtime is built with: the pure-Rust [`FlexBackend`] by default.
+/// The engine the runtime is built with: the pure-Rust [`CpuBackend`] by default.
 #[cfg(not(feature = "libtorch"))]
-pub type DefaultBackend = FlexBackend;
+pub type DefaultBackend = CpuBackend;
 /// The engine the runtime is built with: libtorch ([`TchBackend`]), as the `libtorch`
 /// feature asks.
 #[cfg(feature = "libtorch")]

@@ -135,6 +135,53 @@ fn col2im(g: &Conv2d, dcol: &[f32], block: Block, images: &mut [f32]) {
         });
 }
 
+/// A working buffer from this thread's pool, returned to it on drop. Its contents are
+/// whatever the last user left: every user overwrites all of it. Reusing the buffers spares
+/// a zero fill and fresh pages on every block of every call.
+struct Scratch(Vec<f32>);
+
+thread_local! {
+    static POOL: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Buffers kept per thread, each at most [`COL_LIMIT`] values.
+const POOLED: usize = 3;
+
+impl Scratch {
+    fn take(len: usize) -> Self {
+        let mut v = POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default();
+        v.resize(len, 0.0);
+        Self(v)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.0);
+        if v.capacity() <= COL_LIMIT {
+            POOL.with(|p| {
+                let mut pool = p.borrow_mut();
+                if pool.len() < POOLED {
+                    pool.push(v);
+                }
+            });
+        }
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Vec<f32>;
+    fn deref(&self) -> &Vec<f32> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Scratch {
+    fn deref_mut(&mut self) -> &mut Vec<f32> {
+        &mut self.0
+    }
+}
+
 /// Calls `f(offset, oy, ox_start, count)` for each run of consecutive output positions of
 /// one output row within positions `start..start + len`.
 fn runs(ow: usize, start: usize, len: usize, mut f: impl FnMut(usize, usize, usize, usize)) {
@@ -235,9 +282,9 @@ fn forward_block(
 ) -> bool {
     let (k, pcount, o) = (g.patch(), g.positions(), g.outputs);
     let cols = block.columns();
-    let mut col = vec![0.0f32; k * cols];
+    let mut col = Scratch::take(k * cols);
     im2col(g, x, block, &mut col);
-    let mut product = vec![0.0f32; o * cols];
+    let mut product = Scratch::take(o * cols);
     if let Some(b) = b {
         for (row, &bias) in product.chunks_mut(cols).zip(b) {
             row.fill(bias);
@@ -311,7 +358,7 @@ fn backward_block(
     let (_, want_dw, want_db) = want;
     let cols = block.columns();
     // The block's output gradient as an `O × columns` matrix, like the forward product.
-    let mut dprod = vec![0.0f32; o * cols];
+    let mut dprod = Scratch::take(o * cols);
     for (channel, row) in dprod.chunks_mut(cols).enumerate() {
         for (b, out) in row.chunks_mut(block.len).enumerate() {
             let at = ((block.first + b) * o + channel) * pcount + block.start;
@@ -325,7 +372,7 @@ fn backward_block(
             .collect()
     });
     let dw = if want_dw {
-        let mut col = vec![0.0f32; k * cols];
+        let mut col = Scratch::take(k * cols);
         im2col(g, x, block, &mut col);
         let mut dw = vec![0.0f32; o * k];
         let (lhs, rhs) = (View::rows(&dprod, o, cols), View::transposed(&col, k, cols));
@@ -337,7 +384,7 @@ fn backward_block(
         None
     };
     if let Some(dx) = dx {
-        let mut dcol = vec![0.0f32; k * cols];
+        let mut dcol = Scratch::take(k * cols);
         let (lhs, rhs) = (View::transposed(w, o, k), View::rows(&dprod, o, cols));
         if !matmul(&mut dcol, cols, lhs, rhs, false, threads) {
             return None;

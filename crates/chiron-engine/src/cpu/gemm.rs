@@ -87,7 +87,10 @@ pub(crate) fn matmul(
     threads: usize,
 ) -> bool {
     let (m, k, n) = (a.rows, a.cols, b.cols);
-    if b.rows != k || !a.fits() || !b.fits() || !fits(dst.len(), m, n, dst_stride, 1) {
+    // Destination rows must not overlap: each output is written once.
+    let rows_apart = dst_stride >= n || m <= 1;
+    if b.rows != k || !a.fits() || !b.fits() || !rows_apart || !fits(dst.len(), m, n, dst_stride, 1)
+    {
         return false;
     }
     if m == 0 || n == 0 {
