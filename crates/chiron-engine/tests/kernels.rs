@@ -1,11 +1,57 @@
 //! The engine's kernels against plain reference loops, its gradients against finite
 //! differences, its optimizers on a problem with a known answer, and its argument checks
 //! against the inputs a hostile program would send.
+//!
+//! Every check is written once over [`Backend`] and runs against [`FlexBackend`], and, with
+//! the `libtorch` feature, against `TchBackend` too (the `libtorch::` tests).
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use chiron_engine::{
     Backend, Binary, EngineError, FlexBackend, Optimizer, OptimizerKind, Shape, Unary,
 };
+
+/// One `#[test]` per check, each on a fresh engine from `$engine`.
+macro_rules! kernel_tests {
+    ($engine:expr) => {
+        #[test]
+        fn conv2d_matches_a_direct_convolution() {
+            check_conv2d(&$engine);
+        }
+
+        #[test]
+        fn max_pool_and_linear_match_plain_loops() {
+            check_max_pool_and_linear(&$engine);
+        }
+
+        #[test]
+        fn cross_entropy_is_the_mean_negative_log_softmax() {
+            check_cross_entropy(&$engine);
+        }
+
+        #[test]
+        fn gradients_match_finite_differences() {
+            check_gradients(&$engine);
+        }
+
+        #[test]
+        fn optimizers_reach_the_least_squares_solution() {
+            check_optimizers(&$engine);
+        }
+
+        #[test]
+        fn hostile_arguments_are_errors_not_panics() {
+            check_hostile_arguments(&$engine);
+        }
+    };
+}
+
+kernel_tests!(FlexBackend::new());
+
+#[cfg(feature = "libtorch")]
+mod libtorch {
+    use super::*;
+    kernel_tests!(chiron_engine::TchBackend::new());
+}
 
 /// Deterministic values in [-1, 1) (a 64-bit LCG), so failures reproduce.
 fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -73,9 +119,7 @@ fn conv_reference(
     out
 }
 
-#[test]
-fn conv2d_matches_a_direct_convolution() {
-    let engine = FlexBackend::new();
+fn check_conv2d<B: Backend>(engine: &B) {
     for &(stride, pad) in &[(1, 0), (1, 1), (2, 1)] {
         let (n, c, h, w, o, k) = (2, 3, 7, 6, 4, 3);
         let xv = values(n * c * h * w, 1);
@@ -93,9 +137,7 @@ fn conv2d_matches_a_direct_convolution() {
     }
 }
 
-#[test]
-fn max_pool_and_linear_match_plain_loops() {
-    let engine = FlexBackend::new();
+fn check_max_pool_and_linear<B: Backend>(engine: &B) {
     let xv = values(2 * 4 * 4, 4);
     let x = engine.constant(&[1, 2, 4, 4], xv.clone()).unwrap();
     let pooled = engine.read(&engine.max_pool2d(&x, 2, 2).unwrap()).unwrap();
@@ -127,9 +169,7 @@ fn max_pool_and_linear_match_plain_loops() {
     assert_close(&y, &expected, 1e-5);
 }
 
-#[test]
-fn cross_entropy_is_the_mean_negative_log_softmax() {
-    let engine = FlexBackend::new();
+fn check_cross_entropy<B: Backend>(engine: &B) {
     let logits = [2.0f32, 1.0, 0.1, -1.0, 3.0, 0.5];
     let labels = [0.0f32, 1.0];
     let l = engine.constant(&[2, 3], logits.to_vec()).unwrap();
@@ -144,19 +184,14 @@ fn cross_entropy_is_the_mean_negative_log_softmax() {
 }
 
 /// Loss of a small conv → relu → pool → linear → cross-entropy network.
-fn network_loss(engine: &FlexBackend, params: &[<FlexBackend as Backend>::Tensor]) -> f32 {
+fn network_loss<B: Backend>(engine: &B, params: &[B::Tensor]) -> f32 {
     let x = engine.constant(&[2, 1, 6, 6], values(72, 11)).unwrap();
     let y = engine.constant(&[2], vec![1.0, 2.0]).unwrap();
     let loss = forward(engine, params, &x, &y);
     engine.read(&loss).unwrap()[0]
 }
 
-fn forward(
-    engine: &FlexBackend,
-    p: &[<FlexBackend as Backend>::Tensor],
-    x: &<FlexBackend as Backend>::Tensor,
-    y: &<FlexBackend as Backend>::Tensor,
-) -> <FlexBackend as Backend>::Tensor {
+fn forward<B: Backend>(engine: &B, p: &[B::Tensor], x: &B::Tensor, y: &B::Tensor) -> B::Tensor {
     let h = engine.conv2d(x, &p[0], Some(&p[1]), 1, 1).unwrap();
     let h = engine.unary(Unary::Tanh, &h).unwrap();
     let h = engine.max_pool2d(&h, 2, 2).unwrap();
@@ -165,9 +200,7 @@ fn forward(
     engine.cross_entropy(&logits, y).unwrap()
 }
 
-#[test]
-fn gradients_match_finite_differences() {
-    let engine = FlexBackend::new();
+fn check_gradients<B: Backend>(engine: &B) {
     let shapes: [&[usize]; 4] = [&[2, 1, 3, 3], &[2], &[18, 3], &[3]];
     let data: Vec<Vec<f32>> = shapes
         .iter()
@@ -181,7 +214,7 @@ fn gradients_match_finite_differences() {
         .collect();
     let x = engine.constant(&[2, 1, 6, 6], values(72, 11)).unwrap();
     let y = engine.constant(&[2], vec![1.0, 2.0]).unwrap();
-    let grads = engine.backward(&forward(&engine, &params, &x, &y)).unwrap();
+    let grads = engine.backward(&forward(engine, &params, &x, &y)).unwrap();
 
     let h = 1e-2f32;
     for (pi, shape) in shapes.iter().enumerate() {
@@ -202,7 +235,7 @@ fn gradients_match_finite_differences() {
                 let mut d = data[pi].clone();
                 d[e] += delta;
                 moved[pi] = engine.constant(shape, d).unwrap();
-                network_loss(&engine, &moved)
+                network_loss(engine, &moved)
             };
             let numeric = (with(h) - with(-h)) / (2.0 * h);
             assert!(
@@ -215,8 +248,7 @@ fn gradients_match_finite_differences() {
 }
 
 /// Least squares `min |x·w - t|²` from `w = 0`, where the exact answer is known.
-fn fit(kind: OptimizerKind, steps: usize) -> Vec<f32> {
-    let engine = FlexBackend::new();
+fn fit<B: Backend>(engine: &B, kind: OptimizerKind, steps: usize) -> Vec<f32> {
     let target = [0.5f32, -1.5, 2.0];
     let xv = values(32 * 3, 30);
     let tv: Vec<f32> = xv
@@ -226,14 +258,14 @@ fn fit(kind: OptimizerKind, steps: usize) -> Vec<f32> {
     let x = engine.constant(&[32, 3], xv).unwrap();
     let t = engine.constant(&[32, 1], tv).unwrap();
     let mut params = vec![engine.parameter(&[3, 1], vec![0.0; 3]).unwrap()];
-    let mut opt = Optimizer::<FlexBackend>::new(kind, 1).unwrap();
+    let mut opt = Optimizer::<B>::new(kind, 1).unwrap();
     for _ in 0..steps {
         let pred = engine.linear(&x, &params[0], None).unwrap();
         let diff = engine.binary(Binary::Sub, &pred, &t).unwrap();
         let sq = engine.binary(Binary::Mul, &diff, &diff).unwrap();
         let loss = engine.mean(&sq).unwrap();
         let grads = engine.backward(&loss).unwrap();
-        opt.step(&engine, &mut params, &grads).unwrap();
+        opt.step(engine, &mut params, &grads).unwrap();
     }
     let w = engine.read(&params[0]).unwrap();
     for (got, want) in w.iter().zip(&target) {
@@ -242,9 +274,9 @@ fn fit(kind: OptimizerKind, steps: usize) -> Vec<f32> {
     w
 }
 
-#[test]
-fn optimizers_reach_the_least_squares_solution() {
+fn check_optimizers<B: Backend>(engine: &B) {
     fit(
+        engine,
         OptimizerKind::Sgd {
             lr: 0.1,
             momentum: 0.9,
@@ -253,6 +285,7 @@ fn optimizers_reach_the_least_squares_solution() {
         300,
     );
     fit(
+        engine,
         OptimizerKind::Adam {
             lr: 0.05,
             beta1: 0.9,
@@ -264,9 +297,7 @@ fn optimizers_reach_the_least_squares_solution() {
     );
 }
 
-#[test]
-fn hostile_arguments_are_errors_not_panics() {
-    let engine = FlexBackend::new();
+fn check_hostile_arguments<B: Backend>(engine: &B) {
     let x = engine.constant(&[1, 2, 5, 5], values(50, 40)).unwrap();
     let w3 = engine.constant(&[4, 3, 3, 3], values(108, 41)).unwrap();
     let w_big = engine.constant(&[1, 2, 9, 9], values(162, 42)).unwrap();
@@ -312,5 +343,5 @@ fn hostile_arguments_are_errors_not_panics() {
         momentum: 0.0,
         weight_decay: 0.0,
     };
-    assert!(Optimizer::<FlexBackend>::new(bad, 1).is_err());
+    assert!(Optimizer::<B>::new(bad, 1).is_err());
 }
