@@ -23,6 +23,8 @@
 //! assert_eq!(engine.read(&y).unwrap(), vec![1.0, 0.0, 3.0]);
 //! ```
 
+use std::sync::Arc;
+
 mod check;
 mod cpu;
 mod error;
@@ -61,6 +63,15 @@ pub trait Backend {
 
     /// A constant tensor (no gradient) from row-major data.
     fn constant(&self, shape: &[usize], data: Vec<f32>) -> Result<Self::Tensor, EngineError>;
+    /// A constant holding `data`, shared with its owner (the runtime's loaded model) where
+    /// the backend can hold shared values, copied otherwise.
+    fn shared_constant(
+        &self,
+        shape: &[usize],
+        data: &Arc<Vec<f32>>,
+    ) -> Result<Self::Tensor, EngineError> {
+        self.constant(shape, data.as_ref().clone())
+    }
     /// A trainable parameter (gradient retained by [`Backend::backward`]).
     fn parameter(&self, shape: &[usize], data: Vec<f32>) -> Result<Self::Tensor, EngineError>;
     /// The tensor's shape.

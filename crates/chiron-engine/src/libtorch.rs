@@ -20,7 +20,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once};
 
-use tch::{Kind, Reduction, Tensor};
+use tch::{Device, Kind, Reduction, Tensor};
 
 use crate::{Backend, Binary, EngineError, Shape, Unary, check};
 
@@ -184,6 +184,34 @@ fn wrap(op: &'static str, value: Tensor, leaves: Leaves) -> Result<TchTensor, En
     })
 }
 
+/// A fresh tensor holding `data` in `dims`, copied once.
+///
+/// `tch`'s `from_slice` fills a new tensor with zeros (a parallel region, slow when other
+/// work holds a core) and then copies; this allocates without filling and copies once.
+#[allow(unsafe_code)]
+fn from_values(op: &'static str, dims: &[usize], data: &[f32]) -> Result<Tensor, EngineError> {
+    let sizes = ints(op, dims)?;
+    contained(op, || {
+        let t = Tensor::f_empty(&sizes, (Kind::Float, Device::Cpu))?;
+        let fits = t.f_kind()? == Kind::Float
+            && t.is_contiguous()
+            && t.numel() == data.len()
+            && !t.data_ptr().is_null();
+        if !fits {
+            return Err(tch::TchError::Shape(format!(
+                "{op}: unexpected fresh tensor"
+            )));
+        }
+        // SAFETY: `t` was just allocated by libtorch as a contiguous CPU tensor of
+        // `data.len()` `f32` elements (checked above), so its data pointer is valid for that
+        // many writes; no other handle to it exists yet, and `data` is a separate Rust slice.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), t.data_ptr().cast::<f32>(), data.len());
+        }
+        Ok(t)
+    })
+}
+
 /// A tensor that fails every later operation: what the infallible trait methods return in
 /// the (unexpected) case that libtorch refuses to detach a tensor.
 fn broken(t: &TchTensor) -> TchTensor {
@@ -207,8 +235,7 @@ impl Backend for TchBackend {
                 detail: format!("{} values for shape {:?}", data.len(), shape.dims()),
             });
         }
-        let dims = ints("tensor", shape.dims())?;
-        let value = contained("tensor", || Tensor::f_from_slice(&data)?.f_reshape(&dims))?;
+        let value = from_values("tensor", shape.dims(), &data)?;
         Ok(TchTensor {
             value,
             shape,

@@ -1,5 +1,7 @@
 //! A trained model as the runtime holds it between `save_model` and sealing.
 
+use std::sync::Arc;
+
 use chiron_proto::dataset::DatasetHeader;
 use serde::{Deserialize, Serialize};
 
@@ -13,8 +15,9 @@ pub const MAX_MODEL_TENSORS: usize = 4096;
 pub struct Model {
     /// Header of the training data.
     pub header: Option<DatasetHeader>,
-    /// Each tensor's shape and row-major values.
-    pub tensors: Vec<(Vec<usize>, Vec<f32>)>,
+    /// Each tensor's shape and row-major values. Shared, so that every query's fresh
+    /// runtime can use the loaded weights without copying them.
+    pub tensors: Vec<(Vec<usize>, Arc<Vec<f32>>)>,
     /// The program's free-form metadata (its architecture).
     pub meta: Vec<u8>,
 }

@@ -561,7 +561,7 @@ impl<B: Backend> Runtime<B> {
         for &p in params {
             let t = self.tensor(CALL, p)?;
             let dims = self.engine.shape(t).dims().to_vec();
-            tensors.push((dims, self.engine.read(t)?));
+            tensors.push((dims, Arc::new(self.engine.read(t)?)));
         }
         self.saved = Some(Model {
             header: Some(header),
@@ -591,7 +591,7 @@ impl<B: Backend> Runtime<B> {
             .tensors
             .get(index as usize)
             .ok_or_else(|| SandboxError::abi(CALL, format!("no model tensor {index}")))?;
-        let t = self.engine.constant(dims, values.clone())?;
+        let t = self.engine.shared_constant(dims, values)?;
         self.insert(t)
     }
 

@@ -31,7 +31,7 @@ fn sandboxed_and_native_training_agree() {
     let mut max_diff = 0f32;
     for ((da, va), (db, vb)) in confined.tensors.iter().zip(&native.tensors) {
         assert_eq!(da, db);
-        for (a, b) in va.iter().zip(vb) {
+        for (a, b) in va.iter().zip(vb.iter()) {
             max_diff = max_diff.max((a - b).abs());
         }
     }

@@ -5,6 +5,7 @@
 
 use std::fs;
 use std::path::Path;
+use std::sync::Arc;
 
 use chiron_crypto::{
     DataKey, EnclaveKeypair, SealingKey, SimPlatform, encrypt_dataset, seal_to_enclave,
@@ -235,8 +236,8 @@ fn sealed() -> Seeds {
     let model = Model {
         header: Some(tabular()),
         tensors: vec![
-            (vec![3, 2], vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.6]),
-            (vec![2], vec![0.0, 1.0]),
+            (vec![3, 2], Arc::new(vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.6])),
+            (vec![2], Arc::new(vec![0.0, 1.0])),
         ],
         meta: b"mlp 3-2".to_vec(),
     };

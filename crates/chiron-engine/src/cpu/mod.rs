@@ -154,6 +154,21 @@ impl Backend for CpuBackend {
         Ok(CpuTensor::leaf(shape.0, Arc::new(data), false))
     }
 
+    fn shared_constant(
+        &self,
+        shape: &[usize],
+        data: &Arc<Vec<f32>>,
+    ) -> Result<CpuTensor, EngineError> {
+        let shape = Shape::new(shape)?;
+        if data.len() != shape.elements() {
+            return Err(EngineError::Shape {
+                op: "tensor",
+                detail: format!("{} values for shape {:?}", data.len(), shape.dims()),
+            });
+        }
+        Ok(CpuTensor::leaf(shape.0, Arc::clone(data), false))
+    }
+
     fn parameter(&self, shape: &[usize], data: Vec<f32>) -> Result<CpuTensor, EngineError> {
         let t = self.constant(shape, data)?;
         Ok(self.as_parameter(t))
