@@ -108,6 +108,24 @@ impl TchBackend {
         });
         Self { _private: () }
     }
+
+    /// A constant copied from `data`, checked as [`Backend::constant`] checks it.
+    fn constant_from(&self, shape: &[usize], data: &[f32]) -> Result<TchTensor, EngineError> {
+        let shape = Shape::new(shape)?;
+        if data.len() != shape.elements() {
+            return Err(EngineError::Shape {
+                op: "tensor",
+                detail: format!("{} values for shape {:?}", data.len(), shape.dims()),
+            });
+        }
+        let value = from_values("tensor", shape.dims(), data)?;
+        Ok(TchTensor {
+            value,
+            shape,
+            leaves: no_leaves(),
+            parameter: None,
+        })
+    }
 }
 
 /// Runs engine code, turning an unexpected panic inside `tch` into an error. Arguments are
@@ -228,20 +246,16 @@ impl Backend for TchBackend {
     type Gradients = TchGradients;
 
     fn constant(&self, shape: &[usize], data: Vec<f32>) -> Result<TchTensor, EngineError> {
-        let shape = Shape::new(shape)?;
-        if data.len() != shape.elements() {
-            return Err(EngineError::Shape {
-                op: "tensor",
-                detail: format!("{} values for shape {:?}", data.len(), shape.dims()),
-            });
-        }
-        let value = from_values("tensor", shape.dims(), &data)?;
-        Ok(TchTensor {
-            value,
-            shape,
-            leaves: no_leaves(),
-            parameter: None,
-        })
+        self.constant_from(shape, &data)
+    }
+
+    fn shared_constant(
+        &self,
+        shape: &[usize],
+        data: &Arc<Vec<f32>>,
+    ) -> Result<TchTensor, EngineError> {
+        // libtorch cannot borrow Rust memory safely: copy once, straight from the shared values.
+        self.constant_from(shape, data)
     }
 
     fn parameter(&self, shape: &[usize], data: Vec<f32>) -> Result<TchTensor, EngineError> {

@@ -4,6 +4,8 @@
 #![cfg(feature = "libtorch")]
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+use std::sync::Arc;
+
 use chiron_engine::{
     Backend, Binary, EngineError, FlexBackend, Optimizer, OptimizerKind, TchBackend, Unary,
 };
@@ -129,8 +131,8 @@ fn other_operations_agree_with_flex() {
     }
 }
 
-/// Softmax, sqrt, the binary operations, affine, mean and a pool with a window larger
-/// than its stride.
+/// Softmax, sqrt, the binary operations, affine, mean, pools with a window larger than its
+/// stride and with a huge stride, and a constant from shared values.
 fn ops<B: Backend>(engine: &B, shape: &[usize], data: Vec<f32>) -> Vec<Vec<f32>> {
     let x = engine.constant(shape, data.clone()).unwrap();
     let positive: Vec<f32> = data.iter().map(|v| v.abs() + 0.5).collect();
@@ -148,6 +150,7 @@ fn ops<B: Backend>(engine: &B, shape: &[usize], data: Vec<f32>) -> Vec<Vec<f32>>
         engine.mean(&x),
         engine.max_pool2d(&image, 3, 2),
         engine.max_pool2d(&image, 2, 1 << 40),
+        engine.shared_constant(shape, &Arc::new(data)),
     ];
     results
         .into_iter()
@@ -307,6 +310,8 @@ fn hostile_arguments_get_the_same_errors_as_flex() {
             engine.cross_entropy(&flat, &halves),
             engine.cross_entropy(&flat, &nan),
             engine.constant(&[2, 2], vec![1.0; 3]),
+            engine.shared_constant(&[2, 2], &Arc::new(vec![1.0; 5])),
+            engine.shared_constant(&[2, 0], &Arc::new(vec![])),
             engine.constant(&[1 << 20, 1 << 20], vec![]),
         ]
         .into_iter()
