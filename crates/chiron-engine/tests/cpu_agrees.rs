@@ -2,24 +2,12 @@
 //! same losses and gradients, over shapes that exercise padding, strides, tiling and every
 //! element-wise operation.
 
+mod common;
+
 use chiron_engine::{
     Backend, Binary, CpuBackend, EngineError, FlexBackend, Optimizer, OptimizerKind, Unary,
 };
-
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    // A small LCG: deterministic, spread over [-1, 1).
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+use common::values;
 
 fn assert_close(what: &str, a: &[f32], b: &[f32]) {
     assert_eq!(a.len(), b.len(), "{what}: lengths");

@@ -6,9 +6,12 @@
 //! the `libtorch` feature, against `TchBackend` too (the `libtorch::` tests).
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod common;
+
 use chiron_engine::{
     Backend, Binary, EngineError, FlexBackend, Optimizer, OptimizerKind, Shape, Unary,
 };
+use common::values;
 
 /// One `#[test]` per check, each on a fresh engine from `$engine`.
 macro_rules! kernel_tests {
@@ -51,21 +54,6 @@ kernel_tests!(FlexBackend::new());
 mod libtorch {
     use super::*;
     kernel_tests!(chiron_engine::TchBackend::new());
-}
-
-/// Deterministic values in [-1, 1) (a 64-bit LCG), so failures reproduce.
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
 }
 
 fn assert_close(actual: &[f32], expected: &[f32], tolerance: f32) {

@@ -6,24 +6,12 @@
 
 use std::sync::Arc;
 
+mod common;
+
 use chiron_engine::{
     Backend, Binary, EngineError, FlexBackend, Optimizer, OptimizerKind, TchBackend, Unary,
 };
-
-/// Deterministic values in [-1, 1) (a 64-bit LCG), so failures reproduce.
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+use common::values;
 
 /// `actual` within `tolerance` of `expected`, relative to the largest expected magnitude.
 fn assert_agree(what: &str, actual: &[f32], expected: &[f32], tolerance: f32) {

@@ -75,21 +75,10 @@ impl Op {
         }
     }
 
+    /// The inputs, owned: what releasing a graph walks next.
     pub(crate) fn into_inputs(self) -> Vec<CpuTensor> {
-        match self {
-            Op::Conv { x, w, b, .. } | Op::Linear { x, w, b } => {
-                let mut v = vec![x, w];
-                v.extend(b);
-                v
-            }
-            Op::Binary { a, b, .. } => vec![a, b],
-            Op::MaxPool { x, .. }
-            | Op::Unary { x, .. }
-            | Op::Affine { x, .. }
-            | Op::Reshape { x }
-            | Op::Mean { x } => vec![x],
-            Op::CrossEntropy { logits, .. } => vec![logits],
-        }
+        // The clones are the only handles left once `self` is dropped here.
+        self.inputs().into_iter().cloned().collect()
     }
 }
 
