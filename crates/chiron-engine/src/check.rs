@@ -54,6 +54,18 @@ fn bias(op: &'static str, bias: Option<&[usize]>, len: usize) -> Result<(), Engi
     }
 }
 
+/// Checks that `values` numbers fill `shape`; returns the validated shape.
+pub(crate) fn values(shape: &[usize], values: usize) -> Result<Shape, EngineError> {
+    let shape = Shape::new(shape)?;
+    if values != shape.elements() {
+        return Err(shape_err(
+            "tensor",
+            format!("{values} values for shape {:?}", shape.dims()),
+        ));
+    }
+    Ok(shape)
+}
+
 /// Checks `conv2d(x, w, b, stride, padding)`.
 pub(crate) fn conv2d(
     x: &[usize],

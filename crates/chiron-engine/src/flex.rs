@@ -79,22 +79,17 @@ impl FlexBackend {
         }
     }
 
-    fn tensor_from_data(&self, shape: &Shape, data: Vec<f32>) -> Result<FlexTensor, EngineError> {
-        if data.len() != shape.elements() {
-            return Err(EngineError::Shape {
-                op: "tensor",
-                detail: format!("{} values for shape {:?}", data.len(), shape.dims()),
-            });
-        }
+    /// A tensor of `data` in `shape`, whose element count `check::values` has checked.
+    fn tensor_from_data(&self, shape: &Shape, data: Vec<f32>) -> FlexTensor {
         let d = shape.dims();
         let td = TensorData::new(data, d.to_vec());
         let dev = &self.device;
-        Ok(match d.len() {
+        match d.len() {
             1 => FlexTensor::R1(Tensor::from_data(td, dev)),
             2 => FlexTensor::R2(Tensor::from_data(td, dev)),
             3 => FlexTensor::R3(Tensor::from_data(td, dev)),
             _ => FlexTensor::R4(Tensor::from_data(td, dev)),
-        })
+        }
     }
 }
 
@@ -147,8 +142,8 @@ impl Backend for FlexBackend {
     type Gradients = Gradients;
 
     fn constant(&self, shape: &[usize], data: Vec<f32>) -> Result<FlexTensor, EngineError> {
-        let shape = Shape::new(shape)?;
-        self.tensor_from_data(&shape, data)
+        let shape = check::values(shape, data.len())?;
+        Ok(self.tensor_from_data(&shape, data))
     }
 
     fn parameter(&self, shape: &[usize], data: Vec<f32>) -> Result<FlexTensor, EngineError> {

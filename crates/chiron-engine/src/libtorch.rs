@@ -111,13 +111,7 @@ impl TchBackend {
 
     /// A constant copied from `data`, checked as [`Backend::constant`] checks it.
     fn constant_from(&self, shape: &[usize], data: &[f32]) -> Result<TchTensor, EngineError> {
-        let shape = Shape::new(shape)?;
-        if data.len() != shape.elements() {
-            return Err(EngineError::Shape {
-                op: "tensor",
-                detail: format!("{} values for shape {:?}", data.len(), shape.dims()),
-            });
-        }
+        let shape = check::values(shape, data.len())?;
         let value = from_values("tensor", shape.dims(), data)?;
         Ok(TchTensor {
             value,

@@ -82,11 +82,16 @@ impl CpuTensor {
 
     /// A computed tensor; it records `op` only if an input is tracked.
     fn computed(dims: Vec<usize>, data: Vec<f32>, op: Op) -> Self {
-        let tracked = op_tracked(&op);
+        Self::computed_sharing(dims, Arc::new(data), op)
+    }
+
+    /// A computed tensor holding values it shares with another (a reshape).
+    fn computed_sharing(dims: Vec<usize>, data: Arc<Vec<f32>>, op: Op) -> Self {
+        let tracked = op.inputs().iter().any(|input| input.0.tracked);
         Self(Arc::new(Node {
             id: next_id(),
             dims,
-            data: Arc::new(data),
+            data,
             tracked,
             op: tracked.then_some(op),
         }))
@@ -101,21 +106,6 @@ impl CpuTensor {
     }
 }
 
-fn op_tracked(op: &Op) -> bool {
-    match op {
-        Op::Conv { x, w, b, .. } | Op::Linear { x, w, b } => {
-            x.0.tracked || w.0.tracked || b.as_ref().is_some_and(|b| b.0.tracked)
-        }
-        Op::Binary { a, b, .. } => a.0.tracked || b.0.tracked,
-        Op::MaxPool { x, .. }
-        | Op::Unary { x, .. }
-        | Op::Affine { x, .. }
-        | Op::Reshape { x }
-        | Op::Mean { x } => x.0.tracked,
-        Op::CrossEntropy { logits, .. } => logits.0.tracked,
-    }
-}
-
 /// Runs kernel code, turning an unexpected panic into an error. Arguments are checked before
 /// every kernel, so this is a second line of defence, not the first.
 fn contained<T>(
@@ -123,6 +113,12 @@ fn contained<T>(
     f: impl FnOnce() -> Result<T, EngineError>,
 ) -> Result<T, EngineError> {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or(Err(EngineError::Internal { op }))
+}
+
+/// `ln Σ exp(v)` over one row, computed from its maximum so it cannot overflow.
+fn log_sum_exp(row: &[f32]) -> f32 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    max + row.iter().map(|&v| (v - max).exp()).sum::<f32>().ln()
 }
 
 fn softmax_rows(x: &[f32], last: usize) -> Vec<f32> {
@@ -144,13 +140,7 @@ impl Backend for CpuBackend {
     type Gradients = CpuGradients;
 
     fn constant(&self, shape: &[usize], data: Vec<f32>) -> Result<CpuTensor, EngineError> {
-        let shape = Shape::new(shape)?;
-        if data.len() != shape.elements() {
-            return Err(EngineError::Shape {
-                op: "tensor",
-                detail: format!("{} values for shape {:?}", data.len(), shape.dims()),
-            });
-        }
+        let shape = check::values(shape, data.len())?;
         Ok(CpuTensor::leaf(shape.0, Arc::new(data), false))
     }
 
@@ -159,13 +149,7 @@ impl Backend for CpuBackend {
         shape: &[usize],
         data: &Arc<Vec<f32>>,
     ) -> Result<CpuTensor, EngineError> {
-        let shape = Shape::new(shape)?;
-        if data.len() != shape.elements() {
-            return Err(EngineError::Shape {
-                op: "tensor",
-                detail: format!("{} values for shape {:?}", data.len(), shape.dims()),
-            });
-        }
+        let shape = check::values(shape, data.len())?;
         Ok(CpuTensor::leaf(shape.0, Arc::clone(data), false))
     }
 
@@ -323,12 +307,9 @@ impl Backend for CpuBackend {
 
     fn reshape(&self, x: &CpuTensor, shape: &[usize]) -> Result<CpuTensor, EngineError> {
         let target = check::reshape(x.dims(), shape)?;
-        if !x.0.tracked {
-            return Ok(CpuTensor::leaf(target.0, x.0.data.clone(), false));
-        }
-        Ok(CpuTensor::computed(
+        Ok(CpuTensor::computed_sharing(
             target.0,
-            x.data().to_vec(),
+            Arc::clone(&x.0.data),
             Op::Reshape { x: x.clone() },
         ))
     }
@@ -342,22 +323,19 @@ impl Backend for CpuBackend {
         let [n, classes] = check::cross_entropy(logits.dims(), labels.dims())?;
         let labels = check::class_indices(labels.data(), classes)?;
         let (loss, probabilities) = contained(OP, || {
-            let probabilities = softmax_rows(logits.data(), classes);
-            let total: f64 = labels
-                .iter()
-                .enumerate()
-                .map(|(row, &label)| {
-                    let row_logits = &logits.data()[row * classes..(row + 1) * classes];
-                    let max = row_logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let lse = max
-                        + row_logits
-                            .iter()
-                            .map(|&v| (v - max).exp())
-                            .sum::<f32>()
-                            .ln();
-                    f64::from(row_logits[label] - lse)
-                })
-                .sum();
+            let mut probabilities = vec![0.0f32; n * classes];
+            let mut total = 0.0f64;
+            let rows = logits
+                .data()
+                .chunks(classes)
+                .zip(probabilities.chunks_mut(classes));
+            for ((row, p), &label) in rows.zip(&labels) {
+                let lse = log_sum_exp(row);
+                for (p, &v) in p.iter_mut().zip(row) {
+                    *p = (v - lse).exp();
+                }
+                total += f64::from(row[label] - lse);
+            }
             Ok(((-total / n as f64) as f32, probabilities))
         })?;
         Ok(CpuTensor::computed(
@@ -390,11 +368,7 @@ impl Backend for CpuBackend {
 
     fn grad(&self, grads: &CpuGradients, param: &CpuTensor) -> Option<CpuTensor> {
         let g = grads.get(param.0.id)?;
-        Some(CpuTensor::leaf(
-            param.0.dims.clone(),
-            Arc::new(g.clone()),
-            false,
-        ))
+        Some(CpuTensor::leaf(param.0.dims.clone(), Arc::clone(g), false))
     }
 
     fn as_parameter(&self, t: CpuTensor) -> CpuTensor {

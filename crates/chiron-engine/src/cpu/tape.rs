@@ -58,7 +58,7 @@ pub(crate) enum Op {
 }
 
 impl Op {
-    fn inputs(&self) -> Vec<&CpuTensor> {
+    pub(crate) fn inputs(&self) -> Vec<&CpuTensor> {
         match self {
             Op::Conv { x, w, b, .. } | Op::Linear { x, w, b } => {
                 let mut v = vec![x, w];
@@ -85,11 +85,11 @@ impl Op {
 /// The gradients of one backward pass, by parameter.
 #[derive(Debug, Default)]
 pub struct CpuGradients {
-    by_parameter: HashMap<u64, Vec<f32>>,
+    by_parameter: HashMap<u64, Arc<Vec<f32>>>,
 }
 
 impl CpuGradients {
-    pub(crate) fn get(&self, id: u64) -> Option<&Vec<f32>> {
+    pub(crate) fn get(&self, id: u64) -> Option<&Arc<Vec<f32>>> {
         self.by_parameter.get(&id)
     }
 }
@@ -147,7 +147,7 @@ pub(crate) fn backward(loss: &CpuTensor) -> Result<CpuGradients, EngineError> {
             continue;
         };
         let Some(op) = &t.0.op else {
-            result.by_parameter.insert(t.0.id, g);
+            result.by_parameter.insert(t.0.id, Arc::new(g));
             continue;
         };
         for (input, grad) in input_grads(op, &t, &g)? {
