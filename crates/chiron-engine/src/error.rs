@@ -34,6 +34,10 @@ pub enum EngineError {
     /// Backward was asked of a tensor outside any gradient graph.
     #[error("backward needs a one-element loss computed from parameters")]
     NotDifferentiable,
+    /// The operation was stopped part-way by its [`Interrupt`](crate::Interrupt) (a deadline
+    /// passed, or the runtime stopped the program); its result is discarded.
+    #[error("operation interrupted")]
+    Interrupted,
     /// The engine itself failed (a bug in the engine, caught and contained).
     #[error("engine failure in {op}")]
     Internal {

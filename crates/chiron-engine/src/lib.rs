@@ -26,9 +26,11 @@
 use std::sync::Arc;
 
 mod check;
+pub mod cost;
 mod cpu;
 mod error;
 mod flex;
+mod interrupt;
 #[cfg(feature = "libtorch")]
 mod libtorch;
 mod optim;
@@ -37,6 +39,7 @@ mod shape;
 pub use cpu::{CpuBackend, CpuGradients, CpuTensor};
 pub use error::EngineError;
 pub use flex::FlexBackend;
+pub use interrupt::{Interrupt, QUANTUM};
 #[cfg(feature = "libtorch")]
 pub use libtorch::TchBackend;
 pub use optim::{Optimizer, OptimizerKind};
@@ -134,6 +137,18 @@ pub trait Backend {
     fn grad(&self, grads: &Self::Gradients, param: &Self::Tensor) -> Option<Self::Tensor>;
     /// Re-wraps updated values as a trainable parameter.
     fn as_parameter(&self, t: Self::Tensor) -> Self::Tensor;
+
+    /// The same engine, stopping its operations with [`EngineError::Interrupted`] once
+    /// `interrupt` fires. [`CpuBackend`] looks at it inside its kernels, every
+    /// [`QUANTUM`] of work or so; a backend whose kernels cannot be stopped part-way keeps
+    /// this default and ignores it (the runtime still looks before every operation).
+    fn with_interrupt(self, interrupt: Interrupt) -> Self
+    where
+        Self: Sized,
+    {
+        let _ = interrupt;
+        self
+    }
 }
 
 /// Element-wise unary functions.

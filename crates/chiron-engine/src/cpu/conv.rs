@@ -14,8 +14,11 @@
 
 use rayon::prelude::*;
 
+use super::elementwise;
 use super::gemm::{View, matmul};
 use crate::check::Conv2d;
+use crate::interrupt::Pace;
+use crate::{EngineError, Interrupt};
 
 /// Most values one patch matrix may hold (16 MiB of `f32`).
 const COL_LIMIT: usize = 1 << 22;
@@ -271,6 +274,7 @@ fn add_patch_row(g: &Conv2d, grads: &[f32], ki: usize, kj: usize, start: usize, 
 }
 
 /// Computes a block's output into `out`, the outputs of the block's images.
+#[allow(clippy::too_many_arguments)]
 fn forward_block(
     g: &Conv2d,
     x: &[f32],
@@ -279,9 +283,11 @@ fn forward_block(
     block: Block,
     out: &mut [f32],
     threads: usize,
-) -> bool {
+    interrupt: &Interrupt,
+) -> Result<(), EngineError> {
     let (k, pcount, o) = (g.patch(), g.positions(), g.outputs);
     let cols = block.columns();
+    interrupt.check()?;
     let mut col = Scratch::take(k * cols);
     im2col(g, x, block, &mut col);
     let mut product = Scratch::take(o * cols);
@@ -291,44 +297,53 @@ fn forward_block(
         }
     }
     let rows = View::rows(&col, k, cols);
-    if !matmul(
+    matmul(
         &mut product,
         cols,
         View::rows(w, o, k),
         rows,
         b.is_some(),
         threads,
-    ) {
-        return false;
-    }
+        interrupt,
+    )?;
     // Product row `o`, image `b` → output channel `o` of the block's image `b`.
+    let mut pace = Pace::new(interrupt)?;
     for (b, image) in out.chunks_mut(o * pcount).enumerate() {
         for (channel, row) in image.chunks_mut(pcount).zip(product.chunks(cols)) {
+            pace.step(block.len)?;
             channel[block.start..block.start + block.len]
                 .copy_from_slice(&row[b * block.len..(b + 1) * block.len]);
         }
     }
-    true
+    Ok(())
 }
 
-/// `y = conv(x, w) + b`. Returns `None` on an internal size inconsistency.
-pub(crate) fn forward(g: &Conv2d, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Option<Vec<f32>> {
+/// `y = conv(x, w) + b`.
+pub(crate) fn forward(
+    g: &Conv2d,
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    interrupt: &Interrupt,
+) -> Result<Vec<f32>, EngineError> {
     let out_image = g.outputs * g.positions();
     let mut y = vec![0.0f32; g.batch * out_image];
     let (blocks, parallel) = blocks(g);
     let threads = product_threads(blocks.len(), parallel);
-    let ok = if parallel {
+    if parallel {
         let group = blocks.first().map_or(1, |b| b.images);
         y.par_chunks_mut(group * out_image)
             .zip(blocks.par_iter())
-            .all(|(out, &block)| forward_block(g, x, w, b, block, out, threads))
+            .try_for_each(|(out, &block)| {
+                forward_block(g, x, w, b, block, out, threads, interrupt)
+            })?;
     } else {
-        blocks.iter().all(|&block| {
+        blocks.iter().try_for_each(|&block| {
             let out = &mut y[block.first * out_image..(block.first + 1) * out_image];
-            forward_block(g, x, w, b, block, out, threads)
-        })
-    };
-    ok.then_some(y)
+            forward_block(g, x, w, b, block, out, threads, interrupt)
+        })?;
+    }
+    Ok(y)
 }
 
 /// Gradients of the input and the weights (and bias) from the output gradient `dy`.
@@ -353,13 +368,16 @@ fn backward_block(
     block: Block,
     dx: Option<&mut [f32]>,
     threads: usize,
-) -> Option<Partial> {
+    interrupt: &Interrupt,
+) -> Result<Partial, EngineError> {
     let (k, pcount, o) = (g.patch(), g.positions(), g.outputs);
     let (_, want_dw, want_db) = want;
     let cols = block.columns();
     // The block's output gradient as an `O × columns` matrix, like the forward product.
+    let mut pace = Pace::new(interrupt)?;
     let mut dprod = Scratch::take(o * cols);
     for (channel, row) in dprod.chunks_mut(cols).enumerate() {
+        pace.step(2 * cols)?;
         for (b, out) in row.chunks_mut(block.len).enumerate() {
             let at = ((block.first + b) * o + channel) * pcount + block.start;
             out.copy_from_slice(&dy[at..at + block.len]);
@@ -372,13 +390,12 @@ fn backward_block(
             .collect()
     });
     let dw = if want_dw {
+        interrupt.check()?;
         let mut col = Scratch::take(k * cols);
         im2col(g, x, block, &mut col);
         let mut dw = vec![0.0f32; o * k];
         let (lhs, rhs) = (View::rows(&dprod, o, cols), View::transposed(&col, k, cols));
-        if !matmul(&mut dw, k, lhs, rhs, false, threads) {
-            return None;
-        }
+        matmul(&mut dw, k, lhs, rhs, false, threads, interrupt)?;
         Some(dw)
     } else {
         None
@@ -386,12 +403,11 @@ fn backward_block(
     if let Some(dx) = dx {
         let mut dcol = Scratch::take(k * cols);
         let (lhs, rhs) = (View::transposed(w, o, k), View::rows(&dprod, o, cols));
-        if !matmul(&mut dcol, cols, lhs, rhs, false, threads) {
-            return None;
-        }
+        matmul(&mut dcol, cols, lhs, rhs, false, threads, interrupt)?;
+        interrupt.check()?;
         col2im(g, &dcol, block, dx);
     }
-    Some((dw, db))
+    Ok((dw, db))
 }
 
 /// Back-propagates `dy` through `y = conv(x, w) + b`, computing only the gradients asked for.
@@ -401,22 +417,25 @@ pub(crate) fn backward(
     w: &[f32],
     dy: &[f32],
     want: (bool, bool, bool),
-) -> Option<Backward> {
+    interrupt: &Interrupt,
+) -> Result<Backward, EngineError> {
     let image = g.image();
     let mut dx = want.0.then(|| vec![0.0f32; g.batch * image]);
     let (blocks, parallel) = blocks(g);
     let threads = product_threads(blocks.len(), parallel);
-    let partials: Vec<Option<Partial>> = if parallel {
+    let partials: Vec<Result<Partial, EngineError>> = if parallel {
         let group = blocks.first().map_or(1, |b| b.images);
         match dx.as_mut() {
             Some(dx) => dx
                 .par_chunks_mut(group * image)
                 .zip(blocks.par_iter())
-                .map(|(dx, &block)| backward_block(g, x, w, dy, want, block, Some(dx), threads))
+                .map(|(dx, &block)| {
+                    backward_block(g, x, w, dy, want, block, Some(dx), threads, interrupt)
+                })
                 .collect(),
             None => blocks
                 .par_iter()
-                .map(|&block| backward_block(g, x, w, dy, want, block, None, threads))
+                .map(|&block| backward_block(g, x, w, dy, want, block, None, threads, interrupt))
                 .collect(),
         }
     } else {
@@ -426,7 +445,7 @@ pub(crate) fn backward(
                 let dx = dx
                     .as_mut()
                     .map(|dx| &mut dx[block.first * image..(block.first + 1) * image]);
-                backward_block(g, x, w, dy, want, block, dx, threads)
+                backward_block(g, x, w, dy, want, block, dx, threads, interrupt)
             })
             .collect()
     };
@@ -435,11 +454,11 @@ pub(crate) fn backward(
         let (pw, pb) = partial?;
         for (total, part) in [(&mut dw, pw), (&mut db, pb)] {
             match (total.as_mut(), part) {
-                (Some(t), Some(p)) => t.iter_mut().zip(&p).for_each(|(t, p)| *t += p),
+                (Some(t), Some(p)) => elementwise::add_into(t, &p, interrupt)?,
                 (None, Some(p)) => *total = Some(p),
                 _ => {}
             }
         }
     }
-    Some(Backward { dx, dw, db })
+    Ok(Backward { dx, dw, db })
 }

@@ -18,16 +18,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub use tape::CpuGradients;
 use tape::Op;
 
-use crate::{Backend, Binary, EngineError, Shape, Unary, check};
+use crate::interrupt::Pace;
+
+use crate::{Backend, Binary, EngineError, Interrupt, Shape, Unary, check};
 
 /// The engine's own CPU implementation of [`Backend`].
+///
+/// Its kernels stop part-way, with [`EngineError::Interrupted`], once its [`Interrupt`]
+/// fires: they look at it every [`QUANTUM`](crate::QUANTUM) of work or so.
 #[derive(Clone, Debug, Default)]
-pub struct CpuBackend;
+pub struct CpuBackend {
+    interrupt: Interrupt,
+}
 
 impl CpuBackend {
     /// An engine on the CPU, using `rayon`'s global thread pool.
     pub fn new() -> Self {
-        Self
+        Self::default()
     }
 }
 
@@ -116,23 +123,48 @@ fn contained<T>(
 }
 
 /// `ln Σ exp(v)` over one row, computed from its maximum so it cannot overflow.
-fn log_sum_exp(row: &[f32]) -> f32 {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    max + row.iter().map(|&v| (v - max).exp()).sum::<f32>().ln()
+fn log_sum_exp(row: &[f32], pace: &mut Pace<'_>) -> Result<f32, EngineError> {
+    let max = row_max(row, pace)?;
+    let mut sum = 0.0f32;
+    for chunk in row.chunks(ROW_CHUNK) {
+        pace.step(4 * chunk.len())?;
+        sum += chunk.iter().map(|&v| (v - max).exp()).sum::<f32>();
+    }
+    Ok(max + sum.ln())
 }
 
-fn softmax_rows(x: &[f32], last: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; x.len()];
-    for (o, row) in out.chunks_mut(last).zip(x.chunks(last)) {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0f32;
-        for (o, &v) in o.iter_mut().zip(row) {
-            *o = (v - max).exp();
-            sum += *o;
-        }
-        o.iter_mut().for_each(|o| *o /= sum);
+/// Values of a row handled between two looks at the interrupt.
+const ROW_CHUNK: usize = 1 << 16;
+
+/// The largest value of a row (NaN skipped, as `f32::max` does).
+fn row_max(row: &[f32], pace: &mut Pace<'_>) -> Result<f32, EngineError> {
+    let mut max = f32::NEG_INFINITY;
+    for chunk in row.chunks(ROW_CHUNK) {
+        pace.step(chunk.len())?;
+        max = chunk.iter().copied().fold(max, f32::max);
     }
-    out
+    Ok(max)
+}
+
+fn softmax_rows(x: &[f32], last: usize, interrupt: &Interrupt) -> Result<Vec<f32>, EngineError> {
+    let mut out = vec![0.0f32; x.len()];
+    let mut pace = Pace::new(interrupt)?;
+    for (o, row) in out.chunks_mut(last).zip(x.chunks(last)) {
+        let max = row_max(row, &mut pace)?;
+        let mut sum = 0.0f32;
+        for (o, row) in o.chunks_mut(ROW_CHUNK).zip(row.chunks(ROW_CHUNK)) {
+            pace.step(4 * row.len())?;
+            for (o, &v) in o.iter_mut().zip(row) {
+                *o = (v - max).exp();
+                sum += *o;
+            }
+        }
+        for o in o.chunks_mut(ROW_CHUNK) {
+            pace.step(o.len())?;
+            o.iter_mut().for_each(|o| *o /= sum);
+        }
+    }
+    Ok(out)
 }
 
 impl Backend for CpuBackend {
@@ -163,7 +195,7 @@ impl Backend for CpuBackend {
     }
 
     fn read(&self, t: &CpuTensor) -> Result<Vec<f32>, EngineError> {
-        Ok(t.data().to_vec())
+        elementwise::copy(t.data(), &self.interrupt)
     }
 
     fn detach(&self, t: &CpuTensor) -> CpuTensor {
@@ -181,8 +213,7 @@ impl Backend for CpuBackend {
         const OP: &str = "conv2d";
         let g = check::conv2d(x.dims(), w.dims(), b.map(|b| b.dims()), stride, padding)?;
         let y = contained(OP, || {
-            conv::forward(&g, x.data(), w.data(), b.map(|b| b.data()))
-                .ok_or(EngineError::Internal { op: OP })
+            conv::forward(&g, x.data(), w.data(), b.map(|b| b.data()), &self.interrupt)
         })?;
         Ok(CpuTensor::computed(
             vec![g.batch, g.outputs, g.out_h(), g.out_w()],
@@ -205,7 +236,7 @@ impl Backend for CpuBackend {
         let out = check::max_pool2d(x.dims(), kernel, stride)?;
         let dims: [usize; 4] = [x.dims()[0], x.dims()[1], x.dims()[2], x.dims()[3]];
         let (values, argmax) = contained("max_pool2d", || {
-            Ok(pool::max_pool2d(x.data(), dims, out, kernel, stride))
+            pool::max_pool2d(x.data(), dims, out, kernel, stride, &self.interrupt)
         })?;
         Ok(CpuTensor::computed(
             out.to_vec(),
@@ -231,15 +262,16 @@ impl Backend for CpuBackend {
                 y.chunks_mut(o)
                     .for_each(|row| row.copy_from_slice(b.data()));
             }
-            let ok = gemm::matmul(
+            gemm::matmul(
                 &mut y,
                 o,
                 gemm::View::rows(x.data(), n, i),
                 gemm::View::rows(w.data(), i, o),
                 b.is_some(),
                 rayon::current_num_threads(),
-            );
-            ok.then_some(y).ok_or(EngineError::Internal { op: OP })
+                &self.interrupt,
+            )?;
+            Ok(y)
         })?;
         Ok(CpuTensor::computed(
             vec![n, o],
@@ -254,14 +286,13 @@ impl Backend for CpuBackend {
 
     fn unary(&self, op: Unary, x: &CpuTensor) -> Result<CpuTensor, EngineError> {
         let data = x.data();
-        let y = contained("unary", || {
-            Ok(match op {
-                Unary::Relu => elementwise::map(data, |v| v.max(0.0)),
-                Unary::Tanh => elementwise::map(data, f32::tanh),
-                Unary::Sigmoid => elementwise::map(data, |v| 1.0 / (1.0 + (-v).exp())),
-                Unary::Sqrt => elementwise::map(data, f32::sqrt),
-                Unary::Softmax => softmax_rows(data, x.dims().last().copied().unwrap_or(1)),
-            })
+        let i = &self.interrupt;
+        let y = contained("unary", || match op {
+            Unary::Relu => elementwise::map(data, i, |v| v.max(0.0)),
+            Unary::Tanh => elementwise::map(data, i, f32::tanh),
+            Unary::Sigmoid => elementwise::map(data, i, |v| 1.0 / (1.0 + (-v).exp())),
+            Unary::Sqrt => elementwise::map(data, i, f32::sqrt),
+            Unary::Softmax => softmax_rows(data, x.dims().last().copied().unwrap_or(1), i),
         })?;
         Ok(CpuTensor::computed(
             x.dims().to_vec(),
@@ -273,13 +304,12 @@ impl Backend for CpuBackend {
     fn binary(&self, op: Binary, a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor, EngineError> {
         check::same_shape(a.dims(), b.dims())?;
         let (av, bv) = (a.data(), b.data());
-        let y = contained("binary", || {
-            Ok(match op {
-                Binary::Add => elementwise::zip(av, bv, |x, y| x + y),
-                Binary::Sub => elementwise::zip(av, bv, |x, y| x - y),
-                Binary::Mul => elementwise::zip(av, bv, |x, y| x * y),
-                Binary::Div => elementwise::zip(av, bv, |x, y| x / y),
-            })
+        let i = &self.interrupt;
+        let y = contained("binary", || match op {
+            Binary::Add => elementwise::zip(av, bv, i, |x, y| x + y),
+            Binary::Sub => elementwise::zip(av, bv, i, |x, y| x - y),
+            Binary::Mul => elementwise::zip(av, bv, i, |x, y| x * y),
+            Binary::Div => elementwise::zip(av, bv, i, |x, y| x / y),
         })?;
         Ok(CpuTensor::computed(
             a.dims().to_vec(),
@@ -294,7 +324,7 @@ impl Backend for CpuBackend {
 
     fn affine(&self, x: &CpuTensor, scale: f32, shift: f32) -> Result<CpuTensor, EngineError> {
         check::affine(scale, shift)?;
-        let y = elementwise::map(x.data(), |v| v * scale + shift);
+        let y = elementwise::map(x.data(), &self.interrupt, |v| v * scale + shift)?;
         Ok(CpuTensor::computed(
             x.dims().to_vec(),
             y,
@@ -323,6 +353,7 @@ impl Backend for CpuBackend {
         let [n, classes] = check::cross_entropy(logits.dims(), labels.dims())?;
         let labels = check::class_indices(labels.data(), classes)?;
         let (loss, probabilities) = contained(OP, || {
+            let mut pace = Pace::new(&self.interrupt)?;
             let mut probabilities = vec![0.0f32; n * classes];
             let mut total = 0.0f64;
             let rows = logits
@@ -330,9 +361,12 @@ impl Backend for CpuBackend {
                 .chunks(classes)
                 .zip(probabilities.chunks_mut(classes));
             for ((row, p), &label) in rows.zip(&labels) {
-                let lse = log_sum_exp(row);
-                for (p, &v) in p.iter_mut().zip(row) {
-                    *p = (v - lse).exp();
+                let lse = log_sum_exp(row, &mut pace)?;
+                for (p, row) in p.chunks_mut(ROW_CHUNK).zip(row.chunks(ROW_CHUNK)) {
+                    pace.step(4 * row.len())?;
+                    for (p, &v) in p.iter_mut().zip(row) {
+                        *p = (v - lse).exp();
+                    }
                 }
                 total += f64::from(row[label] - lse);
             }
@@ -350,7 +384,7 @@ impl Backend for CpuBackend {
     }
 
     fn mean(&self, x: &CpuTensor) -> Result<CpuTensor, EngineError> {
-        let sum: f64 = x.data().iter().map(|&v| f64::from(v)).sum();
+        let sum = elementwise::sum(x.data(), &self.interrupt)?;
         let mean = (sum / x.data().len() as f64) as f32;
         Ok(CpuTensor::computed(
             vec![1],
@@ -363,7 +397,7 @@ impl Backend for CpuBackend {
         if loss.dims() != [1] || !loss.0.tracked {
             return Err(EngineError::NotDifferentiable);
         }
-        contained("backward", || tape::backward(loss))
+        contained("backward", || tape::backward(loss, &self.interrupt))
     }
 
     fn grad(&self, grads: &CpuGradients, param: &CpuTensor) -> Option<CpuTensor> {
@@ -373,5 +407,9 @@ impl Backend for CpuBackend {
 
     fn as_parameter(&self, t: CpuTensor) -> CpuTensor {
         CpuTensor::leaf(t.0.dims.clone(), t.0.data.clone(), true)
+    }
+
+    fn with_interrupt(self, interrupt: Interrupt) -> Self {
+        Self { interrupt }
     }
 }

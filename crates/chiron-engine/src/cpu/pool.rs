@@ -3,6 +3,9 @@
 
 use rayon::prelude::*;
 
+use crate::interrupt::Pace;
+use crate::{EngineError, Interrupt};
+
 /// Pools `x` `[n, c, h, w]` into `out` dimensions `[n, c, oh, ow]`; returns the values and,
 /// per output, the index in `x` it came from. The first of equal maxima wins, and a window
 /// whose first value is NaN keeps it, so results do not depend on the thread split.
@@ -12,7 +15,8 @@ pub(crate) fn max_pool2d(
     out: [usize; 4],
     kernel: usize,
     stride: usize,
-) -> (Vec<f32>, Vec<u32>) {
+    interrupt: &Interrupt,
+) -> Result<(Vec<f32>, Vec<u32>), EngineError> {
     let [_, _, h, w] = dims;
     let [_, _, oh, ow] = out;
     let planes = out[0] * out[1];
@@ -22,7 +26,8 @@ pub(crate) fn max_pool2d(
         .par_chunks_mut(oh * ow)
         .zip(argmax.par_chunks_mut(oh * ow))
         .enumerate()
-        .for_each(|(plane, (vals, idxs))| {
+        .try_for_each(|(plane, (vals, idxs))| {
+            let mut pace = Pace::new(interrupt)?;
             let base = plane * h * w;
             let src = &x[base..base + h * w];
             for oy in 0..oh {
@@ -30,6 +35,7 @@ pub(crate) fn max_pool2d(
                     let (y0, x0) = (oy * stride, ox * stride);
                     let mut best = y0 * w + x0;
                     for ky in 0..kernel {
+                        pace.step(kernel)?;
                         let row = (y0 + ky) * w + x0;
                         for i in row..row + kernel {
                             if src[i] > src[best] {
@@ -42,6 +48,7 @@ pub(crate) fn max_pool2d(
                     idxs[oy * ow + ox] = (base + best) as u32;
                 }
             }
-        });
-    (values, argmax)
+            Ok(())
+        })?;
+    Ok((values, argmax))
 }

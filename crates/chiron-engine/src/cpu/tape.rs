@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use super::{CpuTensor, conv, elementwise, gemm::View, gemm::matmul};
 use crate::check::Conv2d;
-use crate::{Binary, EngineError, Unary};
+use crate::interrupt::Pace;
+use crate::{Binary, EngineError, Interrupt, Unary};
 
 /// How a tracked tensor was computed: its inputs and what its gradient needs.
 #[derive(Debug)]
@@ -95,11 +96,14 @@ impl CpuGradients {
 }
 
 /// Tracked tensors reachable from `root`, each after every tensor computed from it.
-fn order(root: &CpuTensor) -> Vec<CpuTensor> {
+fn order(root: &CpuTensor, interrupt: &Interrupt) -> Result<Vec<CpuTensor>, EngineError> {
     let mut post = Vec::new();
     let mut seen = HashSet::new();
     let mut stack = vec![(root.clone(), false)];
+    let mut pace = Pace::new(interrupt)?;
     while let Some((t, expanded)) = stack.pop() {
+        // A node costs a few hundred nanoseconds: count it as that much work.
+        pace.step(256)?;
         if expanded {
             post.push(t);
             continue;
@@ -122,27 +126,38 @@ fn order(root: &CpuTensor) -> Vec<CpuTensor> {
         stack.extend(inputs.into_iter().map(|i| (i, false)));
     }
     post.reverse();
-    post
+    Ok(post)
 }
 
-fn accumulate(grads: &mut HashMap<u64, Vec<f32>>, t: &CpuTensor, g: Vec<f32>) {
+fn accumulate(
+    grads: &mut HashMap<u64, Vec<f32>>,
+    t: &CpuTensor,
+    g: Vec<f32>,
+    interrupt: &Interrupt,
+) -> Result<(), EngineError> {
     if !t.0.tracked {
-        return;
+        return Ok(());
     }
     match grads.get_mut(&t.0.id) {
-        Some(sum) => sum.iter_mut().zip(&g).for_each(|(s, v)| *s += v),
+        Some(sum) => elementwise::add_into(sum, &g, interrupt)?,
         None => {
             grads.insert(t.0.id, g);
         }
     }
+    Ok(())
 }
 
-/// Back-propagates from the one-element `loss`.
-pub(crate) fn backward(loss: &CpuTensor) -> Result<CpuGradients, EngineError> {
+/// Back-propagates from the one-element `loss`, stopping between and inside the steps once
+/// `interrupt` fires.
+pub(crate) fn backward(
+    loss: &CpuTensor,
+    interrupt: &Interrupt,
+) -> Result<CpuGradients, EngineError> {
     let mut grads: HashMap<u64, Vec<f32>> = HashMap::new();
     grads.insert(loss.0.id, vec![1.0]);
     let mut result = CpuGradients::default();
-    for t in order(loss) {
+    for t in order(loss, interrupt)? {
+        interrupt.check()?;
         let Some(g) = grads.remove(&t.0.id) else {
             continue;
         };
@@ -150,8 +165,8 @@ pub(crate) fn backward(loss: &CpuTensor) -> Result<CpuGradients, EngineError> {
             result.by_parameter.insert(t.0.id, Arc::new(g));
             continue;
         };
-        for (input, grad) in input_grads(op, &t, &g)? {
-            accumulate(&mut grads, input, grad);
+        for (input, grad) in input_grads(op, &t, &g, interrupt)? {
+            accumulate(&mut grads, input, grad, interrupt)?;
         }
     }
     Ok(result)
@@ -162,8 +177,10 @@ fn input_grads<'a>(
     op: &'a Op,
     y: &CpuTensor,
     g: &[f32],
+    interrupt: &Interrupt,
 ) -> Result<Vec<(&'a CpuTensor, Vec<f32>)>, EngineError> {
     let internal = |op: &'static str| EngineError::Internal { op };
+    let i = interrupt;
     Ok(match op {
         Op::Conv { x, w, b, geometry } => {
             let want = (
@@ -171,8 +188,7 @@ fn input_grads<'a>(
                 w.0.tracked,
                 b.as_ref().is_some_and(|b| b.0.tracked),
             );
-            let back = conv::backward(geometry, &x.0.data, &w.0.data, g, want)
-                .ok_or(internal("conv2d backward"))?;
+            let back = conv::backward(geometry, &x.0.data, &w.0.data, g, want, i)?;
             let mut v = Vec::new();
             v.extend(back.dx.map(|d| (x, d)));
             v.extend(back.dw.map(|d| (w, d)));
@@ -183,46 +199,52 @@ fn input_grads<'a>(
         }
         Op::MaxPool { x, argmax } => {
             let mut dx = vec![0.0f32; x.0.data.len()];
-            for (&i, &v) in argmax.iter().zip(g) {
+            let mut pace = Pace::new(i)?;
+            for (&at, &v) in argmax.iter().zip(g) {
+                pace.step(1)?;
                 let slot = dx
-                    .get_mut(i as usize)
+                    .get_mut(at as usize)
                     .ok_or(internal("max_pool2d backward"))?;
                 *slot += v;
             }
             vec![(x, dx)]
         }
         Op::Linear { x, w, b } => {
-            let (n, i) = (x.0.dims[0], x.0.dims[1]);
+            let (n, inputs) = (x.0.dims[0], x.0.dims[1]);
             let o = w.0.dims[1];
             let threads = rayon::current_num_threads();
             let mut v = Vec::new();
             if x.0.tracked {
-                let mut dx = vec![0.0f32; n * i];
-                let ok = matmul(
+                let mut dx = vec![0.0f32; n * inputs];
+                matmul(
                     &mut dx,
-                    i,
+                    inputs,
                     View::rows(g, n, o),
-                    View::transposed(&w.0.data, i, o),
+                    View::transposed(&w.0.data, inputs, o),
                     false,
                     threads,
-                );
-                v.push((x, ok.then_some(dx).ok_or(internal("linear backward"))?));
+                    i,
+                )?;
+                v.push((x, dx));
             }
             if w.0.tracked {
-                let mut dw = vec![0.0f32; i * o];
-                let ok = matmul(
+                let mut dw = vec![0.0f32; inputs * o];
+                matmul(
                     &mut dw,
                     o,
-                    View::transposed(&x.0.data, n, i),
+                    View::transposed(&x.0.data, n, inputs),
                     View::rows(g, n, o),
                     false,
                     threads,
-                );
-                v.push((w, ok.then_some(dw).ok_or(internal("linear backward"))?));
+                    i,
+                )?;
+                v.push((w, dw));
             }
             if let Some(b) = b.as_ref().filter(|b| b.0.tracked) {
                 let mut db = vec![0.0f32; o];
+                let mut pace = Pace::new(i)?;
                 for row in g.chunks(o) {
+                    pace.step(o)?;
                     db.iter_mut().zip(row).for_each(|(d, v)| *d += v);
                 }
                 v.push((b, db));
@@ -232,18 +254,20 @@ fn input_grads<'a>(
         Op::Unary { op, x } => {
             let out = &y.0.data;
             let dx = match op {
-                Unary::Relu => elementwise::zip(out, g, |y, g| if y > 0.0 { g } else { 0.0 }),
-                Unary::Tanh => elementwise::zip(out, g, |y, g| g * (1.0 - y * y)),
-                Unary::Sigmoid => elementwise::zip(out, g, |y, g| g * y * (1.0 - y)),
-                Unary::Sqrt => elementwise::zip(out, g, |y, g| g * 0.5 / y),
+                Unary::Relu => elementwise::zip(out, g, i, |y, g| if y > 0.0 { g } else { 0.0 })?,
+                Unary::Tanh => elementwise::zip(out, g, i, |y, g| g * (1.0 - y * y))?,
+                Unary::Sigmoid => elementwise::zip(out, g, i, |y, g| g * y * (1.0 - y))?,
+                Unary::Sqrt => elementwise::zip(out, g, i, |y, g| g * 0.5 / y)?,
                 Unary::Softmax => {
                     let last = y.0.dims.last().copied().unwrap_or(1);
                     let mut dx = vec![0.0f32; g.len()];
+                    let mut pace = Pace::new(i)?;
                     for ((d, yr), gr) in dx
                         .chunks_mut(last)
                         .zip(out.chunks(last))
                         .zip(g.chunks(last))
                     {
+                        pace.step(4 * last)?;
                         let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
                         for ((d, &yv), &gv) in d.iter_mut().zip(yr).zip(gr) {
                             *d = yv * (gv - dot);
@@ -259,29 +283,29 @@ fn input_grads<'a>(
             let mut v = Vec::new();
             match op {
                 Binary::Add => {
-                    v.push((a, g.to_vec()));
-                    v.push((b, g.to_vec()));
+                    v.push((a, elementwise::copy(g, i)?));
+                    v.push((b, elementwise::copy(g, i)?));
                 }
                 Binary::Sub => {
-                    v.push((a, g.to_vec()));
-                    v.push((b, elementwise::map(g, |g| -g)));
+                    v.push((a, elementwise::copy(g, i)?));
+                    v.push((b, elementwise::map(g, i, |g| -g)?));
                 }
                 Binary::Mul => {
                     if a.0.tracked {
-                        v.push((a, elementwise::zip(g, bv, |g, b| g * b)));
+                        v.push((a, elementwise::zip(g, bv, i, |g, b| g * b)?));
                     }
                     if b.0.tracked {
-                        v.push((b, elementwise::zip(g, av, |g, a| g * a)));
+                        v.push((b, elementwise::zip(g, av, i, |g, a| g * a)?));
                     }
                 }
                 Binary::Div => {
                     if a.0.tracked {
-                        v.push((a, elementwise::zip(g, bv, |g, b| g / b)));
+                        v.push((a, elementwise::zip(g, bv, i, |g, b| g / b)?));
                     }
                     if b.0.tracked {
                         let quotient = &y.0.data;
-                        let gq = elementwise::zip(g, quotient, |g, q| g * q);
-                        v.push((b, elementwise::zip(&gq, bv, |gq, b| -gq / b)));
+                        let gq = elementwise::zip(g, quotient, i, |g, q| g * q)?;
+                        v.push((b, elementwise::zip(&gq, bv, i, |gq, b| -gq / b)?));
                     }
                 }
             }
@@ -289,9 +313,9 @@ fn input_grads<'a>(
         }
         Op::Affine { x, scale } => {
             let s = *scale;
-            vec![(x, elementwise::map(g, |g| g * s))]
+            vec![(x, elementwise::map(g, i, |g| g * s)?)]
         }
-        Op::Reshape { x } => vec![(x, g.to_vec())],
+        Op::Reshape { x } => vec![(x, elementwise::copy(g, i)?)],
         Op::CrossEntropy {
             logits,
             probabilities,
@@ -299,7 +323,7 @@ fn input_grads<'a>(
         } => {
             let classes = logits.0.dims[1];
             let scale = g.first().copied().unwrap_or(0.0) / labels.len() as f32;
-            let mut d = elementwise::map(probabilities, |p| p * scale);
+            let mut d = elementwise::map(probabilities, i, |p| p * scale)?;
             for (row, &label) in labels.iter().enumerate() {
                 d[row * classes + label] -= scale;
             }
@@ -307,7 +331,7 @@ fn input_grads<'a>(
         }
         Op::Mean { x } => {
             let v = g.first().copied().unwrap_or(0.0) / x.0.data.len() as f32;
-            vec![(x, vec![v; x.0.data.len()])]
+            vec![(x, elementwise::filled(x.0.data.len(), v, i)?)]
         }
     })
 }
