@@ -1,21 +1,5 @@
-//! Provider programs: `chiron_sandbox::Sandbox::load` compiles and checks arbitrary wasm with
-//! the production engine configuration (`SandboxConfig::default()`); it must only ever refuse
-//! with an error. Nothing is instantiated or run.
+//! libFuzzer glue for `chiron_fuzzing::wasm_load`: the property, its input layout and its seeds
+//! live in crates/chiron-fuzzing (src/targets/wasm_load.rs), where the smoke test runs them too.
 #![no_main]
 
-use std::sync::OnceLock;
-
-use chiron_sandbox::{Sandbox, SandboxConfig, SandboxError};
-use libfuzzer_sys::fuzz_target;
-
-fn sandbox() -> &'static Sandbox {
-    static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
-    SANDBOX.get_or_init(|| Sandbox::new(SandboxConfig::default()).expect("sandbox starts"))
-}
-
-fuzz_target!(|data: &[u8]| {
-    match sandbox().load(data) {
-        Ok(_) | Err(SandboxError::Refused(_)) => {}
-        Err(other) => panic!("loading returned an unexpected error kind: {other}"),
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| chiron_fuzzing::wasm_load(data));

@@ -52,7 +52,8 @@ pub fn measure(
         epochs: 1,
         time_budget_secs: 3600,
         answers: AnswerPolicy::Label,
-        query_budget: u64::MAX,
+        // All the program's policy allows.
+        query_budget: program.policy.manifest.max_queries(),
         seed: Some([7; 32]),
         private: None,
     };

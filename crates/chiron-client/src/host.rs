@@ -3,7 +3,7 @@
 use std::io::Read;
 
 use chiron_proto::api::{
-    ApiError, CreateJob, DatasetCreated, Events, JobCreated, JobStatus, ProgramCreated,
+    ApiError, CreateJob, DatasetCreated, Events, JobCreated, JobStatus, ProgramCreated, ProgramInfo,
 };
 use serde::de::DeserializeOwned;
 
@@ -41,6 +41,22 @@ impl HostClient {
     pub fn register_program(&self, wasm: &[u8]) -> Result<ProgramCreated, ClientError> {
         let r = self.agent.post(&self.url("/v1/programs")).send(wasm);
         json(r)
+    }
+
+    /// A registered program's id and extraction policy, as the host read it from the
+    /// program's manifest. The host is not trusted: the enclave enforces the policy it reads
+    /// from the program it runs; this copy lets the owner refuse terms before uploading.
+    pub fn program(&self, program_id: &str) -> Result<ProgramInfo, ClientError> {
+        if program_id.is_empty() || !program_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ClientError::Input(format!(
+                "`{program_id}` is not a program id (64 hex digits)"
+            )));
+        }
+        json(
+            self.agent
+                .get(&self.url(&format!("/v1/programs/{program_id}")))
+                .call(),
+        )
     }
 
     /// Uploads an encrypted dataset container.

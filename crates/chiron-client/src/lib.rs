@@ -53,6 +53,9 @@ pub enum ClientError {
     /// The provider's program failed on this query (it still counts against the budget).
     #[error("the provider's program could not answer this query")]
     Unanswered,
+    /// The owner's terms go beyond the program's extraction policy; nothing was uploaded.
+    #[error("the provider's program does not allow these terms: {0}")]
+    Terms(#[from] chiron_proto::manifest::TermsError),
     /// The caller's input is unusable.
     #[error("{0}")]
     Input(String),

@@ -11,7 +11,8 @@ use chiron_client::owner::{self, JobTicket, PrivateTerms, QuerySession, Training
 use chiron_client::{ClientError, HostClient};
 use chiron_crypto::{DataKey, Policy};
 use chiron_proto::api::JobState;
-use chiron_proto::owner::{AnswerPolicy, OwnerEvent};
+use chiron_proto::manifest::TermsError;
+use chiron_proto::owner::{AnswerPolicy, MAX_TOP_K, OwnerEvent};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -109,15 +110,18 @@ struct TrainArgs {
     /// Epochs the program may train for.
     #[arg(long, default_value_t = 3)]
     epochs: u32,
-    /// Wall-clock budget in seconds.
-    #[arg(long, default_value_t = 900)]
-    time_budget: u32,
-    /// Answer with the k best classes instead of the label only.
+    /// Wall-clock budget in seconds; a private job always lasts it (default: 900 for a live
+    /// job; for a private one, sized from the dataset and the program's declared needs).
+    #[arg(long)]
+    time_budget: Option<u32>,
+    /// Answer with the k best classes instead of the label only (at most what the program's
+    /// extraction policy allows).
     #[arg(long)]
     top_k: Option<u8>,
-    /// Queries allowed per query session.
-    #[arg(long, default_value_t = 1_000_000)]
-    query_budget: u64,
+    /// Inputs the model may answer over its whole life (default: the most the program's
+    /// extraction policy allows).
+    #[arg(long)]
+    query_budget: Option<u64>,
     #[command(flatten)]
     trust: Trust,
     /// Where to keep the job's ticket (contains secrets; created with mode 0600).
@@ -127,23 +131,30 @@ struct TrainArgs {
     /// A fixed seed makes the run reproducible.
     #[arg(long)]
     seed: Option<String>,
-    /// Private mode: hide the job's timing, progress and memory use from the platform. The
-    /// enclave holds all progress reports until the time budget has passed, the job always
-    /// lasts its whole budget, and its peak memory is always `--private-memory-mib`.
+    /// Report progress live instead of privately. DISCLOSES to the platform (and so to the
+    /// provider) the job's run time, its number of progress events, the training enclave's
+    /// peak memory, the sealed model's size and every query's latency, each of which the
+    /// provider's program can make depend on your data.
+    #[arg(long, conflicts_with_all = ["private", "private_memory_mib", "private_model_mib", "private_answer_ms"])]
+    live: bool,
+    /// Private mode, the default (kept for scripts written when live was the default): the
+    /// platform sees the declared figures only. The enclave holds all progress reports until
+    /// the time budget has passed, the job always lasts its whole budget, its peak memory is
+    /// always `--private-memory-mib` and its model `--private-model-mib`.
     #[arg(long, alias = "private-timing")]
     private: bool,
-    /// In private mode, the training enclave's declared peak memory in MiB (a job that needs
-    /// more fails).
-    #[arg(long, default_value_t = 2048, requires = "private")]
-    private_memory_mib: u32,
-    /// In private mode, the sealed model's declared size in MiB (a larger model fails the
-    /// job; at most 63).
-    #[arg(long, default_value_t = 16, requires = "private")]
-    private_model_mib: u32,
-    /// In private mode, every query is answered exactly this many milliseconds after it
-    /// reaches the query enclave (a query the program cannot answer in time is unanswered).
-    #[arg(long, default_value_t = 100, requires = "private")]
-    private_answer_ms: u32,
+    /// The training enclave's declared peak memory in MiB (a job that needs more fails;
+    /// default: sized from the dataset and the program's declared needs).
+    #[arg(long)]
+    private_memory_mib: Option<u32>,
+    /// The sealed model's declared size in MiB (a larger model fails the job; at most 63;
+    /// default: the program's declared size plus 1 MiB).
+    #[arg(long)]
+    private_model_mib: Option<u32>,
+    /// Every query is answered exactly this many milliseconds after it reaches the query
+    /// enclave (a query the program cannot answer in time is unanswered; default 1000).
+    #[arg(long)]
+    private_answer_ms: Option<u32>,
 }
 
 #[derive(Args)]
@@ -184,6 +195,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let bytes =
                 std::fs::read(&wasm).with_context(|| format!("cannot read {}", wasm.display()))?;
             let created = HostClient::new(&host).register_program(&bytes)?;
+            eprintln!(
+                "extraction policy: {}{}",
+                created.policy.manifest,
+                if created.policy.declared {
+                    ""
+                } else {
+                    " (no manifest in the program: the default policy)"
+                }
+            );
             println!("{}", created.program_id);
             Ok(())
         }
@@ -219,12 +239,55 @@ fn load_training_data(data: &DataArgs, valid_fraction: f32) -> anyhow::Result<Pl
 fn train(args: TrainArgs) -> anyhow::Result<()> {
     let policy = args.trust.policy()?;
     let host = HostClient::new(&args.host);
+    // The provider's extraction policy, before anything leaves this machine: terms beyond it
+    // would only be refused by the enclave after the upload.
+    let program = host.program(&args.program)?;
+    let manifest = program.policy.manifest;
+    let answers = args.top_k.map_or(AnswerPolicy::Label, AnswerPolicy::TopK);
+    let query_budget = args.query_budget.unwrap_or(manifest.max_queries());
+    manifest
+        .permits(answers, query_budget)
+        .map_err(refused_terms)?;
+    eprintln!(
+        "program {}: {} ({}); this model: {query_budget} queries, {answers}",
+        program.program_id,
+        manifest,
+        if program.policy.declared {
+            "the provider's manifest"
+        } else {
+            "no manifest: the default policy"
+        },
+    );
     let plain = load_training_data(&args.data, args.valid_fraction)?;
     let header = plain.header.clone();
     eprintln!(
         "dataset: {:?} {:?}, {} classes, {} training + {} validation examples",
         header.kind, header.dims, header.classes, header.train_count, header.valid_count
     );
+    let (time_budget_secs, private) = if args.live {
+        eprintln!("{LIVE_WARNING}");
+        (args.time_budget.unwrap_or(LIVE_TIME_BUDGET_SECS), None)
+    } else {
+        // What the owner did not give is sized from public figures: the dataset's header
+        // and the needs the program declares.
+        let sized = owner::size_private_job(&header, &manifest.needs(), args.epochs)?;
+        let terms = PrivateTerms {
+            memory_mib: args.private_memory_mib.unwrap_or(sized.terms.memory_mib),
+            model_mib: args.private_model_mib.unwrap_or(sized.terms.model_mib),
+            answer_ms: args.private_answer_ms.unwrap_or(sized.terms.answer_ms),
+        };
+        terms
+            .validate()
+            .with_context(|| "the private figures cannot be honoured; nothing was uploaded")?;
+        let time_budget_secs = args.time_budget.unwrap_or(sized.time_budget_secs);
+        eprintln!(
+            "private job (the platform sees only these figures; --live to follow progress): \
+             {time_budget_secs} s, {} MiB of memory, a {} MiB model, answers {} ms after each \
+             query",
+            terms.memory_mib, terms.model_mib, terms.answer_ms
+        );
+        (time_budget_secs, Some(terms))
+    };
 
     let key = DataKey::generate();
     let mut container = Vec::new();
@@ -237,15 +300,11 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     let job = host.create_job(&args.program, &dataset.dataset_id)?;
     let terms = TrainingTerms {
         epochs: args.epochs,
-        time_budget_secs: args.time_budget,
-        answers: args.top_k.map_or(AnswerPolicy::Label, AnswerPolicy::TopK),
-        query_budget: args.query_budget,
+        time_budget_secs,
+        answers,
+        query_budget,
         seed: args.seed.as_deref().map(parse_seed).transpose()?,
-        private: args.private.then_some(PrivateTerms {
-            memory_mib: args.private_memory_mib,
-            model_mib: args.private_model_mib,
-            answer_ms: args.private_answer_ms,
-        }),
+        private,
     };
     let ticket = owner::start_training(
         &host,
@@ -266,13 +325,44 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         standardizer: plain.standardizer,
     };
     write_secret(&args.ticket, &serde_json::to_vec_pretty(&record)?)?;
-    if args.private {
+    if private.is_some() {
         eprintln!(
-            "private mode: progress is held until the {} s budget has passed",
-            args.time_budget
+            "private mode: progress is held until the {time_budget_secs} s budget has passed"
         );
     }
     follow(&host, &record.ticket, args.epochs)
+}
+
+/// The time budget of a live job whose owner gives none.
+const LIVE_TIME_BUDGET_SECS: u32 = 900;
+
+/// What `--live` gives away, said before anything is uploaded.
+const LIVE_WARNING: &str = "warning: --live discloses to the platform, and so to the provider, \
+    this job's run time, its number of progress events, the training enclave's peak memory, \
+    the sealed model's size and every query's latency; the provider's program chooses all of \
+    them and can make them depend on your data (tens of bits per job). Leave out --live to \
+    keep them private.";
+
+/// Terms beyond the program's policy, said in the CLI's own words: which limit, and which
+/// flag to change.
+fn refused_terms(e: TermsError) -> anyhow::Error {
+    let what = match e {
+        TermsError::QueryBudget { asked, allowed } => format!(
+            "--query-budget {asked} is above the program's maximum of {allowed} queries per \
+             model: pass --query-budget {allowed} or less, or leave it out to take the maximum"
+        ),
+        TermsError::Answers { asked, allowed } => format!(
+            "--top-k asks for {asked} answers, finer than the program allows ({allowed}): {}",
+            match allowed {
+                AnswerPolicy::TopK(k) if k > 1 => format!("pass --top-k {k} or less"),
+                _ => "leave out --top-k (label answers only)".to_owned(),
+            }
+        ),
+        TermsError::InvalidAnswers => format!("--top-k must be between 1 and {MAX_TOP_K}"),
+    };
+    anyhow::anyhow!(
+        "the provider's extraction policy refuses these terms: {what}; nothing was uploaded"
+    )
 }
 
 fn follow(host: &HostClient, ticket: &JobTicket, epochs: u32) -> anyhow::Result<()> {

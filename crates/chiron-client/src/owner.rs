@@ -4,9 +4,11 @@
 use chiron_crypto::{DataKey, Policy, ResponseKey, VerifiedEnclave};
 use chiron_proto::dataset::DatasetHeader;
 use chiron_proto::evidence::{Evidence, Role};
+pub use chiron_proto::manifest::{DeclaredNeeds, ProgramPolicy};
 pub use chiron_proto::owner::PrivateTerms;
 use chiron_proto::owner::{
-    AnswerPolicy, OwnerEvent, QUERY_INFO, QueryAnswer, QueryRequest, TRAIN_INFO, TrainRequest,
+    AnswerPolicy, MAX_TOP_K, OwnerEvent, QUERY_INFO, QueryAnswer, QueryRequest, TRAIN_INFO,
+    TrainRequest,
 };
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -24,9 +26,11 @@ pub struct TrainingTerms {
     pub epochs: u32,
     /// Wall-clock budget in seconds.
     pub time_budget_secs: u32,
-    /// Answer granularity for the trained model.
+    /// Answer granularity for the trained model: at most the program's policy allows
+    /// ([`check_terms`]).
     pub answers: AnswerPolicy,
-    /// Queries allowed per query-enclave session.
+    /// Inputs the model may answer over its whole life, across query-enclave restarts: at
+    /// most the program's policy allows ([`check_terms`]).
     pub query_budget: u64,
     /// Seed of the runtime's random stream (initialisation, shuffling); `None` draws a fresh
     /// one. Fixing it makes a run reproducible: the same seed, data and program give the same
@@ -35,7 +39,80 @@ pub struct TrainingTerms {
     /// Private mode: the platform sees the declared time budget, a fixed number of events
     /// and the declared peak memory, whatever the data (see [`PrivateTerms`]). `None` reports
     /// progress live, at the price of disclosing run time, event count and peak memory.
+    ///
+    /// The library has no default here: every caller chooses. The `chiron` CLI is private
+    /// unless asked for `--live`, with figures from [`size_private_job`] unless given.
     pub private: Option<PrivateTerms>,
+}
+
+/// The answer time of a private job whose owner does not choose one: long enough for a
+/// batch of a few hundred images through the example CNN on two cores.
+pub const DEFAULT_ANSWER_MS: u32 = 1000;
+/// The time budget of a job whose program declares no training time.
+pub const DEFAULT_TIME_BUDGET_SECS: u32 = 900;
+/// The private memory of a job whose program declares none.
+pub const DEFAULT_MEMORY_MIB: u32 = 2048;
+/// The private model size of a job whose program declares none.
+pub const DEFAULT_MODEL_MIB: u32 = 16;
+
+/// A private job's figures, sized for a dataset and a program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrivateSizing {
+    /// The time budget (a private job always lasts it).
+    pub time_budget_secs: u32,
+    /// Memory, model size and answer time.
+    pub terms: PrivateTerms,
+}
+
+/// Sizes a private job from public figures only, for an owner who does not give their own:
+/// the dataset's header (the enclave holds the dataset in memory, and decrypts it within the
+/// budget) and the needs the program's manifest declares (`needs`), each with headroom,
+/// because a job that needs more than its figures fails.
+///
+/// - time: 1.5 × the declared milliseconds per 1000 examples per epoch × examples × epochs,
+///   plus 15 s for starting and sealing and 0.1 s per MiB of dataset; 900 s when the program
+///   declares no time;
+/// - memory: the declared memory plus 256 MiB for the runtime and twice the dataset's size
+///   (its ciphertext and plaintext); 2048 MiB plus that when undeclared;
+/// - model: the declared size plus 1 MiB, at most 63; 16 MiB when undeclared;
+/// - answer time: [`DEFAULT_ANSWER_MS`].
+pub fn size_private_job(
+    header: &DatasetHeader,
+    needs: &DeclaredNeeds,
+    epochs: u32,
+) -> Result<PrivateSizing, ClientError> {
+    let plaintext = header
+        .plaintext_len()
+        .map_err(|e| ClientError::Input(format!("the dataset header is unusable: {e}")))?;
+    let dataset_mib = plaintext.div_ceil(1 << 20);
+    let examples = u64::from(header.train_count) + u64::from(header.valid_count);
+    let time_budget_secs = match needs.ms_per_1000_examples_epoch {
+        Some(ms) => {
+            let work_ms = u64::from(ms.get())
+                .saturating_mul(examples)
+                .saturating_mul(u64::from(epochs.max(1)))
+                / 1000;
+            // 1.5 × the work, in seconds, rounded up; 15 s and 0.1 s per MiB besides.
+            (work_ms.saturating_mul(3) / 2).div_ceil(1000) + 15 + dataset_mib.div_ceil(10)
+        }
+        None => u64::from(DEFAULT_TIME_BUDGET_SECS),
+    };
+    let memory_mib =
+        u64::from(needs.memory_mib.map_or(DEFAULT_MEMORY_MIB, |m| m.get())) + 256 + 2 * dataset_mib;
+    let max_model_mib = (chiron_proto::wire::MAX_FRAME >> 20) as u32 - 1;
+    let model_mib = needs
+        .model_mib
+        .map_or(DEFAULT_MODEL_MIB, |m| m.get().saturating_add(1))
+        .min(max_model_mib);
+    let clamp = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+    Ok(PrivateSizing {
+        time_budget_secs: clamp(time_budget_secs),
+        terms: PrivateTerms {
+            memory_mib: clamp(memory_mib),
+            model_mib,
+            answer_ms: DEFAULT_ANSWER_MS,
+        },
+    })
 }
 
 /// Everything the owner keeps about a started job. Holds secrets (the event key and the
@@ -60,6 +137,14 @@ impl std::fmt::Debug for JobTicket {
             .field("job_id", &self.job_id)
             .finish_non_exhaustive()
     }
+}
+
+/// Checks terms against a program's extraction policy (from [`HostClient::program`]) before
+/// anything is uploaded: the owner's terms may only tighten the policy. The training enclave
+/// checks again against the program it runs, and refuses the job ("terms refused") if the
+/// host showed a policy the program does not declare.
+pub fn check_terms(terms: &TrainingTerms, policy: &ProgramPolicy) -> Result<(), ClientError> {
+    Ok(policy.manifest.permits(terms.answers, terms.query_budget)?)
 }
 
 /// SHA-256 of a job or model id: the `context` its evidence is bound to.
@@ -116,10 +201,10 @@ pub fn start_training(
         .ok()
         .and_then(|d| d.try_into().ok())
         .ok_or_else(|| ClientError::Input(format!("`{program_id}` is not a program id")))?;
-    if terms.answers.width() == 0 || terms.answers.width() > header.classes as usize {
-        return Err(ClientError::Input(
-            "top-k must be between 1 and the class count".into(),
-        ));
+    if !terms.answers.is_valid() || terms.answers.width() > header.classes as usize {
+        return Err(ClientError::Input(format!(
+            "top-k must be between 1 and the class count (and at most {MAX_TOP_K})"
+        )));
     }
     if let Some(private) = terms.private {
         private
@@ -262,5 +347,62 @@ impl<'a> QuerySession<'a> {
             return Err(ClientError::Unanswered);
         }
         Ok(answer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU32;
+
+    use chiron_proto::dataset::{DatasetKind, ElementEncoding};
+
+    use super::*;
+
+    fn fashion(train_count: u32, valid_count: u32) -> DatasetHeader {
+        DatasetHeader {
+            kind: DatasetKind::Image,
+            dims: vec![1, 28, 28],
+            encoding: ElementEncoding::U8Unit,
+            classes: 10,
+            train_count,
+            valid_count,
+        }
+    }
+
+    #[test]
+    fn private_jobs_are_sized_from_the_header_and_the_declared_needs() {
+        // The demo: the CNN's manifest on all of Fashion-MNIST, 3 epochs.
+        let cnn = DeclaredNeeds {
+            memory_mib: NonZeroU32::new(512),
+            model_mib: NonZeroU32::new(4),
+            ms_per_1000_examples_epoch: NonZeroU32::new(1200),
+        };
+        let sizing = size_private_job(&fashion(57_000, 3_000), &cnn, 3).expect("sized");
+        // 1.5 × 1.2 s × 60 × 3 = 324 s, + 15 s, + 46 MiB / 10 (60 000 × 788 bytes).
+        assert_eq!(sizing.time_budget_secs, 324 + 15 + 5);
+        assert_eq!(sizing.terms.memory_mib, 512 + 256 + 2 * 46);
+        assert_eq!(sizing.terms.model_mib, 5);
+        assert_eq!(sizing.terms.answer_ms, DEFAULT_ANSWER_MS);
+        assert_eq!(sizing.terms.validate(), Ok(()));
+
+        // Nothing declared: the fixed defaults (and the dataset's memory).
+        let sizing =
+            size_private_job(&fashion(100, 0), &DeclaredNeeds::default(), 1).expect("sized");
+        assert_eq!(sizing.time_budget_secs, DEFAULT_TIME_BUDGET_SECS);
+        assert_eq!(sizing.terms.memory_mib, DEFAULT_MEMORY_MIB + 256 + 2);
+        assert_eq!(sizing.terms.model_mib, DEFAULT_MODEL_MIB);
+
+        // A huge declaration is clamped to what a frame carries.
+        let huge = DeclaredNeeds {
+            model_mib: NonZeroU32::new(u32::MAX),
+            ..DeclaredNeeds::default()
+        };
+        let sizing = size_private_job(&fashion(100, 0), &huge, 1).expect("sized");
+        assert_eq!(sizing.terms.model_mib, 63);
+        assert_eq!(sizing.terms.validate(), Ok(()));
+        assert!(
+            size_private_job(&fashion(0, 0), &cnn, 1).is_err(),
+            "no examples"
+        );
     }
 }

@@ -4,6 +4,7 @@
 
 use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
+use zeroize::Zeroizing;
 
 /// Bytes of an AES-GCM nonce.
 pub(crate) const NONCE_LEN: usize = 12;
@@ -36,15 +37,18 @@ pub(crate) fn seal(
 }
 
 /// Decrypts and authenticates ciphertext-then-tag; `None` when authentication fails.
+///
+/// The plaintext is wiped when the returned buffer is dropped. On failure the buffer still
+/// holds ciphertext (the tag is checked before anything is decrypted).
 pub(crate) fn open(
     key: &[u8; 32],
     nonce: &[u8; NONCE_LEN],
     aad: &[u8],
     ciphertext: &[u8],
-) -> Option<Vec<u8>> {
-    let mut buffer = ciphertext.to_vec();
+) -> Option<Zeroizing<Vec<u8>>> {
+    let mut buffer = Zeroizing::new(ciphertext.to_vec());
     cipher(key)
-        .decrypt_in_place(&Nonce::from(*nonce), aad, &mut buffer)
+        .decrypt_in_place(&Nonce::from(*nonce), aad, &mut *buffer)
         .ok()?;
     Some(buffer)
 }

@@ -22,6 +22,7 @@ use rand::RngCore;
 use rand::rngs::OsRng;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
+use zeroize::{ZeroizeOnDrop, Zeroizing};
 
 use crate::error::CryptoError;
 
@@ -36,6 +37,10 @@ pub const SIM_PLATFORM_FILE_NAME: &str = "sim-platform.key";
 /// key, and a 32-byte secret standing in for its sealing secret.
 ///
 /// **INSECURE, for development only.** Nothing protects these keys but file permissions.
+///
+/// Both secrets are wiped when the platform is dropped (ed25519-dalek's `SigningKey` wipes
+/// itself); `Debug` shows the public key only.
+#[derive(ZeroizeOnDrop)]
 pub struct SimPlatform {
     signing: SigningKey,
     sealing_secret: [u8; 32],
@@ -44,14 +49,15 @@ pub struct SimPlatform {
 impl SimPlatform {
     /// A fresh platform from the operating system's random number generator.
     pub fn generate() -> Self {
-        let mut seed = [0; 32];
-        OsRng.fill_bytes(&mut seed);
-        let mut sealing_secret = [0; 32];
-        OsRng.fill_bytes(&mut sealing_secret);
-        Self {
+        let mut seed = Zeroizing::new([0; 32]);
+        OsRng.fill_bytes(&mut *seed);
+        let mut platform = Self {
             signing: SigningKey::from_bytes(&seed),
-            sealing_secret,
-        }
+            sealing_secret: [0; 32],
+        };
+        // Filled in place, so no other copy is left to wipe.
+        OsRng.fill_bytes(&mut platform.sealing_secret);
+        platform
     }
 
     /// Loads the platform stored at `path` (conventionally [`SIM_PLATFORM_FILE_NAME`]), or
@@ -69,16 +75,18 @@ impl SimPlatform {
         match create_new_private(path) {
             Ok(mut file) => {
                 let platform = Self::generate();
-                let mut contents = Vec::with_capacity(SIM_FILE_LEN);
+                let mut contents = Zeroizing::new(Vec::with_capacity(SIM_FILE_LEN));
                 contents.extend_from_slice(SIM_FILE_MAGIC);
-                contents.extend_from_slice(&platform.signing.to_bytes());
+                contents.extend_from_slice(Zeroizing::new(platform.signing.to_bytes()).as_ref());
                 contents.extend_from_slice(&platform.sealing_secret);
                 file.write_all(&contents).map_err(io_error)?;
                 file.sync_all().map_err(io_error)?;
                 Ok(platform)
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                let mut contents = Vec::with_capacity(SIM_FILE_LEN);
+                // Sized for one byte more than a valid file, so reading never reallocates
+                // (which would leave an unwiped copy of the keys behind).
+                let mut contents = Zeroizing::new(Vec::with_capacity(SIM_FILE_LEN + 1));
                 // Read one byte past the expected length to notice an oversized file.
                 File::open(path)
                     .and_then(|f| f.take(SIM_FILE_LEN as u64 + 1).read_to_end(&mut contents))

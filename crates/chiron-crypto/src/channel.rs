@@ -19,6 +19,7 @@ use hpke::aead::ChaCha20Poly1305;
 use hpke::kdf::HkdfSha256;
 use hpke::kem::X25519HkdfSha256;
 use hpke::{Deserializable, HpkeError, Kem as _, OpModeR, OpModeS, Serializable};
+use zeroize::{ZeroizeOnDrop, Zeroizing};
 
 use crate::aead;
 use crate::error::CryptoError;
@@ -34,6 +35,10 @@ const HPKE_TAG_LEN: usize = 16;
 const RESPONSE_EXPORT_LABEL: &[u8] = b"chiron response";
 
 /// The enclave's ephemeral key pair; it lives and dies with one enclave process.
+///
+/// The private key is wiped when the pair is dropped: it is an x25519-dalek `StaticSecret`,
+/// which zeroizes itself with that crate's `zeroize` feature (turned on by this crate's
+/// manifest). `Debug` shows the public key only.
 pub struct EnclaveKeypair {
     secret: <Kem as hpke::Kem>::PrivateKey,
     public: [u8; 32],
@@ -55,7 +60,7 @@ impl EnclaveKeypair {
     }
 
     /// Opens a message sealed with [`seal_to_enclave`] to this key pair, returning the plaintext
-    /// and the key for answering the sender.
+    /// (wiped when dropped) and the key for answering the sender.
     ///
     /// `info` and `aad` must equal the sender's.
     pub fn open(
@@ -63,7 +68,7 @@ impl EnclaveKeypair {
         info: &[u8],
         aad: &[u8],
         sealed: &[u8],
-    ) -> Result<(Vec<u8>, ResponseKey), CryptoError> {
+    ) -> Result<(Zeroizing<Vec<u8>>, ResponseKey), CryptoError> {
         let Some((enc, ciphertext)) = sealed
             .split_first_chunk::<ENCAPSULATED_KEY_LEN>()
             .filter(|(_, ct)| ct.len() >= HPKE_TAG_LEN)
@@ -76,16 +81,23 @@ impl EnclaveKeypair {
             hpke::setup_receiver::<Aead, Kdf, Kem>(&OpModeR::Base, &self.secret, &enc, info)
                 // A low-order `enc` fails decapsulation: a forged message, not our key's fault.
                 .map_err(|_| CryptoError::ChannelOpen)?;
-        let plaintext = context
-            .open(ciphertext, aad)
-            .map_err(|_| CryptoError::ChannelOpen)?;
-        let mut response = [0; 32];
+        let plaintext = Zeroizing::new(
+            context
+                .open(ciphertext, aad)
+                .map_err(|_| CryptoError::ChannelOpen)?,
+        );
+        // Exported straight into the key, so no other copy is left to wipe.
+        let mut response = ResponseKey([0; 32]);
         context
-            .export(RESPONSE_EXPORT_LABEL, &mut response)
+            .export(RESPONSE_EXPORT_LABEL, &mut response.0)
             .map_err(|_| CryptoError::ChannelOpen)?;
-        Ok((plaintext, ResponseKey(response)))
+        Ok((plaintext, response))
     }
 }
+
+// The private key's own `Drop` wipes it (see the type's documentation); the crate's tests check
+// that it has one.
+impl ZeroizeOnDrop for EnclaveKeypair {}
 
 impl fmt::Debug for EnclaveKeypair {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -119,14 +131,14 @@ pub fn seal_to_enclave(
     let ciphertext = context
         .seal(plaintext, aad)
         .map_err(|_| CryptoError::Encrypt)?;
-    let mut response = [0; 32];
+    let mut response = ResponseKey([0; 32]);
     context
-        .export(RESPONSE_EXPORT_LABEL, &mut response)
+        .export(RESPONSE_EXPORT_LABEL, &mut response.0)
         .map_err(|_| CryptoError::Encrypt)?;
     let mut sealed = Vec::with_capacity(ENCAPSULATED_KEY_LEN + ciphertext.len());
     sealed.extend_from_slice(&enc.to_bytes());
     sealed.extend_from_slice(&ciphertext);
-    Ok((sealed, ResponseKey(response)))
+    Ok((sealed, response))
 }
 
 /// The key for the enclave's answers to one sealed message.
@@ -135,7 +147,9 @@ pub fn seal_to_enclave(
 /// so two parties sealing under one key would reuse nonces. The enclave must never seal two
 /// messages under the same counter (count up from 0); the owner opens message `n` with
 /// counter `n`, which rejects replayed, reordered or dropped-and-shifted messages.
-#[derive(Clone)]
+///
+/// Wiped when dropped; `Debug` does not show it.
+#[derive(Clone, ZeroizeOnDrop)]
 pub struct ResponseKey([u8; 32]);
 
 impl ResponseKey {
@@ -159,8 +173,13 @@ impl ResponseKey {
     }
 
     /// Decrypts answer number `counter`; fails unless it was sealed under that very counter,
-    /// key and `aad`.
-    pub fn open(&self, counter: u64, aad: &[u8], ct: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    /// key and `aad`. The plaintext is wiped when the returned buffer is dropped.
+    pub fn open(
+        &self,
+        counter: u64,
+        aad: &[u8],
+        ct: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
         aead::open(&self.0, &nonce(counter), aad, ct).ok_or(CryptoError::ResponseOpen { counter })
     }
 }
@@ -211,11 +230,11 @@ mod tests {
         let (sealed, owner_key) = seal_to_enclave(&enclave.public_key(), INFO, AAD, b"secret")?;
         assert_eq!(sealed.len(), ENCAPSULATED_KEY_LEN + 6 + HPKE_TAG_LEN);
         let (plaintext, enclave_key) = enclave.open(INFO, AAD, &sealed)?;
-        assert_eq!(plaintext, b"secret");
+        assert_eq!(*plaintext, b"secret");
         assert_eq!(owner_key.to_bytes(), enclave_key.to_bytes());
 
         let answer = enclave_key.seal(0, AAD, b"epoch 1 done");
-        assert_eq!(owner_key.open(0, AAD, &answer)?, b"epoch 1 done");
+        assert_eq!(*owner_key.open(0, AAD, &answer)?, b"epoch 1 done");
         Ok(())
     }
 
@@ -223,7 +242,7 @@ mod tests {
     fn empty_plaintext_round_trips() -> Result<(), CryptoError> {
         let enclave = EnclaveKeypair::generate();
         let (sealed, _) = seal_to_enclave(&enclave.public_key(), INFO, AAD, b"")?;
-        assert_eq!(enclave.open(INFO, AAD, &sealed)?.0, b"");
+        assert_eq!(*enclave.open(INFO, AAD, &sealed)?.0, b"");
         Ok(())
     }
 
@@ -286,7 +305,7 @@ mod tests {
         let key = ResponseKey::from_bytes([7; 32]);
         let first = key.seal(0, AAD, b"event 0");
         let second = key.seal(1, AAD, b"event 1");
-        assert_eq!(key.open(1, AAD, &second)?, b"event 1");
+        assert_eq!(*key.open(1, AAD, &second)?, b"event 1");
         // Replaying event 0 as event 1, or event 1 as event 0, fails.
         assert!(matches!(
             key.open(1, AAD, &first),

@@ -35,10 +35,11 @@ use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError, mpsc};
 
-use chiron_proto::dataset::DatasetHeader;
+use chiron_proto::dataset::{DatasetHeader, HeaderError};
 use rand::RngCore;
 use rand::rngs::OsRng;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, Tag, UnboundKey};
+use zeroize::{ZeroizeOnDrop, Zeroizing};
 
 use crate::error::CryptoError;
 
@@ -65,15 +66,18 @@ const FIXED_PREAMBLE_LEN: usize = 8 + 2 + 4;
 ///
 /// The owner generates it, keeps it, and releases it only over an attested channel to an enclave
 /// whose evidence passed the owner's policy.
-#[derive(Clone)]
+///
+/// Wiped when dropped; `Debug` does not show it.
+#[derive(Clone, ZeroizeOnDrop)]
 pub struct DataKey([u8; 32]);
 
 impl DataKey {
     /// A fresh key from the operating system's random number generator.
     pub fn generate() -> Self {
-        let mut key = [0; 32];
-        OsRng.fill_bytes(&mut key);
-        Self(key)
+        // Filled in place, so no other copy is left to wipe.
+        let mut key = Self([0; 32]);
+        OsRng.fill_bytes(&mut key.0);
+        key
     }
 
     /// Wraps existing key bytes (for example, received over an attested channel).
@@ -140,9 +144,19 @@ impl Layout {
         }
     }
 
-    fn ciphertext_len(self, plaintext_len: u64) -> u64 {
-        plaintext_len + self.chunks * TAG_LEN as u64
+    /// The chunks' ciphertext and tags. Lengths come from a validated header (at most
+    /// `MAX_PLAINTEXT_LEN`), far from overflowing; checked all the same.
+    fn ciphertext_len(self) -> Result<u64, CryptoError> {
+        self.chunks
+            .checked_mul(TAG_LEN as u64)
+            .and_then(|tags| self.plaintext_len.checked_add(tags))
+            .ok_or_else(too_large)
     }
+}
+
+/// A size that overflows: only a header far beyond `MAX_PLAINTEXT_LEN` could describe one.
+fn too_large() -> CryptoError {
+    CryptoError::DatasetHeaderInvalid(HeaderError::TooLarge(u64::MAX))
 }
 
 /// The magic, version and encoded header: the associated data of every chunk.
@@ -168,9 +182,10 @@ fn encode_preamble(header: &DatasetHeader) -> Result<Vec<u8>, CryptoError> {
 pub fn container_len(header: &DatasetHeader) -> Result<u64, CryptoError> {
     let plaintext_len = header.plaintext_len()?;
     let preamble = encode_preamble(header)?;
-    Ok(preamble.len() as u64
-        + NONCE_PREFIX_LEN as u64
-        + Layout::new(plaintext_len).ciphertext_len(plaintext_len))
+    Layout::new(plaintext_len)
+        .ciphertext_len()?
+        .checked_add((preamble.len() + NONCE_PREFIX_LEN) as u64)
+        .ok_or_else(too_large)
 }
 
 /// Encrypts a dataset body under `key`, streaming from `body` to `out`.
@@ -230,8 +245,9 @@ struct Batch {
     first: u64,
     /// Chunks in the batch.
     count: u64,
-    /// Ciphertext-sized buffer; only `used` bytes of it belong to the batch.
-    buf: Vec<u8>,
+    /// Ciphertext-sized buffer; only `used` bytes of it belong to the batch. It holds
+    /// plaintext between reading and sealing (and after an error), so it is wiped when dropped.
+    buf: Zeroizing<Vec<u8>>,
     used: usize,
 }
 
@@ -244,7 +260,7 @@ struct BodyReader<'r, R> {
 
 impl<R: Read> BodyReader<'_, R> {
     /// Fills `buf` with the plaintext of the batch starting at chunk `first`.
-    fn fill(&mut self, first: u64, mut buf: Vec<u8>) -> Result<Batch, CryptoError> {
+    fn fill(&mut self, first: u64, mut buf: Zeroizing<Vec<u8>>) -> Result<Batch, CryptoError> {
         let count = (self.layout.chunks - first).min(BATCH_CHUNKS as u64);
         // At most BATCH_CHUNKS slots.
         buf.resize(count as usize * SLOT_LEN, 0);
@@ -276,7 +292,7 @@ fn seal_in_turn<R: Read>(
     reader: &mut BodyReader<'_, R>,
     out: &mut impl Write,
 ) -> Result<u64, CryptoError> {
-    let mut buf = Vec::new();
+    let mut buf = Zeroizing::new(Vec::new());
     let mut written = 0;
     let mut next = 0;
     while next < reader.layout.chunks {
@@ -331,7 +347,7 @@ fn seal_in_parallel<R: Read>(
             return seal_in_turn(cipher, reader, out);
         }
         let ahead = (workers as u64 + 1) * BATCH_CHUNKS as u64;
-        let mut spare: Vec<Vec<u8>> = Vec::new();
+        let mut spare: Vec<Zeroizing<Vec<u8>>> = Vec::new();
         let mut waiting = BTreeMap::new();
         let (mut next_read, mut next_write) = (0, 0);
         let mut written = 0;
@@ -519,7 +535,8 @@ pub fn read_dataset_header(container: &[u8]) -> Result<DatasetHeader, CryptoErro
     parse(container).map(|parsed| parsed.header)
 }
 
-/// Authenticates and decrypts a whole container, returning its header and plaintext body.
+/// Authenticates and decrypts a whole container, returning its header and plaintext body
+/// (wiped when dropped; so is any plaintext decrypted before a failure).
 ///
 /// Fails on the first chunk that does not authenticate, naming it, and on any container whose
 /// length disagrees with its (authenticated) header. The first chunk is checked alone; once it
@@ -528,11 +545,14 @@ pub fn read_dataset_header(container: &[u8]) -> Result<DatasetHeader, CryptoErro
 pub fn decrypt_dataset(
     key: &DataKey,
     container: &[u8],
-) -> Result<(DatasetHeader, Vec<u8>), CryptoError> {
+) -> Result<(DatasetHeader, Zeroizing<Vec<u8>>), CryptoError> {
     let parsed = parse(container)?;
     let layout = Layout::new(parsed.plaintext_len);
-    let expected_len = (container.len() - parsed.chunks.len()) as u64
-        + layout.ciphertext_len(parsed.plaintext_len);
+    // `chunks` is a suffix of `container`: the difference is the preamble and nonce.
+    let expected_len = layout
+        .ciphertext_len()?
+        .checked_add((container.len() - parsed.chunks.len()) as u64)
+        .ok_or_else(too_large)?;
     let found_len = container.len() as u64;
     let cipher = ChunkCipher::new(key, parsed.nonce_prefix, parsed.aad)
         .ok_or(CryptoError::DatasetChunk { index: 0 })?;
@@ -547,7 +567,7 @@ pub fn decrypt_dataset(
     // Nothing is sized by the unauthenticated header's claim: chunk 0 goes into a chunk-sized
     // buffer, and the body is allocated only once the header is authentic and the container
     // is exactly as long as it implies.
-    let mut first_plain = vec![0; first_len];
+    let mut first_plain = Zeroizing::new(vec![0; first_len]);
     cipher
         .open(0, layout.chunks == 1, first, &mut first_plain)
         .map_err(|()| CryptoError::DatasetChunk { index: 0 })?;
@@ -561,7 +581,7 @@ pub fn decrypt_dataset(
             found: 0,
         })?;
     // Zeroed allocation maps pages lazily: each worker faults in the part it writes.
-    let mut body = vec![0; body_len];
+    let mut body = Zeroizing::new(vec![0; body_len]);
     let (body_first, body_rest) = body.split_at_mut(first_len);
     body_first.copy_from_slice(&first_plain);
     open_in_parallel(&cipher, layout, rest, body_rest)?;
@@ -686,7 +706,7 @@ mod tests {
             assert_eq!(read_dataset_header(&container)?, h);
             let (got_header, got_body) = decrypt_dataset(&key, &container)?;
             assert_eq!(got_header, h);
-            assert_eq!(got_body, body);
+            assert_eq!(*got_body, body);
         }
         Ok(())
     }
@@ -763,7 +783,7 @@ mod tests {
                 break;
             }
         }
-        assert_eq!(decrypt_dataset(&key, &reference)?.1, body);
+        assert_eq!(*decrypt_dataset(&key, &reference)?.1, body);
         Ok(())
     }
 
@@ -774,7 +794,7 @@ mod tests {
         let key = DataKey::generate();
         let h = header(65_532, 5 * BATCH_CHUNKS as u32 + 3);
         let (body, container) = encrypt(&key, &h)?;
-        assert_eq!(decrypt_dataset(&key, &container)?.1, body);
+        assert_eq!(*decrypt_dataset(&key, &container)?.1, body);
         let start = chunks_start(&container)?;
         for bad_chunks in [
             vec![BATCH_CHUNKS + 1],
@@ -811,7 +831,7 @@ mod tests {
         let body = body_for(&h)?;
         let mut container = Vec::new();
         encrypt_dataset(&key, &h, Trickle(&body), &mut container)?;
-        assert_eq!(decrypt_dataset(&key, &container)?.1, body);
+        assert_eq!(*decrypt_dataset(&key, &container)?.1, body);
         let short = &body[..body.len() - 1];
         assert!(matches!(
             encrypt_dataset(&key, &h, Trickle(short), io::sink()),

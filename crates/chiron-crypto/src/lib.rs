@@ -19,6 +19,11 @@
 //!   same runtime on the same platform can open them, and only for the job they belong to.
 //!
 //! [`CryptoError`] covers the first three; [`AttestationError`] says why evidence was refused.
+//!
+//! Every secret is wiped from memory when it is dropped: the key types ([`DataKey`],
+//! [`ResponseKey`], [`SealingKey`], [`SimPlatform`], [`EnclaveKeypair`]'s private key) zeroize
+//! themselves, and decrypted plaintext comes back as [`Zeroizing`] buffers. The key types'
+//! `Debug` output shows no secret.
 
 #![forbid(unsafe_code)]
 
@@ -36,3 +41,30 @@ pub use channel::{EnclaveKeypair, ResponseKey, seal_to_enclave};
 pub use dataset::{DataKey, decrypt_dataset, encrypt_dataset, read_dataset_header};
 pub use error::CryptoError;
 pub use seal::SealingKey;
+/// The wrapper decrypted plaintext comes back in: it wipes its contents when dropped.
+pub use zeroize::Zeroizing;
+
+#[cfg(test)]
+mod tests {
+    use zeroize::ZeroizeOnDrop;
+
+    use super::*;
+
+    /// Compiles only for types that wipe themselves when dropped.
+    fn wiped_on_drop<T: ZeroizeOnDrop>() {}
+
+    #[test]
+    fn every_secret_is_wiped_on_drop() {
+        wiped_on_drop::<DataKey>();
+        wiped_on_drop::<EnclaveKeypair>();
+        wiped_on_drop::<ResponseKey>();
+        wiped_on_drop::<SealingKey>();
+        wiped_on_drop::<SimPlatform>();
+        wiped_on_drop::<Zeroizing<Vec<u8>>>();
+        // hpke's X25519 private key is a plain `[u8; 32]` newtype unless x25519-dalek's
+        // `zeroize` feature gives it a wiping `Drop` (it implements no marker trait).
+        assert!(std::mem::needs_drop::<
+            <hpke::kem::X25519HkdfSha256 as hpke::Kem>::PrivateKey,
+        >());
+    }
+}

@@ -15,6 +15,7 @@ use hkdf::Hkdf;
 use rand::RngCore;
 use rand::rngs::OsRng;
 use sha2::Sha256;
+use zeroize::{ZeroizeOnDrop, Zeroizing};
 
 use crate::aead;
 use crate::error::CryptoError;
@@ -26,7 +27,9 @@ const PREFIX_LEN: usize = MAGIC.len() + 1;
 const SALT: &[u8] = b"chiron sealing key v1";
 
 /// A key for sealing blobs to one runtime measurement on one platform, for one purpose.
-#[derive(Clone)]
+///
+/// Wiped when dropped; `Debug` does not show it.
+#[derive(Clone, ZeroizeOnDrop)]
 pub struct SealingKey([u8; 32]);
 
 impl SealingKey {
@@ -35,10 +38,11 @@ impl SealingKey {
     /// keys for different purposes are independent.
     pub fn derive(platform_secret: &[u8; 32], measurement: &[u8; 32], purpose: &[u8]) -> Self {
         let hkdf = Hkdf::<Sha256>::new(Some(SALT), platform_secret);
-        let mut key = [0; 32];
+        // Derived straight into the key, so no other copy is left to wipe.
+        let mut key = Self([0; 32]);
         // The measurement has a fixed length, so `measurement ‖ purpose` is unambiguous.
-        match hkdf.expand_multi_info(&[measurement, purpose], &mut key) {
-            Ok(()) => Self(key),
+        match hkdf.expand_multi_info(&[measurement, purpose], &mut key.0) {
+            Ok(()) => key,
             // HKDF-SHA256 only refuses outputs longer than 255 × 32 bytes.
             Err(_) => unreachable!("HKDF-SHA256 always yields 32 bytes"),
         }
@@ -64,8 +68,9 @@ impl SealingKey {
         blob
     }
 
-    /// Opens a blob made by [`SealingKey::seal`] with the same key and `aad`.
-    pub fn unseal(&self, aad: &[u8], blob: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    /// Opens a blob made by [`SealingKey::seal`] with the same key and `aad`. The plaintext is
+    /// wiped when the returned buffer is dropped.
+    pub fn unseal(&self, aad: &[u8], blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
         let too_short = || CryptoError::SealedTooShort { len: blob.len() };
         let (magic, rest) = blob.split_first_chunk::<4>().ok_or_else(too_short)?;
         if *magic != MAGIC {
@@ -115,8 +120,8 @@ mod tests {
     #[test]
     fn round_trip() -> Result<(), CryptoError> {
         let blob = key().seal(b"job-1", b"weights");
-        assert_eq!(key().unseal(b"job-1", &blob)?, b"weights");
-        assert_eq!(key().unseal(b"job-1", &key().seal(b"job-1", b""))?, b"");
+        assert_eq!(*key().unseal(b"job-1", &blob)?, b"weights");
+        assert_eq!(*key().unseal(b"job-1", &key().seal(b"job-1", b""))?, b"");
         // Fresh nonces: sealing twice gives different blobs.
         assert_ne!(blob, key().seal(b"job-1", b"weights"));
         Ok(())

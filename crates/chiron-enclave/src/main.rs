@@ -12,6 +12,7 @@
 //! chiron-enclave measure                            print this binary's measurement
 //! ```
 
+mod counter;
 mod memory;
 mod query;
 mod sealed;
@@ -26,6 +27,11 @@ use anyhow::Context;
 use chiron_crypto::SimPlatform;
 use chiron_proto::evidence::Role;
 use clap::{Parser, Subcommand, ValueEnum};
+
+/// Every allocation counted: the gauge behind the program's memory budget
+/// (`chiron_sandbox::memory`).
+#[global_allocator]
+static ALLOCATOR: chiron_sandbox::CountingAllocator = chiron_sandbox::CountingAllocator;
 
 #[derive(Parser)]
 #[command(version, about = "Chiron enclave runtime (measured, trusted)")]
@@ -62,6 +68,8 @@ enum RoleArg {
 }
 
 fn main() -> anyhow::Result<()> {
+    // First, before any secret exists; without it the enclave does not start.
+    harden_process().context("refusing to start: the process hardening failed")?;
     // Panic messages could carry runtime state into the host-visible stderr: print none.
     // The sandbox and engine turn panics into errors before they get here anyway.
     std::panic::set_hook(Box::new(|_| {
@@ -98,6 +106,39 @@ fn main() -> anyhow::Result<()> {
             session::serve(stream, role, platform, measurement()?)
         }
     }
+}
+
+/// Keeps the process's memory to itself, since it holds the only plaintext copies of the
+/// owner's data and the provider's model: no core file however it dies (`RLIMIT_CORE` 0, soft
+/// and hard), and no ptrace attach, `/proc/<pid>/mem` or `/proc/<pid>/environ` read by other
+/// processes of the same user (`PR_SET_DUMPABLE` 0; a holder of `CAP_SYS_PTRACE` still can,
+/// which only a real TEE prevents). Both settings are read back; any failure is an error.
+#[cfg(target_os = "linux")]
+fn harden_process() -> anyhow::Result<()> {
+    use rustix::process::{
+        DumpableBehavior, Resource, Rlimit, dumpable_behavior, getrlimit, set_dumpable_behavior,
+        setrlimit,
+    };
+    let no_core = Rlimit {
+        current: Some(0),
+        maximum: Some(0),
+    };
+    setrlimit(Resource::Core, no_core).context("setrlimit(RLIMIT_CORE, 0, 0) failed")?;
+    set_dumpable_behavior(DumpableBehavior::NotDumpable)
+        .context("prctl(PR_SET_DUMPABLE, 0) failed")?;
+    let dumpable = dumpable_behavior().context("prctl(PR_GET_DUMPABLE) failed")?;
+    anyhow::ensure!(
+        getrlimit(Resource::Core) == no_core && dumpable == DumpableBehavior::NotDumpable,
+        "core files or dumpability are still enabled after being turned off"
+    );
+    Ok(())
+}
+
+/// Not compiled in: outside Linux this binary has no process hardening (the TEE deployments
+/// it targets, Gramine-SGX and confidential VMs, run Linux).
+#[cfg(not(target_os = "linux"))]
+fn harden_process() -> anyhow::Result<()> {
+    Ok(())
 }
 
 /// The measurement of the running binary: SHA-256 of its file. Under a real TEE the

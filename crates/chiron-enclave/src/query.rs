@@ -1,47 +1,73 @@
 //! The query role: open a sealed model, then answer queries, each in a fresh sandbox
-//! instance, with answers of a fixed size.
+//! instance, with answers of a fixed size, under the program's extraction policy and a query
+//! budget counted per model across restarts ([`crate::counter`]).
+//!
+//! `predict` runs on a worker thread; the serving thread waits for it until the answer is
+//! due (a private job's declared answer time, or the sandbox's deadline for a live one) and
+//! then sends what the worker produced, or the same-size "unanswered" answer if it is not
+//! done. A worker stuck in a long native call therefore cannot make an answer leave late; its
+//! result, when it comes, is discarded.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::io::Read;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
+use chiron_proto::manifest;
 use chiron_proto::owner::{AnswerPolicy, MAX_QUERY_BATCH, QUERY_INFO, QueryAnswer, QueryRequest};
-use chiron_proto::wire::EnclaveFrame;
+use chiron_proto::wire::{EnclaveFrame, HostFrame, read_frame};
 use chiron_sandbox::{Model, Program, Sandbox, SandboxConfig, runtime::argmax};
 use sha2::{Digest, Sha256};
 
+use crate::counter::{CounterSeal, CounterState};
 use crate::sealed::{SealedModel, model_key};
 use crate::session::Enclave;
 
 /// AAD of every answer: answers are encrypted under a per-query key, counter 0.
 pub const ANSWER_AAD: &[u8] = b"chiron/v1 answer";
 
+/// How long past the sandbox's `predict` deadline a live query waits for its worker: the
+/// deadline stops wasm, not a native call already running.
+const LIVE_GRACE: Duration = Duration::from_secs(1);
+
 /// A loaded model and its terms.
 pub struct Serving {
     job_id: String,
-    sandbox: Sandbox,
-    program: Program,
+    sandbox: Arc<Sandbox>,
+    program: Arc<Program>,
     model: Arc<Model>,
     answers: AnswerPolicy,
-    budget_left: u64,
-    /// Digests of the sealed queries answered so far: a replayed one is refused, so the
-    /// platform cannot spend the owner's budget. At most one entry per answered query.
+    /// Inputs the model may answer over its life (the owner's terms, within the program's
+    /// policy).
+    budget: u64,
+    counter_seal: CounterSeal,
+    /// The latest counter state sent to the host: every input answered so far is in it.
+    counter: CounterState,
+    /// Digests of the sealed queries answered by this process: a replayed one is refused,
+    /// so the platform cannot spend the owner's budget. At most one entry per answered
+    /// query. Not persisted: queries are sealed to this process's ephemeral key, so no query
+    /// sealed to an earlier process opens here.
     answered: HashSet<[u8; 32]>,
     token_digest: [u8; 32],
     feature_dims: Vec<usize>,
     /// A private job's answer time: how long after its arrival every answer leaves.
     answer_time: Option<Duration>,
+    /// How long a live query waits for its worker.
+    live_wait: Duration,
 }
 
 impl Serving {
-    /// Unseals and checks a model; errors are fixed labels for the host.
+    /// Unseals and checks a model, its program's policy and its stored query counter;
+    /// errors are fixed labels for the host.
     pub fn load(
         enclave: &Enclave,
         job_id: &str,
         sealed_model: &[u8],
         program: &[u8],
+        counter: Option<&[u8]>,
     ) -> Result<Self, &'static str> {
-        let plaintext = model_key(&enclave.platform, &enclave.measurement)
+        let key = model_key(&enclave.platform, &enclave.measurement);
+        let plaintext = key
             .unseal(job_id.as_bytes(), sealed_model)
             .map_err(|_| "sealed model failed authentication")?;
         let contents = SealedModel::decode(&plaintext).ok_or("sealed model is malformed")?;
@@ -49,38 +75,59 @@ impl Serving {
         if digest != contents.program_digest {
             return Err("program mismatch");
         }
+        // The training enclave checked the owner's terms against the program's policy; the
+        // sealed terms are checked again, against the program this enclave runs.
+        let policy = manifest::program_policy(program).map_err(|_| "program refused")?;
+        policy
+            .manifest
+            .permits(contents.answers, contents.query_budget)
+            .map_err(|_| "terms refused")?;
+        let counter_seal = CounterSeal::new(key, job_id, sealed_model);
+        let counter = counter_seal
+            .open(counter)
+            .map_err(|_| "query counter failed authentication")?;
         let model = Model::from_bytes(&contents.model).map_err(|_| "sealed model is malformed")?;
         let header = model.header.clone().ok_or("sealed model is malformed")?;
         let answer_time = contents
             .answer_ms
             .map(|ms| Duration::from_millis(u64::from(ms)));
         let defaults = SandboxConfig::default();
-        // Under a private answer time the program is stopped when the time is up, so no
-        // answer can leave later than declared (give or take the deadline clock's tick).
+        // Under a private answer time the program is stopped when the time is up (give or
+        // take the deadline clock's tick); the serving thread answers then in any case.
         let config = SandboxConfig {
             predict_deadline: answer_time.map_or(defaults.predict_deadline, |t| {
                 t.min(defaults.predict_deadline)
             }),
             ..defaults
         };
+        let live_wait = config.predict_deadline + LIVE_GRACE;
         let sandbox = Sandbox::new(config).map_err(|_| "sandbox failure")?;
         let program = sandbox.load(program).map_err(|_| "program refused")?;
         Ok(Self {
             job_id: job_id.to_owned(),
-            sandbox,
-            program,
+            sandbox: Arc::new(sandbox),
+            program: Arc::new(program),
             model: Arc::new(model),
             answers: contents.answers,
-            budget_left: contents.query_budget,
+            budget: contents.query_budget,
+            counter_seal,
+            counter,
             answered: HashSet::new(),
             token_digest: contents.query_token_digest,
             answer_time,
+            live_wait,
             feature_dims: header.dims.iter().map(|&d| d as usize).collect(),
         })
     }
 
-    /// Answers one sealed query.
-    pub fn answer(&mut self, enclave: &Enclave, sealed: &[u8]) -> EnclaveFrame {
+    /// Answers one sealed query. Spending the budget takes one exchange with the host (the
+    /// counter's write-ahead), read from `input`.
+    pub fn answer(
+        &mut self,
+        enclave: &Enclave,
+        sealed: &[u8],
+        input: &mut impl Read,
+    ) -> EnclaveFrame {
         let arrived = Instant::now();
         let failed = |public: &str| EnclaveFrame::Failed {
             public: public.to_owned(),
@@ -102,7 +149,7 @@ impl Serving {
         let feature_len: usize = self.feature_dims.iter().product();
         if request.count == 0
             || request.count > MAX_QUERY_BATCH
-            || request.inputs.len() != count * feature_len
+            || Some(request.inputs.len()) != count.checked_mul(feature_len)
         {
             return failed("malformed query");
         }
@@ -110,45 +157,99 @@ impl Serving {
         if self.answered.contains(&digest) {
             return failed("query replayed");
         }
-        if self.budget_left < u64::from(request.count) {
-            return failed("query budget exhausted");
+        let used = match self.counter.used.checked_add(u64::from(request.count)) {
+            Some(used) if used <= self.budget => used,
+            _ => return failed("query budget exhausted"),
+        };
+        if let Err(public) = self.spend(enclave, used, input) {
+            return failed(public);
         }
-        self.budget_left -= u64::from(request.count);
         self.answered.insert(digest);
-        let mut shape = vec![count];
-        shape.extend(&self.feature_dims);
-        // A failure depends on the query's content, so the platform must not see it: it
-        // becomes an answer of the same size as any other.
-        let answer = match self.sandbox.predict(
-            &self.program,
-            Arc::clone(&self.model),
-            shape,
-            request.inputs,
-        ) {
-            Ok(scores) => QueryAnswer {
-                classes: scores
-                    .chunks_exact(scores.len() / count)
-                    .flat_map(|row| top_k(row, self.answers.width()))
-                    .collect(),
-            },
-            Err(_) => QueryAnswer::unanswered(count, self.answers),
-        };
-        // How long the program took depends on the model and the query: under a private
-        // answer time the platform sees the declared time instead.
-        let answer = match self.answer_time {
-            Some(time) => {
-                let elapsed = arrived.elapsed();
-                std::thread::sleep(time.saturating_sub(elapsed));
-                if elapsed > time {
-                    QueryAnswer::unanswered(count, self.answers)
-                } else {
-                    answer
-                }
-            }
-            None => answer,
-        };
+        let answer = self.run_predict(count, request.inputs, arrived);
         EnclaveFrame::Answer(key.seal(0, ANSWER_AAD, &answer.encode()))
     }
+
+    /// Write-ahead: has the host store the counter with `used` inputs before any of them is
+    /// answered. The state in memory advances first, so a failed exchange never lets an input
+    /// go uncounted.
+    fn spend(
+        &mut self,
+        enclave: &Enclave,
+        used: u64,
+        input: &mut impl Read,
+    ) -> Result<(), &'static str> {
+        let version = self
+            .counter
+            .version
+            .checked_add(1)
+            .ok_or("query counter exhausted")?;
+        self.counter = CounterState { version, used };
+        let sealed = self.counter_seal.seal(self.counter);
+        enclave
+            .send(&EnclaveFrame::StoreCounter { version, sealed })
+            .map_err(|_| "query counter not stored")?;
+        match read_frame::<HostFrame>(input) {
+            Ok(HostFrame::CounterStored { version: stored }) if stored == version => Ok(()),
+            _ => Err("query counter not stored"),
+        }
+    }
+
+    /// Runs `predict` on a worker thread and returns its answer when it is due: at the
+    /// private answer time (counted from `arrived`), or when the worker is done for a live
+    /// job (at most the deadline plus [`LIVE_GRACE`]). A worker not done by then is left to
+    /// finish on its own; the query is unanswered.
+    fn run_predict(&self, count: usize, inputs: Vec<f32>, arrived: Instant) -> QueryAnswer {
+        let due = match self.answer_time {
+            Some(time) => arrived + time,
+            None => Instant::now() + self.live_wait,
+        };
+        let (done, result) = mpsc::sync_channel(1);
+        let sandbox = Arc::clone(&self.sandbox);
+        let program = Arc::clone(&self.program);
+        let model = Arc::clone(&self.model);
+        let width = self.answers.width();
+        let mut shape = vec![count];
+        shape.extend(&self.feature_dims);
+        let worker = std::thread::Builder::new()
+            .name("predict".into())
+            .spawn(move || {
+                // A failure depends on the query's content, so the platform must not see it:
+                // it becomes an answer of the same size as any other.
+                let answer = sandbox
+                    .predict(&program, model, shape, inputs)
+                    .ok()
+                    .and_then(|scores| classes(&scores, count, width));
+                // The serving thread may have stopped waiting: the answer is then dropped.
+                let _ = done.send(answer);
+            });
+        let answer = match worker {
+            Ok(_) => result
+                .recv_timeout(due.saturating_duration_since(Instant::now()))
+                .ok()
+                .flatten(),
+            Err(_) => None,
+        };
+        if self.answer_time.is_some() {
+            // How long the program took depends on the model and the query: the platform sees
+            // the declared time instead.
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        }
+        answer.unwrap_or_else(|| QueryAnswer::unanswered(count, self.answers))
+    }
+}
+
+/// The answer to `count` inputs from their scores (`count` rows of equal width), `width`
+/// classes per row; `None` when the scores do not make `count` rows.
+fn classes(scores: &[f32], count: usize, width: usize) -> Option<QueryAnswer> {
+    if count == 0 || scores.is_empty() || !scores.len().is_multiple_of(count) {
+        return None;
+    }
+    Some(QueryAnswer {
+        classes: scores
+            .chunks_exact(scores.len() / count)
+            .flat_map(|row| top_k(row, width))
+            .collect(),
+    })
 }
 
 /// The `k` best classes, best first (ties to the lower index); always `k` entries, padded
@@ -162,4 +263,43 @@ fn top_k(row: &[f32], k: usize) -> Vec<u32> {
     let mut out: Vec<u32> = order.into_iter().take(k).map(|i| i as u32).collect();
     out.resize(k, QueryAnswer::NO_CLASS);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_become_fixed_width_rows_or_nothing() {
+        let scores = [0.1, 0.7, 0.2, 0.9, 0.05, 0.05];
+        assert_eq!(
+            classes(&scores, 2, 2),
+            Some(QueryAnswer {
+                classes: vec![1, 2, 0, 1]
+            })
+        );
+        assert_eq!(
+            classes(&scores, 3, 1),
+            Some(QueryAnswer {
+                classes: vec![1, 1, 0]
+            })
+        );
+        assert_eq!(classes(&scores[..1], 2, 1), None, "fewer scores than rows");
+        assert_eq!(classes(&scores[..5], 2, 1), None, "ragged rows");
+        assert_eq!(classes(&[], 1, 1), None);
+        assert_eq!(
+            classes(&[0.5], 1, 3),
+            Some(QueryAnswer {
+                classes: vec![0, QueryAnswer::NO_CLASS, QueryAnswer::NO_CLASS]
+            })
+        );
+    }
+
+    #[test]
+    fn the_sandbox_can_be_shared_with_a_worker() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Sandbox>();
+        shareable::<Program>();
+        shareable::<Model>();
+    }
 }

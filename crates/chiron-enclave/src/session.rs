@@ -104,15 +104,29 @@ pub fn serve(
             (Role::Train, HostFrame::StartTraining { .. }) => Some(EnclaveFrame::Failed {
                 public: "this enclave has already run its job".into(),
             }),
+            // A query enclave serves one model, loaded once: a second load would start its
+            // budget and replay set afresh.
+            (Role::Query, HostFrame::LoadModel { .. }) if query_state.is_some() => {
+                Some(EnclaveFrame::Failed {
+                    public: "a model is already loaded".into(),
+                })
+            }
             (
                 Role::Query,
                 HostFrame::LoadModel {
                     job_id,
                     sealed_model,
                     program,
+                    counter,
                 },
             ) => Some(
-                match query::Serving::load(&enclave, &job_id, &sealed_model, &program) {
+                match query::Serving::load(
+                    &enclave,
+                    &job_id,
+                    &sealed_model,
+                    &program,
+                    counter.as_deref(),
+                ) {
                     Ok(serving) => {
                         query_state = Some(serving);
                         EnclaveFrame::Ready
@@ -123,7 +137,7 @@ pub fn serve(
                 },
             ),
             (Role::Query, HostFrame::Query { sealed }) => Some(match query_state.as_mut() {
-                Some(serving) => serving.answer(&enclave, &sealed),
+                Some(serving) => serving.answer(&enclave, &sealed, &mut input),
                 None => EnclaveFrame::Failed {
                     public: "no model loaded".into(),
                 },

@@ -3,13 +3,15 @@
 use std::io::Read;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chiron_crypto::DataKey;
+use chiron_crypto::SealingKey;
 use chiron_proto::owner::{HELD_EVENT_SLOTS, OwnerEvent, TRAIN_INFO, TrainRequest};
 use chiron_proto::wire::{DATASET_PART, EnclaveFrame, HostFrame, read_frame, write_frame};
-use chiron_sandbox::{Sandbox, SandboxConfig, TrainJob, TrainingData};
+use chiron_sandbox::{Model, Sandbox, SandboxConfig, TrainJob, TrainingData};
 use sha2::{Digest, Sha256};
 
 use crate::memory;
@@ -42,6 +44,12 @@ fn fail(public: &'static str, detail: impl ToString) -> Failure {
 }
 
 /// Runs one training job and returns the frame that ends it.
+///
+/// The job's work (decryption, the program, sealing) runs on a worker thread; this thread is
+/// the watchdog. Under private terms it alone decides what the platform sees and when: at
+/// the declared time it takes the worker's result if there is one and a "program failed"
+/// otherwise (a worker stuck in a native call, or crashed), pads the peak memory, releases
+/// the held events and returns the end frame, whatever the worker is doing.
 pub fn run(enclave: &Enclave, start: Start, input: &mut impl Read) -> EnclaveFrame {
     let started = Instant::now();
     // Receive the dataset first, whatever happens, so the connection stays in step.
@@ -76,11 +84,40 @@ pub fn run(enclave: &Enclave, start: Start, input: &mut impl Read) -> EnclaveFra
         seq: Arc::new(AtomicU64::new(0)),
         held: deadline.map(|_| Arc::new(Mutex::new(Vec::new()))),
     };
-    let outcome = (|| {
-        let request = request?;
-        let container = container.map_err(|e| fail("dataset transfer failed", e))?;
-        train(enclave, &start, request, &container, &events, deadline)
-    })();
+    // What the program may allocate: under private terms, the declared peak less what the
+    // runtime itself needs outside the gauge; otherwise a fixed ceiling.
+    chiron_sandbox::memory::set_limit(match private {
+        Some(terms) => program_memory_limit(terms.memory_bytes()),
+        None => LIVE_MEMORY_LIMIT,
+    });
+    chiron_sandbox::memory::reset_peak();
+    let outcome = match request {
+        Err(f) => Err(f),
+        Ok(request) => {
+            let worker = Worker {
+                sealing: model_key(&enclave.platform, &enclave.measurement),
+                job_id: start.job_id.clone(),
+                program: start.program,
+                request,
+                container,
+                events: events.clone(),
+                // The program stops early enough for sealing and padding to end in time.
+                program_deadline: deadline.map(|d| {
+                    let reserve = private.map_or(Duration::ZERO, |t| finish_reserve(&t));
+                    d.checked_sub(reserve).unwrap_or(started)
+                }),
+            };
+            watch(
+                worker,
+                deadline.map(|d| {
+                    let padding = private.map_or(Duration::ZERO, |t| padding_reserve(&t));
+                    d.checked_sub(padding).unwrap_or(started)
+                }),
+            )
+        }
+    };
+    // The program is done (or abandoned): padding below may allocate past its limit.
+    chiron_sandbox::memory::set_limit(usize::MAX);
     // For the owner (who sizes private jobs by it), before any padding.
     let peak_memory_mib = memory::Usage::read()
         .map(|usage| u32::try_from(usage.peak >> 20).unwrap_or(u32::MAX))
@@ -114,6 +151,85 @@ pub fn run(enclave: &Enclave, start: Start, input: &mut impl Read) -> EnclaveFra
     frame
 }
 
+/// Memory ceiling of a live job's program (the process's allocations, dataset included).
+const LIVE_MEMORY_LIMIT: usize = 8 << 30;
+
+/// What the runtime needs outside the memory gauge (its code, stacks and the wasm engine),
+/// less the program's linear memory, which the final peak check counts.
+const OUTSIDE_GAUGE: u64 = 64 << 20;
+
+/// The gauge's limit for a private job declaring `declared` bytes of peak memory.
+fn program_memory_limit(declared: u64) -> usize {
+    usize::try_from(declared.saturating_sub(OUTSIDE_GAUGE)).unwrap_or(usize::MAX)
+}
+
+/// How long before a private job's end the watchdog stops waiting for the worker: the time
+/// padding the peak memory may take (touching pages at well under 1 GiB/s, plus a margin).
+fn padding_reserve(terms: &chiron_proto::owner::PrivateTerms) -> Duration {
+    Duration::from_millis(250 + u64::from(terms.memory_mib))
+}
+
+/// How long before a private job's end the program is stopped: padding, plus sealing the
+/// padded model (hashing and encrypting at well over 100 MiB/s) and the runtime's own
+/// deadline bound.
+fn finish_reserve(terms: &chiron_proto::owner::PrivateTerms) -> Duration {
+    padding_reserve(terms) + Duration::from_millis(250 + 10 * u64::from(terms.model_mib))
+}
+
+/// Waits for the worker: until `give_up` under private terms, for as long as it takes
+/// otherwise. A worker that has not answered by then, or that died, failed.
+fn watch(worker: Worker, give_up: Option<Instant>) -> Result<(Vec<u8>, u64), Failure> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let spawned = std::thread::Builder::new()
+        .name("chiron-job".into())
+        .spawn(move || {
+            let _ = tx.send(worker.run());
+        });
+    if spawned.is_err() {
+        return Err(fail("sandbox failure", "cannot start the job's thread"));
+    }
+    let received = match give_up {
+        Some(at) => rx
+            .recv_timeout(at.saturating_duration_since(Instant::now()))
+            .map_err(|e| match e {
+                RecvTimeoutError::Timeout => "the program exceeded its time budget",
+                RecvTimeoutError::Disconnected => "the runtime failed while running the program",
+            }),
+        None => rx
+            .recv()
+            .map_err(|_| "the runtime failed while running the program"),
+    };
+    received.unwrap_or_else(|detail| Err(fail("program failed", detail)))
+}
+
+/// Everything the job's thread owns.
+struct Worker {
+    sealing: SealingKey,
+    job_id: String,
+    program: Vec<u8>,
+    request: TrainRequest,
+    container: Result<Vec<u8>, String>,
+    events: Events,
+    program_deadline: Option<Instant>,
+}
+
+impl Worker {
+    fn run(self) -> Result<(Vec<u8>, u64), Failure> {
+        let container = self
+            .container
+            .map_err(|e| fail("dataset transfer failed", e))?;
+        train(
+            &self.sealing,
+            &self.job_id,
+            &self.program,
+            self.request,
+            container,
+            &self.events,
+            self.program_deadline,
+        )
+    }
+}
+
 fn failed(public: &str) -> EnclaveFrame {
     EnclaveFrame::Failed {
         public: public.to_owned(),
@@ -141,27 +257,30 @@ fn receive_dataset(input: &mut impl Read, len: u64) -> Result<Vec<u8>, String> {
 }
 
 fn train(
-    enclave: &Enclave,
-    start: &Start,
+    sealing: &SealingKey,
+    job_id: &str,
+    program: &[u8],
     request: TrainRequest,
-    container: &[u8],
+    container: Vec<u8>,
     events: &Events,
     deadline: Option<Instant>,
 ) -> Result<(Vec<u8>, u64), Failure> {
-    let digest: [u8; 32] = Sha256::digest(&start.program).into();
+    let digest: [u8; 32] = Sha256::digest(program).into();
     if digest != request.program_digest {
         return Err(fail(
             "program mismatch",
             "the host supplied a different program than the one the owner approved",
         ));
     }
+    check_terms(program, &request)?;
     let key = DataKey::from_bytes(request.data_key);
-    let (header, body) = chiron_crypto::decrypt_dataset(&key, container).map_err(|e| {
+    let (header, body) = chiron_crypto::decrypt_dataset(&key, &container).map_err(|e| {
         fail(
             "dataset failed authentication",
             format!("the dataset the host supplied is not the one you uploaded: {e}"),
         )
     })?;
+    drop(container);
     let data =
         TrainingData::from_plaintext(header, body).map_err(|e| fail("dataset is malformed", e))?;
     events.emit(&OwnerEvent::Started {
@@ -170,12 +289,10 @@ fn train(
     });
 
     let sandbox = Sandbox::new(SandboxConfig::default()).map_err(|e| fail("sandbox failure", e))?;
-    let program = sandbox
-        .load(&start.program)
-        .map_err(|e| fail(e.public_class(), e))?;
+    let program = sandbox.load(program).map_err(program_failure)?;
     let metrics_events = events.clone();
     // Under private timing the budget counts from the job's start, so that the program is
-    // stopped by the time the events are released.
+    // stopped before the events are released.
     let time_budget = match deadline {
         Some(deadline) => deadline.saturating_duration_since(Instant::now()),
         None => Duration::from_secs(u64::from(request.time_budget_secs)),
@@ -188,9 +305,7 @@ fn train(
                 value: m.value,
             })
         });
-    let model = sandbox
-        .train(&program, job)
-        .map_err(|e| fail(e.public_class(), e))?;
+    let model = sandbox.train(&program, job).map_err(program_failure)?;
     let parameters = model.parameter_count() as u64;
     let contents = SealedModel {
         program_digest: digest,
@@ -207,9 +322,36 @@ fn train(
             EncodeError::TooLarge { .. } => fail("program failed", e),
             EncodeError::Encode(_) => fail("sealing failed", e),
         })?;
-    let sealed = model_key(&enclave.platform, &enclave.measurement)
-        .seal(start.job_id.as_bytes(), &plaintext);
+    // What trains must load: the query enclave's own decoding and validation, on exactly
+    // what is sealed. A program that saved something else failed, under the program's label.
+    SealedModel::decode(&plaintext)
+        .and_then(|sealed| Model::from_bytes(&sealed.model).ok())
+        .ok_or_else(|| fail("program failed", "the saved model would not load"))?;
+    let sealed = sealing.seal(job_id.as_bytes(), &plaintext);
     Ok((sealed, parameters))
+}
+
+/// A failure of the program: its fixed label for the platform, and for the owner which
+/// limit or check stopped it (never the shapes or values it used).
+fn program_failure(e: chiron_sandbox::SandboxError) -> Failure {
+    fail(e.public_class(), e.owner_detail())
+}
+
+/// The provider's extraction policy, read from the program this enclave runs (its manifest,
+/// or the default policy): the owner's terms may only tighten it. Refused terms fail the job
+/// with the public label "terms refused" and tell the owner which limit they exceed.
+fn check_terms(program: &[u8], request: &TrainRequest) -> Result<(), Failure> {
+    let policy =
+        chiron_proto::manifest::program_policy(program).map_err(|e| fail("program refused", e))?;
+    policy
+        .manifest
+        .permits(request.answers, request.query_budget)
+        .map_err(|e| {
+            fail(
+                "terms refused",
+                format!("the program's extraction policy refuses your terms: {e}"),
+            )
+        })
 }
 
 /// The owner's encrypted event stream for one job: fixed-size events, each encrypted under

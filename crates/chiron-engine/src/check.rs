@@ -13,6 +13,9 @@ fn argument(op: &'static str, detail: String) -> EngineError {
 }
 
 /// A checked 2-D convolution: input `[n, c, h, w]`, kernel `[o, c, kh, kw]`.
+///
+/// Only [`conv2d`] builds one (the output size is private), so every value is a geometry
+/// whose output size was computed with checked arithmetic and fits a [`Shape`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Conv2d {
     pub batch: usize,
@@ -24,18 +27,31 @@ pub(crate) struct Conv2d {
     pub kernel_w: usize,
     pub stride: usize,
     pub padding: usize,
+    out_height: usize,
+    out_width: usize,
 }
 
 impl Conv2d {
     /// Output height.
     pub fn out_h(&self) -> usize {
-        (self.height + 2 * self.padding - self.kernel_h) / self.stride + 1
+        self.out_height
     }
 
     /// Output width.
     pub fn out_w(&self) -> usize {
-        (self.width + 2 * self.padding - self.kernel_w) / self.stride + 1
+        self.out_width
     }
+}
+
+/// Output length of a window of `kernel` sliding by `stride` over `len` with `padding` on
+/// each side: `(len + 2 padding - kernel) / stride + 1`, or `None` if the window does not
+/// fit, `stride` is 0 or a step overflows.
+fn window_out(len: usize, padding: usize, kernel: usize, stride: usize) -> Option<usize> {
+    let padded = padding.checked_mul(2).and_then(|p| len.checked_add(p))?;
+    padded
+        .checked_sub(kernel)?
+        .checked_div(stride)?
+        .checked_add(1)
 }
 
 fn rank<const R: usize>(op: &'static str, dims: &[usize]) -> Result<[usize; R], EngineError> {
@@ -89,14 +105,20 @@ pub(crate) fn conv2d(
             format!("stride {stride} / padding {padding} out of range"),
         ));
     }
-    if kernel_h > height + 2 * padding || kernel_w > width + 2 * padding {
+    let (Some(out_height), Some(out_width)) = (
+        window_out(height, padding, kernel_h, stride),
+        window_out(width, padding, kernel_w, stride),
+    ) else {
         return Err(shape_err(
             OP,
-            format!("kernel {kernel_h}x{kernel_w} larger than padded input {height}x{width}"),
+            format!(
+                "kernel {kernel_h}x{kernel_w} larger than input {height}x{width} with padding {padding}"
+            ),
         ));
-    }
+    };
     bias(OP, b, outputs)?;
-    let conv = Conv2d {
+    Shape::new(&[batch, outputs, out_height, out_width])?;
+    Ok(Conv2d {
         batch,
         channels,
         height,
@@ -106,9 +128,9 @@ pub(crate) fn conv2d(
         kernel_w,
         stride,
         padding,
-    };
-    Shape::new(&[batch, outputs, conv.out_h(), conv.out_w()])?;
-    Ok(conv)
+        out_height,
+        out_width,
+    })
 }
 
 /// Checks `max_pool2d(x, kernel, stride)`; returns the output dimensions.
@@ -119,13 +141,16 @@ pub(crate) fn max_pool2d(
 ) -> Result<[usize; 4], EngineError> {
     const OP: &str = "max_pool2d";
     let [n, c, h, w] = rank::<4>(OP, x)?;
-    if kernel == 0 || stride == 0 || kernel > h || kernel > w {
+    let out = (kernel != 0)
+        .then(|| window_out(h, 0, kernel, stride).zip(window_out(w, 0, kernel, stride)))
+        .flatten();
+    let Some((out_h, out_w)) = out else {
         return Err(argument(
             OP,
             format!("window {kernel} stride {stride} on {h}x{w}"),
         ));
-    }
-    Ok([n, c, (h - kernel) / stride + 1, (w - kernel) / stride + 1])
+    };
+    Ok([n, c, out_h, out_w])
 }
 
 /// Checks `linear(x, w, b)`; returns `[rows, inputs, outputs]`.
@@ -141,6 +166,8 @@ pub(crate) fn linear(
         return Err(shape_err(OP, format!("input width {i}, weight rows {wi}")));
     }
     bias(OP, b, o)?;
+    // Two inputs within the limit can make an output far beyond it ([2^24, 1] · [1, 2^24]).
+    Shape::new(&[n, o])?;
     Ok([n, i, o])
 }
 
@@ -163,7 +190,8 @@ pub(crate) fn affine(scale: f32, shift: f32) -> Result<(), EngineError> {
 /// Checks `reshape(x, shape)`; returns the validated target.
 pub(crate) fn reshape(from: &[usize], shape: &[usize]) -> Result<Shape, EngineError> {
     let target = Shape::new(shape)?;
-    if from.iter().product::<usize>() != target.elements() {
+    let from_elements = from.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+    if from_elements != Some(target.elements()) {
         return Err(shape_err("reshape", format!("{from:?} into {shape:?}")));
     }
     Ok(target)
@@ -194,4 +222,76 @@ pub(crate) fn class_indices(labels: &[f32], classes: usize) -> Result<Vec<usize>
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conv_output_size_is_checked() -> Result<(), EngineError> {
+        let g = conv2d(&[2, 3, 28, 28], &[8, 3, 5, 5], Some(&[8]), 1, 2)?;
+        assert_eq!((g.out_h(), g.out_w()), (28, 28));
+        let g = conv2d(&[1, 1, 7, 9], &[1, 1, 3, 2], None, 2, 0)?;
+        assert_eq!((g.out_h(), g.out_w()), (3, 4));
+        // A kernel larger than the padded input, in either direction.
+        assert!(matches!(
+            conv2d(&[1, 1, 4, 4], &[1, 1, 9, 1], None, 1, 2),
+            Err(EngineError::Shape { .. })
+        ));
+        assert!(matches!(
+            conv2d(&[1, 1, 4, 4], &[1, 1, 1, 9], None, 1, 2),
+            Err(EngineError::Shape { .. })
+        ));
+        // Dimensions no tensor can have still give an error, not an overflow.
+        for (x, w) in [
+            ([1, 1, usize::MAX, 1], [1, 1, 1, 1]),
+            ([1, 1, usize::MAX - 1, 1], [1, 1, usize::MAX, 1]),
+            ([1, 1, 1, usize::MAX], [1, 1, 1, usize::MAX]),
+        ] {
+            assert!(conv2d(&x, &w, None, 1, 16).is_err(), "{x:?} {w:?}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn pool_window_is_checked() -> Result<(), EngineError> {
+        assert_eq!(max_pool2d(&[1, 2, 5, 4], 2, 2)?, [1, 2, 2, 2]);
+        for (kernel, stride) in [(0, 1), (1, 0), (6, 1), (5, 1)] {
+            assert!(max_pool2d(&[1, 1, 5, 4], kernel, stride).is_err());
+        }
+        assert!(max_pool2d(&[1, 1, usize::MAX, usize::MAX], usize::MAX, 1).is_ok());
+        Ok(())
+    }
+
+    #[test]
+    fn linear_output_must_fit_a_tensor() -> Result<(), EngineError> {
+        assert_eq!(linear(&[4, 3], &[3, 2], Some(&[2]))?, [4, 3, 2]);
+        // Each operand holds 2^24 elements; the product would hold 2^48.
+        assert!(matches!(
+            linear(&[1 << 24, 1], &[1, 1 << 24], None),
+            Err(EngineError::TooLarge { .. })
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn reshape_compares_checked_counts() -> Result<(), EngineError> {
+        assert_eq!(reshape(&[2, 3, 4], &[6, 4])?.dims(), [6, 4]);
+        assert!(reshape(&[2, 3, 4], &[5, 5]).is_err());
+        // A source whose count overflows matches nothing.
+        assert!(reshape(&[1 << 43, 1 << 50, 1 << 43, 1], &[1]).is_err());
+        assert!(reshape(&[usize::MAX, usize::MAX], &[1]).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn values_must_fill_the_shape() {
+        assert!(values(&[2, 3], 6).is_ok());
+        assert!(values(&[2, 3], 5).is_err());
+        assert!(matches!(
+            values(&[1 << 43, 1 << 50, 1 << 43, 1], 0),
+            Err(EngineError::TooLarge { .. })
+        ));
+    }
 }

@@ -15,7 +15,9 @@ use axum::{Json, Router};
 use bytes::BytesMut;
 use chiron_proto::api::{
     ApiError, CreateJob, DatasetCreated, Events, JobCreated, JobState, JobStatus, ProgramCreated,
+    ProgramInfo,
 };
+use chiron_proto::manifest::program_policy;
 use chiron_proto::wire::MAX_FRAME;
 use futures::StreamExt;
 use serde::Deserialize;
@@ -57,6 +59,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/programs",
             post(post_program).layer(DefaultBodyLimit::max(PROGRAM_LIMIT)),
         )
+        .route("/v1/programs/{id}", get(get_program))
         // Streamed and bounded by the handler itself.
         .route(
             "/v1/datasets",
@@ -246,6 +249,14 @@ async fn post_program(
             "the body must be a binary WebAssembly module (starting with \\0asm)",
         ));
     }
+    // The provider's extraction policy, shown to owners before they upload anything (the
+    // enclaves read it again from the program they run).
+    let policy = program_policy(&wasm).map_err(|e| {
+        HttpError::bad_request(format!(
+            "the program's manifest cannot be read ({e}); declare it once, with \
+             chiron_sdk::manifest!"
+        ))
+    })?;
     let id = ProgramId::of_wasm(&wasm);
     let path = store::program_path(&id);
     if !state.store.exists(&path).await? {
@@ -254,6 +265,34 @@ async fn post_program(
     info!("program {id} registered");
     Ok(Json(ProgramCreated {
         program_id: id.to_string(),
+        policy,
+    }))
+}
+
+async fn get_program(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<ProgramInfo>, HttpError> {
+    let id = ProgramId::parse(&id)?;
+    let wasm = state
+        .store
+        .get(&store::program_path(&id))
+        .await?
+        .ok_or_else(|| {
+            HttpError::not_found(format!(
+                "no program {id}; register one with POST /v1/programs"
+            ))
+        })?;
+    let policy = program_policy(&wasm).map_err(|e| {
+        error!("stored program {id} no longer parses: {e}");
+        HttpError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the stored program is damaged; see the host's log",
+        )
+    })?;
+    Ok(Json(ProgramInfo {
+        program_id: id.to_string(),
+        policy,
     }))
 }
 

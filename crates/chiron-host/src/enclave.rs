@@ -145,6 +145,11 @@ fn log_frame<T: Frame>(kind: &str, len: usize) {
 }
 
 /// Starts enclave processes.
+///
+/// An enclave's stdout is read for its listening line only, and its stderr goes nowhere: a
+/// hostile program could make the runtime write there (an aborting allocation prints its
+/// program-chosen size), and the host's logs carry nothing but the host's own fixed labels
+/// (DESIGN.md, leakage rules).
 #[derive(Clone, Debug)]
 pub struct Launcher {
     bin: PathBuf,
@@ -172,7 +177,9 @@ impl Launcher {
             .arg(&self.platform_key)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            // Never the host's own stderr (see `Launcher`): on failure the operator reruns
+            // the command the error names.
+            .stderr(Stdio::null())
             .kill_on_drop(true)
             .status()
             .await
@@ -206,7 +213,7 @@ impl Launcher {
             .arg(&self.platform_key)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .map_err(|source| EnclaveError::Spawn {

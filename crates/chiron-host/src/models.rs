@@ -125,6 +125,7 @@ impl Models {
         id: &JobId,
         sealed: Vec<u8>,
     ) -> Result<Vec<u8>, ModelError> {
+        let this = Arc::clone(self);
         let slot = self.slot(id);
         let id = id.clone();
         tokio::spawn(async move {
@@ -132,9 +133,25 @@ impl Models {
             let Some(enclave) = guard.as_mut() else {
                 return Err(ModelError::NotLoaded(id));
             };
-            let answer = enclave
+            let mut answer = enclave
                 .request(&HostFrame::Query { sealed }, QUERY_TIMEOUT)
                 .await;
+            // Write-ahead: the enclave asks for its query counter to be stored before it
+            // answers a query that spends the budget.
+            if let Ok(EnclaveFrame::StoreCounter { version, sealed }) = answer {
+                if let Err(e) = this
+                    .store
+                    .put(&store::counter_path(&id), sealed.into())
+                    .await
+                {
+                    // Without an acknowledgement the enclave waits: it cannot stay in step.
+                    discard(&id, guard.take(), &EnclaveError::Unexpected("StoreCounter")).await;
+                    return Err(e.into());
+                }
+                answer = enclave
+                    .request(&HostFrame::CounterStored { version }, QUERY_TIMEOUT)
+                    .await;
+            }
             match answer {
                 Ok(EnclaveFrame::Answer(bytes)) => Ok(bytes),
                 Ok(EnclaveFrame::Failed { public }) => {
@@ -169,6 +186,8 @@ impl Models {
             .get(&store::program_path(program_id))
             .await?
             .ok_or_else(|| ModelError::Missing(id.clone()))?;
+        // The latest counter state the model's query enclaves asked to store, if any.
+        let counter = self.store.get(&store::counter_path(id)).await?;
         let mut enclave = self
             .launcher
             .spawn(Role::Query)
@@ -178,6 +197,7 @@ impl Models {
             job_id: id.to_string(),
             sealed_model: sealed_model.to_vec(),
             program: program.to_vec(),
+            counter: counter.map(|c| c.to_vec()),
         };
         drop((sealed_model, program));
         let answer = enclave.request(&load, LOAD_TIMEOUT).await;

@@ -4,6 +4,7 @@
 //! | method and path | body | answer |
 //! |---|---|---|
 //! | `POST /v1/programs` | wasm bytes | [`ProgramCreated`] |
+//! | `GET /v1/programs/{id}` | – | [`ProgramInfo`] |
 //! | `POST /v1/datasets` | dataset container bytes | [`DatasetCreated`] |
 //! | `POST /v1/jobs` | [`CreateJob`] | [`JobCreated`] |
 //! | `GET /v1/jobs/{id}/evidence?nonce=HEX` | – | evidence bytes |
@@ -18,13 +19,21 @@
 use serde::{Deserialize, Serialize};
 
 use crate::dataset::DatasetHeader;
+use crate::manifest::ProgramPolicy;
 
-/// A registered provider program.
+/// A registered provider program and the extraction policy its manifest declares (read by
+/// the host at registration; the enclaves read it again from the program they run).
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ProgramCreated {
+#[serde(deny_unknown_fields)]
+pub struct ProgramInfo {
     /// Hex SHA-256 of the wasm: the id owners pin in their training request.
     pub program_id: String,
+    /// The program's policy: its manifest, or the default when it declares none.
+    pub policy: ProgramPolicy,
 }
+
+/// The answer to a program registration.
+pub type ProgramCreated = ProgramInfo;
 
 /// An uploaded dataset.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -100,18 +100,22 @@ impl DatasetHeader {
         if self.train_count == 0 {
             return Err(HeaderError::Empty);
         }
-        let len = self.plaintext_len_unchecked();
-        if len > MAX_PLAINTEXT_LEN as u128 {
-            return Err(HeaderError::TooLarge(
-                u64::try_from(len).unwrap_or(u64::MAX),
-            ));
+        match self.body_len() {
+            Some(len) if len <= MAX_PLAINTEXT_LEN => Ok(()),
+            other => Err(HeaderError::TooLarge(other.unwrap_or(u64::MAX))),
         }
-        Ok(())
     }
 
     /// Values per example.
+    ///
+    /// Exact for a validated header (at most `MAX_DIM³`, 2^48). The dimensions of an
+    /// unvalidated header are untrusted: a product that does not fit in a `usize` saturates
+    /// at `usize::MAX` instead of wrapping or panicking.
     pub fn feature_len(&self) -> usize {
-        self.dims.iter().map(|&d| d as usize).product()
+        self.dims
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d as usize))
+            .unwrap_or(usize::MAX)
     }
 
     /// Examples in both splits.
@@ -122,14 +126,21 @@ impl DatasetHeader {
     /// Exact length of the plaintext body, for a validated header.
     pub fn plaintext_len(&self) -> Result<u64, HeaderError> {
         self.validate()?;
-        // validate() bounded it by MAX_PLAINTEXT_LEN.
-        Ok(self.plaintext_len_unchecked() as u64)
+        // validate() found it and bounded it by MAX_PLAINTEXT_LEN.
+        self.body_len().ok_or(HeaderError::TooLarge(u64::MAX))
     }
 
-    fn plaintext_len_unchecked(&self) -> u128 {
-        let n = u128::from(self.total_count());
-        let features = self.dims.iter().map(|&d| u128::from(d)).product::<u128>();
-        n * 4 + n * features * self.encoding.size() as u128
+    /// `n × 4 + n × features × element size`, or `None` if it does not fit in a `u64`.
+    fn body_len(&self) -> Option<u64> {
+        let n = self.total_count();
+        let features = self
+            .dims
+            .iter()
+            .try_fold(1u64, |f, &d| f.checked_mul(u64::from(d)))?;
+        let element = u64::try_from(self.encoding.size()).ok()?;
+        let labels = n.checked_mul(4)?;
+        let values = n.checked_mul(features)?.checked_mul(element)?;
+        labels.checked_add(values)
     }
 }
 
@@ -167,5 +178,28 @@ mod tests {
         let mut h = fashion();
         h.dims = vec![4096, 4096, 4096];
         assert!(matches!(h.validate(), Err(HeaderError::TooLarge(_))));
+    }
+
+    #[test]
+    fn sizes_of_hostile_headers_do_not_overflow() {
+        // Every count at its maximum: n × features × 4 is about 2^83, past a u64.
+        let h = DatasetHeader {
+            kind: DatasetKind::Image,
+            dims: vec![MAX_DIM; 3],
+            encoding: ElementEncoding::F32,
+            classes: 2,
+            train_count: u32::MAX,
+            valid_count: u32::MAX,
+        };
+        assert_eq!(h.validate(), Err(HeaderError::TooLarge(u64::MAX)));
+        assert_eq!(h.plaintext_len(), Err(HeaderError::TooLarge(u64::MAX)));
+        assert_eq!(h.feature_len(), 1 << 48);
+        // Unvalidated dimensions: the feature count saturates instead of wrapping.
+        let h = DatasetHeader {
+            dims: vec![u32::MAX; 3],
+            ..h
+        };
+        assert!(matches!(h.validate(), Err(HeaderError::Shape(_))));
+        assert_eq!(h.feature_len(), usize::MAX);
     }
 }

@@ -3,6 +3,7 @@
 //! their ciphertext and nothing else.
 
 use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::wire::EVENT_PLAINTEXT_LEN;
 
@@ -12,7 +13,8 @@ pub const TRAIN_INFO: &[u8] = b"chiron/v1 train request";
 pub const QUERY_INFO: &[u8] = b"chiron/v1 query";
 /// Largest number of inputs in one query.
 pub const MAX_QUERY_BATCH: u32 = 1024;
-/// Largest top-k an answer may carry.
+/// Largest top-k an answer may carry: the owner's terms, a program's manifest and the query
+/// enclave all refuse a larger one.
 pub const MAX_TOP_K: u8 = 10;
 
 /// The granularity of query answers, fixed when training starts.
@@ -32,10 +34,31 @@ impl AnswerPolicy {
             Self::TopK(k) => usize::from(k),
         }
     }
+
+    /// Whether the policy can be served: a top-k between 1 and [`MAX_TOP_K`].
+    pub fn is_valid(self) -> bool {
+        match self {
+            Self::Label => true,
+            Self::TopK(k) => (1..=MAX_TOP_K).contains(&k),
+        }
+    }
+}
+
+impl std::fmt::Display for AnswerPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Label => f.write_str("label only"),
+            Self::TopK(k) => write!(f, "top-{k}"),
+        }
+    }
 }
 
 /// What the owner asks a training enclave to do (sent sealed).
-#[derive(Clone, Serialize, Deserialize)]
+///
+/// It carries the owner's data key, so it is wiped when dropped (the key, the seed, the digests
+/// and the figures; the answer policy and the private terms are not secrets), and its `Debug`
+/// output leaves the key, seed and digests out.
+#[derive(Clone, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
 pub struct TrainRequest {
     /// Key of the encrypted dataset.
     pub data_key: [u8; 32],
@@ -47,15 +70,19 @@ pub struct TrainRequest {
     pub time_budget_secs: u32,
     /// Seed of the runtime's random stream.
     pub seed: [u8; 32],
-    /// Granularity of answers the query enclave will give.
+    /// Granularity of answers the query enclave will give: at most the program manifest's
+    /// finest (`crate::manifest`), or the enclave refuses the terms.
+    #[zeroize(skip)]
     pub answers: AnswerPolicy,
-    /// Queries the owner allows per query-enclave session.
+    /// Inputs the model may answer over its whole life, across query-enclave restarts: at
+    /// most the program manifest's maximum, or the enclave refuses the terms.
     pub query_budget: u64,
     /// SHA-256 of the secret that authorises queries on the resulting model.
     pub query_token_digest: [u8; 32],
     /// Private mode: what the platform can measure of the job is fixed by these terms, not
     /// by the data. `None`: progress is reported live, and run time, event count and peak
     /// memory are visible to the platform.
+    #[zeroize(skip)]
     pub private: Option<PrivateTerms>,
 }
 
@@ -250,7 +277,8 @@ impl QueryAnswer {
 
     /// Decodes an answer for `count` inputs under `policy`.
     pub fn decode(bytes: &[u8], count: usize, policy: AnswerPolicy) -> Option<Self> {
-        if bytes.len() != count * policy.width() * 4 {
+        let len = count.checked_mul(policy.width())?.checked_mul(4)?;
+        if bytes.len() != len {
             return None;
         }
         let classes = bytes
@@ -264,6 +292,30 @@ impl QueryAnswer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_train_request_wipes_its_key_and_hides_it() {
+        fn wiped_on_drop<T: ZeroizeOnDrop>(_: &T) {}
+        let mut request = TrainRequest {
+            data_key: [0xa5; 32],
+            program_digest: [1; 32],
+            epochs: 2,
+            time_budget_secs: 3,
+            seed: [0x5a; 32],
+            answers: AnswerPolicy::TopK(2),
+            query_budget: 4,
+            query_token_digest: [5; 32],
+            private: None,
+        };
+        let debug = format!("{request:?}");
+        assert!(!debug.contains("165") && !debug.contains("a5"), "{debug}");
+        wiped_on_drop(&request);
+        // What dropping it does.
+        request.zeroize();
+        assert_eq!(request.data_key, [0; 32]);
+        assert_eq!(request.seed, [0; 32]);
+        assert_eq!(request.answers, AnswerPolicy::TopK(2));
+    }
 
     #[test]
     fn events_have_one_size_whatever_their_content() {
@@ -289,5 +341,27 @@ mod tests {
             OwnerEvent::from_padded(&long),
             Ok(OwnerEvent::Failed { .. })
         ));
+    }
+
+    #[test]
+    fn answers_decode_only_at_their_exact_size() {
+        let answer = QueryAnswer {
+            classes: vec![1, 0, 2, 2, 1, 0],
+        };
+        let bytes = answer.encode();
+        assert_eq!(
+            QueryAnswer::decode(&bytes, 2, AnswerPolicy::TopK(3)),
+            Some(answer)
+        );
+        assert_eq!(QueryAnswer::decode(&bytes, 3, AnswerPolicy::TopK(3)), None);
+        // A count whose byte length overflows is refused, not wrapped around to match.
+        assert_eq!(
+            QueryAnswer::decode(&[], usize::MAX / 4 + 1, AnswerPolicy::Label),
+            None
+        );
+        assert_eq!(
+            QueryAnswer::decode(&bytes, usize::MAX, AnswerPolicy::TopK(u8::MAX)),
+            None
+        );
     }
 }

@@ -44,7 +44,8 @@ pub enum HostFrame {
     },
     /// Training role: the next part of the dataset ciphertext.
     DatasetPart(Vec<u8>),
-    /// Query role: the model to serve, sealed by a training enclave, and its program.
+    /// Query role: the model to serve, sealed by a training enclave, and its program. An
+    /// enclave loads one model, once.
     LoadModel {
         /// Job id that produced the model (the sealing context).
         job_id: String,
@@ -52,11 +53,20 @@ pub enum HostFrame {
         sealed_model: Vec<u8>,
         /// The provider program (wasm).
         program: Vec<u8>,
+        /// The latest sealed query counter the host stored for the model
+        /// ([`EnclaveFrame::StoreCounter`]); `None` before the model's first query.
+        counter: Option<Vec<u8>>,
     },
     /// Query role: one query, HPKE-sealed by the owner to the enclave's key.
     Query {
         /// The owner's sealed `QueryRequest`.
         sealed: Vec<u8>,
+    },
+    /// Query role: the counter of [`EnclaveFrame::StoreCounter`] is stored; the enclave may
+    /// now answer the query that spends it.
+    CounterStored {
+        /// The version stored.
+        version: u64,
     },
 }
 
@@ -79,6 +89,15 @@ pub enum EnclaveFrame {
     },
     /// Query role: the model is loaded and the enclave accepts queries.
     Ready,
+    /// Query role, in the middle of a query: the model's query counter, sealed, to be stored
+    /// next to the model before the enclave answers (write-ahead). The host answers with
+    /// [`HostFrame::CounterStored`], then receives the query's answer.
+    StoreCounter {
+        /// The counter's version, one more than the last (also inside the seal).
+        version: u64,
+        /// The sealed counter state, always the same size.
+        sealed: Vec<u8>,
+    },
     /// A query's answer, encrypted under that query's response key.
     Answer(Vec<u8>),
     /// The request failed. `public` is a fixed label safe for the host to log; details, if
@@ -107,6 +126,7 @@ impl Frame for HostFrame {
             Self::DatasetPart(_) => "DatasetPart",
             Self::LoadModel { .. } => "LoadModel",
             Self::Query { .. } => "Query",
+            Self::CounterStored { .. } => "CounterStored",
         }
     }
 }
@@ -119,6 +139,7 @@ impl Frame for EnclaveFrame {
             Self::Event { .. } => "Event",
             Self::Trained { .. } => "Trained",
             Self::Ready => "Ready",
+            Self::StoreCounter { .. } => "StoreCounter",
             Self::Answer(_) => "Answer",
             Self::Failed { .. } => "Failed",
         }

@@ -190,7 +190,9 @@ pub(crate) fn define(linker: &mut Linker<RunState>) -> wasmtime::Result<()> {
         |mut c: Ctx<'_>, data: u32, len: u32, shape: u32, rank: u32| -> AbiResult<u32> {
             const CALL: &str = "tensor";
             let shape = read_shape(&mut c, CALL, shape, rank)?;
-            if shape.iter().product::<usize>() != len as usize {
+            // The dimensions are the program's: their product may overflow.
+            let elements = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+            if elements != Some(len as usize) {
                 return Err(SandboxError::abi(CALL, "length does not match shape").into());
             }
             let raw = read_bytes(&mut c, CALL, data, u64::from(len) * 4)?;

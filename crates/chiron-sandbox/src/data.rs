@@ -2,6 +2,7 @@
 
 use chiron_proto::dataset::{DatasetHeader, ElementEncoding, HeaderError};
 use thiserror::Error;
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 /// A plaintext body that does not match its header.
 #[derive(Debug, Error)]
@@ -36,7 +37,8 @@ pub enum Split {
     Valid,
 }
 
-/// A decrypted dataset, held only inside the enclave.
+/// A decrypted dataset, held only inside the enclave. Its labels and features are wiped when
+/// it is dropped.
 pub struct TrainingData {
     header: DatasetHeader,
     labels: Vec<u32>,
@@ -53,19 +55,44 @@ impl std::fmt::Debug for TrainingData {
     }
 }
 
+impl Drop for TrainingData {
+    fn drop(&mut self) {
+        // `Vec::zeroize` wipes the spare capacity too (where `from_plaintext`'s shift of the
+        // features left the last labels' bytes).
+        self.labels.zeroize();
+        self.features.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for TrainingData {}
+
 impl TrainingData {
     /// Parses a plaintext body laid out as `chiron_proto::dataset` describes.
-    pub fn from_plaintext(header: DatasetHeader, body: Vec<u8>) -> Result<Self, DataError> {
+    ///
+    /// The body is wiped when it is dropped, whether it parses or not: the dataset keeps it
+    /// (see [`TrainingData`]'s `Drop`), or it is wiped on the way out with the error. Pass the
+    /// [`Zeroizing`] buffer `chiron_crypto::decrypt_dataset` returns, or a `Vec<u8>`.
+    pub fn from_plaintext(
+        header: DatasetHeader,
+        body: impl Into<Zeroizing<Vec<u8>>>,
+    ) -> Result<Self, DataError> {
+        let body: Zeroizing<Vec<u8>> = body.into();
         let expected = header.plaintext_len()?;
+        let length_error = || DataError::Length {
+            found: body.len() as u64,
+            expected,
+        };
         if body.len() as u64 != expected {
-            return Err(DataError::Length {
-                found: body.len() as u64,
-                expected,
-            });
+            return Err(length_error());
         }
-        let n = header.total_count() as usize;
-        let mut labels = Vec::with_capacity(n);
-        for (index, raw) in body[..n * 4].chunks_exact(4).enumerate() {
+        // The body holds `n` labels of 4 bytes, so these fit (checked all the same).
+        let labels_len = usize::try_from(header.total_count())
+            .ok()
+            .and_then(|n| n.checked_mul(4))
+            .filter(|&len| len <= body.len())
+            .ok_or_else(length_error)?;
+        let mut labels = Zeroizing::new(Vec::with_capacity(labels_len / 4));
+        for (index, raw) in body[..labels_len].chunks_exact(4).enumerate() {
             let label = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
             if label >= header.classes {
                 return Err(DataError::Label {
@@ -76,12 +103,13 @@ impl TrainingData {
             labels.push(label);
         }
         let mut features = body;
-        features.drain(..n * 4);
+        features.drain(..labels_len);
         let feature_len = header.feature_len();
+        // The buffers move (not copy) into the dataset, whose `Drop` wipes them.
         Ok(Self {
             header,
-            labels,
-            features,
+            labels: std::mem::take(&mut *labels),
+            features: std::mem::take(&mut *features),
             feature_len,
         })
     }
@@ -107,13 +135,18 @@ impl TrainingData {
     }
 
     /// Features of the given examples, row-major `[indices.len(), ...dims]`, as `f32`.
-    /// Returns `None` if an index is out of range.
+    /// Returns `None` if an index is out of range, or if the batch is larger than the engine
+    /// accepts as one tensor (so no more is allocated than a tensor may hold).
     pub fn features(&self, split: Split, indices: &[u32]) -> Option<Vec<f32>> {
-        let mut out = Vec::with_capacity(indices.len() * self.feature_len);
-        let size = self.header.encoding.size();
+        let mut shape = Vec::with_capacity(1 + self.header.dims.len());
+        shape.push(indices.len());
+        shape.extend(self.header.dims.iter().map(|&d| d as usize));
+        let values = chiron_engine::Shape::new(&shape).ok()?.elements();
+        let mut out = Vec::with_capacity(values);
+        let stride = self.feature_len.checked_mul(self.header.encoding.size())?;
         for &i in indices {
-            let at = self.absolute(split, i)? * self.feature_len * size;
-            let raw = &self.features[at..at + self.feature_len * size];
+            let at = self.absolute(split, i)?.checked_mul(stride)?;
+            let raw = self.features.get(at..at.checked_add(stride)?)?;
             decode_into(self.header.encoding, raw, &mut out);
         }
         Some(out)
@@ -170,6 +203,41 @@ mod tests {
         assert_eq!(d.features(Split::Valid, &[0]), Some(vec![1.0, 0.0]));
         assert_eq!(d.features(Split::Train, &[1]), Some(vec![0.2, 0.4]));
         assert_eq!(d.labels(Split::Valid, &[1]), None);
+        assert_eq!(d.features(Split::Train, &[2]), None);
+    }
+
+    #[test]
+    fn batches_beyond_a_tensor_are_refused_before_allocating() {
+        // One example of 2^30 bytes (a 1 GiB body, not allocated here): a batch of it would
+        // exceed the engine's 2^28-element tensor limit.
+        let header = DatasetHeader {
+            kind: DatasetKind::Image,
+            dims: vec![1 << 14, 1 << 14, 4],
+            encoding: ElementEncoding::U8Unit,
+            classes: 2,
+            train_count: 1,
+            valid_count: 0,
+        };
+        let d = TrainingData {
+            header,
+            labels: vec![0],
+            features: Vec::new(),
+            feature_len: 1 << 30,
+        };
+        assert_eq!(d.features(Split::Train, &[0]), None);
+        assert_eq!(d.features(Split::Train, &[0; 4096]), None);
+        assert_eq!(d.labels(Split::Train, &[0]), Some(vec![0.0]));
+    }
+
+    #[test]
+    fn the_plaintext_is_wiped_on_drop() {
+        fn wiped_on_drop<T: ZeroizeOnDrop>(_: &T) {}
+        let (h, b) = tiny();
+        // As the enclave passes it: the buffer `decrypt_dataset` returns.
+        let d = TrainingData::from_plaintext(h, Zeroizing::new(b)).expect("valid");
+        wiped_on_drop(&d);
+        assert_eq!(d.labels(Split::Valid, &[0]), Some(vec![1.0]));
+        assert_eq!(d.features(Split::Valid, &[0]), Some(vec![1.0, 0.0]));
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub enum SandboxError {
     },
     /// The engine refused an operation the program asked for.
     #[error("tensor operation failed: {0}")]
-    Engine(#[from] EngineError),
+    Engine(EngineError),
     /// A resource limit was reached.
     #[error("program exceeded its {0}")]
     Limit(Limit),
@@ -56,6 +56,11 @@ pub enum Limit {
     Handles,
     /// Wasm call-stack depth.
     Stack,
+    /// The work the runtime may do for the program (operations charged from shapes).
+    Compute,
+    /// The memory the runtime may allocate for the program (tensors, gradients, optimizer
+    /// state, saved models: everything the process's memory gauge counts).
+    RuntimeMemory,
 }
 
 impl std::fmt::Display for Limit {
@@ -67,11 +72,66 @@ impl std::fmt::Display for Limit {
             Self::TensorMemory => "tensor-memory quota",
             Self::Handles => "handle limit",
             Self::Stack => "stack limit",
+            Self::Compute => "compute budget",
+            Self::RuntimeMemory => "runtime memory budget",
         })
     }
 }
 
+impl From<EngineError> for SandboxError {
+    /// An interrupted operation was stopped by a limit, not refused: by the memory gauge if
+    /// it tripped, by the deadline otherwise.
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Interrupted => {
+                if crate::memory::OVER_LIMIT.load(std::sync::atomic::Ordering::Acquire) {
+                    Self::Limit(Limit::RuntimeMemory)
+                } else {
+                    Self::Limit(Limit::TimeBudget)
+                }
+            }
+            other => Self::Engine(other),
+        }
+    }
+}
+
 impl SandboxError {
+    /// What the data owner is told: which limit or check stopped the program, never the
+    /// shapes, sizes or values the program used (those would describe the provider's
+    /// model to the owner). The trap kind is kept; a panic's own message is not.
+    pub fn owner_detail(&self) -> String {
+        match self {
+            Self::Refused(_) => "the program was refused at load".into(),
+            Self::Abi { call, .. } => format!("the program misused the host ABI in `{call}`"),
+            Self::Engine(e) => match e {
+                EngineError::Shape { op, .. } => {
+                    format!("a tensor operation (`{op}`) was given mismatched shapes")
+                }
+                EngineError::Argument { op, .. } => {
+                    format!("a tensor operation (`{op}`) was given an invalid argument")
+                }
+                EngineError::TooLarge { .. } => {
+                    "a tensor operation asked for a tensor above the engine's size limit".into()
+                }
+                EngineError::NotDifferentiable => {
+                    "backward was asked of a tensor that no parameter contributed to".into()
+                }
+                EngineError::Interrupted => "a tensor operation was interrupted".into(),
+                EngineError::Internal { op } => format!("the engine failed in `{op}`"),
+                _ => "a tensor operation failed".into(),
+            },
+            Self::Limit(limit) => format!("the program exceeded its {limit}"),
+            Self::Trap(kind) => match kind.split_once(':') {
+                // wasmtime's trap texts are fixed; anything after a colon is not ours.
+                Some((kind, _)) => format!("the program trapped: {kind}"),
+                None => format!("the program trapped: {kind}"),
+            },
+            Self::NoModel => "the program finished training without saving a model".into(),
+            Self::BadOutput(_) => "the program produced no valid output".into(),
+            Self::Internal(_) => "the sandbox failed".into(),
+        }
+    }
+
     /// A fixed label, independent of any detail, for what the untrusted host may log.
     pub fn public_class(&self) -> &'static str {
         match self {

@@ -20,6 +20,7 @@
 mod abi;
 mod data;
 mod error;
+pub mod memory;
 mod model;
 pub mod runtime;
 
@@ -36,6 +37,7 @@ use wasmtime::{
 
 pub use data::{DataError, Split, TrainingData, decode_into};
 pub use error::{Limit, SandboxError};
+pub use memory::CountingAllocator;
 pub use model::{Model, ModelFormatError};
 pub use runtime::{Metric, Quotas};
 
@@ -58,6 +60,8 @@ pub struct SandboxConfig {
     pub predict_fuel: u64,
     /// Wall-clock budget of one `predict` call.
     pub predict_deadline: Duration,
+    /// Compute budget of one `predict` call, in [`chiron_engine::cost::Cost::flops`].
+    pub predict_compute: u64,
     /// Instances that may exist at once (pooling allocator slots).
     pub max_instances: u32,
 }
@@ -70,6 +74,7 @@ impl Default for SandboxConfig {
             quotas: Quotas::default(),
             predict_fuel: 2_000_000_000,
             predict_deadline: Duration::from_secs(5),
+            predict_compute: 1 << 36,
             max_instances: 16,
         }
     }
@@ -229,12 +234,11 @@ impl Sandbox {
             input,
         };
         // Queries get no randomness that could differ between runs: a fixed seed.
-        let runtime = Runtime::new(
-            DefaultBackend::new(),
-            self.config.quotas.clone(),
-            [0; 32],
-            mode,
-        );
+        let quotas = Quotas {
+            compute: self.config.predict_compute,
+            ..self.config.quotas.clone()
+        };
+        let runtime = Runtime::new(DefaultBackend::new(), quotas, [0; 32], mode);
         let mut runtime = self.run(
             program,
             runtime,
@@ -256,6 +260,10 @@ impl Sandbox {
         fuel: u64,
         deadline: Duration,
     ) -> Result<Runtime<DefaultBackend>, SandboxError> {
+        // Native work stops at the same deadline as wasm (within one kernel quantum).
+        runtime
+            .interrupt()
+            .set_deadline(std::time::Instant::now() + deadline);
         let state = RunState {
             runtime,
             limiter: MemoryLimiter {
@@ -323,7 +331,9 @@ impl Clock {
     }
 
     fn ticks(&self, budget: Duration) -> u64 {
-        (budget.as_millis() / TICK.as_millis()).max(1) as u64
+        u64::try_from(budget.as_millis() / TICK.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
     }
 }
 

@@ -5,6 +5,8 @@ use std::sync::Arc;
 use chiron_proto::dataset::DatasetHeader;
 use serde::{Deserialize, Serialize};
 
+use crate::runtime::MAX_MODEL_META;
+
 /// Largest number of tensors in one model.
 pub const MAX_MODEL_TENSORS: usize = 4096;
 
@@ -49,14 +51,24 @@ impl Model {
         postcard::to_allocvec(self).unwrap_or_default()
     }
 
-    /// Decodes and validates a model unsealed by the runtime.
+    /// Decodes a model unsealed by the runtime and checks it with [`Model::validate`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, ModelFormatError> {
         let model: Self =
             postcard::from_bytes(bytes).map_err(|e| ModelFormatError(e.to_string()))?;
-        if model.tensors.len() > MAX_MODEL_TENSORS {
+        model.validate()?;
+        Ok(model)
+    }
+
+    /// The one check of what a model must be to be served: `save_model` applies it to what
+    /// a program saves and the query enclave's loader to what it unseals, so a model that
+    /// trains also loads. At most [`MAX_MODEL_TENSORS`] tensors, each of a valid shape that
+    /// its values fill; metadata of at most [`MAX_MODEL_META`] bytes; the header of the
+    /// data it was trained on, valid.
+    pub fn validate(&self) -> Result<(), ModelFormatError> {
+        if self.tensors.len() > MAX_MODEL_TENSORS {
             return Err(ModelFormatError("too many tensors".into()));
         }
-        for (dims, values) in &model.tensors {
+        for (dims, values) in &self.tensors {
             let shape =
                 chiron_engine::Shape::new(dims).map_err(|e| ModelFormatError(e.to_string()))?;
             if shape.elements() != values.len() {
@@ -65,9 +77,16 @@ impl Model {
                 ));
             }
         }
-        if let Some(h) = &model.header {
-            h.validate().map_err(|e| ModelFormatError(e.to_string()))?;
+        if self.meta.len() > MAX_MODEL_META {
+            return Err(ModelFormatError("metadata above 64 KiB".into()));
         }
-        Ok(model)
+        let header = self
+            .header
+            .as_ref()
+            .ok_or_else(|| ModelFormatError("no dataset header".into()))?;
+        header
+            .validate()
+            .map_err(|e| ModelFormatError(e.to_string()))?;
+        Ok(())
     }
 }

@@ -4,12 +4,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use chiron_engine::{Backend, Binary, Optimizer, OptimizerKind, Unary};
+use chiron_engine::cost::{self, Cost};
+use chiron_engine::{Backend, Binary, Interrupt, Optimizer, OptimizerKind, Unary};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 use crate::data::{Split, TrainingData};
 use crate::error::{Limit, SandboxError};
+use crate::memory;
 use crate::model::Model;
 
 /// ABI constant for an absent optional tensor.
@@ -30,14 +32,20 @@ pub struct Quotas {
     pub handles: usize,
     /// Metric events per run.
     pub metrics: usize,
+    /// Work the runtime may do for the program in one run, in [`Cost::flops`] (each
+    /// operation is charged, from its shapes, before it runs).
+    pub compute: u64,
 }
 
 impl Default for Quotas {
+    /// 2^26 live tensor elements (256 MiB), 2^14 handles, 4096 metrics, 2^50 operations of
+    /// compute (hours of work: the time budget binds first on today's machines).
     fn default() -> Self {
         Self {
             tensor_elements: 1 << 26,
             handles: 1 << 14,
             metrics: 4096,
+            compute: 1 << 50,
         }
     }
 }
@@ -84,6 +92,14 @@ enum Entry<B: Backend> {
 pub struct Runtime<B: Backend> {
     engine: B,
     quotas: Quotas,
+    /// Stops the engine's kernels part-way: at the run's deadline, or when the process's
+    /// memory limit is passed.
+    interrupt: Interrupt,
+    /// Compute left, in [`Cost::flops`].
+    compute_left: u64,
+    /// What the operations since the last optimizer step cost: the estimate a backward
+    /// pass is charged from.
+    since_step: Cost,
     entries: HashMap<u32, Entry<B>>,
     next_handle: u32,
     live_elements: u64,
@@ -98,10 +114,18 @@ type Result<T> = std::result::Result<T, SandboxError>;
 
 impl<B: Backend> Runtime<B> {
     /// A fresh runtime with no handles, seeded random stream and the given mode.
+    ///
+    /// Its [`Interrupt`] (see [`Runtime::interrupt`]) has no deadline yet and follows the
+    /// process's memory gauge ([`memory::OVER_LIMIT`]).
     pub fn new(engine: B, quotas: Quotas, seed: [u8; 32], mode: Mode) -> Self {
+        let interrupt = Interrupt::new();
+        interrupt.follow(&memory::OVER_LIMIT);
         Self {
-            engine,
+            engine: engine.with_interrupt(interrupt.clone()),
+            compute_left: quotas.compute,
             quotas,
+            interrupt,
+            since_step: Cost::default(),
             entries: HashMap::new(),
             next_handle: 1,
             live_elements: 0,
@@ -111,6 +135,35 @@ impl<B: Backend> Runtime<B> {
             saved: None,
             output: None,
         }
+    }
+
+    /// What stops this run's native work: set its deadline, or stop it.
+    pub fn interrupt(&self) -> &Interrupt {
+        &self.interrupt
+    }
+
+    /// Charges `cost` before the work is done: refuses it if the run was interrupted, if it
+    /// needs more compute than is left, or if its new memory would take the process past
+    /// its limit. Nothing is spent on a refusal.
+    fn charge(&mut self, cost: Cost) -> Result<()> {
+        self.interrupt.check()?;
+        if cost.flops > self.compute_left {
+            return Err(SandboxError::Limit(Limit::Compute));
+        }
+        if !memory::fits(cost.bytes) {
+            return Err(SandboxError::Limit(Limit::RuntimeMemory));
+        }
+        self.compute_left -= cost.flops;
+        self.since_step = self.since_step.plus(cost);
+        Ok(())
+    }
+
+    fn dims(&self, call: &'static str, handle: u32) -> Result<Vec<usize>> {
+        Ok(self
+            .engine
+            .shape(self.tensor(call, handle)?)
+            .dims()
+            .to_vec())
     }
 
     /// The model saved by `train`, if any.
@@ -169,7 +222,10 @@ impl<B: Backend> Runtime<B> {
     pub fn free(&mut self, handle: u32) -> Result<()> {
         match self.entries.remove(&handle) {
             Some(Entry::Tensor(_, elements)) => {
-                self.live_elements -= elements;
+                self.live_elements = self
+                    .live_elements
+                    .checked_sub(elements)
+                    .ok_or_else(|| SandboxError::Internal("tensor accounting".into()))?;
                 Ok(())
             }
             Some(Entry::Optimizer(..)) => Ok(()),
@@ -245,11 +301,13 @@ impl<B: Backend> Runtime<B> {
     pub fn batch_features(&mut self, split: u32, indices: &[u32]) -> Result<u32> {
         const CALL: &str = "batch_features";
         let (data, split) = self.batch_request(CALL, split, indices)?;
+        let mut shape = vec![indices.len()];
+        shape.extend(data.header().dims.iter().map(|&d| d as usize));
+        chiron_engine::Shape::new(&shape)?;
+        self.charge(cost::tensor(&shape).plus(cost::tensor(&shape)))?;
         let values = data
             .features(split, indices)
             .ok_or_else(|| SandboxError::abi(CALL, "example index out of range"))?;
-        let mut shape = vec![indices.len()];
-        shape.extend(data.header().dims.iter().map(|&d| d as usize));
         let t = self.engine.constant(&shape, values)?;
         self.insert(t)
     }
@@ -258,6 +316,7 @@ impl<B: Backend> Runtime<B> {
     pub fn batch_labels(&mut self, split: u32, indices: &[u32]) -> Result<u32> {
         const CALL: &str = "batch_labels";
         let (data, split) = self.batch_request(CALL, split, indices)?;
+        self.charge(cost::tensor(&[indices.len()]).plus(cost::tensor(&[indices.len()])))?;
         let values = data
             .labels(split, indices)
             .ok_or_else(|| SandboxError::abi(CALL, "example index out of range"))?;
@@ -290,6 +349,7 @@ impl<B: Backend> Runtime<B> {
 
     /// A constant tensor from program memory.
     pub fn tensor_from(&mut self, data: Vec<f32>, shape: &[usize]) -> Result<u32> {
+        self.charge(cost::tensor(shape))?;
         let t = self.engine.constant(shape, data)?;
         self.insert(t)
     }
@@ -309,6 +369,7 @@ impl<B: Backend> Runtime<B> {
         if self.live_elements.saturating_add(n as u64) > self.quotas.tensor_elements {
             return Err(SandboxError::Limit(Limit::TensorMemory));
         }
+        self.charge(cost::tensor(shape).plus(cost::tensor(shape)))?;
         let values: Vec<f32> = match init {
             0 => vec![0.0; n],
             1 => (0..n)
@@ -328,7 +389,9 @@ impl<B: Backend> Runtime<B> {
     }
 
     /// The values of a tensor.
-    pub fn read(&self, handle: u32) -> Result<Vec<f32>> {
+    pub fn read(&mut self, handle: u32) -> Result<Vec<f32>> {
+        let dims = self.dims("read", handle)?;
+        self.charge(cost::tensor(&dims))?;
         let t = self.tensor("read", handle)?;
         Ok(self.engine.read(t)?)
     }
@@ -336,6 +399,13 @@ impl<B: Backend> Runtime<B> {
     /// Convolution.
     pub fn conv2d(&mut self, x: u32, w: u32, b: u32, stride: u32, padding: u32) -> Result<u32> {
         const CALL: &str = "conv2d";
+        let cost = cost::conv2d(
+            &self.dims(CALL, x)?,
+            &self.dims(CALL, w)?,
+            stride as usize,
+            padding as usize,
+        );
+        self.charge(cost)?;
         let out = self.engine.conv2d(
             self.tensor(CALL, x)?,
             self.tensor(CALL, w)?,
@@ -348,6 +418,8 @@ impl<B: Backend> Runtime<B> {
 
     /// Max pooling.
     pub fn max_pool2d(&mut self, x: u32, kernel: u32, stride: u32) -> Result<u32> {
+        let dims = self.dims("max_pool2d", x)?;
+        self.charge(cost::max_pool2d(&dims, kernel as usize, stride as usize))?;
         let out = self.engine.max_pool2d(
             self.tensor("max_pool2d", x)?,
             kernel as usize,
@@ -359,6 +431,7 @@ impl<B: Backend> Runtime<B> {
     /// Affine layer.
     pub fn linear(&mut self, x: u32, w: u32, b: u32) -> Result<u32> {
         const CALL: &str = "linear";
+        self.charge(cost::linear(&self.dims(CALL, x)?, &self.dims(CALL, w)?))?;
         let out = self.engine.linear(
             self.tensor(CALL, x)?,
             self.tensor(CALL, w)?,
@@ -377,6 +450,7 @@ impl<B: Backend> Runtime<B> {
             4 => Unary::Softmax,
             other => return Err(SandboxError::abi("unary", format!("unknown op {other}"))),
         };
+        self.charge(cost::elementwise(&self.dims("unary", x)?))?;
         let out = self.engine.unary(op, self.tensor("unary", x)?)?;
         self.insert(out)
     }
@@ -391,6 +465,7 @@ impl<B: Backend> Runtime<B> {
             3 => Binary::Div,
             other => return Err(SandboxError::abi(CALL, format!("unknown op {other}"))),
         };
+        self.charge(cost::elementwise(&self.dims(CALL, a)?))?;
         let out = self
             .engine
             .binary(op, self.tensor(CALL, a)?, self.tensor(CALL, b)?)?;
@@ -399,6 +474,7 @@ impl<B: Backend> Runtime<B> {
 
     /// `scale * x + shift`.
     pub fn affine(&mut self, x: u32, scale: f32, shift: f32) -> Result<u32> {
+        self.charge(cost::elementwise(&self.dims("affine", x)?))?;
         let out = self
             .engine
             .affine(self.tensor("affine", x)?, scale, shift)?;
@@ -407,6 +483,7 @@ impl<B: Backend> Runtime<B> {
 
     /// Reshape.
     pub fn reshape(&mut self, x: u32, shape: &[usize]) -> Result<u32> {
+        self.charge(Cost::default())?;
         let out = self.engine.reshape(self.tensor("reshape", x)?, shape)?;
         self.insert(out)
     }
@@ -414,6 +491,7 @@ impl<B: Backend> Runtime<B> {
     /// Cross-entropy loss.
     pub fn cross_entropy(&mut self, logits: u32, labels: u32) -> Result<u32> {
         const CALL: &str = "cross_entropy";
+        self.charge(cost::cross_entropy(&self.dims(CALL, logits)?))?;
         let out = self
             .engine
             .cross_entropy(self.tensor(CALL, logits)?, self.tensor(CALL, labels)?)?;
@@ -422,13 +500,16 @@ impl<B: Backend> Runtime<B> {
 
     /// Mean of all elements.
     pub fn mean(&mut self, x: u32) -> Result<u32> {
+        self.charge(cost::reduction(&self.dims("mean", x)?))?;
         let out = self.engine.mean(self.tensor("mean", x)?)?;
         self.insert(out)
     }
 
     /// Rows whose arg-max equals the label.
-    pub fn count_correct(&self, logits: u32, labels: u32) -> Result<u32> {
+    pub fn count_correct(&mut self, logits: u32, labels: u32) -> Result<u32> {
         const CALL: &str = "count_correct";
+        let (ld, yd) = (self.dims(CALL, logits)?, self.dims(CALL, labels)?);
+        self.charge(cost::tensor(&ld).plus(cost::tensor(&yd)))?;
         let (l, y) = (self.tensor(CALL, logits)?, self.tensor(CALL, labels)?);
         let dims = self.engine.shape(l).dims().to_vec();
         let [n, classes] = dims[..] else {
@@ -492,6 +573,19 @@ impl<B: Backend> Runtime<B> {
     /// Back-propagates from `loss` and updates the optimiser's parameters in place.
     pub fn optimizer_step(&mut self, opt: u32, loss: u32) -> Result<()> {
         const CALL: &str = "optimizer_step";
+        let elements = match self.entries.get(&opt) {
+            Some(Entry::Optimizer(_, params)) => params
+                .iter()
+                .filter_map(|&p| match self.entries.get(&p) {
+                    Some(Entry::Tensor(_, n)) => Some(*n),
+                    _ => None,
+                })
+                .sum(),
+            _ => 0,
+        };
+        let graph = std::mem::take(&mut self.since_step);
+        self.charge(cost::backward(graph).plus(cost::optimizer_step(elements)))?;
+        self.since_step = Cost::default();
         let grads = self.engine.backward(self.tensor(CALL, loss)?)?;
         let Some(Entry::Optimizer(mut optimizer, params)) = self.entries.remove(&opt) else {
             return Err(SandboxError::abi(
@@ -557,17 +651,30 @@ impl<B: Backend> Runtime<B> {
         if meta.len() > MAX_MODEL_META {
             return Err(SandboxError::abi(CALL, "metadata above 64 KiB"));
         }
+        if params.len() > crate::model::MAX_MODEL_TENSORS {
+            return Err(SandboxError::abi(CALL, "too many tensors"));
+        }
+        let mut saved = Cost::default();
+        for &p in params {
+            saved = saved.plus(cost::tensor(&self.dims(CALL, p)?));
+        }
+        self.charge(saved)?;
         let mut tensors = Vec::with_capacity(params.len());
         for &p in params {
             let t = self.tensor(CALL, p)?;
             let dims = self.engine.shape(t).dims().to_vec();
             tensors.push((dims, Arc::new(self.engine.read(t)?)));
         }
-        self.saved = Some(Model {
+        let model = Model {
             header: Some(header),
             tensors,
             meta,
-        });
+        };
+        // The loader's own check: what a program saves is what a query enclave can load.
+        model
+            .validate()
+            .map_err(|e| SandboxError::abi(CALL, e.to_string()))?;
+        self.saved = Some(model);
         Ok(())
     }
 
@@ -591,6 +698,7 @@ impl<B: Backend> Runtime<B> {
             .tensors
             .get(index as usize)
             .ok_or_else(|| SandboxError::abi(CALL, format!("no model tensor {index}")))?;
+        self.charge(cost::tensor(dims))?;
         let t = self.engine.shared_constant(dims, values)?;
         self.insert(t)
     }
@@ -603,6 +711,10 @@ impl<B: Backend> Runtime<B> {
     /// The query's input tensor.
     pub fn query_input(&mut self) -> Result<u32> {
         const CALL: &str = "query_input";
+        let Mode::Predict { input_shape, .. } = &self.mode else {
+            return Err(SandboxError::abi(CALL, "only available in predict"));
+        };
+        self.charge(cost::tensor(&input_shape.clone()))?;
         let Mode::Predict {
             input_shape, input, ..
         } = &self.mode
@@ -617,10 +729,11 @@ impl<B: Backend> Runtime<B> {
     pub fn set_output(&mut self, scores: u32) -> Result<()> {
         const CALL: &str = "set_output";
         let model = Arc::clone(self.model(CALL)?);
+        self.charge(cost::tensor(&self.dims(CALL, scores)?))?;
         let t = self.tensor(CALL, scores)?;
         let dims = self.engine.shape(t).dims().to_vec();
         let expected_rows = match &self.mode {
-            Mode::Predict { input_shape, .. } => input_shape[0],
+            Mode::Predict { input_shape, .. } => input_shape.first().copied().unwrap_or(0),
             Mode::Train { .. } => 0,
         };
         let classes = model.header.as_ref().map_or(0, |h| h.classes as usize);

@@ -273,13 +273,15 @@ impl Drop for Service {
     }
 }
 
-/// Default terms for tests: label answers, generous query budget.
+/// Default terms for tests: live, label answers, and the query budget every program allows
+/// (the default policy of a program without a manifest; `chiron_mlp` and `chiron_cnn`
+/// declare more).
 pub fn terms(epochs: u32, time_budget_secs: u32) -> TrainingTerms {
     TrainingTerms {
         epochs,
         time_budget_secs,
         answers: AnswerPolicy::Label,
-        query_budget: 1_000_000,
+        query_budget: chiron_proto::manifest::DEFAULT_MAX_QUERIES,
         seed: None,
         private: None,
     }

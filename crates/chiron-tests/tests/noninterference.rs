@@ -247,6 +247,67 @@ fn answers_cannot_be_sized_by_the_query() {
 }
 
 #[test]
+fn native_work_sized_by_the_data_ends_at_the_time_budget() {
+    // Both twins multiply matrices until they are stopped, milliseconds or a second a
+    // product as the bit says: both fail, at the declared time, the same way.
+    let [a, b] = private_twins("hostile_leaknative");
+    for run in [&a, &b] {
+        assert!(!succeeded(run));
+        let detail = failure_detail(run);
+        assert!(detail.contains("time budget"), "{detail}");
+    }
+}
+
+#[test]
+fn an_allocation_sized_by_the_data_is_refused_before_it_is_made() {
+    // Live, the runtime's ceiling allows both outer products, which the tensor quota then
+    // refuses: the peak memory shows which one was made.
+    live_twins_differ("hostile_leakalloc", "training enclave peaks");
+    // Private, the output is charged to the declared memory before it is allocated: both are
+    // refused the same way, with nothing allocated and nothing printed.
+    let [a, b] = private_twins("hostile_leakalloc");
+    for run in [&a, &b] {
+        assert!(!succeeded(run));
+        let detail = failure_detail(run);
+        assert!(detail.contains("runtime memory budget"), "{detail}");
+    }
+}
+
+#[test]
+fn a_model_that_trains_also_loads() {
+    // On one bit the program saves more tensors than a model may hold. The job that saved
+    // it fails at `save_model`, under the one outcome bit; the other's model loads and
+    // answers. No job succeeds and then fails to load.
+    let query = |service: &Service, ticket: &JobTicket| {
+        let host = service.client();
+        if let Ok(session) = QuerySession::open(&host, &service.policy(), ticket) {
+            let inputs = vec![0.5f32; 2 * ticket.header.feature_len()];
+            session
+                .query(2, inputs)
+                .expect("a model that trained answers");
+        }
+    };
+    let [a, b] = twins(
+        "hostile_leakload",
+        &private_terms(1, PRIVATE_BUDGET_SECS),
+        query,
+    );
+    assert_ne!(succeeded(&a), succeeded(&b), "the fixture acts on its bit");
+    let (failed, passed) = if succeeded(&a) { (&b, &a) } else { (&a, &b) };
+    let detail = failure_detail(failed);
+    assert!(detail.contains("save_model"), "{detail}");
+    assert!(
+        passed
+            .transcript
+            .frames
+            .iter()
+            .any(|f| f.contains("Answer")),
+        "the model that trained was served: {:?}",
+        passed.transcript.frames
+    );
+}
+
+#[test]
 fn success_or_failure_is_the_only_bit_a_program_can_choose_to_show() {
     let [a, b] = twins(
         "hostile_leakoutcome",

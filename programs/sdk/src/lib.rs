@@ -32,6 +32,11 @@
 //! }
 //!
 //! chiron_sdk::export_program!(train = train, predict = predict);
+//! // The extraction policy for every model it trains (see `manifest`).
+//! chiron_sdk::manifest!(chiron_sdk::manifest::Manifest::new(
+//!     10_000,
+//!     chiron_sdk::manifest::Answers::Label,
+//! ));
 //! ```
 //!
 //! Misuse of the host ABI (a bad shape, an unknown handle, an exceeded quota) is never
@@ -39,6 +44,7 @@
 //! therefore returns plain values, and checks the few things it can check locally with
 //! panics that say what went wrong (a panic also ends the program).
 
+pub mod manifest;
 pub mod meta;
 pub mod model;
 #[rustfmt::skip] // The ABI contract is kept exactly as written.
