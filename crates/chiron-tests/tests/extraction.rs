@@ -651,6 +651,72 @@ fn a_query_sealed_to_an_earlier_enclave_is_refused_after_a_restart() {
     assert_eq!(drain(&session, &inputs), TIGHT_MAX - 4);
 }
 
+/// Seconds since midnight of a host log line (`2026-11-30T07:32:35.969382Z  DEBUG ...`).
+fn logged_at(line: &str) -> Option<f64> {
+    let time = line.get(11..)?.split('Z').next()?;
+    let mut parts = time.split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+#[test]
+fn every_answer_that_spends_the_budget_is_counted_first_at_the_cost_of_one_store() {
+    let service = Service::start();
+    let data = iris();
+    let inputs = iris_inputs(&data);
+    let ticket = trained(
+        &service,
+        &program_wasm("chiron_mlp"),
+        &tight_terms(1000, AnswerPolicy::Label),
+    );
+    let host = service.client();
+    let session = QuerySession::open(&host, &service.policy(), &ticket).expect("attests");
+    const QUERIES: usize = 100;
+    for _ in 0..QUERIES {
+        session.query(1, features(&inputs, 1)).expect("answered");
+    }
+    // The frame log, in order: every query is written ahead before its answer.
+    let frames: Vec<(String, f64)> = service
+        .stderr()
+        .lines()
+        .filter_map(|line| {
+            let (_, frame) = line.split_once(FRAME_LOG)?;
+            let kind = frame.trim_start_matches(':').split_whitespace().nth(1)?;
+            Some((kind.to_owned(), logged_at(line)?))
+        })
+        .skip_while(|(kind, _)| kind != "Query")
+        .collect();
+    let kinds: Vec<&str> = frames.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["Query", "StoreCounter", "CounterStored", "Answer"].repeat(QUERIES),
+        "one write-ahead per answer, before it"
+    );
+    let mut store = Vec::new();
+    let mut whole = Vec::new();
+    for query in frames.chunks(4) {
+        store.push(query[2].1 - query[1].1);
+        whole.push(query[3].1 - query[0].1);
+    }
+    store.sort_by(f64::total_cmp);
+    whole.sort_by(f64::total_cmp);
+    eprintln!(
+        "the host's side of the write-ahead (StoreCounter received to CounterStored sent): \
+         median {:.0} µs, p90 {:.0} µs; whole single-input query at the host (Query sent to \
+         Answer received): median {:.0} µs",
+        store[QUERIES / 2] * 1e6,
+        store[QUERIES * 9 / 10] * 1e6,
+        whole[QUERIES / 2] * 1e6,
+    );
+    assert_eq!(
+        drain(&session, &inputs),
+        1000 - QUERIES as u64,
+        "every answer was counted once"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. Private answers leave at the declared time, whatever `predict` does natively
 // ---------------------------------------------------------------------------------------------
