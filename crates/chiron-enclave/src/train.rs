@@ -91,6 +91,12 @@ pub fn run(enclave: &Enclave, start: Start, input: &mut impl Read) -> EnclaveFra
         None => LIVE_MEMORY_LIMIT,
     });
     chiron_sandbox::memory::reset_peak();
+    // Under private terms, `reserve` before the declared end (never before the start).
+    let before_end = |reserve: fn(&chiron_proto::owner::PrivateTerms) -> Duration| {
+        deadline
+            .zip(private)
+            .map(|(end, terms)| end.checked_sub(reserve(&terms)).unwrap_or(started))
+    };
     let outcome = match request {
         Err(f) => Err(f),
         Ok(request) => {
@@ -102,18 +108,9 @@ pub fn run(enclave: &Enclave, start: Start, input: &mut impl Read) -> EnclaveFra
                 container,
                 events: events.clone(),
                 // The program stops early enough for sealing and padding to end in time.
-                program_deadline: deadline.map(|d| {
-                    let reserve = private.map_or(Duration::ZERO, |t| finish_reserve(&t));
-                    d.checked_sub(reserve).unwrap_or(started)
-                }),
+                program_deadline: before_end(finish_reserve),
             };
-            watch(
-                worker,
-                deadline.map(|d| {
-                    let padding = private.map_or(Duration::ZERO, |t| padding_reserve(&t));
-                    d.checked_sub(padding).unwrap_or(started)
-                }),
-            )
+            watch(worker, before_end(padding_reserve))
         }
     };
     // The program is done (or abandoned): padding below may allocate past its limit.

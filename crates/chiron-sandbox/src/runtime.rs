@@ -304,6 +304,7 @@ impl<B: Backend> Runtime<B> {
         let mut shape = vec![indices.len()];
         shape.extend(data.header().dims.iter().map(|&d| d as usize));
         chiron_engine::Shape::new(&shape)?;
+        // The values decoded from the dataset, then the tensor made of them.
         self.charge(cost::tensor(&shape).plus(cost::tensor(&shape)))?;
         let values = data
             .features(split, indices)
@@ -583,8 +584,7 @@ impl<B: Backend> Runtime<B> {
                 .sum(),
             _ => 0,
         };
-        let graph = std::mem::take(&mut self.since_step);
-        self.charge(cost::backward(graph).plus(cost::optimizer_step(elements)))?;
+        self.charge(cost::backward(self.since_step).plus(cost::optimizer_step(elements)))?;
         self.since_step = Cost::default();
         let grads = self.engine.backward(self.tensor(CALL, loss)?)?;
         let Some(Entry::Optimizer(mut optimizer, params)) = self.entries.remove(&opt) else {
@@ -711,17 +711,15 @@ impl<B: Backend> Runtime<B> {
     /// The query's input tensor.
     pub fn query_input(&mut self) -> Result<u32> {
         const CALL: &str = "query_input";
-        let Mode::Predict { input_shape, .. } = &self.mode else {
-            return Err(SandboxError::abi(CALL, "only available in predict"));
-        };
-        self.charge(cost::tensor(&input_shape.clone()))?;
         let Mode::Predict {
             input_shape, input, ..
         } = &self.mode
         else {
             return Err(SandboxError::abi(CALL, "only available in predict"));
         };
-        let t = self.engine.constant(input_shape, input.clone())?;
+        let (shape, input) = (input_shape.clone(), input.clone());
+        self.charge(cost::tensor(&shape))?;
+        let t = self.engine.constant(&shape, input)?;
         self.insert(t)
     }
 
@@ -729,9 +727,9 @@ impl<B: Backend> Runtime<B> {
     pub fn set_output(&mut self, scores: u32) -> Result<()> {
         const CALL: &str = "set_output";
         let model = Arc::clone(self.model(CALL)?);
-        self.charge(cost::tensor(&self.dims(CALL, scores)?))?;
+        let dims = self.dims(CALL, scores)?;
+        self.charge(cost::tensor(&dims))?;
         let t = self.tensor(CALL, scores)?;
-        let dims = self.engine.shape(t).dims().to_vec();
         let expected_rows = match &self.mode {
             Mode::Predict { input_shape, .. } => input_shape.first().copied().unwrap_or(0),
             Mode::Train { .. } => 0,
