@@ -1,9 +1,12 @@
 //! Attestation evidence: what an enclave presents to prove which runtime it runs.
 //!
-//! Evidence binds, under a platform signature, the runtime measurement, the enclave's role, the
-//! enclave's ephemeral public key, the verifier's fresh nonce and the job or model it serves
-//! (DESIGN.md, "Attestation and keys"). These are only the shapes; verification lives in
-//! `chiron-crypto::attest`, and nothing read here may be trusted until it has passed there.
+//! Evidence is a platform statement (an SGX or TDX DCAP quote, an SEV-SNP attestation report,
+//! or a simulated statement) whose 64 bytes of report data bind the enclave's role, its
+//! ephemeral public key, the verifier's fresh nonce and the job or model it serves
+//! (DESIGN.md, "Attestation and keys"). Beside it travel the vendor's endorsements the
+//! verifier needs (DCAP collateral, SNP certificates): they are signed by the vendor, so the
+//! untrusted host may supply them. These are only the shapes; verification lives in
+//! `chiron-attest`, and nothing read here may be trusted until it has passed there.
 
 use std::fmt;
 
@@ -11,33 +14,52 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// The evidence format version this crate writes and understands.
-pub const EVIDENCE_VERSION: u16 = 1;
+pub const EVIDENCE_VERSION: u16 = 2;
 
 /// Largest accepted encoded evidence, in bytes.
 ///
-/// Simulated evidence is about 260 bytes; the bound leaves room for hardware quotes (SGX/TDX
-/// DCAP quotes are a few KiB) while keeping a hostile peer from making us allocate much.
-pub const MAX_EVIDENCE_LEN: usize = 16 * 1024;
-
-/// Domain-separation prefix of the signed encoding, so an evidence signature can never be
-/// mistaken for a signature over any other Chiron message.
-const SIGNED_PREFIX: &[u8] = b"chiron attestation evidence\0";
+/// A DCAP quote is 4–6 KiB and its collateral (TCB info, QE identity, CRLs and their issuer
+/// chains) 14–25 KiB; an SNP report is 1184 bytes and its certificate chain about 5 KiB. The
+/// bound leaves room for larger collateral while keeping a hostile peer from making us
+/// allocate much.
+pub const MAX_EVIDENCE_LEN: usize = 256 * 1024;
 
 /// Which trusted execution environment produced the evidence.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum TeeKind {
     /// A local, software-only platform key. INSECURE: anyone holding the platform key file can
     /// forge evidence. For development and tests only.
-    ///
-    /// SGX and TDX (DCAP quotes) and SEV-SNP reports will be added as further variants.
     Sim,
+    /// An Intel SGX enclave (under Gramine): a DCAP quote v3 or v4 with its collateral.
+    Sgx,
+    /// An Intel TDX trust domain: a DCAP quote v4 or v5 with its collateral.
+    Tdx,
+    /// An AMD SEV-SNP guest: an attestation report with its VCEK or VLEK certificate chain.
+    SevSnp,
 }
 
 impl TeeKind {
-    /// Stable one-byte code used in the signed encoding.
-    fn code(self) -> u8 {
+    /// Every backend, in code order.
+    pub const ALL: [TeeKind; 4] = [Self::Sim, Self::Sgx, Self::Tdx, Self::SevSnp];
+
+    /// Stable one-byte code, bound into the report data so a statement from one backend can
+    /// never be presented as another's.
+    pub fn code(self) -> u8 {
         match self {
             Self::Sim => 0,
+            Self::Sgx => 1,
+            Self::Tdx => 2,
+            Self::SevSnp => 3,
+        }
+    }
+
+    /// Short lower-case name, as used on command lines (`sim`, `sgx`, `tdx`, `sev-snp`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sim => "sim",
+            Self::Sgx => "sgx",
+            Self::Tdx => "tdx",
+            Self::SevSnp => "sev-snp",
         }
     }
 }
@@ -46,6 +68,9 @@ impl fmt::Display for TeeKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Sim => "sim (insecure, development only)",
+            Self::Sgx => "Intel SGX",
+            Self::Tdx => "Intel TDX",
+            Self::SevSnp => "AMD SEV-SNP",
         })
     }
 }
@@ -60,8 +85,8 @@ pub enum Role {
 }
 
 impl Role {
-    /// Stable one-byte code used in the signed encoding.
-    fn code(self) -> u8 {
+    /// Stable one-byte code, bound into the report data.
+    pub fn code(self) -> u8 {
         match self {
             Self::Train => 0,
             Self::Query => 1,
@@ -80,27 +105,28 @@ impl fmt::Display for Role {
 
 /// Attestation evidence as it travels on the wire.
 ///
-/// Every field except `signature` is covered by the signature through [`Evidence::signed_bytes`].
+/// Only `statement` is signed, by the platform; the other fields are claims that verification
+/// checks against the statement's report data (`chiron_attest::binding`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Evidence {
     /// Format version; [`EVIDENCE_VERSION`] for evidence written by this crate.
     pub version: u16,
-    /// The TEE backend that signed this evidence.
+    /// The TEE backend that produced `statement`.
     pub tee: TeeKind,
     /// The role the enclave process was started in.
     pub role: Role,
-    /// SHA-256 of the enclave runtime binary.
-    pub measurement: [u8; 32],
     /// The enclave's ephemeral X25519 public key; secrets for this enclave are sealed to it.
     pub enclave_public_key: [u8; 32],
     /// The verifier's fresh nonce, echoed to prove the evidence is not a replay.
     pub nonce: [u8; 32],
     /// SHA-256 of the job id or model id the enclave serves.
     pub context: [u8; 32],
-    /// The platform key that signed the evidence (for [`TeeKind::Sim`], an Ed25519 public key).
-    pub platform_key: [u8; 32],
-    /// Signature by `platform_key` over [`Evidence::signed_bytes`].
-    pub signature: Vec<u8>,
+    /// The platform's signed statement: a DCAP quote (SGX, TDX), an SNP attestation report, or
+    /// a simulated statement.
+    pub statement: Vec<u8>,
+    /// Vendor-signed material the verifier needs and may also hold itself: DCAP collateral
+    /// (JSON), the SNP VCEK or VLEK certificate (DER). Empty when the verifier supplies it.
+    pub endorsements: Vec<u8>,
 }
 
 /// Evidence bytes that cannot be decoded.
@@ -121,25 +147,6 @@ pub enum EvidenceError {
 }
 
 impl Evidence {
-    /// The canonical encoding the platform signs: a domain-separation prefix followed by every
-    /// field except `signature`, at fixed offsets.
-    ///
-    /// It is written by hand rather than by a serializer so that its bytes can never change
-    /// with a library upgrade, which would silently invalidate every signature.
-    pub fn signed_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(SIGNED_PREFIX.len() + 2 + 2 + 5 * 32);
-        out.extend_from_slice(SIGNED_PREFIX);
-        out.extend_from_slice(&self.version.to_be_bytes());
-        out.push(self.tee.code());
-        out.push(self.role.code());
-        out.extend_from_slice(&self.measurement);
-        out.extend_from_slice(&self.enclave_public_key);
-        out.extend_from_slice(&self.nonce);
-        out.extend_from_slice(&self.context);
-        out.extend_from_slice(&self.platform_key);
-        out
-    }
-
     /// Encodes the evidence for the wire (postcard).
     pub fn to_bytes(&self) -> Result<Vec<u8>, EvidenceError> {
         let bytes = postcard::to_allocvec(self)?;
@@ -171,12 +178,11 @@ mod tests {
             version: EVIDENCE_VERSION,
             tee: TeeKind::Sim,
             role: Role::Train,
-            measurement: [1; 32],
             enclave_public_key: [2; 32],
             nonce: [3; 32],
             context: [4; 32],
-            platform_key: [5; 32],
-            signature: vec![6; 64],
+            statement: vec![5; 192],
+            endorsements: vec![6; 10],
         }
     }
 
@@ -184,7 +190,18 @@ mod tests {
     fn wire_round_trip() -> Result<(), EvidenceError> {
         let e = sample();
         assert_eq!(Evidence::from_bytes(&e.to_bytes()?)?, e);
+        for tee in TeeKind::ALL {
+            let e = Evidence { tee, ..sample() };
+            assert_eq!(Evidence::from_bytes(&e.to_bytes()?)?, e);
+        }
         Ok(())
+    }
+
+    #[test]
+    fn codes_are_distinct() {
+        let codes: std::collections::HashSet<u8> = TeeKind::ALL.iter().map(|t| t.code()).collect();
+        assert_eq!(codes.len(), TeeKind::ALL.len());
+        assert_ne!(Role::Train.code(), Role::Query.code());
     }
 
     #[test]
@@ -205,38 +222,5 @@ mod tests {
             Err(EvidenceError::Decode(_))
         ));
         Ok(())
-    }
-
-    #[test]
-    fn signed_bytes_cover_every_field_but_the_signature() {
-        let base = sample().signed_bytes();
-        let mut variants = Vec::new();
-        let mut e = sample();
-        e.version = 2;
-        variants.push(e);
-        let mut e = sample();
-        e.role = Role::Query;
-        variants.push(e);
-        let mut e = sample();
-        e.measurement[31] ^= 1;
-        variants.push(e);
-        let mut e = sample();
-        e.enclave_public_key[0] ^= 1;
-        variants.push(e);
-        let mut e = sample();
-        e.nonce[0] ^= 1;
-        variants.push(e);
-        let mut e = sample();
-        e.context[0] ^= 1;
-        variants.push(e);
-        let mut e = sample();
-        e.platform_key[0] ^= 1;
-        variants.push(e);
-        for v in variants {
-            assert_ne!(v.signed_bytes(), base, "{v:?}");
-        }
-        let mut e = sample();
-        e.signature = vec![];
-        assert_eq!(e.signed_bytes(), base);
     }
 }

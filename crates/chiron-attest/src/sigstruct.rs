@@ -1,0 +1,1 @@
+//! SGX SIGSTRUCT files (placeholder, being written).
