@@ -23,7 +23,7 @@ WORK="$(mktemp -d)"
 trap 'kill "$HOST_PID" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 # The service: untrusted host, which launches measured enclave processes.
-"$BIN/chiron-host" --data-dir "$WORK/service" --listen 127.0.0.1:0 >"$WORK/host.out" 2>"$WORK/host.err" &
+"$BIN/chiron-host" --dangerous-simulated-tee --data-dir "$WORK/service" --listen 127.0.0.1:0 >"$WORK/host.out" 2>"$WORK/host.err" &
 HOST_PID=$!
 for _ in $(seq 100); do
     if [ -s "$WORK/host.out" ]; then break; fi
@@ -39,7 +39,7 @@ echo "provider registered program $PROGRAM"
 # Owner: pin the runtime measurement (from a reproducible build of the public runtime) and
 # the simulated platform's key, then train and evaluate.
 MEASUREMENT="$("$BIN/chiron" measure "$BIN/chiron-enclave")"
-TRUST=(--expect-measurement "$MEASUREMENT" --sim-platform-pub "$WORK/service/sim-platform.key.pub")
+TRUST=(--sim-measurement "$MEASUREMENT" --dangerous-sim-platform "$WORK/service/sim-platform.key.pub")
 "$BIN/chiron" train --host "$URL" --program "$PROGRAM" \
     --idx-images "$FMNIST/train-images-idx3-ubyte.gz" --idx-labels "$FMNIST/train-labels-idx1-ubyte.gz" \
     "${LIMIT_ARGS[@]}" "${SEED_ARGS[@]}" --epochs "$EPOCHS" --valid-fraction 0.05 --ticket "$WORK/job.json" "${TRUST[@]}"

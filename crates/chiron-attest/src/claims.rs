@@ -80,3 +80,45 @@ pub struct PlatformClaims {
     /// The code identity the platform measured.
     pub identity: Identity,
 }
+
+impl Identity {
+    /// A canonical encoding of the identity (backend code, then every field at a fixed
+    /// width), for deriving keys bound to it.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 + 48 * 5);
+        match self {
+            Self::Sim {
+                platform_key,
+                measurement,
+            } => {
+                out.push(0);
+                out.extend_from_slice(platform_key);
+                out.extend_from_slice(measurement);
+            }
+            Self::Sgx {
+                mrenclave,
+                mrsigner,
+                isv_prod_id,
+                isv_svn,
+            } => {
+                out.push(1);
+                out.extend_from_slice(mrenclave);
+                out.extend_from_slice(mrsigner);
+                out.extend_from_slice(&isv_prod_id.to_be_bytes());
+                out.extend_from_slice(&isv_svn.to_be_bytes());
+            }
+            Self::Tdx { mrtd, rtmrs } => {
+                out.push(2);
+                out.extend_from_slice(mrtd);
+                for rtmr in rtmrs {
+                    out.extend_from_slice(rtmr);
+                }
+            }
+            Self::SevSnp { measurement } => {
+                out.push(3);
+                out.extend_from_slice(measurement);
+            }
+        }
+        out
+    }
+}

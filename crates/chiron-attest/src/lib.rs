@@ -20,9 +20,9 @@
 //! conclusion is ever drawn from bytes that are not yet authenticated.
 
 pub mod binding;
-mod sim_statement;
 mod claims;
 mod error;
+mod sim_statement;
 
 #[cfg(feature = "attester")]
 pub mod attester;
@@ -56,4 +56,21 @@ pub fn fresh_nonce() -> [u8; 32] {
     let mut nonce = [0; 32];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     nonce
+}
+
+/// The simulated platform's measurement of a runtime binary: the SHA-256 of the file. (On
+/// hardware the platform measures the loaded image itself: MRENCLAVE, MRTD, the SNP launch
+/// digest.)
+pub fn measure_file(path: impl AsRef<std::path::Path>) -> std::io::Result<[u8; 32]> {
+    use sha2::{Digest, Sha256};
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(hasher.finalize().into())
+}
+
+/// [`measure_file`] for a binary already in memory.
+pub fn measure_bytes(bytes: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes).into()
 }

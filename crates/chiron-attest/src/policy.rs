@@ -109,6 +109,7 @@ pub struct Policy {
     snp_min_tcb: SnpTcb,
     snp_allow_smt: bool,
     time: VerificationTime,
+    endorsements: Vec<(TeeKind, Vec<u8>)>,
 }
 
 impl Default for Policy {
@@ -130,6 +131,7 @@ impl Policy {
             snp_min_tcb: SnpTcb::default(),
             snp_allow_smt: false,
             time: VerificationTime::Now,
+            endorsements: Vec::new(),
         }
     }
 
@@ -200,6 +202,22 @@ impl Policy {
         self
     }
 
+    /// Endorsements the verifier holds itself for `tee` (cached DCAP collateral, an SNP VCEK),
+    /// used when evidence arrives without its own. They are vendor-signed, so where they came
+    /// from does not matter; evidence's own endorsements take precedence.
+    pub fn with_endorsements(mut self, tee: TeeKind, endorsements: Vec<u8>) -> Self {
+        self.endorsements.push((tee, endorsements));
+        self
+    }
+
+    /// The endorsements the verifier holds for `tee`, if any.
+    pub fn endorsements_for(&self, tee: TeeKind) -> Option<&[u8]> {
+        self.endorsements
+            .iter()
+            .find(|(t, _)| *t == tee)
+            .map(|(_, e)| e.as_slice())
+    }
+
     /// When certificates and collateral must be valid.
     pub fn time(&self) -> VerificationTime {
         self.time
@@ -265,8 +283,7 @@ impl Policy {
             }),
             Identity::Tdx { mrtd, rtmrs } => self.tdx.iter().any(|r| {
                 r.mrtd == *mrtd
-                    && r
-                        .rtmrs
+                    && r.rtmrs
                         .iter()
                         .zip(rtmrs)
                         .all(|(want, got)| want.is_none_or(|w| w == *got))
@@ -320,6 +337,232 @@ impl Policy {
                 .iter()
                 .map(|r| format!("SEV-SNP measurement {}", hex::encode(r.measurement)))
                 .collect(),
+        }
+    }
+}
+
+/// A line of a policy file that could not be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("policy line {line}: {reason}")]
+pub struct PolicySpecError {
+    /// The 1-based line number.
+    pub line: usize,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl Policy {
+    /// Reads a policy from its text form: one rule per line, `#` starts a comment.
+    ///
+    /// ```text
+    /// sgx-mrenclave <hex32>
+    /// sgx-mrsigner <hex32> <isv-prod-id> <min-isv-svn>
+    /// tdx-mrtd <hex48> [<rtmr0>,<rtmr1>,<rtmr2>,<rtmr3>]   # `-` for an RTMR not checked
+    /// snp-measurement <hex48>
+    /// snp-min-tcb <bootloader>:<tee>:<snp>:<microcode>
+    /// snp-allow-smt
+    /// accept-tcb-status <sw-hardening-needed|configuration-needed|
+    ///                    configuration-and-sw-hardening-needed|out-of-date|
+    ///                    out-of-date-configuration-needed>
+    /// accept-advisory <INTEL-SA-nnnnn>
+    /// dangerous-simulated-platform <hex32 key> <hex32 measurement>   # INSECURE
+    /// ```
+    ///
+    /// The file is the whole policy: what it does not list is refused.
+    pub fn parse_spec(text: &str) -> Result<Self, PolicySpecError> {
+        let mut policy = Self::new();
+        for (index, raw) in text.lines().enumerate() {
+            let fail = |reason: String| PolicySpecError {
+                line: index + 1,
+                reason,
+            };
+            let content = raw.split('#').next().unwrap_or_default();
+            let words: Vec<&str> = content.split_whitespace().collect();
+            let Some((&rule, args)) = words.split_first() else {
+                continue;
+            };
+            policy = policy.apply_rule(rule, args).map_err(fail)?;
+        }
+        Ok(policy)
+    }
+
+    fn apply_rule(self, rule: &str, args: &[&str]) -> Result<Self, String> {
+        let arity = |n: usize| {
+            if args.len() == n {
+                Ok(())
+            } else {
+                Err(format!("`{rule}` takes {n} value(s), found {}", args.len()))
+            }
+        };
+        Ok(match rule {
+            "sgx-mrenclave" => {
+                arity(1)?;
+                self.accept_sgx(SgxReference::Enclave {
+                    mrenclave: hex_array(args[0])?,
+                })
+            }
+            "sgx-mrsigner" => {
+                arity(3)?;
+                self.accept_sgx(SgxReference::Signer {
+                    mrsigner: hex_array(args[0])?,
+                    isv_prod_id: number(args[1])?,
+                    min_isv_svn: number(args[2])?,
+                })
+            }
+            "tdx-mrtd" => {
+                if args.is_empty() || args.len() > 2 {
+                    return Err("`tdx-mrtd` takes an MRTD and optionally four RTMRs".into());
+                }
+                let mut rtmrs = [None; 4];
+                if let Some(list) = args.get(1) {
+                    let parts: Vec<&str> = list.split(',').collect();
+                    if parts.len() != 4 {
+                        return Err("RTMRs are four comma-separated values".into());
+                    }
+                    for (slot, part) in rtmrs.iter_mut().zip(parts) {
+                        if part != "-" {
+                            *slot = Some(hex_array(part)?);
+                        }
+                    }
+                }
+                self.accept_tdx(TdxReference {
+                    mrtd: hex_array(args[0])?,
+                    rtmrs,
+                })
+            }
+            "snp-measurement" => {
+                arity(1)?;
+                self.accept_snp(SnpReference {
+                    measurement: hex_array(args[0])?,
+                })
+            }
+            "snp-min-tcb" => {
+                arity(1)?;
+                let parts = args[0]
+                    .split(':')
+                    .map(number::<u8>)
+                    .collect::<Result<Vec<_>, _>>()?;
+                let [bootloader, tee, snp, microcode] = parts[..] else {
+                    return Err("the TCB is four numbers, bootloader:tee:snp:microcode".into());
+                };
+                self.snp_min_tcb(SnpTcb {
+                    bootloader,
+                    tee,
+                    snp,
+                    microcode,
+                })
+            }
+            "snp-allow-smt" => {
+                arity(0)?;
+                self.snp_allow_smt(true)
+            }
+            "accept-tcb-status" => {
+                arity(1)?;
+                self.accept_dcap_status(
+                    DcapTcbStatus::from_name(args[0])
+                        .ok_or_else(|| format!("unknown TCB status `{}`", args[0]))?,
+                )
+            }
+            "accept-advisory" => {
+                arity(1)?;
+                self.accept_dcap_advisory(args[0])
+            }
+            "dangerous-simulated-platform" => {
+                arity(2)?;
+                self.dangerous_accept_simulated_platform(
+                    hex_array(args[0])?,
+                    vec![hex_array(args[1])?],
+                )
+            }
+            other => return Err(format!("unknown rule `{other}`")),
+        })
+    }
+}
+
+impl DcapTcbStatus {
+    /// The status named as in a policy file (`out-of-date`, ...).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "sw-hardening-needed" => Self::SwHardeningNeeded,
+            "configuration-needed" => Self::ConfigurationNeeded,
+            "configuration-and-sw-hardening-needed" => Self::ConfigurationAndSwHardeningNeeded,
+            "out-of-date" => Self::OutOfDate,
+            "out-of-date-configuration-needed" => Self::OutOfDateConfigurationNeeded,
+            _ => return None,
+        })
+    }
+}
+
+fn hex_array<const N: usize>(text: &str) -> Result<[u8; N], String> {
+    hex::decode(text)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| format!("`{text}` is not {} hex digits", 2 * N))
+}
+
+fn number<T: std::str::FromStr>(text: &str) -> Result<T, String> {
+    text.parse()
+        .map_err(|_| format!("`{text}` is not a number in range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_policy_file_reads_every_rule_and_names_the_bad_line() {
+        let text = format!(
+            "# owner policy\n\
+             sgx-mrenclave {a}\n\
+             sgx-mrsigner {a} 7 3\n\
+             tdx-mrtd {b} -,{b},-,-\n\
+             snp-measurement {b}   # the CVM image\n\
+             snp-min-tcb 3:0:8:115\n\
+             snp-allow-smt\n\
+             accept-tcb-status out-of-date\n\
+             accept-advisory INTEL-SA-00615\n",
+            a = "11".repeat(32),
+            b = "22".repeat(48)
+        );
+        let policy = Policy::parse_spec(&text).expect("parses");
+        let expected = Policy::new()
+            .accept_sgx(SgxReference::Enclave {
+                mrenclave: [0x11; 32],
+            })
+            .accept_sgx(SgxReference::Signer {
+                mrsigner: [0x11; 32],
+                isv_prod_id: 7,
+                min_isv_svn: 3,
+            })
+            .accept_tdx(TdxReference {
+                mrtd: [0x22; 48],
+                rtmrs: [None, Some([0x22; 48]), None, None],
+            })
+            .accept_snp(SnpReference {
+                measurement: [0x22; 48],
+            })
+            .snp_min_tcb(SnpTcb {
+                bootloader: 3,
+                tee: 0,
+                snp: 8,
+                microcode: 115,
+            })
+            .snp_allow_smt(true)
+            .accept_dcap_status(DcapTcbStatus::OutOfDate)
+            .accept_dcap_advisory("INTEL-SA-00615");
+        assert_eq!(policy, expected);
+
+        assert_eq!(Policy::parse_spec("").expect("empty"), Policy::new());
+        for (bad, line) in [
+            ("sgx-mrenclave 1234", 1),
+            ("\nsgx-mrsigner aa 1", 2),
+            ("snp-min-tcb 1:2:3", 1),
+            ("accept-tcb-status revoked", 1),
+            ("trust-everything", 1),
+            ("snp-min-tcb 1:2:3:300", 1),
+        ] {
+            let err = Policy::parse_spec(bad).expect_err(bad);
+            assert_eq!(err.line, line, "{bad}: {err}");
         }
     }
 }

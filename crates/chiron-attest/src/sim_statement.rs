@@ -14,7 +14,11 @@ pub const LEN: usize = 32 + 32 + 64 + 64;
 const DOMAIN: &[u8] = b"chiron simulated platform statement v1\0";
 
 /// The bytes the platform signs.
-pub fn signed_bytes(platform_key: &[u8; 32], measurement: &[u8; 32], report_data: &[u8; 64]) -> Vec<u8> {
+pub fn signed_bytes(
+    platform_key: &[u8; 32],
+    measurement: &[u8; 32],
+    report_data: &[u8; 64],
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(DOMAIN.len() + 128);
     out.extend_from_slice(DOMAIN);
     out.extend_from_slice(platform_key);
@@ -24,6 +28,7 @@ pub fn signed_bytes(platform_key: &[u8; 32], measurement: &[u8; 32], report_data
 }
 
 /// A statement split into its fields.
+#[cfg(feature = "verifier")]
 pub struct Parts<'a> {
     /// The platform's Ed25519 public key.
     pub platform_key: &'a [u8; 32],
@@ -36,6 +41,7 @@ pub struct Parts<'a> {
 }
 
 /// Splits a statement, or `None` if it has the wrong length.
+#[cfg(feature = "verifier")]
 pub fn parse(statement: &[u8]) -> Option<Parts<'_>> {
     let (platform_key, rest) = statement.split_first_chunk::<32>()?;
     let (measurement, rest) = rest.split_first_chunk::<32>()?;

@@ -275,6 +275,7 @@ impl HostProcess {
         let exe = std::env::current_exe()?.with_file_name("chiron-host");
         let dir = std::env::temp_dir().join(format!("chiron-bench-{}", std::process::id()));
         let mut child = Command::new(&exe)
+            .arg("--dangerous-simulated-tee")
             .arg("--data-dir")
             .arg(&dir)
             .args(["--listen", "127.0.0.1:0"])

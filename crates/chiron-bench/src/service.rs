@@ -8,9 +8,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use chiron_attest::Policy;
 use chiron_client::HostClient;
 use chiron_client::owner::{self, JobTicket, QuerySession, TrainingTerms};
-use chiron_crypto::{DataKey, Policy};
+use chiron_crypto::DataKey;
 use chiron_proto::api::JobState;
 use chiron_proto::dataset::DatasetHeader;
 use chiron_proto::owner::{AnswerPolicy, OwnerEvent};
@@ -113,7 +114,7 @@ pub fn print_row(net: &str, figures: &ServiceFigures) {
 /// the simulated platform key the host created.
 fn policy(data_dir: &Path) -> anyhow::Result<Policy> {
     let enclave = std::env::current_exe()?.with_file_name("chiron-enclave");
-    let measurement = chiron_crypto::measure_file(&enclave)
+    let measurement = chiron_attest::measure_file(&enclave)
         .with_context(|| format!("cannot measure {}", enclave.display()))?;
     let path = data_dir.join("sim-platform.key.pub");
     let text = std::fs::read_to_string(&path)
@@ -122,7 +123,7 @@ fn policy(data_dir: &Path) -> anyhow::Result<Policy> {
         .ok()
         .and_then(|k| k.try_into().ok())
         .with_context(|| format!("{} is not a 32-byte hex key", path.display()))?;
-    Ok(Policy::new(vec![measurement]).dangerous_accept_simulated_platform(key))
+    Ok(Policy::new().dangerous_accept_simulated_platform(key, vec![measurement]))
 }
 
 /// Follows the job until the host has stored its model; the peak memory its `Finished` event

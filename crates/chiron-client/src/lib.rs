@@ -34,7 +34,7 @@ pub enum ClientError {
     },
     /// The enclave's evidence does not verify; no secret was sent.
     #[error("attestation failed, nothing was sent: {0}")]
-    Attestation(#[from] chiron_crypto::AttestationError),
+    Attestation(#[from] chiron_attest::AttestationError),
     /// The evidence bytes do not decode.
     #[error("attestation failed, nothing was sent: the evidence is malformed")]
     MalformedEvidence,

@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use chiron_attest::Policy;
 use chiron_client::convert::{self, ConvertOptions, LabelledInputs, PlainDataset, Standardizer};
 use chiron_client::owner::{self, JobTicket, PrivateTerms, QuerySession, TrainingTerms};
 use chiron_client::{ClientError, HostClient};
-use chiron_crypto::{DataKey, Policy};
+use chiron_crypto::DataKey;
 use chiron_proto::api::JobState;
 use chiron_proto::manifest::TermsError;
 use chiron_proto::owner::{AnswerPolicy, MAX_TOP_K, OwnerEvent};
@@ -37,11 +38,19 @@ enum Command {
         /// The compiled program.
         wasm: PathBuf,
     },
-    /// Prints the measurement (hex SHA-256) of an enclave runtime binary you built or
-    /// obtained from a reproducible build: the value to pass as `--expect-measurement`.
+    /// Prints what to pin for an enclave runtime: the simulated measurement (hex SHA-256) of a
+    /// binary you built or obtained from a reproducible build (`--sim-measurement`), or the
+    /// SGX identity in a signed Gramine enclave's SIGSTRUCT (`--sgx-mrenclave`, ...).
     Measure {
-        /// The enclave binary.
-        binary: PathBuf,
+        /// The enclave binary (simulated platform).
+        #[arg(
+            required_unless_present = "sgx_sigstruct",
+            conflicts_with = "sgx_sigstruct"
+        )]
+        binary: Option<PathBuf>,
+        /// The `.sig` file `gramine-sgx-sign` wrote for the enclave's manifest.
+        #[arg(long, value_name = "FILE")]
+        sgx_sigstruct: Option<PathBuf>,
     },
     /// Owner: encrypts a dataset locally, uploads it, verifies the training enclave, releases
     /// the key to it and follows training.
@@ -50,28 +59,189 @@ enum Command {
     Evaluate(EvaluateArgs),
 }
 
+/// What the owner accepts as an enclave: reference values for each TEE, and the platform
+/// state (TCB) tolerated. With none given, nothing is accepted.
 #[derive(Args)]
 struct Trust {
-    /// The enclave runtime measurement you accept (hex); repeat for several.
-    #[arg(long = "expect-measurement", required = true)]
-    measurements: Vec<String>,
-    /// File holding the simulated platform's public key (hex). INSECURE: accepting a
-    /// simulated platform means trusting whoever runs it.
+    /// SGX: an MRENCLAVE you accept (hex, as `chiron measure --sgx-sigstruct` prints it);
+    /// repeat for several.
+    #[arg(long = "sgx-mrenclave", value_name = "HEX")]
+    sgx_mrenclaves: Vec<String>,
+    /// SGX: accept any enclave of this signer (hex MRSIGNER) with `--sgx-isv-prod-id` and at
+    /// least `--sgx-min-isv-svn`.
+    #[arg(long, value_name = "HEX", requires_all = ["sgx_isv_prod_id", "sgx_min_isv_svn"])]
+    sgx_mrsigner: Option<String>,
+    /// SGX: the product id that goes with `--sgx-mrsigner`.
+    #[arg(long, requires = "sgx_mrsigner")]
+    sgx_isv_prod_id: Option<u16>,
+    /// SGX: the lowest security version that goes with `--sgx-mrsigner`.
+    #[arg(long, requires = "sgx_mrsigner")]
+    sgx_min_isv_svn: Option<u16>,
+    /// TDX: an MRTD you accept (hex, 48 bytes); repeat for several.
+    #[arg(long = "tdx-mrtd", value_name = "HEX")]
+    tdx_mrtds: Vec<String>,
+    /// TDX: RTMR0..3 that must also match, as four comma-separated hex values (`-` for one
+    /// not checked); applies to every `--tdx-mrtd`.
+    #[arg(long, value_name = "HEX,HEX,HEX,HEX")]
+    tdx_rtmrs: Option<String>,
+    /// SEV-SNP: a launch measurement you accept (hex, 48 bytes); repeat for several.
+    #[arg(long = "snp-measurement", value_name = "HEX")]
+    snp_measurements: Vec<String>,
+    /// SEV-SNP: the lowest TCB accepted, as `bootloader:tee:snp:microcode`.
+    #[arg(long, value_name = "B:T:S:M")]
+    snp_min_tcb: Option<String>,
+    /// SEV-SNP: accept hosts with simultaneous multithreading enabled.
     #[arg(long)]
-    sim_platform_pub: PathBuf,
+    snp_allow_smt: bool,
+    /// SGX/TDX: also accept platforms with this TCB status (default: UpToDate only), if every
+    /// advisory that applies is accepted with `--accept-advisory`; repeat for several.
+    #[arg(long = "accept-tcb-status", value_enum, value_name = "STATUS")]
+    tcb_statuses: Vec<TcbStatusArg>,
+    /// SGX/TDX: an Intel security advisory you accept (e.g. INTEL-SA-00615); repeat.
+    #[arg(long = "accept-advisory", value_name = "ID")]
+    advisories: Vec<String>,
+    /// Vendor endorsements you hold (DCAP collateral JSON for SGX/TDX, the VCEK or VLEK DER
+    /// for SEV-SNP), used when the evidence carries none: `TEE=FILE`, e.g. `sgx=collateral.json`.
+    #[arg(long = "endorsements", value_name = "TEE=FILE")]
+    endorsements: Vec<String>,
+    /// INSECURE, development only: accept the simulated platform whose public key (hex) is in
+    /// FILE. A simulated platform proves nothing; whoever runs it can forge evidence and read
+    /// your data.
+    #[arg(long, value_name = "FILE", requires = "sim_measurements")]
+    dangerous_sim_platform: Option<PathBuf>,
+    /// With `--dangerous-sim-platform`: a runtime measurement you accept (hex SHA-256, as
+    /// `chiron measure BINARY` prints it); repeat for several.
+    #[arg(
+        long = "sim-measurement",
+        value_name = "HEX",
+        requires = "dangerous_sim_platform"
+    )]
+    sim_measurements: Vec<String>,
+}
+
+/// DCAP TCB statuses an owner may tolerate besides UpToDate.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TcbStatusArg {
+    SwHardeningNeeded,
+    ConfigurationNeeded,
+    ConfigurationAndSwHardeningNeeded,
+    OutOfDate,
+    OutOfDateConfigurationNeeded,
 }
 
 impl Trust {
     fn policy(&self) -> anyhow::Result<Policy> {
-        let measurements = self
-            .measurements
-            .iter()
-            .map(|m| parse_hex32(m).with_context(|| format!("bad measurement `{m}`")))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let text = std::fs::read_to_string(&self.sim_platform_pub)
-            .with_context(|| format!("cannot read {}", self.sim_platform_pub.display()))?;
-        let platform = parse_hex32(text.trim()).context("bad simulated platform key")?;
-        Ok(Policy::new(measurements).dangerous_accept_simulated_platform(platform))
+        use chiron_attest::policy::{
+            DcapTcbStatus, SgxReference, SnpReference, SnpTcb, TdxReference,
+        };
+        use chiron_proto::evidence::TeeKind;
+        let mut policy = Policy::new();
+        for m in &self.sgx_mrenclaves {
+            let mrenclave = parse_hex::<32>(m).with_context(|| format!("bad MRENCLAVE `{m}`"))?;
+            policy = policy.accept_sgx(SgxReference::Enclave { mrenclave });
+        }
+        if let (Some(signer), Some(isv_prod_id), Some(min_isv_svn)) = (
+            &self.sgx_mrsigner,
+            self.sgx_isv_prod_id,
+            self.sgx_min_isv_svn,
+        ) {
+            let mrsigner =
+                parse_hex::<32>(signer).with_context(|| format!("bad MRSIGNER `{signer}`"))?;
+            policy = policy.accept_sgx(SgxReference::Signer {
+                mrsigner,
+                isv_prod_id,
+                min_isv_svn,
+            });
+        }
+        let rtmrs = match &self.tdx_rtmrs {
+            None => [None; 4],
+            Some(list) => {
+                let parts: Vec<&str> = list.split(',').collect();
+                anyhow::ensure!(
+                    parts.len() == 4,
+                    "--tdx-rtmrs needs four comma-separated values"
+                );
+                let mut rtmrs = [None; 4];
+                for (slot, part) in rtmrs.iter_mut().zip(parts) {
+                    if part != "-" {
+                        *slot = Some(
+                            parse_hex::<48>(part).with_context(|| format!("bad RTMR `{part}`"))?,
+                        );
+                    }
+                }
+                rtmrs
+            }
+        };
+        for m in &self.tdx_mrtds {
+            let mrtd = parse_hex::<48>(m).with_context(|| format!("bad MRTD `{m}`"))?;
+            policy = policy.accept_tdx(TdxReference { mrtd, rtmrs });
+        }
+        for m in &self.snp_measurements {
+            let measurement =
+                parse_hex::<48>(m).with_context(|| format!("bad SNP measurement `{m}`"))?;
+            policy = policy.accept_snp(SnpReference { measurement });
+        }
+        if let Some(tcb) = &self.snp_min_tcb {
+            let parts = tcb
+                .split(':')
+                .map(str::parse::<u8>)
+                .collect::<Result<Vec<_>, _>>()
+                .ok()
+                .filter(|p| p.len() == 4)
+                .with_context(|| format!("bad --snp-min-tcb `{tcb}`: four numbers B:T:S:M"))?;
+            policy = policy.snp_min_tcb(SnpTcb {
+                bootloader: parts[0],
+                tee: parts[1],
+                snp: parts[2],
+                microcode: parts[3],
+            });
+        }
+        policy = policy.snp_allow_smt(self.snp_allow_smt);
+        for status in &self.tcb_statuses {
+            policy = policy.accept_dcap_status(match status {
+                TcbStatusArg::SwHardeningNeeded => DcapTcbStatus::SwHardeningNeeded,
+                TcbStatusArg::ConfigurationNeeded => DcapTcbStatus::ConfigurationNeeded,
+                TcbStatusArg::ConfigurationAndSwHardeningNeeded => {
+                    DcapTcbStatus::ConfigurationAndSwHardeningNeeded
+                }
+                TcbStatusArg::OutOfDate => DcapTcbStatus::OutOfDate,
+                TcbStatusArg::OutOfDateConfigurationNeeded => {
+                    DcapTcbStatus::OutOfDateConfigurationNeeded
+                }
+            });
+        }
+        for id in &self.advisories {
+            policy = policy.accept_dcap_advisory(id.clone());
+        }
+        for entry in &self.endorsements {
+            let (tee, file) = entry
+                .split_once('=')
+                .with_context(|| format!("bad --endorsements `{entry}`: TEE=FILE"))?;
+            let tee = TeeKind::ALL
+                .into_iter()
+                .find(|t| t.name() == tee)
+                .with_context(|| format!("unknown TEE `{tee}` (sgx, tdx or sev-snp)"))?;
+            let bytes =
+                std::fs::read(file).with_context(|| format!("cannot read endorsements {file}"))?;
+            policy = policy.with_endorsements(tee, bytes);
+        }
+        if let Some(path) = &self.dangerous_sim_platform {
+            let measurements = self
+                .sim_measurements
+                .iter()
+                .map(|m| parse_hex::<32>(m).with_context(|| format!("bad measurement `{m}`")))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let platform = parse_hex::<32>(text.trim()).context("bad simulated platform key")?;
+            policy = policy.dangerous_accept_simulated_platform(platform, measurements);
+        }
+        anyhow::ensure!(
+            TeeKind::ALL.into_iter().any(|t| policy.accepts_tee(t)),
+            "no enclave would be accepted: give the reference values you pin \
+             (--sgx-mrenclave, --sgx-mrsigner, --tdx-mrtd or --snp-measurement)"
+        );
+        Ok(policy)
     }
 }
 
@@ -207,10 +377,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", created.program_id);
             Ok(())
         }
-        Command::Measure { binary } => {
-            let m = chiron_crypto::measure_file(&binary)
-                .with_context(|| format!("cannot read {}", binary.display()))?;
-            println!("{}", hex::encode(m));
+        Command::Measure {
+            binary,
+            sgx_sigstruct,
+        } => {
+            if let Some(path) = sgx_sigstruct {
+                let bytes = std::fs::read(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                let sig = chiron_attest::sigstruct::parse(&bytes)
+                    .with_context(|| format!("{} is not a valid SIGSTRUCT", path.display()))?;
+                anyhow::ensure!(
+                    !sig.debug,
+                    "{} signs a debug enclave, whose memory the host can read; owners' \
+                     verifiers refuse it: sign with sgx.debug = false",
+                    path.display()
+                );
+                println!("--sgx-mrenclave {}", hex::encode(sig.mrenclave));
+                println!(
+                    "--sgx-mrsigner {} --sgx-isv-prod-id {} --sgx-min-isv-svn {}",
+                    hex::encode(sig.mrsigner),
+                    sig.isv_prod_id,
+                    sig.isv_svn
+                );
+            } else if let Some(binary) = binary {
+                let m = chiron_attest::measure_file(&binary)
+                    .with_context(|| format!("cannot read {}", binary.display()))?;
+                println!("{}", hex::encode(m));
+            }
             Ok(())
         }
         Command::Train(args) => train(args),
@@ -503,11 +696,11 @@ fn load_inputs(data: &DataArgs, record: &OwnerRecord) -> anyhow::Result<Labelled
     }
 }
 
-fn parse_hex32(text: &str) -> anyhow::Result<[u8; 32]> {
+fn parse_hex<const N: usize>(text: &str) -> anyhow::Result<[u8; N]> {
     hex::decode(text)
         .ok()
         .and_then(|b| b.try_into().ok())
-        .context("expected 64 hex digits")
+        .with_context(|| format!("expected {} hex digits", 2 * N))
 }
 
 fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {

@@ -1,7 +1,8 @@
 //! The data owner's side of the protocol: attest before any secret leaves, then train and
 //! query through sealed messages only.
 
-use chiron_crypto::{DataKey, Policy, ResponseKey, VerifiedEnclave};
+use chiron_attest::{Policy, VerifiedEnclave};
+use chiron_crypto::{DataKey, ResponseKey};
 use chiron_proto::dataset::DatasetHeader;
 use chiron_proto::evidence::{Evidence, Role};
 pub use chiron_proto::manifest::{DeclaredNeeds, ProgramPolicy};
@@ -177,7 +178,7 @@ fn verify(
     job_id: &str,
 ) -> Result<VerifiedEnclave, ClientError> {
     let evidence = Evidence::from_bytes(raw).map_err(|_| ClientError::MalformedEvidence)?;
-    Ok(chiron_crypto::verify(
+    Ok(chiron_attest::verify(
         policy,
         &evidence,
         role,

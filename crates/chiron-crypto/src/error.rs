@@ -6,7 +6,6 @@
 //! an AEAD cannot tell, and guessing would mislead.
 
 use std::io;
-use std::path::PathBuf;
 
 use chiron_proto::dataset::HeaderError;
 use thiserror::Error;
@@ -153,23 +152,4 @@ pub enum CryptoError {
         "sealed blob failed to unseal: it was modified, sealed for a different job or model (aad), or sealed by a different runtime measurement or platform"
     )]
     Unseal,
-    /// The simulated platform key file could not be read or written.
-    #[error("simulated platform key file {path}: {source}")]
-    SimPlatformIo {
-        /// The file.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: io::Error,
-    },
-    /// The simulated platform key file exists but is not one.
-    #[error(
-        "simulated platform key file {path} is invalid ({reason}); delete it to create a new simulated platform, which makes everything sealed under the old one unreadable"
-    )]
-    SimPlatformFile {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong with it.
-        reason: &'static str,
-    },
 }

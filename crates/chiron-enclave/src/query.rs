@@ -20,7 +20,7 @@ use chiron_sandbox::{Model, Program, Sandbox, SandboxConfig, runtime::argmax};
 use sha2::{Digest, Sha256};
 
 use crate::counter::{CounterSeal, CounterState};
-use crate::sealed::{SealedModel, model_key};
+use crate::sealed::SealedModel;
 use crate::session::Enclave;
 
 /// AAD of every answer: answers are encrypted under a per-query key, counter 0.
@@ -66,7 +66,7 @@ impl Serving {
         program: &[u8],
         counter: Option<&[u8]>,
     ) -> Result<Self, &'static str> {
-        let key = model_key(&enclave.platform, &enclave.measurement);
+        let key = enclave.model_key()?;
         let plaintext = key
             .unseal(job_id.as_bytes(), sealed_model)
             .map_err(|_| "sealed model failed authentication")?;

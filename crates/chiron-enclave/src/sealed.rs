@@ -29,10 +29,11 @@ pub struct SealedModel {
     pub model: Vec<u8>,
 }
 
-/// The key that seals models: bound to the platform and to this runtime's measurement, so
-/// only the same runtime on the same platform opens them.
-pub fn model_key(platform: &chiron_crypto::SimPlatform, measurement: &[u8; 32]) -> SealingKey {
-    SealingKey::derive(platform.sealing_secret(), measurement, MODEL_PURPOSE)
+/// The key that seals models: derived from the platform's sealing secret (bound by the
+/// hardware to this enclave's code identity) and this runtime's measurement, so only the same
+/// runtime on the same platform opens them.
+pub fn model_key(sealing_secret: &[u8; 32], measurement: &[u8; 32]) -> SealingKey {
+    SealingKey::derive(sealing_secret, measurement, MODEL_PURPOSE)
 }
 
 /// Why a model could not be encoded for sealing.

@@ -3,8 +3,9 @@
 use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 
-use chiron_crypto::{EnclaveKeypair, SimPlatform};
-use chiron_proto::evidence::Role;
+use chiron_attest::attester::Platform;
+use chiron_crypto::{EnclaveKeypair, SealingKey, Zeroizing};
+use chiron_proto::evidence::{EVIDENCE_VERSION, Evidence, Role};
 use chiron_proto::wire::{EnclaveFrame, FrameError, HostFrame, read_frame, write_frame};
 
 use crate::{query, train};
@@ -12,7 +13,9 @@ use crate::{query, train};
 /// What every request handler needs: identity, keys and the way back to the host.
 pub struct Enclave {
     pub role: Role,
-    pub platform: SimPlatform,
+    pub platform: Box<dyn Platform>,
+    /// The platform's sealing secret, or `None` on a platform that offers none (TDX).
+    sealing_secret: Option<Zeroizing<[u8; 32]>>,
     pub measurement: [u8; 32],
     pub keypair: EnclaveKeypair,
     out: Arc<Mutex<TcpStream>>,
@@ -34,14 +37,34 @@ impl Enclave {
         Arc::clone(&self.out)
     }
 
+    /// The key models are sealed under, or a public reason why this platform cannot seal.
+    pub fn model_key(&self) -> Result<SealingKey, &'static str> {
+        self.sealing_secret
+            .as_ref()
+            .map(|secret| crate::sealed::model_key(secret, &self.measurement))
+            .ok_or("this TEE offers no sealing key, so models cannot be sealed or loaded here")
+    }
+
     fn evidence(&self, nonce: [u8; 32], context: [u8; 32]) -> EnclaveFrame {
-        let evidence = self.platform.issue(
-            self.role,
-            self.measurement,
-            self.keypair.public_key(),
+        let enclave_public_key = self.keypair.public_key();
+        let tee = self.platform.tee();
+        let report_data =
+            chiron_attest::report_data(tee, self.role, &enclave_public_key, &nonce, &context);
+        let Ok(statement) = self.platform.attest(&report_data) else {
+            return EnclaveFrame::Failed {
+                public: "the platform did not produce a statement".into(),
+            };
+        };
+        let evidence = Evidence {
+            version: EVIDENCE_VERSION,
+            tee,
+            role: self.role,
+            enclave_public_key,
             nonce,
             context,
-        );
+            statement: statement.bytes,
+            endorsements: statement.endorsements,
+        };
         match evidence.to_bytes() {
             Ok(bytes) => EnclaveFrame::Evidence(bytes),
             Err(_) => EnclaveFrame::Failed {
@@ -55,7 +78,8 @@ impl Enclave {
 pub fn serve(
     stream: TcpStream,
     role: Role,
-    platform: SimPlatform,
+    platform: Box<dyn Platform>,
+    sealing_secret: Option<Zeroizing<[u8; 32]>>,
     measurement: [u8; 32],
 ) -> anyhow::Result<()> {
     stream.set_nodelay(true)?;
@@ -63,6 +87,7 @@ pub fn serve(
     let enclave = Enclave {
         role,
         platform,
+        sealing_secret,
         measurement,
         keypair: EnclaveKeypair::generate(),
         out: Arc::new(Mutex::new(stream)),

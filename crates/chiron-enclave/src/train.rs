@@ -15,7 +15,7 @@ use chiron_sandbox::{Model, Sandbox, SandboxConfig, TrainJob, TrainingData};
 use sha2::{Digest, Sha256};
 
 use crate::memory;
-use crate::sealed::{EncodeError, SealedModel, model_key};
+use crate::sealed::{EncodeError, SealedModel};
 use crate::session::Enclave;
 
 /// Largest dataset container accepted (the plaintext bound plus encryption overhead).
@@ -100,8 +100,13 @@ pub fn run(enclave: &Enclave, start: Start, input: &mut impl Read) -> EnclaveFra
     let outcome = match request {
         Err(f) => Err(f),
         Ok(request) => {
+            // Decided by the platform alone (TDX has no sealing key), never by the data.
+            let sealing = match enclave.model_key() {
+                Ok(key) => key,
+                Err(public) => return failed(public),
+            };
             let worker = Worker {
-                sealing: model_key(&enclave.platform, &enclave.measurement),
+                sealing,
                 job_id: start.job_id.clone(),
                 program: start.program,
                 request,

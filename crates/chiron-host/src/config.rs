@@ -9,7 +9,7 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(name = "chiron-host", version, about)]
 pub struct Config {
-    /// Directory for the object store (`objects/`) and the simulated platform key.
+    /// Directory for the object store (`objects/`) and, when simulated, the platform key.
     #[arg(long, default_value = "./chiron-data")]
     pub data_dir: PathBuf,
     /// Address to serve the HTTP API on (`127.0.0.1:0` picks a free port).
@@ -18,6 +18,36 @@ pub struct Config {
     /// The enclave runtime binary [default: `chiron-enclave` next to this executable].
     #[arg(long)]
     pub enclave_bin: Option<PathBuf>,
+    /// The TEE enclaves run in: detected by the enclave from the machine (SGX under Gramine,
+    /// TDX or SEV-SNP confidential VM), or forced.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub tee: TeeArg,
+    /// INSECURE, development only: run enclaves as ordinary processes on a simulated platform
+    /// whose keys are a file in the data directory. Whoever can read that file can forge
+    /// evidence and unseal every model; owners' default policy refuses it.
+    #[arg(long, conflicts_with = "tee")]
+    pub dangerous_simulated_tee: bool,
+    /// A key keeper enclave the enclaves get their sealing secret from (on TDX, which has no
+    /// sealing key): passed to every enclave as `--key-keeper`.
+    #[arg(long, value_name = "ADDR", requires = "keeper_policy")]
+    pub key_keeper: Option<String>,
+    /// The keepers the enclaves trust (a policy file), passed as `--keeper-policy`. On
+    /// hardware it must be part of the measured image; the enclave's own copy is what counts.
+    #[arg(long, value_name = "FILE", requires = "key_keeper")]
+    pub keeper_policy: Option<PathBuf>,
+}
+
+/// A TEE the operator can force.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TeeArg {
+    /// Whatever the machine offers.
+    Auto,
+    /// Intel SGX under Gramine.
+    Sgx,
+    /// Intel TDX.
+    Tdx,
+    /// AMD SEV-SNP.
+    SevSnp,
 }
 
 impl Config {
@@ -31,9 +61,34 @@ impl Config {
         }
     }
 
-    /// The simulated platform's key file.
-    pub fn platform_key(&self) -> PathBuf {
-        self.data_dir.join("sim-platform.key")
+    /// The platform the enclaves attest and seal with.
+    pub fn platform(&self) -> crate::enclave::EnclavePlatform {
+        use crate::enclave::EnclavePlatform;
+        if self.dangerous_simulated_tee {
+            return EnclavePlatform::DangerousSimulated {
+                key: self.data_dir.join("sim-platform.key"),
+            };
+        }
+        EnclavePlatform::Hardware {
+            tee: match self.tee {
+                TeeArg::Auto => "auto",
+                TeeArg::Sgx => "sgx",
+                TeeArg::Tdx => "tdx",
+                TeeArg::SevSnp => "sev-snp",
+            },
+        }
+    }
+
+    /// Arguments every enclave is served with beyond role and platform.
+    pub fn enclave_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args = Vec::new();
+        if let (Some(keeper), Some(policy)) = (&self.key_keeper, &self.keeper_policy) {
+            args.push("--key-keeper".into());
+            args.push(keeper.into());
+            args.push("--keeper-policy".into());
+            args.push(policy.into());
+        }
+        args
     }
 
     /// The object store's root directory.

@@ -3,7 +3,8 @@
 //! The frame format is [`chiron_proto::wire`]'s (little-endian `u32` length, then postcard),
 //! written here with async I/O so no thread blocks on an enclave.
 
-use std::path::PathBuf;
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -153,28 +154,83 @@ fn log_frame<T: Frame>(kind: &str, len: usize) {
 #[derive(Clone, Debug)]
 pub struct Launcher {
     bin: PathBuf,
-    platform_key: PathBuf,
+    platform: EnclavePlatform,
+    extra_args: Vec<OsString>,
+}
+
+/// What the enclaves attest and seal with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EnclavePlatform {
+    /// TEE hardware: `tee` is `auto` (the enclave detects it) or a backend name.
+    Hardware {
+        /// The enclave's `--tee` argument.
+        tee: &'static str,
+    },
+    /// INSECURE: the simulated platform whose keys are in `key` (and its public key in
+    /// `key.pub`).
+    DangerousSimulated {
+        /// The key file.
+        key: PathBuf,
+    },
 }
 
 impl Launcher {
-    /// A launcher for `bin`, whose enclaves use the simulated platform key at `platform_key`.
-    pub fn new(bin: PathBuf, platform_key: PathBuf) -> Self {
-        Self { bin, platform_key }
+    /// A launcher for `bin`, whose enclaves use `platform`.
+    pub fn new(bin: PathBuf, platform: EnclavePlatform) -> Self {
+        Self {
+            bin,
+            platform,
+            extra_args: Vec::new(),
+        }
     }
 
-    /// Makes sure the simulated platform key and its `.pub` file exist, creating them with
-    /// `<bin> init-platform --key <platform_key>` when they do not.
+    /// Also passes `args` to every `serve` (the key keeper's address and policy).
+    pub fn with_args(mut self, args: Vec<OsString>) -> Self {
+        self.extra_args = args;
+        self
+    }
+
+    /// Checks the platform before any job: on hardware, that the enclave finds its TEE
+    /// (`<bin> detect`, whose error says what is missing); simulated, that the key and its
+    /// `.pub` file exist, creating them with `<bin> init-platform --key <key>` if not.
     pub async fn init_platform(&self) -> anyhow::Result<()> {
-        let mut public = self.platform_key.clone().into_os_string();
+        match &self.platform {
+            EnclavePlatform::Hardware { tee } => {
+                // No secret and no program exists yet, so the enclave's own words about the
+                // machine are safe to show the operator.
+                let output = Command::new(&self.bin)
+                    .args(["detect", "--tee", tee])
+                    .stdin(Stdio::null())
+                    .kill_on_drop(true)
+                    .output()
+                    .await
+                    .map_err(|source| EnclaveError::Spawn {
+                        bin: self.bin.clone(),
+                        source,
+                    })?;
+                anyhow::ensure!(
+                    output.status.success(),
+                    "{}(for development without a TEE, start the host with \
+                     --dangerous-simulated-tee: INSECURE)",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+                Ok(())
+            }
+            EnclavePlatform::DangerousSimulated { key } => self.init_simulated(key).await,
+        }
+    }
+
+    async fn init_simulated(&self, key: &Path) -> anyhow::Result<()> {
+        let mut public = key.to_path_buf().into_os_string();
         public.push(".pub");
         let public = PathBuf::from(public);
-        if self.platform_key.is_file() && public.is_file() {
+        if key.is_file() && public.is_file() {
             return Ok(());
         }
         let status = Command::new(&self.bin)
             .arg("init-platform")
             .arg("--key")
-            .arg(&self.platform_key)
+            .arg(key)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             // Never the host's own stderr (see `Launcher`): on failure the operator reruns
@@ -191,13 +247,13 @@ impl Launcher {
             status.success(),
             "`{} init-platform --key {}` failed ({status})",
             self.bin.display(),
-            self.platform_key.display()
+            key.display()
         );
         anyhow::ensure!(
-            self.platform_key.is_file() && public.is_file(),
+            key.is_file() && public.is_file(),
             "`{} init-platform` succeeded but did not create {} and {}",
             self.bin.display(),
-            self.platform_key.display(),
+            key.display(),
             public.display()
         );
         Ok(())
@@ -209,8 +265,17 @@ impl Launcher {
             .arg("serve")
             .arg("--role")
             .arg(role.as_arg())
-            .arg("--platform-key")
-            .arg(&self.platform_key)
+            // Also in the environment, for launchers whose command line is fixed and measured
+            // (`gramine-sgx`), which ignore these arguments.
+            .env("CHIRON_ROLE", role.as_arg())
+            .args(match &self.platform {
+                EnclavePlatform::Hardware { tee } => [OsStr::new("--tee"), OsStr::new(tee)],
+                EnclavePlatform::DangerousSimulated { key } => [
+                    OsStr::new("--dangerous-simulated-platform"),
+                    key.as_os_str(),
+                ],
+            })
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -51,11 +51,12 @@ async fn main() -> anyhow::Result<()> {
             config.objects_dir().display()
         )
     })?;
-    let launcher = Launcher::new(config.enclave_bin()?, config.platform_key());
+    let launcher =
+        Launcher::new(config.enclave_bin()?, config.platform()).with_args(config.enclave_args());
     launcher
         .init_platform()
         .await
-        .context("cannot set up the simulated platform key")?;
+        .context("the enclaves' platform is not usable")?;
     let jobs = Jobs::load(store.clone(), launcher.clone())
         .await
         .context("cannot load the job records")?;

@@ -9,7 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use chiron_crypto::{DataKey, Policy, ResponseKey};
+use chiron_attest::Policy;
+use chiron_crypto::{DataKey, ResponseKey};
 use chiron_proto::api::{DatasetCreated, Events, JobCreated, JobState, JobStatus, ProgramCreated};
 use chiron_proto::dataset::{DatasetHeader, DatasetKind, ElementEncoding};
 use chiron_proto::evidence::{Evidence, Role};
@@ -47,6 +48,7 @@ fn wasm(name: &str) -> Vec<u8> {
 impl Host {
     fn start(dir: tempfile::TempDir) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_chiron-host"))
+            .arg("--dangerous-simulated-tee")
             .arg("--data-dir")
             .arg(dir.path())
             .args(["--listen", "127.0.0.1:0", "--enclave-bin"])
@@ -132,14 +134,14 @@ impl Host {
     }
 
     fn policy(&self) -> Policy {
-        let measurement = chiron_crypto::measure_file(enclave_bin()).expect("measure");
+        let measurement = chiron_attest::measure_file(enclave_bin()).expect("measure");
         let text =
             std::fs::read_to_string(self.dir().join("sim-platform.key.pub")).expect("pub key");
         let key: [u8; 32] = hex::decode(text.trim())
             .expect("hex")
             .try_into()
             .expect("32 bytes");
-        Policy::new(vec![measurement]).dangerous_accept_simulated_platform(key)
+        Policy::new().dangerous_accept_simulated_platform(key, vec![measurement])
     }
 
     fn attest(&self, path: &str, role: Role, job_id: &str) -> [u8; 32] {
@@ -148,7 +150,7 @@ impl Host {
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
         let evidence = Evidence::from_bytes(&body).expect("evidence decodes");
         let context: [u8; 32] = Sha256::digest(job_id.as_bytes()).into();
-        chiron_crypto::verify(&self.policy(), &evidence, role, &nonce, &context)
+        chiron_attest::verify(&self.policy(), &evidence, role, &nonce, &context)
             .expect("evidence verifies")
             .enclave_public_key()
     }

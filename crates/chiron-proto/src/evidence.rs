@@ -82,6 +82,9 @@ pub enum Role {
     Train,
     /// Loads a sealed model and answers the owner's queries with the program's `predict`.
     Query,
+    /// Holds a sealing root derived from its own TEE's sealing key and releases sealing
+    /// secrets to attested enclaves whose TEE has none (TDX).
+    KeyKeeper,
 }
 
 impl Role {
@@ -90,6 +93,7 @@ impl Role {
         match self {
             Self::Train => 0,
             Self::Query => 1,
+            Self::KeyKeeper => 2,
         }
     }
 }
@@ -99,6 +103,7 @@ impl fmt::Display for Role {
         f.write_str(match self {
             Self::Train => "train",
             Self::Query => "query",
+            Self::KeyKeeper => "key keeper",
         })
     }
 }
@@ -202,6 +207,8 @@ mod tests {
         let codes: std::collections::HashSet<u8> = TeeKind::ALL.iter().map(|t| t.code()).collect();
         assert_eq!(codes.len(), TeeKind::ALL.len());
         assert_ne!(Role::Train.code(), Role::Query.code());
+        assert_ne!(Role::Query.code(), Role::KeyKeeper.code());
+        assert_ne!(Role::Train.code(), Role::KeyKeeper.code());
     }
 
     #[test]

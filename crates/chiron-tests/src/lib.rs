@@ -11,10 +11,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use chiron_attest::Policy;
 use chiron_client::HostClient;
 use chiron_client::convert::{self, ConvertOptions, PlainDataset};
 use chiron_client::owner::{self, JobTicket, TrainingTerms};
-use chiron_crypto::{DataKey, Policy};
+use chiron_crypto::DataKey;
 use chiron_proto::api::JobState;
 use chiron_proto::owner::{AnswerPolicy, OwnerEvent};
 
@@ -125,15 +126,22 @@ pub struct Service {
 impl Service {
     /// Starts `chiron-host` on a free loopback port.
     pub fn start() -> Self {
-        let data_dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(tempfile::tempdir().expect("temp dir"), &[])
+    }
+
+    /// Starts `chiron-host` with its state in `data_dir/state` (which may hold an earlier
+    /// host's state) and `extra` arguments.
+    pub fn start_in(data_dir: tempfile::TempDir, extra: &[std::ffi::OsString]) -> Self {
         let stdout_log = data_dir.path().join("host.out");
         let stderr_log = data_dir.path().join("host.err");
         let bins = bin_dir();
         let mut child = Command::new(bins.join("chiron-host"))
+            .arg("--dangerous-simulated-tee")
             .arg("--data-dir")
             .arg(data_dir.path().join("state"))
             .args(["--listen", "127.0.0.1:0", "--enclave-bin"])
             .arg(bins.join("chiron-enclave"))
+            .args(extra)
             .env("RUST_LOG", format!("info,{FRAME_LOG}=debug"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -189,8 +197,8 @@ impl Service {
     /// simulated platform's key.
     pub fn policy(&self) -> Policy {
         let measurement =
-            chiron_crypto::measure_file(bin_dir().join("chiron-enclave")).expect("measure");
-        Policy::new(vec![measurement]).dangerous_accept_simulated_platform(self.platform_key())
+            chiron_attest::measure_file(bin_dir().join("chiron-enclave")).expect("measure");
+        Policy::new().dangerous_accept_simulated_platform(self.platform_key(), vec![measurement])
     }
 
     /// The simulated platform's public key.

@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
+use chiron_attest::{AttestationError, Policy};
 use chiron_client::ClientError;
 use chiron_client::owner;
-use chiron_crypto::{AttestationError, DataKey, Policy};
+use chiron_crypto::DataKey;
 use chiron_proto::api::JobState;
 use chiron_tests::*;
 
@@ -28,7 +29,7 @@ fn a_wrong_measurement_is_refused_before_the_key_is_sent() {
 
     // The owner expects another runtime build.
     let policy =
-        Policy::new(vec![[0x42; 32]]).dangerous_accept_simulated_platform(service.platform_key());
+        Policy::new().dangerous_accept_simulated_platform(service.platform_key(), vec![[0x42; 32]]);
     let err = owner::start_training(
         &host,
         &policy,
@@ -52,11 +53,34 @@ fn a_wrong_measurement_is_refused_before_the_key_is_sent() {
     assert_eq!(status.state, JobState::Created);
 
     // An untrusted platform key is refused too.
-    let policy = Policy::new(vec![
-        chiron_crypto::measure_file(bin_dir().join("chiron-enclave")).expect("measure"),
-    ])
-    .dangerous_accept_simulated_platform([7; 32]);
+    let policy = Policy::new().dangerous_accept_simulated_platform(
+        [7; 32],
+        vec![chiron_attest::measure_file(bin_dir().join("chiron-enclave")).expect("measure")],
+    );
     let err = owner::attest_training(&host, &policy, &job.job_id).expect_err("must refuse");
+    assert!(
+        matches!(
+            err,
+            ClientError::Attestation(AttestationError::UntrustedPlatform { .. })
+        ),
+        "{err}"
+    );
+
+    // The default policy accepts no simulated platform at all, whatever its key.
+    let err = owner::attest_training(&host, &Policy::new(), &job.job_id).expect_err("must refuse");
+    assert!(
+        matches!(
+            err,
+            ClientError::Attestation(AttestationError::UntrustedPlatform { .. })
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("insecure"), "{err}");
+    // Nor does a policy that accepts only hardware.
+    let hardware_only = Policy::new().accept_snp(chiron_attest::policy::SnpReference {
+        measurement: [0; 48],
+    });
+    let err = owner::attest_training(&host, &hardware_only, &job.job_id).expect_err("refuse");
     assert!(
         matches!(
             err,
@@ -99,7 +123,7 @@ fn evidence_from_another_nonce_is_stale() {
     // A host replaying evidence it obtained for an earlier nonce.
     let old = host.job_evidence(&job.job_id, &[1; 32]).expect("evidence");
     let evidence = chiron_proto::evidence::Evidence::from_bytes(&old).expect("decodes");
-    let err = chiron_crypto::verify(
+    let err = chiron_attest::verify(
         &service.policy(),
         &evidence,
         chiron_proto::evidence::Role::Train,

@@ -73,7 +73,7 @@ fn the_command_line_tool_runs_the_flow() {
     let wasm_path = work.path().join("mlp.wasm");
     std::fs::write(&wasm_path, program_wasm("chiron_mlp")).expect("write");
     let measurement =
-        hex::encode(chiron_crypto::measure_file(bins.join("chiron-enclave")).expect("measure"));
+        hex::encode(chiron_attest::measure_file(bins.join("chiron-enclave")).expect("measure"));
     let platform = service.state_dir().join("sim-platform.key.pub");
 
     let out = std::process::Command::new(&cli)
@@ -94,8 +94,8 @@ fn the_command_line_tool_runs_the_flow() {
     let ticket = work.path().join("job.json");
     let csv = iris_csv();
     let common = |cmd: &mut std::process::Command| {
-        cmd.args(["--host", &service.url, "--expect-measurement", &measurement])
-            .arg("--sim-platform-pub")
+        cmd.args(["--host", &service.url, "--sim-measurement", &measurement])
+            .arg("--dangerous-sim-platform")
             .arg(&platform)
             .arg("--ticket")
             .arg(&ticket)

@@ -267,7 +267,7 @@ fn the_client_refuses_terms_beyond_the_policy_before_uploading_anything() {
     // The command-line tool: a clear error naming the limit and the flag, and no upload.
     let ticket_dir = tempfile::tempdir().expect("temp dir");
     let measurement = hex::encode(
-        chiron_crypto::measure_file(bin_dir().join("chiron-enclave")).expect("measure"),
+        chiron_attest::measure_file(bin_dir().join("chiron-enclave")).expect("measure"),
     );
     let cli = |extra: &[&str]| {
         let output = Command::new(bin_dir().join("chiron"))
@@ -283,10 +283,10 @@ fn the_client_refuses_terms_beyond_the_policy_before_uploading_anything() {
             .args([
                 "--label-column",
                 "species",
-                "--expect-measurement",
+                "--sim-measurement",
                 &measurement,
             ])
-            .arg("--sim-platform-pub")
+            .arg("--dangerous-sim-platform")
             .arg(service.state_dir().join("sim-platform.key.pub"))
             .arg("--ticket")
             .arg(ticket_dir.path().join("job.json"))
@@ -422,7 +422,7 @@ struct RawEnclave {
 impl RawEnclave {
     fn spawn(service: &Service) -> Self {
         let mut child = Command::new(bin_dir().join("chiron-enclave"))
-            .args(["serve", "--role", "query", "--platform-key"])
+            .args(["serve", "--role", "query", "--dangerous-simulated-platform"])
             .arg(service.state_dir().join("sim-platform.key"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -611,7 +611,7 @@ fn a_query_sealed_to_an_earlier_enclave_is_refused_after_a_restart() {
     let evidence = host
         .model_evidence(&ticket.job_id, &nonce)
         .expect("evidence");
-    let enclave_key = chiron_crypto::verify(
+    let enclave_key = chiron_attest::verify(
         &service.policy(),
         &Evidence::from_bytes(&evidence).expect("decodes"),
         Role::Query,

@@ -491,6 +491,7 @@ impl Restarted {
         edit(&state);
         let bins = bin_dir();
         let mut child = Command::new(bins.join("chiron-host"))
+            .arg("--dangerous-simulated-tee")
             .arg("--data-dir")
             .arg(&state)
             .args(["--listen", "127.0.0.1:0", "--enclave-bin"])
@@ -571,7 +572,7 @@ struct TrainingFrames {
 impl RawEnclave {
     fn spawn(service: &Service, role: &str) -> Self {
         let mut child = Command::new(bin_dir().join("chiron-enclave"))
-            .args(["serve", "--role", role, "--platform-key"])
+            .args(["serve", "--role", role, "--dangerous-simulated-platform"])
             .arg(service.state_dir().join("sim-platform.key"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -610,7 +611,7 @@ impl RawEnclave {
             panic!("no evidence");
         };
         let evidence = Evidence::from_bytes(&bytes).expect("decodes");
-        chiron_crypto::verify(
+        chiron_attest::verify(
             &service.policy(),
             &evidence,
             role,

@@ -57,7 +57,7 @@ fn serving_enclave(dir: &Path) -> Running {
         .expect("chiron-enclave runs (build the workspace first)");
     assert!(status.success(), "init-platform failed: {status}");
     let mut child = Command::new(enclave_bin())
-        .args(["serve", "--role", "train", "--platform-key"])
+        .args(["serve", "--role", "train", "--dangerous-simulated-platform"])
         .arg(&key)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -188,6 +188,7 @@ fn the_enclave_stderr_never_reaches_the_host_output() {
 
     let stderr_log = dir.path().join("host.err");
     let mut host = Command::new(bin_dir().join("chiron-host"))
+        .arg("--dangerous-simulated-tee")
         .arg("--data-dir")
         .arg(dir.path().join("state"))
         .args(["--listen", "127.0.0.1:0", "--enclave-bin"])

@@ -126,7 +126,7 @@ fn a_flipped_bit_in_the_sealed_model_or_a_query_is_detected() {
             .expect("evidence"),
     )
     .expect("decodes");
-    let enclave = chiron_crypto::verify(
+    let enclave = chiron_attest::verify(
         &service.policy(),
         &evidence,
         Role::Query,

@@ -79,7 +79,10 @@ pub fn open(choice: Choice, at: &Interfaces) -> Result<Box<dyn Platform>, Attest
             if platform.tee() != tee {
                 return Err(AttesterError::Protocol {
                     path: at.tsm.clone(),
-                    reason: format!("{tee} was forced, but the kernel's provider is {}", platform.tee()),
+                    reason: format!(
+                        "{tee} was forced, but the kernel's provider is {}",
+                        platform.tee()
+                    ),
                 });
             }
             Ok(Box::new(platform))

@@ -122,9 +122,9 @@ impl SimPlatform {
     /// evidence of another build.
     pub fn statement_for(&self, measurement: &[u8; 32], report_data: &ReportData) -> Vec<u8> {
         let key = self.public_key();
-        let signature = self
-            .signing
-            .sign(&sim_statement::signed_bytes(&key, measurement, report_data));
+        let signature =
+            self.signing
+                .sign(&sim_statement::signed_bytes(&key, measurement, report_data));
         let mut out = Vec::with_capacity(sim_statement::LEN);
         out.extend_from_slice(&key);
         out.extend_from_slice(measurement);
@@ -186,7 +186,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&path)?.permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&path)?.permissions().mode() & 0o777,
+                0o600
+            );
         }
         let debug = format!("{created:?}");
         assert!(!debug.contains(&hex::encode(*created.sealing_secret()?)));

@@ -40,9 +40,19 @@ const ATTEMPTS: usize = 3;
 
 /// The VCEK's GUID in the SNP certificate table (63da758d-e664-4564-adc5-f4b93be8accd), in
 /// its binary (mixed-endian) encoding.
-const VCEK_GUID: [u8; 16] = guid(0x63da758d, 0xe664, 0x4564, [0xad, 0xc5, 0xf4, 0xb9, 0x3b, 0xe8, 0xac, 0xcd]);
+const VCEK_GUID: [u8; 16] = guid(
+    0x63da758d,
+    0xe664,
+    0x4564,
+    [0xad, 0xc5, 0xf4, 0xb9, 0x3b, 0xe8, 0xac, 0xcd],
+);
 /// The VLEK's GUID (a8074bc2-a25a-483e-aae6-39c045a0b8a1).
-const VLEK_GUID: [u8; 16] = guid(0xa8074bc2, 0xa25a, 0x483e, [0xaa, 0xe6, 0x39, 0xc0, 0x45, 0xa0, 0xb8, 0xa1]);
+const VLEK_GUID: [u8; 16] = guid(
+    0xa8074bc2,
+    0xa25a,
+    0x483e,
+    [0xaa, 0xe6, 0x39, 0xc0, 0x45, 0xa0, 0xb8, 0xa1],
+);
 
 const fn guid(a: u32, b: u16, c: u16, d: [u8; 8]) -> [u8; 16] {
     let a = a.to_le_bytes();
@@ -65,14 +75,17 @@ pub struct TsmPlatform {
 impl TsmPlatform {
     /// Opens a report entry of this process under `root` and reads which TEE provides it.
     pub fn open(root: impl AsRef<Path>) -> Result<Self, AttesterError> {
-        let entry = root
-            .as_ref()
-            .join(format!("chiron-{}", std::process::id()));
+        let entry = root.as_ref().join(format!("chiron-{}", std::process::id()));
         match std::fs::create_dir(&entry) {
             Ok(()) => {}
             // Left by an earlier process with our id; the generation check makes sharing safe.
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(source) => return Err(AttesterError::Io { path: entry, source }),
+            Err(source) => {
+                return Err(AttesterError::Io {
+                    path: entry,
+                    source,
+                });
+            }
         }
         let provider_path = entry.join("provider");
         let provider = read_limited(&provider_path, 64)?;
@@ -207,7 +220,8 @@ pub fn snp_chip_certificate(table: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 /// The SNP derived key: the AMD Secure Processor's key derived from the chip's VCEK root and
-/// mixed with this guest's launch measurement, so only this image on this chip derives it.
+/// mixed with this guest's launch measurement and guest policy, so only this image, launched
+/// with this policy, on this chip derives it.
 #[cfg(target_os = "linux")]
 fn snp_derived_key() -> Result<Zeroizing<[u8; 32]>, AttesterError> {
     use sev::firmware::guest::{DerivedKey, Firmware, GuestFieldSelect};
@@ -219,6 +233,9 @@ fn snp_derived_key() -> Result<Zeroizing<[u8; 32]>, AttesterError> {
     let mut firmware = Firmware::open().map_err(io)?;
     let mut fields = GuestFieldSelect::default();
     fields.set_measurement(true);
+    // And the guest policy: otherwise the same image launched with debugging allowed (whose
+    // memory the host can read) would derive the same key.
+    fields.set_guest_policy(true);
     // Root: the VCEK (chip-unique); VMPL 0; guest SVN and TCB 0 (the current ones).
     let request = DerivedKey::new(false, fields, 0, 0, 0, None);
     let key = firmware

@@ -117,7 +117,14 @@ pub fn verify_with(
             tee => AttestationError::TeeNotAccepted { tee },
         });
     }
-    let claims = backend.verify_statement(&evidence.statement, &evidence.endorsements, policy)?;
+    let endorsements = match (
+        evidence.endorsements.is_empty(),
+        policy.endorsements_for(evidence.tee),
+    ) {
+        (true, Some(cached)) => cached,
+        _ => &evidence.endorsements,
+    };
+    let claims = backend.verify_statement(&evidence.statement, endorsements, policy)?;
     // The statement is authentic. Before believing anything the evidence says beside it, its
     // claims must be the ones the statement signs.
     if claims.report_data != binding::expected_for(evidence) {

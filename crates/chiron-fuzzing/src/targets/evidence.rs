@@ -1,18 +1,23 @@
 //! Attestation evidence as it arrives from the host: `Evidence::from_bytes`, then
-//! `chiron_crypto::verify` against fixed policies.
+//! `chiron_attest::verify` against fixed policies.
 //!
 //! The first byte picks the mode:
 //! * even: the remaining bytes are decoded and verified as they are, against a policy that
-//!   accepts no platform, one that accepts the fixed platform, and one that accepts whatever
-//!   platform key the evidence names (so the Ed25519 key and signature parsing run on
-//!   arbitrary bytes);
-//! * odd: evidence that decodes is re-signed by the fixed platform first, so verification
-//!   gets past the signature and exercises the measurement, role, context and nonce checks.
+//!   accepts nothing, one that accepts the fixed simulated platform, one that accepts whatever
+//!   simulated platform key the statement names (so the Ed25519 key and signature parsing run
+//!   on arbitrary bytes), and one that accepts every hardware backend (so the DCAP quote and
+//!   SNP report parsers and chain checks run on arbitrary bytes);
+//! * odd: evidence that decodes is re-attested by the fixed platform first, so verification
+//!   gets past the signature and exercises the binding, measurement, role, context and nonce
+//!   checks.
 
 use std::sync::OnceLock;
 
-use chiron_crypto::{AttestationError, Policy, SimPlatform, verify};
-use chiron_proto::evidence::{Evidence, Role};
+use chiron_attest::attester::Platform;
+use chiron_attest::attester::sim::SimPlatform;
+use chiron_attest::policy::{SgxReference, SnpReference, TdxReference, VerificationTime};
+use chiron_attest::{AttestationError, Identity, Policy, verify};
+use chiron_proto::evidence::{Evidence, Role, TeeKind};
 
 use super::{must, with_mode};
 
@@ -24,18 +29,30 @@ struct Fixture {
     platform: SimPlatform,
     strict: Policy,
     sim: Policy,
+    hardware: Policy,
 }
 
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let platform = SimPlatform::generate();
-        let sim = Policy::new(vec![MEASUREMENT])
-            .dangerous_accept_simulated_platform(platform.public_key());
+        let platform = SimPlatform::generate(MEASUREMENT);
+        let sim = Policy::new()
+            .dangerous_accept_simulated_platform(platform.public_key(), vec![MEASUREMENT]);
+        let hardware = Policy::new()
+            .accept_sgx(SgxReference::Enclave { mrenclave: [0; 32] })
+            .accept_tdx(TdxReference {
+                mrtd: [0; 48],
+                rtmrs: [None; 4],
+            })
+            .accept_snp(SnpReference {
+                measurement: [0; 48],
+            })
+            .at(VerificationTime::At(1_700_000_000));
         Fixture {
             platform,
-            strict: Policy::new(vec![MEASUREMENT]),
+            strict: Policy::new(),
             sim,
+            hardware,
         }
     })
 }
@@ -45,19 +62,14 @@ fn check_all(policy: &Policy, evidence: &Evidence) {
         if let Ok(verified) = verify(policy, evidence, role, &NONCE, &CONTEXT) {
             // Only evidence that matches every expectation may pass.
             assert_eq!(verified.role(), role);
-            assert_eq!(verified.measurement(), evidence.measurement);
+            assert_eq!(verified.tee(), evidence.tee);
             assert_eq!(verified.context(), CONTEXT);
             assert_eq!(evidence.nonce, NONCE);
-            assert!(
-                policy
-                    .expected_measurements()
-                    .contains(&evidence.measurement)
-            );
-            assert!(
-                policy
-                    .accepted_sim_platforms()
-                    .contains(&evidence.platform_key)
-            );
+            assert_eq!(verified.enclave_public_key(), evidence.enclave_public_key);
+            assert!(policy.check_identity(verified.identity()).is_ok());
+            if let Identity::Sim { platform_key, .. } = verified.identity() {
+                assert!(policy.accepted_sim_platforms().any(|k| k == platform_key));
+            }
         }
     }
 }
@@ -76,58 +88,77 @@ pub fn evidence(data: &[u8]) {
     if let Ok(again) = evidence.to_bytes() {
         assert_eq!(Evidence::from_bytes(&again).ok().as_ref(), Some(&evidence));
     }
-    let _ = evidence.signed_bytes();
 
     if mode & 1 == 0 {
-        // A policy that accepts no simulated platform must refuse everything.
+        // A policy that accepts nothing must refuse everything.
         for role in [Role::Train, Role::Query] {
             let refused = verify(&f.strict, &evidence, role, &NONCE, &CONTEXT);
-            assert!(
-                refused.is_err(),
-                "a policy without platforms accepted evidence"
-            );
+            assert!(refused.is_err(), "an empty policy accepted evidence");
         }
         check_all(&f.sim, &evidence);
-        let own = Policy::new(vec![evidence.measurement, MEASUREMENT])
-            .dangerous_accept_simulated_platform(evidence.platform_key);
-        check_all(&own, &evidence);
+        check_all(&f.hardware, &evidence);
+        if let Some(key) = evidence.statement.first_chunk::<32>() {
+            let own = Policy::new().dangerous_accept_simulated_platform(*key, vec![MEASUREMENT]);
+            check_all(&own, &evidence);
+        }
     } else {
-        // Sign the decoded fields with the fixed platform, optionally forcing the expected
-        // measurement, nonce and context so the later checks are reachable.
-        let forced = f.platform.issue(
-            evidence.role,
-            if mode & 2 != 0 {
-                MEASUREMENT
-            } else {
-                evidence.measurement
-            },
-            evidence.enclave_public_key,
-            if mode & 4 != 0 { NONCE } else { evidence.nonce },
-            if mode & 8 != 0 {
-                CONTEXT
-            } else {
-                evidence.context
-            },
-        );
-        check_all(&f.sim, &forced);
+        // Attest the decoded fields with the fixed platform, optionally forcing the expected
+        // nonce and context (and a correct binding) so the later checks are reachable.
+        evidence.tee = TeeKind::Sim;
+        if mode & 4 != 0 {
+            evidence.nonce = NONCE;
+        }
+        if mode & 8 != 0 {
+            evidence.context = CONTEXT;
+        }
+        let bound = chiron_attest::binding::expected_for(&evidence);
+        let report_data = if mode & 2 != 0 {
+            bound
+        } else {
+            // Whatever the input's statement carried where report data sits.
+            evidence
+                .statement
+                .get(64..128)
+                .and_then(|r| <[u8; 64]>::try_from(r).ok())
+                .unwrap_or(bound)
+        };
+        evidence.statement = must(f.platform.attest(&report_data), "simulated statement").bytes;
+        check_all(&f.sim, &evidence);
         // Any edit after signing must break the signature.
-        evidence = forced.clone();
-        evidence.signature[(mode as usize >> 4) % 64] ^= 1;
+        let mut edited = evidence.clone();
+        let at = (mode as usize >> 4) % edited.statement.len().max(1);
+        if let Some(byte) = edited.statement.get_mut(at.max(32)) {
+            *byte ^= 1;
+        }
         for role in [Role::Train, Role::Query] {
-            assert!(matches!(
-                verify(&f.sim, &evidence, role, &NONCE, &CONTEXT),
-                Err(AttestationError::BadSignature)
-            ));
+            let result = verify(&f.sim, &edited, role, &NONCE, &CONTEXT);
+            assert!(
+                matches!(result, Err(AttestationError::BadSignature { .. })),
+                "{result:?}"
+            );
         }
     }
 }
 
-/// Evidence of both roles, signed by a fresh simulated platform, in both modes.
+/// Evidence of both roles, attested by a fresh simulated platform, in both modes.
 pub fn seeds_evidence() -> Vec<Vec<u8>> {
-    let platform = SimPlatform::generate();
+    let platform = SimPlatform::generate(MEASUREMENT);
     let mut seeds = Vec::new();
     for role in [Role::Train, Role::Query] {
-        let e = platform.issue(role, MEASUREMENT, [0x22; 32], NONCE, CONTEXT);
+        let public_key = [0x22; 32];
+        let report_data =
+            chiron_attest::report_data(TeeKind::Sim, role, &public_key, &NONCE, &CONTEXT);
+        let statement = must(platform.attest(&report_data), "simulated statement");
+        let e = Evidence {
+            version: chiron_proto::evidence::EVIDENCE_VERSION,
+            tee: TeeKind::Sim,
+            role,
+            enclave_public_key: public_key,
+            nonce: NONCE,
+            context: CONTEXT,
+            statement: statement.bytes,
+            endorsements: Vec::new(),
+        };
         let bytes = must(e.to_bytes(), "evidence encodes");
         seeds.push(with_mode(0, &bytes));
         seeds.push(with_mode(0x0f, &bytes));
