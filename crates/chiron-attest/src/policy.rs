@@ -210,6 +210,17 @@ impl Policy {
         self
     }
 
+    /// [`Policy::with_endorsements`] from a `TEE=FILE` argument (`sgx=collateral.json`).
+    pub fn with_endorsements_file(self, argument: &str) -> Result<Self, String> {
+        let (name, file) = argument
+            .split_once('=')
+            .ok_or_else(|| format!("`{argument}` is not TEE=FILE"))?;
+        let tee = TeeKind::from_name(name)
+            .ok_or_else(|| format!("unknown TEE `{name}` (sgx, tdx or sev-snp)"))?;
+        let bytes = std::fs::read(file).map_err(|e| format!("cannot read {file}: {e}"))?;
+        Ok(self.with_endorsements(tee, bytes))
+    }
+
     /// The endorsements the verifier holds for `tee`, if any.
     pub fn endorsements_for(&self, tee: TeeKind) -> Option<&[u8]> {
         self.endorsements

@@ -718,3 +718,74 @@ fn verify_time() {
         );
     }
 }
+
+/// Through the owner's entry point, `chiron_attest::verify`: a real quote is authenticated and
+/// then refused because its report data does not bind the evidence it came with (no recorded
+/// quote carries Chiron's binding), before its identity is looked at; the owner's cached
+/// collateral stands in for collateral the evidence lacks; and a policy for other TEEs never
+/// parses the quote at all.
+#[test]
+fn the_verify_entry_point_requires_the_binding_for_real_quotes() {
+    use chiron_attest::policy::SnpReference;
+    use chiron_proto::evidence::{EVIDENCE_VERSION, Evidence, Role};
+
+    for v in [SGX, TDX] {
+        let identity = v.verify().expect("the vector is accepted").identity;
+        let policy = match identity {
+            Identity::Sgx { mrenclave, .. } => {
+                v.policy().accept_sgx(SgxReference::Enclave { mrenclave })
+            }
+            Identity::Tdx { mrtd, .. } => v.policy().accept_tdx(TdxReference {
+                mrtd,
+                rtmrs: [None; 4],
+            }),
+            other => panic!("{other:?}"),
+        };
+        let evidence = Evidence {
+            version: EVIDENCE_VERSION,
+            tee: v.tee(),
+            role: Role::Train,
+            enclave_public_key: [1; 32],
+            nonce: [2; 32],
+            context: [3; 32],
+            statement: v.quote.to_vec(),
+            endorsements: v.collateral.to_vec(),
+        };
+        let check = |policy: &Policy, evidence: &Evidence| {
+            chiron_attest::verify(policy, evidence, Role::Train, &[2; 32], &[3; 32])
+        };
+        assert_eq!(
+            check(&policy, &evidence),
+            Err(AttestationError::ReportDataMismatch)
+        );
+        // Tampering still shows as tampering, not as a binding failure.
+        let mut forged = evidence.clone();
+        forged.statement[SGX_REPORT_DATA_AT.min(TDX_REPORT_DATA_AT)] ^= 1;
+        assert!(matches!(
+            check(&policy, &forged),
+            Err(AttestationError::BadSignature { .. })
+        ));
+
+        let bare = Evidence {
+            endorsements: Vec::new(),
+            ..evidence.clone()
+        };
+        assert!(matches!(
+            check(&policy, &bare),
+            Err(AttestationError::MissingEndorsements { .. })
+        ));
+        let cached = policy.clone().with_endorsements(v.tee(), v.collateral.to_vec());
+        assert_eq!(
+            check(&cached, &bare),
+            Err(AttestationError::ReportDataMismatch)
+        );
+
+        let other_tee = Policy::new().accept_snp(SnpReference {
+            measurement: [0; 48],
+        });
+        assert_eq!(
+            check(&other_tee, &evidence),
+            Err(AttestationError::TeeNotAccepted { tee: v.tee() })
+        );
+    }
+}

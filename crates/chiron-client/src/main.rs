@@ -60,9 +60,14 @@ enum Command {
 }
 
 /// What the owner accepts as an enclave: reference values for each TEE, and the platform
-/// state (TCB) tolerated. With none given, nothing is accepted.
+/// state (TCB) tolerated. With none given, nothing is accepted. Each flag is one rule of the
+/// policy file format (`chiron_attest::Policy::parse_spec`), which `--policy` reads whole.
 #[derive(Args)]
 struct Trust {
+    /// A policy file (one rule per line: `sgx-mrenclave HEX`, `tdx-mrtd HEX`, ...); the flags
+    /// below add to it.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
     /// SGX: an MRENCLAVE you accept (hex, as `chiron measure --sgx-sigstruct` prints it);
     /// repeat for several.
     #[arg(long = "sgx-mrenclave", value_name = "HEX")]
@@ -82,7 +87,7 @@ struct Trust {
     tdx_mrtds: Vec<String>,
     /// TDX: RTMR0..3 that must also match, as four comma-separated hex values (`-` for one
     /// not checked); applies to every `--tdx-mrtd`.
-    #[arg(long, value_name = "HEX,HEX,HEX,HEX")]
+    #[arg(long, value_name = "HEX,HEX,HEX,HEX", requires = "tdx_mrtds")]
     tdx_rtmrs: Option<String>,
     /// SEV-SNP: a launch measurement you accept (hex, 48 bytes); repeat for several.
     #[arg(long = "snp-measurement", value_name = "HEX")]
@@ -101,7 +106,8 @@ struct Trust {
     #[arg(long = "accept-advisory", value_name = "ID")]
     advisories: Vec<String>,
     /// Vendor endorsements you hold (DCAP collateral JSON for SGX/TDX, the VCEK or VLEK DER
-    /// for SEV-SNP), used when the evidence carries none: `TEE=FILE`, e.g. `sgx=collateral.json`.
+    /// for SEV-SNP), used when the evidence carries none: `TEE=FILE`, e.g.
+    /// `sgx=collateral.json`; repeat.
     #[arg(long = "endorsements", value_name = "TEE=FILE")]
     endorsements: Vec<String>,
     /// INSECURE, development only: accept the simulated platform whose public key (hex) is in
@@ -119,7 +125,7 @@ struct Trust {
     sim_measurements: Vec<String>,
 }
 
-/// DCAP TCB statuses an owner may tolerate besides UpToDate.
+/// DCAP TCB statuses an owner may tolerate besides UpToDate (named as in policy files).
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum TcbStatusArg {
     SwHardeningNeeded,
@@ -129,117 +135,80 @@ enum TcbStatusArg {
     OutOfDateConfigurationNeeded,
 }
 
+/// One policy-file rule from command-line values, which must each be one word.
+fn rule(name: &str, values: &[&str]) -> anyhow::Result<String> {
+    for value in values {
+        anyhow::ensure!(
+            !value.is_empty() && !value.contains(|c: char| c.is_whitespace() || c == '#'),
+            "bad value `{value}` for {name}"
+        );
+    }
+    Ok(format!("{name} {}\n", values.join(" ")))
+}
+
 impl Trust {
     fn policy(&self) -> anyhow::Result<Policy> {
-        use chiron_attest::policy::{
-            DcapTcbStatus, SgxReference, SnpReference, SnpTcb, TdxReference,
-        };
         use chiron_proto::evidence::TeeKind;
-        let mut policy = Policy::new();
+        let mut spec = match &self.policy {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the policy {}", path.display()))?,
+            None => String::new(),
+        };
+        spec.push('\n');
         for m in &self.sgx_mrenclaves {
-            let mrenclave = parse_hex::<32>(m).with_context(|| format!("bad MRENCLAVE `{m}`"))?;
-            policy = policy.accept_sgx(SgxReference::Enclave { mrenclave });
+            spec += &rule("sgx-mrenclave", &[m])?;
         }
-        if let (Some(signer), Some(isv_prod_id), Some(min_isv_svn)) = (
+        if let (Some(signer), Some(product), Some(svn)) = (
             &self.sgx_mrsigner,
             self.sgx_isv_prod_id,
             self.sgx_min_isv_svn,
         ) {
-            let mrsigner =
-                parse_hex::<32>(signer).with_context(|| format!("bad MRSIGNER `{signer}`"))?;
-            policy = policy.accept_sgx(SgxReference::Signer {
-                mrsigner,
-                isv_prod_id,
-                min_isv_svn,
-            });
+            spec += &rule(
+                "sgx-mrsigner",
+                &[signer, &product.to_string(), &svn.to_string()],
+            )?;
         }
-        let rtmrs = match &self.tdx_rtmrs {
-            None => [None; 4],
-            Some(list) => {
-                let parts: Vec<&str> = list.split(',').collect();
-                anyhow::ensure!(
-                    parts.len() == 4,
-                    "--tdx-rtmrs needs four comma-separated values"
-                );
-                let mut rtmrs = [None; 4];
-                for (slot, part) in rtmrs.iter_mut().zip(parts) {
-                    if part != "-" {
-                        *slot = Some(
-                            parse_hex::<48>(part).with_context(|| format!("bad RTMR `{part}`"))?,
-                        );
-                    }
-                }
-                rtmrs
-            }
-        };
         for m in &self.tdx_mrtds {
-            let mrtd = parse_hex::<48>(m).with_context(|| format!("bad MRTD `{m}`"))?;
-            policy = policy.accept_tdx(TdxReference { mrtd, rtmrs });
+            let mut values = vec![m.as_str()];
+            values.extend(self.tdx_rtmrs.as_deref());
+            spec += &rule("tdx-mrtd", &values)?;
         }
         for m in &self.snp_measurements {
-            let measurement =
-                parse_hex::<48>(m).with_context(|| format!("bad SNP measurement `{m}`"))?;
-            policy = policy.accept_snp(SnpReference { measurement });
+            spec += &rule("snp-measurement", &[m])?;
         }
         if let Some(tcb) = &self.snp_min_tcb {
-            let parts = tcb
-                .split(':')
-                .map(str::parse::<u8>)
-                .collect::<Result<Vec<_>, _>>()
-                .ok()
-                .filter(|p| p.len() == 4)
-                .with_context(|| format!("bad --snp-min-tcb `{tcb}`: four numbers B:T:S:M"))?;
-            policy = policy.snp_min_tcb(SnpTcb {
-                bootloader: parts[0],
-                tee: parts[1],
-                snp: parts[2],
-                microcode: parts[3],
-            });
+            spec += &rule("snp-min-tcb", &[tcb])?;
         }
-        policy = policy.snp_allow_smt(self.snp_allow_smt);
+        if self.snp_allow_smt {
+            spec += &rule("snp-allow-smt", &[])?;
+        }
         for status in &self.tcb_statuses {
-            policy = policy.accept_dcap_status(match status {
-                TcbStatusArg::SwHardeningNeeded => DcapTcbStatus::SwHardeningNeeded,
-                TcbStatusArg::ConfigurationNeeded => DcapTcbStatus::ConfigurationNeeded,
-                TcbStatusArg::ConfigurationAndSwHardeningNeeded => {
-                    DcapTcbStatus::ConfigurationAndSwHardeningNeeded
-                }
-                TcbStatusArg::OutOfDate => DcapTcbStatus::OutOfDate,
-                TcbStatusArg::OutOfDateConfigurationNeeded => {
-                    DcapTcbStatus::OutOfDateConfigurationNeeded
-                }
-            });
+            let name = clap::ValueEnum::to_possible_value(status)
+                .map(|v| v.get_name().to_owned())
+                .unwrap_or_default();
+            spec += &rule("accept-tcb-status", &[&name])?;
         }
         for id in &self.advisories {
-            policy = policy.accept_dcap_advisory(id.clone());
-        }
-        for entry in &self.endorsements {
-            let (tee, file) = entry
-                .split_once('=')
-                .with_context(|| format!("bad --endorsements `{entry}`: TEE=FILE"))?;
-            let tee = TeeKind::ALL
-                .into_iter()
-                .find(|t| t.name() == tee)
-                .with_context(|| format!("unknown TEE `{tee}` (sgx, tdx or sev-snp)"))?;
-            let bytes =
-                std::fs::read(file).with_context(|| format!("cannot read endorsements {file}"))?;
-            policy = policy.with_endorsements(tee, bytes);
+            spec += &rule("accept-advisory", &[id])?;
         }
         if let Some(path) = &self.dangerous_sim_platform {
-            let measurements = self
-                .sim_measurements
-                .iter()
-                .map(|m| parse_hex::<32>(m).with_context(|| format!("bad measurement `{m}`")))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let text = std::fs::read_to_string(path)
+            let key = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read {}", path.display()))?;
-            let platform = parse_hex::<32>(text.trim()).context("bad simulated platform key")?;
-            policy = policy.dangerous_accept_simulated_platform(platform, measurements);
+            for m in &self.sim_measurements {
+                spec += &rule("dangerous-simulated-platform", &[key.trim(), m])?;
+            }
+        }
+        // Line numbers count the policy file's lines, then one line for each flag's rule.
+        let mut policy = Policy::parse_spec(&spec).map_err(anyhow::Error::msg)?;
+        for entry in &self.endorsements {
+            policy = policy
+                .with_endorsements_file(entry)
+                .map_err(anyhow::Error::msg)?;
         }
         anyhow::ensure!(
             TeeKind::ALL.into_iter().any(|t| policy.accepts_tee(t)),
             "no enclave would be accepted: give the reference values you pin \
-             (--sgx-mrenclave, --sgx-mrsigner, --tdx-mrtd or --snp-measurement)"
+             (--sgx-mrenclave, --sgx-mrsigner, --tdx-mrtd or --snp-measurement, or --policy)"
         );
         Ok(policy)
     }
@@ -694,13 +663,6 @@ fn load_inputs(data: &DataArgs, record: &OwnerRecord) -> anyhow::Result<Labelled
         )?),
         _ => bail!("give either --idx-images with --idx-labels, or --csv with --label-column"),
     }
-}
-
-fn parse_hex<const N: usize>(text: &str) -> anyhow::Result<[u8; N]> {
-    hex::decode(text)
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .with_context(|| format!("expected {} hex digits", 2 * N))
 }
 
 fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {

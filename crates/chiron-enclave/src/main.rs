@@ -138,6 +138,17 @@ impl KeeperArgs {
 /// How long a key-release peer may take to answer.
 const KEY_RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Listens on `address` and prints the port on stdout, where the host waits for it.
+fn listen_and_announce(address: &str) -> anyhow::Result<TcpListener> {
+    let listener =
+        TcpListener::bind(address).with_context(|| format!("cannot listen on {address}"))?;
+    let port = listener.local_addr()?.port();
+    let mut out = std::io::stdout();
+    writeln!(out, "{} {port}", chiron_proto::wire::LISTENING_PREFIX)?;
+    out.flush()?;
+    Ok(listener)
+}
+
 /// A policy file plus endorsement files (`TEE=FILE`).
 fn read_policy(
     path: &std::path::Path,
@@ -148,16 +159,9 @@ fn read_policy(
     let mut policy = chiron_attest::Policy::parse_spec(&text)
         .with_context(|| format!("bad policy {}", path.display()))?;
     for entry in endorsements {
-        let (tee, file) = entry
-            .split_once('=')
-            .with_context(|| format!("bad endorsements `{entry}`: TEE=FILE"))?;
-        let tee = TeeKind::ALL
-            .into_iter()
-            .find(|t| t.name() == tee)
-            .with_context(|| format!("unknown TEE `{tee}`"))?;
-        let bytes =
-            std::fs::read(file).with_context(|| format!("cannot read endorsements {file}"))?;
-        policy = policy.with_endorsements(tee, bytes);
+        policy = policy
+            .with_endorsements_file(entry)
+            .map_err(anyhow::Error::msg)?;
     }
     Ok(policy)
 }
@@ -261,12 +265,7 @@ fn main() -> anyhow::Result<()> {
             };
             // Before listening: an enclave that cannot get its secret says so at start.
             let sealing_secret = keeper.sealing_secret(platform.as_ref(), role)?;
-            let listener =
-                TcpListener::bind(&listen).with_context(|| format!("cannot listen on {listen}"))?;
-            let port = listener.local_addr()?.port();
-            let mut out = std::io::stdout();
-            writeln!(out, "{} {port}", chiron_proto::wire::LISTENING_PREFIX)?;
-            out.flush()?;
+            let listener = listen_and_announce(&listen)?;
             let (stream, _) = listener.accept().context("no host connection")?;
             drop(listener);
             session::serve(stream, role, platform, sealing_secret, measurement()?)
@@ -280,12 +279,7 @@ fn main() -> anyhow::Result<()> {
             let keeper =
                 keyrelease::Keeper::new(tee.open()?, read_policy(&release_policy, &endorsements)?)
                     .context("this platform cannot hold a key keeper's root")?;
-            let listener =
-                TcpListener::bind(&listen).with_context(|| format!("cannot listen on {listen}"))?;
-            let port = listener.local_addr()?.port();
-            let mut out = std::io::stdout();
-            writeln!(out, "{} {port}", chiron_proto::wire::LISTENING_PREFIX)?;
-            out.flush()?;
+            let listener = listen_and_announce(&listen)?;
             // One requester at a time: a release takes milliseconds, and a stalled peer is
             // dropped after the timeout.
             for stream in listener.incoming() {

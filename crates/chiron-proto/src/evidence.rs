@@ -53,6 +53,11 @@ impl TeeKind {
         }
     }
 
+    /// The backend a short name ([`TeeKind::name`]) names.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.name() == name)
+    }
+
     /// Short lower-case name, as used on command lines (`sim`, `sgx`, `tdx`, `sev-snp`).
     pub fn name(self) -> &'static str {
         match self {

@@ -133,3 +133,29 @@ fn evidence_from_another_nonce_is_stale() {
     .expect_err("stale");
     assert!(matches!(err, AttestationError::StaleNonce), "{err}");
 }
+
+/// The owner's CLI accepts nothing by default: without reference values it refuses before it
+/// reads the data or contacts the host, and bad values are named.
+#[test]
+fn the_cli_refuses_to_train_without_reference_values() {
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(bin_dir().join("chiron"))
+            .args(["train", "--host", "http://127.0.0.1:9", "--program", "p", "--csv"])
+            .arg(iris_csv())
+            .args(["--label-column", "species"])
+            .args(extra)
+            .output()
+            .expect("chiron runs");
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = run(&[]);
+    assert!(stderr.contains("no enclave would be accepted"), "{stderr}");
+    let stderr = run(&["--sgx-mrenclave", "12ab"]);
+    assert!(stderr.contains("not 64 hex digits"), "{stderr}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("owner.policy");
+    std::fs::write(&policy, "# pins\nsnp-measurement 00\n").expect("write");
+    let stderr = run(&["--policy", policy.to_str().expect("utf-8")]);
+    assert!(stderr.contains("policy line 2"), "{stderr}");
+}

@@ -142,18 +142,15 @@ fn an_enclave_that_cannot_get_its_secret_refuses_to_start() {
     let work = tempfile::tempdir().expect("tempdir");
     let enclave_key = work.path().join("enclave.key");
     let keeper_key = init_platform(&work.path().join("keeper.key"));
-    init_platform(&enclave_key);
+    let enclave_public = init_platform(&enclave_key);
     let measurement = hex::encode(
         chiron_attest::measure_file(bin_dir().join("chiron-enclave")).expect("measure"),
     );
-    // The keeper releases to nobody this enclave could be.
+    // The keeper releases to another build of the runtime on this enclave's platform.
     let release_policy = work.path().join("release.policy");
     std::fs::write(
         &release_policy,
-        format!(
-            "dangerous-simulated-platform {} {measurement}\n",
-            "00".repeat(32)
-        ),
+        format!("dangerous-simulated-platform {enclave_public} {}\n", "00".repeat(32)),
     )
     .expect("write");
     let keeper = start_keeper(&work.path().join("keeper.key"), &release_policy);

@@ -105,6 +105,7 @@ pub fn evidence(data: &[u8]) {
         // Attest the decoded fields with the fixed platform, optionally forcing the expected
         // nonce and context (and a correct binding) so the later checks are reachable.
         evidence.tee = TeeKind::Sim;
+        evidence.version = chiron_proto::evidence::EVIDENCE_VERSION;
         if mode & 4 != 0 {
             evidence.nonce = NONCE;
         }
