@@ -774,7 +774,9 @@ fn the_verify_entry_point_requires_the_binding_for_real_quotes() {
             check(&policy, &bare),
             Err(AttestationError::MissingEndorsements { .. })
         ));
-        let cached = policy.clone().with_endorsements(v.tee(), v.collateral.to_vec());
+        let cached = policy
+            .clone()
+            .with_endorsements(v.tee(), v.collateral.to_vec());
         assert_eq!(
             check(&cached, &bare),
             Err(AttestationError::ReportDataMismatch)

@@ -140,7 +140,14 @@ fn evidence_from_another_nonce_is_stale() {
 fn the_cli_refuses_to_train_without_reference_values() {
     let run = |extra: &[&str]| {
         let out = std::process::Command::new(bin_dir().join("chiron"))
-            .args(["train", "--host", "http://127.0.0.1:9", "--program", "p", "--csv"])
+            .args([
+                "train",
+                "--host",
+                "http://127.0.0.1:9",
+                "--program",
+                "p",
+                "--csv",
+            ])
             .arg(iris_csv())
             .args(["--label-column", "species"])
             .args(extra)

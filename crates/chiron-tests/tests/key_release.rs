@@ -150,7 +150,10 @@ fn an_enclave_that_cannot_get_its_secret_refuses_to_start() {
     let release_policy = work.path().join("release.policy");
     std::fs::write(
         &release_policy,
-        format!("dangerous-simulated-platform {enclave_public} {}\n", "00".repeat(32)),
+        format!(
+            "dangerous-simulated-platform {enclave_public} {}\n",
+            "00".repeat(32)
+        ),
     )
     .expect("write");
     let keeper = start_keeper(&work.path().join("keeper.key"), &release_policy);
