@@ -122,9 +122,9 @@ fn attest(
         statement: statement.bytes,
         endorsements: statement.endorsements,
     };
-    Ok(evidence
+    evidence
         .to_bytes()
-        .map_err(|_| KeyReleaseError::Protocol("evidence too large"))?)
+        .map_err(|_| KeyReleaseError::Protocol("evidence too large"))
 }
 
 /// Asks the keeper at the other end of `stream` for this enclave's sealing secret.
@@ -188,7 +188,7 @@ impl Keeper {
         let sealing = platform.sealing_secret()?;
         let mut hasher = Sha256::new();
         hasher.update(b"chiron key keeper root v1\0");
-        hasher.update(&*sealing);
+        hasher.update(sealing.as_slice());
         Ok(Self {
             platform,
             root: Zeroizing::new(hasher.finalize().into()),
@@ -259,7 +259,7 @@ impl Keeper {
         )?;
         let mut hasher = Sha256::new();
         hasher.update(b"chiron released sealing secret v1\0");
-        hasher.update(&*self.root);
+        hasher.update(self.root.as_slice());
         hasher.update(verified.identity().canonical_bytes());
         let secret = Zeroizing::new(<[u8; 32]>::from(hasher.finalize()));
         let (sealed, _) = seal_to_enclave(

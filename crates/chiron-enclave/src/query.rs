@@ -91,7 +91,7 @@ impl Serving {
         let answer_time = contents
             .answer_ms
             .map(|ms| Duration::from_millis(u64::from(ms)));
-        let defaults = SandboxConfig::default();
+        let defaults = enclave.sandbox_config();
         // Under a private answer time the program is stopped when the time is up (give or
         // take the deadline clock's tick); the serving thread answers then in any case.
         let config = SandboxConfig {

@@ -5,8 +5,9 @@ use std::sync::{Arc, Mutex};
 
 use chiron_attest::attester::Platform;
 use chiron_crypto::{EnclaveKeypair, SealingKey, Zeroizing};
-use chiron_proto::evidence::{EVIDENCE_VERSION, Evidence, Role};
+use chiron_proto::evidence::{EVIDENCE_VERSION, Evidence, Role, TeeKind};
 use chiron_proto::wire::{EnclaveFrame, FrameError, HostFrame, read_frame, write_frame};
+use chiron_sandbox::{AddressSpace, SandboxConfig};
 
 use crate::{query, train};
 
@@ -35,6 +36,26 @@ impl Enclave {
     /// A handle for sending from a callback.
     pub fn sender(&self) -> Arc<Mutex<TcpStream>> {
         Arc::clone(&self.out)
+    }
+
+    /// The sandbox limits for this platform: under SGX, linear memories reserve only their
+    /// maximum size, since the enclave's whole address space is its fixed enclave size.
+    pub fn sandbox_config(&self) -> SandboxConfig {
+        SandboxConfig {
+            address_space: match self.platform.tee() {
+                TeeKind::Sgx => AddressSpace::Compact,
+                _ => AddressSpace::Reserved,
+            },
+            ..SandboxConfig::default()
+        }
+    }
+
+    /// Whether a private job pads the process's peak resident memory. Not under SGX: the
+    /// enclave (built without EDMM, see the Gramine manifest) is committed whole when it is
+    /// created, so the host sees the same memory whatever the job does, and Gramine's
+    /// `/proc/self/status` has no resident figures to pad against.
+    pub fn pads_resident_memory(&self) -> bool {
+        self.platform.tee() != TeeKind::Sgx
     }
 
     /// The key models are sealed under, or a public reason why this platform cannot seal.

@@ -106,7 +106,10 @@ pub fn run(enclave: &Enclave, start: Start, input: &mut impl Read) -> EnclaveFra
                 Err(public) => return failed(public),
             };
             let worker = Worker {
-                sealing,
+                platform: PlatformTerms {
+                    sealing,
+                    sandbox: enclave.sandbox_config(),
+                },
                 job_id: start.job_id.clone(),
                 program: start.program,
                 request,
@@ -127,11 +130,11 @@ pub fn run(enclave: &Enclave, start: Start, input: &mut impl Read) -> EnclaveFra
     // Whatever the program allocated, and whether or not it failed, the platform sees the
     // declared peak. Going over it is the program's doing, so it gets the program's label.
     let outcome = match private {
-        Some(terms) => {
+        Some(terms) if enclave.pads_resident_memory() => {
             let padded = memory::pad_peak_to(terms.memory_bytes());
             outcome.and_then(|ok| padded.map(|()| ok).map_err(|e| fail("program failed", e)))
         }
-        None => outcome,
+        _ => outcome,
     };
     let frame = match outcome {
         Ok((sealed_model, parameters)) => {
@@ -205,8 +208,15 @@ fn watch(worker: Worker, give_up: Option<Instant>) -> Result<(Vec<u8>, u64), Fai
 }
 
 /// Everything the job's thread owns.
-struct Worker {
+/// What the platform decides for a job: the key its model is sealed under and the sandbox's
+/// memory layout.
+struct PlatformTerms {
     sealing: SealingKey,
+    sandbox: SandboxConfig,
+}
+
+struct Worker {
+    platform: PlatformTerms,
     job_id: String,
     program: Vec<u8>,
     request: TrainRequest,
@@ -221,7 +231,7 @@ impl Worker {
             .container
             .map_err(|e| fail("dataset transfer failed", e))?;
         train(
-            &self.sealing,
+            self.platform,
             &self.job_id,
             &self.program,
             self.request,
@@ -259,7 +269,7 @@ fn receive_dataset(input: &mut impl Read, len: u64) -> Result<Vec<u8>, String> {
 }
 
 fn train(
-    sealing: &SealingKey,
+    platform: PlatformTerms,
     job_id: &str,
     program: &[u8],
     request: TrainRequest,
@@ -290,7 +300,7 @@ fn train(
         valid_count: data.header().valid_count,
     });
 
-    let sandbox = Sandbox::new(SandboxConfig::default()).map_err(|e| fail("sandbox failure", e))?;
+    let sandbox = Sandbox::new(platform.sandbox).map_err(|e| fail("sandbox failure", e))?;
     let program = sandbox.load(program).map_err(program_failure)?;
     let metrics_events = events.clone();
     // Under private timing the budget counts from the job's start, so that the program is
@@ -329,7 +339,7 @@ fn train(
     SealedModel::decode(&plaintext)
         .and_then(|sealed| Model::from_bytes(&sealed.model).ok())
         .ok_or_else(|| fail("program failed", "the saved model would not load"))?;
-    let sealed = sealing.seal(job_id.as_bytes(), &plaintext);
+    let sealed = platform.sealing.seal(job_id.as_bytes(), &plaintext);
     Ok((sealed, parameters))
 }
 

@@ -64,6 +64,22 @@ pub struct SandboxConfig {
     pub predict_compute: u64,
     /// Instances that may exist at once (pooling allocator slots).
     pub max_instances: u32,
+    /// How much address space each linear memory reserves.
+    pub address_space: AddressSpace,
+}
+
+/// How linear memories are laid out in the process's address space.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AddressSpace {
+    /// wasmtime's default: each memory reserves several GiB of virtual address space with
+    /// guard pages, so bounds checks are free. The pool reserves `max_instances` times that,
+    /// which is nothing on an ordinary 64-bit process.
+    #[default]
+    Reserved,
+    /// Each memory reserves only `max_memory`, with no guard region, and every access is
+    /// bounds-checked explicitly: for an SGX enclave, whose whole address space is its fixed
+    /// enclave size (the pool then needs `max_instances × max_memory`).
+    Compact,
 }
 
 impl Default for SandboxConfig {
@@ -76,6 +92,7 @@ impl Default for SandboxConfig {
             predict_deadline: Duration::from_secs(5),
             predict_compute: 1 << 36,
             max_instances: 16,
+            address_space: AddressSpace::Reserved,
         }
     }
 }
@@ -145,6 +162,13 @@ impl Sandbox {
             .epoch_interruption(true)
             .cranelift_nan_canonicalization(true)
             .max_wasm_stack(config.max_stack);
+        if config.address_space == AddressSpace::Compact {
+            let max_memory = u64::try_from(config.max_memory).unwrap_or(u64::MAX);
+            wasm.memory_reservation(max_memory)
+                .memory_guard_size(0)
+                .memory_reservation_for_growth(0)
+                .guard_before_linear_memory(false);
+        }
         let mut pool = PoolingAllocationConfig::default();
         pool.total_core_instances(config.max_instances)
             .total_memories(config.max_instances)
