@@ -30,6 +30,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Provider: checks a program (.wasm) as the enclave will load it (only the Chiron ABI
+    /// imported, `chiron_train`, `chiron_predict` and `memory` exported) and prints its
+    /// extraction policy; the host runs the same check at registration.
+    Check {
+        /// The compiled program.
+        wasm: PathBuf,
+    },
+    /// Provider: trains a program (.wasm) in the same sandbox the enclave uses, on plaintext
+    /// data the provider owns, showing its `chiron_sdk::println!` lines, panic messages and
+    /// metrics here. Never for an owner's data: that only ever goes to an enclave.
+    RunLocal(RunLocalArgs),
     /// Provider: registers a training program (.wasm) with the host; prints its id.
     Register {
         /// The host's URL.
@@ -297,6 +308,26 @@ struct TrainArgs {
 }
 
 #[derive(Args)]
+struct RunLocalArgs {
+    /// The compiled program.
+    wasm: PathBuf,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Fraction of the examples held out as the validation split.
+    #[arg(long, default_value_t = 0.1)]
+    valid_fraction: f32,
+    /// Epochs the program may train for.
+    #[arg(long, default_value_t = 3)]
+    epochs: u32,
+    /// Wall-clock budget in seconds.
+    #[arg(long, default_value_t = 900)]
+    time_budget: u32,
+    /// The run's random stream (64 hex digits; default: zeros, so runs repeat).
+    #[arg(long)]
+    seed: Option<String>,
+}
+
+#[derive(Args)]
 struct EvaluateArgs {
     /// The host's URL.
     #[arg(long, default_value = "http://127.0.0.1:7700")]
@@ -346,6 +377,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", created.program_id);
             Ok(())
         }
+        Command::Check { wasm } => {
+            let bytes =
+                std::fs::read(&wasm).with_context(|| format!("cannot read {}", wasm.display()))?;
+            let sandbox = chiron_sandbox::Sandbox::new(chiron_sandbox::SandboxConfig::default())
+                .context("cannot start the sandbox")?;
+            sandbox
+                .load(&bytes)
+                .with_context(|| format!("{} would be refused", wasm.display()))?;
+            let policy = chiron_proto::manifest::program_policy(&bytes)
+                .with_context(|| format!("{}: the manifest cannot be read", wasm.display()))?;
+            println!(
+                "{}: loads; extraction policy: {}{}",
+                wasm.display(),
+                policy.manifest,
+                if policy.declared {
+                    ""
+                } else {
+                    " (no manifest in the program: the default policy)"
+                }
+            );
+            Ok(())
+        }
         Command::Measure {
             binary,
             sgx_sigstruct,
@@ -376,8 +429,52 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Train(args) => train(args),
+        Command::RunLocal(args) => run_local(args),
         Command::Evaluate(args) => evaluate(args),
     }
+}
+
+fn run_local(args: RunLocalArgs) -> anyhow::Result<()> {
+    use chiron_sandbox::{Sandbox, SandboxConfig, TrainJob, TrainingData};
+    let bytes = std::fs::read(&args.wasm)
+        .with_context(|| format!("cannot read {}", args.wasm.display()))?;
+    let sandbox = Sandbox::new(SandboxConfig::default()).context("cannot start the sandbox")?;
+    let program = sandbox
+        .load(&bytes)
+        .with_context(|| format!("{} would be refused", args.wasm.display()))?;
+    let plain = load_training_data(&args.data, args.valid_fraction)?;
+    let data = TrainingData::from_plaintext(plain.header, plain.body)
+        .context("the dataset cannot be used")?;
+    let seed = args
+        .seed
+        .as_deref()
+        .map(parse_seed)
+        .transpose()?
+        .unwrap_or([0; 32]);
+    let job = TrainJob::new(
+        std::sync::Arc::new(data),
+        seed,
+        args.epochs,
+        Duration::from_secs(u64::from(args.time_budget)),
+    )
+    .with_metrics(|m| eprintln!("metric {} (epoch {}): {}", m.name, m.epoch, m.value))
+    .with_log(|text| {
+        for line in text.lines() {
+            eprintln!("program: {line}");
+        }
+    });
+    let started = std::time::Instant::now();
+    let model = sandbox
+        .train(&program, job)
+        .context("the program failed (its last words, if any, are above)")?;
+    let parameters: usize = model.tensors.iter().map(|(_, values)| values.len()).sum();
+    println!(
+        "trained in {:.1} s: a model of {} tensors, {parameters} parameters, {} bytes of metadata",
+        started.elapsed().as_secs_f64(),
+        model.tensors.len(),
+        model.meta.len()
+    );
+    Ok(())
 }
 
 fn load_training_data(data: &DataArgs, valid_fraction: f32) -> anyhow::Result<PlainDataset> {

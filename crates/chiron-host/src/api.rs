@@ -23,7 +23,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use tracing::{error, info, warn};
 
-use crate::enclave::EnclaveError;
+use crate::enclave::{EnclaveError, clean_label};
 use crate::ids::{BadId, DatasetId, JobId, ProgramId, parse_nonce};
 use crate::jobs::{Job, JobError, Jobs};
 use crate::models::{ModelError, Models};
@@ -50,6 +50,9 @@ pub struct AppState {
     pub jobs: Arc<Jobs>,
     /// The query enclaves.
     pub models: Arc<Models>,
+    /// Loads programs as the enclaves will, so that one they would refuse is refused at
+    /// registration, before any owner uploads data for it.
+    pub checker: Arc<chiron_sandbox::Sandbox>,
 }
 
 /// The router.
@@ -257,6 +260,24 @@ async fn post_program(
              chiron_sdk::manifest!"
         ))
     })?;
+    // What the enclave's loader checks (imports inside the Chiron ABI with their types, the
+    // exports present and typed), checked now rather than after an owner released a key.
+    let checker = Arc::clone(&state.checker);
+    let module = wasm.clone();
+    let checked = tokio::task::spawn_blocking(move || checker.load(&module).map(drop))
+        .await
+        .map_err(|_| {
+            HttpError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the program check did not finish",
+            )
+        })?;
+    if let Err(e) = checked {
+        return Err(HttpError::bad_request(format!(
+            "{}; `chiron check` shows the same before registering",
+            clean_label(&e.to_string())
+        )));
+    }
     let id = ProgramId::of_wasm(&wasm);
     let path = store::program_path(&id);
     if !state.store.exists(&path).await? {

@@ -60,10 +60,13 @@ async fn main() -> anyhow::Result<()> {
     let jobs = Jobs::load(store.clone(), launcher.clone())
         .await
         .context("cannot load the job records")?;
+    let checker = chiron_sandbox::Sandbox::new(chiron_sandbox::SandboxConfig::default())
+        .context("cannot start the program checker")?;
     let state = api::AppState {
         models: Arc::new(Models::new(store.clone(), launcher)),
         jobs: Arc::new(jobs),
         store,
+        checker: Arc::new(checker),
     };
 
     let listener = TcpListener::bind(&config.listen)

@@ -236,6 +236,12 @@ unsafe extern "C" fn chiron_report_metric(name: *const u8, name_len: u32, epoch:
     with(|r| r.report_metric(name, epoch, value))
 }
 #[unsafe(no_mangle)]
+unsafe extern "C" fn chiron_log(message: *const u8, len: u32) {
+    // SAFETY: ABI contract, see `slice`.
+    let message = unsafe { slice(message, len) };
+    with(|r| r.log(message))
+}
+#[unsafe(no_mangle)]
 unsafe extern "C" fn chiron_save_model(
     params: *const u32,
     count: u32,

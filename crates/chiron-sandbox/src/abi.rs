@@ -383,6 +383,18 @@ pub(crate) fn define(linker: &mut Linker<RunState>) -> wasmtime::Result<()> {
     )?;
     linker.func_wrap(
         M,
+        "chiron_log",
+        |mut c: Ctx<'_>, message: u32, len: u32| -> AbiResult<()> {
+            const CALL: &str = "log";
+            if len as usize > crate::runtime::MAX_LOG_LINE {
+                return Err(SandboxError::abi(CALL, "a line above 4 KiB").into());
+            }
+            let message = read_bytes(&mut c, CALL, message, u64::from(len))?;
+            Ok(rt(&mut c).log(&message)?)
+        },
+    )?;
+    linker.func_wrap(
+        M,
         "chiron_save_model",
         |mut c: Ctx<'_>, params: u32, count: u32, meta: u32, meta_len: u32| -> AbiResult<()> {
             const CALL: &str = "save_model";

@@ -109,6 +109,8 @@ pub struct TrainJob {
     pub time_budget: Duration,
     /// Receives the program's metrics as they are reported.
     pub metrics: Box<dyn FnMut(Metric) + Send>,
+    /// Receives the program's log lines, if anyone may see them (never in an enclave).
+    pub log: Option<runtime::LogSink>,
 }
 
 impl TrainJob {
@@ -125,7 +127,15 @@ impl TrainJob {
             epochs,
             time_budget,
             metrics: Box::new(|_| {}),
+            log: None,
         }
+    }
+
+    /// Sends the program's log lines to `sink`: for a provider running the program on their
+    /// own data (`chiron run-local`), never in an enclave.
+    pub fn with_log(mut self, sink: impl FnMut(&str) + Send + 'static) -> Self {
+        self.log = Some(Box::new(sink));
+        self
     }
 
     /// Sends metrics to `sink`.
@@ -233,12 +243,15 @@ impl Sandbox {
             epochs: job.epochs,
             metrics: job.metrics,
         };
-        let runtime = Runtime::new(
+        let mut runtime = Runtime::new(
             DefaultBackend::new(),
             self.config.quotas.clone(),
             job.seed,
             mode,
         );
+        if let Some(sink) = job.log {
+            runtime = runtime.with_log(sink);
+        }
         let mut runtime = self.run(program, runtime, "chiron_train", u64::MAX, job.time_budget)?;
         runtime.take_model().ok_or(SandboxError::NoModel)
     }

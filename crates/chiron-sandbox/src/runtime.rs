@@ -106,11 +106,20 @@ pub struct Runtime<B: Backend> {
     rng: ChaCha20Rng,
     mode: Mode,
     metrics_sent: usize,
+    /// Where the program's log lines go: the provider's terminal under `chiron run-local`;
+    /// nowhere in an enclave.
+    log: Option<LogSink>,
     saved: Option<Model>,
     output: Option<(Vec<usize>, Vec<f32>)>,
 }
 
 type Result<T> = std::result::Result<T, SandboxError>;
+
+/// Receives a program's log lines.
+pub type LogSink = Box<dyn FnMut(&str) + Send>;
+
+/// Longest log line a program may send, in bytes.
+pub const MAX_LOG_LINE: usize = 4096;
 
 impl<B: Backend> Runtime<B> {
     /// A fresh runtime with no handles, seeded random stream and the given mode.
@@ -132,9 +141,18 @@ impl<B: Backend> Runtime<B> {
             rng: ChaCha20Rng::from_seed(seed),
             mode,
             metrics_sent: 0,
+            log: None,
             saved: None,
             output: None,
         }
+    }
+
+    /// Sends the program's log lines (`chiron_sdk::println!`, panic messages) to `sink`.
+    /// Without one they are discarded: an enclave never sets one, since nothing the program
+    /// says may reach anyone but the owner.
+    pub fn with_log(mut self, sink: LogSink) -> Self {
+        self.log = Some(sink);
+        self
     }
 
     /// What stops this run's native work: set its deadline, or stop it.
@@ -641,6 +659,21 @@ impl<B: Backend> Runtime<B> {
             epoch,
             value,
         });
+        Ok(())
+    }
+
+    /// A log line from the program, for the log sink if there is one.
+    pub fn log(&mut self, message: &[u8]) -> Result<()> {
+        if message.len() > MAX_LOG_LINE {
+            return Err(SandboxError::abi("log", "a line above 4 KiB"));
+        }
+        self.charge(Cost {
+            flops: message.len() as u64,
+            bytes: 0,
+        })?;
+        if let Some(sink) = self.log.as_mut() {
+            sink(&String::from_utf8_lossy(message));
+        }
         Ok(())
     }
 

@@ -81,3 +81,117 @@ fn programs_importing_anything_but_the_abi_are_refused_at_load() {
     assert!(err.to_string().contains("env::clock_now"), "{err}");
     assert_eq!(err.public_class(), "program refused");
 }
+
+/// What the enclave's loader would refuse is refused at registration, before any owner data
+/// moves, and `chiron check` shows the provider the same reason beforehand.
+#[test]
+fn programs_the_enclave_would_refuse_are_refused_at_registration_and_by_chiron_check() {
+    let service = Service::start();
+    let host = service.client();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let empty = dir.path().join("empty.wasm");
+    std::fs::write(&empty, b"\0asm\x01\0\0\0").expect("write");
+    let foreign = dir.path().join("foreign.wasm");
+    std::fs::write(&foreign, program_wasm("hostile_foreignimport")).expect("write");
+    for (path, reason) in [(&foreign, "env::clock_now"), (&empty, "chiron_train")] {
+        let wasm = std::fs::read(path).expect("read");
+        let err = host.register_program(&wasm).expect_err("refused");
+        assert!(err.to_string().contains(reason), "{err}");
+        let out = std::process::Command::new(bin_dir().join("chiron"))
+            .arg("check")
+            .arg(path)
+            .output()
+            .expect("chiron check runs");
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(reason), "{stderr}");
+    }
+    // Nothing was stored for them.
+    let programs = service.state_dir().join("objects").join("programs");
+    let stored = std::fs::read_dir(&programs).map_or(0, |d| d.count());
+    assert_eq!(stored, 0);
+
+    let good = dir.path().join("mlp.wasm");
+    std::fs::write(&good, program_wasm("chiron_mlp")).expect("write");
+    let out = std::process::Command::new(bin_dir().join("chiron"))
+        .arg("check")
+        .arg(&good)
+        .output()
+        .expect("chiron check runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("loads; extraction policy"));
+    host.register_program(&std::fs::read(&good).expect("read"))
+        .expect("a loadable program registers");
+}
+
+/// `chiron run-local` shows the provider their program's `println!` lines, panic message and
+/// metrics on their own data; the same program in an enclave says nothing to anyone.
+#[test]
+fn run_local_shows_prints_and_panics_which_the_enclave_keeps_to_itself() {
+    const MARKER: &str = "leaklog-marker";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let chatty = dir.path().join("leaklog.wasm");
+    std::fs::write(&chatty, program_wasm("hostile_leaklog")).expect("write");
+    let run_local = |wasm: &std::path::Path| {
+        std::process::Command::new(bin_dir().join("chiron"))
+            .arg("run-local")
+            .arg(wasm)
+            .arg("--csv")
+            .arg(iris_csv())
+            .args(["--label-column", "species", "--epochs", "20"])
+            .output()
+            .expect("chiron run-local runs")
+    };
+    let out = run_local(&chatty);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("program: {MARKER} first label")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("program: panicked at")
+            && stderr.contains(&format!(
+                "program: {MARKER} refusing to train on a label of"
+            )),
+        "{stderr}"
+    );
+    let mlp = dir.path().join("mlp.wasm");
+    std::fs::write(&mlp, program_wasm("chiron_mlp")).expect("write");
+    let out = run_local(&mlp);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("metric valid_accuracy"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("a model of"));
+
+    // In the service: the job fails, and the marker is nowhere the platform or the owner sees.
+    let service = Service::start();
+    let ticket = start_job(
+        &service,
+        &program_wasm("hostile_leaklog"),
+        &iris(),
+        &terms(1, 60),
+    )
+    .expect("job starts");
+    let (state, events) = wait(&service, &ticket, Duration::from_secs(60));
+    assert_eq!(state, JobState::Failed);
+    assert!(!format!("{events:?}").contains(MARKER), "{events:?}");
+    assert!(!service.stdout().contains(MARKER) && !service.stderr().contains(MARKER));
+    // (The program itself carries the marker as a string constant.)
+    for (path, bytes) in service.platform_view() {
+        if path.contains("programs") {
+            continue;
+        }
+        assert!(
+            !bytes.windows(MARKER.len()).any(|w| w == MARKER.as_bytes()),
+            "{path}"
+        );
+    }
+}

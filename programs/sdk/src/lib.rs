@@ -42,7 +42,9 @@
 //! Misuse of the host ABI (a bad shape, an unknown handle, an exceeded quota) is never
 //! reported as an error value: the runtime traps the program and the job fails. The SDK
 //! therefore returns plain values, and checks the few things it can check locally with
-//! panics that say what went wrong (a panic also ends the program).
+//! panics that say what went wrong (a panic also ends the program). Panic messages and
+//! [`println!`] lines go to [`log`]: the provider sees them when running the program on their
+//! own data with `chiron run-local`; in an enclave they go nowhere.
 
 pub mod manifest;
 pub mod meta;
@@ -76,6 +78,41 @@ pub fn report_metric(name: &str, epoch: u32, value: f32) {
     // SAFETY: `name` is a live UTF-8 buffer of exactly `name.len()` bytes; the runtime only
     // reads it during the call.
     unsafe { sys::chiron_report_metric(name.as_ptr(), len_u32(name.len()), epoch, value) }
+}
+
+/// Longest log line the runtime accepts, in bytes.
+pub const MAX_LOG_LINE: usize = 4096;
+
+/// Writes a log line where the provider can see it: on their own terminal when they run the
+/// program on their own data with `chiron run-local`. In an enclave the line goes nowhere
+/// (nothing a program says may reach anyone but the owner). Lines longer than
+/// [`MAX_LOG_LINE`] bytes are cut at a character boundary.
+pub fn log(line: &str) {
+    let mut end = line.len().min(MAX_LOG_LINE);
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    let line = &line[..end];
+    // SAFETY: `line` is a live UTF-8 buffer of exactly `line.len()` bytes; the runtime only
+    // reads it during the call.
+    unsafe { sys::chiron_log(line.as_ptr(), len_u32(line.len())) }
+}
+
+/// `println!` for programs: formats its arguments and sends them to [`log`]. `std`'s own
+/// `println!` writes nowhere on `wasm32-unknown-unknown`; import this one instead
+/// (`use chiron_sdk::println;`).
+#[macro_export]
+macro_rules! println {
+    ($($arg:tt)*) => {
+        $crate::log(&::std::format!($($arg)*))
+    };
+}
+
+/// Makes panics say what went wrong: the message and its place go to [`log`] before the
+/// program ends. [`export_program!`] installs it at both entry points.
+pub fn install_panic_hook() {
+    // "panicked at <file>:<line>:<column>:\n<message>"
+    std::panic::set_hook(Box::new(|info| log(&info.to_string())));
 }
 
 /// Saves the model: the values of `params` (in this order; [`model::tensor`] returns them
@@ -134,6 +171,7 @@ macro_rules! export_program {
         #[cfg(target_arch = "wasm32")]
         #[unsafe(no_mangle)]
         pub extern "C" fn chiron_train() {
+            $crate::install_panic_hook();
             $train()
         }
 
@@ -141,6 +179,7 @@ macro_rules! export_program {
         #[cfg(target_arch = "wasm32")]
         #[unsafe(no_mangle)]
         pub extern "C" fn chiron_predict() {
+            $crate::install_panic_hook();
             $predict()
         }
     };

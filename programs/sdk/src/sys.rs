@@ -143,6 +143,9 @@ unsafe extern "C" {
     /// Sends a metric (`name` is UTF-8, at most 32 bytes) to the data owner, encrypted; the
     /// provider and the platform never see it.
     pub fn chiron_report_metric(name: *const u8, name_len: u32, epoch: u32, value: f32);
+    /// Sends one log line (UTF-8, at most 4096 bytes) to whoever may see it: the provider's
+    /// terminal under `chiron run-local`; nobody in an enclave.
+    pub fn chiron_log(message: *const u8, len: u32);
     /// Saves the model: the `count` tensors at `params` and `meta_len` bytes of free-form
     /// metadata (architecture). The last call wins. `train` must call it at least once.
     pub fn chiron_save_model(params: *const u32, count: u32, meta: *const u8, meta_len: u32);
