@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use anyhow::Context;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -17,6 +18,7 @@ use chiron_proto::api::{
     ApiError, CreateJob, DatasetCreated, Events, JobCreated, JobState, JobStatus, ProgramCreated,
     ProgramInfo,
 };
+use chiron_proto::evidence::{Evidence, TeeKind};
 use chiron_proto::manifest::program_policy;
 use chiron_proto::wire::MAX_FRAME;
 use futures::StreamExt;
@@ -53,6 +55,48 @@ pub struct AppState {
     /// Loads programs as the enclaves will, so that one they would refuse is refused at
     /// registration, before any owner uploads data for it.
     pub checker: Arc<chiron_sandbox::Sandbox>,
+    /// Vendor endorsements the operator keeps fresh (DCAP collateral from the platform's
+    /// PCCS, an SNP VCEK), attached to evidence that comes without its own. They are signed by
+    /// the vendor, so the host supplying them gives it no say in the verdict.
+    pub endorsements: Arc<Endorsements>,
+}
+
+/// Endorsements the host attaches to evidence, by TEE.
+#[derive(Debug, Default)]
+pub struct Endorsements(Vec<(TeeKind, Vec<u8>)>);
+
+impl Endorsements {
+    /// From `TEE=FILE` arguments (`sgx=collateral.json`).
+    pub fn read(arguments: &[String]) -> anyhow::Result<Self> {
+        let mut out = Vec::new();
+        for argument in arguments {
+            let (name, file) = argument
+                .split_once('=')
+                .with_context(|| format!("`{argument}` is not TEE=FILE"))?;
+            let tee = TeeKind::from_name(name)
+                .with_context(|| format!("unknown TEE `{name}` (sim, sgx, tdx or sev-snp)"))?;
+            let bytes =
+                std::fs::read(file).with_context(|| format!("cannot read endorsements {file}"))?;
+            out.push((tee, bytes));
+        }
+        Ok(Self(out))
+    }
+
+    /// `evidence` with the endorsements for its TEE attached if it has none; evidence that
+    /// does not decode is passed on untouched, for the owner's verifier to refuse.
+    fn attach(&self, evidence: Vec<u8>) -> Vec<u8> {
+        let Ok(mut decoded) = Evidence::from_bytes(&evidence) else {
+            return evidence;
+        };
+        let Some((_, bytes)) = self.0.iter().find(|(tee, _)| *tee == decoded.tee) else {
+            return evidence;
+        };
+        if !decoded.endorsements.is_empty() {
+            return evidence;
+        }
+        decoded.endorsements = bytes.clone();
+        decoded.to_bytes().unwrap_or(evidence)
+    }
 }
 
 /// The router.
@@ -432,7 +476,9 @@ async fn job_evidence(
 ) -> Result<Response, HttpError> {
     let (_, job) = job(&state, &id)?;
     let nonce = nonce(param)?;
-    Ok(octets(job.evidence(nonce).await?))
+    Ok(octets(
+        state.endorsements.attach(job.evidence(nonce).await?),
+    ))
 }
 
 async fn start_job(
@@ -474,7 +520,7 @@ async fn model_evidence(
         .evidence(&id, &job.program_id, nonce)
         .await
         .map_err(|e| HttpError::from_model(e, StatusCode::BAD_GATEWAY))?;
-    Ok(octets(evidence))
+    Ok(octets(state.endorsements.attach(evidence)))
 }
 
 async fn query_model(

@@ -35,6 +35,11 @@ pub struct Config {
     /// hardware it must be part of the measured image; the enclave's own copy is what counts.
     #[arg(long, value_name = "FILE", requires = "key_keeper")]
     pub keeper_policy: Option<PathBuf>,
+    /// Vendor endorsements to attach to evidence that has none, as `TEE=FILE` (DCAP
+    /// collateral fetched from the platform's PCCS: `sgx=collateral.json`; an SNP VCEK:
+    /// `sev-snp=vcek.der`); repeat. Re-read at start: keep the files fresh.
+    #[arg(long = "endorsements", value_name = "TEE=FILE")]
+    pub endorsements: Vec<String>,
 }
 
 /// A TEE the operator can force.

@@ -67,6 +67,10 @@ async fn main() -> anyhow::Result<()> {
         jobs: Arc::new(jobs),
         store,
         checker: Arc::new(checker),
+        endorsements: Arc::new(
+            api::Endorsements::read(&config.endorsements)
+                .context("cannot read the endorsements")?,
+        ),
     };
 
     let listener = TcpListener::bind(&config.listen)

@@ -166,3 +166,47 @@ fn the_cli_refuses_to_train_without_reference_values() {
     let stderr = run(&["--policy", policy.to_str().expect("utf-8")]);
     assert!(stderr.contains("policy line 2"), "{stderr}");
 }
+
+/// The operator's endorsements (fetched from the vendor's service, e.g. DCAP collateral from
+/// the platform's PCCS) reach the owner inside the evidence: the host attaches them to
+/// evidence that has none, and verification still decides on the statement alone.
+#[test]
+fn the_host_attaches_the_operators_endorsements_to_evidence() {
+    let endorsements = b"vendor-signed collateral, as fetched by the operator".to_vec();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("collateral.json");
+    std::fs::write(&file, &endorsements).expect("write");
+    let argument = format!("sim={}", file.display());
+    let service = Service::start_in(
+        tempfile::tempdir().expect("tempdir"),
+        &["--endorsements".into(), argument.into()],
+    );
+    let host = service.client();
+    let program = host
+        .register_program(&program_wasm("chiron_mlp"))
+        .expect("register");
+    let data = iris();
+    let mut container = Vec::new();
+    chiron_crypto::encrypt_dataset(
+        &DataKey::generate(),
+        &data.header,
+        data.body.as_slice(),
+        &mut container,
+    )
+    .expect("encrypt");
+    let dataset = host.upload_dataset(&container).expect("upload");
+    let job = host
+        .create_job(&program.program_id, &dataset.dataset_id)
+        .expect("job");
+    let raw = host.job_evidence(&job.job_id, &[4; 32]).expect("evidence");
+    let evidence = chiron_proto::evidence::Evidence::from_bytes(&raw).expect("decodes");
+    assert_eq!(evidence.endorsements, endorsements);
+    chiron_attest::verify(
+        &service.policy(),
+        &evidence,
+        chiron_proto::evidence::Role::Train,
+        &[4; 32],
+        &owner::context_of(&job.job_id),
+    )
+    .expect("verifies");
+}
