@@ -225,6 +225,14 @@ impl Backend for FlexBackend {
                 let last = t.dims().len() - 1;
                 activation::softmax(t, last)
             }),
+            Unary::Exp => map_rank!(x, t => t.exp()),
+            Unary::Log => map_rank!(x, t => t.log()),
+            Unary::Abs => map_rank!(x, t => t.abs()),
+            Unary::LeakyRelu => {
+                map_rank!(x, t => activation::leaky_relu(t, f64::from(crate::LEAKY_RELU_SLOPE)))
+            }
+            Unary::Gelu => map_rank!(x, t => activation::gelu(t)),
+            Unary::Silu => map_rank!(x, t => activation::silu(t)),
         })
     }
 

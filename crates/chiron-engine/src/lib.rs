@@ -165,7 +165,22 @@ pub enum Unary {
     Sqrt,
     /// Softmax over the last dimension.
     Softmax,
+    /// `e^x`.
+    Exp,
+    /// Natural logarithm (`NaN` below zero, `-inf` at zero, as in IEEE 754).
+    Log,
+    /// `|x|` (its gradient at 0 is 0).
+    Abs,
+    /// Leaky ReLU with PyTorch's default slope: `x` above 0, `0.01 x` below.
+    LeakyRelu,
+    /// GELU, the exact form `x Φ(x)` with the normal distribution's CDF (PyTorch's default).
+    Gelu,
+    /// SiLU (swish): `x σ(x)`.
+    Silu,
 }
+
+/// Slope of [`Unary::LeakyRelu`] below zero.
+pub const LEAKY_RELU_SLOPE: f32 = 0.01;
 
 /// Element-wise binary functions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -357,6 +357,12 @@ impl Backend for TchBackend {
             Unary::Sigmoid => t.f_sigmoid(),
             Unary::Sqrt => t.f_sqrt(),
             Unary::Softmax => t.f_softmax(-1, Kind::Float),
+            Unary::Exp => t.f_exp(),
+            Unary::Log => t.f_log(),
+            Unary::Abs => t.f_abs(),
+            Unary::LeakyRelu => t.f_leaky_relu(),
+            Unary::Gelu => t.f_gelu("none"),
+            Unary::Silu => t.f_silu(),
         })?;
         wrap("unary", value, Arc::clone(&x.leaves))
     }

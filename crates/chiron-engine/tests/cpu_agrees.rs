@@ -236,3 +236,110 @@ fn gradients_are_only_for_what_took_part() {
         Some(EngineError::NotDifferentiable)
     );
 }
+
+/// The element-wise functions added for provider models, each through a loss: `mean(f(x) ⊙
+/// w)`, its value and its gradient with respect to `x`.
+const NEW_UNARY: [Unary; 6] = [
+    Unary::Exp,
+    Unary::Log,
+    Unary::Abs,
+    Unary::LeakyRelu,
+    Unary::Gelu,
+    Unary::Silu,
+];
+
+/// Inputs for `op`, spread over [-3, 3) and kept 0.05 away from 0 (where `abs` and leaky ReLU
+/// have their kink), positive for `log`.
+fn unary_inputs(op: Unary, n: usize, seed: u64) -> Vec<f32> {
+    values(n, seed)
+        .into_iter()
+        .map(|v| {
+            let v = 3.0 * v;
+            let v = if v.abs() < 0.05 { v + 0.1 } else { v };
+            if op == Unary::Log { v.abs() + 0.05 } else { v }
+        })
+        .collect()
+}
+
+fn unary_loss<B: Backend>(
+    engine: &B,
+    op: Unary,
+    dims: &[usize],
+    x: Vec<f32>,
+) -> Result<(Vec<f32>, f32, Vec<f32>), EngineError> {
+    let n = x.len();
+    let x = engine.parameter(dims, x)?;
+    let y = engine.unary(op, &x)?;
+    let w = engine.constant(dims, values(n, 99))?;
+    let loss = engine.mean(&engine.binary(Binary::Mul, &y, &w)?)?;
+    let grads = engine.backward(&loss)?;
+    let g = engine
+        .grad(&grads, &x)
+        .ok_or(EngineError::NotDifferentiable)?;
+    let loss = engine.read(&loss)?.first().copied().unwrap_or(f32::NAN);
+    Ok((engine.read(&y)?, loss, engine.read(&g)?))
+}
+
+#[test]
+fn new_element_wise_functions_and_their_gradients_agree_with_burn() {
+    // Batch 1, a single element, and odd sizes.
+    for dims in [vec![1, 1], vec![1, 13], vec![3, 5, 7]] {
+        let n = dims.iter().product();
+        for op in NEW_UNARY {
+            let x = unary_inputs(op, n, 31);
+            let (cy, cl, cg) = unary_loss(&CpuBackend::new(), op, &dims, x.clone()).expect("cpu");
+            let (fy, fl, fg) = unary_loss(&FlexBackend::new(), op, &dims, x).expect("flex");
+            assert_close(&format!("{op:?} {dims:?} values"), &cy, &fy);
+            assert_close(&format!("{op:?} {dims:?} loss"), &[cl], &[fl]);
+            assert_close(&format!("{op:?} {dims:?} gradient"), &cg, &fg);
+        }
+    }
+}
+
+#[test]
+fn new_element_wise_gradients_match_finite_differences() {
+    let dims = [2, 5];
+    let engine = CpuBackend::new();
+    for op in NEW_UNARY {
+        let x = unary_inputs(op, 10, 47);
+        let (_, _, grad) = unary_loss(&engine, op, &dims, x.clone()).expect("grad");
+        for i in 0..x.len() {
+            // Central differences in f64 from f32 losses: h large enough for f32's precision,
+            // small enough for the curvature of these functions over [-3, 3].
+            let h = 1e-2f32;
+            let at = |delta: f32| {
+                let mut moved = x.clone();
+                moved[i] += delta;
+                f64::from(unary_loss(&engine, op, &dims, moved).expect("loss").1)
+            };
+            let numeric = (at(h) - at(-h)) / (2.0 * f64::from(h));
+            let analytic = f64::from(grad[i]);
+            assert!(
+                (numeric - analytic).abs() <= 2e-3 * analytic.abs().max(0.05),
+                "{op:?}[{i}] at {}: analytic {analytic} vs numeric {numeric}",
+                x[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn new_element_wise_functions_follow_ieee_at_the_edges() {
+    let engine = CpuBackend::new();
+    let x = engine
+        .constant(&[5], vec![-1.0, 0.0, 1.0, 100.0, -100.0])
+        .expect("constant");
+    let read = |op| {
+        engine
+            .read(&engine.unary(op, &x).expect("unary"))
+            .expect("read")
+    };
+    let log = read(Unary::Log);
+    assert!(log[0].is_nan() && log[1] == f32::NEG_INFINITY && log[2] == 0.0);
+    assert_eq!(read(Unary::Exp)[3], f32::INFINITY);
+    assert!(read(Unary::Exp)[4] < 1e-40);
+    assert_eq!(read(Unary::Gelu)[3], 100.0);
+    assert!(read(Unary::Gelu)[4].abs() < 1e-30);
+    assert!(read(Unary::Silu)[4].abs() < 1e-30);
+    assert_eq!(read(Unary::LeakyRelu), vec![-0.01, 0.0, 1.0, 100.0, -1.0]);
+}

@@ -467,6 +467,12 @@ impl<B: Backend> Runtime<B> {
             2 => Unary::Sigmoid,
             3 => Unary::Sqrt,
             4 => Unary::Softmax,
+            5 => Unary::Exp,
+            6 => Unary::Log,
+            7 => Unary::Abs,
+            8 => Unary::LeakyRelu,
+            9 => Unary::Gelu,
+            10 => Unary::Silu,
             other => return Err(SandboxError::abi("unary", format!("unknown op {other}"))),
         };
         self.charge(cost::elementwise(&self.dims("unary", x)?))?;

@@ -46,6 +46,18 @@ pub const UNARY_SIGMOID: u32 = 2;
 pub const UNARY_SQRT: u32 = 3;
 /// Unary op: softmax over the last dimension.
 pub const UNARY_SOFTMAX: u32 = 4;
+/// `e^x`.
+pub const UNARY_EXP: u32 = 5;
+/// Natural logarithm.
+pub const UNARY_LOG: u32 = 6;
+/// `|x|`.
+pub const UNARY_ABS: u32 = 7;
+/// Leaky ReLU, slope 0.01 below zero.
+pub const UNARY_LEAKY_RELU: u32 = 8;
+/// GELU (exact, with the normal CDF).
+pub const UNARY_GELU: u32 = 9;
+/// SiLU (swish), `x σ(x)`.
+pub const UNARY_SILU: u32 = 10;
 
 /// Binary op: `a + b` (same shapes).
 pub const BINARY_ADD: u32 = 0;

@@ -225,6 +225,36 @@ impl Tensor {
         self.unary(sys::UNARY_SOFTMAX)
     }
 
+    /// `e^x`, element-wise.
+    pub fn exp(&self) -> Tensor {
+        self.unary(sys::UNARY_EXP)
+    }
+
+    /// Natural logarithm, element-wise (`NaN` below zero, `-inf` at zero).
+    pub fn log(&self) -> Tensor {
+        self.unary(sys::UNARY_LOG)
+    }
+
+    /// `|x|`, element-wise (gradient 0 at 0).
+    pub fn abs(&self) -> Tensor {
+        self.unary(sys::UNARY_ABS)
+    }
+
+    /// Leaky ReLU, element-wise: `x` above zero, `0.01 x` below (PyTorch's default slope).
+    pub fn leaky_relu(&self) -> Tensor {
+        self.unary(sys::UNARY_LEAKY_RELU)
+    }
+
+    /// GELU, element-wise: `x Φ(x)`, exact (PyTorch's default form).
+    pub fn gelu(&self) -> Tensor {
+        self.unary(sys::UNARY_GELU)
+    }
+
+    /// SiLU (swish), element-wise: `x σ(x)`.
+    pub fn silu(&self) -> Tensor {
+        self.unary(sys::UNARY_SILU)
+    }
+
     /// `self + other`, element-wise (same shapes; no broadcasting).
     pub fn add(&self, other: &Tensor) -> Tensor {
         self.binary(sys::BINARY_ADD, other)

@@ -290,9 +290,21 @@ impl Backend for CpuBackend {
         let y = contained("unary", || match op {
             Unary::Relu => elementwise::map(data, i, |v| v.max(0.0)),
             Unary::Tanh => elementwise::map(data, i, f32::tanh),
-            Unary::Sigmoid => elementwise::map(data, i, |v| 1.0 / (1.0 + (-v).exp())),
+            Unary::Sigmoid => elementwise::map(data, i, sigmoid),
             Unary::Sqrt => elementwise::map(data, i, f32::sqrt),
             Unary::Softmax => softmax_rows(data, x.dims().last().copied().unwrap_or(1), i),
+            Unary::Exp => elementwise::map(data, i, f32::exp),
+            Unary::Log => elementwise::map(data, i, f32::ln),
+            Unary::Abs => elementwise::map(data, i, f32::abs),
+            Unary::LeakyRelu => elementwise::map(data, i, |v| {
+                if v > 0.0 {
+                    v
+                } else {
+                    crate::LEAKY_RELU_SLOPE * v
+                }
+            }),
+            Unary::Gelu => elementwise::map(data, i, |v| v * normal_cdf(v)),
+            Unary::Silu => elementwise::map(data, i, |v| v * sigmoid(v)),
         })?;
         Ok(CpuTensor::computed(
             x.dims().to_vec(),
@@ -412,4 +424,33 @@ impl Backend for CpuBackend {
     fn with_interrupt(self, interrupt: Interrupt) -> Self {
         Self { interrupt }
     }
+}
+
+/// The logistic function.
+pub(crate) fn sigmoid(v: f32) -> f32 {
+    1.0 / (1.0 + (-v).exp())
+}
+
+/// The standard normal distribution's CDF, `Φ(x) = (1 + erf(x / √2)) / 2`.
+pub(crate) fn normal_cdf(v: f32) -> f32 {
+    0.5 * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// The standard normal density, `φ(x)`.
+pub(crate) fn normal_pdf(v: f32) -> f32 {
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    INV_SQRT_2PI * (-0.5 * v * v).exp()
+}
+
+/// The error function, to within 1.5e-7 (Abramowitz and Stegun 7.1.26), computed in `f64`:
+/// below `f32`'s resolution of the results it is used in.
+fn erf(v: f32) -> f32 {
+    let x = f64::from(v);
+    let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
+    let poly = t
+        * (0.254_829_592
+            + t * (-0.284_496_736
+                + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+    let y = 1.0 - poly * (-x * x).exp();
+    (if x < 0.0 { -y } else { y }) as f32
 }

@@ -258,6 +258,31 @@ fn input_grads<'a>(
                 Unary::Tanh => elementwise::zip(out, g, i, |y, g| g * (1.0 - y * y))?,
                 Unary::Sigmoid => elementwise::zip(out, g, i, |y, g| g * y * (1.0 - y))?,
                 Unary::Sqrt => elementwise::zip(out, g, i, |y, g| g * 0.5 / y)?,
+                Unary::Exp => elementwise::zip(out, g, i, |y, g| g * y)?,
+                Unary::Log => elementwise::zip(x.data(), g, i, |x, g| g / x)?,
+                Unary::Abs => elementwise::zip(x.data(), g, i, |x, g| {
+                    if x > 0.0 {
+                        g
+                    } else if x < 0.0 {
+                        -g
+                    } else {
+                        0.0
+                    }
+                })?,
+                Unary::LeakyRelu => elementwise::zip(x.data(), g, i, |x, g| {
+                    if x > 0.0 {
+                        g
+                    } else {
+                        crate::LEAKY_RELU_SLOPE * g
+                    }
+                })?,
+                Unary::Gelu => elementwise::zip(x.data(), g, i, |x, g| {
+                    g * (super::normal_cdf(x) + x * super::normal_pdf(x))
+                })?,
+                Unary::Silu => elementwise::zip(x.data(), g, i, |x, g| {
+                    let s = super::sigmoid(x);
+                    g * s * (1.0 + x * (1.0 - s))
+                })?,
                 Unary::Softmax => {
                     let last = y.0.dims.last().copied().unwrap_or(1);
                     let mut dx = vec![0.0f32; g.len()];
