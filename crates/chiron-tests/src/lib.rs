@@ -295,6 +295,36 @@ pub fn terms(epochs: u32, time_budget_secs: u32) -> TrainingTerms {
     }
 }
 
+/// A job created but not started: its id and program, and the data key its dataset was
+/// encrypted under.
+pub struct CreatedJob {
+    /// The job's id.
+    pub job_id: String,
+    /// The program's id.
+    pub program_id: String,
+    /// The dataset's key (still the owner's alone).
+    pub key: DataKey,
+}
+
+/// Registers `wasm`, encrypts `data` under a fresh key, uploads it and creates a job on `host`.
+pub fn create_job(
+    host: &HostClient,
+    wasm: &[u8],
+    data: &PlainDataset,
+) -> Result<CreatedJob, chiron_client::ClientError> {
+    let program = host.register_program(wasm)?;
+    let key = DataKey::generate();
+    let mut container = Vec::new();
+    chiron_crypto::encrypt_dataset(&key, &data.header, data.body.as_slice(), &mut container)?;
+    let dataset = host.upload_dataset(&container)?;
+    let job = host.create_job(&program.program_id, &dataset.dataset_id)?;
+    Ok(CreatedJob {
+        job_id: job.job_id,
+        program_id: program.program_id,
+        key,
+    })
+}
+
 /// Registers `wasm`, encrypts and uploads `data`, creates a job, attests and starts it.
 pub fn start_job(
     service: &Service,
@@ -303,19 +333,14 @@ pub fn start_job(
     terms: &TrainingTerms,
 ) -> Result<JobTicket, chiron_client::ClientError> {
     let host = service.client();
-    let program = host.register_program(wasm)?;
-    let key = DataKey::generate();
-    let mut container = Vec::new();
-    chiron_crypto::encrypt_dataset(&key, &data.header, data.body.as_slice(), &mut container)?;
-    let dataset = host.upload_dataset(&container)?;
-    let job = host.create_job(&program.program_id, &dataset.dataset_id)?;
+    let job = create_job(&host, wasm, data)?;
     owner::start_training(
         &host,
         &service.policy(),
         &job.job_id,
-        &program.program_id,
+        &job.program_id,
         &data.header,
-        &key,
+        &job.key,
         terms,
     )
 }

@@ -182,22 +182,7 @@ fn the_host_attaches_the_operators_endorsements_to_evidence() {
         &["--endorsements".into(), argument.into()],
     );
     let host = service.client();
-    let program = host
-        .register_program(&program_wasm("chiron_mlp"))
-        .expect("register");
-    let data = iris();
-    let mut container = Vec::new();
-    chiron_crypto::encrypt_dataset(
-        &DataKey::generate(),
-        &data.header,
-        data.body.as_slice(),
-        &mut container,
-    )
-    .expect("encrypt");
-    let dataset = host.upload_dataset(&container).expect("upload");
-    let job = host
-        .create_job(&program.program_id, &dataset.dataset_id)
-        .expect("job");
+    let job = create_job(&host, &program_wasm("chiron_mlp"), &iris()).expect("job");
     let raw = host.job_evidence(&job.job_id, &[4; 32]).expect("evidence");
     let evidence = chiron_proto::evidence::Evidence::from_bytes(&raw).expect("decodes");
     assert_eq!(evidence.endorsements, endorsements);
