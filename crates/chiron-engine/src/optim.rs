@@ -29,6 +29,42 @@ pub enum OptimizerKind {
         /// L2 penalty added to the gradient.
         weight_decay: f32,
     },
+    /// SGD with Nesterov momentum (PyTorch's `SGD(nesterov=True)`): the step looks ahead
+    /// along the momentum, `g + momentum · v` with `v ← momentum · v + g`.
+    Nesterov {
+        /// Learning rate.
+        lr: f32,
+        /// Momentum factor, above 0.
+        momentum: f32,
+        /// L2 penalty added to the gradient.
+        weight_decay: f32,
+    },
+    /// Adam with decoupled weight decay (PyTorch's `AdamW`): parameters shrink by
+    /// `lr · weight_decay` of themselves each step, apart from the gradient's moments.
+    AdamW {
+        /// Learning rate.
+        lr: f32,
+        /// First-moment decay.
+        beta1: f32,
+        /// Second-moment decay.
+        beta2: f32,
+        /// Denominator stabiliser.
+        eps: f32,
+        /// Decoupled decay rate (PyTorch's default is 0.01).
+        weight_decay: f32,
+    },
+    /// RMSprop (PyTorch's formulation, without momentum or centering): the gradient divided
+    /// by the root of a running mean of its square.
+    RmsProp {
+        /// Learning rate.
+        lr: f32,
+        /// Decay of the running mean of squares (PyTorch's default is 0.99).
+        alpha: f32,
+        /// Denominator stabiliser.
+        eps: f32,
+        /// L2 penalty added to the gradient.
+        weight_decay: f32,
+    },
 }
 
 impl OptimizerKind {
@@ -46,7 +82,40 @@ impl OptimizerKind {
                     && weight_decay.is_finite()
                     && weight_decay >= 0.0
             }
+            Self::Nesterov {
+                lr,
+                momentum,
+                weight_decay,
+            } => {
+                lr.is_finite()
+                    && lr > 0.0
+                    && momentum > 0.0
+                    && momentum < 1.0
+                    && weight_decay.is_finite()
+                    && weight_decay >= 0.0
+            }
+            Self::RmsProp {
+                lr,
+                alpha,
+                eps,
+                weight_decay,
+            } => {
+                lr.is_finite()
+                    && lr > 0.0
+                    && (0.0..1.0).contains(&alpha)
+                    && eps.is_finite()
+                    && eps > 0.0
+                    && weight_decay.is_finite()
+                    && weight_decay >= 0.0
+            }
             Self::Adam {
+                lr,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            }
+            | Self::AdamW {
                 lr,
                 beta1,
                 beta2,
@@ -80,6 +149,8 @@ pub struct Optimizer<B: Backend> {
     step: u32,
     first: Vec<Option<B::Tensor>>,
     second: Vec<Option<B::Tensor>>,
+    /// Largest global gradient norm a step applies; gradients above it are scaled down.
+    max_grad_norm: Option<f32>,
 }
 
 impl<B: Backend> Optimizer<B> {
@@ -91,14 +162,33 @@ impl<B: Backend> Optimizer<B> {
             step: 0,
             first: vec![None; params],
             second: vec![None; params],
+            max_grad_norm: None,
         })
+    }
+
+    /// Clips every later step's gradients to a global L2 norm of at most `max_norm`
+    /// (PyTorch's `clip_grad_norm_`, applied inside the step): all gradients are scaled by
+    /// `max_norm / (norm + 1e-6)` when their joint norm is above `max_norm`.
+    pub fn clip_grad_norm(&mut self, max_norm: f32) -> Result<(), EngineError> {
+        if !(max_norm.is_finite() && max_norm > 0.0) {
+            return Err(EngineError::Argument {
+                op: "clip_grad_norm",
+                detail: format!("the norm must be finite and positive, not {max_norm}"),
+            });
+        }
+        self.max_grad_norm = Some(max_norm);
+        Ok(())
     }
 
     /// Changes the learning rate (for schedules).
     pub fn set_lr(&mut self, new_lr: f32) -> Result<(), EngineError> {
         let mut kind = self.kind;
         match &mut kind {
-            OptimizerKind::Sgd { lr, .. } | OptimizerKind::Adam { lr, .. } => *lr = new_lr,
+            OptimizerKind::Sgd { lr, .. }
+            | OptimizerKind::Nesterov { lr, .. }
+            | OptimizerKind::Adam { lr, .. }
+            | OptimizerKind::AdamW { lr, .. }
+            | OptimizerKind::RmsProp { lr, .. } => *lr = new_lr,
         }
         kind.validate()?;
         self.kind = kind;
@@ -134,8 +224,18 @@ impl<B: Backend> Optimizer<B> {
             });
         }
         self.step = self.step.saturating_add(1);
-        for (i, param) in params.iter_mut().enumerate() {
-            let Some(grad) = engine.grad(grads, param) else {
+        let mut gradients: Vec<Option<B::Tensor>> =
+            params.iter().map(|p| engine.grad(grads, p)).collect();
+        if let Some(max_norm) = self.max_grad_norm {
+            let scale = clip_scale(engine, &gradients, max_norm)?;
+            if scale < 1.0 {
+                for g in gradients.iter_mut().flatten() {
+                    *g = engine.affine(g, scale, 0.0)?;
+                }
+            }
+        }
+        for ((i, param), grad) in params.iter_mut().enumerate().zip(gradients) {
+            let Some(grad) = grad else {
                 continue;
             };
             let value = engine.detach(param);
@@ -162,6 +262,48 @@ impl<B: Backend> Optimizer<B> {
                     };
                     engine.binary(Binary::Sub, &value, &engine.affine(&direction, lr, 0.0)?)?
                 }
+                OptimizerKind::Nesterov {
+                    lr,
+                    momentum,
+                    weight_decay,
+                } => {
+                    let g = decayed(engine, grad, &value, weight_decay)?;
+                    let v = match self.first[i].take() {
+                        Some(v) => {
+                            engine.binary(Binary::Add, &engine.affine(&v, momentum, 0.0)?, &g)?
+                        }
+                        None => g.clone(),
+                    };
+                    let direction =
+                        engine.binary(Binary::Add, &g, &engine.affine(&v, momentum, 0.0)?)?;
+                    self.first[i] = Some(v);
+                    engine.binary(Binary::Sub, &value, &engine.affine(&direction, lr, 0.0)?)?
+                }
+                OptimizerKind::RmsProp {
+                    lr,
+                    alpha,
+                    eps,
+                    weight_decay,
+                } => {
+                    let g = decayed(engine, grad, &value, weight_decay)?;
+                    let g2 = engine.binary(Binary::Mul, &g, &g)?;
+                    let v = blend(engine, self.second[i].take(), &g2, alpha)?;
+                    let denom = engine.affine(&engine.unary(Unary::Sqrt, &v)?, 1.0, eps)?;
+                    let delta = engine.binary(Binary::Div, &g, &denom)?;
+                    self.second[i] = Some(v);
+                    engine.binary(Binary::Sub, &value, &engine.affine(&delta, lr, 0.0)?)?
+                }
+                OptimizerKind::AdamW {
+                    lr,
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay,
+                } => {
+                    let shrunk = engine.affine(&value, 1.0 - lr * weight_decay, 0.0)?;
+                    let delta = self.adam_delta(engine, i, grad, beta1, beta2, eps)?;
+                    engine.binary(Binary::Sub, &shrunk, &engine.affine(&delta, lr, 0.0)?)?
+                }
                 OptimizerKind::Adam {
                     lr,
                     beta1,
@@ -170,16 +312,7 @@ impl<B: Backend> Optimizer<B> {
                     weight_decay,
                 } => {
                     let g = decayed(engine, grad, &value, weight_decay)?;
-                    let g2 = engine.binary(Binary::Mul, &g, &g)?;
-                    let m = blend(engine, self.first[i].take(), &g, beta1)?;
-                    let v = blend(engine, self.second[i].take(), &g2, beta2)?;
-                    let t = self.step as i32;
-                    let m_hat = engine.affine(&m, 1.0 / (1.0 - beta1.powi(t)), 0.0)?;
-                    let v_hat = engine.affine(&v, 1.0 / (1.0 - beta2.powi(t)), 0.0)?;
-                    let denom = engine.affine(&engine.unary(Unary::Sqrt, &v_hat)?, 1.0, eps)?;
-                    let delta = engine.binary(Binary::Div, &m_hat, &denom)?;
-                    self.first[i] = Some(m);
-                    self.second[i] = Some(v);
+                    let delta = self.adam_delta(engine, i, g, beta1, beta2, eps)?;
                     engine.binary(Binary::Sub, &value, &engine.affine(&delta, lr, 0.0)?)?
                 }
             };
@@ -187,6 +320,54 @@ impl<B: Backend> Optimizer<B> {
         }
         Ok(())
     }
+}
+
+impl<B: Backend> Optimizer<B> {
+    /// Adam's bias-corrected step direction for parameter `i` from gradient `g`, updating
+    /// its moments.
+    fn adam_delta(
+        &mut self,
+        engine: &B,
+        i: usize,
+        g: B::Tensor,
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+    ) -> Result<B::Tensor, EngineError> {
+        let g2 = engine.binary(Binary::Mul, &g, &g)?;
+        let m = blend(engine, self.first[i].take(), &g, beta1)?;
+        let v = blend(engine, self.second[i].take(), &g2, beta2)?;
+        let t = self.step as i32;
+        let m_hat = engine.affine(&m, 1.0 / (1.0 - beta1.powi(t)), 0.0)?;
+        let v_hat = engine.affine(&v, 1.0 / (1.0 - beta2.powi(t)), 0.0)?;
+        let denom = engine.affine(&engine.unary(Unary::Sqrt, &v_hat)?, 1.0, eps)?;
+        let delta = engine.binary(Binary::Div, &m_hat, &denom)?;
+        self.first[i] = Some(m);
+        self.second[i] = Some(v);
+        Ok(delta)
+    }
+}
+
+/// The factor that brings the gradients' joint L2 norm to at most `max_norm` (1 if it is
+/// already below).
+fn clip_scale<B: Backend>(
+    engine: &B,
+    gradients: &[Option<B::Tensor>],
+    max_norm: f32,
+) -> Result<f32, EngineError> {
+    let mut squares = 0f64;
+    for g in gradients.iter().flatten() {
+        let count = engine.shape(g).elements();
+        let mean = engine.mean(&engine.binary(Binary::Mul, g, g)?)?;
+        let mean = engine.read(&mean)?.first().copied().unwrap_or(0.0);
+        squares += f64::from(mean) * count as f64;
+    }
+    let norm = squares.sqrt() as f32;
+    Ok(if norm > max_norm {
+        max_norm / (norm + 1e-6)
+    } else {
+        1.0
+    })
 }
 
 fn decayed<B: Backend>(

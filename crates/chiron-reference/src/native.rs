@@ -222,6 +222,67 @@ unsafe extern "C" fn chiron_optimizer_adam(
     with(|r| r.optimizer(params, kind))
 }
 #[unsafe(no_mangle)]
+unsafe extern "C" fn chiron_optimizer_nesterov(
+    params: *const u32,
+    count: u32,
+    lr: f32,
+    momentum: f32,
+    weight_decay: f32,
+) -> u32 {
+    // SAFETY: ABI contract, see `slice`.
+    let params = unsafe { slice(params, count) }.to_vec();
+    let kind = OptimizerKind::Nesterov {
+        lr,
+        momentum,
+        weight_decay,
+    };
+    with(|r| r.optimizer(params, kind))
+}
+#[unsafe(no_mangle)]
+unsafe extern "C" fn chiron_optimizer_adamw(
+    params: *const u32,
+    count: u32,
+    lr: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    weight_decay: f32,
+) -> u32 {
+    // SAFETY: ABI contract, see `slice`.
+    let params = unsafe { slice(params, count) }.to_vec();
+    let kind = OptimizerKind::AdamW {
+        lr,
+        beta1,
+        beta2,
+        eps,
+        weight_decay,
+    };
+    with(|r| r.optimizer(params, kind))
+}
+#[unsafe(no_mangle)]
+unsafe extern "C" fn chiron_optimizer_rmsprop(
+    params: *const u32,
+    count: u32,
+    lr: f32,
+    alpha: f32,
+    eps: f32,
+    weight_decay: f32,
+) -> u32 {
+    // SAFETY: ABI contract, see `slice`.
+    let params = unsafe { slice(params, count) }.to_vec();
+    let kind = OptimizerKind::RmsProp {
+        lr,
+        alpha,
+        eps,
+        weight_decay,
+    };
+    with(|r| r.optimizer(params, kind))
+}
+#[unsafe(no_mangle)]
+extern "C" fn chiron_optimizer_clip_grad_norm(opt: u32, max_norm: f32) {
+    with(|r| r.optimizer_clip_grad_norm(opt, max_norm))
+}
+#[unsafe(no_mangle)]
 extern "C" fn chiron_optimizer_set_lr(opt: u32, lr: f32) {
     with(|r| r.optimizer_set_lr(opt, lr))
 }

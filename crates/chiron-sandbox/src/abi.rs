@@ -355,6 +355,76 @@ pub(crate) fn define(linker: &mut Linker<RunState>) -> wasmtime::Result<()> {
     )?;
     linker.func_wrap(
         M,
+        "chiron_optimizer_nesterov",
+        |mut c: Ctx<'_>,
+         params: u32,
+         count: u32,
+         lr: f32,
+         momentum: f32,
+         wd: f32|
+         -> AbiResult<u32> {
+            let params = read_u32s(&mut c, "optimizer_nesterov", params, count)?;
+            let kind = OptimizerKind::Nesterov {
+                lr,
+                momentum,
+                weight_decay: wd,
+            };
+            Ok(rt(&mut c).optimizer(params, kind)?)
+        },
+    )?;
+    linker.func_wrap(
+        M,
+        "chiron_optimizer_adamw",
+        |mut c: Ctx<'_>,
+         params: u32,
+         count: u32,
+         lr: f32,
+         beta1: f32,
+         beta2: f32,
+         eps: f32,
+         wd: f32|
+         -> AbiResult<u32> {
+            let params = read_u32s(&mut c, "optimizer_adamw", params, count)?;
+            let kind = OptimizerKind::AdamW {
+                lr,
+                beta1,
+                beta2,
+                eps,
+                weight_decay: wd,
+            };
+            Ok(rt(&mut c).optimizer(params, kind)?)
+        },
+    )?;
+    linker.func_wrap(
+        M,
+        "chiron_optimizer_rmsprop",
+        |mut c: Ctx<'_>,
+         params: u32,
+         count: u32,
+         lr: f32,
+         alpha: f32,
+         eps: f32,
+         wd: f32|
+         -> AbiResult<u32> {
+            let params = read_u32s(&mut c, "optimizer_rmsprop", params, count)?;
+            let kind = OptimizerKind::RmsProp {
+                lr,
+                alpha,
+                eps,
+                weight_decay: wd,
+            };
+            Ok(rt(&mut c).optimizer(params, kind)?)
+        },
+    )?;
+    linker.func_wrap(
+        M,
+        "chiron_optimizer_clip_grad_norm",
+        |mut c: Ctx<'_>, opt: u32, max_norm: f32| -> AbiResult<()> {
+            Ok(rt(&mut c).optimizer_clip_grad_norm(opt, max_norm)?)
+        },
+    )?;
+    linker.func_wrap(
+        M,
         "chiron_optimizer_set_lr",
         |mut c: Ctx<'_>, opt: u32, lr: f32| -> AbiResult<()> {
             Ok(rt(&mut c).optimizer_set_lr(opt, lr)?)

@@ -595,6 +595,17 @@ impl<B: Backend> Runtime<B> {
         }
     }
 
+    /// Clips the optimiser's later steps to a global gradient norm.
+    pub fn optimizer_clip_grad_norm(&mut self, opt: u32, max_norm: f32) -> Result<()> {
+        match self.entries.get_mut(&opt) {
+            Some(Entry::Optimizer(o, _)) => Ok(o.clip_grad_norm(max_norm)?),
+            _ => Err(SandboxError::abi(
+                "optimizer_clip_grad_norm",
+                format!("{opt} is not an optimizer"),
+            )),
+        }
+    }
+
     /// Back-propagates from `loss` and updates the optimiser's parameters in place.
     pub fn optimizer_step(&mut self, opt: u32, loss: u32) -> Result<()> {
         const CALL: &str = "optimizer_step";

@@ -56,6 +56,80 @@ impl Optimizer {
         Optimizer { handle }
     }
 
+    /// SGD with Nesterov momentum (PyTorch's `SGD(nesterov=True)`); `momentum` must be in
+    /// (0, 1).
+    pub fn nesterov(params: &[&Tensor], lr: f32, momentum: f32, weight_decay: f32) -> Optimizer {
+        let handles = handles(params);
+        // SAFETY: as in `sgd`.
+        let handle = unsafe {
+            sys::chiron_optimizer_nesterov(
+                handles.as_ptr(),
+                len_u32(handles.len()),
+                lr,
+                momentum,
+                weight_decay,
+            )
+        };
+        Optimizer { handle }
+    }
+
+    /// AdamW: Adam with decoupled weight decay (PyTorch's `AdamW`; its default decay is
+    /// 0.01).
+    pub fn adamw(
+        params: &[&Tensor],
+        lr: f32,
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        weight_decay: f32,
+    ) -> Optimizer {
+        let handles = handles(params);
+        // SAFETY: as in `sgd`.
+        let handle = unsafe {
+            sys::chiron_optimizer_adamw(
+                handles.as_ptr(),
+                len_u32(handles.len()),
+                lr,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            )
+        };
+        Optimizer { handle }
+    }
+
+    /// RMSprop (PyTorch's, without momentum or centering; its defaults are `alpha = 0.99,
+    /// eps = 1e-8`).
+    pub fn rmsprop(
+        params: &[&Tensor],
+        lr: f32,
+        alpha: f32,
+        eps: f32,
+        weight_decay: f32,
+    ) -> Optimizer {
+        let handles = handles(params);
+        // SAFETY: as in `sgd`.
+        let handle = unsafe {
+            sys::chiron_optimizer_rmsprop(
+                handles.as_ptr(),
+                len_u32(handles.len()),
+                lr,
+                alpha,
+                eps,
+                weight_decay,
+            )
+        };
+        Optimizer { handle }
+    }
+
+    /// Clips every later step's gradients to a joint L2 norm of at most `max_norm` (PyTorch's
+    /// `clip_grad_norm_`, applied inside `step`).
+    pub fn clip_grad_norm(&mut self, max_norm: f32) {
+        // SAFETY: handle-only call; the runtime validates the handle and the norm.
+        unsafe { sys::chiron_optimizer_clip_grad_norm(self.handle, max_norm) }
+    }
+
     /// Changes the learning rate (for schedules).
     pub fn set_lr(&mut self, lr: f32) {
         // SAFETY: handle-only call; the runtime validates the handle and the rate.

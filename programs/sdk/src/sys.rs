@@ -144,6 +144,22 @@ unsafe extern "C" {
         eps: f32,
         weight_decay: f32,
     ) -> u32;
+    /// SGD with Nesterov momentum over the `count` parameter handles at `params`.
+    pub fn chiron_optimizer_nesterov(params: *const u32, count: u32, lr: f32, momentum: f32, weight_decay: f32) -> u32;
+    /// AdamW (decoupled weight decay) over the `count` parameter handles at `params`.
+    pub fn chiron_optimizer_adamw(
+        params: *const u32,
+        count: u32,
+        lr: f32,
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        weight_decay: f32,
+    ) -> u32;
+    /// RMSprop over the `count` parameter handles at `params`.
+    pub fn chiron_optimizer_rmsprop(params: *const u32, count: u32, lr: f32, alpha: f32, eps: f32, weight_decay: f32) -> u32;
+    /// Clips an optimiser's later steps to a global gradient norm of `max_norm`.
+    pub fn chiron_optimizer_clip_grad_norm(opt: u32, max_norm: f32);
     /// Changes an optimiser's learning rate (schedules).
     pub fn chiron_optimizer_set_lr(opt: u32, lr: f32);
     /// Back-propagates from the `[1]` tensor `loss` and updates the optimiser's parameters in

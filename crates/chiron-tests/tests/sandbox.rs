@@ -1,6 +1,7 @@
-//! The compact address space (linear memories reserve only their maximum size and every access
-//! is bounds-checked explicitly, as inside an SGX enclave of fixed size) confines a program
-//! exactly as the default layout does (guard pages), and trains the same model.
+//! Programs run directly in the sandbox, without a service: the compact address space (linear
+//! memories reserve only their maximum size and every access is bounds-checked explicitly, as
+//! inside an SGX enclave of fixed size) confines a program exactly as the default layout does
+//! (guard pages) and trains the same model; and every optimizer of the ABI trains.
 #![allow(clippy::expect_used)] // test helpers: a failed step is a failed test
 
 use std::sync::Arc;
@@ -116,4 +117,36 @@ fn both_layouts_train_the_same_model() {
         .collect();
     assert_eq!(models[0].meta, models[1].meta);
     assert_eq!(models[0].tensors, models[1].tensors);
+}
+
+/// Every optimizer of the ABI (Nesterov SGD, AdamW, RMSprop, each clipping its gradients)
+/// trains through the sandbox and lowers the loss; a negative clipping norm ends the program.
+#[test]
+fn the_optimizers_of_the_abi_train_and_their_misuse_ends_the_program() {
+    let sandbox = sandbox(AddressSpace::Reserved);
+    let program = sandbox
+        .load(&program_wasm("hostile_optimizers"))
+        .expect("loads");
+    let losses = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = std::sync::Arc::clone(&losses);
+    let model = sandbox
+        .train(
+            &program,
+            TrainJob::new(iris_data(), [1; 32], 2, Duration::from_secs(60))
+                .with_metrics(move |m| sink.lock().expect("lock").push(m.value)),
+        )
+        .expect("trains");
+    assert_eq!(model.tensors.len(), 2);
+    let losses = losses.lock().expect("lock").clone();
+    assert_eq!(losses.len(), 60);
+    for run in losses.chunks(20) {
+        assert!(run[19] < run[0], "the loss did not fall: {run:?}");
+    }
+    let err = sandbox
+        .train(
+            &program,
+            TrainJob::new(iris_data(), [1; 32], 7, Duration::from_secs(60)),
+        )
+        .expect_err("misuse");
+    assert!(err.to_string().contains("clip_grad_norm"), "{err}");
 }
