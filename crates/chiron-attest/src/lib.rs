@@ -58,6 +58,20 @@ pub fn fresh_nonce() -> [u8; 32] {
     nonce
 }
 
+/// Reads endorsements named on a command line as `TEE=FILE` (`sgx=collateral.json`): the TEE
+/// they are for, and the file's bytes.
+pub fn read_endorsements(
+    argument: &str,
+) -> Result<(chiron_proto::evidence::TeeKind, Vec<u8>), String> {
+    let (name, file) = argument
+        .split_once('=')
+        .ok_or_else(|| format!("`{argument}` is not TEE=FILE"))?;
+    let tee = chiron_proto::evidence::TeeKind::from_name(name)
+        .ok_or_else(|| format!("unknown TEE `{name}` (sim, sgx, tdx or sev-snp)"))?;
+    let bytes = std::fs::read(file).map_err(|e| format!("cannot read endorsements {file}: {e}"))?;
+    Ok((tee, bytes))
+}
+
 /// The simulated platform's measurement of a runtime binary: the SHA-256 of the file. (On
 /// hardware the platform measures the loaded image itself: MRENCLAVE, MRTD, the SNP launch
 /// digest.)

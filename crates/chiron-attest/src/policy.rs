@@ -212,12 +212,7 @@ impl Policy {
 
     /// [`Policy::with_endorsements`] from a `TEE=FILE` argument (`sgx=collateral.json`).
     pub fn with_endorsements_file(self, argument: &str) -> Result<Self, String> {
-        let (name, file) = argument
-            .split_once('=')
-            .ok_or_else(|| format!("`{argument}` is not TEE=FILE"))?;
-        let tee = TeeKind::from_name(name)
-            .ok_or_else(|| format!("unknown TEE `{name}` (sgx, tdx or sev-snp)"))?;
-        let bytes = std::fs::read(file).map_err(|e| format!("cannot read {file}: {e}"))?;
+        let (tee, bytes) = crate::read_endorsements(argument)?;
         Ok(self.with_endorsements(tee, bytes))
     }
 
@@ -491,16 +486,29 @@ impl Policy {
 }
 
 impl DcapTcbStatus {
-    /// The status named as in a policy file (`out-of-date`, ...).
+    /// Every status a policy may accept.
+    pub const ALL: [Self; 5] = [
+        Self::SwHardeningNeeded,
+        Self::ConfigurationNeeded,
+        Self::ConfigurationAndSwHardeningNeeded,
+        Self::OutOfDate,
+        Self::OutOfDateConfigurationNeeded,
+    ];
+
+    /// The status's name in policy files and on command lines (`out-of-date`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::SwHardeningNeeded => "sw-hardening-needed",
+            Self::ConfigurationNeeded => "configuration-needed",
+            Self::ConfigurationAndSwHardeningNeeded => "configuration-and-sw-hardening-needed",
+            Self::OutOfDate => "out-of-date",
+            Self::OutOfDateConfigurationNeeded => "out-of-date-configuration-needed",
+        }
+    }
+
+    /// The status [`DcapTcbStatus::name`] names.
     pub fn from_name(name: &str) -> Option<Self> {
-        Some(match name {
-            "sw-hardening-needed" => Self::SwHardeningNeeded,
-            "configuration-needed" => Self::ConfigurationNeeded,
-            "configuration-and-sw-hardening-needed" => Self::ConfigurationAndSwHardeningNeeded,
-            "out-of-date" => Self::OutOfDate,
-            "out-of-date-configuration-needed" => Self::OutOfDateConfigurationNeeded,
-            _ => return None,
-        })
+        Self::ALL.into_iter().find(|s| s.name() == name)
     }
 }
 

@@ -21,8 +21,8 @@ use chiron_attest::attester::tsm::{TsmPlatform, snp_chip_certificate};
 use chiron_attest::attester::{self, Choice, Interfaces, Platform};
 use chiron_attest::policy::{SgxReference, SnpReference, TdxReference};
 use chiron_attest::verifier::{sim::SimVerifier, verify_with};
-use chiron_attest::{AttestationError, AttesterError, Policy, context_digest, report_data};
-use chiron_proto::evidence::{EVIDENCE_VERSION, Evidence, Role, TeeKind};
+use chiron_attest::{AttestationError, AttesterError, Policy, context_digest};
+use chiron_proto::evidence::{Evidence, Role, TeeKind};
 
 const MEASUREMENT: [u8; 32] = [0x5a; 32];
 
@@ -166,19 +166,7 @@ fn enclave_evidence(
     nonce: [u8; 32],
     job: &str,
 ) -> Evidence {
-    let context = context_digest(job);
-    let data = report_data(platform.tee(), role, &key, &nonce, &context);
-    let statement = platform.attest(&data).expect("statement");
-    Evidence {
-        version: EVIDENCE_VERSION,
-        tee: platform.tee(),
-        role,
-        enclave_public_key: key,
-        nonce,
-        context,
-        statement: statement.bytes,
-        endorsements: statement.endorsements,
-    }
+    attester::evidence(platform, role, key, nonce, context_digest(job)).expect("evidence")
 }
 
 /// A policy accepting `tee` (with a dummy reference) and the fake tree's simulated signer.

@@ -579,15 +579,7 @@ fn most_permissive_policy(collateral: &[u8], time: u64) -> Policy {
     let mut advisories = Vec::new();
     collect_advisories(&tcb_info, &mut advisories);
     assert!(!advisories.is_empty());
-    let policy = [
-        DcapTcbStatus::SwHardeningNeeded,
-        DcapTcbStatus::ConfigurationNeeded,
-        DcapTcbStatus::ConfigurationAndSwHardeningNeeded,
-        DcapTcbStatus::OutOfDate,
-        DcapTcbStatus::OutOfDateConfigurationNeeded,
-    ]
-    .into_iter()
-    .fold(
+    let policy = DcapTcbStatus::ALL.into_iter().fold(
         Policy::new().at(VerificationTime::At(time)),
         Policy::accept_dcap_status,
     );

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use chiron_attest::Policy;
+use chiron_attest::policy::DcapTcbStatus;
 use chiron_client::convert::{self, ConvertOptions, LabelledInputs, PlainDataset, Standardizer};
 use chiron_client::owner::{self, JobTicket, PrivateTerms, QuerySession, TrainingTerms};
 use chiron_client::{ClientError, HostClient};
@@ -111,8 +112,12 @@ struct Trust {
     snp_allow_smt: bool,
     /// SGX/TDX: also accept platforms with this TCB status (default: UpToDate only), if every
     /// advisory that applies is accepted with `--accept-advisory`; repeat for several.
-    #[arg(long = "accept-tcb-status", value_enum, value_name = "STATUS")]
-    tcb_statuses: Vec<TcbStatusArg>,
+    #[arg(
+        long = "accept-tcb-status",
+        value_name = "STATUS",
+        value_parser = clap::builder::PossibleValuesParser::new(DcapTcbStatus::ALL.map(DcapTcbStatus::name)),
+    )]
+    tcb_statuses: Vec<String>,
     /// SGX/TDX: an Intel security advisory you accept (e.g. INTEL-SA-00615); repeat.
     #[arg(long = "accept-advisory", value_name = "ID")]
     advisories: Vec<String>,
@@ -134,16 +139,6 @@ struct Trust {
         requires = "dangerous_sim_platform"
     )]
     sim_measurements: Vec<String>,
-}
-
-/// DCAP TCB statuses an owner may tolerate besides UpToDate (named as in policy files).
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum TcbStatusArg {
-    SwHardeningNeeded,
-    ConfigurationNeeded,
-    ConfigurationAndSwHardeningNeeded,
-    OutOfDate,
-    OutOfDateConfigurationNeeded,
 }
 
 /// One policy-file rule from command-line values, which must each be one word.
@@ -194,10 +189,7 @@ impl Trust {
             spec += &rule("snp-allow-smt", &[])?;
         }
         for status in &self.tcb_statuses {
-            let name = clap::ValueEnum::to_possible_value(status)
-                .map(|v| v.get_name().to_owned())
-                .unwrap_or_default();
-            spec += &rule("accept-tcb-status", &[&name])?;
+            spec += &rule("accept-tcb-status", &[status])?;
         }
         for id in &self.advisories {
             spec += &rule("accept-advisory", &[id])?;

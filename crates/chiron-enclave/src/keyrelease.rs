@@ -30,10 +30,10 @@
 
 use std::io::{Read, Write};
 
-use chiron_attest::attester::Platform;
-use chiron_attest::{Policy, context_digest, fresh_nonce, report_data};
+use chiron_attest::attester::{self, Platform};
+use chiron_attest::{Policy, context_digest, fresh_nonce};
 use chiron_crypto::{EnclaveKeypair, Zeroizing, seal_to_enclave};
-use chiron_proto::evidence::{EVIDENCE_VERSION, Evidence, Role};
+use chiron_proto::evidence::{Evidence, Role};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
@@ -109,20 +109,7 @@ fn attest(
     public_key: [u8; 32],
     nonce: [u8; 32],
 ) -> Result<Vec<u8>, KeyReleaseError> {
-    let context = context_digest(CONTEXT);
-    let tee = platform.tee();
-    let statement = platform.attest(&report_data(tee, role, &public_key, &nonce, &context))?;
-    let evidence = Evidence {
-        version: EVIDENCE_VERSION,
-        tee,
-        role,
-        enclave_public_key: public_key,
-        nonce,
-        context,
-        statement: statement.bytes,
-        endorsements: statement.endorsements,
-    };
-    evidence
+    attester::evidence(platform, role, public_key, nonce, context_digest(CONTEXT))?
         .to_bytes()
         .map_err(|_| KeyReleaseError::Protocol("evidence too large"))
 }

@@ -3,9 +3,9 @@
 use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 
-use chiron_attest::attester::Platform;
+use chiron_attest::attester::{self, Platform};
 use chiron_crypto::{EnclaveKeypair, SealingKey, Zeroizing};
-use chiron_proto::evidence::{EVIDENCE_VERSION, Evidence, Role, TeeKind};
+use chiron_proto::evidence::{Role, TeeKind};
 use chiron_proto::wire::{EnclaveFrame, FrameError, HostFrame, read_frame, write_frame};
 use chiron_sandbox::{AddressSpace, SandboxConfig};
 
@@ -67,24 +67,12 @@ impl Enclave {
     }
 
     fn evidence(&self, nonce: [u8; 32], context: [u8; 32]) -> EnclaveFrame {
-        let enclave_public_key = self.keypair.public_key();
-        let tee = self.platform.tee();
-        let report_data =
-            chiron_attest::report_data(tee, self.role, &enclave_public_key, &nonce, &context);
-        let Ok(statement) = self.platform.attest(&report_data) else {
+        let public_key = self.keypair.public_key();
+        let evidence = attester::evidence(&*self.platform, self.role, public_key, nonce, context);
+        let Ok(evidence) = evidence else {
             return EnclaveFrame::Failed {
                 public: "the platform did not produce a statement".into(),
             };
-        };
-        let evidence = Evidence {
-            version: EVIDENCE_VERSION,
-            tee,
-            role: self.role,
-            enclave_public_key,
-            nonce,
-            context,
-            statement: statement.bytes,
-            endorsements: statement.endorsements,
         };
         match evidence.to_bytes() {
             Ok(bytes) => EnclaveFrame::Evidence(bytes),

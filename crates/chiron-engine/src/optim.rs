@@ -247,14 +247,7 @@ impl<B: Backend> Optimizer<B> {
                 } => {
                     let g = decayed(engine, grad, &value, weight_decay)?;
                     let direction = if momentum > 0.0 {
-                        let v = match self.first[i].take() {
-                            Some(v) => engine.binary(
-                                Binary::Add,
-                                &engine.affine(&v, momentum, 0.0)?,
-                                &g,
-                            )?,
-                            None => g,
-                        };
+                        let v = momentum_buffer(engine, self.first[i].take(), g, momentum)?;
                         self.first[i] = Some(v.clone());
                         v
                     } else {
@@ -268,12 +261,7 @@ impl<B: Backend> Optimizer<B> {
                     weight_decay,
                 } => {
                     let g = decayed(engine, grad, &value, weight_decay)?;
-                    let v = match self.first[i].take() {
-                        Some(v) => {
-                            engine.binary(Binary::Add, &engine.affine(&v, momentum, 0.0)?, &g)?
-                        }
-                        None => g.clone(),
-                    };
+                    let v = momentum_buffer(engine, self.first[i].take(), g.clone(), momentum)?;
                     let direction =
                         engine.binary(Binary::Add, &g, &engine.affine(&v, momentum, 0.0)?)?;
                     self.first[i] = Some(v);
@@ -384,6 +372,19 @@ fn decayed<B: Backend>(
         )
     } else {
         Ok(grad)
+    }
+}
+
+/// The heavy-ball buffer `momentum · previous + g`, which starts at `g` (PyTorch's).
+fn momentum_buffer<B: Backend>(
+    engine: &B,
+    previous: Option<B::Tensor>,
+    g: B::Tensor,
+    momentum: f32,
+) -> Result<B::Tensor, EngineError> {
+    match previous {
+        Some(v) => engine.binary(Binary::Add, &engine.affine(&v, momentum, 0.0)?, &g),
+        None => Ok(g),
     }
 }
 

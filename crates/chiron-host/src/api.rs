@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use anyhow::Context;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -68,17 +67,11 @@ pub struct Endorsements(Vec<(TeeKind, Vec<u8>)>);
 impl Endorsements {
     /// From `TEE=FILE` arguments (`sgx=collateral.json`).
     pub fn read(arguments: &[String]) -> anyhow::Result<Self> {
-        let mut out = Vec::new();
-        for argument in arguments {
-            let (name, file) = argument
-                .split_once('=')
-                .with_context(|| format!("`{argument}` is not TEE=FILE"))?;
-            let tee = TeeKind::from_name(name)
-                .with_context(|| format!("unknown TEE `{name}` (sim, sgx, tdx or sev-snp)"))?;
-            let bytes =
-                std::fs::read(file).with_context(|| format!("cannot read endorsements {file}"))?;
-            out.push((tee, bytes));
-        }
+        let out = arguments
+            .iter()
+            .map(|argument| chiron_attest::read_endorsements(argument))
+            .collect::<Result<_, _>>()
+            .map_err(anyhow::Error::msg)?;
         Ok(Self(out))
     }
 

@@ -204,10 +204,7 @@ impl Launcher {
                     .kill_on_drop(true)
                     .output()
                     .await
-                    .map_err(|source| EnclaveError::Spawn {
-                        bin: self.bin.clone(),
-                        source,
-                    })?;
+                    .map_err(|source| self.spawn_error(source))?;
                 anyhow::ensure!(
                     output.status.success(),
                     "{}(for development without a TEE, start the host with \
@@ -217,6 +214,13 @@ impl Launcher {
                 Ok(())
             }
             EnclavePlatform::DangerousSimulated { key } => self.init_simulated(key).await,
+        }
+    }
+
+    fn spawn_error(&self, source: std::io::Error) -> EnclaveError {
+        EnclaveError::Spawn {
+            bin: self.bin.clone(),
+            source,
         }
     }
 
@@ -239,10 +243,7 @@ impl Launcher {
             .kill_on_drop(true)
             .status()
             .await
-            .map_err(|source| EnclaveError::Spawn {
-                bin: self.bin.clone(),
-                source,
-            })?;
+            .map_err(|source| self.spawn_error(source))?;
         anyhow::ensure!(
             status.success(),
             "`{} init-platform --key {}` failed ({status})",
@@ -281,10 +282,7 @@ impl Launcher {
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|source| EnclaveError::Spawn {
-                bin: self.bin.clone(),
-                source,
-            })?;
+            .map_err(|source| self.spawn_error(source))?;
         let stdout = child.stdout.take().ok_or(EnclaveError::NoListeningLine)?;
         let mut stdout = BufReader::new(stdout);
         let port = tokio::time::timeout(STARTUP_TIMEOUT, listening_port(&mut stdout))

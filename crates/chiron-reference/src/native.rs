@@ -183,6 +183,15 @@ extern "C" fn chiron_mean(x: u32) -> u32 {
 extern "C" fn chiron_count_correct(logits: u32, labels: u32) -> u32 {
     with(|r| r.count_correct(logits, labels))
 }
+/// An optimizer of `kind` over the `count` parameter handles at `params`.
+///
+/// # Safety
+/// ABI contract, see `slice`.
+unsafe fn optimizer(params: *const u32, count: u32, kind: OptimizerKind) -> u32 {
+    // SAFETY: ABI contract, see `slice`.
+    let params = unsafe { slice(params, count) }.to_vec();
+    with(|r| r.optimizer(params, kind))
+}
 #[unsafe(no_mangle)]
 unsafe extern "C" fn chiron_optimizer_sgd(
     params: *const u32,
@@ -192,13 +201,17 @@ unsafe extern "C" fn chiron_optimizer_sgd(
     weight_decay: f32,
 ) -> u32 {
     // SAFETY: ABI contract, see `slice`.
-    let params = unsafe { slice(params, count) }.to_vec();
-    let kind = OptimizerKind::Sgd {
-        lr,
-        momentum,
-        weight_decay,
-    };
-    with(|r| r.optimizer(params, kind))
+    unsafe {
+        optimizer(
+            params,
+            count,
+            OptimizerKind::Sgd {
+                lr,
+                momentum,
+                weight_decay,
+            },
+        )
+    }
 }
 #[unsafe(no_mangle)]
 unsafe extern "C" fn chiron_optimizer_adam(
@@ -211,15 +224,19 @@ unsafe extern "C" fn chiron_optimizer_adam(
     weight_decay: f32,
 ) -> u32 {
     // SAFETY: ABI contract, see `slice`.
-    let params = unsafe { slice(params, count) }.to_vec();
-    let kind = OptimizerKind::Adam {
-        lr,
-        beta1,
-        beta2,
-        eps,
-        weight_decay,
-    };
-    with(|r| r.optimizer(params, kind))
+    unsafe {
+        optimizer(
+            params,
+            count,
+            OptimizerKind::Adam {
+                lr,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            },
+        )
+    }
 }
 #[unsafe(no_mangle)]
 unsafe extern "C" fn chiron_optimizer_nesterov(
@@ -230,13 +247,17 @@ unsafe extern "C" fn chiron_optimizer_nesterov(
     weight_decay: f32,
 ) -> u32 {
     // SAFETY: ABI contract, see `slice`.
-    let params = unsafe { slice(params, count) }.to_vec();
-    let kind = OptimizerKind::Nesterov {
-        lr,
-        momentum,
-        weight_decay,
-    };
-    with(|r| r.optimizer(params, kind))
+    unsafe {
+        optimizer(
+            params,
+            count,
+            OptimizerKind::Nesterov {
+                lr,
+                momentum,
+                weight_decay,
+            },
+        )
+    }
 }
 #[unsafe(no_mangle)]
 unsafe extern "C" fn chiron_optimizer_adamw(
@@ -249,15 +270,19 @@ unsafe extern "C" fn chiron_optimizer_adamw(
     weight_decay: f32,
 ) -> u32 {
     // SAFETY: ABI contract, see `slice`.
-    let params = unsafe { slice(params, count) }.to_vec();
-    let kind = OptimizerKind::AdamW {
-        lr,
-        beta1,
-        beta2,
-        eps,
-        weight_decay,
-    };
-    with(|r| r.optimizer(params, kind))
+    unsafe {
+        optimizer(
+            params,
+            count,
+            OptimizerKind::AdamW {
+                lr,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            },
+        )
+    }
 }
 #[unsafe(no_mangle)]
 unsafe extern "C" fn chiron_optimizer_rmsprop(
@@ -269,14 +294,18 @@ unsafe extern "C" fn chiron_optimizer_rmsprop(
     weight_decay: f32,
 ) -> u32 {
     // SAFETY: ABI contract, see `slice`.
-    let params = unsafe { slice(params, count) }.to_vec();
-    let kind = OptimizerKind::RmsProp {
-        lr,
-        alpha,
-        eps,
-        weight_decay,
-    };
-    with(|r| r.optimizer(params, kind))
+    unsafe {
+        optimizer(
+            params,
+            count,
+            OptimizerKind::RmsProp {
+                lr,
+                alpha,
+                eps,
+                weight_decay,
+            },
+        )
+    }
 }
 #[unsafe(no_mangle)]
 extern "C" fn chiron_optimizer_clip_grad_norm(opt: u32, max_norm: f32) {

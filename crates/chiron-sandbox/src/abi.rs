@@ -125,6 +125,18 @@ fn read_shape(
         .collect())
 }
 
+/// An optimizer of `kind` over the `count` parameter handles at `params`.
+fn new_optimizer(
+    c: &mut Ctx<'_>,
+    call: &'static str,
+    params: u32,
+    count: u32,
+    kind: OptimizerKind,
+) -> AbiResult<u32> {
+    let params = read_u32s(c, call, params, count)?;
+    Ok(rt(c).optimizer(params, kind)?)
+}
+
 fn rt<'a>(caller: &'a mut Ctx<'_>) -> &'a mut Runtime<DefaultBackend> {
     &mut caller.data_mut().runtime
 }
@@ -321,13 +333,12 @@ pub(crate) fn define(linker: &mut Linker<RunState>) -> wasmtime::Result<()> {
          momentum: f32,
          wd: f32|
          -> AbiResult<u32> {
-            let params = read_u32s(&mut c, "optimizer_sgd", params, count)?;
             let kind = OptimizerKind::Sgd {
                 lr,
                 momentum,
                 weight_decay: wd,
             };
-            Ok(rt(&mut c).optimizer(params, kind)?)
+            new_optimizer(&mut c, "optimizer_sgd", params, count, kind)
         },
     )?;
     linker.func_wrap(
@@ -342,7 +353,6 @@ pub(crate) fn define(linker: &mut Linker<RunState>) -> wasmtime::Result<()> {
          eps: f32,
          wd: f32|
          -> AbiResult<u32> {
-            let params = read_u32s(&mut c, "optimizer_adam", params, count)?;
             let kind = OptimizerKind::Adam {
                 lr,
                 beta1,
@@ -350,7 +360,7 @@ pub(crate) fn define(linker: &mut Linker<RunState>) -> wasmtime::Result<()> {
                 eps,
                 weight_decay: wd,
             };
-            Ok(rt(&mut c).optimizer(params, kind)?)
+            new_optimizer(&mut c, "optimizer_adam", params, count, kind)
         },
     )?;
     linker.func_wrap(
@@ -363,13 +373,12 @@ pub(crate) fn define(linker: &mut Linker<RunState>) -> wasmtime::Result<()> {
          momentum: f32,
          wd: f32|
          -> AbiResult<u32> {
-            let params = read_u32s(&mut c, "optimizer_nesterov", params, count)?;
             let kind = OptimizerKind::Nesterov {
                 lr,
                 momentum,
                 weight_decay: wd,
             };
-            Ok(rt(&mut c).optimizer(params, kind)?)
+            new_optimizer(&mut c, "optimizer_nesterov", params, count, kind)
         },
     )?;
     linker.func_wrap(
@@ -384,7 +393,6 @@ pub(crate) fn define(linker: &mut Linker<RunState>) -> wasmtime::Result<()> {
          eps: f32,
          wd: f32|
          -> AbiResult<u32> {
-            let params = read_u32s(&mut c, "optimizer_adamw", params, count)?;
             let kind = OptimizerKind::AdamW {
                 lr,
                 beta1,
@@ -392,7 +400,7 @@ pub(crate) fn define(linker: &mut Linker<RunState>) -> wasmtime::Result<()> {
                 eps,
                 weight_decay: wd,
             };
-            Ok(rt(&mut c).optimizer(params, kind)?)
+            new_optimizer(&mut c, "optimizer_adamw", params, count, kind)
         },
     )?;
     linker.func_wrap(
@@ -406,14 +414,13 @@ pub(crate) fn define(linker: &mut Linker<RunState>) -> wasmtime::Result<()> {
          eps: f32,
          wd: f32|
          -> AbiResult<u32> {
-            let params = read_u32s(&mut c, "optimizer_rmsprop", params, count)?;
             let kind = OptimizerKind::RmsProp {
                 lr,
                 alpha,
                 eps,
                 weight_decay: wd,
             };
-            Ok(rt(&mut c).optimizer(params, kind)?)
+            new_optimizer(&mut c, "optimizer_rmsprop", params, count, kind)
         },
     )?;
     linker.func_wrap(

@@ -584,26 +584,27 @@ impl<B: Backend> Runtime<B> {
         Ok(handle)
     }
 
-    /// Changes an optimiser's learning rate.
-    pub fn optimizer_set_lr(&mut self, opt: u32, lr: f32) -> Result<()> {
+    /// The optimiser behind handle `opt`, for the ABI call `call`.
+    fn optimizer_mut(&mut self, call: &'static str, opt: u32) -> Result<&mut Optimizer<B>> {
         match self.entries.get_mut(&opt) {
-            Some(Entry::Optimizer(o, _)) => Ok(o.set_lr(lr)?),
+            Some(Entry::Optimizer(o, _)) => Ok(o),
             _ => Err(SandboxError::abi(
-                "optimizer_set_lr",
+                call,
                 format!("{opt} is not an optimizer"),
             )),
         }
     }
 
+    /// Changes an optimiser's learning rate.
+    pub fn optimizer_set_lr(&mut self, opt: u32, lr: f32) -> Result<()> {
+        Ok(self.optimizer_mut("optimizer_set_lr", opt)?.set_lr(lr)?)
+    }
+
     /// Clips the optimiser's later steps to a global gradient norm.
     pub fn optimizer_clip_grad_norm(&mut self, opt: u32, max_norm: f32) -> Result<()> {
-        match self.entries.get_mut(&opt) {
-            Some(Entry::Optimizer(o, _)) => Ok(o.clip_grad_norm(max_norm)?),
-            _ => Err(SandboxError::abi(
-                "optimizer_clip_grad_norm",
-                format!("{opt} is not an optimizer"),
-            )),
-        }
+        Ok(self
+            .optimizer_mut("optimizer_clip_grad_norm", opt)?
+            .clip_grad_norm(max_norm)?)
     }
 
     /// Back-propagates from `loss` and updates the optimiser's parameters in place.

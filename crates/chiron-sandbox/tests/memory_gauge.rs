@@ -3,37 +3,19 @@
 //! enclave does.
 #![allow(clippy::expect_used)] // test helpers: a failed step is a failed test
 
-use std::sync::Arc;
+mod common;
+
 use std::sync::atomic::Ordering;
 
 use chiron_engine::CpuBackend;
-use chiron_proto::dataset::{DatasetHeader, DatasetKind, ElementEncoding};
-use chiron_sandbox::runtime::{Mode, Runtime};
-use chiron_sandbox::{CountingAllocator, Limit, Model, Quotas, SandboxError, memory};
+use chiron_sandbox::runtime::Runtime;
+use chiron_sandbox::{CountingAllocator, Limit, SandboxError, memory};
 
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;
 
 fn runtime() -> Runtime<CpuBackend> {
-    let header = DatasetHeader {
-        kind: DatasetKind::Tabular,
-        dims: vec![4],
-        classes: 3,
-        train_count: 1,
-        valid_count: 0,
-        encoding: ElementEncoding::F32,
-    };
-    let model = Model {
-        header: Some(header),
-        tensors: vec![],
-        meta: vec![],
-    };
-    let mode = Mode::Predict {
-        model: Arc::new(model),
-        input_shape: vec![1, 4],
-        input: vec![0.0; 4],
-    };
-    Runtime::new(CpuBackend::new(), Quotas::default(), [0; 32], mode)
+    common::predict_runtime([0.0; 4])
 }
 
 // One test function: the gauge and its limit are process-wide.

@@ -2,38 +2,14 @@
 //! (`programs/sdk/src/sys.rs`), and a code outside them is the program's misuse of the ABI.
 #![allow(clippy::expect_used)] // test helpers: a failed step is a failed test
 
-use std::sync::Arc;
+mod common;
 
-use chiron_engine::CpuBackend;
-use chiron_proto::dataset::{DatasetHeader, DatasetKind, ElementEncoding};
-use chiron_sandbox::runtime::{Mode, Runtime};
-use chiron_sandbox::{Model, Quotas, SandboxError};
+use chiron_sandbox::SandboxError;
 
 const INPUT: [f32; 4] = [-1.0, 0.5, 2.0, -0.25];
 
 /// An ABI code and the function it must compute.
 type Case = (u32, fn(f32) -> f32);
-
-fn runtime() -> Runtime<CpuBackend> {
-    let header = DatasetHeader {
-        kind: DatasetKind::Tabular,
-        dims: vec![4],
-        classes: 3,
-        train_count: 1,
-        valid_count: 0,
-        encoding: ElementEncoding::F32,
-    };
-    let mode = Mode::Predict {
-        model: Arc::new(Model {
-            header: Some(header),
-            tensors: vec![],
-            meta: vec![],
-        }),
-        input_shape: vec![1, 4],
-        input: INPUT.to_vec(),
-    };
-    Runtime::new(CpuBackend::new(), Quotas::default(), [0; 32], mode)
-}
 
 #[test]
 fn each_code_is_its_function_and_unknown_codes_are_misuse() {
@@ -48,7 +24,7 @@ fn each_code_is_its_function_and_unknown_codes_are_misuse() {
         (8, |v| if v > 0.0 { v } else { 0.01 * v }),
         (10, |v| v / (1.0 + (-v).exp())),
     ];
-    let mut rt = runtime();
+    let mut rt = common::predict_runtime(INPUT);
     let x = rt.query_input().expect("input");
     for (code, f) in expected {
         let y = rt.unary(code, x).expect("known code");

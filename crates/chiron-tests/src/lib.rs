@@ -72,6 +72,19 @@ pub fn iris() -> PlainDataset {
     convert::from_csv(&iris_csv(), "species", &opts).expect("iris.csv converts")
 }
 
+/// Iris's examples as query inputs for a model trained on `data` (its classes and
+/// standardisation), the first `limit` of them or all.
+pub fn iris_inputs(data: &PlainDataset, limit: Option<usize>) -> convert::LabelledInputs {
+    convert::load_csv_inputs(
+        &iris_csv(),
+        "species",
+        &data.class_names,
+        data.standardizer.as_ref(),
+        limit,
+    )
+    .expect("iris inputs convert")
+}
+
 /// The workspace's root directory.
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")

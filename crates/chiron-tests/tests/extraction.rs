@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chiron_client::ClientError;
-use chiron_client::convert::{self, LabelledInputs};
+use chiron_client::convert::LabelledInputs;
 use chiron_client::owner::{self, JobTicket, QuerySession, TrainingTerms};
 use chiron_proto::api::JobState;
 use chiron_proto::evidence::{Evidence, Role};
@@ -44,17 +44,6 @@ fn tight_terms(query_budget: u64, answers: AnswerPolicy) -> TrainingTerms {
         answers,
         ..terms(3, 60)
     }
-}
-
-fn iris_inputs(data: &convert::PlainDataset) -> LabelledInputs {
-    convert::load_csv_inputs(
-        &iris_csv(),
-        "species",
-        &data.class_names,
-        data.standardizer.as_ref(),
-        Some(40),
-    )
-    .expect("inputs")
 }
 
 /// The first `n` iris inputs.
@@ -375,7 +364,7 @@ fn the_enclave_refuses_terms_beyond_the_policy_that_skip_the_clients_check() {
 fn a_restarted_query_enclave_continues_the_models_count() {
     let service = Service::start();
     let data = iris();
-    let inputs = iris_inputs(&data);
+    let inputs = iris_inputs(&data, Some(40));
     let ticket = trained(
         &service,
         &program_wasm(TIGHT),
@@ -478,7 +467,7 @@ fn refused_with(frame: &EnclaveFrame, label: &str) -> bool {
 fn a_tampered_or_foreign_counter_and_a_second_load_are_refused() {
     let service = Service::start();
     let data = iris();
-    let inputs = iris_inputs(&data);
+    let inputs = iris_inputs(&data, Some(40));
     let wasm = program_wasm(TIGHT);
     let terms = tight_terms(TIGHT_MAX, AnswerPolicy::Label);
     let (a, b) = (
@@ -559,7 +548,7 @@ fn a_tampered_or_foreign_counter_and_a_second_load_are_refused() {
 fn a_rolled_back_counter_regains_exactly_the_queries_counted_since() {
     let service = Service::start();
     let data = iris();
-    let inputs = iris_inputs(&data);
+    let inputs = iris_inputs(&data, Some(40));
     let ticket = trained(
         &service,
         &program_wasm(TIGHT),
@@ -599,7 +588,7 @@ fn a_rolled_back_counter_regains_exactly_the_queries_counted_since() {
 fn a_query_sealed_to_an_earlier_enclave_is_refused_after_a_restart() {
     let service = Service::start();
     let data = iris();
-    let inputs = iris_inputs(&data);
+    let inputs = iris_inputs(&data, Some(40));
     let ticket = trained(
         &service,
         &program_wasm(TIGHT),
@@ -665,7 +654,7 @@ fn logged_at(line: &str) -> Option<f64> {
 fn every_answer_that_spends_the_budget_is_counted_first_at_the_cost_of_one_store() {
     let service = Service::start();
     let data = iris();
-    let inputs = iris_inputs(&data);
+    let inputs = iris_inputs(&data, Some(40));
     let ticket = trained(
         &service,
         &program_wasm("chiron_mlp"),

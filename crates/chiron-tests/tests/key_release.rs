@@ -33,6 +33,21 @@ fn init_platform(path: &Path) -> String {
         .to_owned()
 }
 
+/// The runtime build's simulated measurement (hex), as a policy names it.
+fn runtime_measurement() -> String {
+    hex::encode(chiron_attest::measure_file(bin_dir().join("chiron-enclave")).expect("measure"))
+}
+
+/// Writes a policy file accepting the simulated platform `key` running `measurement`.
+fn sim_policy(path: &Path, key: &str, measurement: &str) -> PathBuf {
+    std::fs::write(
+        path,
+        format!("dangerous-simulated-platform {key} {measurement}\n"),
+    )
+    .expect("write policy");
+    path.to_path_buf()
+}
+
 /// A running key keeper process, killed when dropped.
 struct KeeperProcess {
     child: Child,
@@ -78,23 +93,18 @@ fn the_service_seals_with_a_released_secret_that_the_platform_key_does_not_open(
     // can name it; the host keeps an existing key.
     let service_key = init_platform(&state.join("sim-platform.key"));
     let keeper_key = init_platform(&work.path().join("keeper.key"));
-    let measurement = hex::encode(
-        chiron_attest::measure_file(bin_dir().join("chiron-enclave")).expect("measure"),
+    let measurement = runtime_measurement();
+    // The keeper releases to the service's enclaves; they trust the keeper.
+    let release_policy = sim_policy(
+        &work.path().join("release.policy"),
+        &service_key,
+        &measurement,
     );
-    let release_policy = work.path().join("release.policy");
-    std::fs::write(
-        &release_policy,
-        format!(
-            "# the service's enclaves\ndangerous-simulated-platform {service_key} {measurement}\n"
-        ),
-    )
-    .expect("write");
-    let keeper_policy = work.path().join("keeper.policy");
-    std::fs::write(
-        &keeper_policy,
-        format!("dangerous-simulated-platform {keeper_key} {measurement}\n"),
-    )
-    .expect("write");
+    let keeper_policy = sim_policy(
+        &work.path().join("keeper.policy"),
+        &keeper_key,
+        &measurement,
+    );
     let keeper = start_keeper(&work.path().join("keeper.key"), &release_policy);
 
     let with_keeper: Vec<OsString> = vec![
@@ -114,14 +124,7 @@ fn the_service_seals_with_a_released_secret_that_the_platform_key_does_not_open(
     .expect("start");
     let (state_now, events) = wait(&service, &ticket, Duration::from_secs(120));
     assert_eq!(state_now, JobState::Succeeded, "{events:?}");
-    let test = chiron_client::convert::load_csv_inputs(
-        &iris_csv(),
-        "species",
-        &data.class_names,
-        data.standardizer.as_ref(),
-        None,
-    )
-    .expect("inputs");
+    let test = iris_inputs(&data, None);
     let accuracy = query_accuracy(&service, &ticket, &test.features, &test.labels, 50)
         .expect("the query enclave opens the model with the released secret");
     assert!(accuracy > 0.6, "accuracy {accuracy}");
@@ -143,19 +146,13 @@ fn an_enclave_that_cannot_get_its_secret_refuses_to_start() {
     let enclave_key = work.path().join("enclave.key");
     let keeper_key = init_platform(&work.path().join("keeper.key"));
     let enclave_public = init_platform(&enclave_key);
-    let measurement = hex::encode(
-        chiron_attest::measure_file(bin_dir().join("chiron-enclave")).expect("measure"),
-    );
+    let measurement = runtime_measurement();
     // The keeper releases to another build of the runtime on this enclave's platform.
-    let release_policy = work.path().join("release.policy");
-    std::fs::write(
-        &release_policy,
-        format!(
-            "dangerous-simulated-platform {enclave_public} {}\n",
-            "00".repeat(32)
-        ),
-    )
-    .expect("write");
+    let release_policy = sim_policy(
+        &work.path().join("release.policy"),
+        &enclave_public,
+        &"00".repeat(32),
+    );
     let keeper = start_keeper(&work.path().join("keeper.key"), &release_policy);
     let serve = |policy: &Path| {
         Command::new(bin_dir().join("chiron-enclave"))
@@ -168,12 +165,11 @@ fn an_enclave_that_cannot_get_its_secret_refuses_to_start() {
             .expect("enclave runs")
     };
 
-    let trusted = work.path().join("keeper.policy");
-    std::fs::write(
-        &trusted,
-        format!("dangerous-simulated-platform {keeper_key} {measurement}\n"),
-    )
-    .expect("write");
+    let trusted = sim_policy(
+        &work.path().join("keeper.policy"),
+        &keeper_key,
+        &measurement,
+    );
     let out = serve(&trusted);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -184,15 +180,11 @@ fn an_enclave_that_cannot_get_its_secret_refuses_to_start() {
     assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
 
     // A keeper it does not trust is never asked.
-    let untrusted = work.path().join("other.policy");
-    std::fs::write(
-        &untrusted,
-        format!(
-            "dangerous-simulated-platform {} {measurement}\n",
-            "11".repeat(32)
-        ),
-    )
-    .expect("write");
+    let untrusted = sim_policy(
+        &work.path().join("other.policy"),
+        &"11".repeat(32),
+        &measurement,
+    );
     let out = serve(&untrusted);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use chiron_client::convert::{self, LabelledInputs, PlainDataset};
+use chiron_client::convert::{LabelledInputs, PlainDataset};
 use chiron_client::owner::{self, JobTicket, QuerySession, TrainingTerms};
 use chiron_client::{ClientError, HostClient};
 use chiron_crypto::DataKey;
@@ -274,17 +274,6 @@ fn run_dataset_cases(service: &Service, upload: &Upload, cases: &[Case]) {
     }
 }
 
-fn iris_inputs(data: &PlainDataset) -> LabelledInputs {
-    convert::load_csv_inputs(
-        &iris_csv(),
-        "species",
-        &data.class_names,
-        data.standardizer.as_ref(),
-        Some(10),
-    )
-    .expect("inputs")
-}
-
 /// The owner attests the model's query enclave and queries it.
 fn query(
     service: &Service,
@@ -335,7 +324,7 @@ fn run_model_cases(cases: &[(&str, Tamper)]) {
     let service = Service::start();
     let data = iris();
     let jobs = finished_mlp_jobs(&service, &data, 5, cases.len());
-    let inputs = iris_inputs(&data);
+    let inputs = iris_inputs(&data, Some(10));
     for ((what, tamper), (ticket, _)) in cases.iter().zip(&jobs) {
         // The tampering happens before the first query: a loaded model stays in its enclave.
         let path = service.object("models", &ticket.job_id, "sealed");
@@ -890,7 +879,7 @@ fn swapped_sealed_models_do_not_load_and_work_once_swapped_back() {
     let [(one, _), (two, _)]: [_; 2] = finished_mlp_jobs(&service, &data, 5, 2)
         .try_into()
         .expect("two jobs");
-    let inputs = iris_inputs(&data);
+    let inputs = iris_inputs(&data, Some(10));
     let path_one = service.object("models", &one.job_id, "sealed");
     let path_two = service.object("models", &two.job_id, "sealed");
     let (model_one, model_two) = (read(&path_one), read(&path_two));
@@ -938,7 +927,7 @@ fn a_swapped_program_is_refused_for_training_and_for_serving() {
     run.assert_succeeded("approved program restored");
 
     // Serving: the sealed model names the program that trained it.
-    let inputs = iris_inputs(&upload.data);
+    let inputs = iris_inputs(&upload.data, Some(10));
     write(&path, &other);
     assert_load_refused(
         query(&service, &run.ticket, &inputs),
@@ -1096,7 +1085,7 @@ fn a_replayed_query_is_refused_by_another_models_enclave() {
     let [(one, _), (two, _)]: [_; 2] = finished_mlp_jobs(&service, &data, 5, 2)
         .try_into()
         .expect("two jobs");
-    let inputs = iris_inputs(&data);
+    let inputs = iris_inputs(&data, Some(10));
     let recorder = Recorder::start(&service);
     let proxied = recorder.client();
     let session = QuerySession::open(&proxied, &service.policy(), &one).expect("attests");
@@ -1132,7 +1121,7 @@ fn a_replayed_query_is_refused_and_costs_the_owner_nothing() {
     let ticket = start_job(&service, &program_wasm("chiron_mlp"), &data, &terms).expect("start");
     let (state, events) = wait(&service, &ticket, JOB_TIMEOUT);
     assert_eq!(state, JobState::Succeeded, "{events:?}");
-    let inputs = iris_inputs(&data);
+    let inputs = iris_inputs(&data, Some(10));
     let recorder = Recorder::start(&service);
     let proxied = recorder.client();
     let session = QuerySession::open(&proxied, &service.policy(), &ticket).expect("attests");

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use chiron_client::convert;
 use chiron_client::owner::{QuerySession, TrainingTerms};
 use chiron_proto::api::JobState;
 use chiron_proto::owner::AnswerPolicy;
@@ -23,14 +22,7 @@ fn queries_need_the_token_and_stop_at_the_budget() {
         start_job(&service, &program_wasm("chiron_mlp"), &data, &terms).expect("job starts");
     let (state, events) = wait(&service, &ticket, Duration::from_secs(300));
     assert_eq!(state, JobState::Succeeded, "{events:?}");
-    let inputs = convert::load_csv_inputs(
-        &iris_csv(),
-        "species",
-        &data.class_names,
-        data.standardizer.as_ref(),
-        Some(20),
-    )
-    .expect("inputs");
+    let inputs = iris_inputs(&data, Some(20));
     let features = |n: usize| inputs.features[..n * 4].to_vec();
     let host = service.client();
 

@@ -6,7 +6,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use chiron_client::ClientError;
-use chiron_client::convert;
 use chiron_crypto::DataKey;
 use chiron_proto::api::JobState;
 use chiron_proto::evidence::{Evidence, Role};
@@ -106,14 +105,7 @@ fn a_flipped_bit_in_the_sealed_model_or_a_query_is_detected() {
     );
 
     std::fs::write(&path, original).expect("restore");
-    let test = convert::load_csv_inputs(
-        &iris_csv(),
-        "species",
-        &data.class_names,
-        data.standardizer.as_ref(),
-        Some(10),
-    )
-    .expect("inputs");
+    let test = iris_inputs(&data, Some(10));
     let accuracy = query_accuracy(&service, &ticket, &test.features, &test.labels, 10)
         .expect("model loads again");
     assert!(accuracy > 0.5);

@@ -1,4 +1,4 @@
-//! [`Optimizer`]: runtime-side SGD and Adam.
+//! [`Optimizer`]: runtime-side SGD (plain and Nesterov), Adam, AdamW and RMSprop.
 
 use crate::tensor::handles;
 use crate::{Tensor, len_u32, sys};
@@ -12,22 +12,24 @@ pub struct Optimizer {
 }
 
 impl Optimizer {
+    /// An optimiser over `params`, made by the ABI call `make(handles, count)`. The pointer
+    /// and count name a live buffer of handles that outlives the call (the runtime only reads
+    /// it during the call, and validates each handle and hyper-parameter), which is what
+    /// every `make` relies on.
+    fn over(params: &[&Tensor], make: impl FnOnce(*const u32, u32) -> u32) -> Optimizer {
+        let handles = handles(params);
+        Optimizer {
+            handle: make(handles.as_ptr(), len_u32(handles.len())),
+        }
+    }
+
     /// SGD with heavy-ball momentum (PyTorch's formulation; 0 disables it) and L2 weight
     /// decay `weight_decay`.
     pub fn sgd(params: &[&Tensor], lr: f32, momentum: f32, weight_decay: f32) -> Optimizer {
-        let handles = handles(params);
-        // SAFETY: `handles` is a live buffer of `handles.len()` values, only read during the
-        // call; the runtime validates each handle and hyper-parameter.
-        let handle = unsafe {
-            sys::chiron_optimizer_sgd(
-                handles.as_ptr(),
-                len_u32(handles.len()),
-                lr,
-                momentum,
-                weight_decay,
-            )
-        };
-        Optimizer { handle }
+        // SAFETY: as `over` states.
+        Self::over(params, |ptr, len| unsafe {
+            sys::chiron_optimizer_sgd(ptr, len, lr, momentum, weight_decay)
+        })
     }
 
     /// Adam with bias correction and L2 weight decay (PyTorch's `Adam`, not `AdamW`).
@@ -40,37 +42,19 @@ impl Optimizer {
         eps: f32,
         weight_decay: f32,
     ) -> Optimizer {
-        let handles = handles(params);
-        // SAFETY: as in `sgd`.
-        let handle = unsafe {
-            sys::chiron_optimizer_adam(
-                handles.as_ptr(),
-                len_u32(handles.len()),
-                lr,
-                beta1,
-                beta2,
-                eps,
-                weight_decay,
-            )
-        };
-        Optimizer { handle }
+        // SAFETY: as `over` states.
+        Self::over(params, |ptr, len| unsafe {
+            sys::chiron_optimizer_adam(ptr, len, lr, beta1, beta2, eps, weight_decay)
+        })
     }
 
     /// SGD with Nesterov momentum (PyTorch's `SGD(nesterov=True)`); `momentum` must be in
     /// (0, 1).
     pub fn nesterov(params: &[&Tensor], lr: f32, momentum: f32, weight_decay: f32) -> Optimizer {
-        let handles = handles(params);
-        // SAFETY: as in `sgd`.
-        let handle = unsafe {
-            sys::chiron_optimizer_nesterov(
-                handles.as_ptr(),
-                len_u32(handles.len()),
-                lr,
-                momentum,
-                weight_decay,
-            )
-        };
-        Optimizer { handle }
+        // SAFETY: as `over` states.
+        Self::over(params, |ptr, len| unsafe {
+            sys::chiron_optimizer_nesterov(ptr, len, lr, momentum, weight_decay)
+        })
     }
 
     /// AdamW: Adam with decoupled weight decay (PyTorch's `AdamW`; its default decay is
@@ -83,20 +67,10 @@ impl Optimizer {
         eps: f32,
         weight_decay: f32,
     ) -> Optimizer {
-        let handles = handles(params);
-        // SAFETY: as in `sgd`.
-        let handle = unsafe {
-            sys::chiron_optimizer_adamw(
-                handles.as_ptr(),
-                len_u32(handles.len()),
-                lr,
-                beta1,
-                beta2,
-                eps,
-                weight_decay,
-            )
-        };
-        Optimizer { handle }
+        // SAFETY: as `over` states.
+        Self::over(params, |ptr, len| unsafe {
+            sys::chiron_optimizer_adamw(ptr, len, lr, beta1, beta2, eps, weight_decay)
+        })
     }
 
     /// RMSprop (PyTorch's, without momentum or centering; its defaults are `alpha = 0.99,
@@ -108,19 +82,10 @@ impl Optimizer {
         eps: f32,
         weight_decay: f32,
     ) -> Optimizer {
-        let handles = handles(params);
-        // SAFETY: as in `sgd`.
-        let handle = unsafe {
-            sys::chiron_optimizer_rmsprop(
-                handles.as_ptr(),
-                len_u32(handles.len()),
-                lr,
-                alpha,
-                eps,
-                weight_decay,
-            )
-        };
-        Optimizer { handle }
+        // SAFETY: as `over` states.
+        Self::over(params, |ptr, len| unsafe {
+            sys::chiron_optimizer_rmsprop(ptr, len, lr, alpha, eps, weight_decay)
+        })
     }
 
     /// Clips every later step's gradients to a joint L2 norm of at most `max_norm` (PyTorch's

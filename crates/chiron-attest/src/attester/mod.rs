@@ -13,7 +13,7 @@ pub mod tsm;
 
 use std::path::PathBuf;
 
-use chiron_proto::evidence::TeeKind;
+use chiron_proto::evidence::{EVIDENCE_VERSION, Evidence, Role, TeeKind};
 use zeroize::Zeroizing;
 
 use crate::binding::ReportData;
@@ -41,6 +41,31 @@ pub trait Platform: Send + Sync {
     /// root of the enclave's sealing keys. Nothing the host holds yields it (except on the
     /// simulated platform).
     fn sealing_secret(&self) -> Result<Zeroizing<[u8; 32]>, AttesterError>;
+}
+
+/// Evidence from `platform` for an enclave in `role` holding `enclave_public_key`, answering
+/// `nonce` for the job or model `context`: the platform's statement over the report data that
+/// binds them all ([`crate::binding`]), with whatever endorsements the platform supplied.
+pub fn evidence(
+    platform: &dyn Platform,
+    role: Role,
+    enclave_public_key: [u8; 32],
+    nonce: [u8; 32],
+    context: [u8; 32],
+) -> Result<Evidence, AttesterError> {
+    let tee = platform.tee();
+    let report_data = crate::report_data(tee, role, &enclave_public_key, &nonce, &context);
+    let statement = platform.attest(&report_data)?;
+    Ok(Evidence {
+        version: EVIDENCE_VERSION,
+        tee,
+        role,
+        enclave_public_key,
+        nonce,
+        context,
+        statement: statement.bytes,
+        endorsements: statement.endorsements,
+    })
 }
 
 /// Where the platform's interfaces are mounted.

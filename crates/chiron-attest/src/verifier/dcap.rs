@@ -805,15 +805,9 @@ mod tests {
 
     #[test]
     fn revoked_and_relaunch_are_never_accepted() {
-        let everything = [
-            DcapTcbStatus::SwHardeningNeeded,
-            DcapTcbStatus::ConfigurationNeeded,
-            DcapTcbStatus::ConfigurationAndSwHardeningNeeded,
-            DcapTcbStatus::OutOfDate,
-            DcapTcbStatus::OutOfDateConfigurationNeeded,
-        ]
-        .into_iter()
-        .fold(policy(), Policy::accept_dcap_status);
+        let everything = DcapTcbStatus::ALL
+            .into_iter()
+            .fold(policy(), Policy::accept_dcap_status);
         for status in [
             TcbStatus::Revoked,
             TcbStatus::TDRelaunchAdvised,

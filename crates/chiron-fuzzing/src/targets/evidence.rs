@@ -146,20 +146,10 @@ pub fn seeds_evidence() -> Vec<Vec<u8>> {
     let platform = SimPlatform::generate(MEASUREMENT);
     let mut seeds = Vec::new();
     for role in [Role::Train, Role::Query] {
-        let public_key = [0x22; 32];
-        let report_data =
-            chiron_attest::report_data(TeeKind::Sim, role, &public_key, &NONCE, &CONTEXT);
-        let statement = must(platform.attest(&report_data), "simulated statement");
-        let e = Evidence {
-            version: chiron_proto::evidence::EVIDENCE_VERSION,
-            tee: TeeKind::Sim,
-            role,
-            enclave_public_key: public_key,
-            nonce: NONCE,
-            context: CONTEXT,
-            statement: statement.bytes,
-            endorsements: Vec::new(),
-        };
+        let e = must(
+            chiron_attest::attester::evidence(&platform, role, [0x22; 32], NONCE, CONTEXT),
+            "simulated evidence",
+        );
         let bytes = must(e.to_bytes(), "evidence encodes");
         seeds.push(with_mode(0, &bytes));
         seeds.push(with_mode(0x0f, &bytes));
