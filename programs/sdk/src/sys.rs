@@ -59,14 +59,36 @@ pub const UNARY_GELU: u32 = 9;
 /// SiLU (swish), `x σ(x)`.
 pub const UNARY_SILU: u32 = 10;
 
-/// Binary op: `a + b` (same shapes).
+/// Binary op: `a + b` (shapes broadcast as in NumPy).
 pub const BINARY_ADD: u32 = 0;
-/// Binary op: `a - b` (same shapes).
+/// Binary op: `a - b`.
 pub const BINARY_SUB: u32 = 1;
-/// Binary op: `a * b` (same shapes).
+/// Binary op: `a * b`.
 pub const BINARY_MUL: u32 = 2;
-/// Binary op: `a / b` (same shapes).
+/// Binary op: `a / b`.
 pub const BINARY_DIV: u32 = 3;
+/// Binary op: `a^b`.
+pub const BINARY_POW: u32 = 4;
+/// Binary op: `max(a, b)`.
+pub const BINARY_MAXIMUM: u32 = 5;
+/// Binary op: `min(a, b)`.
+pub const BINARY_MINIMUM: u32 = 6;
+
+/// Reduction: sum.
+pub const REDUCE_SUM: u32 = 0;
+/// Reduction: mean.
+pub const REDUCE_MEAN: u32 = 1;
+/// Reduction: maximum.
+pub const REDUCE_MAX: u32 = 2;
+/// Reduction: minimum.
+pub const REDUCE_MIN: u32 = 3;
+/// Reduction: biased variance.
+pub const REDUCE_VAR: u32 = 4;
+
+/// Pooling: the window's maximum.
+pub const POOL_MAX: u32 = 0;
+/// Pooling: the window's mean, padding counted as zeros.
+pub const POOL_AVG: u32 = 1;
 
 #[cfg_attr(target_arch = "wasm32", link(wasm_import_module = "chiron"))]
 unsafe extern "C" {
@@ -113,12 +135,42 @@ unsafe extern "C" {
     pub fn chiron_conv2d(x: u32, w: u32, b: u32, stride: u32, padding: u32) -> u32;
     /// Max pooling over `[N,C,H,W]` with a square window.
     pub fn chiron_max_pool2d(x: u32, kernel: u32, stride: u32) -> u32;
+    /// `conv2d` with PyTorch's full geometry: `w` is `[O, C/groups, KH, KW]`; stride, padding
+    /// and dilation as `(height, width)` pairs.
+    pub fn chiron_conv2d_ex(
+        x: u32,
+        w: u32,
+        b: u32,
+        stride_h: u32,
+        stride_w: u32,
+        padding_h: u32,
+        padding_w: u32,
+        dilation_h: u32,
+        dilation_w: u32,
+        groups: u32,
+    ) -> u32;
+    /// `POOL_*` pooling over `[N,C,H,W]` with a `(kernel_h, kernel_w)` window, stride and
+    /// padding (at most half the window).
+    pub fn chiron_pool2d(
+        kind: u32,
+        x: u32,
+        kernel_h: u32,
+        kernel_w: u32,
+        stride_h: u32,
+        stride_w: u32,
+        padding_h: u32,
+        padding_w: u32,
+    ) -> u32;
+    /// Adaptive average pooling of `[N,C,H,W]` to `[N,C,out_h,out_w]`.
+    pub fn chiron_adaptive_avg_pool2d(x: u32, out_h: u32, out_w: u32) -> u32;
     /// `x [N,I] · w [I,O] + b [O]` (`b` may be NONE).
     pub fn chiron_linear(x: u32, w: u32, b: u32) -> u32;
     /// Element-wise `UNARY_*` op.
     pub fn chiron_unary(op: u32, x: u32) -> u32;
-    /// Element-wise `BINARY_*` op on same-shaped tensors.
+    /// Element-wise `BINARY_*` op; shapes broadcast as in NumPy.
     pub fn chiron_binary(op: u32, a: u32, b: u32) -> u32;
+    /// `min(max(x, min), max)`, element-wise.
+    pub fn chiron_clamp(x: u32, min: f32, max: f32) -> u32;
     /// `scale * x + shift`.
     pub fn chiron_affine(x: u32, scale: f32, shift: f32) -> u32;
     /// The same values with another shape of equal element count.
@@ -127,6 +179,37 @@ unsafe extern "C" {
     pub fn chiron_cross_entropy(logits: u32, labels: u32) -> u32;
     /// Mean of all elements; a `[1]` tensor.
     pub fn chiron_mean(x: u32) -> u32;
+    /// `REDUCE_*` over the `count` distinct axes at `axes`; `keepdim` 1 keeps them as 1s.
+    pub fn chiron_reduce(op: u32, x: u32, axes: *const u32, count: u32, keepdim: u32) -> u32;
+    /// Index of the largest value along `axis` (as `f32`; not differentiable).
+    pub fn chiron_argmax(x: u32, axis: u32, keepdim: u32) -> u32;
+    /// The axes reordered: output axis `i` is input axis `perm[i]` (`rank` entries).
+    pub fn chiron_permute(x: u32, perm: *const u32, rank: u32) -> u32;
+    /// The `count` tensors at `xs` joined along `axis`.
+    pub fn chiron_concat(xs: *const u32, count: u32, axis: u32) -> u32;
+    /// `len` entries of `axis` from `start`.
+    pub fn chiron_narrow(x: u32, axis: u32, start: u32, len: u32) -> u32;
+    /// Entries of `axis` at `indices` (a rank-1 tensor of integer indices as `f32`).
+    pub fn chiron_index_select(x: u32, axis: u32, indices: u32) -> u32;
+    /// Batched matrix product `[.., n, k] · [.., k, m]`, batch axes broadcast.
+    pub fn chiron_matmul(a: u32, b: u32) -> u32;
+    /// Normalises `x` over the `count` axes at `axes`: `(x - mean) / sqrt(var + eps)`.
+    /// Writes three handles to `out`: the output, the mean and the biased variance (both
+    /// with the axes kept as 1s and outside the gradient graph).
+    pub fn chiron_normalize(x: u32, axes: *const u32, count: u32, eps: f32, out: *mut u32);
+    /// Inverted dropout with drop probability `p`, its mask drawn from the runtime's seeded
+    /// stream.
+    pub fn chiron_dropout(x: u32, p: f32) -> u32;
+    /// Cross-entropy with label smoothing in `[0, 1]`; a `[1]` tensor.
+    pub fn chiron_cross_entropy_smoothed(logits: u32, labels: u32, smoothing: f32) -> u32;
+    /// Mean binary cross-entropy of `logits` against same-shaped `targets` in `[0, 1]`.
+    pub fn chiron_bce_with_logits(logits: u32, targets: u32) -> u32;
+    /// Turns gradient recording on (1) or off (0) for the operations that follow; returns
+    /// the previous setting. Off, results are outside any gradient graph (evaluation).
+    pub fn chiron_set_grad_enabled(enabled: u32) -> u32;
+    /// Milliseconds left before the runtime stops the program (its time budget), rounded
+    /// down to a whole 100 ms; `u64::MAX` where the run has no time budget.
+    pub fn chiron_time_left_ms() -> u64;
     /// How many rows of `logits [N,C]` have their maximum at the class in `labels [N]`.
     pub fn chiron_count_correct(logits: u32, labels: u32) -> u32;
 
