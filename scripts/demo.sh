@@ -6,13 +6,15 @@
 #   black-box with the 10 000 test images and prints the accuracy.
 # EPOCHS (default 3) and LIMIT (training examples, default all 60 000) can be overridden;
 # SEED (64 hex digits, default zeros) fixes the training run's random stream, so the demo
-# is reproducible (the CLI draws a fresh seed when none is given).
+# is reproducible (the CLI draws a fresh seed when none is given). PROGRAM picks the example
+# program: cnn (the default), resnet, vit or mlp.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/build.sh
 
 EPOCHS="${EPOCHS:-3}"
+PROGRAM_NAME="${PROGRAM:-cnn}"
 LIMIT_ARGS=()
 if [ -n "${LIMIT:-}" ]; then LIMIT_ARGS=(--limit "$LIMIT"); fi
 SEED="${SEED:-0000000000000000000000000000000000000000000000000000000000000000}"
@@ -33,7 +35,7 @@ URL="$(head -n1 "$WORK/host.out" | awk '{print $NF}')"
 echo "service: $URL"
 
 # Provider: register the training program.
-PROGRAM="$("$BIN/chiron" register --host "$URL" programs/target/wasm32-unknown-unknown/release/chiron_cnn.wasm)"
+PROGRAM="$("$BIN/chiron" register --host "$URL" "programs/target/wasm32-unknown-unknown/release/chiron_$PROGRAM_NAME.wasm")"
 echo "provider registered program $PROGRAM"
 
 # Owner: pin the runtime measurement (from a reproducible build of the public runtime) and

@@ -389,6 +389,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     " (no manifest in the program: the default policy)"
                 }
             );
+            for warning in chiron_sandbox::lint::warnings(&bytes) {
+                eprintln!("warning: {}: {warning}", wasm.display());
+            }
             Ok(())
         }
         Command::Measure {

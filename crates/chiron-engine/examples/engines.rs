@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use chiron_engine::{
-    Backend, CpuBackend, EngineError, FlexBackend, Optimizer, OptimizerKind, Unary,
+    Backend, Conv2dOptions, CpuBackend, EngineError, FlexBackend, Optimizer, OptimizerKind, Unary,
 };
 
 fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
@@ -68,7 +68,12 @@ fn forward<B: Backend>(
 ) -> Result<B::Tensor, EngineError> {
     let mut h = x.clone();
     for layer in 0..3 {
-        h = engine.conv2d(&h, &p[2 * layer], Some(&p[2 * layer + 1]), 1, 1)?;
+        h = engine.conv2d(
+            &h,
+            &p[2 * layer],
+            Some(&p[2 * layer + 1]),
+            &Conv2dOptions::square(1, 1),
+        )?;
         h = engine.unary(Unary::Relu, &h)?;
         h = engine.max_pool2d(&h, 2, 2)?;
     }
@@ -90,7 +95,7 @@ fn train<B: Backend>(engine: &B, batch: usize, steps: usize) -> Result<f64, Engi
     let x = engine.constant(&[batch, 3, 32, 32], values(batch * 3 * 1024, 99, 1.0))?;
     let labels = engine.constant(&[batch], (0..batch).map(|i| (i % 10) as f32).collect())?;
     let mut step = |p: &mut Vec<B::Tensor>| -> Result<(), EngineError> {
-        let loss = engine.cross_entropy(&forward(engine, p, &x)?, &labels)?;
+        let loss = engine.cross_entropy(&forward(engine, p, &x)?, &labels, 0.0)?;
         let grads = engine.backward(&loss)?;
         opt.step(engine, p, &grads)
     };

@@ -62,7 +62,10 @@ fn window_out(
     dilation: usize,
 ) -> Option<usize> {
     let padded = padding.checked_mul(2).and_then(|p| len.checked_add(p))?;
-    let span = kernel.checked_sub(1)?.checked_mul(dilation)?.checked_add(1)?;
+    let span = kernel
+        .checked_sub(1)?
+        .checked_mul(dilation)?
+        .checked_add(1)?;
     padded
         .checked_sub(span)?
         .checked_div(stride)?
@@ -97,7 +100,12 @@ pub(crate) fn values(shape: &[usize], values: usize) -> Result<Shape, EngineErro
     Ok(shape)
 }
 
-fn window_steps(op: &'static str, name: &str, pair: [usize; 2], min: usize) -> Result<(), EngineError> {
+fn window_steps(
+    op: &'static str,
+    name: &str,
+    pair: [usize; 2],
+    min: usize,
+) -> Result<(), EngineError> {
     if pair.iter().any(|&v| v < min || v > MAX_WINDOW_STEP) {
         return Err(argument(
             op,
@@ -203,7 +211,10 @@ pub(crate) fn max_pool2d(
     stride: usize,
 ) -> Result<[usize; 4], EngineError> {
     if stride > MAX_WINDOW_STEP {
-        return Err(argument("max_pool2d", format!("stride {stride} out of range")));
+        return Err(argument(
+            "max_pool2d",
+            format!("stride {stride} out of range"),
+        ));
     }
     pool2d(x, &Pool2dOptions::square(kernel, stride))
 }
@@ -240,17 +251,16 @@ pub(crate) fn linear(
 /// broadcasting: dimensions aligned at the end, each pair equal or one of them 1.
 pub fn broadcast_dims(a: &[usize], b: &[usize]) -> Result<Vec<usize>, EngineError> {
     let rank = a.len().max(b.len());
-    let at = |d: &[usize], i: usize| {
-        (i + d.len())
-            .checked_sub(rank)
-            .map_or(1, |j| d[j])
-    };
+    let at = |d: &[usize], i: usize| (i + d.len()).checked_sub(rank).map_or(1, |j| d[j]);
     let dims = (0..rank)
         .map(|i| match (at(a, i), at(b, i)) {
             (x, y) if x == y => Ok(x),
             (1, y) => Ok(y),
             (x, 1) => Ok(x),
-            _ => Err(shape_err("binary", format!("{a:?} and {b:?} do not broadcast"))),
+            _ => Err(shape_err(
+                "binary",
+                format!("{a:?} and {b:?} do not broadcast"),
+            )),
         })
         .collect::<Result<Vec<_>, _>>()?;
     Shape::new(&dims)?;
@@ -266,7 +276,11 @@ pub(crate) fn clamp(min: f32, max: f32) -> Result<(), EngineError> {
 }
 
 /// Checks a list of distinct axes below `rank`; returns them as a mask.
-fn axes_mask(op: &'static str, rank: usize, axes: &[usize]) -> Result<[bool; MAX_RANK], EngineError> {
+fn axes_mask(
+    op: &'static str,
+    rank: usize,
+    axes: &[usize],
+) -> Result<[bool; MAX_RANK], EngineError> {
     let mut mask = [false; MAX_RANK];
     if axes.is_empty() {
         return Err(argument(op, "no axis given".into()));
@@ -320,7 +334,10 @@ pub(crate) fn concat(xs: &[&[usize]], axis: usize) -> Result<Vec<usize>, EngineE
         return Err(argument(OP, "no tensor given".into()));
     };
     if axis >= first.len() {
-        return Err(argument(OP, format!("axis {axis} for rank {}", first.len())));
+        return Err(argument(
+            OP,
+            format!("axis {axis} for rank {}", first.len()),
+        ));
     }
     let mut out = first.to_vec();
     out[axis] = 0;
@@ -332,7 +349,10 @@ pub(crate) fn concat(xs: &[&[usize]], axis: usize) -> Result<Vec<usize>, EngineE
                 .enumerate()
                 .all(|(i, (a, b))| i == axis || a == b);
         if !agree {
-            return Err(shape_err(OP, format!("{dims:?} does not match {first:?} off axis {axis}")));
+            return Err(shape_err(
+                OP,
+                format!("{dims:?} does not match {first:?} off axis {axis}"),
+            ));
         }
         out[axis] = out[axis]
             .checked_add(dims[axis])
@@ -343,7 +363,12 @@ pub(crate) fn concat(xs: &[&[usize]], axis: usize) -> Result<Vec<usize>, EngineE
 }
 
 /// Checks `narrow(x, axis, start, len)`; returns the output dimensions.
-pub(crate) fn narrow(x: &[usize], axis: usize, start: usize, len: usize) -> Result<Vec<usize>, EngineError> {
+pub(crate) fn narrow(
+    x: &[usize],
+    axis: usize,
+    start: usize,
+    len: usize,
+) -> Result<Vec<usize>, EngineError> {
     const OP: &str = "narrow";
     let Some(&dim) = x.get(axis) else {
         return Err(argument(OP, format!("axis {axis} for rank {}", x.len())));
@@ -357,7 +382,11 @@ pub(crate) fn narrow(x: &[usize], axis: usize, start: usize, len: usize) -> Resu
 }
 
 /// Checks `index_select(x, axis, indices)` on shapes; returns the output dimensions.
-pub(crate) fn index_select(x: &[usize], axis: usize, indices: &[usize]) -> Result<Vec<usize>, EngineError> {
+pub(crate) fn index_select(
+    x: &[usize],
+    axis: usize,
+    indices: &[usize],
+) -> Result<Vec<usize>, EngineError> {
     const OP: &str = "index_select";
     let [count] = rank::<1>(OP, indices)?;
     if axis >= x.len() {
@@ -370,7 +399,11 @@ pub(crate) fn index_select(x: &[usize], axis: usize, indices: &[usize]) -> Resul
 }
 
 /// Turns index values into indices: each must be an exact integer below `bound`.
-pub(crate) fn indices(op: &'static str, values: &[f32], bound: usize) -> Result<Vec<usize>, EngineError> {
+pub(crate) fn indices(
+    op: &'static str,
+    values: &[f32],
+    bound: usize,
+) -> Result<Vec<usize>, EngineError> {
     values
         .iter()
         .map(|&v| {
@@ -397,7 +430,10 @@ pub(crate) struct Matmul {
 pub(crate) fn matmul(a: &[usize], b: &[usize]) -> Result<Matmul, EngineError> {
     const OP: &str = "matmul";
     if a.len() < 2 || b.len() < 2 {
-        return Err(shape_err(OP, format!("{a:?} · {b:?}: both need rank 2 or more")));
+        return Err(shape_err(
+            OP,
+            format!("{a:?} · {b:?}: both need rank 2 or more"),
+        ));
     }
     let (ab, am) = a.split_at(a.len() - 2);
     let (bb, bm) = b.split_at(b.len() - 2);
@@ -412,7 +448,12 @@ pub(crate) fn matmul(a: &[usize], b: &[usize]) -> Result<Matmul, EngineError> {
             if ab.is_empty() { &[1] } else { ab },
             if bb.is_empty() { &[1] } else { bb },
         )
-        .map_err(|_| shape_err(OP, format!("batch axes of {a:?} and {b:?} do not broadcast")))?
+        .map_err(|_| {
+            shape_err(
+                OP,
+                format!("batch axes of {a:?} and {b:?} do not broadcast"),
+            )
+        })?
     };
     out.extend([n, m]);
     Shape::new(&out)?;
@@ -430,7 +471,10 @@ pub(crate) fn normalize(x: &[usize], axes: &[usize], eps: f32) -> Result<Vec<usi
 /// Checks the drop probability of `dropout`.
 pub(crate) fn dropout(p: f32) -> Result<(), EngineError> {
     if !(0.0..1.0).contains(&p) {
-        return Err(argument("dropout", format!("probability {p} outside [0, 1)")));
+        return Err(argument(
+            "dropout",
+            format!("probability {p} outside [0, 1)"),
+        ));
     }
     Ok(())
 }
@@ -496,17 +540,37 @@ mod tests {
 
     #[test]
     fn conv_output_size_is_checked() -> Result<(), EngineError> {
-        let g = conv2d(&[2, 3, 28, 28], &[8, 3, 5, 5], Some(&[8]), &Conv2dOptions::square(1, 2))?;
+        let g = conv2d(
+            &[2, 3, 28, 28],
+            &[8, 3, 5, 5],
+            Some(&[8]),
+            &Conv2dOptions::square(1, 2),
+        )?;
         assert_eq!((g.out_h(), g.out_w()), (28, 28));
-        let g = conv2d(&[1, 1, 7, 9], &[1, 1, 3, 2], None, &Conv2dOptions::square(2, 0))?;
+        let g = conv2d(
+            &[1, 1, 7, 9],
+            &[1, 1, 3, 2],
+            None,
+            &Conv2dOptions::square(2, 0),
+        )?;
         assert_eq!((g.out_h(), g.out_w()), (3, 4));
         // A kernel larger than the padded input, in either direction.
         assert!(matches!(
-            conv2d(&[1, 1, 4, 4], &[1, 1, 9, 1], None, &Conv2dOptions::square(1, 2)),
+            conv2d(
+                &[1, 1, 4, 4],
+                &[1, 1, 9, 1],
+                None,
+                &Conv2dOptions::square(1, 2)
+            ),
             Err(EngineError::Shape { .. })
         ));
         assert!(matches!(
-            conv2d(&[1, 1, 4, 4], &[1, 1, 1, 9], None, &Conv2dOptions::square(1, 2)),
+            conv2d(
+                &[1, 1, 4, 4],
+                &[1, 1, 1, 9],
+                None,
+                &Conv2dOptions::square(1, 2)
+            ),
             Err(EngineError::Shape { .. })
         ));
         // Dimensions no tensor can have still give an error, not an overflow.
@@ -515,7 +579,10 @@ mod tests {
             ([1, 1, usize::MAX - 1, 1], [1, 1, usize::MAX, 1]),
             ([1, 1, 1, usize::MAX], [1, 1, 1, usize::MAX]),
         ] {
-            assert!(conv2d(&x, &w, None, &Conv2dOptions::square(1, 16)).is_err(), "{x:?} {w:?}");
+            assert!(
+                conv2d(&x, &w, None, &Conv2dOptions::square(1, 16)).is_err(),
+                "{x:?} {w:?}"
+            );
         }
         Ok(())
     }
@@ -556,15 +623,27 @@ mod tests {
         // (9 + 2 - 2·2 - 1) / 2 + 1 and (6 + 4 - 4 - 1) / 1 + 1.
         assert_eq!((g.out_h(), g.out_w()), (4, 6));
         for groups in [0, 3] {
-            let options = Conv2dOptions { groups, ..depthwise };
+            let options = Conv2dOptions {
+                groups,
+                ..depthwise
+            };
             assert!(conv2d(&[1, 4, 9, 6], &[8, 1, 3, 5], None, &options).is_err());
         }
         // The kernel's channels are per group.
         assert!(conv2d(&[1, 4, 9, 6], &[8, 4, 3, 5], None, &depthwise).is_err());
         for bad in [
-            Conv2dOptions { stride: [0, 1], ..depthwise },
-            Conv2dOptions { dilation: [1, 0], ..depthwise },
-            Conv2dOptions { padding: [65, 0], ..depthwise },
+            Conv2dOptions {
+                stride: [0, 1],
+                ..depthwise
+            },
+            Conv2dOptions {
+                dilation: [1, 0],
+                ..depthwise
+            },
+            Conv2dOptions {
+                padding: [65, 0],
+                ..depthwise
+            },
         ] {
             assert!(conv2d(&[1, 4, 9, 6], &[8, 1, 3, 5], None, &bad).is_err());
         }
@@ -615,7 +694,10 @@ mod tests {
     #[test]
     fn batched_products_broadcast_their_batch() -> Result<(), EngineError> {
         let m = matmul(&[2, 1, 3, 4], &[5, 4, 6])?;
-        assert_eq!((m.out.as_slice(), m.n, m.k, m.m), (&[2, 5, 3, 6][..], 3, 4, 6));
+        assert_eq!(
+            (m.out.as_slice(), m.n, m.k, m.m),
+            (&[2, 5, 3, 6][..], 3, 4, 6)
+        );
         assert_eq!(matmul(&[3, 4], &[4, 2])?.out, [3, 2]);
         assert_eq!(matmul(&[3, 4], &[7, 4, 2])?.out, [7, 3, 2]);
         assert!(matmul(&[3, 4], &[3, 2]).is_err());

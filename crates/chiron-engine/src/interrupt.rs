@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::EngineError;
 
@@ -52,6 +52,23 @@ impl Interrupt {
         let nanos = at.saturating_duration_since(origin).as_nanos();
         let nanos = u64::try_from(nanos).unwrap_or(u64::MAX).max(1);
         self.0.deadline.store(nanos, Ordering::Release);
+    }
+
+    /// Time left before the deadline: `None` without one, zero once it has passed or the
+    /// interrupt has fired by other means.
+    pub fn time_left(&self) -> Option<Duration> {
+        let deadline = self.0.deadline.load(Ordering::Acquire);
+        if deadline == 0 {
+            return None;
+        }
+        let origin = self.0.origin.get()?;
+        if self.0.stopped.load(Ordering::Acquire) {
+            return Some(Duration::ZERO);
+        }
+        let left = u128::from(deadline).saturating_sub(origin.elapsed().as_nanos());
+        Some(Duration::from_nanos(
+            u64::try_from(left).unwrap_or(u64::MAX),
+        ))
     }
 
     /// Fires now.
@@ -118,7 +135,6 @@ impl<'a> Pace<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn fires_at_its_deadline_and_stays_fired() {
@@ -130,6 +146,24 @@ mod tests {
         assert!(i.fired());
         i.set_deadline(Instant::now() + Duration::from_secs(60));
         assert!(i.fired(), "a fired interrupt stays fired");
+    }
+
+    #[test]
+    fn tells_the_time_left_before_its_deadline() {
+        let i = Interrupt::new();
+        assert_eq!(i.time_left(), None, "no deadline");
+        i.set_deadline(Instant::now() + Duration::from_secs(60));
+        let left = i.time_left().expect("a deadline");
+        assert!(
+            left <= Duration::from_secs(60) && left > Duration::from_secs(59),
+            "{left:?}"
+        );
+        i.set_deadline(Instant::now());
+        assert_eq!(i.time_left(), Some(Duration::ZERO));
+        let j = Interrupt::new();
+        j.set_deadline(Instant::now() + Duration::from_secs(60));
+        j.stop();
+        assert_eq!(j.time_left(), Some(Duration::ZERO), "fired");
     }
 
     #[test]

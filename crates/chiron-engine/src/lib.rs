@@ -36,6 +36,7 @@ mod libtorch;
 mod optim;
 mod shape;
 
+pub use check::broadcast_dims;
 pub use cpu::{CpuBackend, CpuGradients, CpuTensor};
 pub use error::EngineError;
 pub use flex::FlexBackend;
@@ -44,7 +45,6 @@ pub use interrupt::{Interrupt, QUANTUM};
 pub use libtorch::TchBackend;
 pub use optim::{Optimizer, OptimizerKind};
 pub use shape::{MAX_RANK, Shape};
-pub use check::broadcast_dims;
 
 /// The engine the runtime is built with: the pure-Rust [`CpuBackend`] by default.
 #[cfg(not(feature = "libtorch"))]
@@ -375,19 +375,32 @@ pub struct Normalized<T> {
 
 /// The keep mask of [`Backend::dropout`] for `len` values: `1 / (1 - p)` where a value is
 /// kept, `0` where it is dropped, drawn from ChaCha20 seeded with `seed` (one `u32` per value,
-/// dropped when below `p · 2^32`). Shared by every backend so that they agree exactly.
-pub fn dropout_mask(len: usize, p: f32, seed: u64) -> Vec<f32> {
+/// dropped when below `p · 2^32`). Shared by every backend so that they agree exactly; drawn
+/// in chunks that look at `interrupt` between them, since `len` is the program's choice.
+pub fn dropout_mask(
+    len: usize,
+    p: f32,
+    seed: u64,
+    interrupt: &Interrupt,
+) -> Result<Vec<f32>, EngineError> {
     use rand::{RngCore, SeedableRng};
+    /// Values drawn between two looks at the interrupt.
+    const CHUNK: usize = 1 << 16;
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
     let threshold = (f64::from(p) * 4_294_967_296.0) as u64;
     let keep = 1.0 / (1.0 - p);
-    (0..len)
-        .map(|_| {
+    let mut mask = Vec::with_capacity(len);
+    let mut pace = interrupt::Pace::new(interrupt)?;
+    while mask.len() < len {
+        let n = (len - mask.len()).min(CHUNK);
+        pace.step(16 * n)?;
+        mask.extend((0..n).map(|_| {
             if u64::from(rng.next_u32()) < threshold {
                 0.0
             } else {
                 keep
             }
-        })
-        .collect()
+        }));
+    }
+    Ok(mask)
 }

@@ -22,7 +22,10 @@ use std::sync::{Arc, Mutex, Once};
 
 use tch::{Device, Kind, Reduction, Tensor};
 
-use crate::{Backend, Binary, EngineError, Shape, Unary, check};
+use crate::{
+    Backend, Binary, Conv2dOptions, EngineError, Normalized, Pool, Pool2dOptions, Reduce, Shape,
+    Unary, check,
+};
 
 /// Numbers parameters so gradients can be matched to them (process-wide, never reused).
 static NEXT_PARAMETER: AtomicU64 = AtomicU64::new(1);
@@ -285,21 +288,28 @@ impl Backend for TchBackend {
         x: &TchTensor,
         w: &TchTensor,
         b: Option<&TchTensor>,
-        stride: usize,
-        padding: usize,
+        options: &Conv2dOptions,
     ) -> Result<TchTensor, EngineError> {
         const OP: &str = "conv2d";
         check::conv2d(
             x.shape.dims(),
             w.shape.dims(),
             b.map(|b| b.shape.dims()),
-            stride,
-            padding,
+            options,
         )?;
-        let (s, p) = (int(OP, stride)?, int(OP, padding)?);
+        let stride = ints(OP, &options.stride)?;
+        let padding = ints(OP, &options.padding)?;
+        let dilation = ints(OP, &options.dilation)?;
+        let groups = int(OP, options.groups)?;
         let value = contained(OP, || {
-            x.value
-                .f_conv2d(&w.value, b.map(|b| &b.value), [s; 2], [p; 2], [1; 2], 1)
+            x.value.f_conv2d(
+                &w.value,
+                b.map(|b| &b.value),
+                &stride,
+                &padding,
+                &dilation,
+                groups,
+            )
         })?;
         let mut leaves = union(&x.leaves, &w.leaves);
         if let Some(b) = b {
@@ -308,25 +318,38 @@ impl Backend for TchBackend {
         wrap(OP, value, leaves)
     }
 
-    fn max_pool2d(
+    fn pool2d(
+        &self,
+        kind: Pool,
+        x: &TchTensor,
+        options: &Pool2dOptions,
+    ) -> Result<TchTensor, EngineError> {
+        const OP: &str = "pool2d";
+        check::pool2d(x.shape.dims(), options)?;
+        let kernel = ints(OP, &options.kernel)?;
+        let stride = ints(OP, &options.stride)?;
+        let padding = ints(OP, &options.padding)?;
+        let value = contained(OP, || match kind {
+            Pool::Max => x
+                .value
+                .f_max_pool2d(&kernel, &stride, &padding, [1; 2], false),
+            // count_include_pad = true, no divisor override.
+            Pool::Avg => x
+                .value
+                .f_avg_pool2d(&kernel, &stride, &padding, false, true, None::<i64>),
+        })?;
+        wrap(OP, value, Arc::clone(&x.leaves))
+    }
+
+    fn adaptive_avg_pool2d(
         &self,
         x: &TchTensor,
-        kernel: usize,
-        stride: usize,
+        out: [usize; 2],
     ) -> Result<TchTensor, EngineError> {
-        const OP: &str = "max_pool2d";
-        check::max_pool2d(x.shape.dims(), kernel, stride)?;
-        let (h, w) = match *x.shape.dims() {
-            [_, _, h, w] => (h, w),
-            _ => return Err(EngineError::Internal { op: OP }),
-        };
-        // A stride at least the input's size places one window per row or column, as any
-        // larger stride does; clamping keeps huge strides representable for libtorch.
-        let k = int(OP, kernel)?;
-        let stride = [int(OP, stride.min(h))?, int(OP, stride.min(w))?];
-        let value = contained(OP, || {
-            x.value.f_max_pool2d([k; 2], stride, [0; 2], [1; 2], false)
-        })?;
+        const OP: &str = "adaptive_avg_pool2d";
+        check::adaptive_avg_pool2d(x.shape.dims(), out)?;
+        let out = ints(OP, &out)?;
+        let value = contained(OP, || x.value.f_adaptive_avg_pool2d(&out))?;
         wrap(OP, value, Arc::clone(&x.leaves))
     }
 
@@ -368,15 +391,33 @@ impl Backend for TchBackend {
     }
 
     fn binary(&self, op: Binary, a: &TchTensor, b: &TchTensor) -> Result<TchTensor, EngineError> {
-        check::same_shape(a.shape.dims(), b.shape.dims())?;
+        // libtorch broadcasts as NumPy does; the check bounds the result first.
+        check::broadcast_dims(a.shape.dims(), b.shape.dims())?;
         let (x, y) = (&a.value, &b.value);
         let value = contained("binary", || match op {
             Binary::Add => x.f_add(y),
             Binary::Sub => x.f_sub(y),
             Binary::Mul => x.f_mul(y),
             Binary::Div => x.f_div(y),
+            Binary::Pow => x.f_pow(y),
+            // `torch.maximum` splits the gradient on ties; the engine gives it to `a` (and
+            // keeps a NaN of either side), so choose with `where`.
+            Binary::Maximum => {
+                let take_a = x.f_ge_tensor(y)?.f_logical_or(&x.f_isnan()?)?;
+                x.f_where_self(&take_a, y)
+            }
+            Binary::Minimum => {
+                let take_a = x.f_le_tensor(y)?.f_logical_or(&x.f_isnan()?)?;
+                x.f_where_self(&take_a, y)
+            }
         })?;
         wrap("binary", value, union(&a.leaves, &b.leaves))
+    }
+
+    fn clamp(&self, x: &TchTensor, min: f32, max: f32) -> Result<TchTensor, EngineError> {
+        check::clamp(min, max)?;
+        let value = contained("clamp", || x.value.f_clamp(f64::from(min), f64::from(max)))?;
+        wrap("clamp", value, Arc::clone(&x.leaves))
     }
 
     fn affine(&self, x: &TchTensor, scale: f32, shift: f32) -> Result<TchTensor, EngineError> {
@@ -409,9 +450,11 @@ impl Backend for TchBackend {
         &self,
         logits: &TchTensor,
         labels: &TchTensor,
+        smoothing: f32,
     ) -> Result<TchTensor, EngineError> {
         const OP: &str = "cross_entropy";
         let [_, classes] = check::cross_entropy(logits.shape.dims(), labels.shape.dims())?;
+        check::smoothing(smoothing)?;
         let target = check::class_indices(&self.read(labels)?, classes)?
             .into_iter()
             .map(|class| int(OP, class))
@@ -421,16 +464,199 @@ impl Backend for TchBackend {
             let target = Tensor::f_from_slice(&target)?;
             logits
                 .value
-                .f_log_softmax(1, Kind::Float)?
-                .f_nll_loss(&target, None::<&Tensor>, Reduction::Mean, -100)?
+                .f_cross_entropy_loss(
+                    &target,
+                    None::<&Tensor>,
+                    Reduction::Mean,
+                    -100,
+                    f64::from(smoothing),
+                )?
                 .f_reshape([1])
         })?;
         wrap(OP, value, Arc::clone(&logits.leaves))
     }
 
+    fn bce_with_logits(
+        &self,
+        logits: &TchTensor,
+        targets: &TchTensor,
+    ) -> Result<TchTensor, EngineError> {
+        const OP: &str = "bce_with_logits";
+        check::bce_with_logits(logits.shape.dims(), targets.shape.dims())?;
+        let value = contained(OP, || {
+            logits
+                .value
+                .f_binary_cross_entropy_with_logits(
+                    &targets.value,
+                    None::<&Tensor>,
+                    None::<&Tensor>,
+                    Reduction::Mean,
+                )?
+                .f_reshape([1])
+        })?;
+        wrap(OP, value, union(&logits.leaves, &targets.leaves))
+    }
+
     fn mean(&self, x: &TchTensor) -> Result<TchTensor, EngineError> {
         let value = contained("mean", || x.value.f_mean(Kind::Float)?.f_reshape([1]))?;
         wrap("mean", value, Arc::clone(&x.leaves))
+    }
+
+    fn reduce(
+        &self,
+        op: Reduce,
+        x: &TchTensor,
+        axes: &[usize],
+        keepdim: bool,
+    ) -> Result<TchTensor, EngineError> {
+        const OP: &str = "reduce";
+        let dims = x.shape.dims();
+        let out = check::reduce(OP, dims, axes, keepdim)?;
+        let out_sizes = ints(OP, &out)?;
+        let dim = ints(OP, axes)?;
+        // `amax`/`amin` split the gradient between ties; the engine gives it to the first
+        // extremum in row-major order: the reduced axes moved last and flattened, then
+        // `max(dim)` (whose index is the first extremum).
+        let kept: Vec<usize> = (0..dims.len()).filter(|a| !axes.contains(a)).collect();
+        let mut order = ints(OP, &kept)?;
+        let mut sorted = dim.clone();
+        sorted.sort_unstable();
+        order.extend(&sorted);
+        let rows = int(OP, kept.iter().map(|&a| dims[a]).product())?;
+        let value = contained(OP, || {
+            let t = &x.value;
+            let reduced = match op {
+                Reduce::Sum => t.f_sum_dim_intlist(&dim, keepdim, Kind::Float)?,
+                Reduce::Mean => t.f_mean_dim(&dim, keepdim, Kind::Float)?,
+                Reduce::Var => t.f_var_correction(&dim, 0i64, keepdim)?,
+                Reduce::Max => {
+                    t.f_permute(&order)?
+                        .f_reshape([rows, -1])?
+                        .f_max_dim(1, false)?
+                        .0
+                }
+                Reduce::Min => {
+                    t.f_permute(&order)?
+                        .f_reshape([rows, -1])?
+                        .f_min_dim(1, false)?
+                        .0
+                }
+            };
+            reduced.f_reshape(&out_sizes)
+        })?;
+        wrap(OP, value, Arc::clone(&x.leaves))
+    }
+
+    fn argmax(&self, x: &TchTensor, axis: usize, keepdim: bool) -> Result<TchTensor, EngineError> {
+        const OP: &str = "argmax";
+        let out = check::reduce(OP, x.shape.dims(), &[axis], keepdim)?;
+        let out = ints(OP, &out)?;
+        let axis = int(OP, axis)?;
+        let value = contained(OP, || {
+            x.value
+                .f_detach()?
+                .f_argmax(axis, keepdim)?
+                .f_to_kind(Kind::Float)?
+                .f_reshape(&out)
+        })?;
+        wrap(OP, value, no_leaves())
+    }
+
+    fn permute(&self, x: &TchTensor, perm: &[usize]) -> Result<TchTensor, EngineError> {
+        const OP: &str = "permute";
+        check::permute(x.shape.dims(), perm)?;
+        let perm = ints(OP, perm)?;
+        let value = contained(OP, || x.value.f_permute(&perm))?;
+        wrap(OP, value, Arc::clone(&x.leaves))
+    }
+
+    fn concat(&self, xs: &[&TchTensor], axis: usize) -> Result<TchTensor, EngineError> {
+        const OP: &str = "concat";
+        let dims: Vec<&[usize]> = xs.iter().map(|x| x.shape.dims()).collect();
+        check::concat(&dims, axis)?;
+        let axis = int(OP, axis)?;
+        let values: Vec<&Tensor> = xs.iter().map(|x| &x.value).collect();
+        let value = contained(OP, || Tensor::f_cat(&values, axis))?;
+        let leaves = xs
+            .iter()
+            .fold(no_leaves(), |leaves, x| union(&leaves, &x.leaves));
+        wrap(OP, value, leaves)
+    }
+
+    fn narrow(
+        &self,
+        x: &TchTensor,
+        axis: usize,
+        start: usize,
+        len: usize,
+    ) -> Result<TchTensor, EngineError> {
+        const OP: &str = "narrow";
+        check::narrow(x.shape.dims(), axis, start, len)?;
+        let (axis, start, len) = (int(OP, axis)?, int(OP, start)?, int(OP, len)?);
+        let value = contained(OP, || x.value.f_narrow(axis, start, len))?;
+        wrap(OP, value, Arc::clone(&x.leaves))
+    }
+
+    fn index_select(
+        &self,
+        x: &TchTensor,
+        axis: usize,
+        indices: &TchTensor,
+    ) -> Result<TchTensor, EngineError> {
+        const OP: &str = "index_select";
+        let dims = x.shape.dims();
+        check::index_select(dims, axis, indices.shape.dims())?;
+        let picked = check::indices(OP, &self.read(indices)?, dims[axis])?;
+        let picked = ints(OP, &picked)?;
+        let axis = int(OP, axis)?;
+        // Indices are values, not part of the graph.
+        let value = contained(OP, || {
+            let picked = Tensor::f_from_slice(&picked)?;
+            x.value.f_index_select(axis, &picked)
+        })?;
+        wrap(OP, value, Arc::clone(&x.leaves))
+    }
+
+    fn matmul(&self, a: &TchTensor, b: &TchTensor) -> Result<TchTensor, EngineError> {
+        const OP: &str = "matmul";
+        // Both of rank 2 or more: `torch.matmul` is then the batched product with broadcast
+        // batch axes.
+        check::matmul(a.shape.dims(), b.shape.dims())?;
+        let value = contained(OP, || a.value.f_matmul(&b.value))?;
+        wrap(OP, value, union(&a.leaves, &b.leaves))
+    }
+
+    fn normalize(
+        &self,
+        x: &TchTensor,
+        axes: &[usize],
+        eps: f32,
+    ) -> Result<Normalized<TchTensor>, EngineError> {
+        const OP: &str = "normalize";
+        check::normalize(x.shape.dims(), axes, eps)?;
+        let dim = ints(OP, axes)?;
+        let (output, mean, var) = contained(OP, || {
+            let (var, mean) = x.value.f_var_mean_correction(&dim, 0i64, true)?;
+            let output = x
+                .value
+                .f_sub(&mean)?
+                .f_div(&var.f_add_scalar(f64::from(eps))?.f_sqrt()?)?;
+            Ok((output, mean.f_detach()?, var.f_detach()?))
+        })?;
+        Ok(Normalized {
+            output: wrap(OP, output, Arc::clone(&x.leaves))?,
+            mean: wrap(OP, mean, no_leaves())?,
+            var: wrap(OP, var, no_leaves())?,
+        })
+    }
+
+    fn dropout(&self, x: &TchTensor, p: f32, seed: u64) -> Result<TchTensor, EngineError> {
+        const OP: &str = "dropout";
+        check::dropout(p)?;
+        let mask = crate::dropout_mask(x.shape.elements(), p, seed, &crate::Interrupt::new())?;
+        let mask = from_values(OP, x.shape.dims(), &mask)?;
+        let value = contained(OP, || x.value.f_mul(&mask))?;
+        wrap(OP, value, Arc::clone(&x.leaves))
     }
 
     fn backward(&self, loss: &TchTensor) -> Result<TchGradients, EngineError> {

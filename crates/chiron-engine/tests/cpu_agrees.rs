@@ -5,7 +5,8 @@
 mod common;
 
 use chiron_engine::{
-    Backend, Binary, CpuBackend, EngineError, FlexBackend, Optimizer, OptimizerKind, Unary,
+    Backend, Binary, Conv2dOptions, CpuBackend, EngineError, FlexBackend, Optimizer, OptimizerKind,
+    Unary,
 };
 use common::values;
 
@@ -36,11 +37,16 @@ fn run<B: Backend>(engine: &B, case: &Case) -> Result<(f32, Vec<Vec<f32>>), Engi
     let x = engine.constant(&case.input, values(n * c * h * w, 1))?;
     let cw = engine.parameter(&case.conv, values(o * c * kh * kw, 2))?;
     let cb = engine.parameter(&[o], values(o, 3))?;
-    let y = engine.conv2d(&x, &cw, Some(&cb), case.stride, case.padding)?;
+    let y = engine.conv2d(
+        &x,
+        &cw,
+        Some(&cb),
+        &Conv2dOptions::square(case.stride, case.padding),
+    )?;
     let y = engine.unary(Unary::Tanh, &y)?;
     // A second convolution, so that the first one's output gradient flows into an input.
     let w2 = engine.parameter(&[6, o, 3, 3], values(6 * o * 9, 6))?;
-    let y = engine.conv2d(&y, &w2, None, 1, 1)?;
+    let y = engine.conv2d(&y, &w2, None, &Conv2dOptions::square(1, 1))?;
     let y = engine.max_pool2d(&y, case.pool.0, case.pool.1)?;
     let dims = engine.shape(&y).dims().to_vec();
     let features: usize = dims[1..].iter().product();
@@ -53,7 +59,7 @@ fn run<B: Backend>(engine: &B, case: &Case) -> Result<(f32, Vec<Vec<f32>>), Engi
     let logits = engine.linear(&y, &lw, Some(&lb))?;
     let labels: Vec<f32> = (0..n).map(|i| (i % case.classes) as f32).collect();
     let labels = engine.constant(&[n], labels)?;
-    let loss = engine.cross_entropy(&logits, &labels)?;
+    let loss = engine.cross_entropy(&logits, &labels, 0.0)?;
     let grads = engine.backward(&loss)?;
     let mut out = Vec::new();
     for p in [&cw, &cb, &w2, &lw, &lb] {
@@ -184,7 +190,7 @@ fn train<B: Backend>(engine: &B) -> Result<Vec<Vec<f32>>, EngineError> {
             &engine.linear(&x, &params[0], Some(&params[1]))?,
         )?;
         let logits = engine.linear(&h, &params[2], Some(&params[3]))?;
-        let loss = engine.cross_entropy(&logits, &labels)?;
+        let loss = engine.cross_entropy(&logits, &labels, 0.0)?;
         let grads = engine.backward(&loss)?;
         optimizer.step(engine, &mut params, &grads)?;
     }

@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use chiron_engine::{Backend, Binary, CpuBackend, EngineError, Interrupt, Unary};
+use chiron_engine::{Backend, Binary, Conv2dOptions, CpuBackend, EngineError, Interrupt, Unary};
 
 const FIRE_AFTER: Duration = Duration::from_millis(20);
 const BOUND: Duration = Duration::from_millis(100);
@@ -67,7 +67,7 @@ fn every_kernel_stops_soon_after_its_deadline() {
     let cases: Vec<Duration> = vec![
         overrun("linear 2048x2048x2048", |e| e.linear(&x, &w, None)),
         overrun("conv2d 8x64x128x128, 3x3x64", |e| {
-            e.conv2d(&images, &kernel, None, 1, 1)
+            e.conv2d(&images, &kernel, None, &Conv2dOptions::square(1, 1))
         }),
         overrun("max_pool2d 4096x4096, window 64", |e| {
             e.max_pool2d(&plane, 64, 1)

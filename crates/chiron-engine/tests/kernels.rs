@@ -9,7 +9,8 @@
 mod common;
 
 use chiron_engine::{
-    Backend, Binary, EngineError, FlexBackend, Optimizer, OptimizerKind, Shape, Unary,
+    Backend, Binary, Conv2dOptions, EngineError, FlexBackend, Optimizer, OptimizerKind, Shape,
+    Unary,
 };
 use common::values;
 
@@ -116,7 +117,9 @@ fn check_conv2d<B: Backend>(engine: &B) {
         let x = engine.constant(&[n, c, h, w], xv.clone()).unwrap();
         let wt = engine.constant(&[o, c, k, k], wv.clone()).unwrap();
         let bt = engine.constant(&[o], bv.clone()).unwrap();
-        let y = engine.conv2d(&x, &wt, Some(&bt), stride, pad).unwrap();
+        let y = engine
+            .conv2d(&x, &wt, Some(&bt), &Conv2dOptions::square(stride, pad))
+            .unwrap();
         let expected = conv_reference(&xv, &wv, &bv, (n, c, h, w), (o, k), stride, pad);
         assert_close(&engine.read(&y).unwrap(), &expected, 1e-5);
         let oh = (h + 2 * pad - k) / stride + 1;
@@ -162,7 +165,9 @@ fn check_cross_entropy<B: Backend>(engine: &B) {
     let labels = [0.0f32, 1.0];
     let l = engine.constant(&[2, 3], logits.to_vec()).unwrap();
     let y = engine.constant(&[2], labels.to_vec()).unwrap();
-    let loss = engine.read(&engine.cross_entropy(&l, &y).unwrap()).unwrap();
+    let loss = engine
+        .read(&engine.cross_entropy(&l, &y, 0.0).unwrap())
+        .unwrap();
     let row = |r: usize, label: usize| {
         let z = &logits[r * 3..r * 3 + 3];
         let log_sum = z.iter().map(|v| v.exp()).sum::<f32>().ln();
@@ -180,12 +185,14 @@ fn network_loss<B: Backend>(engine: &B, params: &[B::Tensor]) -> f32 {
 }
 
 fn forward<B: Backend>(engine: &B, p: &[B::Tensor], x: &B::Tensor, y: &B::Tensor) -> B::Tensor {
-    let h = engine.conv2d(x, &p[0], Some(&p[1]), 1, 1).unwrap();
+    let h = engine
+        .conv2d(x, &p[0], Some(&p[1]), &Conv2dOptions::square(1, 1))
+        .unwrap();
     let h = engine.unary(Unary::Tanh, &h).unwrap();
     let h = engine.max_pool2d(&h, 2, 2).unwrap();
     let h = engine.reshape(&h, &[2, 2 * 3 * 3]).unwrap();
     let logits = engine.linear(&h, &p[2], Some(&p[3])).unwrap();
-    engine.cross_entropy(&logits, y).unwrap()
+    engine.cross_entropy(&logits, y, 0.0).unwrap()
 }
 
 fn check_gradients<B: Backend>(engine: &B) {
@@ -292,12 +299,18 @@ fn check_hostile_arguments<B: Backend>(engine: &B) {
     let flat = engine.constant(&[4, 3], values(12, 43)).unwrap();
 
     let cases: Vec<(&str, Result<_, EngineError>)> = vec![
-        ("channel mismatch", engine.conv2d(&x, &w3, None, 1, 0)),
+        (
+            "channel mismatch",
+            engine.conv2d(&x, &w3, None, &Conv2dOptions::square(1, 0)),
+        ),
         (
             "kernel larger than input",
-            engine.conv2d(&x, &w_big, None, 1, 0),
+            engine.conv2d(&x, &w_big, None, &Conv2dOptions::square(1, 0)),
         ),
-        ("stride zero", engine.conv2d(&x, &w3, None, 0, 0)),
+        (
+            "stride zero",
+            engine.conv2d(&x, &w3, None, &Conv2dOptions::square(0, 0)),
+        ),
         ("pool window zero", engine.max_pool2d(&x, 0, 1)),
         ("pool window too large", engine.max_pool2d(&x, 9, 1)),
         ("linear inner mismatch", engine.linear(&flat, &flat, None)),
@@ -306,7 +319,7 @@ fn check_hostile_arguments<B: Backend>(engine: &B) {
             engine.binary(Binary::Add, &x, &flat),
         ),
         ("reshape changes count", engine.reshape(&flat, &[5, 3])),
-        ("cross-entropy rank", engine.cross_entropy(&x, &flat)),
+        ("cross-entropy rank", engine.cross_entropy(&x, &flat, 0.0)),
         ("data length", engine.constant(&[2, 2], vec![1.0; 3])),
     ];
     for (name, result) in cases {
@@ -323,7 +336,7 @@ fn check_hostile_arguments<B: Backend>(engine: &B) {
 
     let labels = engine.constant(&[4], vec![0.0, 1.0, 7.0, 2.0]).unwrap();
     assert!(
-        engine.cross_entropy(&flat, &labels).is_err(),
+        engine.cross_entropy(&flat, &labels, 0.0).is_err(),
         "a label outside the class range was accepted"
     );
     let bad = OptimizerKind::Sgd {

@@ -9,7 +9,8 @@ use std::sync::Arc;
 mod common;
 
 use chiron_engine::{
-    Backend, Binary, EngineError, FlexBackend, Optimizer, OptimizerKind, TchBackend, Unary,
+    Backend, Binary, Conv2dOptions, EngineError, FlexBackend, Optimizer, OptimizerKind, TchBackend,
+    Unary,
 };
 use common::values;
 
@@ -68,16 +69,20 @@ fn forward<B: Backend>(
     x: &B::Tensor,
     y: &B::Tensor,
 ) -> [B::Tensor; 2] {
-    let h = engine.conv2d(x, &p[0], Some(&p[1]), 1, 1).unwrap();
+    let h = engine
+        .conv2d(x, &p[0], Some(&p[1]), &Conv2dOptions::square(1, 1))
+        .unwrap();
     let h = engine.unary(Unary::Relu, &h).unwrap();
     let h = engine.max_pool2d(&h, 2, 2).unwrap();
-    let h = engine.conv2d(&h, &p[2], Some(&p[3]), 2, 1).unwrap();
+    let h = engine
+        .conv2d(&h, &p[2], Some(&p[3]), &Conv2dOptions::square(2, 1))
+        .unwrap();
     let h = engine.unary(Unary::Sigmoid, &h).unwrap();
     let h = engine.reshape(&h, &[BATCH, 32]).unwrap();
     let h = engine.linear(&h, &p[4], Some(&p[5])).unwrap();
     let h = engine.unary(Unary::Tanh, &h).unwrap();
     let logits = engine.linear(&h, &p[6], Some(&p[7])).unwrap();
-    let loss = engine.cross_entropy(&logits, y).unwrap();
+    let loss = engine.cross_entropy(&logits, y, 0.0).unwrap();
     [logits, loss]
 }
 
@@ -120,7 +125,7 @@ fn other_operations_agree_with_flex() {
 }
 
 /// Softmax, sqrt, the binary operations, affine, mean, pools with a window larger than its
-/// stride and with a huge stride, and a constant from shared values.
+/// stride and with the largest stride allowed, and a constant from shared values.
 fn ops<B: Backend>(engine: &B, shape: &[usize], data: Vec<f32>) -> Vec<Vec<f32>> {
     let x = engine.constant(shape, data.clone()).unwrap();
     let positive: Vec<f32> = data.iter().map(|v| v.abs() + 0.5).collect();
@@ -137,7 +142,7 @@ fn ops<B: Backend>(engine: &B, shape: &[usize], data: Vec<f32>) -> Vec<Vec<f32>>
         engine.affine(&x, 2.0, 0.0),
         engine.mean(&x),
         engine.max_pool2d(&image, 3, 2),
-        engine.max_pool2d(&image, 2, 1 << 40),
+        engine.max_pool2d(&image, 2, 64),
         engine.shared_constant(shape, &Arc::new(data)),
     ];
     results
@@ -266,15 +271,15 @@ fn hostile_arguments_get_the_same_errors_as_flex() {
             .constant(&[1 << 16, 1, 1, 1], values(1 << 16, 46))
             .unwrap();
         [
-            engine.conv2d(&x, &w3, None, 1, 0),
-            engine.conv2d(&flat, &w3, None, 1, 0),
-            engine.conv2d(&x, &flat, None, 1, 0),
-            engine.conv2d(&x, &w_big, None, 1, 0),
-            engine.conv2d(&x, &w2, None, 0, 0),
-            engine.conv2d(&x, &w2, None, 17, 0),
-            engine.conv2d(&x, &w2, None, 1, 17),
-            engine.conv2d(&x, &w2, Some(&b5), 1, 0),
-            engine.conv2d(&image, &many, None, 1, 16),
+            engine.conv2d(&x, &w3, None, &Conv2dOptions::square(1, 0)),
+            engine.conv2d(&flat, &w3, None, &Conv2dOptions::square(1, 0)),
+            engine.conv2d(&x, &flat, None, &Conv2dOptions::square(1, 0)),
+            engine.conv2d(&x, &w_big, None, &Conv2dOptions::square(1, 0)),
+            engine.conv2d(&x, &w2, None, &Conv2dOptions::square(0, 0)),
+            engine.conv2d(&x, &w2, None, &Conv2dOptions::square(65, 0)),
+            engine.conv2d(&x, &w2, None, &Conv2dOptions::square(1, 65)),
+            engine.conv2d(&x, &w2, Some(&b5), &Conv2dOptions::square(1, 0)),
+            engine.conv2d(&image, &many, None, &Conv2dOptions::square(1, 16)),
             engine.max_pool2d(&x, 0, 1),
             engine.max_pool2d(&x, 2, 0),
             engine.max_pool2d(&x, 9, 1),
@@ -292,11 +297,11 @@ fn hostile_arguments_get_the_same_errors_as_flex() {
             engine.reshape(&flat, &[5, 3]),
             engine.reshape(&flat, &[0, 3]),
             engine.reshape(&flat, &[1, 1, 1, 1, 12]),
-            engine.cross_entropy(&x, &flat),
-            engine.cross_entropy(&flat, &b5),
-            engine.cross_entropy(&flat, &labels),
-            engine.cross_entropy(&flat, &halves),
-            engine.cross_entropy(&flat, &nan),
+            engine.cross_entropy(&x, &flat, 0.0),
+            engine.cross_entropy(&flat, &b5, 0.0),
+            engine.cross_entropy(&flat, &labels, 0.0),
+            engine.cross_entropy(&flat, &halves, 0.0),
+            engine.cross_entropy(&flat, &nan, 0.0),
             engine.constant(&[2, 2], vec![1.0; 3]),
             engine.shared_constant(&[2, 2], &Arc::new(vec![1.0; 5])),
             engine.shared_constant(&[2, 0], &Arc::new(vec![])),
@@ -336,17 +341,27 @@ fn training_does_not_keep_old_graphs() {
         .unwrap();
     let mut step = |params: &mut Vec<_>| {
         let h = engine
-            .conv2d(&x, &params[0], Some(&params[1]), 1, 1)
+            .conv2d(
+                &x,
+                &params[0],
+                Some(&params[1]),
+                &Conv2dOptions::square(1, 1),
+            )
             .unwrap();
         let h = engine.max_pool2d(&h, 4, 4).unwrap();
         let h = engine
-            .conv2d(&h, &params[2], Some(&params[3]), 2, 1)
+            .conv2d(
+                &h,
+                &params[2],
+                Some(&params[3]),
+                &Conv2dOptions::square(2, 1),
+            )
             .unwrap();
         let h = engine.max_pool2d(&h, 2, 2).unwrap();
         let h = engine.reshape(&h, &[64, 32]).unwrap();
         let h = engine.linear(&h, &params[4], Some(&params[5])).unwrap();
         let logits = engine.linear(&h, &params[6], Some(&params[7])).unwrap();
-        let loss = engine.cross_entropy(&logits, &y).unwrap();
+        let loss = engine.cross_entropy(&logits, &y, 0.0).unwrap();
         let grads = engine.backward(&loss).unwrap();
         opt.step(&engine, params, &grads).unwrap();
     };

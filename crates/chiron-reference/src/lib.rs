@@ -20,6 +20,10 @@ pub enum Example {
     Cnn,
     /// `programs/mlp`.
     Mlp,
+    /// `programs/resnet`.
+    Resnet,
+    /// `programs/vit`.
+    Vit,
 }
 
 /// Trains `example` natively on `data`; returns the saved model.
@@ -33,6 +37,8 @@ pub fn train(
     let entry = match example {
         Example::Cnn => chiron_cnn::train as fn(),
         Example::Mlp => chiron_mlp::train,
+        Example::Resnet => chiron_resnet::train,
+        Example::Vit => chiron_vit::train,
     };
     train_program(entry, data, seed, epochs, metrics)
 }
@@ -73,6 +79,8 @@ pub fn predict(
     let entry = match example {
         Example::Cnn => chiron_cnn::predict as fn(),
         Example::Mlp => chiron_mlp::predict,
+        Example::Resnet => chiron_resnet::predict,
+        Example::Vit => chiron_vit::predict,
     };
     predict_program(entry, model, input_shape, input)
 }

@@ -8,8 +8,8 @@
 
 use std::cell::RefCell;
 
-use chiron_engine::{DefaultBackend, OptimizerKind};
-use chiron_sandbox::runtime::Runtime;
+use chiron_engine::{Conv2dOptions, DefaultBackend, OptimizerKind, Pool2dOptions};
+use chiron_sandbox::runtime::{MAX_AXES, MAX_CONCAT, Runtime};
 
 thread_local! {
     static RUNTIME: RefCell<Option<Runtime<DefaultBackend>>> = const { RefCell::new(None) };
@@ -55,6 +55,24 @@ unsafe fn slice<'a, T>(ptr: *const T, len: u32) -> &'a [T] {
     // SAFETY: the caller (the program, through the ABI contract) passes a valid pointer to
     // `len` elements, exactly as it would into wasm linear memory.
     unsafe { std::slice::from_raw_parts(ptr, len as usize) }
+}
+
+/// Reads a list the program passed by pointer, refusing (as the sandbox does) more than
+/// `max` entries before reading any.
+///
+/// # Safety
+/// As [`slice`].
+unsafe fn bounded<'a>(call: &str, ptr: *const u32, len: u32, max: usize) -> &'a [u32] {
+    if len as usize > max {
+        eprintln!("reference run: program failed: {call}: {len} entries, at most {max}");
+        std::process::abort();
+    }
+    // SAFETY: the caller's contract.
+    unsafe { slice(ptr, len) }
+}
+
+fn pair(h: u32, w: u32) -> [usize; 2] {
+    [h as usize, w as usize]
 }
 
 fn dims(shape: &[u32]) -> Vec<usize> {
@@ -150,6 +168,51 @@ extern "C" fn chiron_max_pool2d(x: u32, kernel: u32, stride: u32) -> u32 {
     with(|r| r.max_pool2d(x, kernel, stride))
 }
 #[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)] // the ABI's own signature
+extern "C" fn chiron_conv2d_ex(
+    x: u32,
+    w: u32,
+    b: u32,
+    stride_h: u32,
+    stride_w: u32,
+    padding_h: u32,
+    padding_w: u32,
+    dilation_h: u32,
+    dilation_w: u32,
+    groups: u32,
+) -> u32 {
+    let options = Conv2dOptions {
+        stride: pair(stride_h, stride_w),
+        padding: pair(padding_h, padding_w),
+        dilation: pair(dilation_h, dilation_w),
+        groups: groups as usize,
+    };
+    with(|r| r.conv2d_ex(x, w, b, &options))
+}
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)] // the ABI's own signature
+extern "C" fn chiron_pool2d(
+    kind: u32,
+    x: u32,
+    kernel_h: u32,
+    kernel_w: u32,
+    stride_h: u32,
+    stride_w: u32,
+    padding_h: u32,
+    padding_w: u32,
+) -> u32 {
+    let options = Pool2dOptions {
+        kernel: pair(kernel_h, kernel_w),
+        stride: pair(stride_h, stride_w),
+        padding: pair(padding_h, padding_w),
+    };
+    with(|r| r.pool2d(kind, x, &options))
+}
+#[unsafe(no_mangle)]
+extern "C" fn chiron_adaptive_avg_pool2d(x: u32, out_h: u32, out_w: u32) -> u32 {
+    with(|r| r.adaptive_avg_pool2d(x, out_h, out_w))
+}
+#[unsafe(no_mangle)]
 extern "C" fn chiron_linear(x: u32, w: u32, b: u32) -> u32 {
     with(|r| r.linear(x, w, b))
 }
@@ -160,6 +223,10 @@ extern "C" fn chiron_unary(op: u32, x: u32) -> u32 {
 #[unsafe(no_mangle)]
 extern "C" fn chiron_binary(op: u32, a: u32, b: u32) -> u32 {
     with(|r| r.binary(op, a, b))
+}
+#[unsafe(no_mangle)]
+extern "C" fn chiron_clamp(x: u32, min: f32, max: f32) -> u32 {
+    with(|r| r.clamp(x, min, max))
 }
 #[unsafe(no_mangle)]
 extern "C" fn chiron_affine(x: u32, scale: f32, shift: f32) -> u32 {
@@ -178,6 +245,80 @@ extern "C" fn chiron_cross_entropy(logits: u32, labels: u32) -> u32 {
 #[unsafe(no_mangle)]
 extern "C" fn chiron_mean(x: u32) -> u32 {
     with(|r| r.mean(x))
+}
+#[unsafe(no_mangle)]
+unsafe extern "C" fn chiron_reduce(
+    op: u32,
+    x: u32,
+    axes: *const u32,
+    count: u32,
+    keepdim: u32,
+) -> u32 {
+    // SAFETY: ABI contract, see `slice`.
+    let axes = unsafe { bounded("reduce", axes, count, MAX_AXES) };
+    with(|r| r.reduce(op, x, axes, keepdim))
+}
+#[unsafe(no_mangle)]
+extern "C" fn chiron_argmax(x: u32, axis: u32, keepdim: u32) -> u32 {
+    with(|r| r.argmax(x, axis, keepdim))
+}
+#[unsafe(no_mangle)]
+unsafe extern "C" fn chiron_permute(x: u32, perm: *const u32, rank: u32) -> u32 {
+    // SAFETY: ABI contract, see `slice`.
+    let perm = unsafe { bounded("permute", perm, rank, MAX_AXES) };
+    with(|r| r.permute(x, perm))
+}
+#[unsafe(no_mangle)]
+unsafe extern "C" fn chiron_concat(xs: *const u32, count: u32, axis: u32) -> u32 {
+    // SAFETY: ABI contract, see `slice`.
+    let xs = unsafe { bounded("concat", xs, count, MAX_CONCAT) };
+    with(|r| r.concat(xs, axis))
+}
+#[unsafe(no_mangle)]
+extern "C" fn chiron_narrow(x: u32, axis: u32, start: u32, len: u32) -> u32 {
+    with(|r| r.narrow(x, axis, start, len))
+}
+#[unsafe(no_mangle)]
+extern "C" fn chiron_index_select(x: u32, axis: u32, indices: u32) -> u32 {
+    with(|r| r.index_select(x, axis, indices))
+}
+#[unsafe(no_mangle)]
+extern "C" fn chiron_matmul(a: u32, b: u32) -> u32 {
+    with(|r| r.matmul(a, b))
+}
+#[unsafe(no_mangle)]
+unsafe extern "C" fn chiron_normalize(
+    x: u32,
+    axes: *const u32,
+    count: u32,
+    eps: f32,
+    out: *mut u32,
+) {
+    // SAFETY: ABI contract, see `slice`.
+    let axes = unsafe { bounded("normalize", axes, count, MAX_AXES) };
+    let handles = with(|r| r.normalize(x, axes, eps));
+    // SAFETY: the program passed room for three handles at `out`.
+    unsafe { std::ptr::copy_nonoverlapping(handles.as_ptr(), out, handles.len()) };
+}
+#[unsafe(no_mangle)]
+extern "C" fn chiron_dropout(x: u32, p: f32) -> u32 {
+    with(|r| r.dropout(x, p))
+}
+#[unsafe(no_mangle)]
+extern "C" fn chiron_cross_entropy_smoothed(logits: u32, labels: u32, smoothing: f32) -> u32 {
+    with(|r| r.cross_entropy_smoothed(logits, labels, smoothing))
+}
+#[unsafe(no_mangle)]
+extern "C" fn chiron_bce_with_logits(logits: u32, targets: u32) -> u32 {
+    with(|r| r.bce_with_logits(logits, targets))
+}
+#[unsafe(no_mangle)]
+extern "C" fn chiron_set_grad_enabled(enabled: u32) -> u32 {
+    with(|r| r.set_grad_enabled(enabled))
+}
+#[unsafe(no_mangle)]
+extern "C" fn chiron_time_left_ms() -> u64 {
+    with(|r| Ok(r.time_left_ms()))
 }
 #[unsafe(no_mangle)]
 extern "C" fn chiron_count_correct(logits: u32, labels: u32) -> u32 {

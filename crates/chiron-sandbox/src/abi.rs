@@ -2,11 +2,11 @@
 //! `sys.rs`, nothing else. Each function copies its arguments out of the program's memory
 //! with bounds checks and hands them to [`Runtime`], whose errors trap the program.
 
-use chiron_engine::{DefaultBackend, OptimizerKind};
+use chiron_engine::{Conv2dOptions, DefaultBackend, OptimizerKind, Pool2dOptions};
 use wasmtime::{Caller, Extern, Linker, Memory, ResourceLimiter};
 
 use crate::error::{Limit, SandboxError};
-use crate::runtime::Runtime;
+use crate::runtime::{MAX_AXES, MAX_CONCAT, Runtime};
 
 /// Everything a store holds for one run.
 pub(crate) struct RunState {
@@ -123,6 +123,49 @@ fn read_shape(
         .into_iter()
         .map(|d| d as usize)
         .collect())
+}
+
+/// A list of at most [`MAX_AXES`] axes at `ptr`: the count is checked before anything is
+/// read.
+fn read_axes(
+    caller: &mut Ctx<'_>,
+    call: &'static str,
+    ptr: u32,
+    count: u32,
+) -> Result<Vec<u32>, SandboxError> {
+    if count as usize > MAX_AXES {
+        return Err(SandboxError::abi(
+            call,
+            format!("{count} axes, at most {MAX_AXES}"),
+        ));
+    }
+    read_u32s(caller, call, ptr, count)
+}
+
+/// Fails unless `len` bytes from `ptr` lie inside the program's memory, so that a call whose
+/// result cannot be written back is refused before it runs.
+fn check_writable(
+    caller: &mut Ctx<'_>,
+    call: &'static str,
+    ptr: u32,
+    len: usize,
+) -> Result<(), SandboxError> {
+    let mem = memory(caller, call)?;
+    let end = (ptr as usize)
+        .checked_add(len)
+        .ok_or_else(|| SandboxError::abi(call, "pointer range overflows"))?;
+    if end > mem.data_size(&*caller) {
+        return Err(SandboxError::abi(
+            call,
+            "pointer outside the program's memory",
+        ));
+    }
+    Ok(())
+}
+
+/// A `[height, width]` pair from the ABI's two `u32`s.
+fn pair(h: u32, w: u32) -> [usize; 2] {
+    [h as usize, w as usize]
 }
 
 /// An optimizer of `kind` over the `count` parameter handles at `params`.
@@ -270,6 +313,58 @@ pub(crate) fn define(linker: &mut Linker<RunState>) -> wasmtime::Result<()> {
     )?;
     linker.func_wrap(
         M,
+        "chiron_conv2d_ex",
+        |mut c: Ctx<'_>,
+         x: u32,
+         w: u32,
+         b: u32,
+         stride_h: u32,
+         stride_w: u32,
+         padding_h: u32,
+         padding_w: u32,
+         dilation_h: u32,
+         dilation_w: u32,
+         groups: u32|
+         -> AbiResult<u32> {
+            let options = Conv2dOptions {
+                stride: pair(stride_h, stride_w),
+                padding: pair(padding_h, padding_w),
+                dilation: pair(dilation_h, dilation_w),
+                groups: groups as usize,
+            };
+            Ok(rt(&mut c).conv2d_ex(x, w, b, &options)?)
+        },
+    )?;
+    linker.func_wrap(
+        M,
+        "chiron_pool2d",
+        |mut c: Ctx<'_>,
+         kind: u32,
+         x: u32,
+         kernel_h: u32,
+         kernel_w: u32,
+         stride_h: u32,
+         stride_w: u32,
+         padding_h: u32,
+         padding_w: u32|
+         -> AbiResult<u32> {
+            let options = Pool2dOptions {
+                kernel: pair(kernel_h, kernel_w),
+                stride: pair(stride_h, stride_w),
+                padding: pair(padding_h, padding_w),
+            };
+            Ok(rt(&mut c).pool2d(kind, x, &options)?)
+        },
+    )?;
+    linker.func_wrap(
+        M,
+        "chiron_adaptive_avg_pool2d",
+        |mut c: Ctx<'_>, x: u32, out_h: u32, out_w: u32| -> AbiResult<u32> {
+            Ok(rt(&mut c).adaptive_avg_pool2d(x, out_h, out_w)?)
+        },
+    )?;
+    linker.func_wrap(
+        M,
         "chiron_linear",
         |mut c: Ctx<'_>, x: u32, w: u32, b: u32| -> AbiResult<u32> {
             Ok(rt(&mut c).linear(x, w, b)?)
@@ -285,6 +380,13 @@ pub(crate) fn define(linker: &mut Linker<RunState>) -> wasmtime::Result<()> {
         "chiron_binary",
         |mut c: Ctx<'_>, op: u32, a: u32, b: u32| -> AbiResult<u32> {
             Ok(rt(&mut c).binary(op, a, b)?)
+        },
+    )?;
+    linker.func_wrap(
+        M,
+        "chiron_clamp",
+        |mut c: Ctx<'_>, x: u32, min: f32, max: f32| -> AbiResult<u32> {
+            Ok(rt(&mut c).clamp(x, min, max)?)
         },
     )?;
     linker.func_wrap(
@@ -314,6 +416,105 @@ pub(crate) fn define(linker: &mut Linker<RunState>) -> wasmtime::Result<()> {
         "chiron_mean",
         |mut c: Ctx<'_>, x: u32| -> AbiResult<u32> { Ok(rt(&mut c).mean(x)?) },
     )?;
+    linker.func_wrap(
+        M,
+        "chiron_reduce",
+        |mut c: Ctx<'_>, op: u32, x: u32, axes: u32, count: u32, keepdim: u32| -> AbiResult<u32> {
+            let axes = read_axes(&mut c, "reduce", axes, count)?;
+            Ok(rt(&mut c).reduce(op, x, &axes, keepdim)?)
+        },
+    )?;
+    linker.func_wrap(
+        M,
+        "chiron_argmax",
+        |mut c: Ctx<'_>, x: u32, axis: u32, keepdim: u32| -> AbiResult<u32> {
+            Ok(rt(&mut c).argmax(x, axis, keepdim)?)
+        },
+    )?;
+    linker.func_wrap(
+        M,
+        "chiron_permute",
+        |mut c: Ctx<'_>, x: u32, perm: u32, rank: u32| -> AbiResult<u32> {
+            let perm = read_axes(&mut c, "permute", perm, rank)?;
+            Ok(rt(&mut c).permute(x, &perm)?)
+        },
+    )?;
+    linker.func_wrap(
+        M,
+        "chiron_concat",
+        |mut c: Ctx<'_>, xs: u32, count: u32, axis: u32| -> AbiResult<u32> {
+            const CALL: &str = "concat";
+            if count == 0 || count as usize > MAX_CONCAT {
+                return Err(SandboxError::abi(
+                    CALL,
+                    format!("{count} tensors outside 1..={MAX_CONCAT}"),
+                )
+                .into());
+            }
+            let xs = read_u32s(&mut c, CALL, xs, count)?;
+            Ok(rt(&mut c).concat(&xs, axis)?)
+        },
+    )?;
+    linker.func_wrap(
+        M,
+        "chiron_narrow",
+        |mut c: Ctx<'_>, x: u32, axis: u32, start: u32, len: u32| -> AbiResult<u32> {
+            Ok(rt(&mut c).narrow(x, axis, start, len)?)
+        },
+    )?;
+    linker.func_wrap(
+        M,
+        "chiron_index_select",
+        |mut c: Ctx<'_>, x: u32, axis: u32, indices: u32| -> AbiResult<u32> {
+            Ok(rt(&mut c).index_select(x, axis, indices)?)
+        },
+    )?;
+    linker.func_wrap(
+        M,
+        "chiron_matmul",
+        |mut c: Ctx<'_>, a: u32, b: u32| -> AbiResult<u32> { Ok(rt(&mut c).matmul(a, b)?) },
+    )?;
+    linker.func_wrap(
+        M,
+        "chiron_normalize",
+        |mut c: Ctx<'_>, x: u32, axes: u32, count: u32, eps: f32, out: u32| -> AbiResult<()> {
+            const CALL: &str = "normalize";
+            let axes = read_axes(&mut c, CALL, axes, count)?;
+            check_writable(&mut c, CALL, out, 12)?;
+            let handles = rt(&mut c).normalize(x, &axes, eps)?;
+            let raw: Vec<u8> = handles.iter().flat_map(|h| h.to_le_bytes()).collect();
+            Ok(write_bytes(&mut c, CALL, out, &raw)?)
+        },
+    )?;
+    linker.func_wrap(
+        M,
+        "chiron_dropout",
+        |mut c: Ctx<'_>, x: u32, p: f32| -> AbiResult<u32> { Ok(rt(&mut c).dropout(x, p)?) },
+    )?;
+    linker.func_wrap(
+        M,
+        "chiron_cross_entropy_smoothed",
+        |mut c: Ctx<'_>, logits: u32, labels: u32, smoothing: f32| -> AbiResult<u32> {
+            Ok(rt(&mut c).cross_entropy_smoothed(logits, labels, smoothing)?)
+        },
+    )?;
+    linker.func_wrap(
+        M,
+        "chiron_bce_with_logits",
+        |mut c: Ctx<'_>, logits: u32, targets: u32| -> AbiResult<u32> {
+            Ok(rt(&mut c).bce_with_logits(logits, targets)?)
+        },
+    )?;
+    linker.func_wrap(
+        M,
+        "chiron_set_grad_enabled",
+        |mut c: Ctx<'_>, enabled: u32| -> AbiResult<u32> {
+            Ok(rt(&mut c).set_grad_enabled(enabled)?)
+        },
+    )?;
+    linker.func_wrap(M, "chiron_time_left_ms", |mut c: Ctx<'_>| -> u64 {
+        rt(&mut c).time_left_ms()
+    })?;
     linker.func_wrap(
         M,
         "chiron_count_correct",

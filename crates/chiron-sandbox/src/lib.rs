@@ -20,6 +20,7 @@
 mod abi;
 mod data;
 mod error;
+pub mod lint;
 pub mod memory;
 mod model;
 pub mod runtime;

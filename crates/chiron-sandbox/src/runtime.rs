@@ -1,11 +1,14 @@
 //! The runtime side of the host ABI: handle tables, quotas and the meaning of each call,
 //! independent of how the program is executed (wasm here; natively for reference runs).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use chiron_engine::cost::{self, Cost};
-use chiron_engine::{Backend, Binary, Interrupt, Optimizer, OptimizerKind, Unary};
+use chiron_engine::{
+    Backend, Binary, Conv2dOptions, Interrupt, Optimizer, OptimizerKind, Pool, Pool2dOptions,
+    Reduce, Unary,
+};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
@@ -22,6 +25,11 @@ pub const MAX_METRIC_NAME: usize = 32;
 pub const MAX_MODEL_META: usize = 64 * 1024;
 /// Longest batch a single call may request.
 pub const MAX_BATCH: u32 = 1 << 16;
+/// Most axes a reduction, normalisation or permutation may name (the engine's largest rank
+/// is smaller).
+pub const MAX_AXES: usize = 8;
+/// Most tensors one `concat` may join.
+pub const MAX_CONCAT: usize = 1024;
 
 /// Resource limits for one run of a program.
 #[derive(Clone, Debug)]
@@ -111,6 +119,12 @@ pub struct Runtime<B: Backend> {
     log: Option<LogSink>,
     saved: Option<Model>,
     output: Option<(Vec<usize>, Vec<f32>)>,
+    /// Whether operations record gradients (`set_grad_enabled`); off, every result is
+    /// stored cut from the graph.
+    grad_enabled: bool,
+    /// Handles of results computed while gradients were off, to say so when one is used as
+    /// a loss.
+    untracked: HashSet<u32>,
 }
 
 type Result<T> = std::result::Result<T, SandboxError>;
@@ -144,6 +158,8 @@ impl<B: Backend> Runtime<B> {
             log: None,
             saved: None,
             output: None,
+            grad_enabled: true,
+            untracked: HashSet::new(),
         }
     }
 
@@ -160,6 +176,11 @@ impl<B: Backend> Runtime<B> {
         &self.interrupt
     }
 
+    /// Compute left to this run, in [`Cost::flops`].
+    pub fn compute_left(&self) -> u64 {
+        self.compute_left
+    }
+
     /// Charges `cost` before the work is done: refuses it if the run was interrupted, if it
     /// needs more compute than is left, or if its new memory would take the process past
     /// its limit. Nothing is spent on a refusal.
@@ -172,7 +193,10 @@ impl<B: Backend> Runtime<B> {
             return Err(SandboxError::Limit(Limit::RuntimeMemory));
         }
         self.compute_left -= cost.flops;
-        self.since_step = self.since_step.plus(cost);
+        // Work done with gradients off leaves nothing for a backward pass to go through.
+        if self.grad_enabled {
+            self.since_step = self.since_step.plus(cost);
+        }
         Ok(())
     }
 
@@ -196,7 +220,20 @@ impl<B: Backend> Runtime<B> {
 
     // --- handle table ---
 
+    /// Stores a computed result: as it is, or cut from the graph while gradients are off
+    /// (so that no graph is kept for evaluation work).
     fn insert(&mut self, t: B::Tensor) -> Result<u32> {
+        if self.grad_enabled {
+            return self.store(t);
+        }
+        let handle = self.store(self.engine.detach(&t))?;
+        self.untracked.insert(handle);
+        Ok(handle)
+    }
+
+    /// Stores a tensor under a fresh handle, as it is (parameters stay trainable whatever
+    /// the gradient setting).
+    fn store(&mut self, t: B::Tensor) -> Result<u32> {
         let elements = self.engine.shape(&t).elements() as u64;
         if self.entries.len() >= self.quotas.handles {
             return Err(SandboxError::Limit(Limit::Handles));
@@ -238,6 +275,7 @@ impl<B: Backend> Runtime<B> {
 
     /// Releases a handle.
     pub fn free(&mut self, handle: u32) -> Result<()> {
+        self.untracked.remove(&handle);
         match self.entries.remove(&handle) {
             Some(Entry::Tensor(_, elements)) => {
                 self.live_elements = self
@@ -378,7 +416,8 @@ impl<B: Backend> Runtime<B> {
         const CALL: &str = "parameter";
         let shape_checked = chiron_engine::Shape::new(shape)?;
         let n = shape_checked.elements();
-        if !a.is_finite() || a < 0.0 {
+        // A scale (uniform, normal) is non-negative; a constant is any finite value.
+        if !a.is_finite() || (a < 0.0 && init != 3) {
             return Err(SandboxError::abi(
                 CALL,
                 "scale must be finite and non-negative",
@@ -395,10 +434,11 @@ impl<B: Backend> Runtime<B> {
                 .map(|_| self.rng.gen_range(-1.0f32..=1.0) * a)
                 .collect(),
             2 => (0..n).map(|_| normal(&mut self.rng) * a).collect(),
+            3 => vec![a; n],
             other => return Err(SandboxError::abi(CALL, format!("unknown init {other}"))),
         };
         let t = self.engine.parameter(shape, values)?;
-        self.insert(t)
+        self.store(t)
     }
 
     /// The shape of a tensor.
@@ -415,35 +455,67 @@ impl<B: Backend> Runtime<B> {
         Ok(self.engine.read(t)?)
     }
 
-    /// Convolution.
+    /// Convolution with square stride and padding (the first ABI's `conv2d`).
     pub fn conv2d(&mut self, x: u32, w: u32, b: u32, stride: u32, padding: u32) -> Result<u32> {
+        self.conv2d_ex(
+            x,
+            w,
+            b,
+            &Conv2dOptions::square(stride as usize, padding as usize),
+        )
+    }
+
+    /// Convolution with PyTorch's full geometry.
+    pub fn conv2d_ex(&mut self, x: u32, w: u32, b: u32, options: &Conv2dOptions) -> Result<u32> {
         const CALL: &str = "conv2d";
-        let cost = cost::conv2d(
-            &self.dims(CALL, x)?,
-            &self.dims(CALL, w)?,
-            stride as usize,
-            padding as usize,
-        );
+        let cost = cost::conv2d(&self.dims(CALL, x)?, &self.dims(CALL, w)?, options);
         self.charge(cost)?;
         let out = self.engine.conv2d(
             self.tensor(CALL, x)?,
             self.tensor(CALL, w)?,
             self.optional(CALL, b)?,
-            stride as usize,
-            padding as usize,
+            options,
         )?;
         self.insert(out)
     }
 
-    /// Max pooling.
+    /// Max pooling with a square window and no padding.
     pub fn max_pool2d(&mut self, x: u32, kernel: u32, stride: u32) -> Result<u32> {
-        let dims = self.dims("max_pool2d", x)?;
-        self.charge(cost::max_pool2d(&dims, kernel as usize, stride as usize))?;
-        let out = self.engine.max_pool2d(
-            self.tensor("max_pool2d", x)?,
-            kernel as usize,
-            stride as usize,
-        )?;
+        let options = Pool2dOptions::square(kernel as usize, stride as usize);
+        self.pool(Pool::Max, "max_pool2d", x, &options)
+    }
+
+    /// Pooling by ABI code (`POOL_*`).
+    pub fn pool2d(&mut self, kind: u32, x: u32, options: &Pool2dOptions) -> Result<u32> {
+        const CALL: &str = "pool2d";
+        let kind = match kind {
+            0 => Pool::Max,
+            1 => Pool::Avg,
+            other => return Err(SandboxError::abi(CALL, format!("unknown pooling {other}"))),
+        };
+        self.pool(kind, CALL, x, options)
+    }
+
+    fn pool(
+        &mut self,
+        kind: Pool,
+        call: &'static str,
+        x: u32,
+        options: &Pool2dOptions,
+    ) -> Result<u32> {
+        self.charge(cost::pool2d(kind, &self.dims(call, x)?, options))?;
+        let out = self.engine.pool2d(kind, self.tensor(call, x)?, options)?;
+        self.insert(out)
+    }
+
+    /// Adaptive average pooling to `[out_h, out_w]`.
+    pub fn adaptive_avg_pool2d(&mut self, x: u32, out_h: u32, out_w: u32) -> Result<u32> {
+        const CALL: &str = "adaptive_avg_pool2d";
+        let out = [out_h as usize, out_w as usize];
+        self.charge(cost::adaptive_avg_pool2d(&self.dims(CALL, x)?, out))?;
+        let out = self
+            .engine
+            .adaptive_avg_pool2d(self.tensor(CALL, x)?, out)?;
         self.insert(out)
     }
 
@@ -488,12 +560,22 @@ impl<B: Backend> Runtime<B> {
             1 => Binary::Sub,
             2 => Binary::Mul,
             3 => Binary::Div,
+            4 => Binary::Pow,
+            5 => Binary::Maximum,
+            6 => Binary::Minimum,
             other => return Err(SandboxError::abi(CALL, format!("unknown op {other}"))),
         };
-        self.charge(cost::elementwise(&self.dims(CALL, a)?))?;
+        self.charge(cost::binary(&self.dims(CALL, a)?, &self.dims(CALL, b)?))?;
         let out = self
             .engine
             .binary(op, self.tensor(CALL, a)?, self.tensor(CALL, b)?)?;
+        self.insert(out)
+    }
+
+    /// `min(max(x, min), max)`, element-wise.
+    pub fn clamp(&mut self, x: u32, min: f32, max: f32) -> Result<u32> {
+        self.charge(cost::elementwise(&self.dims("clamp", x)?))?;
+        let out = self.engine.clamp(self.tensor("clamp", x)?, min, max)?;
         self.insert(out)
     }
 
@@ -513,13 +595,42 @@ impl<B: Backend> Runtime<B> {
         self.insert(out)
     }
 
-    /// Cross-entropy loss.
+    /// Cross-entropy loss (no label smoothing).
     pub fn cross_entropy(&mut self, logits: u32, labels: u32) -> Result<u32> {
         const CALL: &str = "cross_entropy";
         self.charge(cost::cross_entropy(&self.dims(CALL, logits)?))?;
+        let out = self.engine.cross_entropy(
+            self.tensor(CALL, logits)?,
+            self.tensor(CALL, labels)?,
+            0.0,
+        )?;
+        self.insert(out)
+    }
+
+    /// Cross-entropy loss with label smoothing.
+    pub fn cross_entropy_smoothed(
+        &mut self,
+        logits: u32,
+        labels: u32,
+        smoothing: f32,
+    ) -> Result<u32> {
+        const CALL: &str = "cross_entropy_smoothed";
+        self.charge(cost::cross_entropy_smoothed(&self.dims(CALL, logits)?))?;
+        let out = self.engine.cross_entropy(
+            self.tensor(CALL, logits)?,
+            self.tensor(CALL, labels)?,
+            smoothing,
+        )?;
+        self.insert(out)
+    }
+
+    /// Binary cross-entropy from logits.
+    pub fn bce_with_logits(&mut self, logits: u32, targets: u32) -> Result<u32> {
+        const CALL: &str = "bce_with_logits";
+        self.charge(cost::bce_with_logits(&self.dims(CALL, logits)?))?;
         let out = self
             .engine
-            .cross_entropy(self.tensor(CALL, logits)?, self.tensor(CALL, labels)?)?;
+            .bce_with_logits(self.tensor(CALL, logits)?, self.tensor(CALL, targets)?)?;
         self.insert(out)
     }
 
@@ -528,6 +639,153 @@ impl<B: Backend> Runtime<B> {
         self.charge(cost::reduction(&self.dims("mean", x)?))?;
         let out = self.engine.mean(self.tensor("mean", x)?)?;
         self.insert(out)
+    }
+
+    /// A reduction by ABI code (`REDUCE_*`) over `axes`.
+    pub fn reduce(&mut self, op: u32, x: u32, axes: &[u32], keepdim: u32) -> Result<u32> {
+        const CALL: &str = "reduce";
+        let op = match op {
+            0 => Reduce::Sum,
+            1 => Reduce::Mean,
+            2 => Reduce::Max,
+            3 => Reduce::Min,
+            4 => Reduce::Var,
+            other => return Err(SandboxError::abi(CALL, format!("unknown op {other}"))),
+        };
+        let axes = axis_list(CALL, axes)?;
+        let keepdim = flag(CALL, "keepdim", keepdim)?;
+        self.charge(cost::reduce(op, &self.dims(CALL, x)?, &axes))?;
+        let out = self
+            .engine
+            .reduce(op, self.tensor(CALL, x)?, &axes, keepdim)?;
+        self.insert(out)
+    }
+
+    /// Index of the largest value along `axis`.
+    pub fn argmax(&mut self, x: u32, axis: u32, keepdim: u32) -> Result<u32> {
+        const CALL: &str = "argmax";
+        let keepdim = flag(CALL, "keepdim", keepdim)?;
+        self.charge(cost::argmax(&self.dims(CALL, x)?, axis as usize))?;
+        let out = self
+            .engine
+            .argmax(self.tensor(CALL, x)?, axis as usize, keepdim)?;
+        self.insert(out)
+    }
+
+    /// The axes of `x` reordered by `perm`.
+    pub fn permute(&mut self, x: u32, perm: &[u32]) -> Result<u32> {
+        const CALL: &str = "permute";
+        let perm = axis_list(CALL, perm)?;
+        self.charge(cost::permute(&self.dims(CALL, x)?))?;
+        let out = self.engine.permute(self.tensor(CALL, x)?, &perm)?;
+        self.insert(out)
+    }
+
+    /// The tensors `xs` joined along `axis`.
+    pub fn concat(&mut self, xs: &[u32], axis: u32) -> Result<u32> {
+        const CALL: &str = "concat";
+        if xs.is_empty() || xs.len() > MAX_CONCAT {
+            return Err(SandboxError::abi(
+                CALL,
+                format!("{} tensors outside 1..={MAX_CONCAT}", xs.len()),
+            ));
+        }
+        let dims = xs
+            .iter()
+            .map(|&x| self.dims(CALL, x))
+            .collect::<Result<Vec<_>>>()?;
+        self.charge(cost::concat(dims.iter().map(Vec::as_slice)))?;
+        let tensors = xs
+            .iter()
+            .map(|&x| self.tensor(CALL, x))
+            .collect::<Result<Vec<_>>>()?;
+        let out = self.engine.concat(&tensors, axis as usize)?;
+        self.insert(out)
+    }
+
+    /// `len` entries of `axis` from `start`.
+    pub fn narrow(&mut self, x: u32, axis: u32, start: u32, len: u32) -> Result<u32> {
+        const CALL: &str = "narrow";
+        self.charge(cost::narrow(
+            &self.dims(CALL, x)?,
+            axis as usize,
+            len as usize,
+        ))?;
+        let out = self.engine.narrow(
+            self.tensor(CALL, x)?,
+            axis as usize,
+            start as usize,
+            len as usize,
+        )?;
+        self.insert(out)
+    }
+
+    /// The entries of `axis` at `indices`.
+    pub fn index_select(&mut self, x: u32, axis: u32, indices: u32) -> Result<u32> {
+        const CALL: &str = "index_select";
+        self.charge(cost::index_select(
+            &self.dims(CALL, x)?,
+            axis as usize,
+            &self.dims(CALL, indices)?,
+        ))?;
+        let out = self.engine.index_select(
+            self.tensor(CALL, x)?,
+            axis as usize,
+            self.tensor(CALL, indices)?,
+        )?;
+        self.insert(out)
+    }
+
+    /// Batched matrix product.
+    pub fn matmul(&mut self, a: u32, b: u32) -> Result<u32> {
+        const CALL: &str = "matmul";
+        self.charge(cost::matmul(&self.dims(CALL, a)?, &self.dims(CALL, b)?))?;
+        let out = self
+            .engine
+            .matmul(self.tensor(CALL, a)?, self.tensor(CALL, b)?)?;
+        self.insert(out)
+    }
+
+    /// Normalises `x` over `axes`; returns the handles of the output, the mean and the
+    /// variance.
+    pub fn normalize(&mut self, x: u32, axes: &[u32], eps: f32) -> Result<[u32; 3]> {
+        const CALL: &str = "normalize";
+        let axes = axis_list(CALL, axes)?;
+        if self.entries.len().saturating_add(3) > self.quotas.handles {
+            return Err(SandboxError::Limit(Limit::Handles));
+        }
+        self.charge(cost::normalize(&self.dims(CALL, x)?, &axes))?;
+        let out = self.engine.normalize(self.tensor(CALL, x)?, &axes, eps)?;
+        let output = self.insert(out.output)?;
+        let mean = self.insert(out.mean)?;
+        let var = self.insert(out.var)?;
+        Ok([output, mean, var])
+    }
+
+    /// Inverted dropout with probability `p`, its mask seeded from the run's stream.
+    pub fn dropout(&mut self, x: u32, p: f32) -> Result<u32> {
+        const CALL: &str = "dropout";
+        self.charge(cost::dropout(&self.dims(CALL, x)?))?;
+        let seed = self.rng.next_u64();
+        let out = self.engine.dropout(self.tensor(CALL, x)?, p, seed)?;
+        self.insert(out)
+    }
+
+    /// Turns gradient recording on (1) or off (0); returns the previous setting.
+    pub fn set_grad_enabled(&mut self, enabled: u32) -> Result<u32> {
+        let enabled = flag("set_grad_enabled", "enabled", enabled)?;
+        Ok(u32::from(std::mem::replace(
+            &mut self.grad_enabled,
+            enabled,
+        )))
+    }
+
+    /// Milliseconds before the run's deadline, rounded down to a multiple of 100 (a coarse
+    /// clock, enough to plan epochs by); `u64::MAX` without a deadline.
+    pub fn time_left_ms(&self) -> u64 {
+        self.interrupt.time_left().map_or(u64::MAX, |left| {
+            u64::try_from(left.as_millis()).unwrap_or(u64::MAX) / 100 * 100
+        })
     }
 
     /// Rows whose arg-max equals the label.
@@ -610,6 +868,13 @@ impl<B: Backend> Runtime<B> {
     /// Back-propagates from `loss` and updates the optimiser's parameters in place.
     pub fn optimizer_step(&mut self, opt: u32, loss: u32) -> Result<()> {
         const CALL: &str = "optimizer_step";
+        if self.untracked.contains(&loss) {
+            return Err(SandboxError::abi(
+                CALL,
+                "the loss was computed with gradients off (set_grad_enabled(0), no_grad): \
+                 there is nothing to back-propagate",
+            ));
+        }
         let elements = match self.entries.get(&opt) {
             Some(Entry::Optimizer(_, params)) => params
                 .iter()
@@ -793,6 +1058,29 @@ impl<B: Backend> Runtime<B> {
         }
         self.output = Some((dims, self.engine.read(t)?));
         Ok(())
+    }
+}
+
+/// A list of axes from the program, as the engine takes them.
+fn axis_list(call: &'static str, axes: &[u32]) -> Result<Vec<usize>> {
+    if axes.len() > MAX_AXES {
+        return Err(SandboxError::abi(
+            call,
+            format!("{} axes, at most {MAX_AXES}", axes.len()),
+        ));
+    }
+    Ok(axes.iter().map(|&a| a as usize).collect())
+}
+
+/// A 0/1 flag from the program.
+fn flag(call: &'static str, name: &str, value: u32) -> Result<bool> {
+    match value {
+        0 => Ok(false),
+        1 => Ok(true),
+        other => Err(SandboxError::abi(
+            call,
+            format!("{name} {other} is not 0 or 1"),
+        )),
     }
 }
 

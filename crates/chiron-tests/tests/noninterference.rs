@@ -156,6 +156,13 @@ fn runtime_tensors_chosen_by_the_data_are_hidden_by_the_memory_budget() {
 }
 
 #[test]
+fn work_sized_by_reductions_and_concatenation_is_hidden_by_the_budgets() {
+    live_twins_differ("hostile_leakshape", "training enclave peaks");
+    let [a, b] = private_twins("hostile_leakshape");
+    assert!(succeeded(&a) && succeeded(&b));
+}
+
+#[test]
 fn model_size_and_save_count_chosen_by_the_data_are_hidden() {
     live_twins_differ("hostile_leaksize", "stored objects");
     let [a, b] = private_twins("hostile_leaksize");

@@ -46,9 +46,13 @@
 //! [`println!`] lines go to [`log`]: the provider sees them when running the program on their
 //! own data with `chiron run-local`; in an enclave they go nowhere.
 
+pub mod augment;
+pub mod guide;
 pub mod manifest;
 pub mod meta;
 pub mod model;
+pub mod nn;
+pub mod schedule;
 #[rustfmt::skip] // The ABI contract is kept exactly as written.
 pub mod sys;
 
@@ -60,7 +64,7 @@ mod tensor;
 pub use data::{Dataset, Kind, MAX_BATCH, Split};
 pub use optim::Optimizer;
 pub use rng::Rng;
-pub use tensor::{Init, Tensor};
+pub use tensor::{Init, Pool, Tensor};
 
 /// Longest metric name the runtime accepts, in bytes.
 pub const MAX_METRIC_NAME: usize = 32;
@@ -113,6 +117,49 @@ macro_rules! println {
 pub fn install_panic_hook() {
     // "panicked at <file>:<line>:<column>:\n<message>"
     std::panic::set_hook(Box::new(|info| log(&info.to_string())));
+}
+
+/// Turns gradient recording on or off for the operations that follow; returns the previous
+/// setting. Off, every result is outside any gradient graph: evaluation work (validation,
+/// metrics) then keeps no graph and costs less, but a loss computed while it is off cannot
+/// be passed to [`Optimizer::step`] (the runtime ends the program). Parameters created while
+/// it is off are still trainable. Prefer [`no_grad`], which restores the setting.
+pub fn set_grad_enabled(enabled: bool) -> bool {
+    // SAFETY: no pointers; the runtime only flips its setting.
+    unsafe { sys::chiron_set_grad_enabled(u32::from(enabled)) != 0 }
+}
+
+/// Runs `f` with gradient recording off (see [`set_grad_enabled`]) and restores the previous
+/// setting afterwards, PyTorch's `with torch.no_grad():`.
+///
+/// ```no_run
+/// # fn demo(x: &chiron_sdk::Tensor, w: &chiron_sdk::Tensor, y: &chiron_sdk::Tensor) {
+/// let correct = chiron_sdk::no_grad(|| x.linear(w, None).count_correct(y));
+/// # }
+/// ```
+pub fn no_grad<T>(f: impl FnOnce() -> T) -> T {
+    /// Restores the setting even if `f` unwinds (natively; in wasm a panic aborts).
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            set_grad_enabled(self.0);
+        }
+    }
+    let _restore = Restore(set_grad_enabled(false));
+    f()
+}
+
+/// Time left before the runtime stops the program (the job's time budget), rounded down to a
+/// whole 100 ms; `None` where the run has no time budget (a native reference run). Use it to
+/// fit training into the budget, e.g. stop starting epochs when one more would not fit.
+///
+/// This is the only clock a program has: `std::time::Instant::now()` and
+/// `SystemTime::now()` panic on `wasm32-unknown-unknown` (the sandbox gives the program no
+/// clock), which ends the program, so do not call them.
+pub fn time_left() -> Option<core::time::Duration> {
+    // SAFETY: no arguments; the runtime only reads its deadline.
+    let ms = unsafe { sys::chiron_time_left_ms() };
+    (ms != u64::MAX).then(|| core::time::Duration::from_millis(ms))
 }
 
 /// Saves the model: the values of `params` (in this order; [`model::tensor`] returns them

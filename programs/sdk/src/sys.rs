@@ -35,6 +35,8 @@ pub const INIT_ZEROS: u32 = 0;
 pub const INIT_UNIFORM: u32 = 1;
 /// Parameter initialisation: normal with mean 0 and standard deviation `a`.
 pub const INIT_NORMAL: u32 = 2;
+/// Parameter initialisation: every value `a` (batch norm's scale starts at 1).
+pub const INIT_CONSTANT: u32 = 3;
 
 /// Unary op: `max(x, 0)`.
 pub const UNARY_RELU: u32 = 0;

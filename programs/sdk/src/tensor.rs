@@ -32,6 +32,8 @@ pub enum Init {
     Uniform(f32),
     /// Normal with mean 0 and standard deviation `std`.
     Normal(f32),
+    /// Every value `value` (a normalisation's scale starts at 1).
+    Constant(f32),
     /// He/Kaiming uniform for ReLU layers: uniform on `[-b, b]` with `b = sqrt(6 / fan_in)`
     /// (gain `sqrt(2)`, PyTorch's `kaiming_uniform_(nonlinearity="relu")`).
     KaimingUniform {
@@ -58,10 +60,30 @@ impl Init {
             Init::Zeros => (sys::INIT_ZEROS, 0.0),
             Init::Uniform(a) => (sys::INIT_UNIFORM, a),
             Init::Normal(std) => (sys::INIT_NORMAL, std),
+            Init::Constant(value) => (sys::INIT_CONSTANT, value),
             Init::KaimingUniform { fan_in } => {
                 assert!(fan_in > 0, "fan_in must be positive");
                 (sys::INIT_UNIFORM, (6.0 / fan_in as f32).sqrt())
             }
+        }
+    }
+}
+
+/// Kinds of [`Tensor::pool2d`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pool {
+    /// The window's largest value.
+    Max,
+    /// The window's mean, padding counted as zeros (PyTorch's `count_include_pad=True`).
+    Avg,
+}
+
+impl Pool {
+    /// The ABI's `POOL_*` code.
+    fn abi(self) -> u32 {
+        match self {
+            Pool::Max => sys::POOL_MAX,
+            Pool::Avg => sys::POOL_AVG,
         }
     }
 }
@@ -183,6 +205,79 @@ impl Tensor {
         Tensor::from_handle(unsafe { sys::chiron_max_pool2d(self.handle, kernel, stride) })
     }
 
+    /// 2-D convolution with PyTorch's full `Conv2d` geometry: `self` `[N, C, H, W]`, kernels
+    /// `w` `[O, C / groups, KH, KW]`, optional bias `b` `[O]`; `stride`, `padding` (zeros on
+    /// each side) and `dilation` (spacing between kernel taps) as `[height, width]`. `groups`
+    /// must divide `C` and `O`; `groups = C` is a depthwise convolution.
+    pub fn conv2d_ex(
+        &self,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        stride: [u32; 2],
+        padding: [u32; 2],
+        dilation: [u32; 2],
+        groups: u32,
+    ) -> Tensor {
+        // SAFETY: handle-only call; the runtime validates every handle and argument.
+        Tensor::from_handle(unsafe {
+            sys::chiron_conv2d_ex(
+                self.handle,
+                w.handle,
+                opt(b),
+                stride[0],
+                stride[1],
+                padding[0],
+                padding[1],
+                dilation[0],
+                dilation[1],
+                groups,
+            )
+        })
+    }
+
+    /// 2-D pooling of `self` `[N, C, H, W]`: a `kernel` window (`[height, width]`) moved by
+    /// `stride`, with `padding` on each side (at most half the window). Max pooling pads with
+    /// `-inf`; average pooling counts padding as zeros.
+    pub fn pool2d(
+        &self,
+        kind: Pool,
+        kernel: [u32; 2],
+        stride: [u32; 2],
+        padding: [u32; 2],
+    ) -> Tensor {
+        // SAFETY: handle-only call; the runtime validates its arguments.
+        Tensor::from_handle(unsafe {
+            sys::chiron_pool2d(
+                kind.abi(),
+                self.handle,
+                kernel[0],
+                kernel[1],
+                stride[0],
+                stride[1],
+                padding[0],
+                padding[1],
+            )
+        })
+    }
+
+    /// Average pooling of `self` `[N, C, H, W]` with a `kernel`×`kernel` window and no
+    /// padding.
+    pub fn avg_pool2d(&self, kernel: u32, stride: u32) -> Tensor {
+        self.pool2d(Pool::Avg, [kernel; 2], [stride; 2], [0; 2])
+    }
+
+    /// Adaptive average pooling of `self` `[N, C, H, W]` to `[N, C, out_h, out_w]`
+    /// (PyTorch's `AdaptiveAvgPool2d` windows).
+    pub fn adaptive_avg_pool2d(&self, out_h: u32, out_w: u32) -> Tensor {
+        // SAFETY: handle-only call; the runtime validates its arguments.
+        Tensor::from_handle(unsafe { sys::chiron_adaptive_avg_pool2d(self.handle, out_h, out_w) })
+    }
+
+    /// The mean of each channel of `self` `[N, C, H, W]`, as `[N, C, 1, 1]`.
+    pub fn global_avg_pool2d(&self) -> Tensor {
+        self.adaptive_avg_pool2d(1, 1)
+    }
+
     /// `self · w + b` with `self` `[N, I]`, `w` `[I, O]` (note: input-major, the transpose
     /// of PyTorch's `nn.Linear.weight`) and optional `b` `[O]`.
     pub fn linear(&self, w: &Tensor, b: Option<&Tensor>) -> Tensor {
@@ -255,24 +350,68 @@ impl Tensor {
         self.unary(sys::UNARY_SILU)
     }
 
-    /// `self + other`, element-wise (same shapes; no broadcasting).
+    /// `self + other`, element-wise; shapes broadcast as in NumPy (aligned at the last
+    /// axis, each pair of dimensions equal or one of them 1).
     pub fn add(&self, other: &Tensor) -> Tensor {
         self.binary(sys::BINARY_ADD, other)
     }
 
-    /// `self - other`, element-wise (same shapes; no broadcasting).
+    /// `self - other`, element-wise; shapes broadcast as in NumPy (aligned at the last
+    /// axis, each pair of dimensions equal or one of them 1).
     pub fn sub(&self, other: &Tensor) -> Tensor {
         self.binary(sys::BINARY_SUB, other)
     }
 
-    /// `self * other`, element-wise (same shapes; no broadcasting).
+    /// `self * other`, element-wise; shapes broadcast as in NumPy (aligned at the last
+    /// axis, each pair of dimensions equal or one of them 1).
     pub fn mul(&self, other: &Tensor) -> Tensor {
         self.binary(sys::BINARY_MUL, other)
     }
 
-    /// `self / other`, element-wise (same shapes; no broadcasting).
+    /// `self / other`, element-wise; shapes broadcast as in NumPy (aligned at the last
+    /// axis, each pair of dimensions equal or one of them 1).
     pub fn div(&self, other: &Tensor) -> Tensor {
         self.binary(sys::BINARY_DIV, other)
+    }
+
+    /// A `[1]` constant holding `value`, which broadcasts against any tensor.
+    pub fn scalar(value: f32) -> Tensor {
+        Tensor::new(&[value], &[1])
+    }
+
+    /// `self ^ exponent`, element-wise, shapes broadcast (`NaN` for a negative base and a
+    /// non-integer exponent, as `powf`).
+    pub fn pow(&self, exponent: &Tensor) -> Tensor {
+        self.binary(sys::BINARY_POW, exponent)
+    }
+
+    /// `self ^ e`, element-wise.
+    pub fn powf(&self, e: f32) -> Tensor {
+        self.pow(&Tensor::scalar(e))
+    }
+
+    /// `max(self, other)`, element-wise, shapes broadcast (the gradient goes to `self` on
+    /// ties).
+    pub fn maximum(&self, other: &Tensor) -> Tensor {
+        self.binary(sys::BINARY_MAXIMUM, other)
+    }
+
+    /// `min(self, other)`, element-wise, shapes broadcast (the gradient goes to `self` on
+    /// ties).
+    pub fn minimum(&self, other: &Tensor) -> Tensor {
+        self.binary(sys::BINARY_MINIMUM, other)
+    }
+
+    /// `min(max(self, min), max)`, element-wise; the gradient passes where the value is
+    /// inside `[min, max]`.
+    pub fn clamp(&self, min: f32, max: f32) -> Tensor {
+        // SAFETY: handle-only call; the runtime validates the handle and bounds.
+        Tensor::from_handle(unsafe { sys::chiron_clamp(self.handle, min, max) })
+    }
+
+    /// `self²`, element-wise.
+    pub fn square(&self) -> Tensor {
+        self.mul(self)
     }
 
     /// `scale · self + shift`, element-wise (normalisation, scaling by a constant).
@@ -309,6 +448,168 @@ impl Tensor {
     pub fn mean(&self) -> Tensor {
         // SAFETY: handle-only call; the runtime validates the handle.
         Tensor::from_handle(unsafe { sys::chiron_mean(self.handle) })
+    }
+
+    /// Mean softmax cross-entropy with label smoothing `smoothing` in `[0, 1]` (PyTorch's
+    /// `label_smoothing`: the target puts `1 - smoothing + smoothing / C` on the label and
+    /// `smoothing / C` on every other class); a `[1]` tensor.
+    pub fn cross_entropy_smoothed(&self, labels: &Tensor, smoothing: f32) -> Tensor {
+        // SAFETY: handle-only call; the runtime validates both handles and the smoothing.
+        Tensor::from_handle(unsafe {
+            sys::chiron_cross_entropy_smoothed(self.handle, labels.handle, smoothing)
+        })
+    }
+
+    /// Mean binary cross-entropy of logits `self` against `targets` in `[0, 1]` of the same
+    /// shape, computed from the logits without overflow (PyTorch's `BCEWithLogitsLoss`); a
+    /// `[1]` tensor.
+    pub fn bce_with_logits(&self, targets: &Tensor) -> Tensor {
+        // SAFETY: handle-only call; the runtime validates both handles and their shapes.
+        Tensor::from_handle(unsafe { sys::chiron_bce_with_logits(self.handle, targets.handle) })
+    }
+
+    /// Mean squared error between `self` and `target` (shapes broadcast); a `[1]` tensor.
+    pub fn mse(&self, target: &Tensor) -> Tensor {
+        self.sub(target).square().mean()
+    }
+
+    fn reduce(&self, op: u32, axes: &[u32], keepdim: bool) -> Tensor {
+        // SAFETY: `axes` is a live buffer of `axes.len()` values, only read during the call.
+        Tensor::from_handle(unsafe {
+            sys::chiron_reduce(
+                op,
+                self.handle,
+                axes.as_ptr(),
+                len_u32(axes.len()),
+                u32::from(keepdim),
+            )
+        })
+    }
+
+    /// Sum of all elements; a `[1]` tensor.
+    pub fn sum(&self) -> Tensor {
+        let axes: Vec<u32> = (0..len_u32(self.shape().len())).collect();
+        self.reduce(sys::REDUCE_SUM, &axes, false)
+    }
+
+    /// Sums over `axes` (distinct, each below the rank). With `keepdim` each reduced axis
+    /// stays as a 1; without, it is removed (reducing every axis gives `[1]`).
+    pub fn sum_dims(&self, axes: &[u32], keepdim: bool) -> Tensor {
+        self.reduce(sys::REDUCE_SUM, axes, keepdim)
+    }
+
+    /// Means over `axes`, shaped as [`Tensor::sum_dims`].
+    pub fn mean_dims(&self, axes: &[u32], keepdim: bool) -> Tensor {
+        self.reduce(sys::REDUCE_MEAN, axes, keepdim)
+    }
+
+    /// Maxima over `axes`, shaped as [`Tensor::sum_dims`] (the gradient goes to the first
+    /// maximum).
+    pub fn max_dims(&self, axes: &[u32], keepdim: bool) -> Tensor {
+        self.reduce(sys::REDUCE_MAX, axes, keepdim)
+    }
+
+    /// Minima over `axes`, shaped as [`Tensor::sum_dims`].
+    pub fn min_dims(&self, axes: &[u32], keepdim: bool) -> Tensor {
+        self.reduce(sys::REDUCE_MIN, axes, keepdim)
+    }
+
+    /// Biased variances over `axes` (`mean((x - mean(x))²)`, PyTorch's
+    /// `var(correction=0)`), shaped as [`Tensor::sum_dims`].
+    pub fn var_dims(&self, axes: &[u32], keepdim: bool) -> Tensor {
+        self.reduce(sys::REDUCE_VAR, axes, keepdim)
+    }
+
+    /// Index of the largest value along `axis` (the first on ties), as `f32`; not
+    /// differentiable. Shaped as [`Tensor::sum_dims`] over that one axis.
+    pub fn argmax(&self, axis: u32, keepdim: bool) -> Tensor {
+        // SAFETY: handle-only call; the runtime validates its arguments.
+        Tensor::from_handle(unsafe { sys::chiron_argmax(self.handle, axis, u32::from(keepdim)) })
+    }
+
+    /// The axes reordered: output axis `i` is input axis `perm[i]` (a permutation of
+    /// `0..rank`).
+    pub fn permute(&self, perm: &[u32]) -> Tensor {
+        // SAFETY: `perm` is a live buffer of `perm.len()` values, only read during the call.
+        Tensor::from_handle(unsafe {
+            sys::chiron_permute(self.handle, perm.as_ptr(), len_u32(perm.len()))
+        })
+    }
+
+    /// Axes `a` and `b` swapped.
+    ///
+    /// # Panics
+    /// If either is not below the rank.
+    pub fn transpose(&self, a: u32, b: u32) -> Tensor {
+        let rank = len_u32(self.shape().len());
+        assert!(
+            a < rank && b < rank,
+            "transpose({a}, {b}) of a rank-{rank} tensor"
+        );
+        let mut perm: Vec<u32> = (0..rank).collect();
+        perm.swap(a as usize, b as usize);
+        self.permute(&perm)
+    }
+
+    /// `tensors` (at least one, of the same rank) joined along `axis`; every other
+    /// dimension must agree.
+    pub fn concat(tensors: &[&Tensor], axis: u32) -> Tensor {
+        let handles = handles(tensors);
+        // SAFETY: `handles` is a live buffer of `handles.len()` values, only read during the
+        // call.
+        Tensor::from_handle(unsafe {
+            sys::chiron_concat(handles.as_ptr(), len_u32(handles.len()), axis)
+        })
+    }
+
+    /// `len` entries of `axis` from `start`.
+    pub fn narrow(&self, axis: u32, start: u32, len: u32) -> Tensor {
+        // SAFETY: handle-only call; the runtime validates its arguments.
+        Tensor::from_handle(unsafe { sys::chiron_narrow(self.handle, axis, start, len) })
+    }
+
+    /// The entries of `axis` at `indices`, a rank-1 tensor of integer indices (as `f32`), in
+    /// their order, repeats allowed: an embedding lookup is `table.index_select(0, &ids)`.
+    /// The gradient adds back into the selected entries.
+    pub fn index_select(&self, axis: u32, indices: &Tensor) -> Tensor {
+        // SAFETY: handle-only call; the runtime validates both handles and the indices.
+        Tensor::from_handle(unsafe { sys::chiron_index_select(self.handle, axis, indices.handle) })
+    }
+
+    /// Matrix product over the last two axes, `[.., n, k] · [.., k, m]`, leading (batch)
+    /// axes broadcast.
+    pub fn matmul(&self, other: &Tensor) -> Tensor {
+        // SAFETY: handle-only call; the runtime validates both handles and their shapes.
+        Tensor::from_handle(unsafe { sys::chiron_matmul(self.handle, other.handle) })
+    }
+
+    /// `(self - mean) / sqrt(var + eps)` with the mean and biased variance over `axes`
+    /// (batch norm: `[0, 2, 3]` on images; layer norm: the last axis). Returns the
+    /// normalised tensor (differentiable), then the mean and the variance (axes kept as 1s,
+    /// outside the gradient graph: for running statistics).
+    pub fn normalize(&self, axes: &[u32], eps: f32) -> (Tensor, Tensor, Tensor) {
+        let mut out = [0u32; 3];
+        // SAFETY: `axes` is a live buffer of `axes.len()` values, only read during the call;
+        // `out` is writable for the three handles the runtime writes.
+        unsafe {
+            sys::chiron_normalize(
+                self.handle,
+                axes.as_ptr(),
+                len_u32(axes.len()),
+                eps,
+                out.as_mut_ptr(),
+            )
+        };
+        let [output, mean, var] = out.map(Tensor::from_handle);
+        (output, mean, var)
+    }
+
+    /// Inverted dropout: each value zeroed with probability `p` (in `[0, 1)`) and the rest
+    /// scaled by `1 / (1 - p)`, the mask drawn from the runtime's seeded stream. Apply it in
+    /// training only; it does not look at [`no_grad`](crate::no_grad).
+    pub fn dropout(&self, p: f32) -> Tensor {
+        // SAFETY: handle-only call; the runtime validates the handle and probability.
+        Tensor::from_handle(unsafe { sys::chiron_dropout(self.handle, p) })
     }
 
     /// How many rows of logits `self` `[N, C]` have their maximum at the class in `labels`

@@ -11,6 +11,12 @@
 //!
 //! The weight and bias gradients add the blocks' partial sums in block order, and the
 //! blocks depend on the batch alone, so results do not depend on the number of threads.
+//!
+//! Every option of [`Conv2d`] runs on the same path: a dilation only moves where a kernel
+//! tap reads, and with `G` groups the patch matrix's rows fall into `G` runs of `K / G`
+//! (one per group's channels), each multiplied by its group's `O / G` rows of weights, so a
+//! convolution is `G` products on slices of the same buffers. With one group and no
+//! dilation it is exactly the single product above.
 
 use rayon::prelude::*;
 
@@ -19,6 +25,8 @@ use super::gemm::{View, matmul};
 use crate::check::Conv2d;
 use crate::interrupt::Pace;
 use crate::{EngineError, Interrupt};
+
+const INTERNAL: EngineError = EngineError::Internal { op: "conv2d" };
 
 /// Most values one patch matrix may hold (16 MiB of `f32`).
 const COL_LIMIT: usize = 1 << 22;
@@ -30,8 +38,17 @@ impl Conv2d {
     fn positions(&self) -> usize {
         self.out_h() * self.out_w()
     }
+    /// Rows of the patch matrix: every channel's taps.
     fn patch(&self) -> usize {
         self.channels * self.kernel_h * self.kernel_w
+    }
+    /// Patch rows per group: the length of a weight row.
+    fn group_patch(&self) -> usize {
+        self.patch() / self.groups.max(1)
+    }
+    /// Output channels per group.
+    fn group_outputs(&self) -> usize {
+        self.outputs / self.groups.max(1)
     }
     fn image(&self) -> usize {
         self.channels * self.height * self.width
@@ -199,42 +216,44 @@ fn runs(ow: usize, start: usize, len: usize, mut f: impl FnMut(usize, usize, usi
 }
 
 /// For output columns `ox0..ox0 + count` and kernel column `kj`, the range of `i` in
-/// `0..count` whose input column `(ox0 + i)·stride + kj − padding` is inside the image.
+/// `0..count` whose input column `(ox0 + i)·stride + kj·dilation − padding` is inside the
+/// image.
 fn valid(g: &Conv2d, ox0: usize, count: usize, kj: usize) -> (usize, usize) {
-    let s = g.stride;
-    // The first i with (ox0 + i)·s + kj ≥ bound.
+    let s = g.stride[1];
+    // The first i with (ox0 + i)·s + kj·d ≥ bound.
     let first_at = |bound: usize| -> usize {
-        let base = ox0 * s + kj;
+        let base = ox0 * s + kj * g.dilation[1];
         if base >= bound {
             0
         } else {
             (bound - base).div_ceil(s)
         }
     };
-    let lo = first_at(g.padding).min(count);
-    let hi = first_at(g.padding + g.width).min(count);
+    let lo = first_at(g.padding[1]).min(count);
+    let hi = first_at(g.padding[1] + g.width).min(count);
     (lo, hi.max(lo))
 }
 
 /// The values under kernel tap `(ki, kj)` of one channel plane for output positions
 /// `start..start + out.len()`.
 fn patch_row(g: &Conv2d, plane: &[f32], ki: usize, kj: usize, start: usize, out: &mut [f32]) {
-    let (ow, s, p) = (g.out_w(), g.stride, g.padding);
+    let (ow, s, p) = (g.out_w(), g.stride[1], g.padding[1]);
     runs(ow, start, out.len(), |at, oy, ox0, count| {
         let out = &mut out[at..at + count];
-        let y = oy * s + ki;
-        if y < p || y - p >= g.height {
+        let y = oy * g.stride[0] + ki * g.dilation[0];
+        let p0 = g.padding[0];
+        if y < p0 || y - p0 >= g.height {
             out.fill(0.0);
             return;
         }
-        let line = &plane[(y - p) * g.width..(y - p + 1) * g.width];
+        let line = &plane[(y - p0) * g.width..(y - p0 + 1) * g.width];
         let (lo, hi) = valid(g, ox0, count, kj);
         out[..lo].fill(0.0);
         out[hi..].fill(0.0);
         if lo == hi {
             return;
         }
-        let x0 = (ox0 + lo) * s + kj - p;
+        let x0 = (ox0 + lo) * s + kj * g.dilation[1] - p;
         if s == 1 {
             out[lo..hi].copy_from_slice(&line[x0..x0 + (hi - lo)]);
         } else {
@@ -248,18 +267,19 @@ fn patch_row(g: &Conv2d, plane: &[f32], ki: usize, kj: usize, start: usize, out:
 /// Adds the gradients of kernel tap `(ki, kj)` for output positions
 /// `start..start + grads.len()` into one channel plane.
 fn add_patch_row(g: &Conv2d, grads: &[f32], ki: usize, kj: usize, start: usize, plane: &mut [f32]) {
-    let (ow, s, p) = (g.out_w(), g.stride, g.padding);
+    let (ow, s, p) = (g.out_w(), g.stride[1], g.padding[1]);
     runs(ow, start, grads.len(), |at, oy, ox0, count| {
-        let y = oy * s + ki;
-        if y < p || y - p >= g.height {
+        let y = oy * g.stride[0] + ki * g.dilation[0];
+        let p0 = g.padding[0];
+        if y < p0 || y - p0 >= g.height {
             return;
         }
-        let line = &mut plane[(y - p) * g.width..(y - p + 1) * g.width];
+        let line = &mut plane[(y - p0) * g.width..(y - p0 + 1) * g.width];
         let (lo, hi) = valid(g, ox0, count, kj);
         if lo == hi {
             return;
         }
-        let x0 = (ox0 + lo) * s + kj - p;
+        let x0 = (ox0 + lo) * s + kj * g.dilation[1] - p;
         let grads = &grads[at + lo..at + hi];
         if s == 1 {
             for (d, v) in line[x0..x0 + grads.len()].iter_mut().zip(grads) {
@@ -296,16 +316,22 @@ fn forward_block(
             row.fill(bias);
         }
     }
-    let rows = View::rows(&col, k, cols);
-    matmul(
-        &mut product,
-        cols,
-        View::rows(w, o, k),
-        rows,
-        b.is_some(),
-        threads,
-        interrupt,
-    )?;
+    // Group `gi`: its weight rows times its channels' patch rows, into its output rows.
+    let (gk, go) = (g.group_patch(), g.group_outputs());
+    for gi in 0..g.groups {
+        let weights = w.get(gi * go * gk..).ok_or(INTERNAL)?;
+        let patches = col.get(gi * gk * cols..).ok_or(INTERNAL)?;
+        let dst = product.get_mut(gi * go * cols..).ok_or(INTERNAL)?;
+        matmul(
+            dst,
+            cols,
+            View::rows(weights, go, gk),
+            View::rows(patches, gk, cols),
+            b.is_some(),
+            threads,
+            interrupt,
+        )?;
+    }
     // Product row `o`, image `b` → output channel `o` of the block's image `b`.
     let mut pace = Pace::new(interrupt)?;
     for (b, image) in out.chunks_mut(o * pcount).enumerate() {
@@ -389,21 +415,39 @@ fn backward_block(
             .map(|row| row.iter().sum::<f32>())
             .collect()
     });
+    let (gk, go) = (g.group_patch(), g.group_outputs());
     let dw = if want_dw {
         interrupt.check()?;
         let mut col = Scratch::take(k * cols);
         im2col(g, x, block, &mut col);
-        let mut dw = vec![0.0f32; o * k];
-        let (lhs, rhs) = (View::rows(&dprod, o, cols), View::transposed(&col, k, cols));
-        matmul(&mut dw, k, lhs, rhs, false, threads, interrupt)?;
+        // Group `gi`'s weight gradient: its output rows times its patch rows, transposed.
+        let mut dw = vec![0.0f32; o * gk];
+        for gi in 0..g.groups {
+            let grads = dprod.get(gi * go * cols..).ok_or(INTERNAL)?;
+            let patches = col.get(gi * gk * cols..).ok_or(INTERNAL)?;
+            let dst = dw.get_mut(gi * go * gk..).ok_or(INTERNAL)?;
+            let (lhs, rhs) = (
+                View::rows(grads, go, cols),
+                View::transposed(patches, gk, cols),
+            );
+            matmul(dst, gk, lhs, rhs, false, threads, interrupt)?;
+        }
         Some(dw)
     } else {
         None
     };
     if let Some(dx) = dx {
         let mut dcol = Scratch::take(k * cols);
-        let (lhs, rhs) = (View::transposed(w, o, k), View::rows(&dprod, o, cols));
-        matmul(&mut dcol, cols, lhs, rhs, false, threads, interrupt)?;
+        for gi in 0..g.groups {
+            let weights = w.get(gi * go * gk..).ok_or(INTERNAL)?;
+            let grads = dprod.get(gi * go * cols..).ok_or(INTERNAL)?;
+            let dst = dcol.get_mut(gi * gk * cols..).ok_or(INTERNAL)?;
+            let (lhs, rhs) = (
+                View::transposed(weights, go, gk),
+                View::rows(grads, go, cols),
+            );
+            matmul(dst, cols, lhs, rhs, false, threads, interrupt)?;
+        }
         interrupt.check()?;
         col2im(g, &dcol, block, dx);
     }
@@ -461,4 +505,195 @@ pub(crate) fn backward(
         }
     }
     Ok(Backward { dx, dw, db })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Conv2dOptions;
+    use crate::check;
+
+    /// The convolution by its definition, in `f64`; with `dy`, also the input, weight and
+    /// bias gradients of `Σ y · dy`.
+    fn naive(
+        g: &Conv2d,
+        x: &[f32],
+        w: &[f32],
+        b: &[f32],
+        dy: &[f32],
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (oh, ow) = (g.out_h(), g.out_w());
+        let (cg, og) = (g.channels / g.groups, g.outputs / g.groups);
+        let mut y = vec![0.0f64; g.batch * g.outputs * oh * ow];
+        let mut dx = vec![0.0f64; x.len()];
+        let mut dw = vec![0.0f64; w.len()];
+        let mut db = vec![0.0f64; b.len()];
+        for n in 0..g.batch {
+            for o in 0..g.outputs {
+                let group = o / og;
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let at = ((n * g.outputs + o) * oh + oy) * ow + ox;
+                        let mut sum = f64::from(b[o]);
+                        let gy = f64::from(dy[at]);
+                        db[o] += gy;
+                        for ci in 0..cg {
+                            let c = group * cg + ci;
+                            for ki in 0..g.kernel_h {
+                                for kj in 0..g.kernel_w {
+                                    let yy = (oy * g.stride[0] + ki * g.dilation[0]) as isize
+                                        - g.padding[0] as isize;
+                                    let xx = (ox * g.stride[1] + kj * g.dilation[1]) as isize
+                                        - g.padding[1] as isize;
+                                    if yy < 0
+                                        || xx < 0
+                                        || yy >= g.height as isize
+                                        || xx >= g.width as isize
+                                    {
+                                        continue;
+                                    }
+                                    let xi = ((n * g.channels + c) * g.height + yy as usize)
+                                        * g.width
+                                        + xx as usize;
+                                    let wi = ((o * cg + ci) * g.kernel_h + ki) * g.kernel_w + kj;
+                                    sum += f64::from(x[xi]) * f64::from(w[wi]);
+                                    dx[xi] += gy * f64::from(w[wi]);
+                                    dw[wi] += gy * f64::from(x[xi]);
+                                }
+                            }
+                        }
+                        y[at] = sum;
+                    }
+                }
+            }
+        }
+        let f = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect();
+        (f(y), f(dx), f(dw), f(db))
+    }
+
+    fn close(got: &[f32], want: &[f32], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+                "{what}[{i}]: {g} vs {w}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_option_matches_the_definition() -> Result<(), EngineError> {
+        let i = Interrupt::new();
+        let cases: [(&[usize; 4], &[usize; 4], Conv2dOptions); 6] = [
+            // Plain, then rectangular stride and padding.
+            (&[2, 3, 7, 6], &[4, 3, 3, 3], Conv2dOptions::square(1, 1)),
+            (
+                &[2, 3, 9, 7],
+                &[4, 3, 3, 2],
+                Conv2dOptions {
+                    stride: [2, 1],
+                    padding: [1, 2],
+                    dilation: [1, 1],
+                    groups: 1,
+                },
+            ),
+            // Dilated.
+            (
+                &[1, 2, 9, 8],
+                &[3, 2, 3, 3],
+                Conv2dOptions {
+                    stride: [1, 2],
+                    padding: [2, 1],
+                    dilation: [2, 3],
+                    groups: 1,
+                },
+            ),
+            // Grouped: 6 channels in 3 groups, 2 outputs per group.
+            (
+                &[2, 6, 6, 5],
+                &[6, 2, 3, 3],
+                Conv2dOptions {
+                    stride: [1, 1],
+                    padding: [1, 1],
+                    dilation: [1, 1],
+                    groups: 3,
+                },
+            ),
+            // Depthwise, strided, dilated, and with two outputs per channel.
+            (
+                &[3, 4, 10, 9],
+                &[8, 1, 3, 3],
+                Conv2dOptions {
+                    stride: [2, 2],
+                    padding: [2, 1],
+                    dilation: [2, 1],
+                    groups: 4,
+                },
+            ),
+            // Groups with a kernel wider than tall, more outputs than inputs per group.
+            (
+                &[1, 4, 5, 8],
+                &[6, 2, 1, 4],
+                Conv2dOptions {
+                    stride: [1, 3],
+                    padding: [0, 2],
+                    dilation: [1, 2],
+                    groups: 2,
+                },
+            ),
+        ];
+        for (xd, wd, options) in cases {
+            let g = check::conv2d(xd, wd, Some(&[wd[0]]), &options)?;
+            let count = |d: &[usize; 4]| d.iter().product::<usize>();
+            let x: Vec<f32> = (0..count(xd))
+                .map(|v| ((v * 37 % 23) as f32 - 11.0) / 8.0)
+                .collect();
+            let w: Vec<f32> = (0..count(wd))
+                .map(|v| ((v * 13 % 17) as f32 - 8.0) / 8.0)
+                .collect();
+            let b: Vec<f32> = (0..wd[0]).map(|v| v as f32 * 0.5 - 1.0).collect();
+            let y = forward(&g, &x, &w, Some(&b), &i)?;
+            let dy: Vec<f32> = (0..y.len())
+                .map(|v| ((v * 7 % 11) as f32 - 5.0) / 4.0)
+                .collect();
+            let (ny, ndx, ndw, ndb) = naive(&g, &x, &w, &b, &dy);
+            let what = format!("{xd:?} {wd:?} {options:?}");
+            close(&y, &ny, &format!("y {what}"));
+            let back = backward(&g, &x, &w, &dy, (true, true, true), &i)?;
+            close(&back.dx.unwrap_or_default(), &ndx, &format!("dx {what}"));
+            close(&back.dw.unwrap_or_default(), &ndw, &format!("dw {what}"));
+            close(&back.db.unwrap_or_default(), &ndb, &format!("db {what}"));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn an_image_too_large_for_one_block_runs_in_position_runs() -> Result<(), EngineError> {
+        // K · P beyond COL_LIMIT: one image is cut into runs of positions.
+        let options = Conv2dOptions {
+            stride: [1, 1],
+            padding: [1, 1],
+            dilation: [2, 1],
+            groups: 2,
+        };
+        let (xd, wd) = ([1, 64, 130, 130], [4, 32, 3, 3]);
+        let g = check::conv2d(&xd, &wd, None, &options)?;
+        assert!(g.patch() * g.positions() > COL_LIMIT);
+        let x: Vec<f32> = (0..xd.iter().product::<usize>())
+            .map(|v| ((v * 37 % 23) as f32 - 11.0) / 8.0)
+            .collect();
+        let w: Vec<f32> = (0..wd.iter().product::<usize>())
+            .map(|v| ((v * 13 % 17) as f32 - 8.0) / 8.0)
+            .collect();
+        let b = vec![0.0f32; wd[0]];
+        let i = Interrupt::new();
+        let y = forward(&g, &x, &w, None, &i)?;
+        let dy = vec![0.5f32; y.len()];
+        let (ny, ndx, ndw, _) = naive(&g, &x, &w, &b, &dy);
+        close(&y, &ny, "y");
+        let back = backward(&g, &x, &w, &dy, (true, true, false), &i)?;
+        close(&back.dx.unwrap_or_default(), &ndx, "dx");
+        close(&back.dw.unwrap_or_default(), &ndw, "dw");
+        Ok(())
+    }
 }

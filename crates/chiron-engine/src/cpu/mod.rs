@@ -5,10 +5,14 @@
 //! a fixed number of parts and adds them in order, so a seeded run gives the same model in
 //! and out of the sandbox.
 
+mod batched;
 mod conv;
 mod elementwise;
 mod gemm;
+mod layout;
+mod norm;
 mod pool;
+mod reduce;
 mod tape;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -20,7 +24,10 @@ use tape::Op;
 
 use crate::interrupt::Pace;
 
-use crate::{Backend, Binary, EngineError, Interrupt, Shape, Unary, check};
+use crate::{
+    Backend, Binary, Conv2dOptions, EngineError, Interrupt, Normalized, Pool, Pool2dOptions,
+    Reduce, Shape, Unary, check,
+};
 
 /// The engine's own CPU implementation of [`Backend`].
 ///
@@ -207,11 +214,10 @@ impl Backend for CpuBackend {
         x: &CpuTensor,
         w: &CpuTensor,
         b: Option<&CpuTensor>,
-        stride: usize,
-        padding: usize,
+        options: &Conv2dOptions,
     ) -> Result<CpuTensor, EngineError> {
         const OP: &str = "conv2d";
-        let g = check::conv2d(x.dims(), w.dims(), b.map(|b| b.dims()), stride, padding)?;
+        let g = check::conv2d(x.dims(), w.dims(), b.map(|b| b.dims()), options)?;
         let y = contained(OP, || {
             conv::forward(&g, x.data(), w.data(), b.map(|b| b.data()), &self.interrupt)
         })?;
@@ -227,24 +233,68 @@ impl Backend for CpuBackend {
         ))
     }
 
+    fn pool2d(
+        &self,
+        kind: Pool,
+        x: &CpuTensor,
+        options: &Pool2dOptions,
+    ) -> Result<CpuTensor, EngineError> {
+        const OP: &str = "pool2d";
+        let out = check::pool2d(x.dims(), options)?;
+        let dims = dims4(x)?;
+        let i = &self.interrupt;
+        match kind {
+            Pool::Max => {
+                let (values, argmax) =
+                    contained(OP, || pool::max_pool2d(x.data(), dims, out, options, i))?;
+                Ok(CpuTensor::computed(
+                    out.to_vec(),
+                    values,
+                    Op::MaxPool {
+                        x: x.clone(),
+                        argmax,
+                    },
+                ))
+            }
+            Pool::Avg => {
+                let values = contained(OP, || pool::avg_pool2d(x.data(), dims, out, options, i))?;
+                Ok(CpuTensor::computed(
+                    out.to_vec(),
+                    values,
+                    Op::AvgPool {
+                        x: x.clone(),
+                        options: *options,
+                        out,
+                    },
+                ))
+            }
+        }
+    }
+
     fn max_pool2d(
         &self,
         x: &CpuTensor,
         kernel: usize,
         stride: usize,
     ) -> Result<CpuTensor, EngineError> {
-        let out = check::max_pool2d(x.dims(), kernel, stride)?;
-        let dims: [usize; 4] = [x.dims()[0], x.dims()[1], x.dims()[2], x.dims()[3]];
-        let (values, argmax) = contained("max_pool2d", || {
-            pool::max_pool2d(x.data(), dims, out, kernel, stride, &self.interrupt)
+        check::max_pool2d(x.dims(), kernel, stride)?;
+        self.pool2d(Pool::Max, x, &Pool2dOptions::square(kernel, stride))
+    }
+
+    fn adaptive_avg_pool2d(
+        &self,
+        x: &CpuTensor,
+        out: [usize; 2],
+    ) -> Result<CpuTensor, EngineError> {
+        let out = check::adaptive_avg_pool2d(x.dims(), out)?;
+        let dims = dims4(x)?;
+        let values = contained("adaptive_avg_pool2d", || {
+            pool::adaptive_avg_pool2d(x.data(), dims, out, &self.interrupt)
         })?;
         Ok(CpuTensor::computed(
             out.to_vec(),
             values,
-            Op::MaxPool {
-                x: x.clone(),
-                argmax,
-            },
+            Op::AdaptiveAvgPool { x: x.clone(), out },
         ))
     }
 
@@ -314,22 +364,55 @@ impl Backend for CpuBackend {
     }
 
     fn binary(&self, op: Binary, a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor, EngineError> {
-        check::same_shape(a.dims(), b.dims())?;
-        let (av, bv) = (a.data(), b.data());
+        let out = check::broadcast_dims(a.dims(), b.dims())?;
+        let f = binary_fn(op);
         let i = &self.interrupt;
-        let y = contained("binary", || match op {
-            Binary::Add => elementwise::zip(av, bv, i, |x, y| x + y),
-            Binary::Sub => elementwise::zip(av, bv, i, |x, y| x - y),
-            Binary::Mul => elementwise::zip(av, bv, i, |x, y| x * y),
-            Binary::Div => elementwise::zip(av, bv, i, |x, y| x / y),
+        let y = contained("binary", || {
+            if a.dims() == b.dims() {
+                elementwise::zip(a.data(), b.data(), i, f)
+            } else {
+                layout::map(
+                    &out,
+                    [
+                        (a.data(), layout::broadcast_strides(a.dims(), &out)),
+                        (b.data(), layout::broadcast_strides(b.dims(), &out)),
+                    ],
+                    i,
+                    |[x, y]| f(x, y),
+                )
+            }
         })?;
         Ok(CpuTensor::computed(
-            a.dims().to_vec(),
+            out,
             y,
             Op::Binary {
                 op,
                 a: a.clone(),
                 b: b.clone(),
+            },
+        ))
+    }
+
+    fn clamp(&self, x: &CpuTensor, min: f32, max: f32) -> Result<CpuTensor, EngineError> {
+        check::clamp(min, max)?;
+        let y = contained("clamp", || {
+            elementwise::map(x.data(), &self.interrupt, |v| {
+                if v < min {
+                    min
+                } else if v > max {
+                    max
+                } else {
+                    v
+                }
+            })
+        })?;
+        Ok(CpuTensor::computed(
+            x.dims().to_vec(),
+            y,
+            Op::Clamp {
+                x: x.clone(),
+                min,
+                max,
             },
         ))
     }
@@ -360,10 +443,13 @@ impl Backend for CpuBackend {
         &self,
         logits: &CpuTensor,
         labels: &CpuTensor,
+        smoothing: f32,
     ) -> Result<CpuTensor, EngineError> {
         const OP: &str = "cross_entropy";
         let [n, classes] = check::cross_entropy(logits.dims(), labels.dims())?;
+        check::smoothing(smoothing)?;
         let labels = check::class_indices(labels.data(), classes)?;
+        let s = f64::from(smoothing);
         let (loss, probabilities) = contained(OP, || {
             let mut pace = Pace::new(&self.interrupt)?;
             let mut probabilities = vec![0.0f32; n * classes];
@@ -380,7 +466,18 @@ impl Backend for CpuBackend {
                         *p = (v - lse).exp();
                     }
                 }
-                total += f64::from(row[label] - lse);
+                let at_label = f64::from(row.get(label).copied().unwrap_or(f32::NAN) - lse);
+                total += if smoothing == 0.0 {
+                    at_label
+                } else {
+                    // Σ_c q_c (x_c − lse) with q = (1 − s)·[label] + s / C.
+                    let mut sum = 0.0f64;
+                    for chunk in row.chunks(ROW_CHUNK) {
+                        pace.step(chunk.len())?;
+                        sum += chunk.iter().map(|&v| f64::from(v - lse)).sum::<f64>();
+                    }
+                    (1.0 - s) * at_label + s * sum / classes as f64
+                };
             }
             Ok(((-total / n as f64) as f32, probabilities))
         })?;
@@ -391,6 +488,40 @@ impl Backend for CpuBackend {
                 logits: logits.clone(),
                 probabilities,
                 labels,
+                smoothing,
+            },
+        ))
+    }
+
+    fn bce_with_logits(
+        &self,
+        logits: &CpuTensor,
+        targets: &CpuTensor,
+    ) -> Result<CpuTensor, EngineError> {
+        check::bce_with_logits(logits.dims(), targets.dims())?;
+        let loss = contained("bce_with_logits", || {
+            let mut pace = Pace::new(&self.interrupt)?;
+            let mut total = 0.0f64;
+            for (x, t) in logits
+                .data()
+                .chunks(ROW_CHUNK)
+                .zip(targets.data().chunks(ROW_CHUNK))
+            {
+                pace.step(8 * x.len())?;
+                total += x
+                    .iter()
+                    .zip(t)
+                    .map(|(&x, &t)| f64::from(x.max(0.0) - x * t + (-x.abs()).exp().ln_1p()))
+                    .sum::<f64>();
+            }
+            Ok((total / logits.data().len().max(1) as f64) as f32)
+        })?;
+        Ok(CpuTensor::computed(
+            vec![1],
+            vec![loss],
+            Op::BceWithLogits {
+                logits: logits.clone(),
+                targets: targets.clone(),
             },
         ))
     }
@@ -402,6 +533,185 @@ impl Backend for CpuBackend {
             vec![1],
             vec![mean],
             Op::Mean { x: x.clone() },
+        ))
+    }
+
+    fn reduce(
+        &self,
+        op: Reduce,
+        x: &CpuTensor,
+        axes: &[usize],
+        keepdim: bool,
+    ) -> Result<CpuTensor, EngineError> {
+        let out = check::reduce("reduce", x.dims(), axes, keepdim)?;
+        let plan = reduce::Rows::new(x.dims(), axes);
+        let (values, saved) = contained("reduce", || {
+            reduce::forward(op, &plan, x.data(), &self.interrupt)
+        })?;
+        Ok(CpuTensor::computed(
+            out,
+            values,
+            Op::Reduce {
+                op,
+                x: x.clone(),
+                plan,
+                saved,
+            },
+        ))
+    }
+
+    fn argmax(&self, x: &CpuTensor, axis: usize, keepdim: bool) -> Result<CpuTensor, EngineError> {
+        let out = check::reduce("argmax", x.dims(), &[axis], keepdim)?;
+        let values = contained("argmax", || {
+            reduce::argmax(x.data(), x.dims(), axis, &self.interrupt)
+        })?;
+        Ok(CpuTensor::leaf(out, Arc::new(values), false))
+    }
+
+    fn permute(&self, x: &CpuTensor, perm: &[usize]) -> Result<CpuTensor, EngineError> {
+        let out = check::permute(x.dims(), perm)?;
+        let y = contained("permute", || {
+            layout::permute(x.data(), x.dims(), perm, &self.interrupt)
+        })?;
+        Ok(CpuTensor::computed(
+            out,
+            y,
+            Op::Permute {
+                x: x.clone(),
+                perm: perm.to_vec(),
+            },
+        ))
+    }
+
+    fn concat(&self, xs: &[&CpuTensor], axis: usize) -> Result<CpuTensor, EngineError> {
+        let dims: Vec<&[usize]> = xs.iter().map(|x| x.dims()).collect();
+        let out = check::concat(&dims, axis)?;
+        let parts: Vec<(&[f32], &[usize])> = xs.iter().map(|x| (x.data(), x.dims())).collect();
+        let y = contained("concat", || layout::concat(&parts, axis, &self.interrupt))?;
+        Ok(CpuTensor::computed(
+            out,
+            y,
+            Op::Concat {
+                xs: xs.iter().map(|&x| x.clone()).collect(),
+                axis,
+            },
+        ))
+    }
+
+    fn narrow(
+        &self,
+        x: &CpuTensor,
+        axis: usize,
+        start: usize,
+        len: usize,
+    ) -> Result<CpuTensor, EngineError> {
+        let out = check::narrow(x.dims(), axis, start, len)?;
+        let y = contained("narrow", || {
+            layout::narrow(x.data(), x.dims(), axis, start, len, &self.interrupt)
+        })?;
+        Ok(CpuTensor::computed(
+            out,
+            y,
+            Op::Narrow {
+                x: x.clone(),
+                axis,
+                start,
+                len,
+            },
+        ))
+    }
+
+    fn index_select(
+        &self,
+        x: &CpuTensor,
+        axis: usize,
+        indices: &CpuTensor,
+    ) -> Result<CpuTensor, EngineError> {
+        const OP: &str = "index_select";
+        let out = check::index_select(x.dims(), axis, indices.dims())?;
+        let bound = x.dims().get(axis).copied().unwrap_or(0);
+        let indices = check::indices(OP, indices.data(), bound)?;
+        let y = contained(OP, || {
+            layout::index_select(x.data(), x.dims(), axis, &indices, &self.interrupt)
+        })?;
+        Ok(CpuTensor::computed(
+            out,
+            y,
+            Op::IndexSelect {
+                x: x.clone(),
+                axis,
+                indices,
+            },
+        ))
+    }
+
+    fn matmul(&self, a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor, EngineError> {
+        let geometry = check::matmul(a.dims(), b.dims())?;
+        let y = contained("matmul", || {
+            batched::forward(
+                &geometry,
+                (a.data(), a.dims()),
+                (b.data(), b.dims()),
+                &self.interrupt,
+            )
+        })?;
+        Ok(CpuTensor::computed(
+            geometry.out.clone(),
+            y,
+            Op::Matmul {
+                a: a.clone(),
+                b: b.clone(),
+                geometry,
+            },
+        ))
+    }
+
+    fn normalize(
+        &self,
+        x: &CpuTensor,
+        axes: &[usize],
+        eps: f32,
+    ) -> Result<Normalized<CpuTensor>, EngineError> {
+        let stats = check::normalize(x.dims(), axes, eps)?;
+        let plan = reduce::Rows::new(x.dims(), axes);
+        let f = contained("normalize", || {
+            norm::forward(&plan, x.data(), eps, &self.interrupt)
+        })?;
+        let output = CpuTensor::computed(
+            x.dims().to_vec(),
+            f.output,
+            Op::Normalize {
+                x: x.clone(),
+                plan,
+                inv_std: f.inv_std,
+            },
+        );
+        Ok(Normalized {
+            output,
+            mean: CpuTensor::leaf(stats.clone(), Arc::new(f.mean), false),
+            var: CpuTensor::leaf(stats, Arc::new(f.var), false),
+        })
+    }
+
+    fn dropout(&self, x: &CpuTensor, p: f32, seed: u64) -> Result<CpuTensor, EngineError> {
+        check::dropout(p)?;
+        if p == 0.0 {
+            // Every value kept, scaled by 1: the same values, the identity's gradient.
+            return Ok(CpuTensor::computed_sharing(
+                x.dims().to_vec(),
+                Arc::clone(&x.0.data),
+                Op::Reshape { x: x.clone() },
+            ));
+        }
+        let (y, mask) = contained("dropout", || {
+            let mask = crate::dropout_mask(x.data().len(), p, seed, &self.interrupt)?;
+            let y = elementwise::zip(x.data(), &mask, &self.interrupt, |v, m| v * m)?;
+            Ok((y, mask))
+        })?;
+        Ok(CpuTensor::computed(
+            x.dims().to_vec(),
+            y,
+            Op::Dropout { x: x.clone(), mask },
         ))
     }
 
@@ -423,6 +733,36 @@ impl Backend for CpuBackend {
 
     fn with_interrupt(self, interrupt: Interrupt) -> Self {
         Self { interrupt }
+    }
+}
+
+/// The dimensions of a rank-4 tensor (checked by the caller).
+fn dims4(t: &CpuTensor) -> Result<[usize; 4], EngineError> {
+    t.dims()
+        .try_into()
+        .map_err(|_| EngineError::Internal { op: "pool2d" })
+}
+
+/// Whether [`Binary::Maximum`] takes `a` (on ties too; a NaN on either side wins).
+pub(crate) fn picks_first_max(a: f32, b: f32) -> bool {
+    a >= b || a.is_nan()
+}
+
+/// Whether [`Binary::Minimum`] takes `a` (on ties too; a NaN on either side wins).
+pub(crate) fn picks_first_min(a: f32, b: f32) -> bool {
+    a <= b || a.is_nan()
+}
+
+/// The element-wise function of a [`Binary`] operation.
+fn binary_fn(op: Binary) -> fn(f32, f32) -> f32 {
+    match op {
+        Binary::Add => |x, y| x + y,
+        Binary::Sub => |x, y| x - y,
+        Binary::Mul => |x, y| x * y,
+        Binary::Div => |x, y| x / y,
+        Binary::Pow => f32::powf,
+        Binary::Maximum => |x, y| if picks_first_max(x, y) { x } else { y },
+        Binary::Minimum => |x, y| if picks_first_min(x, y) { x } else { y },
     }
 }
 
@@ -453,4 +793,403 @@ fn erf(v: f32) -> f32 {
                 + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
     let y = 1.0 - poly * (-x * x).exp();
     (if x < 0.0 { -y } else { y }) as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type R = Result<(), EngineError>;
+
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|v| (((v + seed) * 37 % 19) as f32 - 9.0) / 6.0)
+            .collect()
+    }
+
+    /// `Σ f(params) · w` and its gradient in each parameter, against central differences.
+    fn check_gradients(
+        engine: &CpuBackend,
+        shapes: &[&[usize]],
+        inputs: &[Vec<f32>],
+        f: impl Fn(&[CpuTensor]) -> Result<CpuTensor, EngineError>,
+        tolerance: f64,
+    ) -> R {
+        let params: Vec<CpuTensor> = shapes
+            .iter()
+            .zip(inputs)
+            .map(|(s, v)| engine.parameter(s, v.clone()))
+            .collect::<Result<_, _>>()?;
+        let y = f(&params)?;
+        let w_shape = engine.shape(&y).0;
+        let w = engine.constant(&w_shape, values(layout::elements(&w_shape), 3))?;
+        let loss_of = |params: &[CpuTensor]| -> Result<CpuTensor, EngineError> {
+            let y = f(params)?;
+            let weighted = engine.binary(Binary::Mul, &y, &w)?;
+            engine
+                .reduce(Reduce::Sum, &weighted, &[0], false)
+                .and_then(|s| {
+                    let n = layout::elements(s.dims());
+                    engine
+                        .reshape(&s, &[n])
+                        .and_then(|s| engine.reduce(Reduce::Sum, &s, &[0], false))
+                })
+        };
+        let grads = engine.backward(&loss_of(&params)?)?;
+        for (p, (shape, input)) in shapes.iter().zip(inputs).enumerate() {
+            let analytic = engine
+                .grad(&grads, &params[p])
+                .map(|g| g.data().to_vec())
+                .unwrap_or_else(|| vec![0.0; input.len()]);
+            for k in 0..input.len() {
+                let h = 1e-2f32;
+                let shifted = |delta: f32| -> Result<f64, EngineError> {
+                    let mut moved = params.clone();
+                    let mut v = input.clone();
+                    v[k] += delta;
+                    moved[p] = engine.constant(shape, v)?;
+                    Ok(f64::from(loss_of(&moved)?.data()[0]))
+                };
+                let fd = (shifted(h)? - shifted(-h)?) / (2.0 * f64::from(h));
+                let a = f64::from(analytic[k]);
+                assert!(
+                    (fd - a).abs() <= tolerance * fd.abs().max(1.0),
+                    "input {p} {shape:?} [{k}]: finite differences {fd}, gradient {a}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn broadcast_binary_gradients_sum_back() -> R {
+        let engine = CpuBackend::new();
+        for op in [
+            Binary::Add,
+            Binary::Sub,
+            Binary::Mul,
+            Binary::Div,
+            Binary::Pow,
+            Binary::Maximum,
+            Binary::Minimum,
+        ] {
+            for (sa, sb) in [
+                (&[2, 3, 4][..], &[3, 1][..]),
+                (&[4][..], &[2, 3, 4][..]),
+                (&[2, 1, 4][..], &[1, 3, 1][..]),
+                (&[2, 3][..], &[2, 3][..]),
+            ] {
+                let mut a = values(layout::elements(sa), 1);
+                let mut b = values(layout::elements(sb), 2);
+                if op == Binary::Pow {
+                    // A positive base, so that both gradients are defined.
+                    a.iter_mut().for_each(|v| *v = v.abs() + 0.5);
+                }
+                if op == Binary::Div {
+                    b.iter_mut().for_each(|v| *v = v.abs() + 0.5);
+                }
+                if matches!(op, Binary::Maximum | Binary::Minimum) {
+                    // Apart by more than the step, so no tie moves under it.
+                    b.iter_mut().for_each(|v| *v += 0.0837);
+                }
+                check_gradients(
+                    &engine,
+                    &[sa, sb],
+                    &[a, b],
+                    |p| engine.binary(op, &p[0], &p[1]),
+                    2e-2,
+                )
+                .inspect_err(|_| {
+                    eprintln!("{op:?} {sa:?} {sb:?}");
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn ties_send_the_gradient_to_the_first_operand() -> R {
+        let engine = CpuBackend::new();
+        let a = engine.parameter(&[3], vec![1.0, 2.0, 3.0])?;
+        let b = engine.parameter(&[3], vec![1.0, 5.0, 3.0])?;
+        for op in [Binary::Maximum, Binary::Minimum] {
+            let y = engine.binary(op, &a, &b)?;
+            let loss = engine.reduce(Reduce::Sum, &y, &[0], false)?;
+            let grads = engine.backward(&loss)?;
+            let ga = engine.grad(&grads, &a).map(|g| g.data().to_vec());
+            let gb = engine.grad(&grads, &b).map(|g| g.data().to_vec());
+            let (wa, wb) = if op == Binary::Maximum {
+                ([1.0, 0.0, 1.0], [0.0, 1.0, 0.0])
+            } else {
+                ([1.0, 1.0, 1.0], [0.0, 0.0, 0.0])
+            };
+            assert_eq!(ga.as_deref(), Some(&wa[..]), "{op:?}");
+            assert_eq!(gb.as_deref(), Some(&wb[..]), "{op:?}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn shape_ops_and_reductions_have_their_gradients() -> R {
+        let engine = CpuBackend::new();
+        let x = values(24, 0);
+        let s: &[usize] = &[2, 3, 4];
+
+        check_gradients(
+            &engine,
+            &[s],
+            std::slice::from_ref(&x),
+            |p| engine.permute(&p[0], &[2, 0, 1]),
+            1e-2,
+        )?;
+        check_gradients(
+            &engine,
+            &[s],
+            std::slice::from_ref(&x),
+            |p| engine.narrow(&p[0], 1, 1, 2),
+            1e-2,
+        )?;
+        check_gradients(
+            &engine,
+            &[s, &[2, 2, 4]],
+            &[x.clone(), values(16, 5)],
+            |p| engine.concat(&[&p[0], &p[1], &p[0]], 1),
+            1e-2,
+        )?;
+        let ids = engine.constant(&[4], vec![2.0, 0.0, 2.0, 3.0])?;
+        check_gradients(
+            &engine,
+            &[s],
+            std::slice::from_ref(&x),
+            |p| engine.index_select(&p[0], 2, &ids),
+            1e-2,
+        )?;
+        // Distinct values, further apart than the finite differences' step: no ties.
+        let distinct: Vec<f32> = (0..24).map(|k| ((k * 7) % 24) as f32 * 0.1 - 1.2).collect();
+        for op in [
+            Reduce::Sum,
+            Reduce::Mean,
+            Reduce::Max,
+            Reduce::Min,
+            Reduce::Var,
+        ] {
+            for (axes, keep) in [
+                (&[1][..], false),
+                (&[0, 2][..], true),
+                (&[0, 1, 2][..], false),
+            ] {
+                check_gradients(
+                    &engine,
+                    &[s],
+                    std::slice::from_ref(&distinct),
+                    |p| engine.reduce(op, &p[0], axes, keep),
+                    2e-2,
+                )?;
+            }
+        }
+        check_gradients(
+            &engine,
+            &[s],
+            std::slice::from_ref(&x),
+            |p| engine.clamp(&p[0], -0.7, 0.9),
+            1e-2,
+        )?;
+        check_gradients(
+            &engine,
+            &[&[2, 1, 3, 4], &[3, 4, 2]],
+            &[x.clone(), values(24, 7)],
+            |p| engine.matmul(&p[0], &p[1]),
+            2e-2,
+        )?;
+        check_gradients(
+            &engine,
+            &[&[3, 2, 2, 3]],
+            &[values(36, 4)],
+            |p| Ok(engine.normalize(&p[0], &[0, 2, 3], 1e-3)?.output),
+            3e-2,
+        )?;
+        check_gradients(
+            &engine,
+            &[&[1, 2, 5, 4]],
+            &[values(40, 2)],
+            |p| {
+                engine.pool2d(
+                    Pool::Avg,
+                    &p[0],
+                    &Pool2dOptions {
+                        kernel: [3, 2],
+                        stride: [2, 1],
+                        padding: [1, 1],
+                    },
+                )
+            },
+            1e-2,
+        )?;
+        check_gradients(
+            &engine,
+            &[&[1, 2, 5, 4]],
+            &[values(40, 2)],
+            |p| engine.adaptive_avg_pool2d(&p[0], [3, 3]),
+            1e-2,
+        )?;
+        Ok(())
+    }
+
+    #[test]
+    fn losses_follow_pytorch() -> R {
+        let engine = CpuBackend::new();
+        let logits = values(12, 1);
+        let labels = engine.constant(&[3], vec![2.0, 0.0, 3.0])?;
+        let s = 0.2f32;
+        let ce = engine.cross_entropy(&engine.constant(&[3, 4], logits.clone())?, &labels, s)?;
+        // By the definition: −Σ_c q_c log p_c, averaged over rows.
+        let mut want = 0.0f64;
+        for (r, row) in logits.chunks(4).enumerate() {
+            let lse = row.iter().map(|&v| f64::from(v).exp()).sum::<f64>().ln();
+            let label = [2, 0, 3][r];
+            for (c, &v) in row.iter().enumerate() {
+                let q = f64::from(s) / 4.0 + if c == label { 1.0 - f64::from(s) } else { 0.0 };
+                want -= q * (f64::from(v) - lse);
+            }
+        }
+        want /= 3.0;
+        assert!(
+            (f64::from(ce.data()[0]) - want).abs() < 1e-5,
+            "{} vs {want}",
+            ce.data()[0]
+        );
+        check_gradients(
+            &engine,
+            &[&[3, 4]],
+            std::slice::from_ref(&logits),
+            |p| engine.cross_entropy(&p[0], &labels, s),
+            1e-2,
+        )?;
+        // Out of range smoothing is refused.
+        assert!(engine.cross_entropy(&ce, &labels, 1.5).is_err());
+
+        let x = vec![-30.0, -1.0, 0.0, 2.0, 40.0, 0.5];
+        let t = vec![0.0, 1.0, 0.5, 1.0, 0.0, 0.25];
+        let bce = engine.bce_with_logits(
+            &engine.constant(&[2, 3], x.clone())?,
+            &engine.constant(&[2, 3], t.clone())?,
+        )?;
+        let want: f64 = x
+            .iter()
+            .zip(&t)
+            .map(|(&x, &t)| {
+                let (x, t) = (f64::from(x), f64::from(t));
+                // ln σ(x) = −softplus(−x), ln(1 − σ(x)) = −softplus(x).
+                let softplus = |z: f64| z.max(0.0) + (-z.abs()).exp().ln_1p();
+                t * softplus(-x) + (1.0 - t) * softplus(x)
+            })
+            .sum::<f64>()
+            / 6.0;
+        assert!(
+            (f64::from(bce.data()[0]) - want).abs() < 1e-4,
+            "{} vs {want}",
+            bce.data()[0]
+        );
+        check_gradients(
+            &engine,
+            &[&[2, 3], &[2, 3]],
+            &[values(6, 0), t],
+            |p| engine.bce_with_logits(&p[0], &p[1]),
+            1e-2,
+        )?;
+        Ok(())
+    }
+
+    #[test]
+    fn dropout_uses_the_shared_mask() -> R {
+        let engine = CpuBackend::new();
+        let n = 40_000;
+        for (p, seed) in [(0.3f32, 7u64), (0.9, 1), (0.5, u64::MAX)] {
+            let x = engine.parameter(&[n], values(n, 0))?;
+            let y = engine.dropout(&x, p, seed)?;
+            let mask = crate::dropout_mask(n, p, seed, &Interrupt::new())?;
+            let want: Vec<f32> = x.data().iter().zip(&mask).map(|(x, m)| x * m).collect();
+            assert_eq!(y.data(), &want[..]);
+            let loss = engine.reduce(Reduce::Sum, &y, &[0], false)?;
+            let grads = engine.backward(&loss)?;
+            assert_eq!(
+                engine.grad(&grads, &x).map(|g| g.data().to_vec()),
+                Some(mask)
+            );
+        }
+        let x = engine.constant(&[3], vec![1.0, 2.0, 3.0])?;
+        assert_eq!(engine.dropout(&x, 0.0, 3)?.data(), x.data());
+        assert!(engine.dropout(&x, 1.0, 3).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn normalize_returns_statistics_and_argmax_picks_first() -> R {
+        let engine = CpuBackend::new();
+        let x = engine.constant(&[2, 3], vec![1.0, 4.0, 4.0, -1.0, -3.0, -1.0])?;
+        let n = engine.normalize(&x, &[1], 1e-5)?;
+        assert_eq!(n.mean.dims(), [2, 1]);
+        assert_eq!(n.mean.data(), [3.0, -5.0 / 3.0]);
+        assert!((n.var.data()[0] - 2.0).abs() < 1e-6);
+        let a = engine.argmax(&x, 1, false)?;
+        assert_eq!((a.dims(), a.data()), (&[2][..], &[1.0, 0.0][..]));
+        let a = engine.argmax(&x, 0, true)?;
+        assert_eq!((a.dims(), a.data()), (&[1, 3][..], &[0.0, 0.0, 0.0][..]));
+        Ok(())
+    }
+
+    #[test]
+    fn bad_arguments_are_errors() {
+        let engine = CpuBackend::new();
+        let x = engine.constant(&[2, 3], vec![0.0; 6]);
+        let Ok(x) = x else { return };
+        assert!(engine.reduce(Reduce::Sum, &x, &[2], false).is_err());
+        assert!(engine.permute(&x, &[0, 0]).is_err());
+        assert!(engine.narrow(&x, 1, 2, 2).is_err());
+        assert!(engine.clamp(&x, 1.0, 0.0).is_err());
+        for bad in [vec![3.0], vec![-1.0], vec![0.5], vec![f32::NAN]] {
+            let Ok(ids) = engine.constant(&[1], bad) else {
+                continue;
+            };
+            assert!(engine.index_select(&x, 1, &ids).is_err());
+        }
+        assert!(engine.matmul(&x, &x).is_err());
+        assert!(
+            engine
+                .binary(
+                    Binary::Add,
+                    &x,
+                    &engine.constant(&[2], vec![0.0; 2]).unwrap_or(x.clone())
+                )
+                .is_err()
+        );
+        assert!(engine.normalize(&x, &[0], 0.0).is_err());
+        assert!(engine.adaptive_avg_pool2d(&x, [1, 1]).is_err());
+    }
+
+    #[test]
+    fn an_interrupted_engine_stops_new_ops() -> R {
+        let interrupt = Interrupt::new();
+        let engine = CpuBackend::new().with_interrupt(interrupt.clone());
+        let x = engine.constant(&[256, 256], vec![1.0; 1 << 16])?;
+        interrupt.stop();
+        assert_eq!(
+            engine.reduce(Reduce::Sum, &x, &[1], false).err(),
+            Some(EngineError::Interrupted)
+        );
+        assert_eq!(
+            engine.permute(&x, &[1, 0]).err(),
+            Some(EngineError::Interrupted)
+        );
+        assert_eq!(engine.matmul(&x, &x).err(), Some(EngineError::Interrupted));
+        assert_eq!(
+            engine.dropout(&x, 0.5, 1).err(),
+            Some(EngineError::Interrupted)
+        );
+        assert_eq!(
+            engine.normalize(&x, &[0], 1e-5).err(),
+            Some(EngineError::Interrupted)
+        );
+        Ok(())
+    }
 }

@@ -8,10 +8,11 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use super::{CpuTensor, conv, elementwise, gemm::View, gemm::matmul};
-use crate::check::Conv2d;
+use super::reduce::{self, Rows};
+use super::{CpuTensor, batched, conv, elementwise, gemm::View, gemm::matmul, layout, norm, pool};
+use crate::check::{Conv2d, Matmul};
 use crate::interrupt::Pace;
-use crate::{Binary, EngineError, Interrupt, Unary};
+use crate::{Binary, EngineError, Interrupt, Pool2dOptions, Reduce, Unary};
 
 /// How a tracked tensor was computed: its inputs and what its gradient needs.
 #[derive(Debug)]
@@ -27,6 +28,15 @@ pub(crate) enum Op {
         /// For each output, the index in `x` of the value it took.
         argmax: Vec<u32>,
     },
+    AvgPool {
+        x: CpuTensor,
+        options: Pool2dOptions,
+        out: [usize; 4],
+    },
+    AdaptiveAvgPool {
+        x: CpuTensor,
+        out: [usize; 4],
+    },
     Linear {
         x: CpuTensor,
         w: CpuTensor,
@@ -36,15 +46,22 @@ pub(crate) enum Op {
         op: Unary,
         x: CpuTensor,
     },
+    /// Broadcasting: the output's shape is that of the tensor holding this op.
     Binary {
         op: Binary,
         a: CpuTensor,
         b: CpuTensor,
     },
+    Clamp {
+        x: CpuTensor,
+        min: f32,
+        max: f32,
+    },
     Affine {
         x: CpuTensor,
         scale: f32,
     },
+    /// Also the identity (dropout with `p = 0`).
     Reshape {
         x: CpuTensor,
     },
@@ -52,9 +69,54 @@ pub(crate) enum Op {
         logits: CpuTensor,
         probabilities: Vec<f32>,
         labels: Vec<usize>,
+        smoothing: f32,
+    },
+    BceWithLogits {
+        logits: CpuTensor,
+        targets: CpuTensor,
     },
     Mean {
         x: CpuTensor,
+    },
+    Reduce {
+        op: Reduce,
+        x: CpuTensor,
+        plan: Rows,
+        saved: reduce::Saved,
+    },
+    Permute {
+        x: CpuTensor,
+        perm: Vec<usize>,
+    },
+    Concat {
+        xs: Vec<CpuTensor>,
+        axis: usize,
+    },
+    Narrow {
+        x: CpuTensor,
+        axis: usize,
+        start: usize,
+        len: usize,
+    },
+    IndexSelect {
+        x: CpuTensor,
+        axis: usize,
+        indices: Vec<usize>,
+    },
+    Matmul {
+        a: CpuTensor,
+        b: CpuTensor,
+        geometry: Matmul,
+    },
+    /// The output (the tensor holding this op) is the normalised value the backward needs.
+    Normalize {
+        x: CpuTensor,
+        plan: Rows,
+        inv_std: Vec<f32>,
+    },
+    Dropout {
+        x: CpuTensor,
+        mask: Vec<f32>,
     },
 }
 
@@ -66,13 +128,24 @@ impl Op {
                 v.extend(b.as_ref());
                 v
             }
-            Op::Binary { a, b, .. } => vec![a, b],
+            Op::Binary { a, b, .. } | Op::Matmul { a, b, .. } => vec![a, b],
+            Op::BceWithLogits { logits, targets } => vec![logits, targets],
             Op::MaxPool { x, .. }
+            | Op::AvgPool { x, .. }
+            | Op::AdaptiveAvgPool { x, .. }
             | Op::Unary { x, .. }
+            | Op::Clamp { x, .. }
             | Op::Affine { x, .. }
             | Op::Reshape { x }
-            | Op::Mean { x } => vec![x],
+            | Op::Mean { x }
+            | Op::Reduce { x, .. }
+            | Op::Permute { x, .. }
+            | Op::Narrow { x, .. }
+            | Op::IndexSelect { x, .. }
+            | Op::Normalize { x, .. }
+            | Op::Dropout { x, .. } => vec![x],
             Op::CrossEntropy { logits, .. } => vec![logits],
+            Op::Concat { xs, .. } => xs.iter().collect(),
         }
     }
 
@@ -209,6 +282,14 @@ fn input_grads<'a>(
             }
             vec![(x, dx)]
         }
+        Op::AvgPool { x, options, out } => {
+            let dims = dims4(x).ok_or(internal("pool2d backward"))?;
+            vec![(x, pool::avg_pool2d_backward(g, dims, *out, options, i)?)]
+        }
+        Op::AdaptiveAvgPool { x, out } => {
+            let dims = dims4(x).ok_or(internal("adaptive_avg_pool2d backward"))?;
+            vec![(x, pool::adaptive_avg_pool2d_backward(g, dims, *out, i)?)]
+        }
         Op::Linear { x, w, b } => {
             let (n, inputs) = (x.0.dims[0], x.0.dims[1]);
             let o = w.0.dims[1];
@@ -303,38 +384,18 @@ fn input_grads<'a>(
             };
             vec![(x, dx)]
         }
-        Op::Binary { op, a, b } => {
-            let (av, bv) = (&a.0.data, &b.0.data);
-            let mut v = Vec::new();
-            match op {
-                Binary::Add => {
-                    v.push((a, elementwise::copy(g, i)?));
-                    v.push((b, elementwise::copy(g, i)?));
-                }
-                Binary::Sub => {
-                    v.push((a, elementwise::copy(g, i)?));
-                    v.push((b, elementwise::map(g, i, |g| -g)?));
-                }
-                Binary::Mul => {
-                    if a.0.tracked {
-                        v.push((a, elementwise::zip(g, bv, i, |g, b| g * b)?));
-                    }
-                    if b.0.tracked {
-                        v.push((b, elementwise::zip(g, av, i, |g, a| g * a)?));
-                    }
-                }
-                Binary::Div => {
-                    if a.0.tracked {
-                        v.push((a, elementwise::zip(g, bv, i, |g, b| g / b)?));
-                    }
-                    if b.0.tracked {
-                        let quotient = &y.0.data;
-                        let gq = elementwise::zip(g, quotient, i, |g, q| g * q)?;
-                        v.push((b, elementwise::zip(&gq, bv, i, |gq, b| -gq / b)?));
-                    }
-                }
-            }
-            v
+        Op::Binary { op, a, b } => binary_grads(*op, a, b, y, g, i)?,
+        Op::Clamp { x, min, max } => {
+            let (lo, hi) = (*min, *max);
+            let dx = elementwise::zip(
+                x.data(),
+                g,
+                i,
+                |x, g| {
+                    if x >= lo && x <= hi { g } else { 0.0 }
+                },
+            )?;
+            vec![(x, dx)]
         }
         Op::Affine { x, scale } => {
             let s = *scale;
@@ -345,20 +406,173 @@ fn input_grads<'a>(
             logits,
             probabilities,
             labels,
+            smoothing,
         } => {
-            let classes = logits.0.dims[1];
-            let scale = g.first().copied().unwrap_or(0.0) / labels.len() as f32;
-            let mut d = elementwise::map(probabilities, i, |p| p * scale)?;
+            let classes = logits.0.dims.get(1).copied().unwrap_or(1);
+            let scale = g.first().copied().unwrap_or(0.0) / labels.len().max(1) as f32;
+            // (p − q) · scale, with q = (1 − s)·[label] + s / C.
+            let spread = scale * smoothing / classes as f32;
+            let mut d = elementwise::map(probabilities, i, |p| p * scale - spread)?;
+            let on_label = scale * (1.0 - smoothing);
+            let mut pace = Pace::new(i)?;
             for (row, &label) in labels.iter().enumerate() {
-                d[row * classes + label] -= scale;
+                pace.step(1)?;
+                *d.get_mut(row * classes + label)
+                    .ok_or(internal("cross_entropy backward"))? -= on_label;
             }
             vec![(logits, d)]
+        }
+        Op::BceWithLogits { logits, targets } => {
+            let n = logits.0.data.len().max(1) as f32;
+            let scale = g.first().copied().unwrap_or(0.0) / n;
+            let mut v = Vec::new();
+            if logits.0.tracked {
+                let d = elementwise::zip(logits.data(), targets.data(), i, |x, t| {
+                    scale * (super::sigmoid(x) - t)
+                })?;
+                v.push((logits, d));
+            }
+            if targets.0.tracked {
+                v.push((targets, elementwise::map(logits.data(), i, |x| -scale * x)?));
+            }
+            v
         }
         Op::Mean { x } => {
             let v = g.first().copied().unwrap_or(0.0) / x.0.data.len() as f32;
             vec![(x, elementwise::filled(x.0.data.len(), v, i)?)]
         }
+        Op::Reduce { op, x, plan, saved } => {
+            vec![(x, reduce::backward(*op, plan, x.data(), saved, g, i)?)]
+        }
+        Op::Permute { x, perm } => {
+            vec![(x, layout::permute(g, y.dims(), &layout::inverse(perm), i)?)]
+        }
+        Op::Concat { xs, axis } => {
+            let dims: Vec<&[usize]> = xs.iter().map(|x| x.dims()).collect();
+            let parts = layout::split(g, &dims, *axis, i)?;
+            xs.iter().zip(parts).collect()
+        }
+        Op::Narrow {
+            x,
+            axis,
+            start,
+            len,
+        } => vec![(x, layout::unnarrow(g, x.dims(), *axis, *start, *len, i)?)],
+        Op::IndexSelect { x, axis, indices } => {
+            vec![(x, layout::index_add(g, x.dims(), *axis, indices, i)?)]
+        }
+        Op::Matmul { a, b, geometry } => {
+            let (av, bv) = ((a.data(), a.dims()), (b.data(), b.dims()));
+            let mut v = Vec::new();
+            if a.0.tracked {
+                v.push((a, batched::grad_a(geometry, av, bv, g, i)?));
+            }
+            if b.0.tracked {
+                v.push((b, batched::grad_b(geometry, av, bv, g, i)?));
+            }
+            v
+        }
+        Op::Normalize { x, plan, inv_std } => {
+            vec![(x, norm::backward(plan, y.data(), inv_std, g, i)?)]
+        }
+        Op::Dropout { x, mask } => vec![(x, elementwise::zip(g, mask, i, |g, m| g * m)?)],
     })
+}
+
+/// A gradient rule: an operand's gradient from `(g, a, b, y)` at one output position.
+type Rule = fn(f32, f32, f32, f32) -> f32;
+
+/// The gradients of a broadcasting binary operation's operands, each summed back to its
+/// operand's shape.
+fn binary_grads<'a>(
+    op: Binary,
+    a: &'a CpuTensor,
+    b: &'a CpuTensor,
+    y: &CpuTensor,
+    g: &[f32],
+    i: &Interrupt,
+) -> Result<Vec<(&'a CpuTensor, Vec<f32>)>, EngineError> {
+    let out = y.dims();
+    let own = layout::strides(out);
+    let (sa, sb) = (
+        layout::broadcast_strides(a.dims(), out),
+        layout::broadcast_strides(b.dims(), out),
+    );
+    let (av, bv, yv) = (a.data(), b.data(), y.data());
+    // The full-size gradient of `a` (then `b`) given by `f(g, a, b, y)`.
+    let full = |f: Rule| {
+        layout::map(
+            out,
+            [(g, own), (av, sa), (bv, sb), (yv, own)],
+            i,
+            move |[g, a, b, y]| f(g, a, b, y),
+        )
+    };
+    let (fa, fb): (Rule, Rule) = match op {
+        Binary::Add => (|g, _, _, _| g, |g, _, _, _| g),
+        Binary::Sub => (|g, _, _, _| g, |g, _, _, _| -g),
+        Binary::Mul => (|g, _, b, _| g * b, |g, a, _, _| g * a),
+        Binary::Div => (|g, _, b, _| g / b, |g, _, b, y| -g * y / b),
+        // PyTorch's conventions: no gradient through a zero exponent, and none to the
+        // exponent where the base is 0 and the exponent not negative.
+        Binary::Pow => (
+            |g, a, b, _| {
+                if b == 0.0 {
+                    0.0
+                } else {
+                    g * b * a.powf(b - 1.0)
+                }
+            },
+            |g, a, b, y| {
+                if a == 0.0 && b >= 0.0 {
+                    0.0
+                } else {
+                    g * y * a.ln()
+                }
+            },
+        ),
+        Binary::Maximum => (
+            |g, a, b, _| if super::picks_first_max(a, b) { g } else { 0.0 },
+            |g, a, b, _| if super::picks_first_max(a, b) { 0.0 } else { g },
+        ),
+        Binary::Minimum => (
+            |g, a, b, _| if super::picks_first_min(a, b) { g } else { 0.0 },
+            |g, a, b, _| if super::picks_first_min(a, b) { 0.0 } else { g },
+        ),
+    };
+    // Sums and differences pass `g` through as it is (negated for `b` of a difference).
+    let full = |f: Rule, first: bool| match (op, first) {
+        (Binary::Add, _) | (Binary::Sub, true) => elementwise::copy(g, i),
+        (Binary::Sub, false) => elementwise::map(g, i, |g| -g),
+        _ => full(f),
+    };
+    let mut v = Vec::new();
+    if a.0.tracked {
+        v.push((a, to_shape(full(fa, true)?, out, a.dims(), i)?));
+    }
+    if b.0.tracked {
+        v.push((b, to_shape(full(fb, false)?, out, b.dims(), i)?));
+    }
+    Ok(v)
+}
+
+/// A full-size gradient summed down to an operand's shape (moved through if it is that).
+fn to_shape(
+    full: Vec<f32>,
+    out: &[usize],
+    dims: &[usize],
+    i: &Interrupt,
+) -> Result<Vec<f32>, EngineError> {
+    if out == dims {
+        Ok(full)
+    } else {
+        reduce::sum_to(&full, out, dims, i)
+    }
+}
+
+/// The dimensions of a rank-4 tensor.
+fn dims4(t: &CpuTensor) -> Option<[usize; 4]> {
+    t.dims().try_into().ok()
 }
 
 /// Releases a graph without recursion: inputs this node held last are taken apart here.

@@ -9,7 +9,14 @@ use chiron_sandbox::{Model, Quotas};
 
 /// A runtime serving one query of four features, `input`, on an empty model of a three-class
 /// table.
+#[allow(dead_code)] // not every test file uses the default quotas
 pub fn predict_runtime(input: [f32; 4]) -> Runtime<CpuBackend> {
+    predict_runtime_with(input, Quotas::default())
+}
+
+/// [`predict_runtime`] under `quotas`.
+#[allow(dead_code)] // not every test file sets its own quotas
+pub fn predict_runtime_with(input: [f32; 4], quotas: Quotas) -> Runtime<CpuBackend> {
     let header = DatasetHeader {
         kind: DatasetKind::Tabular,
         dims: vec![4],
@@ -27,5 +34,5 @@ pub fn predict_runtime(input: [f32; 4]) -> Runtime<CpuBackend> {
         input_shape: vec![1, 4],
         input: input.to_vec(),
     };
-    Runtime::new(CpuBackend::new(), Quotas::default(), [0; 32], mode)
+    Runtime::new(CpuBackend::new(), quotas, [0; 32], mode)
 }
