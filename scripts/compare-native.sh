@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The example CNN on Fashion-MNIST, twice in one run: trained natively with the engine
-# (no sandbox, no crypto: `chiron-reference`), then through the whole confined path
+# An example program (PROGRAM: cnn, the default, resnet or vit) on Fashion-MNIST, twice in
+# one run: trained natively with the engine (no sandbox, no crypto: `chiron-reference`), then
+# through the whole confined path
 # (`demo.sh`: encrypted upload, attested enclave, wasm sandbox, sealed model, black-box
 # queries). Prints both test accuracies and training times; BENCHMARKS.md quotes this.
 # EPOCHS (default 3) and SEED (64 hex digits, default all zeros) apply to both: with the same
@@ -12,19 +13,20 @@ scripts/setup.sh >/dev/null
 scripts/build.sh 2>/dev/null
 
 EPOCHS="${EPOCHS:-3}"
+PROGRAM_NAME="${PROGRAM:-cnn}"
 SEED="${SEED:-0000000000000000000000000000000000000000000000000000000000000000}"
 FMNIST=/usr/share/datasets/fashion-mnist
 LOG="$(mktemp -d)"
 trap 'rm -rf "$LOG"' EXIT
 
 echo "native: training $EPOCHS epochs..." >&2
-target/release/chiron-reference --program cnn --epochs "$EPOCHS" --seed "$SEED" --valid-fraction 0.05 \
+target/release/chiron-reference --program "$PROGRAM_NAME" --epochs "$EPOCHS" --seed "$SEED" --valid-fraction 0.05 \
     --train-images "$FMNIST/train-images-idx3-ubyte.gz" --train-labels "$FMNIST/train-labels-idx1-ubyte.gz" \
     --test-images "$FMNIST/t10k-images-idx3-ubyte.gz" --test-labels "$FMNIST/t10k-labels-idx1-ubyte.gz" \
     >"$LOG/native.out"
 echo "confined: running the demo..." >&2
 started=$(date +%s)
-EPOCHS="$EPOCHS" SEED="$SEED" scripts/demo.sh >"$LOG/demo.out" 2>"$LOG/demo.err"
+PROGRAM="$PROGRAM_NAME" EPOCHS="$EPOCHS" SEED="$SEED" scripts/demo.sh >"$LOG/demo.out" 2>"$LOG/demo.err"
 demo_wall=$(($(date +%s) - started))
 
 native_acc="$(grep -o '[0-9.]*% on' "$LOG/native.out" | cut -d% -f1)"

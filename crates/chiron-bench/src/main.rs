@@ -102,6 +102,8 @@ struct Samples {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As in the enclave, so that both sides of a comparison allocate alike.
+    chiron_sandbox::memory::keep_freed_memory();
     let cli = Cli::parse();
     let sandbox = Sandbox::new(SandboxConfig::default()).context("cannot start the sandbox")?;
     let torch = torch_available();

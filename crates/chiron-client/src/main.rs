@@ -345,6 +345,8 @@ struct OwnerRecord {
 }
 
 fn main() {
+    // `run-local` trains in this process.
+    chiron_sandbox::memory::keep_freed_memory();
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
         std::process::exit(1);

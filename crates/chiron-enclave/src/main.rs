@@ -224,6 +224,7 @@ enum RoleArg {
 fn main() -> anyhow::Result<()> {
     // First, before any secret exists; without it the enclave does not start.
     harden_process().context("refusing to start: the process hardening failed")?;
+    chiron_sandbox::memory::keep_freed_memory();
     // Panic messages could carry runtime state into the host-visible stderr: print none.
     // The sandbox and engine turn panics into errors before they get here anyway.
     std::panic::set_hook(Box::new(|_| {

@@ -41,6 +41,8 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As in the enclave, so that both sides of a comparison allocate alike.
+    chiron_sandbox::memory::keep_freed_memory();
     let cli = Cli::parse();
     let opts = ConvertOptions {
         valid_fraction: cli.valid_fraction,

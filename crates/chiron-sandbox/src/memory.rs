@@ -16,6 +16,36 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+/// Makes the C allocator keep freed memory for reuse instead of returning it to the
+/// operating system after every large free.
+///
+/// Training allocates and frees tensors of the same few sizes (megabytes each) at every
+/// step. By default glibc serves each with a fresh `mmap` and unmaps it on free, so every
+/// step pays page faults and the kernel's zeroing of every page: a quarter of a small
+/// residual network's training time on 2 cores. Raising the thresholds keeps those blocks
+/// in the heap (measured: the same run 24% faster, its peak resident memory 3% higher).
+/// Call it once at process start, before any thread allocates. A no-op off glibc.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        const MIB: libc::c_int = 1 << 20;
+        for (param, value) in [
+            // Blocks up to 256 MiB come from the heap, not from their own mapping.
+            (libc::M_MMAP_THRESHOLD, 256 * MIB),
+            // Free memory at the top of the heap is returned only past 512 MiB.
+            (libc::M_TRIM_THRESHOLD, 512 * MIB),
+            // The heap grows 64 MiB at a time.
+            (libc::M_TOP_PAD, 64 * MIB),
+        ] {
+            // SAFETY: `mallopt` only sets a tuning parameter of glibc's allocator; it takes
+            // plain integers and is safe to call at any time (glibc serialises it with the
+            // allocator's own lock). A refused value (return 0) leaves the default in place.
+            #[allow(unsafe_code)]
+            let _ = unsafe { libc::mallopt(param, value) };
+        }
+    }
+}
+
 /// Bytes allocated through [`CountingAllocator`] and not yet freed.
 static IN_USE: AtomicUsize = AtomicUsize::new(0);
 /// The most [`IN_USE`] has been since the last [`reset_peak`].

@@ -1,5 +1,6 @@
-//! Confinement changes nothing numerically: the CNN trained in the sandbox and the same
-//! program linked natively against the engine, from the same seed, give the same model.
+//! Confinement changes nothing numerically: each example program trained in the sandbox and
+//! the same program linked natively against the engine, from the same seed, give the same
+//! model and the same answers.
 #![allow(clippy::expect_used)] // test helpers: a failed step is a failed test
 
 use std::sync::Arc;
@@ -11,20 +12,38 @@ use chiron_sandbox::{Sandbox, SandboxConfig, TrainJob, TrainingData, runtime::ar
 use chiron_tests::*;
 
 #[test]
-fn sandboxed_and_native_training_agree() {
+fn sandboxed_and_native_cnn_agree() {
+    agree(Example::Cnn, "chiron_cnn");
+}
+
+/// Batch norm (running statistics), dropout, augmentation, strided convolutions and global
+/// pooling, through the SDK's layers.
+#[test]
+fn sandboxed_and_native_resnet_agree() {
+    agree(Example::Resnet, "chiron_resnet");
+}
+
+/// Attention (batched products, permutes), layer norm, GELU, label smoothing, AdamW with
+/// clipping and a warm-up schedule.
+#[test]
+fn sandboxed_and_native_vit_agree() {
+    agree(Example::Vit, "chiron_vit");
+}
+
+fn agree(example: Example, wasm: &str) {
     let plain = fashion_subset(1200);
     let data = Arc::new(TrainingData::from_plaintext(plain.header, plain.body).expect("data"));
     let seed = [9; 32];
 
     let sandbox = Sandbox::new(SandboxConfig::default()).expect("sandbox");
-    let program = sandbox.load(&program_wasm("chiron_cnn")).expect("loads");
+    let program = sandbox.load(&program_wasm(wasm)).expect("loads");
     let confined = sandbox
         .train(
             &program,
             TrainJob::new(Arc::clone(&data), seed, 1, Duration::from_secs(600)),
         )
         .expect("sandboxed training");
-    let native = chiron_reference::train(Example::Cnn, data, seed, 1, |_| {}).expect("native");
+    let native = chiron_reference::train(example, data, seed, 1, |_| {}).expect("native");
 
     assert_eq!(confined.tensors.len(), native.tensors.len());
     assert_eq!(confined.meta, native.meta);
@@ -35,7 +54,10 @@ fn sandboxed_and_native_training_agree() {
             max_diff = max_diff.max((a - b).abs());
         }
     }
-    assert!(max_diff < 1e-4, "weights differ by up to {max_diff}");
+    assert!(
+        max_diff < 1e-4,
+        "{wasm}: weights differ by up to {max_diff}"
+    );
 
     let (images, labels) = fashion_test();
     let test = convert::load_idx_inputs(&images, &labels, Some(200)).expect("test set");
@@ -44,11 +66,11 @@ fn sandboxed_and_native_training_agree() {
     let a = sandbox
         .predict(&program, confined, shape.clone(), test.features.clone())
         .expect("sandboxed predict");
-    let b = chiron_reference::predict(Example::Cnn, native, shape, test.features).expect("native");
+    let b = chiron_reference::predict(example, native, shape, test.features).expect("native");
     let agree = a
         .chunks_exact(10)
         .zip(b.chunks_exact(10))
         .filter(|(x, y)| argmax(x) == argmax(y))
         .count();
-    assert!(agree >= 199, "predictions agree on {agree}/200");
+    assert!(agree >= 199, "{wasm}: predictions agree on {agree}/200");
 }

@@ -97,6 +97,32 @@ impl<'a, const K: usize> Walk<'a, K> {
         }
     }
 
+    /// Moves `run` positions along the innermost axis, which must not take it past the end
+    /// of the current innermost row, then carries into the outer axes as [`Walk::advance`]
+    /// does if the row is done.
+    fn advance_run(&mut self, run: usize) {
+        let Some(last) = self.dims.len().checked_sub(1) else {
+            return;
+        };
+        if run == 0 {
+            return;
+        }
+        // One step less than the run, then one ordinary step that carries if needed.
+        self.index[last] += run - 1;
+        for (o, s) in self.offsets.iter_mut().zip(self.strides) {
+            *o = o.wrapping_add((run - 1).wrapping_mul(s[last]));
+        }
+        self.advance();
+    }
+
+    /// Positions left in the current innermost row, this one included.
+    fn left_in_row(&self) -> usize {
+        self.dims
+            .len()
+            .checked_sub(1)
+            .map_or(1, |last| self.dims[last] - self.index[last])
+    }
+
     /// Moves to the next output position (back to the first after the last).
     fn advance(&mut self) {
         let mut axis = self.dims.len();
@@ -149,17 +175,28 @@ pub(crate) fn map<const K: usize>(
     let strides: [Strides; K] = sources.map(|(_, s)| s);
     let data: [&[f32]; K] = sources.map(|(d, _)| d);
     let mut y = vec![0.0f32; elements(out)];
+    let inner: [usize; K] = strides.map(|s| s[out.len() - 1]);
     let work = |(chunk, ys): (usize, &mut [f32])| -> Result<(), EngineError> {
         interrupt.check()?;
         let mut walk = Walk::at(out, &strides, chunk * CHUNK);
-        for y in ys {
+        let mut rest = ys;
+        // A run along the innermost axis at a time: each source is read at a fixed step
+        // there, so only the run's start needs the strided walk.
+        while !rest.is_empty() {
+            let run = walk.left_in_row().min(rest.len());
+            let (now, later) = rest.split_at_mut(run);
             // In bounds: `reaches_within` bounded every offset of the walk.
-            let mut values = [0.0f32; K];
-            for ((v, d), &o) in values.iter_mut().zip(&data).zip(&walk.offsets) {
-                *v = d[o];
+            for (j, y) in now.iter_mut().enumerate() {
+                let mut values = [0.0f32; K];
+                for (((v, d), &o), &s) in
+                    values.iter_mut().zip(&data).zip(&walk.offsets).zip(&inner)
+                {
+                    *v = d[o + j * s];
+                }
+                *y = f(values);
             }
-            *y = f(values);
-            walk.advance();
+            walk.advance_run(run);
+            rest = later;
         }
         Ok(())
     };

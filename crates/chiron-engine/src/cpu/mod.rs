@@ -6,6 +6,7 @@
 //! and out of the sandbox.
 
 mod batched;
+mod blocks;
 mod conv;
 mod elementwise;
 mod gemm;
@@ -370,6 +371,10 @@ impl Backend for CpuBackend {
         let y = contained("binary", || {
             if a.dims() == b.dims() {
                 elementwise::zip(a.data(), b.data(), i, f)
+            } else if let Some(bl) = blocked(&out, b.dims()).filter(|_| a.dims() == out) {
+                blocks::map(bl, [a.data()], [b.data()], i, |[x], [y]| f(x, y))
+            } else if let Some(bl) = blocked(&out, a.dims()).filter(|_| b.dims() == out) {
+                blocks::map(bl, [b.data()], [a.data()], i, |[y], [x]| f(x, y))
             } else {
                 layout::map(
                     &out,
@@ -754,6 +759,16 @@ pub(crate) fn picks_first_min(a: f32, b: f32) -> bool {
 }
 
 /// The element-wise function of a [`Binary`] operation.
+/// The blocked layout in which an operand shaped `operand` broadcasts over `out`: one
+/// value per kept index, if its axes of more than one entry are contiguous.
+pub(crate) fn blocked(out: &[usize], operand: &[usize]) -> Option<blocks::Blocks> {
+    let shift = out.len().checked_sub(operand.len())?;
+    let aligned: Vec<usize> = (0..out.len())
+        .map(|i| i.checked_sub(shift).map_or(1, |j| operand[j]))
+        .collect();
+    blocks::Blocks::of(out, &aligned).filter(|b| b.kept == aligned.iter().product::<usize>())
+}
+
 fn binary_fn(op: Binary) -> fn(f32, f32) -> f32 {
     match op {
         Binary::Add => |x, y| x + y,

@@ -4,6 +4,7 @@
 //! the gradients are computed in the input's own layout by broadcasting the per-row values
 //! back over the normalised axes.
 
+use super::blocks::{self, Blocks};
 use super::layout;
 use super::reduce::{self, Rows};
 use crate::{EngineError, Interrupt};
@@ -24,6 +25,9 @@ pub(crate) fn forward(
     eps: f32,
     interrupt: &Interrupt,
 ) -> Result<Forward, EngineError> {
+    if let Some(b) = Blocks::of(&plan.dims, &plan.kept) {
+        return forward_blocked(b, plan.len, x, eps, interrupt);
+    }
     let rows = plan.gather(x, interrupt)?;
     let moments = reduce::per_row(&rows, plan.len, interrupt, reduce::row_moments)?;
     drop(rows);
@@ -53,6 +57,41 @@ pub(crate) fn forward(
     })
 }
 
+/// [`forward`] on the blocked layout `b`, `n` values per statistic: two passes in `f64`.
+fn forward_blocked(
+    b: Blocks,
+    n: usize,
+    x: &[f32],
+    eps: f32,
+    interrupt: &Interrupt,
+) -> Result<Forward, EngineError> {
+    let n = n.max(1) as f64;
+    let mean: Vec<f32> = blocks::sums(b, [x], [], interrupt, |[x], []| f64::from(x))?
+        .iter()
+        .map(|&s| (s / n) as f32)
+        .collect();
+    let var: Vec<f32> = blocks::sums(b, [x], [&mean], interrupt, |[x], [m]| {
+        let d = f64::from(x) - f64::from(m);
+        d * d
+    })?
+    .iter()
+    .map(|&s| (s / n) as f32)
+    .collect();
+    let inv_std: Vec<f32> = var
+        .iter()
+        .map(|&v| (1.0 / (f64::from(v) + f64::from(eps)).sqrt()) as f32)
+        .collect();
+    let output = blocks::map(b, [x], [&mean, &inv_std], interrupt, |[x], [m, s]| {
+        (x - m) * s
+    })?;
+    Ok(Forward {
+        output,
+        mean,
+        var,
+        inv_std,
+    })
+}
+
 /// The gradient of `x` from `g`, the gradient of the output `y`:
 /// `dx = (g − mean(g) − y · mean(g · y)) / sqrt(var + eps)`, means over each row.
 pub(crate) fn backward(
@@ -62,9 +101,23 @@ pub(crate) fn backward(
     g: &[f32],
     interrupt: &Interrupt,
 ) -> Result<Vec<f32>, EngineError> {
+    let n = plan.len as f64;
+    if let Some(b) = Blocks::of(&plan.dims, &plan.kept) {
+        let mean = |sums: Vec<f64>| -> Vec<f32> { sums.iter().map(|&s| (s / n) as f32).collect() };
+        let mean_g = mean(blocks::sums(b, [g], [], interrupt, |[g], []| f64::from(g))?);
+        let mean_gy = mean(blocks::sums(b, [g, y], [], interrupt, |[g, y], []| {
+            f64::from(g) * f64::from(y)
+        })?);
+        return blocks::map(
+            b,
+            [g, y],
+            [&mean_g, &mean_gy, inv_std],
+            interrupt,
+            |[g, y], [mg, mgy, s]| (g - mg - y * mgy) * s,
+        );
+    }
     let dims = &plan.dims;
     let own = layout::strides(dims);
-    let n = plan.len as f64;
     let gy = super::elementwise::zip(g, y, interrupt, |g, y| g * y)?;
     let row_means = |v: &[f32]| -> Result<Vec<f32>, EngineError> {
         let rows = plan.gather(v, interrupt)?;

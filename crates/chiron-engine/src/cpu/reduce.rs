@@ -282,6 +282,10 @@ pub(crate) fn sum_to(
         return super::elementwise::copy(g, interrupt);
     }
     let plan = Rows::new(from, &axes);
+    if let Some(b) = super::blocks::Blocks::of(&plan.dims, &plan.kept) {
+        let sums = super::blocks::sums(b, [g], [], interrupt, |[g], []| f64::from(g))?;
+        return Ok(sums.into_iter().map(|s| s as f32).collect());
+    }
     let rows = plan.gather(g, interrupt)?;
     per_row(&rows, plan.len, interrupt, |r, p| Ok(row_sum(r, p)? as f32))
 }

@@ -9,7 +9,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::reduce::{self, Rows};
-use super::{CpuTensor, batched, conv, elementwise, gemm::View, gemm::matmul, layout, norm, pool};
+use super::{
+    CpuTensor, batched, blocks, conv, elementwise, gemm::View, gemm::matmul, layout, norm, pool,
+};
 use crate::check::{Conv2d, Matmul};
 use crate::interrupt::Pace;
 use crate::{Binary, EngineError, Interrupt, Pool2dOptions, Reduce, Unary};
@@ -540,6 +542,9 @@ fn binary_grads<'a>(
             |g, a, b, _| if super::picks_first_min(a, b) { 0.0 } else { g },
         ),
     };
+    if let Some(v) = blocked_grads(a, b, out, g, yv, (fa, fb), i)? {
+        return Ok(v);
+    }
     // Sums and differences pass `g` through as it is (negated for `b` of a difference).
     let full = |f: Rule, first: bool| match (op, first) {
         (Binary::Add, _) | (Binary::Sub, true) => elementwise::copy(g, i),
@@ -554,6 +559,85 @@ fn binary_grads<'a>(
         v.push((b, to_shape(full(fb, false)?, out, b.dims(), i)?));
     }
     Ok(v)
+}
+
+/// The gradients of a binary operation whose one operand is full-size and whose other holds
+/// one value per kept index of a blocked layout (a per-channel scale or shift): the first by
+/// a blocked map, the second by blocked sums, without strided walks or a full-size
+/// intermediate. `None` for other layouts.
+fn blocked_grads<'a>(
+    a: &'a CpuTensor,
+    b: &'a CpuTensor,
+    out: &[usize],
+    g: &[f32],
+    y: &[f32],
+    (fa, fb): (Rule, Rule),
+    i: &Interrupt,
+) -> Result<Option<Vec<(&'a CpuTensor, Vec<f32>)>>, EngineError> {
+    if a.dims() == b.dims() {
+        return Ok(None);
+    }
+    let (full_is_a, layout) = if a.dims() == out {
+        (true, super::blocked(out, b.dims()))
+    } else if b.dims() == out {
+        (false, super::blocked(out, a.dims()))
+    } else {
+        return Ok(None);
+    };
+    let Some(bl) = layout else {
+        return Ok(None);
+    };
+    let (full, kept) = if full_is_a { (a, b) } else { (b, a) };
+    // `rule(g, a, b, y)` from the full value `f` and the kept value `k`.
+    let apply = move |rule: Rule, g: f32, f: f32, k: f32, y: f32| {
+        if full_is_a {
+            rule(g, f, k, y)
+        } else {
+            rule(g, k, f, y)
+        }
+    };
+    let grad_full = |rule: Rule| {
+        blocks::map(
+            bl,
+            [g, full.data(), y],
+            [kept.data()],
+            i,
+            move |[g, f, y], [k]| apply(rule, g, f, k, y),
+        )
+    };
+    let grad_kept = |rule: Rule| -> Result<Vec<f32>, EngineError> {
+        let sums = blocks::sums(
+            bl,
+            [g, full.data(), y],
+            [kept.data()],
+            i,
+            move |[g, f, y], [k]| f64::from(apply(rule, g, f, k, y)),
+        )?;
+        Ok(sums.into_iter().map(|s| s as f32).collect())
+    };
+    let (full_rule, kept_rule) = if full_is_a { (fa, fb) } else { (fb, fa) };
+    let mut v = Vec::new();
+    if a.0.tracked {
+        v.push((
+            a,
+            if full_is_a {
+                grad_full(full_rule)?
+            } else {
+                grad_kept(kept_rule)?
+            },
+        ));
+    }
+    if b.0.tracked {
+        v.push((
+            b,
+            if full_is_a {
+                grad_kept(kept_rule)?
+            } else {
+                grad_full(full_rule)?
+            },
+        ));
+    }
+    Ok(Some(v))
 }
 
 /// A full-size gradient summed down to an operand's shape (moved through if it is that).
