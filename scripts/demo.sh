@@ -7,7 +7,8 @@
 # EPOCHS (default 3) and LIMIT (training examples, default all 60 000) can be overridden;
 # SEED (64 hex digits, default zeros) fixes the training run's random stream, so the demo
 # is reproducible (the CLI draws a fresh seed when none is given). PROGRAM picks the example
-# program: cnn (the default), resnet, vit or mlp.
+# program: cnn (the default), resnet, vit or mlp. TRAIN_ARGS adds arguments to `chiron train`
+# (for example "--live --time-budget 1500").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -15,6 +16,7 @@ scripts/build.sh
 
 EPOCHS="${EPOCHS:-3}"
 PROGRAM_NAME="${PROGRAM:-cnn}"
+read -ra EXTRA_ARGS <<< "${TRAIN_ARGS:-}"
 LIMIT_ARGS=()
 if [ -n "${LIMIT:-}" ]; then LIMIT_ARGS=(--limit "$LIMIT"); fi
 SEED="${SEED:-0000000000000000000000000000000000000000000000000000000000000000}"
@@ -44,7 +46,7 @@ MEASUREMENT="$("$BIN/chiron" measure "$BIN/chiron-enclave")"
 TRUST=(--sim-measurement "$MEASUREMENT" --dangerous-sim-platform "$WORK/service/sim-platform.key.pub")
 "$BIN/chiron" train --host "$URL" --program "$PROGRAM" \
     --idx-images "$FMNIST/train-images-idx3-ubyte.gz" --idx-labels "$FMNIST/train-labels-idx1-ubyte.gz" \
-    "${LIMIT_ARGS[@]}" "${SEED_ARGS[@]}" --epochs "$EPOCHS" --valid-fraction 0.05 --ticket "$WORK/job.json" "${TRUST[@]}"
+    "${LIMIT_ARGS[@]}" "${SEED_ARGS[@]}" --epochs "$EPOCHS" --valid-fraction 0.05 --ticket "$WORK/job.json" "${TRUST[@]}" "${EXTRA_ARGS[@]}"
 "$BIN/chiron" evaluate --host "$URL" --ticket "$WORK/job.json" \
     --idx-images "$FMNIST/t10k-images-idx3-ubyte.gz" --idx-labels "$FMNIST/t10k-labels-idx1-ubyte.gz" \
     "${TRUST[@]}"

@@ -8,3 +8,5 @@ cargo fmt --all -- --check
 # The end-to-end tests start the real binaries and load the real wasm programs.
 scripts/build.sh
 cargo test --release --workspace
+# The SDK's own unit tests (schedules, manifest and metadata encodings), natively.
+cargo test --release --manifest-path programs/Cargo.toml -p chiron-sdk --lib

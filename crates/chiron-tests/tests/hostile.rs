@@ -128,6 +128,49 @@ fn programs_the_enclave_would_refuse_are_refused_at_registration_and_by_chiron_c
         .expect("a loadable program registers");
 }
 
+/// `std::time::Instant::now()` compiles but traps in the sandbox: `chiron check` warns about
+/// it from the module alone (the program still loads), and `chiron run-local` shows the
+/// panic that ends the run.
+#[test]
+fn reading_the_clock_is_warned_about_and_its_panic_shown() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = dir.path().join("clock.wasm");
+    std::fs::write(&clock, program_wasm("hostile_clock")).expect("write");
+    let chiron = |args: &[&std::ffi::OsStr]| {
+        std::process::Command::new(bin_dir().join("chiron"))
+            .args(args)
+            .output()
+            .expect("chiron runs")
+    };
+    let out = chiron(&["check".as_ref(), clock.as_os_str()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning") && stderr.contains("chiron_sdk::time_left"),
+        "{stderr}"
+    );
+    let iris = iris_csv();
+    let out = chiron(&[
+        "run-local".as_ref(),
+        clock.as_os_str(),
+        "--csv".as_ref(),
+        iris.as_os_str(),
+        "--label-column".as_ref(),
+        "species".as_ref(),
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("program: panicked at") && stderr.contains("time not implemented"),
+        "{stderr}"
+    );
+    // A program that does not read the clock gets no warning.
+    let mlp = dir.path().join("mlp.wasm");
+    std::fs::write(&mlp, program_wasm("chiron_mlp")).expect("write");
+    let out = chiron(&["check".as_ref(), mlp.as_os_str()]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"));
+}
+
 /// `chiron run-local` shows the provider their program's `println!` lines, panic message and
 /// metrics on their own data; the same program in an enclave says nothing to anyone.
 #[test]
