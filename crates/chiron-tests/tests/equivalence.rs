@@ -1,6 +1,8 @@
 //! Confinement changes nothing numerically: each example program trained in the sandbox and
 //! the same program linked natively against the engine, from the same seed, give the same
-//! model and the same answers.
+//! model, bit for bit, and the same answers. (The engine's kernels do not depend on the
+//! thread split, and the SDK computes its schedules' cosines with the same code on both
+//! sides.)
 #![allow(clippy::expect_used)] // test helpers: a failed step is a failed test
 
 use std::sync::Arc;

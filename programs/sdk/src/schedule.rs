@@ -23,6 +23,11 @@
 
 use std::f32::consts::PI;
 
+/// `cos`, computed by the same code in the sandbox and natively (see `Cargo.toml`).
+fn cos(x: f32) -> f32 {
+    libm::cosf(x)
+}
+
 /// A learning rate for each optimizer step, counted from 0.
 pub trait Schedule {
     /// The learning rate at `step`.
@@ -78,7 +83,7 @@ impl Schedule for WarmupCosine {
         }
         let span = self.total.saturating_sub(self.warmup).max(1);
         let t = ((step - self.warmup) as f32 / span as f32).min(1.0);
-        self.min + 0.5 * (self.base - self.min) * (1.0 + (PI * t).cos())
+        self.min + 0.5 * (self.base - self.min) * (1.0 + cos(PI * t))
     }
 }
 
@@ -105,7 +110,7 @@ impl Schedule for OneCycle {
         let total = self.total.max(2) as f32;
         let peak = (0.3 * total).max(1.0);
         let s = step as f32;
-        let anneal = |from: f32, to: f32, t: f32| to + 0.5 * (from - to) * (1.0 + (PI * t).cos());
+        let anneal = |from: f32, to: f32, t: f32| to + 0.5 * (from - to) * (1.0 + cos(PI * t));
         if s <= peak {
             anneal(start, self.max, s / peak)
         } else {
