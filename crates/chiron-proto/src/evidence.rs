@@ -90,6 +90,12 @@ pub enum Role {
     /// Holds a sealing root derived from its own TEE's sealing key and releases sealing
     /// secrets to attested enclaves whose TEE has none (TDX).
     KeyKeeper,
+    /// Holds the global parameters of a job that several training enclaves train together,
+    /// and talks to them over mutually attested channels (`chiron-channel`).
+    ParameterServer,
+    /// A training enclave of such a job: trains on its share and exchanges parameters with
+    /// the parameter server.
+    Worker,
 }
 
 impl Role {
@@ -99,6 +105,8 @@ impl Role {
             Self::Train => 0,
             Self::Query => 1,
             Self::KeyKeeper => 2,
+            Self::ParameterServer => 3,
+            Self::Worker => 4,
         }
     }
 }
@@ -109,6 +117,8 @@ impl fmt::Display for Role {
             Self::Train => "train",
             Self::Query => "query",
             Self::KeyKeeper => "key keeper",
+            Self::ParameterServer => "parameter server",
+            Self::Worker => "worker",
         })
     }
 }
@@ -214,6 +224,33 @@ mod tests {
         assert_ne!(Role::Train.code(), Role::Query.code());
         assert_ne!(Role::Query.code(), Role::KeyKeeper.code());
         assert_ne!(Role::Train.code(), Role::KeyKeeper.code());
+        let roles = [
+            Role::Train,
+            Role::Query,
+            Role::KeyKeeper,
+            Role::ParameterServer,
+            Role::Worker,
+        ];
+        let role_codes: std::collections::HashSet<u8> = roles.iter().map(|r| r.code()).collect();
+        assert_eq!(role_codes.len(), roles.len());
+    }
+
+    #[test]
+    fn existing_roles_keep_their_encoding() -> Result<(), EvidenceError> {
+        // Roles are appended, never inserted: evidence of the older roles encodes as before
+        // (postcard writes the variant index), and the new roles decode.
+        let encoded = Evidence {
+            role: Role::KeyKeeper,
+            ..sample()
+        }
+        .to_bytes()?;
+        // postcard: the version as a varint (one byte), the TEE's index, then the role's.
+        assert_eq!(encoded[..3], [2, 0, 2]);
+        for role in [Role::ParameterServer, Role::Worker] {
+            let e = Evidence { role, ..sample() };
+            assert_eq!(Evidence::from_bytes(&e.to_bytes()?)?, e);
+        }
+        Ok(())
     }
 
     #[test]
