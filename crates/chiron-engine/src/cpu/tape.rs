@@ -253,7 +253,7 @@ fn input_grads<'a>(
     y: &CpuTensor,
     g: &[f32],
     interrupt: &Interrupt,
-) -> Result<Vec<(&'a CpuTensor, Vec<f32>)>, EngineError> {
+) -> Result<InputGrads<'a>, EngineError> {
     let internal = |op: &'static str| EngineError::Internal { op };
     let i = interrupt;
     Ok(match op {
@@ -484,6 +484,9 @@ fn input_grads<'a>(
 /// A gradient rule: an operand's gradient from `(g, a, b, y)` at one output position.
 type Rule = fn(f32, f32, f32, f32) -> f32;
 
+/// The gradient of each input that needs one.
+type InputGrads<'a> = Vec<(&'a CpuTensor, Vec<f32>)>;
+
 /// The gradients of a broadcasting binary operation's operands, each summed back to its
 /// operand's shape.
 fn binary_grads<'a>(
@@ -493,7 +496,7 @@ fn binary_grads<'a>(
     y: &CpuTensor,
     g: &[f32],
     i: &Interrupt,
-) -> Result<Vec<(&'a CpuTensor, Vec<f32>)>, EngineError> {
+) -> Result<InputGrads<'a>, EngineError> {
     let out = y.dims();
     let own = layout::strides(out);
     let (sa, sb) = (
@@ -573,7 +576,7 @@ fn blocked_grads<'a>(
     y: &[f32],
     (fa, fb): (Rule, Rule),
     i: &Interrupt,
-) -> Result<Option<Vec<(&'a CpuTensor, Vec<f32>)>>, EngineError> {
+) -> Result<Option<InputGrads<'a>>, EngineError> {
     if a.dims() == b.dims() {
         return Ok(None);
     }
