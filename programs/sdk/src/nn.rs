@@ -27,7 +27,7 @@
 //! architecture. [`Module::parameters`] lists only what an [`Optimizer`](crate::Optimizer)
 //! should train.
 
-use crate::{Init, Tensor, model};
+use crate::{Dataset, Init, Split, Tensor, model};
 
 /// A layer or a network of layers.
 pub trait Module {
@@ -90,6 +90,24 @@ pub fn load(module: &mut dyn Module) {
         "the saved model holds more tensors than the module"
     );
     module.set_training(false);
+}
+
+/// How many examples of `split` `module` classifies correctly, in evaluation mode and
+/// without gradients, `batch` examples per forward pass; the module is back in training
+/// mode afterwards.
+pub fn count_correct(module: &mut dyn Module, split: Split, batch: usize) -> u32 {
+    module.set_training(false);
+    let correct = crate::no_grad(|| {
+        Dataset::indices(split)
+            .chunks(batch.max(1))
+            .map(|chunk| {
+                let (x, y) = Dataset::batch(split, chunk);
+                module.forward(&x).count_correct(&y)
+            })
+            .sum()
+    });
+    module.set_training(true);
+    correct
 }
 
 /// `y = x · W + b` over the last axis, any leading axes kept (PyTorch's `nn.Linear`, with

@@ -109,17 +109,7 @@ fn validation_accuracy(net: &mut Sequential) -> f32 {
     if valid.is_empty() {
         return 0.0;
     }
-    net.set_training(false);
-    let correct: u32 = chiron_sdk::no_grad(|| {
-        valid
-            .chunks(500)
-            .map(|chunk| {
-                let (x, y) = Dataset::batch(Split::Valid, chunk);
-                net.forward(&x).count_correct(&y)
-            })
-            .sum()
-    });
-    net.set_training(true);
+    let correct = nn::count_correct(net, Split::Valid, 500);
     correct as f32 / valid.len() as f32
 }
 

@@ -229,22 +229,6 @@ impl Net {
         net
     }
 
-    /// Correct predictions over `split`, in evaluation mode and without gradients.
-    pub fn count_correct(&mut self, split: Split) -> u32 {
-        self.set_training(false);
-        let correct = chiron_sdk::no_grad(|| {
-            Dataset::indices(split)
-                .chunks(EVAL_BATCH)
-                .map(|chunk| {
-                    let (x, y) = Dataset::batch(split, chunk);
-                    self.forward(&x).count_correct(&y)
-                })
-                .sum()
-        });
-        self.set_training(true);
-        correct
-    }
-
     /// Saves the model (every tensor and the architecture).
     pub fn save(&self) {
         nn::save(self, &self.arch.encode());
@@ -376,7 +360,8 @@ pub fn train() {
             chiron_sdk::report_metric("train_loss", epoch, (loss_sum / order.len() as f64) as f32);
         }
         if valid > 0 {
-            let accuracy = (f64::from(net.count_correct(Split::Valid)) / f64::from(valid)) as f32;
+            let accuracy = (f64::from(nn::count_correct(&mut net, Split::Valid, EVAL_BATCH))
+                / f64::from(valid)) as f32;
             chiron_sdk::report_metric("valid_accuracy", epoch, accuracy);
             best.observe(accuracy, || net.save());
         } else {
