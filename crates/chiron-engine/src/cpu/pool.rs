@@ -87,6 +87,117 @@ pub(crate) fn max_pool2d(
     Ok((values, argmax))
 }
 
+/// The windows of an average pooling over a plane of `[h, w]`: the input rows and columns
+/// output `(oy, ox)` reads (`start..end` each), and what its sum is divided by.
+#[derive(Clone, Copy)]
+enum Windows {
+    /// Fixed windows with padding counted as zeros: each sum is divided by `kh·kw`.
+    Fixed {
+        options: Pool2dOptions,
+        plane: [usize; 2],
+    },
+    /// PyTorch's adaptive windows to `[oh, ow]`, each divided by its own size.
+    Adaptive { plane: [usize; 2], out: [usize; 2] },
+}
+
+impl Windows {
+    /// The input range of output `i` along `axis` (0: rows, 1: columns).
+    fn range(&self, axis: usize, i: usize) -> (usize, usize) {
+        match self {
+            Windows::Fixed { options, plane } => span(
+                i,
+                options.stride[axis],
+                options.padding[axis],
+                options.kernel[axis],
+                plane[axis],
+            ),
+            Windows::Adaptive { plane, out } => adaptive_window(i, out[axis], plane[axis]),
+        }
+    }
+
+    /// What the sum over a window of `rows × cols` inputs is divided by.
+    fn divisor(&self, rows: usize, cols: usize) -> f32 {
+        match self {
+            Windows::Fixed { options, .. } => (options.kernel[0] * options.kernel[1]) as f32,
+            Windows::Adaptive { .. } => (rows * cols).max(1) as f32,
+        }
+    }
+
+    /// The mean over each window of `x` `[n, c, h, w]`, into `out` `[n, c, oh, ow]`.
+    fn forward(
+        &self,
+        x: &[f32],
+        dims: [usize; 4],
+        out: [usize; 4],
+        interrupt: &Interrupt,
+    ) -> Result<Vec<f32>, EngineError> {
+        let w = dims[3];
+        let [_, _, oh, ow] = out;
+        let (plane_in, plane_out) = planes(x, dims, out)?;
+        let mut values = vec![0.0f32; out[0] * out[1] * plane_out];
+        values
+            .par_chunks_mut(plane_out)
+            .enumerate()
+            .try_for_each(|(plane, vals)| {
+                let mut pace = Pace::new(interrupt)?;
+                let src = x
+                    .get(plane * plane_in..(plane + 1) * plane_in)
+                    .ok_or(INTERNAL)?;
+                for oy in 0..oh {
+                    let (y0, y1) = self.range(0, oy);
+                    for ox in 0..ow {
+                        let (x0, x1) = self.range(1, ox);
+                        let mut sum = 0.0f32;
+                        for yy in y0..y1 {
+                            pace.step(x1 - x0 + 1)?;
+                            let row = src.get(yy * w + x0..yy * w + x1).ok_or(INTERNAL)?;
+                            sum += row.iter().sum::<f32>();
+                        }
+                        vals[oy * ow + ox] = sum / self.divisor(y1 - y0, x1 - x0);
+                    }
+                }
+                Ok(())
+            })?;
+        Ok(values)
+    }
+
+    /// The gradient of [`Windows::forward`]'s input from `g`, its output's gradient.
+    fn backward(
+        &self,
+        g: &[f32],
+        dims: [usize; 4],
+        out: [usize; 4],
+        interrupt: &Interrupt,
+    ) -> Result<Vec<f32>, EngineError> {
+        let [n, c, h, w] = dims;
+        let [_, _, oh, ow] = out;
+        let (plane_in, plane_out) = (h * w, oh * ow);
+        if g.len() != n * c * plane_out {
+            return Err(INTERNAL);
+        }
+        let mut dx = vec![0.0f32; n * c * plane_in];
+        dx.par_chunks_mut(plane_in)
+            .zip(g.par_chunks(plane_out))
+            .try_for_each(|(d, gs)| {
+                let mut pace = Pace::new(interrupt)?;
+                for oy in 0..oh {
+                    let (y0, y1) = self.range(0, oy);
+                    for ox in 0..ow {
+                        let (x0, x1) = self.range(1, ox);
+                        let v = gs[oy * ow + ox] / self.divisor(y1 - y0, x1 - x0);
+                        for yy in y0..y1 {
+                            pace.step(x1 - x0 + 1)?;
+                            let row = d.get_mut(yy * w + x0..yy * w + x1).ok_or(INTERNAL)?;
+                            row.iter_mut().for_each(|d| *d += v);
+                        }
+                    }
+                }
+                Ok(())
+            })?;
+        Ok(dx)
+    }
+}
+
 /// Average pooling with padding counted as zeros: each window's sum over `kh·kw`.
 pub(crate) fn avg_pool2d(
     x: &[f32],
@@ -95,40 +206,11 @@ pub(crate) fn avg_pool2d(
     options: &Pool2dOptions,
     interrupt: &Interrupt,
 ) -> Result<Vec<f32>, EngineError> {
-    let [_, _, h, w] = dims;
-    let [_, _, oh, ow] = out;
-    let (plane_in, plane_out) = planes(x, dims, out)?;
-    let Pool2dOptions {
-        kernel,
-        stride,
-        padding,
-    } = *options;
-    let area = (kernel[0] * kernel[1]) as f32;
-    let mut values = vec![0.0f32; out[0] * out[1] * plane_out];
-    values
-        .par_chunks_mut(plane_out)
-        .enumerate()
-        .try_for_each(|(plane, vals)| {
-            let mut pace = Pace::new(interrupt)?;
-            let src = x
-                .get(plane * plane_in..(plane + 1) * plane_in)
-                .ok_or(INTERNAL)?;
-            for oy in 0..oh {
-                let (y0, y1) = span(oy, stride[0], padding[0], kernel[0], h);
-                for ox in 0..ow {
-                    let (x0, x1) = span(ox, stride[1], padding[1], kernel[1], w);
-                    let mut sum = 0.0f32;
-                    for yy in y0..y1 {
-                        pace.step(x1 - x0 + 1)?;
-                        let row = src.get(yy * w + x0..yy * w + x1).ok_or(INTERNAL)?;
-                        sum += row.iter().sum::<f32>();
-                    }
-                    vals[oy * ow + ox] = sum / area;
-                }
-            }
-            Ok(())
-        })?;
-    Ok(values)
+    Windows::Fixed {
+        options: *options,
+        plane: [dims[2], dims[3]],
+    }
+    .forward(x, dims, out, interrupt)
 }
 
 /// The gradient of [`avg_pool2d`]'s input from `g`, its output's gradient.
@@ -139,38 +221,11 @@ pub(crate) fn avg_pool2d_backward(
     options: &Pool2dOptions,
     interrupt: &Interrupt,
 ) -> Result<Vec<f32>, EngineError> {
-    let [n, c, h, w] = dims;
-    let [_, _, oh, ow] = out;
-    let (plane_in, plane_out) = (h * w, oh * ow);
-    if g.len() != n * c * plane_out {
-        return Err(INTERNAL);
+    Windows::Fixed {
+        options: *options,
+        plane: [dims[2], dims[3]],
     }
-    let Pool2dOptions {
-        kernel,
-        stride,
-        padding,
-    } = *options;
-    let area = (kernel[0] * kernel[1]) as f32;
-    let mut dx = vec![0.0f32; n * c * plane_in];
-    dx.par_chunks_mut(plane_in)
-        .zip(g.par_chunks(plane_out))
-        .try_for_each(|(d, gs)| {
-            let mut pace = Pace::new(interrupt)?;
-            for oy in 0..oh {
-                let (y0, y1) = span(oy, stride[0], padding[0], kernel[0], h);
-                for ox in 0..ow {
-                    let (x0, x1) = span(ox, stride[1], padding[1], kernel[1], w);
-                    let v = gs[oy * ow + ox] / area;
-                    for yy in y0..y1 {
-                        pace.step(x1 - x0 + 1)?;
-                        let row = d.get_mut(yy * w + x0..yy * w + x1).ok_or(INTERNAL)?;
-                        row.iter_mut().for_each(|d| *d += v);
-                    }
-                }
-            }
-            Ok(())
-        })?;
-    Ok(dx)
+    .backward(g, dims, out, interrupt)
 }
 
 /// PyTorch's adaptive window `i` of `out` over `len`: `floor(i·len/out)..ceil((i+1)·len/out)`.
@@ -188,34 +243,11 @@ pub(crate) fn adaptive_avg_pool2d(
     out: [usize; 4],
     interrupt: &Interrupt,
 ) -> Result<Vec<f32>, EngineError> {
-    let [_, _, h, w] = dims;
-    let [_, _, oh, ow] = out;
-    let (plane_in, plane_out) = planes(x, dims, out)?;
-    let mut values = vec![0.0f32; out[0] * out[1] * plane_out];
-    values
-        .par_chunks_mut(plane_out)
-        .enumerate()
-        .try_for_each(|(plane, vals)| {
-            let mut pace = Pace::new(interrupt)?;
-            let src = x
-                .get(plane * plane_in..(plane + 1) * plane_in)
-                .ok_or(INTERNAL)?;
-            for oy in 0..oh {
-                let (y0, y1) = adaptive_window(oy, oh, h);
-                for ox in 0..ow {
-                    let (x0, x1) = adaptive_window(ox, ow, w);
-                    let mut sum = 0.0f32;
-                    for yy in y0..y1 {
-                        pace.step(x1 - x0 + 1)?;
-                        let row = src.get(yy * w + x0..yy * w + x1).ok_or(INTERNAL)?;
-                        sum += row.iter().sum::<f32>();
-                    }
-                    vals[oy * ow + ox] = sum / ((y1 - y0) * (x1 - x0)).max(1) as f32;
-                }
-            }
-            Ok(())
-        })?;
-    Ok(values)
+    Windows::Adaptive {
+        plane: [dims[2], dims[3]],
+        out: [out[2], out[3]],
+    }
+    .forward(x, dims, out, interrupt)
 }
 
 /// The gradient of [`adaptive_avg_pool2d`]'s input from `g`, its output's gradient.
@@ -225,32 +257,11 @@ pub(crate) fn adaptive_avg_pool2d_backward(
     out: [usize; 4],
     interrupt: &Interrupt,
 ) -> Result<Vec<f32>, EngineError> {
-    let [n, c, h, w] = dims;
-    let [_, _, oh, ow] = out;
-    let (plane_in, plane_out) = (h * w, oh * ow);
-    if g.len() != n * c * plane_out {
-        return Err(INTERNAL);
+    Windows::Adaptive {
+        plane: [dims[2], dims[3]],
+        out: [out[2], out[3]],
     }
-    let mut dx = vec![0.0f32; n * c * plane_in];
-    dx.par_chunks_mut(plane_in)
-        .zip(g.par_chunks(plane_out))
-        .try_for_each(|(d, gs)| {
-            let mut pace = Pace::new(interrupt)?;
-            for oy in 0..oh {
-                let (y0, y1) = adaptive_window(oy, oh, h);
-                for ox in 0..ow {
-                    let (x0, x1) = adaptive_window(ox, ow, w);
-                    let v = gs[oy * ow + ox] / ((y1 - y0) * (x1 - x0)).max(1) as f32;
-                    for yy in y0..y1 {
-                        pace.step(x1 - x0 + 1)?;
-                        let row = d.get_mut(yy * w + x0..yy * w + x1).ok_or(INTERNAL)?;
-                        row.iter_mut().for_each(|d| *d += v);
-                    }
-                }
-            }
-            Ok(())
-        })?;
-    Ok(dx)
+    .backward(g, dims, out, interrupt)
 }
 
 #[cfg(test)]
