@@ -3,7 +3,7 @@
 use std::io::Read;
 
 use chiron_proto::api::{
-    ApiError, CreateJob, DatasetCreated, Events, JobCreated, JobStatus, ProgramCreated, ProgramInfo,
+    ApiError, CreateJob, JobEnclave, DatasetCreated, Events, JobCreated, JobStatus, ProgramCreated, ProgramInfo,
 };
 use serde::de::DeserializeOwned;
 
@@ -71,9 +71,21 @@ impl HostClient {
         program_id: &str,
         dataset_id: &str,
     ) -> Result<JobCreated, ClientError> {
+        self.create_distributed_job(program_id, dataset_id, 1)
+    }
+
+    /// Creates a training job of `workers` training enclaves (with a parameter server when
+    /// there are several).
+    pub fn create_distributed_job(
+        &self,
+        program_id: &str,
+        dataset_id: &str,
+        workers: u32,
+    ) -> Result<JobCreated, ClientError> {
         let body = CreateJob {
             program_id: program_id.to_owned(),
             dataset_id: dataset_id.to_owned(),
+            workers: (workers != 1).then_some(workers),
         };
         let r = self.agent.post(&self.url("/v1/jobs")).send_json(&body);
         json(r)
@@ -82,6 +94,20 @@ impl HostClient {
     /// Evidence from a job's training enclave over `nonce`.
     pub fn job_evidence(&self, job_id: &str, nonce: &[u8; 32]) -> Result<Vec<u8>, ClientError> {
         let path = format!("/v1/jobs/{job_id}/evidence?nonce={}", hex::encode(nonce));
+        bytes(self.agent.get(&self.url(&path)).call())
+    }
+
+    /// Evidence from one enclave of a job over `nonce`.
+    pub fn job_enclave_evidence(
+        &self,
+        job_id: &str,
+        enclave: JobEnclave,
+        nonce: &[u8; 32],
+    ) -> Result<Vec<u8>, ClientError> {
+        let path = format!(
+            "/v1/jobs/{job_id}/evidence?nonce={}&enclave={enclave}",
+            hex::encode(nonce)
+        );
         bytes(self.agent.get(&self.url(&path)).call())
     }
 

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use chiron_attest::Policy;
 use chiron_attest::policy::DcapTcbStatus;
 use chiron_client::convert::{self, ConvertOptions, LabelledInputs, PlainDataset, Standardizer};
-use chiron_client::owner::{self, JobTicket, PrivateTerms, QuerySession, TrainingTerms};
+use chiron_client::owner::{self, ExchangeTerms, JobTicket, PrivateTerms, QuerySession, TrainingTerms};
 use chiron_client::{ClientError, HostClient};
 use chiron_crypto::DataKey;
 use chiron_proto::api::JobState;
@@ -154,6 +154,13 @@ fn rule(name: &str, values: &[&str]) -> anyhow::Result<String> {
 
 impl Trust {
     fn policy(&self) -> anyhow::Result<Policy> {
+        Ok(self.policy_with_spec()?.0)
+    }
+
+    /// The policy, and the policy file it was read from (what a distributed job's enclaves
+    /// hold each other to). Endorsement files stay with the owner: the enclaves verify each
+    /// other with the endorsements that travel inside evidence.
+    fn policy_with_spec(&self) -> anyhow::Result<(Policy, String)> {
         use chiron_proto::evidence::TeeKind;
         let mut spec = match &self.policy {
             Some(path) => std::fs::read_to_string(path)
@@ -213,7 +220,7 @@ impl Trust {
             "no enclave would be accepted: give the reference values you pin \
              (--sgx-mrenclave, --sgx-mrsigner, --tdx-mrtd or --snp-measurement, or --policy)"
         );
-        Ok(policy)
+        Ok((policy, spec))
     }
 }
 
@@ -297,6 +304,15 @@ struct TrainArgs {
     /// enclave (a query the program cannot answer in time is unanswered; default 1000).
     #[arg(long)]
     private_answer_ms: Option<u32>,
+    /// Training enclaves: more than 1 trains one model on that many enclaves, each on its
+    /// share of the training examples, through a parameter server (synchronous rounds of
+    /// averaged gradients). Live jobs only, for now.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    workers: u32,
+    /// A distributed job's exchange message size in KiB, in both directions (default: the
+    /// model size the program declares plus 1 MiB): the model's parameters must fit.
+    #[arg(long)]
+    exchange_kib: Option<u32>,
 }
 
 #[derive(Args)]
@@ -493,7 +509,14 @@ fn load_training_data(data: &DataArgs, valid_fraction: f32) -> anyhow::Result<Pl
 }
 
 fn train(args: TrainArgs) -> anyhow::Result<()> {
-    let policy = args.trust.policy()?;
+    let (policy, policy_spec) = args.trust.policy_with_spec()?;
+    if args.workers > 1 && !args.live {
+        bail!(
+            "--workers {} needs --live: a distributed job's parameter exchange is not yet paced \
+             to a public schedule, so its timing could tell the platform about your data",
+            args.workers
+        );
+    }
     let host = HostClient::new(&args.host);
     // The provider's extraction policy, before anything leaves this machine: terms beyond it
     // would only be refused by the enclave after the upload.
@@ -553,7 +576,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     drop(container);
     eprintln!("uploaded encrypted dataset {}", dataset.dataset_id);
 
-    let job = host.create_job(&args.program, &dataset.dataset_id)?;
+    let job = host.create_distributed_job(&args.program, &dataset.dataset_id, args.workers)?;
     let terms = TrainingTerms {
         epochs: args.epochs,
         time_budget_secs,
@@ -562,19 +585,51 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         seed: args.seed.as_deref().map(parse_seed).transpose()?,
         private,
     };
-    let ticket = owner::start_training(
-        &host,
-        &policy,
-        &job.job_id,
-        &args.program,
-        &header,
-        &key,
-        &terms,
-    )?;
-    eprintln!(
-        "enclave attested; data key released to job {}",
-        ticket.job_id
-    );
+    let ticket = if args.workers > 1 {
+        let needs = manifest.needs();
+        let model_mib = match private {
+            Some(terms) => terms.model_mib,
+            None => owner::size_private_job(&header, &needs, args.epochs)?.terms.model_mib,
+        };
+        let distribution = owner::Distribution {
+            exchange: ExchangeTerms {
+                workers: args.workers,
+                message_kib: args.exchange_kib.unwrap_or(model_mib.saturating_mul(1024)),
+            },
+            peer_policy: policy_spec,
+        };
+        let ticket = owner::start_distributed_training(
+            &host,
+            &policy,
+            &job.job_id,
+            &args.program,
+            &header,
+            &key,
+            &terms,
+            &distribution,
+        )?;
+        eprintln!(
+            "parameter server and {} workers attested; data key released to job {} \
+             (exchange messages of {} KiB)",
+            args.workers, ticket.job_id, distribution.exchange.message_kib
+        );
+        ticket
+    } else {
+        let ticket = owner::start_training(
+            &host,
+            &policy,
+            &job.job_id,
+            &args.program,
+            &header,
+            &key,
+            &terms,
+        )?;
+        eprintln!(
+            "enclave attested; data key released to job {}",
+            ticket.job_id
+        );
+        ticket
+    };
     let record = OwnerRecord {
         ticket,
         class_names: plain.class_names,

@@ -7,9 +7,11 @@ use chiron_proto::dataset::DatasetHeader;
 use chiron_proto::evidence::{Evidence, Role};
 pub use chiron_proto::manifest::{DeclaredNeeds, ProgramPolicy};
 pub use chiron_proto::owner::PrivateTerms;
+use chiron_proto::api::{JobEnclave, SealedRequests};
+pub use chiron_proto::owner::ExchangeTerms;
 use chiron_proto::owner::{
-    AnswerPolicy, MAX_TOP_K, OwnerEvent, QUERY_INFO, QueryAnswer, QueryRequest, TRAIN_INFO,
-    TrainRequest,
+    AnswerPolicy, MAX_TOP_K, OwnerEvent, PARAMETER_SERVER_INFO, ParameterServerRequest,
+    QUERY_INFO, QueryAnswer, QueryRequest, TRAIN_INFO, TrainRequest, WorkerPlace,
 };
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -187,9 +189,38 @@ fn verify(
     )?)
 }
 
-/// Attests the job's training enclave and only then releases the data key to it, sealed to
-/// the attested key. Returns the ticket to follow and later query the job.
-pub fn start_training(
+/// A distributed job's shape, as the owner asks for it.
+#[derive(Clone, Debug)]
+pub struct Distribution {
+    /// Training enclaves (2 or more) and the size of their exchange messages.
+    pub exchange: ExchangeTerms,
+    /// The owner's policy as a policy file (`Policy::parse_spec`): every enclave of the job
+    /// holds its peers to it, as the owner holds each of them.
+    pub peer_policy: String,
+}
+
+/// Fetches and verifies evidence from one enclave of a job.
+pub fn attest_job_enclave(
+    host: &HostClient,
+    policy: &Policy,
+    job_id: &str,
+    enclave: JobEnclave,
+) -> Result<VerifiedEnclave, ClientError> {
+    let nonce = fresh_nonce();
+    let raw = host.job_enclave_evidence(job_id, enclave, &nonce)?;
+    let role = match enclave {
+        JobEnclave::ParameterServer => Role::ParameterServer,
+        JobEnclave::Worker(_) => Role::Worker,
+    };
+    verify(policy, &raw, role, &nonce, job_id)
+}
+
+/// [`start_training`] for a distributed job: attests the parameter server and every worker
+/// against `policy` (the owner verifies each enclave itself), then seals to each its own
+/// request: the data key and its rank to every worker, the exchange terms and the policy to
+/// all. The ticket follows rank 0, whose model the job keeps.
+#[allow(clippy::too_many_arguments)]
+pub fn start_distributed_training(
     host: &HostClient,
     policy: &Policy,
     job_id: &str,
@@ -197,7 +228,72 @@ pub fn start_training(
     header: &DatasetHeader,
     data_key: &DataKey,
     terms: &TrainingTerms,
+    distribution: &Distribution,
 ) -> Result<JobTicket, ClientError> {
+    distribution
+        .exchange
+        .validate()
+        .map_err(ClientError::Input)?;
+    let (template, query_token) = train_request(program_id, header, data_key, terms)?;
+    let server = attest_job_enclave(host, policy, job_id, JobEnclave::ParameterServer)?;
+    let server_request = ParameterServerRequest {
+        exchange: distribution.exchange,
+        peer_policy: distribution.peer_policy.clone(),
+        time_budget_secs: terms.time_budget_secs,
+    };
+    let plaintext =
+        postcard::to_allocvec(&server_request).map_err(|e| ClientError::Input(e.to_string()))?;
+    let (parameter_server, _) = chiron_crypto::seal_to_enclave(
+        &server.enclave_public_key(),
+        PARAMETER_SERVER_INFO,
+        job_id.as_bytes(),
+        &plaintext,
+    )?;
+    let mut workers = Vec::new();
+    let mut first_event_key = None;
+    for rank in 0..distribution.exchange.workers {
+        let enclave = attest_job_enclave(host, policy, job_id, JobEnclave::Worker(rank))?;
+        let mut request = template.clone();
+        request.distributed = Some(WorkerPlace {
+            rank,
+            exchange: distribution.exchange,
+            peer_policy: distribution.peer_policy.clone(),
+        });
+        let plaintext =
+            postcard::to_allocvec(&request).map_err(|e| ClientError::Input(e.to_string()))?;
+        let (sealed, event_key) = chiron_crypto::seal_to_enclave(
+            &enclave.enclave_public_key(),
+            TRAIN_INFO,
+            job_id.as_bytes(),
+            &plaintext,
+        )?;
+        workers.push(sealed);
+        first_event_key.get_or_insert(event_key);
+    }
+    let event_key = first_event_key.ok_or_else(|| ClientError::Input("no workers".into()))?;
+    let body = postcard::to_allocvec(&SealedRequests {
+        parameter_server,
+        workers,
+    })
+    .map_err(|e| ClientError::Input(e.to_string()))?;
+    host.start_job(job_id, &body)?;
+    Ok(JobTicket {
+        job_id: job_id.to_owned(),
+        header: header.clone(),
+        answers: terms.answers,
+        event_key: event_key.to_bytes(),
+        query_token,
+    })
+}
+
+/// The request every training enclave of a job gets (before a worker's place is set), and
+/// the query token whose digest it carries.
+fn train_request(
+    program_id: &str,
+    header: &DatasetHeader,
+    data_key: &DataKey,
+    terms: &TrainingTerms,
+) -> Result<(TrainRequest, [u8; 32]), ClientError> {
     let program_digest: [u8; 32] = hex::decode(program_id)
         .ok()
         .and_then(|d| d.try_into().ok())
@@ -212,7 +308,6 @@ pub fn start_training(
             .validate()
             .map_err(|e| ClientError::Input(e.to_string()))?;
     }
-    let enclave = attest_training(host, policy, job_id)?;
     let seed = terms.seed.unwrap_or_else(fresh_nonce);
     let query_token = fresh_nonce();
     let request = TrainRequest {
@@ -225,7 +320,24 @@ pub fn start_training(
         query_budget: terms.query_budget,
         query_token_digest: Sha256::digest(query_token).into(),
         private: terms.private,
+        distributed: None,
     };
+    Ok((request, query_token))
+}
+
+/// Attests the job's training enclave and only then releases the data key to it, sealed to
+/// the attested key. Returns the ticket to follow and later query the job.
+pub fn start_training(
+    host: &HostClient,
+    policy: &Policy,
+    job_id: &str,
+    program_id: &str,
+    header: &DatasetHeader,
+    data_key: &DataKey,
+    terms: &TrainingTerms,
+) -> Result<JobTicket, ClientError> {
+    let (request, query_token) = train_request(program_id, header, data_key, terms)?;
+    let enclave = attest_training(host, policy, job_id)?;
     let plaintext =
         postcard::to_allocvec(&request).map_err(|e| ClientError::Input(e.to_string()))?;
     let (sealed, event_key) = chiron_crypto::seal_to_enclave(

@@ -10,20 +10,23 @@
 //! label.
 //!
 //! ```text
-//! chiron-enclave serve --role train|query [--tee auto|sgx|tdx|sev-snp]
-//! chiron-enclave serve --role train|query --dangerous-simulated-platform FILE
+//! chiron-enclave serve --role train|query|ps|worker [--tee auto|sgx|tdx|sev-snp]
+//! chiron-enclave serve --role ... --dangerous-simulated-platform FILE
 //! chiron-enclave detect [--tee ...]                 print the TEE this machine offers
 //! chiron-enclave init-platform --key FILE           create a simulated platform key (INSECURE)
 //! chiron-enclave measure                            print this binary's simulated measurement
 //! ```
 
 mod counter;
+mod exchange;
 mod keyrelease;
 mod memory;
+mod ps;
 mod query;
 mod sealed;
 mod session;
 mod train;
+mod worker;
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -67,6 +70,10 @@ enum Command {
         /// on the connection is protected end to end; the host only carries it.
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: String,
+        /// Parameter-server role: where to listen for the job's workers (they attest
+        /// themselves on connecting; the address only has to be reachable).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        peer_listen: String,
         #[command(flatten)]
         tee: TeeArgs,
         #[command(flatten)]
@@ -217,8 +224,14 @@ enum TeeArg {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum RoleArg {
+    /// A job's only training enclave.
     Train,
+    /// A query enclave.
     Query,
+    /// A distributed job's parameter server.
+    Ps,
+    /// One of a distributed job's training enclaves.
+    Worker,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -256,6 +269,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve {
             role,
             listen,
+            peer_listen,
             tee,
             keeper,
         } => {
@@ -263,13 +277,22 @@ fn main() -> anyhow::Result<()> {
             let role = match role {
                 RoleArg::Train => Role::Train,
                 RoleArg::Query => Role::Query,
+                RoleArg::Ps => Role::ParameterServer,
+                RoleArg::Worker => Role::Worker,
             };
             // Before listening: an enclave that cannot get its secret says so at start.
             let sealing_secret = keeper.sealing_secret(platform.as_ref(), role)?;
             let listener = listen_and_announce(&listen)?;
             let (stream, _) = listener.accept().context("no host connection")?;
             drop(listener);
-            session::serve(stream, role, platform, sealing_secret, measurement()?)
+            session::serve(
+                stream,
+                role,
+                platform,
+                sealing_secret,
+                measurement()?,
+                &peer_listen,
+            )
         }
         Command::KeepKeys {
             listen,

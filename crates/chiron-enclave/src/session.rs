@@ -9,12 +9,12 @@ use chiron_proto::evidence::{Role, TeeKind};
 use chiron_proto::wire::{EnclaveFrame, FrameError, HostFrame, read_frame, write_frame};
 use chiron_sandbox::{AddressSpace, SandboxConfig};
 
-use crate::{query, train};
+use crate::{ps, query, train};
 
 /// What every request handler needs: identity, keys and the way back to the host.
 pub struct Enclave {
     pub role: Role,
-    pub platform: Box<dyn Platform>,
+    pub platform: Arc<dyn Platform>,
     /// The platform's sealing secret, or `None` on a platform that offers none (TDX).
     sealing_secret: Option<Zeroizing<[u8; 32]>>,
     pub measurement: [u8; 32],
@@ -90,20 +90,21 @@ pub fn serve(
     platform: Box<dyn Platform>,
     sealing_secret: Option<Zeroizing<[u8; 32]>>,
     measurement: [u8; 32],
+    peer_listen: &str,
 ) -> anyhow::Result<()> {
     stream.set_nodelay(true)?;
     let mut input = stream.try_clone()?;
     let enclave = Enclave {
         role,
-        platform,
+        platform: Arc::from(platform),
         sealing_secret,
         measurement,
         keypair: EnclaveKeypair::generate(),
         out: Arc::new(Mutex::new(stream)),
     };
     let mut query_state: Option<query::Serving> = None;
-    // A training enclave runs one job: a second start would reuse the owner's event key at
-    // counters it already used.
+    // A training enclave (or worker, or parameter server) runs one job: a second start would
+    // reuse the owner's event key at counters it already used.
     let mut trained = false;
     loop {
         let frame: HostFrame = match read_frame(&mut input) {
@@ -118,12 +119,13 @@ pub fn serve(
                 Some(enclave.evidence(nonce, context))
             }
             (
-                Role::Train,
+                Role::Train | Role::Worker,
                 HostFrame::StartTraining {
                     job_id,
                     sealed_request,
                     program,
                     dataset_len,
+                    parameter_server,
                 },
             ) if !trained => {
                 trained = true;
@@ -132,12 +134,34 @@ pub fn serve(
                     sealed_request,
                     program,
                     dataset_len,
+                    parameter_server,
                 };
                 Some(train::run(&enclave, start, &mut input))
             }
-            (Role::Train, HostFrame::StartTraining { .. }) => Some(EnclaveFrame::Failed {
-                public: "this enclave has already run its job".into(),
-            }),
+            (
+                Role::ParameterServer,
+                HostFrame::StartParameterServer {
+                    job_id,
+                    sealed_request,
+                },
+            ) if !trained => {
+                trained = true;
+                let start = ps::Start {
+                    job_id,
+                    sealed_request,
+                    listen: peer_listen.to_owned(),
+                };
+                Some(ps::run(&enclave, start))
+            }
+            (
+                Role::Train | Role::Worker,
+                HostFrame::StartTraining { .. },
+            )
+            | (Role::ParameterServer, HostFrame::StartParameterServer { .. }) => {
+                Some(EnclaveFrame::Failed {
+                    public: "this enclave has already run its job".into(),
+                })
+            }
             // A query enclave serves one model, loaded once: a second load would start its
             // budget and replay set afresh.
             (Role::Query, HostFrame::LoadModel { .. }) if query_state.is_some() => {

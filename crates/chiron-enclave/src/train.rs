@@ -14,9 +14,13 @@ use chiron_proto::wire::{DATASET_PART, EnclaveFrame, HostFrame, read_frame, writ
 use chiron_sandbox::{Model, Sandbox, SandboxConfig, TrainJob, TrainingData};
 use sha2::{Digest, Sha256};
 
+use chiron_attest::attester::Platform;
+use chiron_proto::evidence::Role;
+
 use crate::memory;
 use crate::sealed::{EncodeError, SealedModel};
 use crate::session::Enclave;
+use crate::worker::ServerLink;
 
 /// Largest dataset container accepted (the plaintext bound plus encryption overhead).
 const MAX_CONTAINER: u64 = chiron_proto::dataset::MAX_PLAINTEXT_LEN + (1 << 30);
@@ -27,6 +31,8 @@ pub struct Start {
     pub sealed_request: Vec<u8>,
     pub program: Vec<u8>,
     pub dataset_len: u64,
+    /// A worker's parameter server, as the host names it.
+    pub parameter_server: Option<String>,
 }
 
 /// A failure: a fixed label for the host and, when the owner's channel exists, a detail
@@ -109,7 +115,10 @@ pub fn run(enclave: &Enclave, start: Start, input: &mut impl Read) -> EnclaveFra
                 platform: PlatformTerms {
                     sealing,
                     sandbox: enclave.sandbox_config(),
+                    attester: Arc::clone(&enclave.platform),
+                    role: enclave.role,
                 },
+                parameter_server: start.parameter_server,
                 job_id: start.job_id.clone(),
                 program: start.program,
                 request,
@@ -213,6 +222,10 @@ fn watch(worker: Worker, give_up: Option<Instant>) -> Result<(Vec<u8>, u64), Fai
 struct PlatformTerms {
     sealing: SealingKey,
     sandbox: SandboxConfig,
+    /// What attests this enclave to its parameter server, on a worker.
+    attester: Arc<dyn Platform>,
+    /// Train (the job's only enclave) or worker (one of several).
+    role: Role,
 }
 
 struct Worker {
@@ -223,6 +236,7 @@ struct Worker {
     container: Result<Vec<u8>, String>,
     events: Events,
     program_deadline: Option<Instant>,
+    parameter_server: Option<String>,
 }
 
 impl Worker {
@@ -232,6 +246,7 @@ impl Worker {
             .map_err(|e| fail("dataset transfer failed", e))?;
         train(
             self.platform,
+            self.parameter_server,
             &self.job_id,
             &self.program,
             self.request,
@@ -268,8 +283,10 @@ fn receive_dataset(input: &mut impl Read, len: u64) -> Result<Vec<u8>, String> {
     Ok(container)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn train(
     platform: PlatformTerms,
+    parameter_server: Option<String>,
     job_id: &str,
     program: &[u8],
     request: TrainRequest,
@@ -300,6 +317,43 @@ fn train(
         valid_count: data.header().valid_count,
     });
 
+    let job_end = deadline.unwrap_or_else(|| {
+        Instant::now() + Duration::from_secs(u64::from(request.time_budget_secs))
+    });
+    let (data, link) = match (&request.distributed, platform.role) {
+        (None, Role::Train) => (data, None),
+        (Some(place), Role::Worker) => {
+            place
+                .exchange
+                .validate()
+                .map_err(|e| fail("malformed training request", e))?;
+            let data = data
+                .shard(place.rank, place.exchange.workers)
+                .map_err(|e| fail("dataset is malformed", e))?;
+            let address = parameter_server.ok_or_else(|| {
+                fail(
+                    "parameter exchange failed",
+                    "the host named no parameter server",
+                )
+            })?;
+            let link = ServerLink::connect(
+                Arc::clone(&platform.attester),
+                job_id,
+                place,
+                &address,
+                job_end,
+            )
+            .map_err(|e| fail("parameter exchange failed", e))?;
+            (data, Some(link))
+        }
+        _ => {
+            return Err(fail(
+                "request not valid for this enclave's role",
+                "a distributed job's request went to a lone training enclave, or the reverse",
+            ));
+        }
+    };
+
     let sandbox = Sandbox::new(platform.sandbox).map_err(|e| fail("sandbox failure", e))?;
     let program = sandbox.load(program).map_err(program_failure)?;
     let metrics_events = events.clone();
@@ -317,7 +371,15 @@ fn train(
                 value: m.value,
             })
         });
-    let model = sandbox.train(&program, job).map_err(program_failure)?;
+    let job = match &link {
+        Some(link) => job.with_exchange(Box::new(link.clone())),
+        None => job,
+    };
+    let trained = sandbox.train(&program, job);
+    if let Some(link) = &link {
+        link.finish(trained.is_ok());
+    }
+    let model = trained.map_err(program_failure)?;
     let parameters = model.parameter_count() as u64;
     let contents = SealedModel {
         program_digest: digest,

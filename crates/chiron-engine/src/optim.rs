@@ -195,6 +195,30 @@ impl<B: Backend> Optimizer<B> {
         Ok(())
     }
 
+    /// The update rule and its current hyper-parameters.
+    pub fn kind(&self) -> OptimizerKind {
+        self.kind
+    }
+
+    /// Replaces the hyper-parameters (the rule must stay the same): how a parameter server
+    /// follows a worker's learning-rate schedule.
+    pub fn set_kind(&mut self, kind: OptimizerKind) -> Result<(), EngineError> {
+        kind.validate()?;
+        if std::mem::discriminant(&kind) != std::mem::discriminant(&self.kind) {
+            return Err(EngineError::Argument {
+                op: "optimizer",
+                detail: format!("{kind:?} is another rule than {:?}", self.kind),
+            });
+        }
+        self.kind = kind;
+        Ok(())
+    }
+
+    /// The global gradient norm steps are clipped to, if any.
+    pub fn max_grad_norm(&self) -> Option<f32> {
+        self.max_grad_norm
+    }
+
     /// How many parameters this optimizer updates.
     pub fn len(&self) -> usize {
         self.first.len()
@@ -223,9 +247,32 @@ impl<B: Backend> Optimizer<B> {
                 ),
             });
         }
+        let gradients = params.iter().map(|p| engine.grad(grads, p)).collect();
+        self.step_with(engine, params, gradients)
+    }
+
+    /// [`Optimizer::step`] with the gradients given, one per parameter (`None` for one that
+    /// took no part in the pass): for a parameter server, which applies gradients averaged
+    /// over its workers to parameters it holds. Parameters may be any shape, flat included,
+    /// since every rule is element-wise.
+    pub fn step_with(
+        &mut self,
+        engine: &B,
+        params: &mut [B::Tensor],
+        mut gradients: Vec<Option<B::Tensor>>,
+    ) -> Result<(), EngineError> {
+        if params.len() != self.first.len() || gradients.len() != params.len() {
+            return Err(EngineError::Argument {
+                op: "optimizer_step",
+                detail: format!(
+                    "{} parameters and {} gradients for an optimizer of {}",
+                    params.len(),
+                    gradients.len(),
+                    self.first.len()
+                ),
+            });
+        }
         self.step = self.step.saturating_add(1);
-        let mut gradients: Vec<Option<B::Tensor>> =
-            params.iter().map(|p| engine.grad(grads, p)).collect();
         if let Some(max_norm) = self.max_grad_norm {
             let scale = clip_scale(engine, &gradients, max_norm)?;
             if scale < 1.0 {

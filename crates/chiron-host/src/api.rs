@@ -14,9 +14,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::BytesMut;
 use chiron_proto::api::{
-    ApiError, CreateJob, DatasetCreated, Events, JobCreated, JobState, JobStatus, ProgramCreated,
-    ProgramInfo,
+    ApiError, CreateJob, DatasetCreated, Events, JobCreated, JobEnclave, JobState, JobStatus,
+    ProgramCreated, ProgramInfo,
 };
+use chiron_proto::owner::ExchangeTerms;
 use chiron_proto::evidence::{Evidence, TeeKind};
 use chiron_proto::manifest::program_policy;
 use chiron_proto::wire::MAX_FRAME;
@@ -26,7 +27,7 @@ use tracing::{error, info, warn};
 
 use crate::enclave::{EnclaveError, clean_label};
 use crate::ids::{BadId, DatasetId, JobId, ProgramId, parse_nonce};
-use crate::jobs::{Job, JobError, Jobs};
+use crate::jobs::{Job, JobError, Jobs, StartRequests};
 use crate::models::{ModelError, Models};
 use crate::store::{self, Store, StoreError};
 
@@ -196,6 +197,8 @@ impl From<JobError> for HttpError {
             }
             JobError::WrongState { .. } => Self::conflict(e.to_string()),
             JobError::EnclaveGone(_) => Self::bad_gateway(e.to_string()),
+            JobError::NoSuchEnclave { .. } => Self::not_found(e.to_string()),
+            JobError::BadStart { .. } => Self::bad_request(e.to_string()),
             JobError::Enclave(EnclaveError::Refused(label)) => Self::bad_gateway(label),
             JobError::Enclave(e) => Self::bad_gateway(format!("training enclave: {e}")),
             JobError::Store(e) => e.into(),
@@ -261,6 +264,12 @@ async fn succeeded_job(state: &AppState, id: &str) -> Result<(JobId, Arc<Job>), 
 #[derive(Deserialize)]
 struct NonceParam {
     nonce: String,
+}
+
+/// Which enclave of a job (`ps`, `worker-<rank>`); absent: `worker-0`.
+#[derive(Deserialize)]
+struct EnclaveParam {
+    enclave: Option<String>,
 }
 
 fn nonce(param: Result<Query<NonceParam>, QueryRejection>) -> Result<[u8; 32], HttpError> {
@@ -448,7 +457,14 @@ async fn post_job(
     })?;
     let program_id = ProgramId::parse(&request.program_id)?;
     let dataset_id = DatasetId::parse(&request.dataset_id)?;
-    let job = state.jobs.create(program_id, dataset_id).await?;
+    let workers = request.workers.unwrap_or(1);
+    if !(1..=ExchangeTerms::MAX_WORKERS).contains(&workers) {
+        return Err(HttpError::bad_request(format!(
+            "workers must be 1 to {}, not {workers}",
+            ExchangeTerms::MAX_WORKERS
+        )));
+    }
+    let job = state.jobs.create(program_id, dataset_id, workers).await?;
     Ok(Json(JobCreated {
         job_id: job.id.to_string(),
     }))
@@ -466,11 +482,23 @@ async fn job_evidence(
     State(state): State<AppState>,
     Path(id): Path<String>,
     param: Result<Query<NonceParam>, QueryRejection>,
+    enclave: Result<Query<EnclaveParam>, QueryRejection>,
 ) -> Result<Response, HttpError> {
     let (_, job) = job(&state, &id)?;
+    let Query(EnclaveParam { enclave }) = enclave.map_err(|_| {
+        HttpError::bad_request("?enclave= must be `ps` or `worker-<rank>`")
+    })?;
+    let enclave = match enclave.as_deref() {
+        None => JobEnclave::Worker(0),
+        Some(text) => JobEnclave::parse(text).ok_or_else(|| {
+            HttpError::bad_request("?enclave= must be `ps` or `worker-<rank>`")
+        })?,
+    };
     let nonce = nonce(param)?;
     Ok(octets(
-        state.endorsements.attach(job.evidence(nonce).await?),
+        state
+            .endorsements
+            .attach(job.evidence(enclave, nonce).await?),
     ))
 }
 
@@ -486,7 +514,16 @@ async fn start_job(
             "the body must be the training request sealed to the job's attested enclave key",
         ));
     }
-    Ok(Json(job.start(sealed.to_vec()).await?))
+    let requests = if job.workers > 1 {
+        StartRequests::Distributed(postcard::from_bytes(&sealed).map_err(|_| {
+            HttpError::bad_request(
+                "a distributed job's start body is its sealed requests (postcard                  `SealedRequests`): the parameter server's, then each worker's",
+            )
+        })?)
+    } else {
+        StartRequests::One(sealed.to_vec())
+    };
+    Ok(Json(job.start(requests).await?))
 }
 
 async fn job_events(

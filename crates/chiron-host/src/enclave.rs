@@ -27,6 +27,10 @@ pub enum Role {
     Train,
     /// Serves queries on one model.
     Query,
+    /// A distributed job's parameter server.
+    ParameterServer,
+    /// One of a distributed job's training enclaves.
+    Worker,
 }
 
 impl Role {
@@ -34,6 +38,8 @@ impl Role {
         match self {
             Self::Train => "train",
             Self::Query => "query",
+            Self::ParameterServer => "ps",
+            Self::Worker => "worker",
         }
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::{Bytes, BytesMut};
-use chiron_proto::api::{Events, JobState, JobStatus};
+use chiron_proto::api::{Events, JobEnclave, JobState, JobStatus, SealedRequests};
 use chiron_proto::wire::{DATASET_PART, EnclaveFrame, Frame, FrameError, HostFrame};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -29,9 +29,9 @@ use crate::store::{self, Store, StoreError};
 /// How long a training enclave may take to produce evidence.
 pub const EVIDENCE_TIMEOUT: Duration = Duration::from_secs(60);
 /// After the dataset transfer broke, how long to wait for the enclave's closing frame.
-const CLOSING_GRACE: Duration = Duration::from_secs(30);
+pub(crate) const CLOSING_GRACE: Duration = Duration::from_secs(30);
 /// Largest event ciphertext accepted (events are padded to a small fixed size).
-const MAX_EVENT_LEN: usize = 64 << 10;
+pub(crate) const MAX_EVENT_LEN: usize = 64 << 10;
 
 /// Public failure labels set by the host itself.
 pub mod labels {
@@ -71,8 +71,11 @@ pub struct JobRecord {
     pub state: JobState,
     /// Public failure label, when failed.
     pub error: Option<String>,
-    /// The encrypted event stream so far.
+    /// The encrypted event stream so far (rank 0's, in a distributed job).
     pub events: Vec<StoredEvent>,
+    /// Training enclaves: 0 or 1 for one, more for a distributed job.
+    #[serde(default)]
+    pub workers: u32,
 }
 
 impl JobRecord {
@@ -105,6 +108,24 @@ pub enum JobError {
         /// The state the operation needs.
         needed: JobState,
     },
+    /// The job has no such enclave.
+    #[error("job {job} has no enclave `{enclave}` (its enclaves: {enclaves})")]
+    NoSuchEnclave {
+        /// The job.
+        job: JobId,
+        /// The enclave asked for.
+        enclave: JobEnclave,
+        /// The job's enclaves, in words.
+        enclaves: String,
+    },
+    /// The start request does not fit the job (one sealed request per enclave).
+    #[error("job {job}: {detail}")]
+    BadStart {
+        /// The job.
+        job: JobId,
+        /// What is wrong.
+        detail: String,
+    },
     /// The job's enclave task has ended.
     #[error("the training enclave of job {0} is no longer running")]
     EnclaveGone(JobId),
@@ -117,14 +138,23 @@ pub enum JobError {
 }
 
 /// Requests to a job's task.
-enum Command {
+pub(crate) enum Command {
     Evidence {
+        enclave: JobEnclave,
         nonce: [u8; 32],
         reply: oneshot::Sender<Result<Vec<u8>, JobError>>,
     },
     Start {
-        sealed_request: Vec<u8>,
+        requests: StartRequests,
     },
+}
+
+/// The owner's sealed requests, as a job's kind needs them.
+pub enum StartRequests {
+    /// A one-enclave job's request.
+    One(Vec<u8>),
+    /// A distributed job's requests, one per enclave.
+    Distributed(SealedRequests),
 }
 
 /// One job.
@@ -135,9 +165,11 @@ pub struct Job {
     pub program_id: ProgramId,
     /// The dataset it trains on.
     pub dataset_id: DatasetId,
+    /// Training enclaves (1 for a one-enclave job).
+    pub workers: u32,
     record: Mutex<JobRecord>,
     commands: Option<mpsc::Sender<Command>>,
-    store: Store,
+    pub(crate) store: Store,
 }
 
 impl Job {
@@ -165,8 +197,26 @@ impl Job {
         }
     }
 
-    /// Evidence from the job's training enclave (only while it waits for its owner).
-    pub async fn evidence(&self, nonce: [u8; 32]) -> Result<Vec<u8>, JobError> {
+    /// Evidence from one of the job's enclaves (only while it waits for its owner).
+    pub async fn evidence(
+        &self,
+        enclave: JobEnclave,
+        nonce: [u8; 32],
+    ) -> Result<Vec<u8>, JobError> {
+        let exists = match enclave {
+            JobEnclave::Worker(rank) => rank < self.workers,
+            JobEnclave::ParameterServer => self.workers > 1,
+        };
+        if !exists {
+            return Err(JobError::NoSuchEnclave {
+                job: self.id.clone(),
+                enclave,
+                enclaves: match self.workers {
+                    1 => "worker-0".to_owned(),
+                    n => format!("ps and worker-0 to worker-{}", n - 1),
+                },
+            });
+        }
         self.require(JobState::Created).await?;
         let commands = self
             .commands
@@ -174,7 +224,11 @@ impl Job {
             .ok_or_else(|| JobError::EnclaveGone(self.id.clone()))?;
         let (reply, answer) = oneshot::channel();
         commands
-            .send(Command::Evidence { nonce, reply })
+            .send(Command::Evidence {
+                enclave,
+                nonce,
+                reply,
+            })
             .await
             .map_err(|_| JobError::EnclaveGone(self.id.clone()))?;
         answer
@@ -182,8 +236,28 @@ impl Job {
             .map_err(|_| JobError::EnclaveGone(self.id.clone()))?
     }
 
-    /// Hands the owner's sealed request to the enclave; the job becomes Running.
-    pub async fn start(&self, sealed_request: Vec<u8>) -> Result<JobStatus, JobError> {
+    /// Hands the owner's sealed requests to the enclaves; the job becomes Running.
+    pub async fn start(&self, requests: StartRequests) -> Result<JobStatus, JobError> {
+        let fits = match &requests {
+            StartRequests::One(_) => self.workers == 1,
+            StartRequests::Distributed(sealed) => {
+                self.workers > 1 && sealed.workers.len() == self.workers as usize
+            }
+        };
+        if !fits {
+            return Err(JobError::BadStart {
+                job: self.id.clone(),
+                detail: format!(
+                    "it has {} training enclave(s){}: send one sealed request for each",
+                    self.workers,
+                    if self.workers > 1 {
+                        " and a parameter server"
+                    } else {
+                        ""
+                    }
+                ),
+            });
+        }
         let status = {
             let mut record = self.record.lock().await;
             if record.state != JobState::Created {
@@ -209,7 +283,7 @@ impl Job {
             return Err(JobError::EnclaveGone(self.id.clone()));
         };
         if commands
-            .send(Command::Start { sealed_request })
+            .send(Command::Start { requests })
             .await
             .is_err()
         {
@@ -228,7 +302,7 @@ impl Job {
         }
     }
 
-    fn wrong_state(&self, state: JobState, needed: JobState) -> JobError {
+    pub(crate) fn wrong_state(&self, state: JobState, needed: JobState) -> JobError {
         JobError::WrongState {
             job: self.id.clone(),
             state,
@@ -236,7 +310,7 @@ impl Job {
         }
     }
 
-    async fn push_event(&self, seq: u64, ciphertext: &[u8]) {
+    pub(crate) async fn push_event(&self, seq: u64, ciphertext: &[u8]) {
         let mut record = self.record.lock().await;
         record.events.push(StoredEvent {
             seq,
@@ -252,7 +326,7 @@ impl Job {
     }
 
     /// Moves the job to its final state and logs it.
-    async fn finish(&self, outcome: Result<(), String>) {
+    pub(crate) async fn finish(&self, outcome: Result<(), String>) {
         let mut record = self.record.lock().await;
         match &outcome {
             Ok(()) => {
@@ -323,6 +397,7 @@ impl Jobs {
                 id: id.clone(),
                 program_id,
                 dataset_id,
+                workers: record.workers.max(1),
                 record: Mutex::new(record),
                 commands: None,
                 store: store.clone(),
@@ -348,11 +423,13 @@ impl Jobs {
             .cloned()
     }
 
-    /// Creates a job: checks its inputs exist, starts its training enclave and its task.
+    /// Creates a job: checks its inputs exist, starts its enclaves (one training enclave, or
+    /// `workers` of them and a parameter server) and its task.
     pub async fn create(
         &self,
         program_id: ProgramId,
         dataset_id: DatasetId,
+        workers: u32,
     ) -> Result<Arc<Job>, JobError> {
         if !self.store.exists(&store::program_path(&program_id)).await? {
             return Err(JobError::UnknownProgram(program_id));
@@ -360,7 +437,16 @@ impl Jobs {
         if !self.store.exists(&store::dataset_path(&dataset_id)).await? {
             return Err(JobError::UnknownDataset(dataset_id));
         }
-        let enclave = self.launcher.spawn(Role::Train).await?;
+        let workers = workers.max(1);
+        let enclaves = if workers == 1 {
+            Enclaves::One(self.launcher.spawn(Role::Train).await?)
+        } else {
+            let server = self.launcher.spawn(Role::ParameterServer);
+            let trainers =
+                futures::future::try_join_all((0..workers).map(|_| self.launcher.spawn(Role::Worker)));
+            let (server, trainers) = futures::future::try_join(server, trainers).await?;
+            Enclaves::Distributed(server, trainers)
+        };
         let id = JobId::random();
         let record = JobRecord {
             job_id: id.to_string(),
@@ -369,6 +455,7 @@ impl Jobs {
             state: JobState::Created,
             error: None,
             events: Vec::new(),
+            workers,
         };
         self.store.put_json(&store::job_path(&id), &record).await?;
         let (commands, receiver) = mpsc::channel(8);
@@ -376,6 +463,7 @@ impl Jobs {
             id: id.clone(),
             program_id,
             dataset_id,
+            workers,
             record: Mutex::new(record),
             commands: Some(commands),
             store: self.store.clone(),
@@ -385,13 +473,31 @@ impl Jobs {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(id.clone(), Arc::clone(&job));
         info!("job {id} created");
-        tokio::spawn(run_job(Arc::clone(&job), enclave, receiver));
+        match enclaves {
+            Enclaves::One(enclave) => {
+                tokio::spawn(run_job(Arc::clone(&job), enclave, receiver));
+            }
+            Enclaves::Distributed(server, trainers) => {
+                tokio::spawn(crate::distributed::run_job(
+                    Arc::clone(&job),
+                    server,
+                    trainers,
+                    receiver,
+                ));
+            }
+        }
         Ok(job)
     }
 }
 
+/// A new job's enclaves.
+enum Enclaves {
+    One(Enclave),
+    Distributed(Enclave, Vec<Enclave>),
+}
+
 /// Aborts a task when dropped.
-struct AbortOnDrop<T>(JoinHandle<T>);
+pub(crate) struct AbortOnDrop<T>(pub(crate) JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
@@ -399,7 +505,7 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-type FrameResult = Result<EnclaveFrame, FrameError>;
+pub(crate) type FrameResult = Result<EnclaveFrame, FrameError>;
 
 /// The task that owns a job's enclave for the job's whole life.
 async fn run_job(job: Arc<Job>, enclave: Enclave, mut commands: mpsc::Receiver<Command>) {
@@ -426,7 +532,7 @@ async fn run_job(job: Arc<Job>, enclave: Enclave, mut commands: mpsc::Receiver<C
             command = commands.recv() => match command {
                 // Every sender is gone: the host is shutting down.
                 None => break None,
-                Some(Command::Evidence { nonce, reply }) => {
+                Some(Command::Evidence { nonce, reply, .. }) => {
                     let answer = evidence(&job, &mut writer, &mut frames, nonce).await;
                     let fatal = match &answer {
                         Err(JobError::Enclave(e)) if e.is_fatal() => Some(enclave_label(e)),
@@ -437,8 +543,12 @@ async fn run_job(job: Arc<Job>, enclave: Enclave, mut commands: mpsc::Receiver<C
                         break Some(Err(label.to_owned()));
                     }
                 }
-                Some(Command::Start { sealed_request }) => {
+                Some(Command::Start { requests: StartRequests::One(sealed_request) }) => {
                     break Some(train(&job, writer, &mut frames, &mut commands, sealed_request).await);
+                }
+                // `Job::start` lets only a one-enclave request through.
+                Some(Command::Start { requests: StartRequests::Distributed(_) }) => {
+                    break Some(Err(labels::PROTOCOL.to_owned()));
                 }
             },
             frame = frames.recv() => {
@@ -459,7 +569,7 @@ async fn run_job(job: Arc<Job>, enclave: Enclave, mut commands: mpsc::Receiver<C
 }
 
 /// The label a broken enclave conversation fails a job with.
-fn enclave_label(e: &EnclaveError) -> &'static str {
+pub(crate) fn enclave_label(e: &EnclaveError) -> &'static str {
     match e {
         EnclaveError::Timeout(_) => labels::ENCLAVE_UNRESPONSIVE,
         EnclaveError::Unexpected(_) | EnclaveError::Frame(FrameError::Malformed(_)) => {
@@ -469,7 +579,7 @@ fn enclave_label(e: &EnclaveError) -> &'static str {
     }
 }
 
-async fn evidence(
+pub(crate) async fn evidence(
     job: &Job,
     writer: &mut OwnedWriteHalf,
     frames: &mut mpsc::Receiver<FrameResult>,
@@ -499,18 +609,20 @@ async fn evidence(
 }
 
 /// Why sending the training input stopped.
-enum SendFailure {
+pub(crate) enum SendFailure {
     /// The host could not read its own store.
     Store,
     /// The enclave connection broke (the enclave may have refused and closed).
     Enclave,
 }
 
-/// Sends the start frame and the dataset container in parts.
-async fn send_training_input(
+/// Sends the start frame and the dataset container in parts (to a worker, with where its
+/// parameter server listens).
+pub(crate) async fn send_training_input(
     mut writer: OwnedWriteHalf,
     job: Arc<Job>,
     sealed_request: Vec<u8>,
+    parameter_server: Option<String>,
 ) -> Result<OwnedWriteHalf, SendFailure> {
     let program = match job.store.get(&store::program_path(&job.program_id)).await {
         Ok(Some(program)) => program,
@@ -529,6 +641,7 @@ async fn send_training_input(
         sealed_request,
         program: program.to_vec(),
         dataset_len: dataset.size,
+        parameter_server,
     };
     write_frame(&mut writer, &start)
         .await
@@ -578,6 +691,7 @@ async fn train(
         writer,
         Arc::clone(job),
         sealed_request,
+        None,
     )));
     let mut sending = true;
     // Keeps the write half (and so the connection) open once the transfer is done.

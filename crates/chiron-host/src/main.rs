@@ -7,6 +7,7 @@
 
 mod api;
 mod config;
+mod distributed;
 mod enclave;
 mod ids;
 mod jobs;

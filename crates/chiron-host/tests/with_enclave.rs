@@ -257,6 +257,7 @@ fn a_job_trains_serves_queries_and_errors_are_typed() {
         query_budget: 1000,
         query_token_digest: Sha256::digest(token).into(),
         private: None,
+        distributed: None,
     };
     let plaintext = postcard::to_allocvec(&request).expect("encode");
     let (sealed, event_key) =

@@ -51,6 +51,54 @@ pub struct CreateJob {
     pub program_id: String,
     /// An uploaded dataset.
     pub dataset_id: String,
+    /// Training enclaves: 1 (or absent) for one, 2 or more for a distributed job with a
+    /// parameter server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<u32>,
+}
+
+/// Which of a job's enclaves a request addresses: the `enclave` query parameter of
+/// `GET /v1/jobs/{id}/evidence`, `worker-<rank>` or `ps` (absent: `worker-0`, the only
+/// training enclave of a one-worker job).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobEnclave {
+    /// The training enclave of this rank.
+    Worker(u32),
+    /// A distributed job's parameter server.
+    ParameterServer,
+}
+
+impl JobEnclave {
+    /// Parses `worker-<rank>` or `ps`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "ps" => Some(Self::ParameterServer),
+            _ => text
+                .strip_prefix("worker-")
+                .filter(|rank| !rank.starts_with('+'))
+                .and_then(|rank| rank.parse().ok())
+                .map(Self::Worker),
+        }
+    }
+}
+
+impl std::fmt::Display for JobEnclave {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Worker(rank) => write!(f, "worker-{rank}"),
+            Self::ParameterServer => f.write_str("ps"),
+        }
+    }
+}
+
+/// The body of `POST /v1/jobs/{id}/start` for a distributed job (postcard): one sealed
+/// request per enclave, each sealed to that enclave's attested key.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SealedRequests {
+    /// The parameter server's `ParameterServerRequest`.
+    pub parameter_server: Vec<u8>,
+    /// Each worker's `TrainRequest`, by rank.
+    pub workers: Vec<Vec<u8>>,
 }
 
 /// A created job; its training enclave is up and waiting for the owner.

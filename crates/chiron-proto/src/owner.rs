@@ -9,6 +9,8 @@ use crate::wire::EVENT_PLAINTEXT_LEN;
 
 /// HPKE `info` for a training request.
 pub const TRAIN_INFO: &[u8] = b"chiron/v1 train request";
+/// HPKE `info` for a parameter server's request.
+pub const PARAMETER_SERVER_INFO: &[u8] = b"chiron/v1 parameter server request";
 /// HPKE `info` for a query.
 pub const QUERY_INFO: &[u8] = b"chiron/v1 query";
 /// Largest number of inputs in one query.
@@ -84,6 +86,76 @@ pub struct TrainRequest {
     /// memory are visible to the platform.
     #[zeroize(skip)]
     pub private: Option<PrivateTerms>,
+    /// A worker of a distributed job: its place in it. `None`: the job's only training
+    /// enclave.
+    #[zeroize(skip)]
+    pub distributed: Option<WorkerPlace>,
+}
+
+/// A worker's place in a distributed job (in its sealed [`TrainRequest`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerPlace {
+    /// This worker's rank, `0..workers`: which shard of the training examples it reads.
+    /// Rank 0's parameters start the job and its model is the one sealed for queries.
+    pub rank: u32,
+    /// The job's public exchange terms, the same in every enclave's request.
+    pub exchange: ExchangeTerms,
+    /// The parameter servers this worker accepts, as a policy file
+    /// (`chiron_attest::Policy::parse_spec`): the owner's own policy.
+    pub peer_policy: String,
+}
+
+/// What the owner asks a distributed job's parameter server to do (sent sealed). It holds
+/// no data key: the server sees gradients and parameters, never examples.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParameterServerRequest {
+    /// The job's public exchange terms.
+    pub exchange: ExchangeTerms,
+    /// The workers this server accepts, as a policy file: the owner's own policy.
+    pub peer_policy: String,
+    /// The job's time budget in seconds (the server gives up on its workers after it).
+    pub time_budget_secs: u32,
+}
+
+/// The public shape of a distributed job's parameter traffic: the platform may see these,
+/// and nothing else about the exchange depends on anything but them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExchangeTerms {
+    /// Training enclaves, 2 or more.
+    pub workers: u32,
+    /// Size of every exchange message in either direction, in KiB: the largest the model's
+    /// parameters (and so its gradients) may take.
+    pub message_kib: u32,
+}
+
+impl ExchangeTerms {
+    /// Most workers a job may have.
+    pub const MAX_WORKERS: u32 = 64;
+    /// Largest exchange message, in KiB (1 GiB).
+    pub const MAX_MESSAGE_KIB: u32 = 1 << 20;
+
+    /// Every message's size in bytes.
+    pub fn message_bytes(&self) -> usize {
+        self.message_kib as usize * 1024
+    }
+
+    /// Checks the figures are in range.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(2..=Self::MAX_WORKERS).contains(&self.workers) {
+            return Err(format!(
+                "a distributed job has 2 to {} workers, not {}",
+                Self::MAX_WORKERS,
+                self.workers
+            ));
+        }
+        if !(1..=Self::MAX_MESSAGE_KIB).contains(&self.message_kib) {
+            return Err(format!(
+                "exchange messages are 1 KiB to 1 GiB, not {} KiB",
+                self.message_kib
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Terms of a private job. The enclave holds every event until the time budget (counted from
@@ -306,6 +378,7 @@ mod tests {
             query_budget: 4,
             query_token_digest: [5; 32],
             private: None,
+            distributed: None,
         };
         let debug = format!("{request:?}");
         assert!(!debug.contains("165") && !debug.contains("a5"), "{debug}");

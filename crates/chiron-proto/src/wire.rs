@@ -41,6 +41,18 @@ pub enum HostFrame {
         program: Vec<u8>,
         /// Total length of the dataset ciphertext about to follow.
         dataset_len: u64,
+        /// A worker of a distributed job: where its parameter server listens (from the
+        /// host, so unauthenticated; the worker attests the server it reaches).
+        parameter_server: Option<String>,
+    },
+    /// Parameter-server role: the owner's request, HPKE-sealed to the enclave's key. The
+    /// enclave answers [`EnclaveFrame::PeersAt`], then serves the job's workers until they
+    /// are done ([`EnclaveFrame::Served`]).
+    StartParameterServer {
+        /// Job id the server serves.
+        job_id: String,
+        /// The owner's sealed `ParameterServerRequest`.
+        sealed_request: Vec<u8>,
     },
     /// Training role: the next part of the dataset ciphertext.
     DatasetPart(Vec<u8>),
@@ -89,6 +101,13 @@ pub enum EnclaveFrame {
     },
     /// Query role: the model is loaded and the enclave accepts queries.
     Ready,
+    /// Parameter-server role: the port its workers connect to.
+    PeersAt {
+        /// TCP port on the enclave's address.
+        port: u16,
+    },
+    /// Parameter-server role: every worker is done; the server has ended.
+    Served,
     /// Query role, in the middle of a query: the model's query counter, sealed, to be stored
     /// next to the model before the enclave answers (write-ahead). The host answers with
     /// [`HostFrame::CounterStored`], then receives the query's answer.
@@ -123,6 +142,7 @@ impl Frame for HostFrame {
         match self {
             Self::GetEvidence { .. } => "GetEvidence",
             Self::StartTraining { .. } => "StartTraining",
+            Self::StartParameterServer { .. } => "StartParameterServer",
             Self::DatasetPart(_) => "DatasetPart",
             Self::LoadModel { .. } => "LoadModel",
             Self::Query { .. } => "Query",
@@ -138,6 +158,8 @@ impl Frame for EnclaveFrame {
             Self::Evidence(_) => "Evidence",
             Self::Event { .. } => "Event",
             Self::Trained { .. } => "Trained",
+            Self::PeersAt { .. } => "PeersAt",
+            Self::Served => "Served",
             Self::Ready => "Ready",
             Self::StoreCounter { .. } => "StoreCounter",
             Self::Answer(_) => "Answer",

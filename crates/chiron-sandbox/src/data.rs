@@ -18,6 +18,14 @@ pub enum DataError {
         /// Bytes the header implies.
         expected: u64,
     },
+    /// A worker's shard that does not exist, or would be empty.
+    #[error("no shard {rank} of {workers}: too few training examples or workers")]
+    Shard {
+        /// The worker's rank.
+        rank: u32,
+        /// The job's worker count.
+        workers: u32,
+    },
     /// A label is not a class index.
     #[error("dataset label at example {index} is outside 0..{classes}")]
     Label {
@@ -44,6 +52,11 @@ pub struct TrainingData {
     labels: Vec<u32>,
     features: Vec<u8>,
     feature_len: usize,
+    /// Where this dataset's training examples start among the stored ones: 0, or a
+    /// worker's shard's first example ([`TrainingData::shard`]).
+    train_offset: u32,
+    /// Where the validation examples start among the stored ones.
+    valid_offset: u32,
 }
 
 impl std::fmt::Debug for TrainingData {
@@ -107,6 +120,8 @@ impl TrainingData {
         let feature_len = header.feature_len();
         // The buffers move (not copy) into the dataset, whose `Drop` wipes them.
         Ok(Self {
+            train_offset: 0,
+            valid_offset: header.train_count,
             header,
             labels: std::mem::take(&mut *labels),
             features: std::mem::take(&mut *features),
@@ -119,6 +134,21 @@ impl TrainingData {
         &self.header
     }
 
+    /// Keeps worker `rank`'s share of `workers` of the training examples: a contiguous
+    /// block of `train_count / workers` (the last `train_count % workers` examples go
+    /// unused, so that every worker takes as many steps). The validation examples stay whole
+    /// on every worker. The program sees the shard as its whole training split. Which
+    /// examples go where depends only on the public counts.
+    pub fn shard(mut self, rank: u32, workers: u32) -> Result<Self, DataError> {
+        let share = self.header.train_count.checked_div(workers).unwrap_or(0);
+        if rank >= workers || share == 0 {
+            return Err(DataError::Shard { rank, workers });
+        }
+        self.train_offset += rank * share;
+        self.header.train_count = share;
+        Ok(self)
+    }
+
     /// Examples in `split`.
     pub fn count(&self, split: Split) -> u32 {
         match split {
@@ -129,8 +159,8 @@ impl TrainingData {
 
     fn absolute(&self, split: Split, index: u32) -> Option<usize> {
         (index < self.count(split)).then(|| match split {
-            Split::Train => index as usize,
-            Split::Valid => self.header.train_count as usize + index as usize,
+            Split::Train => self.train_offset as usize + index as usize,
+            Split::Valid => self.valid_offset as usize + index as usize,
         })
     }
 
@@ -223,6 +253,8 @@ mod tests {
             labels: vec![0],
             features: Vec::new(),
             feature_len: 1 << 30,
+            train_offset: 0,
+            valid_offset: 1,
         };
         assert_eq!(d.features(Split::Train, &[0]), None);
         assert_eq!(d.features(Split::Train, &[0; 4096]), None);
@@ -238,6 +270,43 @@ mod tests {
         wiped_on_drop(&d);
         assert_eq!(d.labels(Split::Valid, &[0]), Some(vec![1.0]));
         assert_eq!(d.features(Split::Valid, &[0]), Some(vec![1.0, 0.0]));
+    }
+
+    #[test]
+    fn shards_split_the_training_examples_and_share_validation() {
+        let header = DatasetHeader {
+            kind: DatasetKind::Tabular,
+            dims: vec![1],
+            encoding: ElementEncoding::U8Unit,
+            classes: 7,
+            train_count: 5,
+            valid_count: 1,
+        };
+        let mut body = Vec::new();
+        for l in 0u32..6 {
+            body.extend(l.to_le_bytes());
+        }
+        body.extend([0, 1, 2, 3, 4, 5]);
+        let shard = |rank| {
+            TrainingData::from_plaintext(header.clone(), body.clone())
+                .and_then(|d| d.shard(rank, 2))
+                .expect("a shard")
+        };
+        let (first, second) = (shard(0), shard(1));
+        assert_eq!(first.count(Split::Train), 2);
+        assert_eq!(first.labels(Split::Train, &[0, 1]), Some(vec![0.0, 1.0]));
+        assert_eq!(second.labels(Split::Train, &[0, 1]), Some(vec![2.0, 3.0]));
+        // The fifth example is nobody's; both see the one validation example.
+        assert_eq!(second.labels(Split::Train, &[2]), None);
+        for d in [&first, &second] {
+            assert_eq!(d.labels(Split::Valid, &[0]), Some(vec![5.0]));
+            assert_eq!(d.header().train_count, 2);
+        }
+        assert_eq!(second.features(Split::Train, &[1]), Some(vec![3.0 / 255.0]));
+        let whole = || TrainingData::from_plaintext(header.clone(), body.clone()).expect("ok");
+        assert!(matches!(whole().shard(2, 2), Err(DataError::Shard { .. })));
+        assert!(matches!(whole().shard(0, 6), Err(DataError::Shard { .. })));
+        assert!(matches!(whole().shard(0, 0), Err(DataError::Shard { .. })));
     }
 
     #[test]

@@ -39,6 +39,10 @@ pub enum SandboxError {
     /// The wasm engine itself failed (a runtime bug, not the program's doing).
     #[error("sandbox failure: {0}")]
     Internal(String),
+    /// A distributed job's parameter exchange failed (the channel to the parameter server,
+    /// or its refusal of this worker's update).
+    #[error("parameter exchange failed: {0}")]
+    Exchange(String),
 }
 
 /// The resource limits a program can exhaust.
@@ -129,6 +133,7 @@ impl SandboxError {
             Self::NoModel => "the program finished training without saving a model".into(),
             Self::BadOutput(_) => "the program produced no valid output".into(),
             Self::Internal(_) => "the sandbox failed".into(),
+            Self::Exchange(detail) => format!("the parameter exchange failed: {detail}"),
         }
     }
 

@@ -20,6 +20,7 @@
 mod abi;
 mod data;
 mod error;
+pub mod exchange;
 pub mod lint;
 pub mod memory;
 mod model;
@@ -112,6 +113,9 @@ pub struct TrainJob {
     pub metrics: Box<dyn FnMut(Metric) + Send>,
     /// Receives the program's log lines, if anyone may see them (never in an enclave).
     pub log: Option<runtime::LogSink>,
+    /// On a worker of a distributed job, where optimizer steps go ([`exchange`]); `None`
+    /// steps locally.
+    pub exchange: Option<Box<dyn exchange::ParameterExchange>>,
 }
 
 impl TrainJob {
@@ -129,7 +133,14 @@ impl TrainJob {
             time_budget,
             metrics: Box::new(|_| {}),
             log: None,
+            exchange: None,
         }
+    }
+
+    /// Sends optimizer steps to `exchange` (a worker of a distributed job).
+    pub fn with_exchange(mut self, exchange: Box<dyn exchange::ParameterExchange>) -> Self {
+        self.exchange = Some(exchange);
+        self
     }
 
     /// Sends the program's log lines to `sink`: for a provider running the program on their
@@ -252,6 +263,9 @@ impl Sandbox {
         );
         if let Some(sink) = job.log {
             runtime = runtime.with_log(sink);
+        }
+        if let Some(exchange) = job.exchange {
+            runtime = runtime.with_exchange(exchange);
         }
         let mut runtime = self.run(program, runtime, "chiron_train", u64::MAX, job.time_budget)?;
         runtime.take_model().ok_or(SandboxError::NoModel)

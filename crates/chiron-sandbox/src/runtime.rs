@@ -13,6 +13,7 @@ use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 use crate::data::{Split, TrainingData};
+use crate::exchange::{ParameterExchange, Update};
 use crate::error::{Limit, SandboxError};
 use crate::memory;
 use crate::model::Model;
@@ -125,6 +126,10 @@ pub struct Runtime<B: Backend> {
     /// Handles of results computed while gradients were off, to say so when one is used as
     /// a loss.
     untracked: HashSet<u32>,
+    /// On a worker of a distributed job, where optimizer steps go.
+    exchange: Option<Box<dyn ParameterExchange>>,
+    /// Optimizers whose parameters the exchange already holds.
+    registered: HashSet<u32>,
 }
 
 type Result<T> = std::result::Result<T, SandboxError>;
@@ -160,7 +165,16 @@ impl<B: Backend> Runtime<B> {
             output: None,
             grad_enabled: true,
             untracked: HashSet::new(),
+            exchange: None,
+            registered: HashSet::new(),
         }
+    }
+
+    /// Sends optimizer steps to `exchange` instead of applying them here: a worker of a
+    /// distributed job (`crate::exchange`).
+    pub fn with_exchange(mut self, exchange: Box<dyn ParameterExchange>) -> Self {
+        self.exchange = Some(exchange);
+        self
     }
 
     /// Sends the program's log lines (`chiron_sdk::println!`, panic messages) to `sink`.
@@ -894,7 +908,15 @@ impl<B: Backend> Runtime<B> {
                 format!("{opt} is not an optimizer"),
             ));
         };
-        let result = self.apply_step(&mut optimizer, &params, &grads);
+        let result = match self.exchange.take() {
+            Some(mut exchange) => {
+                let result =
+                    self.exchange_step(exchange.as_mut(), opt, &optimizer, &params, &grads);
+                self.exchange = Some(exchange);
+                result
+            }
+            None => self.apply_step(&mut optimizer, &params, &grads),
+        };
         self.entries
             .insert(opt, Entry::Optimizer(optimizer, params));
         result
@@ -915,6 +937,84 @@ impl<B: Backend> Runtime<B> {
         for (&p, v) in params.iter().zip(values) {
             if let Some(Entry::Tensor(t, _)) = self.entries.get_mut(&p) {
                 *t = v;
+            }
+        }
+        Ok(())
+    }
+
+    /// A worker's step: the gradients go to the exchange, and the parameters it returns
+    /// replace the program's (registered first, at the optimizer's first step).
+    fn exchange_step(
+        &mut self,
+        exchange: &mut dyn ParameterExchange,
+        handle: u32,
+        optimizer: &Optimizer<B>,
+        params: &[u32],
+        grads: &B::Gradients,
+    ) -> Result<()> {
+        const CALL: &str = "optimizer_step";
+        let tensors = params
+            .iter()
+            .map(|&p| self.tensor(CALL, p).cloned())
+            .collect::<Result<Vec<_>>>()?;
+        if !self.registered.contains(&handle) {
+            let values = tensors
+                .iter()
+                .map(|t| self.engine.read(t))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let start = exchange
+                .register(handle, values)
+                .map_err(|e| SandboxError::Exchange(e.0))?;
+            self.replace_parameters(params, &tensors, start)?;
+            self.registered.insert(handle);
+        }
+        let gradients = tensors
+            .iter()
+            .map(|t| {
+                self.engine
+                    .grad(grads, t)
+                    .map(|g| self.engine.read(&g))
+                    .transpose()
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let update = Update {
+            kind: optimizer.kind(),
+            max_grad_norm: optimizer.max_grad_norm(),
+            gradients,
+        };
+        let updated = exchange
+            .step(handle, update)
+            .map_err(|e| SandboxError::Exchange(e.0))?;
+        self.replace_parameters(params, &tensors, updated)
+    }
+
+    /// Stores `values` as the parameters at `params` (whose current tensors are `old`),
+    /// each with its old shape.
+    fn replace_parameters(
+        &mut self,
+        params: &[u32],
+        old: &[B::Tensor],
+        values: Vec<Vec<f32>>,
+    ) -> Result<()> {
+        if values.len() != params.len() {
+            return Err(SandboxError::Exchange(format!(
+                "{} parameters came back for an optimizer of {}",
+                values.len(),
+                params.len()
+            )));
+        }
+        for ((&p, old), values) in params.iter().zip(old).zip(values) {
+            let shape = self.engine.shape(old);
+            if values.len() != shape.elements() {
+                return Err(SandboxError::Exchange(format!(
+                    "a parameter of {} elements came back with {}",
+                    shape.elements(),
+                    values.len()
+                )));
+            }
+            let updated = self.engine.parameter(shape.dims(), values)?;
+            if let Some(Entry::Tensor(t, _)) = self.entries.get_mut(&p) {
+                *t = updated;
             }
         }
         Ok(())

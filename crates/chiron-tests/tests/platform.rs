@@ -623,6 +623,7 @@ impl RawEnclave {
             sealed_request: sealed_request.to_vec(),
             program: program.to_vec(),
             dataset_len: container.len() as u64,
+            parameter_server: None,
         });
         self.send(&HostFrame::DatasetPart(container.to_vec()));
         let mut events = Vec::new();
@@ -1041,6 +1042,7 @@ fn a_training_enclave_refuses_a_second_start_of_the_same_request() {
         query_budget: 100,
         query_token_digest: [2; 32],
         private: None,
+        distributed: None,
     };
     let (sealed, event_key) = chiron_crypto::seal_to_enclave(
         &enclave_key,

@@ -180,15 +180,14 @@ pub fn seeds_owner_messages() -> Vec<Vec<u8>> {
         query_budget: 100,
         query_token_digest: [5; 32],
         private: None,
+        distributed: None,
     };
-    let private = TrainRequest {
-        private: Some(PrivateTerms {
-            memory_mib: 512,
-            model_mib: 8,
-            answer_ms: 100,
-        }),
-        ..request.clone()
-    };
+    let mut private = request.clone();
+    private.private = Some(PrivateTerms {
+        memory_mib: 512,
+        model_mib: 8,
+        answer_ms: 100,
+    });
     let query = QueryRequest {
         token: [6; 32],
         count: 2,
@@ -255,6 +254,7 @@ pub fn seeds_owner_messages() -> Vec<Vec<u8>> {
         json(&CreateJob {
             program_id: "p".into(),
             dataset_id: "d".into(),
+            workers: Some(2),
         }),
         json(&JobCreated { job_id: "j".into() }),
         json(&JobStatus {

@@ -51,6 +51,11 @@ pub fn seeds_wire() -> Vec<Vec<u8>> {
             sealed_request: vec![3; 80],
             program: b"\0asm\x01\0\0\0".to_vec(),
             dataset_len: 1234,
+            parameter_server: Some("127.0.0.1:7000".into()),
+        },
+        HostFrame::StartParameterServer {
+            job_id: "job-1".into(),
+            sealed_request: vec![3; 80],
         },
         HostFrame::DatasetPart(vec![4; 40]),
         HostFrame::LoadModel {
@@ -77,6 +82,8 @@ pub fn seeds_wire() -> Vec<Vec<u8>> {
             sealed_model: vec![3; 64],
         },
         EnclaveFrame::Ready,
+        EnclaveFrame::PeersAt { port: 7001 },
+        EnclaveFrame::Served,
         EnclaveFrame::StoreCounter {
             version: 2,
             sealed: vec![5; 53],

@@ -1,0 +1,364 @@
+//! The parameter-server role: holds a distributed job's parameters and optimizer state,
+//! and applies each round's gradients, averaged over the workers.
+//!
+//! Rounds are synchronous: the server reads one message from every worker still training,
+//! in rank order, and answers all of them only once all have arrived. In a round every
+//! worker registers the same optimizer (the server keeps rank 0's values, so every worker
+//! starts from the same parameters) or steps the same optimizer (the server averages the
+//! gradients each parameter received, then applies the program's rule as the workers
+//! report it: learning rate, clipping). A worker that is done leaves the rounds; one that
+//! failed, broke its connection or fell out of step ends the job for all.
+//!
+//! The server never sees an example: it holds no data key. It accepts only workers whose
+//! evidence the owner's policy accepts, attesting to the worker role for this job, and a
+//! worker accepts it only on the same terms (`chiron_channel`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chiron_attest::Policy;
+use chiron_channel::{LocalIdentity, PeerExpectation, RecordConfig, RecordReader, RecordWriter};
+use chiron_engine::{Backend, DefaultBackend, Optimizer};
+use chiron_proto::evidence::Role;
+use chiron_proto::owner::{ExchangeTerms, PARAMETER_SERVER_INFO, ParameterServerRequest};
+use chiron_proto::wire::EnclaveFrame;
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::exchange::{Rule, ToServer, ToWorker, pad, unpad};
+use crate::session::Enclave;
+
+type Stream = chiron_channel::AttestedStream<TcpStream>;
+
+/// The host's start frame, unpacked.
+pub struct Start {
+    pub job_id: String,
+    pub sealed_request: Vec<u8>,
+    /// Where to listen for the workers.
+    pub listen: String,
+}
+
+/// Serves one job's workers until they are all done; returns the frame that ends it. The
+/// frame before it, [`EnclaveFrame::PeersAt`], is sent through `enclave` once listening.
+pub fn run(enclave: &Enclave, start: Start) -> EnclaveFrame {
+    match serve(enclave, start) {
+        Ok(()) => EnclaveFrame::Served,
+        Err(public) => EnclaveFrame::Failed {
+            public: public.to_owned(),
+        },
+    }
+}
+
+fn serve(enclave: &Enclave, start: Start) -> Result<(), &'static str> {
+    let (bytes, _) = enclave
+        .keypair
+        .open(
+            PARAMETER_SERVER_INFO,
+            start.job_id.as_bytes(),
+            &start.sealed_request,
+        )
+        .map_err(|_| "parameter server request failed authentication")?;
+    let request: ParameterServerRequest =
+        postcard::from_bytes(&bytes).map_err(|_| "malformed parameter server request")?;
+    request
+        .exchange
+        .validate()
+        .map_err(|_| "malformed parameter server request")?;
+    let policy = Policy::parse_spec(&request.peer_policy)
+        .map_err(|_| "malformed parameter server request")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|_| "parameter server failed")?;
+    let deadline = Instant::now() + Duration::from_secs(u64::from(request.time_budget_secs));
+    runtime.block_on(async {
+        let listener = TcpListener::bind(&start.listen)
+            .await
+            .map_err(|_| "parameter server cannot listen")?;
+        let port = listener
+            .local_addr()
+            .map_err(|_| "parameter server cannot listen")?
+            .port();
+        enclave
+            .send(&EnclaveFrame::PeersAt { port })
+            .map_err(|_| "host connection failed")?;
+        let context = chiron_attest::context_digest(&start.job_id);
+        let identity = LocalIdentity::new(
+            Arc::clone(&enclave.platform),
+            Role::ParameterServer,
+            context,
+        );
+        let expectation = PeerExpectation::new(policy, Role::Worker, context);
+        let terms = request.exchange;
+        let workers = tokio::time::timeout_at(
+            deadline.into(),
+            admit(&listener, &identity, &expectation, terms),
+        )
+        .await
+        .map_err(|_| "workers did not connect in time")??;
+        drop(listener);
+        let mut server = Server {
+            engine: DefaultBackend::new(),
+            workers,
+            terms,
+            optimizers: BTreeMap::new(),
+        };
+        let outcome = tokio::time::timeout_at(deadline.into(), server.rounds()).await;
+        let outcome = outcome.unwrap_or_else(|_| Err("the job's time budget ran out".into()));
+        match outcome {
+            Ok(()) => Ok(()),
+            Err(reason) => {
+                server.refuse_all(&reason).await;
+                Err("parameter server ended the job")
+            }
+        }
+    })
+}
+
+/// One connected worker.
+struct Link {
+    rank: u32,
+    reader: RecordReader<ReadHalf<Stream>>,
+    writer: RecordWriter<WriteHalf<Stream>>,
+    /// Still taking part in rounds.
+    active: bool,
+}
+
+/// Accepts workers until every rank has connected once. A connection that fails its
+/// handshake (another job, another build, no evidence) is dropped and the server waits on.
+async fn admit(
+    listener: &TcpListener,
+    identity: &LocalIdentity,
+    expectation: &PeerExpectation,
+    terms: ExchangeTerms,
+) -> Result<Vec<Link>, &'static str> {
+    let mut links: BTreeMap<u32, Link> = BTreeMap::new();
+    while links.len() < terms.workers as usize {
+        let Ok(stream) = chiron_channel::accept(listener, identity, expectation).await else {
+            continue;
+        };
+        let (mut reader, writer) = stream.into_records(RecordConfig::default());
+        let Ok(bytes) = reader.recv_message(terms.message_bytes()).await else {
+            continue;
+        };
+        let Ok(ToServer::Hello { rank }) = unpad::<ToServer>(&bytes) else {
+            continue;
+        };
+        // An attested worker of this job says its rank truly; a second one for a rank is
+        // a restarted worker, which this server does not take back.
+        if rank >= terms.workers || links.contains_key(&rank) {
+            continue;
+        }
+        links.insert(
+            rank,
+            Link {
+                rank,
+                reader,
+                writer,
+                active: true,
+            },
+        );
+    }
+    Ok(links.into_values().collect())
+}
+
+/// The values of `held`'s parameters.
+fn values(engine: &DefaultBackend, held: &Held) -> Result<Vec<Vec<f32>>, String> {
+    held.params
+        .iter()
+        .map(|p| engine.read(p).map_err(|e| e.to_string()))
+        .collect()
+}
+
+/// One optimizer's parameters and state, as the server holds them (flat: every rule is
+/// element-wise).
+struct Held {
+    params: Vec<<DefaultBackend as Backend>::Tensor>,
+    lens: Vec<usize>,
+    optimizer: Option<Optimizer<DefaultBackend>>,
+}
+
+struct Server {
+    engine: DefaultBackend,
+    workers: Vec<Link>,
+    terms: ExchangeTerms,
+    optimizers: BTreeMap<u32, Held>,
+}
+
+impl Server {
+    /// Runs rounds until every worker is done.
+    async fn rounds(&mut self) -> Result<(), String> {
+        let size = self.terms.message_bytes();
+        while self.workers.iter().any(|w| w.active) {
+            let mut messages = Vec::new();
+            for worker in self.workers.iter_mut().filter(|w| w.active) {
+                let bytes = worker
+                    .reader
+                    .recv_message(size)
+                    .await
+                    .map_err(|_| format!("worker {} broke its connection", worker.rank))?;
+                let message = unpad::<ToServer>(&bytes)
+                    .map_err(|e| format!("worker {}: {e}", worker.rank))?;
+                messages.push((worker.rank, message));
+            }
+            let answer = self.round(messages)?;
+            if let Some(answer) = answer {
+                let bytes = pad(&ToWorker::Parameters(answer), size)?;
+                for worker in self.workers.iter_mut().filter(|w| w.active) {
+                    worker
+                        .writer
+                        .send_message(&bytes)
+                        .await
+                        .map_err(|_| format!("worker {} broke its connection", worker.rank))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One round's messages, in rank order: the parameters to answer with, or `None` when
+    /// the round only let workers go.
+    fn round(&mut self, messages: Vec<(u32, ToServer)>) -> Result<Option<Vec<Vec<f32>>>, String> {
+        let mut registers = Vec::new();
+        let mut steps = Vec::new();
+        for (rank, message) in messages {
+            match message {
+                ToServer::Done => self.leave(rank),
+                ToServer::Abandon => return Err(format!("worker {rank} failed")),
+                ToServer::Hello { .. } => return Err(format!("worker {rank} said hello twice")),
+                ToServer::Register { optimizer, values } => registers.push((optimizer, values)),
+                ToServer::Step {
+                    optimizer,
+                    rule,
+                    max_grad_norm,
+                    gradients,
+                } => steps.push((optimizer, rule, max_grad_norm, gradients)),
+            }
+        }
+        match (registers.is_empty(), steps.is_empty()) {
+            (true, true) => Ok(None),
+            (false, true) => self.register(registers).map(Some),
+            (true, false) => self.step(steps).map(Some),
+            (false, false) => Err("workers out of step: some register while others step".into()),
+        }
+    }
+
+    fn leave(&mut self, rank: u32) {
+        if let Some(worker) = self.workers.iter_mut().find(|w| w.rank == rank) {
+            worker.active = false;
+        }
+    }
+
+    /// Every remaining worker registers one optimizer: the first one's values start it.
+    fn register(&mut self, registers: Vec<(u32, Vec<Vec<f32>>)>) -> Result<Vec<Vec<f32>>, String> {
+        let optimizer = registers[0].0;
+        let lens: Vec<usize> = registers[0].1.iter().map(Vec::len).collect();
+        for (other, values) in &registers {
+            if *other != optimizer || values.iter().map(Vec::len).ne(lens.iter().copied()) {
+                return Err("workers out of step: they register different optimizers".into());
+            }
+        }
+        if let Some(held) = self.optimizers.get(&optimizer) {
+            return values(&self.engine, held);
+        }
+        let values = registers.into_iter().next().map(|(_, v)| v).unwrap_or_default();
+        let params = values
+            .iter()
+            .map(|v| self.engine.parameter(&[v.len()], v.clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        self.optimizers.insert(
+            optimizer,
+            Held {
+                params,
+                lens,
+                optimizer: None,
+            },
+        );
+        Ok(values)
+    }
+
+    /// Every remaining worker steps one optimizer: average, apply, answer.
+    #[allow(clippy::type_complexity)]
+    fn step(
+        &mut self,
+        steps: Vec<(u32, Rule, Option<f32>, Vec<Option<Vec<f32>>>)>,
+    ) -> Result<Vec<Vec<f32>>, String> {
+        let (optimizer, rule, max_grad_norm) = (steps[0].0, steps[0].1, steps[0].2);
+        if steps
+            .iter()
+            .any(|(o, r, m, _)| (*o, *r, *m) != (optimizer, rule, max_grad_norm))
+        {
+            return Err("workers out of step: they step different optimizers".into());
+        }
+        let kind = rule.kind().ok_or("an unknown optimizer rule")?;
+        let engine = &self.engine;
+        let held = self
+            .optimizers
+            .get_mut(&optimizer)
+            .ok_or("a step of an optimizer never registered")?;
+        let mut gradients = Vec::with_capacity(held.lens.len());
+        for (i, &len) in held.lens.iter().enumerate() {
+            let mut sum: Option<Vec<f32>> = None;
+            let mut count = 0u32;
+            for (.., grads) in &steps {
+                let Some(grad) = grads.get(i).ok_or("a step with too few gradients")? else {
+                    continue;
+                };
+                if grad.len() != len {
+                    return Err("a gradient of the wrong length".into());
+                }
+                count += 1;
+                match &mut sum {
+                    Some(sum) => sum.iter_mut().zip(grad).for_each(|(s, g)| *s += g),
+                    None => sum = Some(grad.clone()),
+                }
+            }
+            let average = sum.map(|mut sum| {
+                if count > 1 {
+                    let scale = 1.0 / count as f32;
+                    sum.iter_mut().for_each(|s| *s *= scale);
+                }
+                sum
+            });
+            gradients.push(
+                average
+                    .map(|g| engine.constant(&[len], g))
+                    .transpose()
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        if steps.iter().any(|(.., g)| g.len() != held.lens.len()) {
+            return Err("a step with the wrong number of gradients".into());
+        }
+        let state = match &mut held.optimizer {
+            Some(state) => {
+                state.set_kind(kind).map_err(|e| e.to_string())?;
+                state
+            }
+            None => held.optimizer.insert(
+                Optimizer::new(kind, held.lens.len()).map_err(|e| e.to_string())?,
+            ),
+        };
+        if let Some(norm) = max_grad_norm {
+            state.clip_grad_norm(norm).map_err(|e| e.to_string())?;
+        }
+        state
+            .step_with(engine, &mut held.params, gradients)
+            .map_err(|e| e.to_string())?;
+        values(engine, held)
+    }
+
+    /// Tells every worker still connected that the job is over, so none waits for its
+    /// deadline.
+    async fn refuse_all(&mut self, reason: &str) {
+        let Ok(bytes) = pad(&ToWorker::Refused(reason.to_owned()), self.terms.message_bytes())
+        else {
+            return;
+        };
+        for worker in &mut self.workers {
+            let _ = worker.writer.send_message(&bytes).await;
+        }
+    }
+}

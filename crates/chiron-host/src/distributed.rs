@@ -1,0 +1,277 @@
+//! A distributed job's task: it owns the job's parameter server and its workers.
+//!
+//! The owner attests every enclave (`GET /v1/jobs/{id}/evidence?enclave=...`) and seals one
+//! request to each. On start the host hands the parameter server its request and learns the
+//! port its workers connect to; then it sends each worker its request, the program, the
+//! dataset container and that address. Workers and server attest each other on connecting,
+//! so the address is only a hint. Rank 0's events are the job's events and its sealed model
+//! is the job's model; the other workers' events are dropped (their ciphertexts are for the
+//! owner alone, and the owner follows rank 0). The job succeeds once rank 0 has sealed its
+//! model and the server has served every worker; any enclave's failure fails the job.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chiron_proto::api::{JobEnclave, JobState};
+use chiron_proto::wire::{EnclaveFrame, FrameError, HostFrame};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::warn;
+
+use crate::enclave::{Enclave, EnclaveError, clean_label, read_frame, write_frame};
+use crate::jobs::{
+    AbortOnDrop, CLOSING_GRACE, Command, FrameResult, Job, JobError, MAX_EVENT_LEN, SendFailure,
+    StartRequests, enclave_label, evidence, labels, send_training_input,
+};
+use crate::store;
+
+/// How long the parameter server may take to say where it listens.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One enclave of the job as the task holds it.
+struct Member {
+    writer: Option<OwnedWriteHalf>,
+    frames: mpsc::Receiver<FrameResult>,
+    _reader: AbortOnDrop<()>,
+    child: Option<tokio::process::Child>,
+}
+
+impl Member {
+    fn new(enclave: Enclave) -> Self {
+        let Enclave {
+            reader,
+            writer,
+            child,
+        } = enclave;
+        let (frame_tx, frames) = mpsc::channel::<FrameResult>(16);
+        let reader = AbortOnDrop(tokio::spawn(async move {
+            let mut reader = reader;
+            loop {
+                let frame = read_frame::<EnclaveFrame>(&mut reader).await;
+                let end = frame.is_err();
+                if frame_tx.send(frame).await.is_err() || end {
+                    break;
+                }
+            }
+        }));
+        Self {
+            writer: Some(writer),
+            frames,
+            _reader: reader,
+            child,
+        }
+    }
+}
+
+/// The task that owns a distributed job's enclaves for the job's whole life.
+pub async fn run_job(
+    job: Arc<Job>,
+    server: Enclave,
+    workers: Vec<Enclave>,
+    mut commands: mpsc::Receiver<Command>,
+) {
+    let mut server = Member::new(server);
+    let mut workers: Vec<Member> = workers.into_iter().map(Member::new).collect();
+    let outcome = loop {
+        let Some(command) = commands.recv().await else {
+            // Every sender is gone: the host is shutting down.
+            break None;
+        };
+        match command {
+            Command::Evidence {
+                enclave,
+                nonce,
+                reply,
+            } => {
+                let member = match enclave {
+                    JobEnclave::ParameterServer => Some(&mut server),
+                    JobEnclave::Worker(rank) => workers.get_mut(rank as usize),
+                };
+                let answer = match member {
+                    Some(Member {
+                        writer: Some(writer),
+                        frames,
+                        ..
+                    }) => evidence(&job, writer, frames, nonce).await,
+                    _ => Err(JobError::EnclaveGone(job.id.clone())),
+                };
+                let fatal = match &answer {
+                    Err(JobError::Enclave(e)) if e.is_fatal() => Some(enclave_label(e)),
+                    _ => None,
+                };
+                let _ = reply.send(answer);
+                if let Some(label) = fatal {
+                    break Some(Err(label.to_owned()));
+                }
+            }
+            Command::Start {
+                requests: StartRequests::Distributed(sealed),
+            } => {
+                break Some(
+                    train(
+                        &job,
+                        &mut server,
+                        &mut workers,
+                        &mut commands,
+                        sealed.parameter_server,
+                        sealed.workers,
+                    )
+                    .await,
+                );
+            }
+            // `Job::start` lets only a distributed request through.
+            Command::Start { .. } => break Some(Err(labels::PROTOCOL.to_owned())),
+        }
+    };
+    for member in std::iter::once(&mut server).chain(workers.iter_mut()) {
+        if let Some(child) = member.child.as_mut() {
+            let _ = child.kill().await;
+        }
+    }
+    if let Some(outcome) = outcome {
+        job.finish(outcome).await;
+    }
+}
+
+/// Which enclave a frame came from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum From {
+    Server,
+    Worker(usize),
+}
+
+async fn train(
+    job: &Arc<Job>,
+    server: &mut Member,
+    workers: &mut [Member],
+    commands: &mut mpsc::Receiver<Command>,
+    server_request: Vec<u8>,
+    worker_requests: Vec<Vec<u8>>,
+) -> Result<(), String> {
+    // The parameter server first: the workers need its port.
+    let mut server_writer = server.writer.take().ok_or(labels::PROTOCOL)?;
+    let start = HostFrame::StartParameterServer {
+        job_id: job.id.to_string(),
+        sealed_request: server_request,
+    };
+    write_frame(&mut server_writer, &start)
+        .await
+        .map_err(|e| enclave_label(&EnclaveError::from(e)))?;
+    let port = match tokio::time::timeout(LISTEN_TIMEOUT, server.frames.recv()).await {
+        Ok(Some(Ok(EnclaveFrame::PeersAt { port }))) => port,
+        Ok(Some(Ok(EnclaveFrame::Failed { public }))) => return Err(clean_label(&public)),
+        Ok(Some(Ok(_))) => return Err(labels::PROTOCOL.to_owned()),
+        Ok(Some(Err(_)) | None) => return Err(labels::ENCLAVE_EXITED.to_owned()),
+        Err(_) => return Err(labels::ENCLAVE_UNRESPONSIVE.to_owned()),
+    };
+    let address = format!("127.0.0.1:{port}");
+
+    // Then every worker's input, concurrently.
+    let mut senders = JoinSet::new();
+    for (rank, (member, sealed)) in workers.iter_mut().zip(worker_requests).enumerate() {
+        let writer = member.writer.take().ok_or(labels::PROTOCOL)?;
+        let job = Arc::clone(job);
+        let address = address.clone();
+        senders.spawn(async move {
+            (
+                rank,
+                send_training_input(writer, job, sealed, Some(address)).await,
+            )
+        });
+    }
+    // Frames from every enclave, tagged with their source.
+    let (merged_tx, mut merged) = mpsc::channel::<(From, Option<FrameResult>)>(64);
+    let mut forwarders = Vec::new();
+    let sources = std::iter::once((From::Server, &mut server.frames)).chain(
+        workers
+            .iter_mut()
+            .enumerate()
+            .map(|(rank, m)| (From::Worker(rank), &mut m.frames)),
+    );
+    for (from, frames) in sources {
+        let (_, empty) = mpsc::channel(1);
+        let mut frames = std::mem::replace(frames, empty);
+        let tx = merged_tx.clone();
+        forwarders.push(AbortOnDrop(tokio::spawn(async move {
+            loop {
+                let frame = frames.recv().await;
+                let end = !matches!(frame, Some(Ok(_)));
+                if tx.send((from, frame)).await.is_err() || end {
+                    break;
+                }
+            }
+        })));
+    }
+    drop(merged_tx);
+
+    // Keeps the write halves (and so the connections) open once the transfers are done.
+    let mut _writers = vec![server_writer];
+    let mut model_stored = false;
+    let mut served = false;
+    let mut finished = vec![false; workers.len()];
+    let mut closing: Option<tokio::time::Instant> = None;
+    let mut commands_open = true;
+    loop {
+        if model_stored && served {
+            return Ok(());
+        }
+        let grace = async {
+            match closing {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            Some(sent) = senders.join_next(), if !senders.is_empty() => match sent {
+                Ok((_, Ok(writer))) => _writers.push(writer),
+                Ok((_, Err(SendFailure::Store))) => return Err(labels::HOST_READ.to_owned()),
+                Ok((_, Err(SendFailure::Enclave))) | Err(_) => {
+                    closing.get_or_insert(tokio::time::Instant::now() + CLOSING_GRACE);
+                }
+            },
+            Some((from, frame)) = merged.recv() => match (from, frame) {
+                (From::Server, Some(Ok(EnclaveFrame::Served))) => served = true,
+                (From::Worker(rank), Some(Ok(EnclaveFrame::Event { seq, ciphertext }))) => {
+                    if ciphertext.len() > MAX_EVENT_LEN {
+                        return Err(labels::PROTOCOL.to_owned());
+                    }
+                    if rank == 0 {
+                        job.push_event(seq, &ciphertext).await;
+                    }
+                }
+                (From::Worker(rank), Some(Ok(EnclaveFrame::Trained { sealed_model }))) => {
+                    finished[rank] = true;
+                    if rank == 0 {
+                        let path = store::model_path(&job.id);
+                        if let Err(e) = job.store.put(&path, Bytes::from(sealed_model)).await {
+                            warn!("job {}: storing its model failed: {e}", job.id);
+                            return Err(labels::HOST_WRITE.to_owned());
+                        }
+                        model_stored = true;
+                    }
+                }
+                (_, Some(Ok(EnclaveFrame::Failed { public }))) => return Err(clean_label(&public)),
+                (_, Some(Ok(_))) => return Err(labels::PROTOCOL.to_owned()),
+                (_, Some(Err(FrameError::Malformed(_) | FrameError::TooLarge(_)))) => {
+                    return Err(labels::PROTOCOL.to_owned());
+                }
+                // A worker that finished may close its connection before the server ends.
+                (From::Worker(rank), Some(Err(FrameError::Io(_))) | None) if finished[rank] => {}
+                (_, Some(Err(FrameError::Io(_))) | None) => {
+                    return Err(labels::ENCLAVE_EXITED.to_owned());
+                }
+            },
+            command = commands.recv(), if commands_open => match command {
+                Some(Command::Evidence { reply, .. }) => {
+                    let _ = reply.send(Err(job.wrong_state(JobState::Running, JobState::Created)));
+                }
+                // Refused before it is sent: the state is no longer Created.
+                Some(Command::Start { .. }) => {}
+                None => commands_open = false,
+            },
+            () = grace => return Err(labels::ENCLAVE_EXITED.to_owned()),
+        }
+    }
+}
