@@ -3,7 +3,8 @@
 use std::io::Read;
 
 use chiron_proto::api::{
-    ApiError, CreateJob, JobEnclave, DatasetCreated, Events, JobCreated, JobStatus, ProgramCreated, ProgramInfo,
+    ApiError, CreateJob, DatasetCreated, Events, JobCreated, JobEnclave, JobStatus, ProgramCreated,
+    ProgramInfo,
 };
 use serde::de::DeserializeOwned;
 

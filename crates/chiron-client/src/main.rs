@@ -9,7 +9,9 @@ use anyhow::{Context, bail};
 use chiron_attest::Policy;
 use chiron_attest::policy::DcapTcbStatus;
 use chiron_client::convert::{self, ConvertOptions, LabelledInputs, PlainDataset, Standardizer};
-use chiron_client::owner::{self, ExchangeTerms, JobTicket, PrivateTerms, QuerySession, TrainingTerms};
+use chiron_client::owner::{
+    self, ExchangeTerms, JobTicket, PrivateTerms, QuerySession, TrainingTerms,
+};
 use chiron_client::{ClientError, HostClient};
 use chiron_crypto::DataKey;
 use chiron_proto::api::JobState;
@@ -589,7 +591,11 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         let needs = manifest.needs();
         let model_mib = match private {
             Some(terms) => terms.model_mib,
-            None => owner::size_private_job(&header, &needs, args.epochs)?.terms.model_mib,
+            None => {
+                owner::size_private_job(&header, &needs, args.epochs)?
+                    .terms
+                    .model_mib
+            }
         };
         let distribution = owner::Distribution {
             exchange: ExchangeTerms {

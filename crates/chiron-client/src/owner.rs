@@ -3,15 +3,15 @@
 
 use chiron_attest::{Policy, VerifiedEnclave};
 use chiron_crypto::{DataKey, ResponseKey};
+use chiron_proto::api::{JobEnclave, SealedRequests};
 use chiron_proto::dataset::DatasetHeader;
 use chiron_proto::evidence::{Evidence, Role};
 pub use chiron_proto::manifest::{DeclaredNeeds, ProgramPolicy};
-pub use chiron_proto::owner::PrivateTerms;
-use chiron_proto::api::{JobEnclave, SealedRequests};
 pub use chiron_proto::owner::ExchangeTerms;
+pub use chiron_proto::owner::PrivateTerms;
 use chiron_proto::owner::{
-    AnswerPolicy, MAX_TOP_K, OwnerEvent, PARAMETER_SERVER_INFO, ParameterServerRequest,
-    QUERY_INFO, QueryAnswer, QueryRequest, TRAIN_INFO, TrainRequest, WorkerPlace,
+    AnswerPolicy, MAX_TOP_K, OwnerEvent, PARAMETER_SERVER_INFO, ParameterServerRequest, QUERY_INFO,
+    QueryAnswer, QueryRequest, TRAIN_INFO, TrainRequest, WorkerPlace,
 };
 use rand::RngCore;
 use serde::{Deserialize, Serialize};

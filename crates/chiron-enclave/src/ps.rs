@@ -26,7 +26,7 @@ use chiron_proto::wire::EnclaveFrame;
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::exchange::{Rule, ToServer, ToWorker, pad, unpad};
+use crate::exchange::{Rule, RuleExt, ToServer, ToWorker, pad, unpad};
 use crate::session::Enclave;
 
 type Stream = chiron_channel::AttestedStream<TcpStream>;
@@ -262,7 +262,11 @@ impl Server {
         if let Some(held) = self.optimizers.get(&optimizer) {
             return values(&self.engine, held);
         }
-        let values = registers.into_iter().next().map(|(_, v)| v).unwrap_or_default();
+        let values = registers
+            .into_iter()
+            .next()
+            .map(|(_, v)| v)
+            .unwrap_or_default();
         let params = values
             .iter()
             .map(|v| self.engine.parameter(&[v.len()], v.clone()))
@@ -337,9 +341,9 @@ impl Server {
                 state.set_kind(kind).map_err(|e| e.to_string())?;
                 state
             }
-            None => held.optimizer.insert(
-                Optimizer::new(kind, held.lens.len()).map_err(|e| e.to_string())?,
-            ),
+            None => held
+                .optimizer
+                .insert(Optimizer::new(kind, held.lens.len()).map_err(|e| e.to_string())?),
         };
         if let Some(norm) = max_grad_norm {
             state.clip_grad_norm(norm).map_err(|e| e.to_string())?;
@@ -353,8 +357,10 @@ impl Server {
     /// Tells every worker still connected that the job is over, so none waits for its
     /// deadline.
     async fn refuse_all(&mut self, reason: &str) {
-        let Ok(bytes) = pad(&ToWorker::Refused(reason.to_owned()), self.terms.message_bytes())
-        else {
+        let Ok(bytes) = pad(
+            &ToWorker::Refused(reason.to_owned()),
+            self.terms.message_bytes(),
+        ) else {
             return;
         };
         for worker in &mut self.workers {

@@ -153,10 +153,7 @@ pub fn serve(
                 };
                 Some(ps::run(&enclave, start))
             }
-            (
-                Role::Train | Role::Worker,
-                HostFrame::StartTraining { .. },
-            )
+            (Role::Train | Role::Worker, HostFrame::StartTraining { .. })
             | (Role::ParameterServer, HostFrame::StartParameterServer { .. }) => {
                 Some(EnclaveFrame::Failed {
                     public: "this enclave has already run its job".into(),

@@ -13,7 +13,7 @@ use chiron_sandbox::exchange::{ExchangeError, ParameterExchange, Update};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
-use crate::exchange::{Rule, ToServer, ToWorker, pad, unpad};
+use crate::exchange::{Rule, RuleExt, ToServer, ToWorker, pad, unpad};
 
 type Stream = chiron_channel::AttestedStream<TcpStream>;
 

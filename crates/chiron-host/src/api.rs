@@ -17,9 +17,9 @@ use chiron_proto::api::{
     ApiError, CreateJob, DatasetCreated, Events, JobCreated, JobEnclave, JobState, JobStatus,
     ProgramCreated, ProgramInfo,
 };
-use chiron_proto::owner::ExchangeTerms;
 use chiron_proto::evidence::{Evidence, TeeKind};
 use chiron_proto::manifest::program_policy;
+use chiron_proto::owner::ExchangeTerms;
 use chiron_proto::wire::MAX_FRAME;
 use futures::StreamExt;
 use serde::Deserialize;
@@ -485,14 +485,12 @@ async fn job_evidence(
     enclave: Result<Query<EnclaveParam>, QueryRejection>,
 ) -> Result<Response, HttpError> {
     let (_, job) = job(&state, &id)?;
-    let Query(EnclaveParam { enclave }) = enclave.map_err(|_| {
-        HttpError::bad_request("?enclave= must be `ps` or `worker-<rank>`")
-    })?;
+    let Query(EnclaveParam { enclave }) =
+        enclave.map_err(|_| HttpError::bad_request("?enclave= must be `ps` or `worker-<rank>`"))?;
     let enclave = match enclave.as_deref() {
         None => JobEnclave::Worker(0),
-        Some(text) => JobEnclave::parse(text).ok_or_else(|| {
-            HttpError::bad_request("?enclave= must be `ps` or `worker-<rank>`")
-        })?,
+        Some(text) => JobEnclave::parse(text)
+            .ok_or_else(|| HttpError::bad_request("?enclave= must be `ps` or `worker-<rank>`"))?,
     };
     let nonce = nonce(param)?;
     Ok(octets(

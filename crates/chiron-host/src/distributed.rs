@@ -211,11 +211,17 @@ async fn train(
     let mut model_stored = false;
     let mut served = false;
     let mut finished = vec![false; workers.len()];
+    // The first failure: the job's label. The job still waits (a grace period at most) for
+    // rank 0 to end, since rank 0's events tell the owner why.
+    let mut failed: Option<String> = None;
     let mut closing: Option<tokio::time::Instant> = None;
     let mut commands_open = true;
     loop {
         if model_stored && served {
             return Ok(());
+        }
+        if let (true, Some(label)) = (finished[0], &failed) {
+            return Err(label.clone());
         }
         let grace = async {
             match closing {
@@ -223,27 +229,36 @@ async fn train(
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
+        let failure = tokio::select! {
             Some(sent) = senders.join_next(), if !senders.is_empty() => match sent {
-                Ok((_, Ok(writer))) => _writers.push(writer),
-                Ok((_, Err(SendFailure::Store))) => return Err(labels::HOST_READ.to_owned()),
+                Ok((_, Ok(writer))) => {
+                    _writers.push(writer);
+                    None
+                }
+                Ok((_, Err(SendFailure::Store))) => Some((None, labels::HOST_READ.to_owned())),
                 Ok((_, Err(SendFailure::Enclave))) | Err(_) => {
                     closing.get_or_insert(tokio::time::Instant::now() + CLOSING_GRACE);
+                    None
                 }
             },
             Some((from, frame)) = merged.recv() => match (from, frame) {
-                (From::Server, Some(Ok(EnclaveFrame::Served))) => served = true,
+                (From::Server, Some(Ok(EnclaveFrame::Served))) => {
+                    served = true;
+                    None
+                }
                 (From::Worker(rank), Some(Ok(EnclaveFrame::Event { seq, ciphertext }))) => {
                     if ciphertext.len() > MAX_EVENT_LEN {
-                        return Err(labels::PROTOCOL.to_owned());
-                    }
-                    if rank == 0 {
-                        job.push_event(seq, &ciphertext).await;
+                        Some((Some(from), labels::PROTOCOL.to_owned()))
+                    } else {
+                        if rank == 0 {
+                            job.push_event(seq, &ciphertext).await;
+                        }
+                        None
                     }
                 }
                 (From::Worker(rank), Some(Ok(EnclaveFrame::Trained { sealed_model }))) => {
                     finished[rank] = true;
-                    if rank == 0 {
+                    if rank == 0 && failed.is_none() {
                         let path = store::model_path(&job.id);
                         if let Err(e) = job.store.put(&path, Bytes::from(sealed_model)).await {
                             warn!("job {}: storing its model failed: {e}", job.id);
@@ -251,27 +266,44 @@ async fn train(
                         }
                         model_stored = true;
                     }
+                    None
                 }
-                (_, Some(Ok(EnclaveFrame::Failed { public }))) => return Err(clean_label(&public)),
-                (_, Some(Ok(_))) => return Err(labels::PROTOCOL.to_owned()),
+                (_, Some(Ok(EnclaveFrame::Failed { public }))) => {
+                    Some((Some(from), clean_label(&public)))
+                }
+                (_, Some(Ok(_))) => Some((Some(from), labels::PROTOCOL.to_owned())),
                 (_, Some(Err(FrameError::Malformed(_) | FrameError::TooLarge(_)))) => {
-                    return Err(labels::PROTOCOL.to_owned());
+                    Some((Some(from), labels::PROTOCOL.to_owned()))
                 }
                 // A worker that finished may close its connection before the server ends.
-                (From::Worker(rank), Some(Err(FrameError::Io(_))) | None) if finished[rank] => {}
+                (From::Worker(rank), Some(Err(FrameError::Io(_))) | None) if finished[rank] => None,
                 (_, Some(Err(FrameError::Io(_))) | None) => {
-                    return Err(labels::ENCLAVE_EXITED.to_owned());
+                    Some((Some(from), labels::ENCLAVE_EXITED.to_owned()))
                 }
             },
-            command = commands.recv(), if commands_open => match command {
-                Some(Command::Evidence { reply, .. }) => {
-                    let _ = reply.send(Err(job.wrong_state(JobState::Running, JobState::Created)));
+            command = commands.recv(), if commands_open => {
+                match command {
+                    Some(Command::Evidence { reply, .. }) => {
+                        let _ = reply
+                            .send(Err(job.wrong_state(JobState::Running, JobState::Created)));
+                    }
+                    // Refused before it is sent: the state is no longer Created.
+                    Some(Command::Start { .. }) => {}
+                    None => commands_open = false,
                 }
-                // Refused before it is sent: the state is no longer Created.
-                Some(Command::Start { .. }) => {}
-                None => commands_open = false,
+                None
             },
-            () = grace => return Err(labels::ENCLAVE_EXITED.to_owned()),
+            () = grace => {
+                return Err(failed.unwrap_or_else(|| labels::ENCLAVE_EXITED.to_owned()));
+            }
+        };
+        if let Some((from, label)) = failure {
+            let label = failed.get_or_insert(label).clone();
+            // Rank 0 has said all it will: the job ends with the first failure.
+            if from.is_none() || from == Some(From::Worker(0)) || finished[0] {
+                return Err(label);
+            }
+            closing.get_or_insert(tokio::time::Instant::now() + CLOSING_GRACE);
         }
     }
 }

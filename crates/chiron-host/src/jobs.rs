@@ -282,11 +282,7 @@ impl Job {
         let Some(commands) = self.commands.as_ref() else {
             return Err(JobError::EnclaveGone(self.id.clone()));
         };
-        if commands
-            .send(Command::Start { requests })
-            .await
-            .is_err()
-        {
+        if commands.send(Command::Start { requests }).await.is_err() {
             // The task ended (its enclave died) after the check: it failed the job, or will.
             return Err(JobError::EnclaveGone(self.id.clone()));
         }
@@ -442,8 +438,9 @@ impl Jobs {
             Enclaves::One(self.launcher.spawn(Role::Train).await?)
         } else {
             let server = self.launcher.spawn(Role::ParameterServer);
-            let trainers =
-                futures::future::try_join_all((0..workers).map(|_| self.launcher.spawn(Role::Worker)));
+            let trainers = futures::future::try_join_all(
+                (0..workers).map(|_| self.launcher.spawn(Role::Worker)),
+            );
             let (server, trainers) = futures::future::try_join(server, trainers).await?;
             Enclaves::Distributed(server, trainers)
         };

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod dataset;
 pub mod evidence;
+pub mod exchange;
 pub mod manifest;
 pub mod owner;
 pub mod wire;

@@ -13,8 +13,8 @@ use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 use crate::data::{Split, TrainingData};
-use crate::exchange::{ParameterExchange, Update};
 use crate::error::{Limit, SandboxError};
+use crate::exchange::{ParameterExchange, Update};
 use crate::memory;
 use crate::model::Model;
 

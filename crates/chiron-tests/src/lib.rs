@@ -6,6 +6,7 @@
 #![allow(clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -17,7 +18,9 @@ use chiron_client::convert::{self, ConvertOptions, PlainDataset};
 use chiron_client::owner::{self, JobTicket, TrainingTerms};
 use chiron_crypto::DataKey;
 use chiron_proto::api::JobState;
+use chiron_proto::evidence::{Evidence, Role};
 use chiron_proto::owner::{AnswerPolicy, OwnerEvent};
+use chiron_proto::wire::{EnclaveFrame, HostFrame, LISTENING_PREFIX, read_frame, write_frame};
 
 pub mod transcript;
 
@@ -214,6 +217,18 @@ impl Service {
         Policy::new().dangerous_accept_simulated_platform(self.platform_key(), vec![measurement])
     }
 
+    /// [`Service::policy`] as a policy file: what the enclaves of a distributed job hold
+    /// each other to.
+    pub fn policy_spec(&self) -> String {
+        let measurement =
+            chiron_attest::measure_file(bin_dir().join("chiron-enclave")).expect("measure");
+        format!(
+            "dangerous-simulated-platform {} {}\n",
+            hex::encode(self.platform_key()),
+            hex::encode(measurement)
+        )
+    }
+
     /// The simulated platform's public key.
     pub fn platform_key(&self) -> [u8; 32] {
         let text = std::fs::read_to_string(self.state_dir().join("sim-platform.key.pub"))
@@ -358,6 +373,42 @@ pub fn start_job(
     )
 }
 
+/// [`start_job`] for a distributed job of `workers` training enclaves and a parameter
+/// server, exchanging messages of `message_kib`.
+pub fn start_distributed_job(
+    service: &Service,
+    wasm: &[u8],
+    data: &PlainDataset,
+    terms: &TrainingTerms,
+    workers: u32,
+    message_kib: u32,
+) -> Result<JobTicket, chiron_client::ClientError> {
+    let host = service.client();
+    let program = host.register_program(wasm)?;
+    let key = DataKey::generate();
+    let mut container = Vec::new();
+    chiron_crypto::encrypt_dataset(&key, &data.header, data.body.as_slice(), &mut container)?;
+    let dataset = host.upload_dataset(&container)?;
+    let job = host.create_distributed_job(&program.program_id, &dataset.dataset_id, workers)?;
+    let distribution = owner::Distribution {
+        exchange: owner::ExchangeTerms {
+            workers,
+            message_kib,
+        },
+        peer_policy: service.policy_spec(),
+    };
+    owner::start_distributed_training(
+        &host,
+        &service.policy(),
+        &job.job_id,
+        &program.program_id,
+        &data.header,
+        &key,
+        terms,
+        &distribution,
+    )
+}
+
 /// Follows a job's events until it ends (or `timeout`); returns its final state and events.
 pub fn wait(
     service: &Service,
@@ -435,4 +486,114 @@ pub fn query_accuracy(
         }
     }
     Ok(correct as f64 / labels.len().max(1) as f64)
+}
+
+/// How long a test waits for a raw enclave's frame.
+pub const RAW_ENCLAVE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// An enclave process the test talks to directly, as a host that does not follow the
+/// protocol would.
+pub struct RawEnclave {
+    child: Child,
+    stream: TcpStream,
+}
+
+/// What a training enclave sent after a start frame.
+pub struct TrainingFrames {
+    /// Events in arrival order: sequence number and ciphertext.
+    pub events: Vec<(u64, Vec<u8>)>,
+    /// The frame that ended the job.
+    pub end: EnclaveFrame,
+}
+
+impl RawEnclave {
+    /// Starts `chiron-enclave serve --role <role>` on `service`'s simulated platform and
+    /// connects to it as its host.
+    pub fn spawn(service: &Service, role: &str) -> Self {
+        let mut child = Command::new(bin_dir().join("chiron-enclave"))
+            .args(["serve", "--role", role, "--dangerous-simulated-platform"])
+            .arg(service.state_dir().join("sim-platform.key"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chiron-enclave starts");
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let port = loop {
+            let mut line = String::new();
+            assert!(stdout.read_line(&mut line).expect("read") > 0, "no port");
+            if let Some(port) = line.strip_prefix(LISTENING_PREFIX) {
+                break port.trim().parse::<u16>().expect("port");
+            }
+        };
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream
+            .set_read_timeout(Some(RAW_ENCLAVE_TIMEOUT))
+            .expect("timeout");
+        Self { child, stream }
+    }
+
+    /// Sends one frame.
+    pub fn send(&mut self, frame: &HostFrame) {
+        write_frame(&mut self.stream, frame).expect("send");
+    }
+
+    /// Receives one frame.
+    pub fn recv(&mut self) -> EnclaveFrame {
+        read_frame(&mut self.stream).expect("the enclave answers")
+    }
+
+    /// Verified evidence for `job_id`: the key the owner seals to.
+    pub fn attest(&mut self, service: &Service, role: Role, job_id: &str) -> [u8; 32] {
+        let nonce = [7; 32];
+        self.send(&HostFrame::GetEvidence {
+            nonce,
+            context: owner::context_of(job_id),
+        });
+        let EnclaveFrame::Evidence(bytes) = self.recv() else {
+            panic!("no evidence");
+        };
+        let evidence = Evidence::from_bytes(&bytes).expect("decodes");
+        chiron_attest::verify(
+            &service.policy(),
+            &evidence,
+            role,
+            &nonce,
+            &owner::context_of(job_id),
+        )
+        .expect("verifies")
+        .enclave_public_key()
+    }
+
+    /// Starts a training job and collects its frames until the one that ends it.
+    pub fn train(
+        &mut self,
+        job_id: &str,
+        sealed_request: &[u8],
+        program: &[u8],
+        container: &[u8],
+    ) -> TrainingFrames {
+        self.send(&HostFrame::StartTraining {
+            job_id: job_id.to_owned(),
+            sealed_request: sealed_request.to_vec(),
+            program: program.to_vec(),
+            dataset_len: container.len() as u64,
+            parameter_server: None,
+        });
+        self.send(&HostFrame::DatasetPart(container.to_vec()));
+        let mut events = Vec::new();
+        loop {
+            match self.recv() {
+                EnclaveFrame::Event { seq, ciphertext } => events.push((seq, ciphertext)),
+                end => return TrainingFrames { events, end },
+            }
+        }
+    }
+}
+
+impl Drop for RawEnclave {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

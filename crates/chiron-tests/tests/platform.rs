@@ -20,9 +20,9 @@ use chiron_crypto::DataKey;
 use chiron_crypto::dataset::CHUNK_LEN;
 use chiron_proto::api::JobState;
 use chiron_proto::dataset::DatasetHeader;
-use chiron_proto::evidence::{Evidence, Role};
+use chiron_proto::evidence::Role;
 use chiron_proto::owner::{AnswerPolicy, OwnerEvent, TRAIN_INFO, TrainRequest};
-use chiron_proto::wire::{EnclaveFrame, HostFrame, LISTENING_PREFIX, read_frame, write_frame};
+use chiron_proto::wire::EnclaveFrame;
 use chiron_tests::*;
 use serde_json::Value;
 
@@ -543,104 +543,6 @@ fn store_events(state: &Path, job_id: &str, events: Vec<Value>) {
     let mut record: Value = serde_json::from_slice(&read(&path)).expect("json");
     record["events"] = Value::Array(events);
     write(&path, &serde_json::to_vec_pretty(&record).expect("json"));
-}
-
-/// An enclave process the test talks to directly, as a host that does not follow the
-/// protocol would.
-struct RawEnclave {
-    child: Child,
-    stream: TcpStream,
-}
-
-/// What a training enclave sent after a start frame.
-struct TrainingFrames {
-    events: Vec<(u64, Vec<u8>)>,
-    end: EnclaveFrame,
-}
-
-impl RawEnclave {
-    fn spawn(service: &Service, role: &str) -> Self {
-        let mut child = Command::new(bin_dir().join("chiron-enclave"))
-            .args(["serve", "--role", role, "--dangerous-simulated-platform"])
-            .arg(service.state_dir().join("sim-platform.key"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chiron-enclave starts");
-        let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
-        let port = loop {
-            let mut line = String::new();
-            assert!(stdout.read_line(&mut line).expect("read") > 0, "no port");
-            if let Some(port) = line.strip_prefix(LISTENING_PREFIX) {
-                break port.trim().parse::<u16>().expect("port");
-            }
-        };
-        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        stream.set_read_timeout(Some(JOB_TIMEOUT)).expect("timeout");
-        Self { child, stream }
-    }
-
-    fn send(&mut self, frame: &HostFrame) {
-        write_frame(&mut self.stream, frame).expect("send");
-    }
-
-    fn recv(&mut self) -> EnclaveFrame {
-        read_frame(&mut self.stream).expect("the enclave answers")
-    }
-
-    /// Verified evidence for `job_id`: the key the owner seals to.
-    fn attest(&mut self, service: &Service, role: Role, job_id: &str) -> [u8; 32] {
-        let nonce = [7; 32];
-        self.send(&HostFrame::GetEvidence {
-            nonce,
-            context: owner::context_of(job_id),
-        });
-        let EnclaveFrame::Evidence(bytes) = self.recv() else {
-            panic!("no evidence");
-        };
-        let evidence = Evidence::from_bytes(&bytes).expect("decodes");
-        chiron_attest::verify(
-            &service.policy(),
-            &evidence,
-            role,
-            &nonce,
-            &owner::context_of(job_id),
-        )
-        .expect("verifies")
-        .enclave_public_key()
-    }
-
-    fn train(
-        &mut self,
-        job_id: &str,
-        sealed_request: &[u8],
-        program: &[u8],
-        container: &[u8],
-    ) -> TrainingFrames {
-        self.send(&HostFrame::StartTraining {
-            job_id: job_id.to_owned(),
-            sealed_request: sealed_request.to_vec(),
-            program: program.to_vec(),
-            dataset_len: container.len() as u64,
-            parameter_server: None,
-        });
-        self.send(&HostFrame::DatasetPart(container.to_vec()));
-        let mut events = Vec::new();
-        loop {
-            match self.recv() {
-                EnclaveFrame::Event { seq, ciphertext } => events.push((seq, ciphertext)),
-                end => return TrainingFrames { events, end },
-            }
-        }
-    }
-}
-
-impl Drop for RawEnclave {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,0 +1,496 @@
+//! Distributed training: one model on several training enclaves ("workers") through a
+//! parameter-server enclave, all real processes on loopback, attesting each other.
+#![allow(clippy::expect_used)] // test helpers: a failed step is a failed test
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chiron_attest::attester::sim::SimPlatform;
+use chiron_attest::context_digest;
+use chiron_channel::{LocalIdentity, PeerExpectation, RecordConfig};
+use chiron_client::convert;
+use chiron_crypto::DataKey;
+use chiron_proto::api::JobState;
+use chiron_proto::evidence::Role;
+use chiron_proto::exchange::{Rule, ToServer, ToWorker, pad, unpad};
+use chiron_proto::owner::{
+    AnswerPolicy, ExchangeTerms, PARAMETER_SERVER_INFO, ParameterServerRequest, TRAIN_INFO,
+    TrainRequest, WorkerPlace,
+};
+use chiron_proto::wire::{EnclaveFrame, HostFrame};
+use chiron_tests::*;
+
+/// The example CNN's parameters fit in 2 MiB; its program declares a 5 MiB model.
+const CNN_MESSAGE_KIB: u32 = 2048;
+
+/// Accuracy on the first 2 000 Fashion-MNIST test images, through black-box queries.
+fn test_accuracy(service: &Service, ticket: &chiron_client::owner::JobTicket) -> f64 {
+    let (images, labels) = fashion_test();
+    let test = convert::load_idx_inputs(&images, &labels, Some(2000)).expect("test set");
+    query_accuracy(service, ticket, &test.features, &test.labels, 200).expect("queries")
+}
+
+#[test]
+fn two_workers_train_the_cnn_as_well_as_one() {
+    let service = Service::start();
+    let data = fashion_subset(12_000);
+    let mut terms = terms(2, 600);
+    terms.seed = Some([3; 32]);
+    let wasm = program_wasm("chiron_cnn");
+
+    let alone = start_job(&service, &wasm, &data, &terms).expect("one-worker job starts");
+    let (state, events) = wait(&service, &alone, Duration::from_secs(600));
+    assert_eq!(state, JobState::Succeeded, "{events:?}");
+    let one = test_accuracy(&service, &alone);
+
+    let together = start_distributed_job(&service, &wasm, &data, &terms, 2, CNN_MESSAGE_KIB)
+        .expect("the parameter server and both workers attest");
+    let (state, events) = wait(&service, &together, Duration::from_secs(600));
+    assert_eq!(state, JobState::Succeeded, "{events:?}");
+    // Rank 0 trains on its half of the 10 800 training examples.
+    assert!(matches!(
+        events.first(),
+        Some(chiron_proto::owner::OwnerEvent::Started {
+            train_count: 10_800,
+            valid_count: 1200
+        })
+    ));
+    let two = test_accuracy(&service, &together);
+    eprintln!("one worker {one:.4}, two workers {two:.4}");
+    assert!(two > 0.75, "two workers learned: {two}");
+    assert!(
+        (one - two).abs() <= 0.02,
+        "one worker {one}, two workers {two}"
+    );
+}
+
+#[test]
+fn the_mlp_trains_on_a_csv_table_with_three_workers() {
+    let service = Service::start();
+    let data = iris();
+    let ticket = start_distributed_job(
+        &service,
+        &program_wasm("chiron_mlp"),
+        &data,
+        &terms(60, 120),
+        3,
+        64,
+    )
+    .expect("job starts");
+    let (state, events) = wait(&service, &ticket, Duration::from_secs(300));
+    assert_eq!(state, JobState::Succeeded, "{events:?}");
+    let test = iris_inputs(&data, None);
+    let accuracy =
+        query_accuracy(&service, &ticket, &test.features, &test.labels, 50).expect("queries");
+    assert!(accuracy > 0.85, "accuracy {accuracy}");
+}
+
+#[test]
+fn a_model_too_large_for_the_exchange_fails_the_job_with_a_reason() {
+    let service = Service::start();
+    let ticket = start_distributed_job(
+        &service,
+        &program_wasm("chiron_cnn"),
+        &fashion_subset(600),
+        &terms(1, 120),
+        2,
+        64,
+    )
+    .expect("job starts");
+    let (state, events) = wait(&service, &ticket, Duration::from_secs(120));
+    assert_eq!(state, JobState::Failed, "{events:?}");
+    let detail = failure(&events).expect("the owner is told why");
+    assert!(detail.contains("do not fit"), "{detail}");
+}
+
+/// The simulated platform of `service`, as an enclave of `measurement` would hold it.
+fn platform(service: &Service, measurement: [u8; 32]) -> Arc<SimPlatform> {
+    Arc::new(
+        SimPlatform::load_or_create(&service.state_dir().join("sim-platform.key"), measurement)
+            .expect("the platform key"),
+    )
+}
+
+fn enclave_measurement() -> [u8; 32] {
+    chiron_attest::measure_file(bin_dir().join("chiron-enclave")).expect("measure")
+}
+
+fn message(message: &ToServer) -> Vec<u8> {
+    pad(message, 64 * 1024).expect("fits")
+}
+
+#[test]
+fn the_parameter_server_admits_only_its_jobs_workers_and_averages_their_gradients() {
+    let service = Service::start();
+    let job_id = "a-distributed-job";
+    let context = context_digest(job_id);
+    let mut server = RawEnclave::spawn(&service, "ps");
+    let key = server.attest(&service, Role::ParameterServer, job_id);
+    let request = ParameterServerRequest {
+        exchange: ExchangeTerms {
+            workers: 2,
+            message_kib: 64,
+        },
+        peer_policy: service.policy_spec(),
+        time_budget_secs: 120,
+    };
+    let plaintext = postcard::to_allocvec(&request).expect("encodes");
+    let (sealed, _) =
+        chiron_crypto::seal_to_enclave(&key, PARAMETER_SERVER_INFO, job_id.as_bytes(), &plaintext)
+            .expect("seals");
+    server.send(&HostFrame::StartParameterServer {
+        job_id: job_id.to_owned(),
+        sealed_request: sealed,
+    });
+    let EnclaveFrame::PeersAt { port } = server.recv() else {
+        panic!("the server did not say where it listens");
+    };
+    let address = format!("127.0.0.1:{port}");
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let ours = platform(&service, enclave_measurement());
+        let expected = PeerExpectation::new(service.policy(), Role::ParameterServer, context);
+        let impostors = [
+            (
+                "a worker of another job",
+                LocalIdentity::new(ours.clone(), Role::Worker, context_digest("another-job")),
+            ),
+            (
+                "a worker of another build",
+                LocalIdentity::new(platform(&service, [9; 32]), Role::Worker, context),
+            ),
+            (
+                "a lone training enclave",
+                LocalIdentity::new(ours.clone(), Role::Train, context),
+            ),
+        ];
+        for (what, identity) in &impostors {
+            let refused = chiron_channel::connect(&address, identity, &expected).await;
+            assert!(refused.is_err(), "{what} was admitted");
+        }
+
+        let mut workers = Vec::new();
+        for rank in 0..2 {
+            let identity = LocalIdentity::new(ours.clone(), Role::Worker, context);
+            let stream = chiron_channel::connect(&address, &identity, &expected)
+                .await
+                .expect("a worker of this job and build is admitted");
+            let (reader, mut writer) = stream.into_records(RecordConfig::default());
+            writer
+                .send_message(&message(&ToServer::Hello { rank }))
+                .await
+                .expect("hello");
+            workers.push((reader, writer));
+        }
+        let mut round = async |messages: [ToServer; 2]| {
+            for ((_, writer), m) in workers.iter_mut().zip(&messages) {
+                writer.send_message(&message(m)).await.expect("sent");
+            }
+            let mut answers = Vec::new();
+            for (reader, _) in &mut workers {
+                let bytes = reader.recv_message(64 * 1024).await.expect("answered");
+                answers.push(unpad::<ToWorker>(&bytes).expect("decodes"));
+            }
+            answers
+        };
+        // Rank 0's values start the job, whatever rank 1 registers.
+        let answers = round([
+            ToServer::Register {
+                optimizer: 5,
+                values: vec![vec![1.0, 2.0, 3.0], vec![4.0]],
+            },
+            ToServer::Register {
+                optimizer: 5,
+                values: vec![vec![9.0; 3], vec![9.0]],
+            },
+        ])
+        .await;
+        for answer in answers {
+            let ToWorker::Parameters(values) = answer else {
+                panic!("{answer:?}");
+            };
+            assert_eq!(values, vec![vec![1.0, 2.0, 3.0], vec![4.0]]);
+        }
+        // Plain SGD at 0.5: the mean gradient (2, 2, 2) moves the first parameter by -1;
+        // the second took part in neither pass and stays.
+        let sgd = Rule {
+            tag: 0,
+            values: [0.5, 0.0, 0.0, 0.0, 0.0],
+        };
+        let step = |gradient: f32| ToServer::Step {
+            optimizer: 5,
+            rule: sgd,
+            max_grad_norm: None,
+            gradients: vec![Some(vec![gradient; 3]), None],
+        };
+        for answer in round([step(1.0), step(3.0)]).await {
+            let ToWorker::Parameters(values) = answer else {
+                panic!("{answer:?}");
+            };
+            assert_eq!(values, vec![vec![0.0, 1.0, 2.0], vec![4.0]]);
+        }
+        for (_, writer) in &mut workers {
+            writer
+                .send_message(&message(&ToServer::Done))
+                .await
+                .expect("done");
+        }
+    });
+    assert!(matches!(server.recv(), EnclaveFrame::Served));
+}
+
+#[test]
+fn workers_out_of_step_end_the_job_on_every_worker() {
+    let service = Service::start();
+    let job_id = "an-out-of-step-job";
+    let context = context_digest(job_id);
+    let mut server = RawEnclave::spawn(&service, "ps");
+    let key = server.attest(&service, Role::ParameterServer, job_id);
+    let request = ParameterServerRequest {
+        exchange: ExchangeTerms {
+            workers: 2,
+            message_kib: 64,
+        },
+        peer_policy: service.policy_spec(),
+        time_budget_secs: 120,
+    };
+    let plaintext = postcard::to_allocvec(&request).expect("encodes");
+    let (sealed, _) =
+        chiron_crypto::seal_to_enclave(&key, PARAMETER_SERVER_INFO, job_id.as_bytes(), &plaintext)
+            .expect("seals");
+    server.send(&HostFrame::StartParameterServer {
+        job_id: job_id.to_owned(),
+        sealed_request: sealed,
+    });
+    let EnclaveFrame::PeersAt { port } = server.recv() else {
+        panic!("no port");
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let ours = platform(&service, enclave_measurement());
+        let expected = PeerExpectation::new(service.policy(), Role::ParameterServer, context);
+        let mut workers = Vec::new();
+        for rank in 0..2 {
+            let identity = LocalIdentity::new(ours.clone(), Role::Worker, context);
+            let stream = chiron_channel::connect(format!("127.0.0.1:{port}"), &identity, &expected)
+                .await
+                .expect("admitted");
+            let (reader, mut writer) = stream.into_records(RecordConfig::default());
+            writer
+                .send_message(&message(&ToServer::Hello { rank }))
+                .await
+                .expect("hello");
+            workers.push((reader, writer));
+        }
+        // One registers an optimizer while the other already steps: the program diverged.
+        let messages = [
+            ToServer::Register {
+                optimizer: 1,
+                values: vec![vec![0.0; 4]],
+            },
+            ToServer::Abandon,
+        ];
+        for ((_, writer), m) in workers.iter_mut().zip(&messages) {
+            writer.send_message(&message(m)).await.expect("sent");
+        }
+        for (reader, _) in &mut workers {
+            let bytes = reader.recv_message(64 * 1024).await.expect("told");
+            let answer = unpad::<ToWorker>(&bytes).expect("decodes");
+            assert!(
+                matches!(&answer, ToWorker::Refused(reason) if reason.contains("worker 1 failed")),
+                "{answer:?}"
+            );
+        }
+    });
+    assert!(matches!(
+        server.recv(),
+        EnclaveFrame::Failed { public } if public == "parameter server ended the job"
+    ));
+}
+
+#[test]
+fn a_worker_refuses_a_parameter_server_of_another_job() {
+    let service = Service::start();
+    let job_id = "a-job-with-an-impostor-server";
+    let data = iris();
+    let data_key = DataKey::generate();
+    let mut container = Vec::new();
+    chiron_crypto::encrypt_dataset(
+        &data_key,
+        &data.header,
+        data.body.as_slice(),
+        &mut container,
+    )
+    .expect("encrypts");
+    let wasm = program_wasm("chiron_mlp");
+
+    // A parameter server of the right build and platform, attesting for another job.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    let address = listener.local_addr().expect("address").to_string();
+    let impostor = platform(&service, enclave_measurement());
+    let policy = service.policy();
+    let server = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            listener.set_nonblocking(true).expect("nonblocking");
+            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+            let identity = LocalIdentity::new(
+                impostor,
+                Role::ParameterServer,
+                context_digest("another-job"),
+            );
+            let workers = PeerExpectation::new(policy, Role::Worker, context_digest(job_id));
+            chiron_channel::accept(&listener, &identity, &workers)
+                .await
+                .is_ok()
+        })
+    });
+
+    let mut worker = RawEnclave::spawn(&service, "worker");
+    let key = worker.attest(&service, Role::Worker, job_id);
+    let request = TrainRequest {
+        data_key: data_key.to_bytes(),
+        program_digest: sha256(&wasm),
+        epochs: 5,
+        time_budget_secs: 60,
+        seed: [1; 32],
+        answers: AnswerPolicy::Label,
+        query_budget: 100,
+        query_token_digest: [2; 32],
+        private: None,
+        distributed: Some(WorkerPlace {
+            rank: 0,
+            exchange: ExchangeTerms {
+                workers: 2,
+                message_kib: 64,
+            },
+            peer_policy: service.policy_spec(),
+        }),
+    };
+    let plaintext = postcard::to_allocvec(&request).expect("encodes");
+    let (sealed, event_key) =
+        chiron_crypto::seal_to_enclave(&key, TRAIN_INFO, job_id.as_bytes(), &plaintext)
+            .expect("seals");
+    worker.send(&HostFrame::StartTraining {
+        job_id: job_id.to_owned(),
+        sealed_request: sealed,
+        program: wasm,
+        dataset_len: container.len() as u64,
+        parameter_server: Some(address),
+    });
+    worker.send(&HostFrame::DatasetPart(container));
+    let started = Instant::now();
+    let end = loop {
+        match worker.recv() {
+            EnclaveFrame::Event { seq, ciphertext } => {
+                let plaintext = event_key
+                    .open(seq, job_id.as_bytes(), &ciphertext)
+                    .expect("the owner's event");
+                let event =
+                    chiron_proto::owner::OwnerEvent::from_padded(&plaintext).expect("an event");
+                if let chiron_proto::owner::OwnerEvent::Failed { detail } = event {
+                    assert!(detail.contains("parameter server was refused"), "{detail}");
+                }
+            }
+            end => break end,
+        }
+    };
+    assert!(
+        matches!(&end, EnclaveFrame::Failed { public } if public == "parameter exchange failed"),
+        "{end:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(
+        !server.join().expect("the impostor ran"),
+        "the impostor's handshake completed"
+    );
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}
+
+/// The processes `parent` started.
+fn children(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let tasks = std::fs::read_dir(format!("/proc/{parent}/task")).expect("tasks");
+    for task in tasks.flatten() {
+        let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        out.extend(
+            list.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
+    out
+}
+
+#[test]
+fn a_killed_worker_fails_the_job_promptly() {
+    let service = Service::start();
+    let ticket = start_distributed_job(
+        &service,
+        &program_wasm("chiron_cnn"),
+        &fashion_subset(6000),
+        &terms(20, 600),
+        2,
+        CNN_MESSAGE_KIB,
+    )
+    .expect("job starts");
+    // Training is under way once the first epoch's metrics arrive.
+    let host = service.client();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let (_, events) = ticket.events(&host, 0).expect("events");
+        if events
+            .iter()
+            .any(|e| matches!(e, chiron_proto::owner::OwnerEvent::Metric { .. }))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no progress: {events:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let worker = children(service.pid())
+        .into_iter()
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| c.split(|&b| b == 0).any(|arg| arg == b"worker"))
+                .unwrap_or(false)
+        })
+        .expect("a worker process");
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &worker.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let killed_at = Instant::now();
+    let (state, events) = wait(&service, &ticket, Duration::from_secs(120));
+    assert_eq!(state, JobState::Failed, "{events:?}");
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(60),
+        "the job took {:?} to fail",
+        killed_at.elapsed()
+    );
+    let status = host.job_status(&ticket.job_id).expect("status");
+    let label = status.error.expect("a failure label");
+    assert!(
+        [
+            "enclave exited",
+            "parameter exchange failed",
+            "parameter server ended the job"
+        ]
+        .contains(&label.as_str()),
+        "{label}"
+    );
+}
