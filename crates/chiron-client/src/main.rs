@@ -16,7 +16,7 @@ use chiron_client::{ClientError, HostClient};
 use chiron_crypto::DataKey;
 use chiron_proto::api::JobState;
 use chiron_proto::manifest::TermsError;
-use chiron_proto::owner::{AnswerPolicy, MAX_TOP_K, OwnerEvent};
+use chiron_proto::owner::{AnswerPolicy, MAX_TOP_K, OwnerEvent, Pace};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -308,9 +308,14 @@ struct TrainArgs {
     private_answer_ms: Option<u32>,
     /// Training enclaves: more than 1 trains one model on that many enclaves, each on its
     /// share of the training examples, through a parameter server (synchronous rounds of
-    /// averaged gradients). Live jobs only, for now.
+    /// averaged gradients).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     workers: u32,
+    /// A private distributed job's exchange tick in milliseconds: every worker sends one
+    /// message per tick and its parameter server answers each, so a step takes at least one
+    /// tick. Public, like the rest of the schedule.
+    #[arg(long, default_value_t = 200)]
+    exchange_tick_ms: u32,
     /// A distributed job's exchange message size in KiB, in both directions (default: the
     /// model size the program declares plus 1 MiB): the model's parameters must fit.
     #[arg(long)]
@@ -512,13 +517,6 @@ fn load_training_data(data: &DataArgs, valid_fraction: f32) -> anyhow::Result<Pl
 
 fn train(args: TrainArgs) -> anyhow::Result<()> {
     let (policy, policy_spec) = args.trust.policy_with_spec()?;
-    if args.workers > 1 && !args.live {
-        bail!(
-            "--workers {} needs --live: a distributed job's parameter exchange is not yet paced \
-             to a public schedule, so its timing could tell the platform about your data",
-            args.workers
-        );
-    }
     let host = HostClient::new(&args.host);
     // The provider's extraction policy, before anything leaves this machine: terms beyond it
     // would only be refused by the enclave after the upload.
@@ -601,6 +599,8 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
             exchange: ExchangeTerms {
                 workers: args.workers,
                 message_kib: args.exchange_kib.unwrap_or(model_mib.saturating_mul(1024)),
+                // Private: one message per tick each way, on a schedule fixed by the terms.
+                pace: private.map(|_| Pace::for_budget(time_budget_secs, args.exchange_tick_ms)),
             },
             peer_policy: policy_spec,
         };

@@ -21,7 +21,7 @@ use chiron_attest::Policy;
 use chiron_channel::{LocalIdentity, PeerExpectation, RecordConfig, RecordReader, RecordWriter};
 use chiron_engine::{Backend, DefaultBackend, Optimizer};
 use chiron_proto::evidence::Role;
-use chiron_proto::owner::{ExchangeTerms, PARAMETER_SERVER_INFO, ParameterServerRequest};
+use chiron_proto::owner::{ExchangeTerms, PARAMETER_SERVER_INFO, Pace, ParameterServerRequest};
 use chiron_proto::wire::EnclaveFrame;
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -30,6 +30,10 @@ use crate::exchange::{Rule, RuleExt, ToServer, ToWorker, pad, unpad};
 use crate::session::Enclave;
 
 type Stream = chiron_channel::AttestedStream<TcpStream>;
+
+/// How late past its point in the tick an answer may leave before the server calls the
+/// tick too short (scheduling noise, well under the timing quantum the design declares).
+const LATE: Duration = Duration::from_millis(50);
 
 /// The host's start frame, unpacked.
 pub struct Start {
@@ -71,7 +75,14 @@ fn serve(enclave: &Enclave, start: Start) -> Result<(), &'static str> {
         .enable_all()
         .build()
         .map_err(|_| "parameter server failed")?;
-    let deadline = Instant::now() + Duration::from_secs(u64::from(request.time_budget_secs));
+    // A guard against workers that never come or stall, not a schedule: a paced exchange
+    // runs its ticks from when the workers connect, after the job's start.
+    let deadline = Instant::now()
+        + Duration::from_secs(u64::from(request.time_budget_secs))
+        + request
+            .exchange
+            .pace
+            .map_or(Duration::ZERO, |p| p.duration());
     runtime.block_on(async {
         let listener = TcpListener::bind(&start.listen)
             .await
@@ -187,8 +198,133 @@ struct Server {
 }
 
 impl Server {
-    /// Runs rounds until every worker is done.
+    /// Runs the exchange: paced when the terms say so, else round by round as the workers
+    /// step.
     async fn rounds(&mut self) -> Result<(), String> {
+        match self.terms.pace {
+            Some(pace) => self.paced_rounds(pace).await,
+            None => self.eager_rounds().await,
+        }
+    }
+
+    /// A paced exchange: exactly `pace.ticks` messages from every worker and as many
+    /// answers to each, the answers sent half a tick after the last message of the tick
+    /// arrived (the workers send at their ticks, so when that is depends on the schedule
+    /// alone). A worker's request waits at the server until every worker still training
+    /// has one; then the round runs. A failure does not end the schedule: the server
+    /// answers `Refused` for the rest of it, so the traffic keeps its shape.
+    async fn paced_rounds(&mut self, pace: Pace) -> Result<(), String> {
+        let size = self.terms.message_bytes();
+        let half_tick = Duration::from_millis(u64::from(pace.tick_ms / 2));
+        let count = self.workers.len();
+        let mut pending: Vec<Option<ToServer>> = (0..count).map(|_| None).collect();
+        let mut broken = vec![false; count];
+        let mut failure: Option<String> = None;
+        for _ in 0..pace.ticks {
+            for (i, worker) in self.workers.iter_mut().enumerate() {
+                if broken[i] {
+                    continue;
+                }
+                let message = match worker.reader.recv_message(size).await {
+                    Ok(bytes) => unpad::<ToServer>(&bytes),
+                    Err(_) => {
+                        broken[i] = true;
+                        Err("broke its connection".to_owned())
+                    }
+                };
+                let problem = match message {
+                    Ok(ToServer::Idle) => None,
+                    Ok(ToServer::Done) => {
+                        worker.active = false;
+                        None
+                    }
+                    Ok(ToServer::Abandon) => Some("failed".to_owned()),
+                    Ok(ToServer::Hello { .. }) => Some("said hello twice".to_owned()),
+                    Ok(request) if pending[i].is_none() && worker.active => {
+                        pending[i] = Some(request);
+                        None
+                    }
+                    Ok(_) => Some("sent a request out of turn".to_owned()),
+                    Err(e) => Some(e),
+                };
+                if let Some(problem) = problem {
+                    failure.get_or_insert(format!("worker {} {problem}", worker.rank));
+                }
+            }
+            let arrived = tokio::time::Instant::now();
+            let ready = failure.is_none()
+                && pending.iter().any(Option::is_some)
+                && self
+                    .workers
+                    .iter()
+                    .zip(&pending)
+                    .all(|(w, p)| !w.active || p.is_some());
+            let mut answered = vec![false; count];
+            let mut parameters = None;
+            if ready {
+                let messages: Vec<(u32, ToServer)> = self
+                    .workers
+                    .iter()
+                    .zip(pending.iter_mut())
+                    .enumerate()
+                    .filter_map(|(i, (w, p))| {
+                        p.take().map(|m| {
+                            answered[i] = true;
+                            (w.rank, m)
+                        })
+                    })
+                    .collect();
+                match self.round(messages) {
+                    Ok(values) => parameters = values,
+                    Err(reason) => {
+                        failure.get_or_insert(reason);
+                    }
+                }
+            }
+            let parameters = match (&failure, parameters) {
+                (None, Some(values)) => Some(pad(&ToWorker::Parameters(values), size)),
+                _ => None,
+            };
+            let parameters = match parameters {
+                Some(Ok(bytes)) => Some(bytes),
+                Some(Err(reason)) => {
+                    failure.get_or_insert(reason);
+                    None
+                }
+                None => None,
+            };
+            let other = match &failure {
+                Some(reason) => pad(&ToWorker::Refused(reason.clone()), size)?,
+                None => pad(&ToWorker::Wait, size)?,
+            };
+            tokio::time::sleep_until(arrived + half_tick).await;
+            if tokio::time::Instant::now() > arrived + half_tick + LATE {
+                failure.get_or_insert_with(|| {
+                    format!(
+                        "the exchange's {} ms tick is too short for this model's rounds",
+                        pace.tick_ms
+                    )
+                });
+            }
+            for (i, worker) in self.workers.iter_mut().enumerate() {
+                if broken[i] {
+                    continue;
+                }
+                let bytes = match (&parameters, answered[i]) {
+                    (Some(parameters), true) => parameters,
+                    _ => &other,
+                };
+                if worker.writer.send_message(bytes).await.is_err() {
+                    broken[i] = true;
+                    failure.get_or_insert(format!("worker {} broke its connection", worker.rank));
+                }
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// Runs rounds as the workers step, until every worker is done.
+    async fn eager_rounds(&mut self) -> Result<(), String> {
         let size = self.terms.message_bytes();
         while self.workers.iter().any(|w| w.active) {
             let mut messages = Vec::new();
@@ -227,6 +363,9 @@ impl Server {
                 ToServer::Done => self.leave(rank),
                 ToServer::Abandon => return Err(format!("worker {rank} failed")),
                 ToServer::Hello { .. } => return Err(format!("worker {rank} said hello twice")),
+                ToServer::Idle => {
+                    return Err(format!("worker {rank} idled in an unpaced exchange"));
+                }
                 ToServer::Register { optimizer, values } => registers.push((optimizer, values)),
                 ToServer::Step {
                     optimizer,

@@ -327,6 +327,13 @@ fn train(
                 .exchange
                 .validate()
                 .map_err(|e| fail("malformed training request", e))?;
+            // Unpaced, the exchange's timing follows the program, and so the data.
+            if request.private.is_some() && place.exchange.pace.is_none() {
+                return Err(fail(
+                    "terms refused",
+                    "a private distributed job needs a paced exchange (`ExchangeTerms::pace`)",
+                ));
+            }
             let data = data
                 .shard(place.rank, place.exchange.workers)
                 .map_err(|e| fail("dataset is malformed", e))?;

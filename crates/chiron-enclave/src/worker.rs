@@ -1,14 +1,20 @@
 //! The worker role's link to its parameter server: the `ParameterExchange` the sandbox's
 //! optimizer steps go through on a worker of a distributed job (`crate::ps` is the other end).
+//!
+//! Unpaced (a live job), a step sends its message and waits for the answer. Paced (a
+//! private job), a thread of its own sends exactly one message per tick, the program's
+//! request if one is waiting and `Idle` otherwise, and reads exactly one answer, whatever
+//! the program does: the platform sees the schedule, never the program.
 
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chiron_attest::Policy;
 use chiron_attest::attester::Platform;
 use chiron_channel::{LocalIdentity, PeerExpectation, RecordConfig, RecordReader, RecordWriter};
 use chiron_proto::evidence::Role;
-use chiron_proto::owner::WorkerPlace;
+use chiron_proto::owner::{Pace, WorkerPlace};
 use chiron_sandbox::exchange::{ExchangeError, ParameterExchange, Update};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
@@ -20,7 +26,21 @@ type Stream = chiron_channel::AttestedStream<TcpStream>;
 /// An attested connection to the job's parameter server. Shared: the sandbox steps through
 /// one handle, and the training role says through another how the program ended.
 #[derive(Clone)]
-pub struct ServerLink(Arc<Mutex<Connection>>);
+pub struct ServerLink(Arc<Link>);
+
+enum Link {
+    /// Each step is one round trip, when the program makes it.
+    Eager(Mutex<Connection>),
+    /// The pacing thread carries the program's requests at its ticks.
+    Paced(Paced),
+}
+
+/// The program's side of a paced link.
+struct Paced {
+    requests: SyncSender<ToServer>,
+    replies: Mutex<Receiver<Result<Vec<Vec<f32>>, String>>>,
+    deadline: Instant,
+}
 
 struct Connection {
     runtime: tokio::runtime::Runtime,
@@ -35,7 +55,7 @@ struct Connection {
 impl ServerLink {
     /// Connects to the parameter server at `address` as worker `place.rank` of `job_id`,
     /// requires it to pass the owner's policy as this job's parameter server, and says
-    /// hello. Gives up at `deadline`.
+    /// hello; a paced exchange's ticks start then. Gives up at `deadline`.
     pub fn connect(
         platform: Arc<dyn Platform>,
         job_id: &str,
@@ -69,31 +89,132 @@ impl ServerLink {
                 .map_err(|e| format!("the parameter server connection broke: {e}"))?;
             Ok::<_, String>((reader, writer))
         })?;
-        Ok(Self(Arc::new(Mutex::new(Connection {
+        let connection = Connection {
             runtime,
             reader,
             writer,
             size,
             deadline,
             closed: false,
-        }))))
-    }
-
-    fn connection(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        };
+        let link = match place.exchange.pace {
+            None => Link::Eager(Mutex::new(connection)),
+            Some(pace) => {
+                let (requests, pending) = std::sync::mpsc::sync_channel(1);
+                let (answer, replies) = std::sync::mpsc::sync_channel(1);
+                std::thread::Builder::new()
+                    .name("chiron-exchange".into())
+                    .spawn(move || keep_pace(connection, pace, &pending, &answer))
+                    .map_err(|e| format!("cannot start the exchange: {e}"))?;
+                Link::Paced(Paced {
+                    requests,
+                    replies: Mutex::new(replies),
+                    deadline,
+                })
+            }
+        };
+        Ok(Self(Arc::new(link)))
     }
 
     /// Tells the server the program ended: `Done` after it saved its model, `Abandon` when
     /// it failed (which ends the job on every worker).
     pub fn finish(&self, succeeded: bool) {
-        let mut connection = self.connection();
         let message = if succeeded {
             ToServer::Done
         } else {
             ToServer::Abandon
         };
-        let _ = connection.send(&message);
-        connection.closed = true;
+        match &*self.0 {
+            Link::Eager(connection) => {
+                let mut connection = connection.lock().unwrap_or_else(PoisonError::into_inner);
+                let _ = connection.send(&message);
+                connection.closed = true;
+            }
+            // Carried at the next tick; the schedule goes on with `Idle`.
+            Link::Paced(paced) => {
+                let _ = paced.requests.try_send(message);
+            }
+        }
+    }
+
+    /// One round: `message` out, the server's parameters back.
+    fn round(&self, message: ToServer) -> Result<Vec<Vec<f32>>, ExchangeError> {
+        match &*self.0 {
+            Link::Eager(connection) => connection
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .round(&message),
+            Link::Paced(paced) => {
+                let ended = || ExchangeError("the exchange's schedule has ended".into());
+                paced.requests.send(message).map_err(|_| ended())?;
+                let replies = paced.replies.lock().unwrap_or_else(PoisonError::into_inner);
+                match replies.recv_timeout(paced.deadline.saturating_duration_since(Instant::now()))
+                {
+                    Ok(reply) => reply.map_err(ExchangeError),
+                    Err(RecvTimeoutError::Timeout) => {
+                        Err(ExchangeError("the job's time budget ran out".into()))
+                    }
+                    Err(RecvTimeoutError::Disconnected) => Err(ended()),
+                }
+            }
+        }
+    }
+}
+
+/// The pacing thread: one message out and one answer in per tick, `pace.ticks` times.
+fn keep_pace(
+    mut connection: Connection,
+    pace: Pace,
+    pending: &Receiver<ToServer>,
+    answer: &SyncSender<Result<Vec<Vec<f32>>, String>>,
+) {
+    let start = Instant::now();
+    let tick = Duration::from_millis(u64::from(pace.tick_ms));
+    let mut outstanding = false;
+    let mut ended: Option<String> = None;
+    for k in 0..pace.ticks {
+        std::thread::sleep((start + tick * k).saturating_duration_since(Instant::now()));
+        let message = match (&ended, pending.try_recv()) {
+            (None, Ok(request)) => {
+                outstanding = matches!(request, ToServer::Register { .. } | ToServer::Step { .. });
+                request
+            }
+            (Some(reason), Ok(ToServer::Register { .. } | ToServer::Step { .. })) => {
+                let _ = answer.send(Err(reason.clone()));
+                ToServer::Idle
+            }
+            (_, Ok(_) | Err(TryRecvError::Empty | TryRecvError::Disconnected)) => ToServer::Idle,
+        };
+        let reply = connection.send(&message).and_then(|()| connection.recv());
+        match reply {
+            Ok(ToWorker::Wait) => {}
+            Ok(ToWorker::Parameters(values)) if outstanding => {
+                outstanding = false;
+                let _ = answer.send(Ok(values));
+            }
+            Ok(ToWorker::Parameters(_)) => {
+                ended.get_or_insert("the parameter server answered out of turn".into());
+            }
+            Ok(ToWorker::Refused(reason)) => {
+                let reason = format!("the parameter server ended the job: {reason}");
+                if std::mem::take(&mut outstanding) {
+                    let _ = answer.send(Err(reason.clone()));
+                }
+                ended.get_or_insert(reason);
+            }
+            // The connection is gone: nothing more can keep the schedule.
+            Err(e) => {
+                if outstanding {
+                    let _ = answer.send(Err(e.0));
+                }
+                return;
+            }
+        }
+    }
+    if outstanding {
+        let _ = answer.send(Err(
+            "the exchange's schedule ran out before the program finished".into(),
+        ));
     }
 }
 
@@ -113,20 +234,22 @@ impl Connection {
             .map_err(|e| ExchangeError(format!("the parameter server connection broke: {e}")))
     }
 
-    /// One round: `message` out, the server's parameters back.
+    fn recv(&mut self) -> Result<ToWorker, ExchangeError> {
+        let (deadline, size) = (self.deadline, self.size);
+        let reader = &mut self.reader;
+        let bytes = self
+            .runtime
+            .block_on(async {
+                tokio::time::timeout_at(deadline.into(), reader.recv_message(size)).await
+            })
+            .map_err(|_| ExchangeError("the job's time budget ran out".into()))?
+            .map_err(|e| ExchangeError(format!("the parameter server connection broke: {e}")))?;
+        unpad::<ToWorker>(&bytes).map_err(ExchangeError)
+    }
+
+    /// One unpaced round: `message` out, the server's parameters back.
     fn round(&mut self, message: &ToServer) -> Result<Vec<Vec<f32>>, ExchangeError> {
-        let sent = self.send(message);
-        let received = sent.and_then(|()| {
-            let (deadline, size) = (self.deadline, self.size);
-            let reader = &mut self.reader;
-            self.runtime
-                .block_on(async {
-                    tokio::time::timeout_at(deadline.into(), reader.recv_message(size)).await
-                })
-                .map_err(|_| ExchangeError("the job's time budget ran out".into()))?
-                .map_err(|e| ExchangeError(format!("the parameter server connection broke: {e}")))
-        });
-        let reply = received.and_then(|bytes| unpad::<ToWorker>(&bytes).map_err(ExchangeError));
+        let reply = self.send(message).and_then(|()| self.recv());
         match reply {
             Ok(ToWorker::Parameters(values)) => Ok(values),
             Ok(ToWorker::Refused(reason)) => {
@@ -134,6 +257,12 @@ impl Connection {
                 Err(ExchangeError(format!(
                     "the parameter server ended the job: {reason}"
                 )))
+            }
+            Ok(ToWorker::Wait) => {
+                self.closed = true;
+                Err(ExchangeError(
+                    "the parameter server paced an unpaced exchange".into(),
+                ))
             }
             Err(e) => {
                 self.closed = true;
@@ -149,14 +278,13 @@ impl ParameterExchange for ServerLink {
         optimizer: u32,
         values: Vec<Vec<f32>>,
     ) -> Result<Vec<Vec<f32>>, ExchangeError> {
-        self.connection()
-            .round(&ToServer::Register { optimizer, values })
+        self.round(ToServer::Register { optimizer, values })
     }
 
     fn step(&mut self, optimizer: u32, update: Update) -> Result<Vec<Vec<f32>>, ExchangeError> {
         let rule = Rule::from_kind(update.kind)
             .ok_or_else(|| ExchangeError("an optimizer rule the exchange cannot carry".into()))?;
-        self.connection().round(&ToServer::Step {
+        self.round(ToServer::Step {
             optimizer,
             rule,
             max_grad_norm: update.max_grad_norm,

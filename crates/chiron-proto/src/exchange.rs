@@ -40,6 +40,9 @@ pub enum ToServer {
     Done,
     /// The program failed: the job cannot go on.
     Abandon,
+    /// A paced exchange's tick with nothing to send (the program is computing, waiting for
+    /// its parameters, or done).
+    Idle,
 }
 
 /// Parameter server → worker.
@@ -49,6 +52,8 @@ pub enum ToWorker {
     Parameters(Vec<Vec<f32>>),
     /// The server refused the round (workers out of step, a failed peer); the job ends.
     Refused(String),
+    /// A paced exchange's tick with no parameters for this worker yet.
+    Wait,
 }
 
 /// An optimizer rule on the wire: which rule (`tag`: 0 SGD, 1 Adam, 2 Nesterov, 3 AdamW,

@@ -126,6 +126,39 @@ pub struct ExchangeTerms {
     /// Size of every exchange message in either direction, in KiB: the largest the model's
     /// parameters (and so its gradients) may take.
     pub message_kib: u32,
+    /// A paced exchange (required of a private job): every worker sends one message per
+    /// tick and the server answers each at a fixed point of the tick, whatever the program
+    /// is doing. `None`: messages go when the program steps (a live job).
+    pub pace: Option<Pace>,
+}
+
+/// The public schedule of a paced exchange.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pace {
+    /// Time between ticks, in milliseconds.
+    pub tick_ms: u32,
+    /// Ticks in the job: every connection carries exactly this many messages each way.
+    pub ticks: u32,
+}
+
+impl Pace {
+    /// The shortest tick.
+    pub const MIN_TICK_MS: u32 = 10;
+
+    /// The pace for a job of `time_budget_secs` with ticks of `tick_ms`: as many ticks as
+    /// fit in nine tenths of the budget (the rest is the job's start and its sealing).
+    pub fn for_budget(time_budget_secs: u32, tick_ms: u32) -> Self {
+        let usable_ms = u64::from(time_budget_secs) * 900;
+        Self {
+            tick_ms,
+            ticks: u32::try_from(usable_ms / u64::from(tick_ms.max(1))).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// How long the schedule lasts.
+    pub fn duration(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(u64::from(self.tick_ms) * u64::from(self.ticks))
+    }
 }
 
 impl ExchangeTerms {
@@ -152,6 +185,14 @@ impl ExchangeTerms {
             return Err(format!(
                 "exchange messages are 1 KiB to 1 GiB, not {} KiB",
                 self.message_kib
+            ));
+        }
+        if let Some(pace) = self.pace
+            && (pace.tick_ms < Pace::MIN_TICK_MS || pace.ticks == 0)
+        {
+            return Err(format!(
+                "a paced exchange needs ticks of at least {} ms and at least one tick",
+                Pace::MIN_TICK_MS
             ));
         }
         Ok(())

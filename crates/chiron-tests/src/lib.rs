@@ -19,7 +19,7 @@ use chiron_client::owner::{self, JobTicket, TrainingTerms};
 use chiron_crypto::DataKey;
 use chiron_proto::api::JobState;
 use chiron_proto::evidence::{Evidence, Role};
-use chiron_proto::owner::{AnswerPolicy, OwnerEvent};
+use chiron_proto::owner::{AnswerPolicy, OwnerEvent, Pace};
 use chiron_proto::wire::{EnclaveFrame, HostFrame, LISTENING_PREFIX, read_frame, write_frame};
 
 pub mod transcript;
@@ -373,8 +373,12 @@ pub fn start_job(
     )
 }
 
+/// The exchange tick of the tests' private distributed jobs.
+pub const DISTRIBUTED_TICK_MS: u32 = 25;
+
 /// [`start_job`] for a distributed job of `workers` training enclaves and a parameter
-/// server, exchanging messages of `message_kib`.
+/// server, exchanging messages of `message_kib` (paced by [`DISTRIBUTED_TICK_MS`] ticks
+/// when the job is private).
 pub fn start_distributed_job(
     service: &Service,
     wasm: &[u8],
@@ -394,6 +398,10 @@ pub fn start_distributed_job(
         exchange: owner::ExchangeTerms {
             workers,
             message_kib,
+            // A private job's exchange is paced: one message each way every tick.
+            pace: terms
+                .private
+                .map(|_| Pace::for_budget(terms.time_budget_secs, DISTRIBUTED_TICK_MS)),
         },
         peer_policy: service.policy_spec(),
     };

@@ -130,6 +130,7 @@ fn the_parameter_server_admits_only_its_jobs_workers_and_averages_their_gradient
         exchange: ExchangeTerms {
             workers: 2,
             message_kib: 64,
+            pace: None,
         },
         peer_policy: service.policy_spec(),
         time_budget_secs: 120,
@@ -254,6 +255,7 @@ fn workers_out_of_step_end_the_job_on_every_worker() {
         exchange: ExchangeTerms {
             workers: 2,
             message_kib: 64,
+            pace: None,
         },
         peer_policy: service.policy_spec(),
         time_budget_secs: 120,
@@ -373,6 +375,7 @@ fn a_worker_refuses_a_parameter_server_of_another_job() {
             exchange: ExchangeTerms {
                 workers: 2,
                 message_kib: 64,
+                pace: None,
             },
             peer_policy: service.policy_spec(),
         }),
@@ -493,4 +496,22 @@ fn a_killed_worker_fails_the_job_promptly() {
         .contains(&label.as_str()),
         "{label}"
     );
+}
+
+#[test]
+fn a_private_job_trains_on_a_paced_exchange() {
+    let service = Service::start();
+    let data = iris();
+    let terms = chiron_tests::transcript::private_terms(60, 20);
+    let started = Instant::now();
+    let ticket = start_distributed_job(&service, &program_wasm("chiron_mlp"), &data, &terms, 2, 64)
+        .expect("job starts");
+    let (state, events) = wait(&service, &ticket, Duration::from_secs(120));
+    assert_eq!(state, JobState::Succeeded, "{events:?}");
+    // A private job ends at its budget, whatever the exchange did.
+    assert!(started.elapsed() >= Duration::from_secs(20));
+    let test = iris_inputs(&data, None);
+    let accuracy =
+        query_accuracy(&service, &ticket, &test.features, &test.labels, 50).expect("queries");
+    assert!(accuracy > 0.85, "accuracy {accuracy}");
 }
