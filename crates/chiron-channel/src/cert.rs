@@ -3,8 +3,11 @@
 //!
 //! # The certificate
 //!
-//! - **Key**: a fresh ECDSA P-256 key for every connection, generated inside the enclave and
-//!   never written anywhere; it signs the TLS 1.3 handshake (`CertificateVerify`).
+//! - **Key**: a fresh Ed25519 key for every connection, generated inside the enclave and
+//!   never written anywhere; it signs the TLS 1.3 handshake (`CertificateVerify`). Its
+//!   signatures are always 64 bytes, so a handshake is the same size every time (ECDSA's DER
+//!   signatures vary by a byte or two, at random, which a platform timing a private job's
+//!   traffic would see as noise in every transcript).
 //! - **Validity**: `not_before` = now − [`CLOCK_SKEW`], `not_after` = now + the identity's
 //!   validity ([`DEFAULT_VALIDITY`], ten minutes, by default).
 //! - **Extension** [`EVIDENCE_OID`] (not critical): `extnValue` holds a DER OCTET STRING whose
@@ -40,7 +43,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use chiron_attest::attester::{self, Platform};
 use chiron_proto::evidence::Role;
 use rcgen::{
-    CertificateParams, CustomExtension, DistinguishedName, DnType, KeyPair, PKCS_ECDSA_P256_SHA256,
+    CertificateParams, CustomExtension, DistinguishedName, DnType, KeyPair, PKCS_ED25519,
     PublicKeyData,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -169,7 +172,7 @@ pub struct AttestedCertificate {
 }
 
 impl AttestedCertificate {
-    /// A fresh P-256 key and a certificate valid from `not_before` to `not_after` (seconds
+    /// A fresh Ed25519 key and a certificate valid from `not_before` to `not_after` (seconds
     /// since the Unix epoch) carrying evidence from `platform` that binds the key, the
     /// window, `role` and `context`. [`LocalIdentity::issue`] calls this with the current
     /// time; tests call it to make certificates of other times.
@@ -181,7 +184,7 @@ impl AttestedCertificate {
         not_after: u64,
     ) -> Result<Self, ChannelError> {
         let rcgen_error = |e: rcgen::Error| ChannelError::Certificate(e.to_string());
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(rcgen_error)?;
+        let key = KeyPair::generate_for(&PKCS_ED25519).map_err(rcgen_error)?;
         let evidence = attester::evidence(
             platform,
             role,

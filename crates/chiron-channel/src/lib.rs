@@ -41,7 +41,7 @@
 //!
 //! # What is bound
 //!
-//! Each end makes a fresh ECDSA P-256 key for every connection and a self-signed certificate
+//! Each end makes a fresh Ed25519 key for every connection and a self-signed certificate
 //! whose extension carries its enclave's evidence ([`cert`] has the exact format). The
 //! evidence's report data binds, through `chiron_attest::binding`: the SHA-256 of the
 //! certificate's SubjectPublicKeyInfo (in place of an X25519 key), the certificate's validity

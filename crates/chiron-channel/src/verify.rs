@@ -14,7 +14,7 @@
 //! 5. the evidence's enclave key is this certificate's key ([`crate::cert::key_binding`]).
 //!
 //! rustls then checks the peer's `CertificateVerify` signature over the handshake with the
-//! key of that same certificate (with the provider's algorithms, ECDSA P-256 only), which
+//! key of that same certificate (with the provider's algorithms, Ed25519 only), which
 //! proves the peer holds the attested key now. TLS 1.2 is never negotiated; its callbacks
 //! refuse.
 
@@ -41,7 +41,7 @@ pub const DEFAULT_MAX_VALIDITY: Duration = Duration::from_secs(15 * 60);
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The one signature scheme channel certificates use.
-const SCHEME: SignatureScheme = SignatureScheme::ECDSA_NISTP256_SHA256;
+const SCHEME: SignatureScheme = SignatureScheme::ED25519;
 
 /// What this end requires of its peer.
 ///

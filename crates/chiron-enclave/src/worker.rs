@@ -23,6 +23,9 @@ use crate::exchange::{Rule, RuleExt, ToServer, ToWorker, pad, unpad};
 
 type Stream = chiron_channel::AttestedStream<TcpStream>;
 
+/// How long past a paced schedule's end a worker waits for a server that stopped answering.
+const STALLED_SERVER: Duration = Duration::from_secs(30);
+
 /// An attested connection to the job's parameter server. Shared: the sandbox steps through
 /// one handle, and the training role says through another how the program ended.
 #[derive(Clone)]
@@ -100,6 +103,10 @@ impl ServerLink {
         let link = match place.exchange.pace {
             None => Link::Eager(Mutex::new(connection)),
             Some(pace) => {
+                // The schedule runs to its end whenever the program stops: its own clock
+                // decides when a stalled server is given up on, not the program's deadline.
+                let mut connection = connection;
+                connection.deadline = Instant::now() + pace.duration() + STALLED_SERVER;
                 let (requests, pending) = std::sync::mpsc::sync_channel(1);
                 let (answer, replies) = std::sync::mpsc::sync_channel(1);
                 std::thread::Builder::new()

@@ -27,6 +27,9 @@ use crate::jobs::{
 };
 use crate::store;
 
+/// How long the relay may take to see the enclaves' connections close after a job ends.
+const RELAY_DRAIN: Duration = Duration::from_secs(5);
+
 /// How long the parameter server may take to say where it listens.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -150,6 +153,7 @@ async fn train(
     server_request: Vec<u8>,
     worker_requests: Vec<Vec<u8>>,
 ) -> Result<(), String> {
+    let started = tokio::time::Instant::now();
     // The parameter server first: the workers need its port.
     let mut server_writer = server.writer.take().ok_or(labels::PROTOCOL)?;
     let start = HostFrame::StartParameterServer {
@@ -166,7 +170,21 @@ async fn train(
         Ok(Some(Err(_)) | None) => return Err(labels::ENCLAVE_EXITED.to_owned()),
         Err(_) => return Err(labels::ENCLAVE_UNRESPONSIVE.to_owned()),
     };
-    let address = format!("127.0.0.1:{port}");
+    // The workers reach the server through the host's relay, as through any network.
+    let relay_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|_| labels::HOST_RELAY.to_owned())?;
+    let address = relay_listener
+        .local_addr()
+        .map_err(|_| labels::HOST_RELAY.to_owned())?
+        .to_string();
+    let (stop_relay, stop) = tokio::sync::oneshot::channel();
+    let mut relay = AbortOnDrop(tokio::spawn(crate::relay::relay(
+        relay_listener,
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        started,
+        stop,
+    )));
 
     // Then every worker's input, concurrently.
     let mut senders = JoinSet::new();
@@ -218,6 +236,9 @@ async fn train(
     let mut commands_open = true;
     loop {
         if model_stored && served {
+            // The server has closed its connections: let the relay finish its accounts.
+            let _ = stop_relay.send(());
+            let _ = tokio::time::timeout(RELAY_DRAIN, &mut relay.0).await;
             return Ok(());
         }
         if let (true, Some(label)) = (finished[0], &failed) {

@@ -45,6 +45,8 @@ pub mod labels {
     pub const HOST_RESTARTED: &str = "host restarted";
     /// The host could not read the program or dataset from its store.
     pub const HOST_READ: &str = "host could not read the program or dataset";
+    /// The host could not relay a distributed job's enclave-to-enclave traffic.
+    pub const HOST_RELAY: &str = "host could not relay the enclaves' traffic";
     /// The host could not store the sealed model.
     pub const HOST_WRITE: &str = "host could not store the model";
 }

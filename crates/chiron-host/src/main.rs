@@ -12,6 +12,7 @@ mod enclave;
 mod ids;
 mod jobs;
 mod models;
+mod relay;
 mod store;
 
 use std::io::{IsTerminal, Write};

@@ -63,6 +63,13 @@ pub struct Transcript {
     pub event_sizes: Vec<usize>,
     /// Peak resident memory of each training enclave process, in bytes.
     pub training_peaks: Vec<u64>,
+    /// A distributed job's enclave-to-enclave traffic as the host's relay saw it, one entry
+    /// per connection and direction, sorted: TLS record counts and sizes, and when the
+    /// first and the last record passed (since the job started).
+    pub peer_traffic: Vec<(String, Duration, Duration)>,
+    /// Whether the job was distributed: then frames to several enclaves interleave as the
+    /// scheduler pleases, and only their multiset is compared.
+    pub distributed: bool,
     /// The raw bytes of everything above and of every stored object, for the canary search.
     pub raw: Vec<(String, Vec<u8>)>,
 }
@@ -86,10 +93,45 @@ pub fn observe(
     timeout: Duration,
     after: impl FnOnce(&Service, &JobTicket),
 ) -> Observed {
+    observe_started(
+        |service| start_job(service, wasm, data, terms).expect("the job starts"),
+        timeout,
+        after,
+    )
+}
+
+/// [`observe`] for a distributed job of `workers` and a parameter server, exchanging
+/// messages of `message_kib`.
+pub fn observe_distributed(
+    wasm: &[u8],
+    data: &PlainDataset,
+    terms: &TrainingTerms,
+    (workers, message_kib): (u32, u32),
+    timeout: Duration,
+) -> Observed {
+    let mut observed = observe_started(
+        |service| {
+            crate::start_distributed_job(service, wasm, data, terms, workers, message_kib)
+                .expect("the job starts")
+        },
+        timeout,
+        |_, _| {},
+    );
+    observed.transcript.distributed = true;
+    observed.transcript.frames.sort();
+    observed
+}
+
+/// [`observe`] of the job `start` starts.
+fn observe_started(
+    start: impl FnOnce(&Service) -> JobTicket,
+    timeout: Duration,
+    after: impl FnOnce(&Service, &JobTicket),
+) -> Observed {
     let mut service = Service::start();
     let monitor = EnclaveMonitor::start(service.pid());
     let started = Instant::now();
-    let ticket = start_job(&service, wasm, data, terms).expect("the job starts");
+    let ticket = start(&service);
     let host = service.client();
     let mut states: Vec<(JobState, Duration)> = Vec::new();
     let mut owner_events = Vec::new();
@@ -131,12 +173,17 @@ pub fn observe(
         let line = line.split_once(' ').map_or(line, |(_, rest)| rest).trim();
         let line = names.replace(line);
         match line.split_once(FRAME_LOG) {
-            Some((_, frame)) => transcript
-                .frames
-                .push(frame.trim_start_matches(':').trim().to_owned()),
+            Some((_, frame)) => {
+                let frame = frame.trim_start_matches(':').trim();
+                match peer_traffic(frame) {
+                    Some(traffic) => transcript.peer_traffic.push(traffic),
+                    None => transcript.frames.push(frame.to_owned()),
+                }
+            }
             None => transcript.log.push(line),
         }
     }
+    transcript.peer_traffic.sort_by(|a, b| a.0.cmp(&b.0));
     transcript.stdout = service.stdout().lines().map(|l| names.replace(l)).collect();
     let view = service.platform_view();
     for (name, bytes) in &view {
@@ -162,6 +209,20 @@ pub fn observe(
         owner_events,
         ticket,
     }
+}
+
+/// The relay's account of one direction of a connection (`chiron-host`'s `relay.rs`):
+/// `peer <direction> TLS records: <count>x<size>...; first at <ms> ms, last at <ms> ms`.
+fn peer_traffic(frame: &str) -> Option<(String, Duration, Duration)> {
+    let rest = frame.strip_prefix("peer ")?;
+    let (shape, times) = rest.split_once("; first at ")?;
+    let (first, last) = times.split_once(" ms, last at ")?;
+    let last = last.strip_suffix(" ms")?;
+    Some((
+        shape.to_owned(),
+        Duration::from_millis(first.trim().parse().ok()?),
+        Duration::from_millis(last.trim().parse().ok()?),
+    ))
 }
 
 /// What a comparison may tolerate.
@@ -197,6 +258,30 @@ pub fn differences(a: &Transcript, b: &Transcript, disclosure: Disclosure) -> Ve
         &a.frames,
         &b.frames,
     ));
+    let shapes = |t: &Transcript| {
+        t.peer_traffic
+            .iter()
+            .map(|(shape, ..)| shape.clone())
+            .collect::<Vec<_>>()
+    };
+    out.extend(compare(
+        "enclave-to-enclave traffic",
+        &shapes(a),
+        &shapes(b),
+    ));
+    if let Disclosure::Private = disclosure {
+        for ((shape, first_a, last_a), (_, first_b, last_b)) in
+            a.peer_traffic.iter().zip(&b.peer_traffic)
+        {
+            if first_a.abs_diff(*first_b) > TIME_QUANTUM || last_a.abs_diff(*last_b) > TIME_QUANTUM
+            {
+                out.push(format!(
+                    "enclave-to-enclave traffic `{shape}` ran from {first_a:?} to {last_a:?} \
+                     and from {first_b:?} to {last_b:?}: more than {TIME_QUANTUM:?} apart"
+                ));
+            }
+        }
+    }
     out.extend(compare("host logs", &a.log, &b.log));
     out.extend(compare("host outputs", &a.stdout, &b.stdout));
     out.extend(compare("public job statuses", &a.api, &b.api));

@@ -14,7 +14,7 @@ use chiron_client::owner::{JobTicket, QuerySession, TrainingTerms};
 use chiron_proto::owner::OwnerEvent;
 use chiron_tests::transcript::{
     Disclosure, Observed, assert_indistinguishable, assert_no_canary, differences, observe,
-    private_terms, twin_datasets,
+    observe_distributed, private_terms, twin_datasets,
 };
 use chiron_tests::*;
 
@@ -421,4 +421,42 @@ fn query_time_chosen_by_the_query_is_hidden_by_the_answer_time() {
         max - min < Duration::from_millis(100),
         "answer times depend on the query: {private:?}"
     );
+}
+
+/// Both twins as a distributed job of two workers and a parameter server.
+fn distributed_twins(program: &str, terms: &TrainingTerms) -> [Observed; 2] {
+    let wasm = program_wasm(program);
+    twin_datasets(IMAGES).map(|(data, canary)| {
+        let observed = observe_distributed(&wasm, &data, terms, (2, 64), Duration::from_secs(120));
+        assert_no_canary(&observed.transcript, &canary);
+        observed
+    })
+}
+
+#[test]
+fn a_distributed_job_steps_by_the_data_unseen_when_its_exchange_is_paced() {
+    // Live (unpaced), the exchange carries one round per step, so rank 0's connection
+    // shows how many steps the secret bit asked for: the harness sees the channel.
+    let [a, b] = distributed_twins("hostile_leaksteps", &terms(1, 60));
+    assert!(succeeded(&a) && succeeded(&b));
+    let seen = differences(&a.transcript, &b.transcript, Disclosure::Live);
+    assert!(
+        seen.iter()
+            .any(|d| d.contains("enclave-to-enclave traffic")),
+        "a live exchange did not show the step count: {seen:?}"
+    );
+    // Private (paced), every connection carries the schedule's messages and nothing else.
+    let [a, b] = distributed_twins("hostile_leaksteps", &private_terms(1, PRIVATE_BUDGET_SECS));
+    assert!(succeeded(&a) && succeeded(&b));
+    assert_indistinguishable(&a.transcript, &b.transcript, Disclosure::Private);
+    assert_eq!(
+        a.transcript.peer_traffic.len(),
+        4,
+        "two connections, both directions: {:?}",
+        a.transcript.peer_traffic
+    );
+    for run in [&a, &b] {
+        let (_, ended) = run.transcript.states.last().expect("states");
+        assert!(*ended >= Duration::from_secs(PRIVATE_BUDGET_SECS.into()));
+    }
 }

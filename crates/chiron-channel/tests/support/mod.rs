@@ -14,7 +14,7 @@ use chiron_channel::{
     client_handshake, server_handshake,
 };
 use chiron_proto::evidence::{Role, TeeKind};
-use rcgen::{CertificateParams, CustomExtension, KeyPair, PKCS_ECDSA_P256_SHA256, PublicKeyData};
+use rcgen::{CertificateParams, CustomExtension, KeyPair, PKCS_ED25519, PublicKeyData};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -101,9 +101,9 @@ impl Platform for OtherBuild {
     }
 }
 
-/// A fresh P-256 key.
+/// A fresh Ed25519 key, as the channel makes them.
 pub fn fresh_key() -> KeyPair {
-    KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key")
+    KeyPair::generate_for(&PKCS_ED25519).expect("key")
 }
 
 /// Evidence (encoded) from `platform` as the channel binds it, for a certificate with key
