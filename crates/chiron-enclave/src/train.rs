@@ -385,6 +385,18 @@ fn train(
     let trained = sandbox.train(&program, job);
     if let Some(link) = &link {
         link.finish(trained.is_ok());
+        // For the owner, who sizes the next job's workers and tick by them.
+        let stats = link.stats();
+        for (name, value) in [
+            ("exchange_rounds", stats.rounds as f32),
+            ("exchange_wait_s", stats.waiting.as_secs_f32()),
+        ] {
+            events.emit(&OwnerEvent::Metric {
+                name: name.to_owned(),
+                epoch: 0,
+                value,
+            });
+        }
     }
     let model = trained.map_err(program_failure)?;
     let parameters = model.parameter_count() as u64;

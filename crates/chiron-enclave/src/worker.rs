@@ -29,7 +29,17 @@ const STALLED_SERVER: Duration = Duration::from_secs(30);
 /// An attested connection to the job's parameter server. Shared: the sandbox steps through
 /// one handle, and the training role says through another how the program ended.
 #[derive(Clone)]
-pub struct ServerLink(Arc<Link>);
+pub struct ServerLink(Arc<Link>, Arc<Mutex<ExchangeStats>>);
+
+/// What a worker's steps spent on the exchange, for the owner.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExchangeStats {
+    /// Rounds (registrations and steps) completed.
+    pub rounds: u64,
+    /// Time the program waited for them, from sending its gradients to holding the
+    /// parameters back (under a paced exchange, the wait for the tick included).
+    pub waiting: Duration,
+}
 
 enum Link {
     /// Each step is one round trip, when the program makes it.
@@ -120,7 +130,12 @@ impl ServerLink {
                 })
             }
         };
-        Ok(Self(Arc::new(link)))
+        Ok(Self(Arc::new(link), Arc::default()))
+    }
+
+    /// What the steps so far spent on the exchange.
+    pub fn stats(&self) -> ExchangeStats {
+        *self.1.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Tells the server the program ended: `Done` after it saved its model, `Abandon` when
@@ -144,8 +159,17 @@ impl ServerLink {
         }
     }
 
-    /// One round: `message` out, the server's parameters back.
+    /// One round: `message` out, the server's parameters back, its time counted.
     fn round(&self, message: ToServer) -> Result<Vec<Vec<f32>>, ExchangeError> {
+        let started = Instant::now();
+        let values = self.carry(message)?;
+        let mut stats = self.1.lock().unwrap_or_else(PoisonError::into_inner);
+        stats.rounds += 1;
+        stats.waiting += started.elapsed();
+        Ok(values)
+    }
+
+    fn carry(&self, message: ToServer) -> Result<Vec<Vec<f32>>, ExchangeError> {
         match &*self.0 {
             Link::Eager(connection) => connection
                 .lock()
