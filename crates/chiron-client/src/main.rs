@@ -316,6 +316,10 @@ struct TrainArgs {
     /// tick. Public, like the rest of the schedule.
     #[arg(long, default_value_t = 200)]
     exchange_tick_ms: u32,
+    /// A live distributed job's checkpoint interval in rounds: the parameter server seals
+    /// its state this often, and a lost server is replaced from the latest (0: never).
+    #[arg(long, default_value_t = 100)]
+    checkpoint_every: u32,
     /// A distributed job's exchange message size in KiB, in both directions (default: the
     /// model size the program declares plus 1 MiB): the model's parameters must fit.
     #[arg(long)]
@@ -603,6 +607,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
                 pace: private.map(|_| Pace::for_budget(time_budget_secs, args.exchange_tick_ms)),
             },
             peer_policy: policy_spec,
+            checkpoint_every: args.checkpoint_every,
         };
         let ticket = owner::start_distributed_training(
             &host,

@@ -197,6 +197,9 @@ pub struct Distribution {
     /// The owner's policy as a policy file (`Policy::parse_spec`): every enclave of the job
     /// holds its peers to it, as the owner holds each of them.
     pub peer_policy: String,
+    /// Rounds between the parameter server's sealed checkpoints (0: none); a lost server is
+    /// replaced from the latest, losing at most this many rounds. Unpaced (live) jobs only.
+    pub checkpoint_every: u32,
 }
 
 /// Fetches and verifies evidence from one enclave of a job.
@@ -240,6 +243,7 @@ pub fn start_distributed_training(
         exchange: distribution.exchange,
         peer_policy: distribution.peer_policy.clone(),
         time_budget_secs: terms.time_budget_secs,
+        checkpoint_every: distribution.checkpoint_every,
     };
     let plaintext =
         postcard::to_allocvec(&server_request).map_err(|e| ClientError::Input(e.to_string()))?;

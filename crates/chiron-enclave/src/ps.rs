@@ -19,10 +19,12 @@ use std::time::{Duration, Instant};
 
 use chiron_attest::Policy;
 use chiron_channel::{LocalIdentity, PeerExpectation, RecordConfig, RecordReader, RecordWriter};
-use chiron_engine::{Backend, DefaultBackend, Optimizer};
+use chiron_crypto::SealingKey;
+use chiron_engine::{Backend, DefaultBackend, Optimizer, OptimizerState};
 use chiron_proto::evidence::Role;
 use chiron_proto::owner::{ExchangeTerms, PARAMETER_SERVER_INFO, Pace, ParameterServerRequest};
 use chiron_proto::wire::EnclaveFrame;
+use serde::{Deserialize, Serialize};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -38,9 +40,50 @@ const LATE: Duration = Duration::from_millis(50);
 /// The host's start frame, unpacked.
 pub struct Start {
     pub job_id: String,
-    pub sealed_request: Vec<u8>,
+    /// Where the server's request comes from.
+    pub from: Source,
     /// Where to listen for the workers.
     pub listen: String,
+}
+
+/// A new server's request, or a lost one's checkpoint.
+pub enum Source {
+    /// The owner's sealed `ParameterServerRequest`.
+    Owner(Vec<u8>),
+    /// A sealed [`Checkpoint`] of the server this one replaces.
+    Checkpoint(Vec<u8>),
+}
+
+/// A server's state, sealed to the runtime and platform every `checkpoint_every` rounds: what
+/// a replacement needs to go on, the owner's request included (sealed to the lost server's
+/// own key, it opens nowhere else).
+#[derive(Serialize, Deserialize)]
+struct Checkpoint {
+    request: ParameterServerRequest,
+    round: u64,
+    optimizers: Vec<SavedOptimizer>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SavedOptimizer {
+    handle: u32,
+    values: Vec<Vec<f32>>,
+    state: Option<SavedState>,
+}
+
+/// `chiron_engine::OptimizerState` on the wire.
+#[derive(Serialize, Deserialize)]
+struct SavedState {
+    rule: Rule,
+    step: u32,
+    max_grad_norm: Option<f32>,
+    first: Vec<Option<Vec<f32>>>,
+    second: Vec<Option<Vec<f32>>>,
+}
+
+/// The checkpoint's associated data: its job, so a checkpoint opens for no other.
+fn checkpoint_aad(job_id: &str) -> Vec<u8> {
+    [b"chiron/v1 checkpoint ".as_slice(), job_id.as_bytes()].concat()
 }
 
 /// Serves one job's workers until they are all done; returns the frame that ends it. The
@@ -55,16 +98,28 @@ pub fn run(enclave: &Enclave, start: Start) -> EnclaveFrame {
 }
 
 fn serve(enclave: &Enclave, start: Start) -> Result<(), &'static str> {
-    let (bytes, _) = enclave
-        .keypair
-        .open(
-            PARAMETER_SERVER_INFO,
-            start.job_id.as_bytes(),
-            &start.sealed_request,
-        )
-        .map_err(|_| "parameter server request failed authentication")?;
-    let request: ParameterServerRequest =
-        postcard::from_bytes(&bytes).map_err(|_| "malformed parameter server request")?;
+    let sealing = enclave.checkpoint_key();
+    let (request, resumed) = match start.from {
+        Source::Owner(sealed) => {
+            let (bytes, _) = enclave
+                .keypair
+                .open(PARAMETER_SERVER_INFO, start.job_id.as_bytes(), &sealed)
+                .map_err(|_| "parameter server request failed authentication")?;
+            let request: ParameterServerRequest =
+                postcard::from_bytes(&bytes).map_err(|_| "malformed parameter server request")?;
+            (request, None)
+        }
+        Source::Checkpoint(sealed) => {
+            let bytes = sealing
+                .as_ref()
+                .ok_or("this TEE offers no sealing key, so checkpoints cannot be opened here")?
+                .unseal(&checkpoint_aad(&start.job_id), &sealed)
+                .map_err(|_| "checkpoint failed authentication")?;
+            let checkpoint: Checkpoint =
+                postcard::from_bytes(&bytes).map_err(|_| "malformed checkpoint")?;
+            (checkpoint.request.clone(), Some(checkpoint))
+        }
+    };
     request
         .exchange
         .validate()
@@ -114,7 +169,18 @@ fn serve(enclave: &Enclave, start: Start) -> Result<(), &'static str> {
             workers,
             terms,
             optimizers: BTreeMap::new(),
+            rounds_done: 0,
+            checkpoints: sealing
+                .filter(|_| request.checkpoint_every > 0 && request.exchange.pace.is_none()),
+            job_id: start.job_id.clone(),
+            request: request.clone(),
+            enclave,
         };
+        if let Some(checkpoint) = resumed {
+            server
+                .restore(checkpoint)
+                .map_err(|_| "malformed checkpoint")?;
+        }
         let outcome = tokio::time::timeout_at(deadline.into(), server.rounds()).await;
         let outcome = outcome.unwrap_or_else(|_| Err("the job's time budget ran out".into()));
         match outcome {
@@ -190,14 +256,107 @@ struct Held {
     optimizer: Option<Optimizer<DefaultBackend>>,
 }
 
-struct Server {
+struct Server<'a> {
     engine: DefaultBackend,
     workers: Vec<Link>,
     terms: ExchangeTerms,
     optimizers: BTreeMap<u32, Held>,
+    /// Rounds completed (registrations and steps), since the job began.
+    rounds_done: u64,
+    /// The key checkpoints are sealed under, when the job asked for them.
+    checkpoints: Option<SealingKey>,
+    job_id: String,
+    request: ParameterServerRequest,
+    enclave: &'a Enclave,
 }
 
-impl Server {
+impl Server<'_> {
+    /// Seals the state for the host, when a checkpoint is due.
+    fn checkpoint_if_due(&self) -> Result<(), String> {
+        let Some(key) = &self.checkpoints else {
+            return Ok(());
+        };
+        let every = u64::from(self.request.checkpoint_every);
+        if self.rounds_done % every != 0 {
+            return Ok(());
+        }
+        let mut optimizers = Vec::new();
+        for (&handle, held) in &self.optimizers {
+            let state = match &held.optimizer {
+                Some(optimizer) => {
+                    let state = optimizer.state(&self.engine).map_err(|e| e.to_string())?;
+                    Some(SavedState {
+                        rule: Rule::from_kind(state.kind).ok_or("an unknown optimizer rule")?,
+                        step: state.step,
+                        max_grad_norm: state.max_grad_norm,
+                        first: state.first,
+                        second: state.second,
+                    })
+                }
+                None => None,
+            };
+            optimizers.push(SavedOptimizer {
+                handle,
+                values: values(&self.engine, held)?,
+                state,
+            });
+        }
+        let checkpoint = Checkpoint {
+            request: self.request.clone(),
+            round: self.rounds_done,
+            optimizers,
+        };
+        let plaintext = postcard::to_allocvec(&checkpoint).map_err(|e| e.to_string())?;
+        let sealed = key.seal(&checkpoint_aad(&self.job_id), &plaintext);
+        self.enclave
+            .send(&EnclaveFrame::Checkpoint {
+                round: self.rounds_done,
+                sealed,
+            })
+            .map_err(|_| "the host connection failed".to_owned())
+    }
+
+    /// Takes over from a checkpoint.
+    fn restore(&mut self, checkpoint: Checkpoint) -> Result<(), String> {
+        self.rounds_done = checkpoint.round;
+        for saved in checkpoint.optimizers {
+            let lens: Vec<usize> = saved.values.iter().map(Vec::len).collect();
+            let params = saved
+                .values
+                .into_iter()
+                .map(|v| self.engine.parameter(&[v.len()], v))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            let optimizer = match saved.state {
+                Some(state) => {
+                    let shapes: Vec<[usize; 1]> = lens.iter().map(|&l| [l]).collect();
+                    let shapes: Vec<&[usize]> = shapes.iter().map(|s| s.as_slice()).collect();
+                    let state = OptimizerState {
+                        kind: state.rule.kind().ok_or("an unknown optimizer rule")?,
+                        step: state.step,
+                        max_grad_norm: state.max_grad_norm,
+                        first: state.first,
+                        second: state.second,
+                    };
+                    Some(
+                        Optimizer::from_state(&self.engine, state, &shapes)
+                            .map_err(|e| e.to_string())?,
+                    )
+                }
+                None => None,
+            };
+            self.optimizers.insert(
+                saved.handle,
+                Held {
+                    params,
+                    lens,
+                    optimizer,
+                },
+            );
+        }
+        Ok(())
+    }
+
     /// Runs the exchange: paced when the terms say so, else round by round as the workers
     /// step.
     async fn rounds(&mut self) -> Result<(), String> {
@@ -339,6 +498,10 @@ impl Server {
                 messages.push((worker.rank, message));
             }
             let answer = self.round(messages)?;
+            if answer.is_some() {
+                self.rounds_done += 1;
+                self.checkpoint_if_due()?;
+            }
             if let Some(answer) = answer {
                 let bytes = pad(&ToWorker::Parameters(answer), size)?;
                 for worker in self.workers.iter_mut().filter(|w| w.active) {

@@ -36,6 +36,16 @@ pub fn model_key(sealing_secret: &[u8; 32], measurement: &[u8; 32]) -> SealingKe
     SealingKey::derive(sealing_secret, measurement, MODEL_PURPOSE)
 }
 
+/// The key that seals a parameter server's checkpoints: as [`model_key`], for another
+/// purpose, so a checkpoint never opens as a model or the reverse.
+pub fn checkpoint_key(sealing_secret: &[u8; 32], measurement: &[u8; 32]) -> SealingKey {
+    SealingKey::derive(
+        sealing_secret,
+        measurement,
+        b"chiron/v1 parameter server checkpoint",
+    )
+}
+
 /// Why a model could not be encoded for sealing.
 #[derive(Debug, thiserror::Error)]
 pub enum EncodeError {

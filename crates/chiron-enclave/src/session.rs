@@ -66,6 +66,13 @@ impl Enclave {
             .ok_or("this TEE offers no sealing key, so models cannot be sealed or loaded here")
     }
 
+    /// The key a parameter server seals its checkpoints under, if the platform can seal.
+    pub fn checkpoint_key(&self) -> Option<SealingKey> {
+        self.sealing_secret
+            .as_ref()
+            .map(|secret| crate::sealed::checkpoint_key(secret, &self.measurement))
+    }
+
     fn evidence(&self, nonce: [u8; 32], context: [u8; 32]) -> EnclaveFrame {
         let public_key = self.keypair.public_key();
         let evidence = attester::evidence(&*self.platform, self.role, public_key, nonce, context);
@@ -148,17 +155,29 @@ pub fn serve(
                 trained = true;
                 let start = ps::Start {
                     job_id,
-                    sealed_request,
+                    from: ps::Source::Owner(sealed_request),
+                    listen: peer_listen.to_owned(),
+                };
+                Some(ps::run(&enclave, start))
+            }
+            (Role::ParameterServer, HostFrame::ResumeParameterServer { job_id, checkpoint })
+                if !trained =>
+            {
+                trained = true;
+                let start = ps::Start {
+                    job_id,
+                    from: ps::Source::Checkpoint(checkpoint),
                     listen: peer_listen.to_owned(),
                 };
                 Some(ps::run(&enclave, start))
             }
             (Role::Train | Role::Worker, HostFrame::StartTraining { .. })
-            | (Role::ParameterServer, HostFrame::StartParameterServer { .. }) => {
-                Some(EnclaveFrame::Failed {
-                    public: "this enclave has already run its job".into(),
-                })
-            }
+            | (
+                Role::ParameterServer,
+                HostFrame::StartParameterServer { .. } | HostFrame::ResumeParameterServer { .. },
+            ) => Some(EnclaveFrame::Failed {
+                public: "this enclave has already run its job".into(),
+            }),
             // A query enclave serves one model, loaded once: a second load would start its
             // budget and replay set afresh.
             (Role::Query, HostFrame::LoadModel { .. }) if query_state.is_some() => {

@@ -61,9 +61,25 @@ struct Connection {
     writer: RecordWriter<WriteHalf<Stream>>,
     size: usize,
     deadline: Instant,
-    /// The server ended the job, or the connection broke: nothing more is sent.
+    /// The server ended the job, or the connection broke for good: nothing more is sent.
     closed: bool,
+    /// The last send or receive failed on the connection itself.
+    broken: bool,
+    /// How to reach a server again (unpaced links: the host replaces a lost server from
+    /// its checkpoint).
+    reconnect: Option<Reconnect>,
 }
+
+/// Everything needed to connect to the job's server, and attest it, again.
+struct Reconnect {
+    address: String,
+    identity: LocalIdentity,
+    expectation: PeerExpectation,
+    rank: u32,
+}
+
+/// How long a worker waits between attempts to reach a replaced server.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
 
 impl ServerLink {
     /// Connects to the parameter server at `address` as worker `place.rank` of `job_id`,
@@ -109,6 +125,13 @@ impl ServerLink {
             size,
             deadline,
             closed: false,
+            broken: false,
+            reconnect: Some(Reconnect {
+                address: address.to_owned(),
+                identity,
+                expectation,
+                rank: place.rank,
+            }),
         };
         let link = match place.exchange.pace {
             None => Link::Eager(Mutex::new(connection)),
@@ -117,6 +140,8 @@ impl ServerLink {
                 // decides when a stalled server is given up on, not the program's deadline.
                 let mut connection = connection;
                 connection.deadline = Instant::now() + pace.duration() + STALLED_SERVER;
+                // A paced exchange's server is not replaced: its schedule would show it.
+                connection.reconnect = None;
                 let (requests, pending) = std::sync::mpsc::sync_channel(1);
                 let (answer, replies) = std::sync::mpsc::sync_channel(1);
                 std::thread::Builder::new()
@@ -262,7 +287,10 @@ impl Connection {
                 tokio::time::timeout_at(deadline.into(), writer.send_message(&bytes)).await
             })
             .map_err(|_| ExchangeError("the job's time budget ran out".into()))?
-            .map_err(|e| ExchangeError(format!("the parameter server connection broke: {e}")))
+            .map_err(|e| {
+                self.broken = true;
+                ExchangeError(format!("the parameter server connection broke: {e}"))
+            })
     }
 
     fn recv(&mut self) -> Result<ToWorker, ExchangeError> {
@@ -274,13 +302,59 @@ impl Connection {
                 tokio::time::timeout_at(deadline.into(), reader.recv_message(size)).await
             })
             .map_err(|_| ExchangeError("the job's time budget ran out".into()))?
-            .map_err(|e| ExchangeError(format!("the parameter server connection broke: {e}")))?;
+            .map_err(|e| {
+                self.broken = true;
+                ExchangeError(format!("the parameter server connection broke: {e}"))
+            })?;
         unpad::<ToWorker>(&bytes).map_err(ExchangeError)
     }
 
-    /// One unpaced round: `message` out, the server's parameters back.
+    /// Reaches the job's server again, attests it as the first time, and says hello:
+    /// retried until the deadline. Whether it worked.
+    fn reconnect(&mut self) -> bool {
+        let Some(again) = &self.reconnect else {
+            return false;
+        };
+        let size = self.size;
+        let Ok(hello) = pad(&ToServer::Hello { rank: again.rank }, size) else {
+            return false;
+        };
+        let deadline = self.deadline;
+        let reached = self.runtime.block_on(async {
+            while Instant::now() < deadline {
+                tokio::time::sleep(RECONNECT_PAUSE).await;
+                let attempt = tokio::time::timeout_at(
+                    deadline.into(),
+                    chiron_channel::connect(&again.address, &again.identity, &again.expectation),
+                )
+                .await;
+                let Ok(Ok(stream)) = attempt else { continue };
+                let (reader, mut writer) = stream.into_records(RecordConfig::default());
+                if writer.send_message(&hello).await.is_ok() {
+                    return Some((reader, writer));
+                }
+            }
+            None
+        });
+        match reached {
+            Some((reader, writer)) => {
+                self.reader = reader;
+                self.writer = writer;
+                self.broken = false;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// One unpaced round: `message` out, the server's parameters back. A server lost on
+    /// the way is replaced by the host from its last checkpoint: the worker reconnects to the
+    /// replacement and asks again.
     fn round(&mut self, message: &ToServer) -> Result<Vec<Vec<f32>>, ExchangeError> {
-        let reply = self.send(message).and_then(|()| self.recv());
+        let mut reply = self.send(message).and_then(|()| self.recv());
+        while reply.is_err() && self.broken && self.reconnect() {
+            reply = self.send(message).and_then(|()| self.recv());
+        }
         match reply {
             Ok(ToWorker::Parameters(values)) => Ok(values),
             Ok(ToWorker::Refused(reason)) => {

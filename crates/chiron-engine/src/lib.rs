@@ -43,7 +43,7 @@ pub use flex::FlexBackend;
 pub use interrupt::{Interrupt, QUANTUM};
 #[cfg(feature = "libtorch")]
 pub use libtorch::TchBackend;
-pub use optim::{Optimizer, OptimizerKind};
+pub use optim::{Optimizer, OptimizerKind, OptimizerState};
 pub use shape::{MAX_RANK, Shape};
 
 /// The engine the runtime is built with: the pure-Rust [`CpuBackend`] by default.

@@ -143,6 +143,22 @@ impl OptimizerKind {
     }
 }
 
+/// An optimizer's whole state as plain values, for a checkpoint: restored with
+/// [`Optimizer::from_state`], it continues exactly where [`Optimizer::state`] left it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OptimizerState {
+    /// The rule and its hyper-parameters.
+    pub kind: OptimizerKind,
+    /// Steps taken (Adam's bias correction counts them).
+    pub step: u32,
+    /// The global norm steps are clipped to, if any.
+    pub max_grad_norm: Option<f32>,
+    /// Per parameter, the first buffer (momentum, or Adam's first moment), if it exists yet.
+    pub first: Vec<Option<Vec<f32>>>,
+    /// Per parameter, the second buffer (Adam's second moment, RMSprop's mean square).
+    pub second: Vec<Option<Vec<f32>>>,
+}
+
 /// An optimizer over a fixed list of parameters, holding its per-parameter state.
 pub struct Optimizer<B: Backend> {
     kind: OptimizerKind,
@@ -193,6 +209,57 @@ impl<B: Backend> Optimizer<B> {
         kind.validate()?;
         self.kind = kind;
         Ok(())
+    }
+
+    /// Its whole state, read out as values.
+    pub fn state(&self, engine: &B) -> Result<OptimizerState, EngineError> {
+        let read = |buffers: &[Option<B::Tensor>]| {
+            buffers
+                .iter()
+                .map(|b| b.as_ref().map(|t| engine.read(t)).transpose())
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(OptimizerState {
+            kind: self.kind,
+            step: self.step,
+            max_grad_norm: self.max_grad_norm,
+            first: read(&self.first)?,
+            second: read(&self.second)?,
+        })
+    }
+
+    /// An optimizer continuing from `state`, over parameters of the given shapes.
+    pub fn from_state(
+        engine: &B,
+        state: OptimizerState,
+        shapes: &[&[usize]],
+    ) -> Result<Self, EngineError> {
+        state.kind.validate()?;
+        let mismatch = || EngineError::Argument {
+            op: "optimizer",
+            detail: "a saved state that does not fit its parameters".into(),
+        };
+        if state.first.len() != shapes.len() || state.second.len() != shapes.len() {
+            return Err(mismatch());
+        }
+        let load = |buffers: Vec<Option<Vec<f32>>>| {
+            buffers
+                .into_iter()
+                .zip(shapes)
+                .map(|(b, &shape)| b.map(|v| engine.constant(shape, v)).transpose())
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let mut optimizer = Self {
+            kind: state.kind,
+            step: state.step,
+            first: load(state.first).map_err(|_| mismatch())?,
+            second: load(state.second).map_err(|_| mismatch())?,
+            max_grad_norm: None,
+        };
+        if let Some(norm) = state.max_grad_norm {
+            optimizer.clip_grad_norm(norm)?;
+        }
+        Ok(optimizer)
     }
 
     /// The update rule and its current hyper-parameters.

@@ -194,3 +194,67 @@ fn out_of_range_hyper_parameters_are_refused() {
     assert!(opt.set_lr(0.5).is_ok());
     assert!(opt.set_lr(-0.5).is_err());
 }
+
+/// Steps `kind` twice, saves its state, then steps twice more from the saved state and from
+/// the live optimizer: the two must agree bit for bit (Adam's step count and both buffers
+/// travel with the state), and a state of the wrong shape is refused.
+#[test]
+fn a_saved_state_continues_exactly_where_it_left_off() {
+    let engine = CpuBackend::new();
+    let kinds = [
+        OptimizerKind::Adam {
+            lr: 0.01,
+            beta1: 0.9,
+            beta2: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        },
+        OptimizerKind::Nesterov {
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 1e-3,
+        },
+        OptimizerKind::RmsProp {
+            lr: 0.01,
+            alpha: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        },
+    ];
+    for kind in kinds {
+        let w = engine.constant(&[N], values(N, 6)).expect("w");
+        let step = |opt: &mut Optimizer<CpuBackend>, params: &mut Vec<_>| {
+            let loss = engine
+                .mean(&engine.binary(Binary::Mul, &params[0], &w).expect("mul"))
+                .expect("mean");
+            let grads = engine.backward(&loss).expect("backward");
+            opt.step(&engine, params, &grads).expect("step");
+        };
+        let mut params = vec![engine.parameter(&[N], values(N, 5)).expect("p")];
+        let mut live = Optimizer::new(kind, 1).expect("optimizer");
+        live.clip_grad_norm(0.5).expect("clip");
+        step(&mut live, &mut params);
+        step(&mut live, &mut params);
+        let saved = live.state(&engine).expect("state");
+        let mut restored =
+            Optimizer::from_state(&engine, saved.clone(), &[&[N]]).expect("restores");
+        assert_eq!(restored.state(&engine).expect("state"), saved);
+        let mut twin = vec![
+            engine
+                .parameter(&[N], engine.read(&params[0]).expect("read"))
+                .expect("p"),
+        ];
+        for _ in 0..2 {
+            step(&mut live, &mut params);
+            step(&mut restored, &mut twin);
+        }
+        assert_eq!(
+            engine.read(&params[0]).expect("read"),
+            engine.read(&twin[0]).expect("read"),
+            "{kind:?}"
+        );
+        let mut wrong = saved;
+        wrong.first.push(None);
+        assert!(Optimizer::<CpuBackend>::from_state(&engine, wrong, &[&[N]]).is_err());
+    }
+}

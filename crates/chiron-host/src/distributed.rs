@@ -15,12 +15,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use chiron_proto::api::{JobEnclave, JobState};
 use chiron_proto::wire::{EnclaveFrame, FrameError, HostFrame};
+use std::net::SocketAddr;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
-use tracing::warn;
 
-use crate::enclave::{Enclave, EnclaveError, clean_label, read_frame, write_frame};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use crate::enclave::{Enclave, EnclaveError, Launcher, Role, clean_label, read_frame, write_frame};
 use crate::jobs::{
     AbortOnDrop, CLOSING_GRACE, Command, FrameResult, Job, JobError, MAX_EVENT_LEN, SendFailure,
     StartRequests, enclave_label, evidence, labels, send_training_input,
@@ -29,6 +31,9 @@ use crate::store;
 
 /// How long the relay may take to see the enclaves' connections close after a job ends.
 const RELAY_DRAIN: Duration = Duration::from_secs(5);
+
+/// How many times a job's lost parameter server is replaced before the job fails.
+const MAX_REPLACEMENTS: u32 = 3;
 
 /// How long the parameter server may take to say where it listens.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -74,6 +79,7 @@ pub async fn run_job(
     server: Enclave,
     workers: Vec<Enclave>,
     mut commands: mpsc::Receiver<Command>,
+    launcher: Launcher,
 ) {
     let mut server = Member::new(server);
     let mut workers: Vec<Member> = workers.into_iter().map(Member::new).collect();
@@ -115,6 +121,7 @@ pub async fn run_job(
                 break Some(
                     train(
                         &job,
+                        &launcher,
                         &mut server,
                         &mut workers,
                         &mut commands,
@@ -138,6 +145,48 @@ pub async fn run_job(
     }
 }
 
+/// Sends a parameter server its start frame and returns the port its workers connect to.
+async fn start_server(
+    writer: &mut OwnedWriteHalf,
+    frames: &mut mpsc::Receiver<FrameResult>,
+    start: &HostFrame,
+) -> Result<u16, String> {
+    write_frame(writer, start)
+        .await
+        .map_err(|e| enclave_label(&EnclaveError::from(e)))?;
+    match tokio::time::timeout(LISTEN_TIMEOUT, frames.recv()).await {
+        Ok(Some(Ok(EnclaveFrame::PeersAt { port }))) => Ok(port),
+        Ok(Some(Ok(EnclaveFrame::Failed { public }))) => Err(clean_label(&public)),
+        Ok(Some(Ok(_))) => Err(labels::PROTOCOL.to_owned()),
+        Ok(Some(Err(_)) | None) => Err(labels::ENCLAVE_EXITED.to_owned()),
+        Err(_) => Err(labels::ENCLAVE_UNRESPONSIVE.to_owned()),
+    }
+}
+
+/// Launches a parameter server to take over `job` from its latest checkpoint; returns it
+/// (its writer apart) and the port its workers reconnect to.
+async fn replace_server(
+    job: &Job,
+    launcher: &Launcher,
+) -> Result<(Member, OwnedWriteHalf, u16), String> {
+    let checkpoint = match job.store.get(&store::checkpoint_path(&job.id)).await {
+        Ok(Some(checkpoint)) => checkpoint.to_vec(),
+        _ => return Err(labels::HOST_READ.to_owned()),
+    };
+    let enclave = launcher
+        .spawn(Role::ParameterServer)
+        .await
+        .map_err(|e| enclave_label(&e))?;
+    let mut member = Member::new(enclave);
+    let mut writer = member.writer.take().ok_or(labels::PROTOCOL)?;
+    let start = HostFrame::ResumeParameterServer {
+        job_id: job.id.to_string(),
+        checkpoint,
+    };
+    let port = start_server(&mut writer, &mut member.frames, &start).await?;
+    Ok((member, writer, port))
+}
+
 /// Which enclave a frame came from.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum From {
@@ -145,8 +194,10 @@ enum From {
     Worker(usize),
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn train(
     job: &Arc<Job>,
+    launcher: &Launcher,
     server: &mut Member,
     workers: &mut [Member],
     commands: &mut mpsc::Receiver<Command>,
@@ -160,16 +211,7 @@ async fn train(
         job_id: job.id.to_string(),
         sealed_request: server_request,
     };
-    write_frame(&mut server_writer, &start)
-        .await
-        .map_err(|e| enclave_label(&EnclaveError::from(e)))?;
-    let port = match tokio::time::timeout(LISTEN_TIMEOUT, server.frames.recv()).await {
-        Ok(Some(Ok(EnclaveFrame::PeersAt { port }))) => port,
-        Ok(Some(Ok(EnclaveFrame::Failed { public }))) => return Err(clean_label(&public)),
-        Ok(Some(Ok(_))) => return Err(labels::PROTOCOL.to_owned()),
-        Ok(Some(Err(_)) | None) => return Err(labels::ENCLAVE_EXITED.to_owned()),
-        Err(_) => return Err(labels::ENCLAVE_UNRESPONSIVE.to_owned()),
-    };
+    let port = start_server(&mut server_writer, &mut server.frames, &start).await?;
     // The workers reach the server through the host's relay, as through any network.
     let relay_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -179,9 +221,10 @@ async fn train(
         .map_err(|_| labels::HOST_RELAY.to_owned())?
         .to_string();
     let (stop_relay, stop) = tokio::sync::oneshot::channel();
+    let (retarget, target) = watch::channel(SocketAddr::from(([127, 0, 0, 1], port)));
     let mut relay = AbortOnDrop(tokio::spawn(crate::relay::relay(
         relay_listener,
-        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        target,
         started,
         stop,
     )));
@@ -222,7 +265,21 @@ async fn train(
             }
         })));
     }
-    drop(merged_tx);
+    // Kept for a replacement server's frames.
+    let forward = |from: From, mut frames: mpsc::Receiver<FrameResult>| {
+        let tx = merged_tx.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            loop {
+                let frame = frames.recv().await;
+                let end = !matches!(frame, Some(Ok(_)));
+                if tx.send((from, frame)).await.is_err() || end {
+                    break;
+                }
+            }
+        }))
+    };
+    let mut checkpoint: Option<u64> = None;
+    let mut replacements = 0u32;
 
     // Keeps the write halves (and so the connections) open once the transfers are done.
     let mut _writers = vec![server_writer];
@@ -266,6 +323,49 @@ async fn train(
                 (From::Server, Some(Ok(EnclaveFrame::Served))) => {
                     served = true;
                     None
+                }
+                (From::Server, Some(Ok(EnclaveFrame::Checkpoint { round, sealed }))) => {
+                    let path = store::checkpoint_path(&job.id);
+                    match job.store.put(&path, Bytes::from(sealed)).await {
+                        Ok(()) => {
+                            checkpoint = Some(round);
+                            info!("job {}: checkpoint after round {round} stored", job.id);
+                            None
+                        }
+                        Err(e) => {
+                            warn!("job {}: storing a checkpoint failed: {e}", job.id);
+                            Some((None, labels::HOST_WRITE.to_owned()))
+                        }
+                    }
+                }
+                // The server is lost: a replacement takes over from the latest checkpoint.
+                (From::Server, Some(Err(FrameError::Io(_))) | None)
+                    if !served
+                        && failed.is_none()
+                        && replacements < MAX_REPLACEMENTS
+                        && checkpoint.is_some() =>
+                {
+                    replacements += 1;
+                    match replace_server(job, launcher).await {
+                        Ok((member, writer, port)) => {
+                            info!(
+                                "job {}: parameter server lost; a replacement resumed from the \
+                                 checkpoint after round {}",
+                                job.id,
+                                checkpoint.unwrap_or(0)
+                            );
+                            let Member { frames, _reader, child, .. } = member;
+                            forwarders.push(forward(From::Server, frames));
+                            _writers.push(writer);
+                            server._reader = _reader;
+                            if let Some(mut old) = std::mem::replace(&mut server.child, child) {
+                                let _ = old.kill().await;
+                            }
+                            let _ = retarget.send(SocketAddr::from(([127, 0, 0, 1], port)));
+                            None
+                        }
+                        Err(label) => Some((Some(From::Server), label)),
+                    }
                 }
                 (From::Worker(rank), Some(Ok(EnclaveFrame::Event { seq, ciphertext }))) => {
                     if ciphertext.len() > MAX_EVENT_LEN {

@@ -482,6 +482,7 @@ impl Jobs {
                     server,
                     trainers,
                     receiver,
+                    self.launcher.clone(),
                 ));
             }
         }

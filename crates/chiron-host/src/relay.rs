@@ -13,18 +13,18 @@ use std::net::SocketAddr;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::enclave::FRAME_LOG;
 
-/// Relays every connection `listener` accepts to `server` until `stop` fires, then waits
+/// Relays every connection `listener` accepts to the current `server` until `stop` fires, then waits
 /// for the copies under way to end (each logs as it ends). Aborting the task stops it and
 /// every copy at once. Times in the log count from `since`.
 pub async fn relay(
     listener: TcpListener,
-    server: SocketAddr,
+    server: watch::Receiver<SocketAddr>,
     since: Instant,
     mut stop: oneshot::Receiver<()>,
 ) {
@@ -37,6 +37,8 @@ pub async fn relay(
         let Ok((inbound, _)) = accepted else {
             break;
         };
+        // The server as it is now: a replacement listens elsewhere.
+        let server = *server.borrow();
         let Ok(outbound) = TcpStream::connect(server).await else {
             continue;
         };

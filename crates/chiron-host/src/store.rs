@@ -53,6 +53,12 @@ pub fn model_path(id: &JobId) -> Path {
     Path::from(format!("models/{id}.sealed"))
 }
 
+/// Where a distributed job's latest parameter-server checkpoint lives (sealed to the
+/// runtime; each replaces the one before).
+pub fn checkpoint_path(id: &JobId) -> Path {
+    Path::from(format!("checkpoints/{id}.sealed"))
+}
+
 /// Where a job's model's sealed query counter lives (the latest state the query enclave
 /// asked the host to store; see `HostFrame::LoadModel`).
 pub fn counter_path(id: &JobId) -> Path {

@@ -115,6 +115,11 @@ pub struct ParameterServerRequest {
     pub peer_policy: String,
     /// The job's time budget in seconds (the server gives up on its workers after it).
     pub time_budget_secs: u32,
+    /// Every this many rounds, the server seals its state (parameters, optimizer state,
+    /// round) for the host to keep, so that a server lost mid-job is replaced losing at most
+    /// this many rounds. 0: never (a lost server fails the job). Unpaced exchanges only: a
+    /// paced one's rounds follow the program, so its checkpoints would too.
+    pub checkpoint_every: u32,
 }
 
 /// The public shape of a distributed job's parameter traffic: the platform may see these,

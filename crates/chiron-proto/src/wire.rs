@@ -54,6 +54,15 @@ pub enum HostFrame {
         /// The owner's sealed `ParameterServerRequest`.
         sealed_request: Vec<u8>,
     },
+    /// Parameter-server role: take over a job whose server was lost, from its latest
+    /// checkpoint ([`EnclaveFrame::Checkpoint`]). Answered as `StartParameterServer` is; the
+    /// workers reconnect and attest to the new server.
+    ResumeParameterServer {
+        /// Job id the server serves.
+        job_id: String,
+        /// The sealed checkpoint.
+        checkpoint: Vec<u8>,
+    },
     /// Training role: the next part of the dataset ciphertext.
     DatasetPart(Vec<u8>),
     /// Query role: the model to serve, sealed by a training enclave, and its program. An
@@ -108,6 +117,15 @@ pub enum EnclaveFrame {
     },
     /// Parameter-server role: every worker is done; the server has ended.
     Served,
+    /// Parameter-server role: the job's state after `round` rounds, sealed to this runtime
+    /// on this platform, for the host to keep (replacing the previous one) and hand to a
+    /// server that takes over ([`HostFrame::ResumeParameterServer`]).
+    Checkpoint {
+        /// Rounds the state includes.
+        round: u64,
+        /// The sealed state.
+        sealed: Vec<u8>,
+    },
     /// Query role, in the middle of a query: the model's query counter, sealed, to be stored
     /// next to the model before the enclave answers (write-ahead). The host answers with
     /// [`HostFrame::CounterStored`], then receives the query's answer.
@@ -143,6 +161,7 @@ impl Frame for HostFrame {
             Self::GetEvidence { .. } => "GetEvidence",
             Self::StartTraining { .. } => "StartTraining",
             Self::StartParameterServer { .. } => "StartParameterServer",
+            Self::ResumeParameterServer { .. } => "ResumeParameterServer",
             Self::DatasetPart(_) => "DatasetPart",
             Self::LoadModel { .. } => "LoadModel",
             Self::Query { .. } => "Query",
@@ -160,6 +179,7 @@ impl Frame for EnclaveFrame {
             Self::Trained { .. } => "Trained",
             Self::PeersAt { .. } => "PeersAt",
             Self::Served => "Served",
+            Self::Checkpoint { .. } => "Checkpoint",
             Self::Ready => "Ready",
             Self::StoreCounter { .. } => "StoreCounter",
             Self::Answer(_) => "Answer",

@@ -373,6 +373,9 @@ pub fn start_job(
     )
 }
 
+/// Rounds between the parameter server's checkpoints in the tests' live distributed jobs.
+pub const DISTRIBUTED_CHECKPOINT_EVERY: u32 = 20;
+
 /// The exchange tick of the tests' private distributed jobs.
 pub const DISTRIBUTED_TICK_MS: u32 = 25;
 
@@ -404,6 +407,7 @@ pub fn start_distributed_job(
                 .map(|_| Pace::for_budget(terms.time_budget_secs, DISTRIBUTED_TICK_MS)),
         },
         peer_policy: service.policy_spec(),
+        checkpoint_every: DISTRIBUTED_CHECKPOINT_EVERY,
     };
     owner::start_distributed_training(
         &host,

@@ -134,6 +134,7 @@ fn the_parameter_server_admits_only_its_jobs_workers_and_averages_their_gradient
         },
         peer_policy: service.policy_spec(),
         time_budget_secs: 120,
+        checkpoint_every: 0,
     };
     let plaintext = postcard::to_allocvec(&request).expect("encodes");
     let (sealed, _) =
@@ -259,6 +260,7 @@ fn workers_out_of_step_end_the_job_on_every_worker() {
         },
         peer_policy: service.policy_spec(),
         time_budget_secs: 120,
+        checkpoint_every: 0,
     };
     let plaintext = postcard::to_allocvec(&request).expect("encodes");
     let (sealed, _) =
@@ -514,4 +516,69 @@ fn a_private_job_trains_on_a_paced_exchange() {
     let accuracy =
         query_accuracy(&service, &ticket, &test.features, &test.labels, 50).expect("queries");
     assert!(accuracy > 0.85, "accuracy {accuracy}");
+}
+
+/// The round of the latest checkpoint the host says it stored.
+fn latest_checkpoint(service: &Service) -> Option<u64> {
+    service
+        .stderr()
+        .lines()
+        .filter_map(|line| {
+            let (_, rest) = line.split_once("checkpoint after round ")?;
+            rest.strip_suffix(" stored")?.parse().ok()
+        })
+        .last()
+}
+
+#[test]
+fn a_killed_parameter_server_is_replaced_from_its_checkpoint() {
+    let service = Service::start();
+    let ticket = start_distributed_job(
+        &service,
+        &program_wasm("chiron_cnn"),
+        &fashion_subset(6000),
+        &terms(3, 600),
+        2,
+        CNN_MESSAGE_KIB,
+    )
+    .expect("job starts");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while latest_checkpoint(&service).is_none_or(|round| round < 40) {
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoints: {}",
+            service.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let server = children(service.pid())
+        .into_iter()
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| c.split(|&b| b == 0).any(|arg| arg == b"ps"))
+                .unwrap_or(false)
+        })
+        .expect("the parameter server's process");
+    let stored_before = latest_checkpoint(&service).expect("a checkpoint");
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &server.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+
+    let (state, events) = wait(&service, &ticket, Duration::from_secs(600));
+    assert_eq!(state, JobState::Succeeded, "{events:?}");
+    let log = service.stderr();
+    let resumed: u64 = log
+        .lines()
+        .find_map(|line| {
+            let (_, rest) = line.split_once("resumed from the checkpoint after round ")?;
+            rest.trim().parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no replacement in the host's log: {log}"));
+    // The replacement starts from the latest checkpoint stored before the kill (or one
+    // stored between the kill and the host noticing): at most 20 rounds are lost.
+    assert!(resumed >= stored_before, "{resumed} < {stored_before}");
+    let accuracy = test_accuracy(&service, &ticket);
+    assert!(accuracy > 0.75, "accuracy {accuracy}");
 }

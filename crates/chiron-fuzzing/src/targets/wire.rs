@@ -57,6 +57,10 @@ pub fn seeds_wire() -> Vec<Vec<u8>> {
             job_id: "job-1".into(),
             sealed_request: vec![3; 80],
         },
+        HostFrame::ResumeParameterServer {
+            job_id: "job-1".into(),
+            checkpoint: vec![9; 70],
+        },
         HostFrame::DatasetPart(vec![4; 40]),
         HostFrame::LoadModel {
             job_id: "job-1".into(),
@@ -84,6 +88,10 @@ pub fn seeds_wire() -> Vec<Vec<u8>> {
         EnclaveFrame::Ready,
         EnclaveFrame::PeersAt { port: 7001 },
         EnclaveFrame::Served,
+        EnclaveFrame::Checkpoint {
+            round: 40,
+            sealed: vec![8; 60],
+        },
         EnclaveFrame::StoreCounter {
             version: 2,
             sealed: vec![5; 53],
