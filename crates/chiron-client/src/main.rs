@@ -16,7 +16,7 @@ use chiron_client::{ClientError, HostClient};
 use chiron_crypto::DataKey;
 use chiron_proto::api::JobState;
 use chiron_proto::manifest::TermsError;
-use chiron_proto::owner::{AnswerPolicy, MAX_TOP_K, OwnerEvent, Pace};
+use chiron_proto::owner::{AnswerPolicy, MAX_TOP_K, OwnerEvent, Pace, Rounds};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -320,6 +320,11 @@ struct TrainArgs {
     /// its state this often, and a lost server is replaced from the latest (0: never).
     #[arg(long, default_value_t = 100)]
     checkpoint_every: u32,
+    /// A live distributed job's rounds are asynchronous: each worker's step is applied as it
+    /// comes, unless its parameters are more than this many updates old (default:
+    /// synchronous rounds, every step averaged over all workers).
+    #[arg(long, value_name = "MAX_STALENESS")]
+    asynchronous: Option<u32>,
     /// A distributed job's exchange message size in KiB, in both directions (default: the
     /// model size the program declares plus 1 MiB): the model's parameters must fit.
     #[arg(long)]
@@ -605,6 +610,10 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
                 message_kib: args.exchange_kib.unwrap_or(model_mib.saturating_mul(1024)),
                 // Private: one message per tick each way, on a schedule fixed by the terms.
                 pace: private.map(|_| Pace::for_budget(time_budget_secs, args.exchange_tick_ms)),
+                rounds: match args.asynchronous {
+                    Some(max_staleness) => Rounds::Asynchronous { max_staleness },
+                    None => Rounds::Synchronous,
+                },
             },
             peer_policy: policy_spec,
             checkpoint_every: args.checkpoint_every,

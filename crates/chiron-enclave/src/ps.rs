@@ -22,7 +22,9 @@ use chiron_channel::{LocalIdentity, PeerExpectation, RecordConfig, RecordReader,
 use chiron_crypto::SealingKey;
 use chiron_engine::{Backend, DefaultBackend, Optimizer, OptimizerState};
 use chiron_proto::evidence::Role;
-use chiron_proto::owner::{ExchangeTerms, PARAMETER_SERVER_INFO, Pace, ParameterServerRequest};
+use chiron_proto::owner::{
+    ExchangeTerms, PARAMETER_SERVER_INFO, Pace, ParameterServerRequest, Rounds,
+};
 use chiron_proto::wire::EnclaveFrame;
 use serde::{Deserialize, Serialize};
 use tokio::io::{ReadHalf, WriteHalf};
@@ -196,7 +198,8 @@ fn serve(enclave: &Enclave, start: Start) -> Result<(), &'static str> {
 /// One connected worker.
 struct Link {
     rank: u32,
-    reader: RecordReader<ReadHalf<Stream>>,
+    /// `None` only while an asynchronous exchange waits on it.
+    reader: Option<RecordReader<ReadHalf<Stream>>>,
     writer: RecordWriter<WriteHalf<Stream>>,
     /// Still taking part in rounds.
     active: bool,
@@ -231,13 +234,27 @@ async fn admit(
             rank,
             Link {
                 rank,
-                reader,
+                reader: Some(reader),
                 writer,
                 active: true,
             },
         );
     }
     Ok(links.into_values().collect())
+}
+
+/// Worker `i`'s next message, with its reader back.
+async fn next_message(
+    i: usize,
+    mut reader: RecordReader<ReadHalf<Stream>>,
+    size: usize,
+) -> (
+    usize,
+    RecordReader<ReadHalf<Stream>>,
+    Result<Vec<u8>, chiron_channel::ChannelError>,
+) {
+    let message = reader.recv_message(size).await;
+    (i, reader, message)
 }
 
 /// The values of `held`'s parameters.
@@ -360,10 +377,80 @@ impl Server<'_> {
     /// Runs the exchange: paced when the terms say so, else round by round as the workers
     /// step.
     async fn rounds(&mut self) -> Result<(), String> {
-        match self.terms.pace {
-            Some(pace) => self.paced_rounds(pace).await,
-            None => self.eager_rounds().await,
+        match (self.terms.pace, self.terms.rounds) {
+            (Some(pace), _) => self.paced_rounds(pace).await,
+            (None, Rounds::Synchronous) => self.eager_rounds().await,
+            (None, Rounds::Asynchronous { max_staleness }) => {
+                self.async_rounds(max_staleness).await
+            }
         }
+    }
+
+    /// An asynchronous exchange: each worker's message is handled as it arrives. A step is
+    /// applied alone, unless more than `max_staleness` updates happened since the worker got
+    /// the parameters it computed on (then it is dropped); either way the worker gets the
+    /// current parameters back.
+    async fn async_rounds(&mut self, max_staleness: u32) -> Result<(), String> {
+        let size = self.terms.message_bytes();
+        // The update count each worker's parameters are from.
+        let mut seen = vec![self.rounds_done; self.workers.len()];
+        let mut waiting = tokio::task::JoinSet::new();
+        for (i, worker) in self.workers.iter_mut().enumerate() {
+            let reader = worker
+                .reader
+                .take()
+                .ok_or("a worker's connection went missing")?;
+            waiting.spawn(next_message(i, reader, size));
+        }
+        while let Some(arrived) = waiting.join_next().await {
+            let (i, reader, bytes) = arrived.map_err(|_| "a worker's reader failed".to_owned())?;
+            let rank = self.workers[i].rank;
+            let bytes = bytes.map_err(|_| format!("worker {rank} broke its connection"))?;
+            let message = unpad::<ToServer>(&bytes).map_err(|e| format!("worker {rank}: {e}"))?;
+            let answer = match message {
+                ToServer::Done => {
+                    self.workers[i].active = false;
+                    continue;
+                }
+                ToServer::Abandon => return Err(format!("worker {rank} failed")),
+                ToServer::Hello { .. } | ToServer::Idle => {
+                    return Err(format!("worker {rank} broke the protocol"));
+                }
+                ToServer::Register { optimizer, values } => {
+                    self.register(vec![(optimizer, values)])?
+                }
+                ToServer::Step {
+                    optimizer,
+                    rule,
+                    max_grad_norm,
+                    gradients,
+                } => {
+                    let staleness = self.rounds_done - seen[i];
+                    if staleness <= u64::from(max_staleness) {
+                        let answer =
+                            self.step(vec![(optimizer, rule, max_grad_norm, gradients)])?;
+                        self.rounds_done += 1;
+                        self.checkpoint_if_due()?;
+                        answer
+                    } else {
+                        let held = self
+                            .optimizers
+                            .get(&optimizer)
+                            .ok_or("a step of an optimizer never registered")?;
+                        values(&self.engine, held)?
+                    }
+                }
+            };
+            seen[i] = self.rounds_done;
+            let bytes = pad(&ToWorker::Parameters(answer), size)?;
+            self.workers[i]
+                .writer
+                .send_message(&bytes)
+                .await
+                .map_err(|_| format!("worker {rank} broke its connection"))?;
+            waiting.spawn(next_message(i, reader, size));
+        }
+        Ok(())
     }
 
     /// A paced exchange: exactly `pace.ticks` messages from every worker and as many
@@ -384,7 +471,10 @@ impl Server<'_> {
                 if broken[i] {
                     continue;
                 }
-                let message = match worker.reader.recv_message(size).await {
+                let Some(reader) = worker.reader.as_mut() else {
+                    return Err("a worker's connection went missing".into());
+                };
+                let message = match reader.recv_message(size).await {
                     Ok(bytes) => unpad::<ToServer>(&bytes),
                     Err(_) => {
                         broken[i] = true;
@@ -490,6 +580,8 @@ impl Server<'_> {
             for worker in self.workers.iter_mut().filter(|w| w.active) {
                 let bytes = worker
                     .reader
+                    .as_mut()
+                    .ok_or("a worker's connection went missing")?
                     .recv_message(size)
                     .await
                     .map_err(|_| format!("worker {} broke its connection", worker.rank))?;

@@ -135,6 +135,24 @@ pub struct ExchangeTerms {
     /// tick and the server answers each at a fixed point of the tick, whatever the program
     /// is doing. `None`: messages go when the program steps (a live job).
     pub pace: Option<Pace>,
+    /// How the server combines the workers' steps.
+    pub rounds: Rounds,
+}
+
+/// How a parameter server combines its workers' steps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Rounds {
+    /// Every step waits for every worker still training; the server averages their
+    /// gradients and applies one update.
+    #[default]
+    Synchronous,
+    /// Each worker's step is applied as it comes, unless the parameters it was computed on
+    /// are more than `max_staleness` updates old (then it is dropped, and the worker gets the
+    /// current parameters). Unpaced exchanges only.
+    Asynchronous {
+        /// Updates that may have happened since the worker got its parameters.
+        max_staleness: u32,
+    },
 }
 
 /// The public schedule of a paced exchange.
@@ -191,6 +209,9 @@ impl ExchangeTerms {
                 "exchange messages are 1 KiB to 1 GiB, not {} KiB",
                 self.message_kib
             ));
+        }
+        if self.pace.is_some() && self.rounds != Rounds::Synchronous {
+            return Err("a paced exchange runs synchronous rounds only".into());
         }
         if let Some(pace) = self.pace
             && (pace.tick_ms < Pace::MIN_TICK_MS || pace.ticks == 0)

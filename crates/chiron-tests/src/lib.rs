@@ -19,7 +19,7 @@ use chiron_client::owner::{self, JobTicket, TrainingTerms};
 use chiron_crypto::DataKey;
 use chiron_proto::api::JobState;
 use chiron_proto::evidence::{Evidence, Role};
-use chiron_proto::owner::{AnswerPolicy, OwnerEvent, Pace};
+use chiron_proto::owner::{AnswerPolicy, OwnerEvent, Pace, Rounds};
 use chiron_proto::wire::{EnclaveFrame, HostFrame, LISTENING_PREFIX, read_frame, write_frame};
 
 pub mod transcript;
@@ -390,6 +390,27 @@ pub fn start_distributed_job(
     workers: u32,
     message_kib: u32,
 ) -> Result<JobTicket, chiron_client::ClientError> {
+    start_distributed_job_with(
+        service,
+        wasm,
+        data,
+        terms,
+        workers,
+        message_kib,
+        Rounds::Synchronous,
+    )
+}
+
+/// [`start_distributed_job`] with the server combining steps as `rounds` says.
+pub fn start_distributed_job_with(
+    service: &Service,
+    wasm: &[u8],
+    data: &PlainDataset,
+    terms: &TrainingTerms,
+    workers: u32,
+    message_kib: u32,
+    rounds: Rounds,
+) -> Result<JobTicket, chiron_client::ClientError> {
     let host = service.client();
     let program = host.register_program(wasm)?;
     let key = DataKey::generate();
@@ -405,6 +426,7 @@ pub fn start_distributed_job(
             pace: terms
                 .private
                 .map(|_| Pace::for_budget(terms.time_budget_secs, DISTRIBUTED_TICK_MS)),
+            rounds,
         },
         peer_policy: service.policy_spec(),
         checkpoint_every: DISTRIBUTED_CHECKPOINT_EVERY,

@@ -14,7 +14,7 @@ use chiron_proto::api::JobState;
 use chiron_proto::evidence::Role;
 use chiron_proto::exchange::{Rule, ToServer, ToWorker, pad, unpad};
 use chiron_proto::owner::{
-    AnswerPolicy, ExchangeTerms, PARAMETER_SERVER_INFO, ParameterServerRequest, TRAIN_INFO,
+    AnswerPolicy, ExchangeTerms, PARAMETER_SERVER_INFO, ParameterServerRequest, Rounds, TRAIN_INFO,
     TrainRequest, WorkerPlace,
 };
 use chiron_proto::wire::{EnclaveFrame, HostFrame};
@@ -56,12 +56,31 @@ fn two_workers_train_the_cnn_as_well_as_one() {
         })
     ));
     let two = test_accuracy(&service, &together);
-    eprintln!("one worker {one:.4}, two workers {two:.4}");
-    assert!(two > 0.75, "two workers learned: {two}");
-    assert!(
-        (one - two).abs() <= 0.02,
-        "one worker {one}, two workers {two}"
+
+    // Asynchronous: each worker's step applied as it comes, none more than 2 updates stale.
+    let apart = start_distributed_job_with(
+        &service,
+        &wasm,
+        &data,
+        &terms,
+        2,
+        CNN_MESSAGE_KIB,
+        Rounds::Asynchronous { max_staleness: 2 },
+    )
+    .expect("an asynchronous job starts");
+    let (state, events) = wait(&service, &apart, Duration::from_secs(600));
+    assert_eq!(state, JobState::Succeeded, "{events:?}");
+    let asynchronous = test_accuracy(&service, &apart);
+    eprintln!(
+        "one worker {one:.4}, two workers {two:.4}, two asynchronous workers {asynchronous:.4}"
     );
+    for (how, accuracy) in [("synchronous", two), ("asynchronous", asynchronous)] {
+        assert!(accuracy > 0.75, "{how} workers learned: {accuracy}");
+        assert!(
+            (one - accuracy).abs() <= 0.02,
+            "one worker {one}, two {how} workers {accuracy}"
+        );
+    }
 }
 
 #[test]
@@ -131,6 +150,7 @@ fn the_parameter_server_admits_only_its_jobs_workers_and_averages_their_gradient
             workers: 2,
             message_kib: 64,
             pace: None,
+            rounds: Rounds::Synchronous,
         },
         peer_policy: service.policy_spec(),
         time_budget_secs: 120,
@@ -257,6 +277,7 @@ fn workers_out_of_step_end_the_job_on_every_worker() {
             workers: 2,
             message_kib: 64,
             pace: None,
+            rounds: Rounds::Synchronous,
         },
         peer_policy: service.policy_spec(),
         time_budget_secs: 120,
@@ -378,6 +399,7 @@ fn a_worker_refuses_a_parameter_server_of_another_job() {
                 workers: 2,
                 message_kib: 64,
                 pace: None,
+                rounds: Rounds::Synchronous,
             },
             peer_policy: service.policy_spec(),
         }),
