@@ -13,7 +13,7 @@
 //! evidence the owner's policy accepts, attesting to the worker role for this job, and a
 //! worker accepts it only on the same terms (`chiron_channel`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -63,6 +63,8 @@ pub enum Source {
 struct Checkpoint {
     request: ParameterServerRequest,
     round: u64,
+    /// The ranks still training.
+    active: Vec<u32>,
     optimizers: Vec<SavedOptimizer>,
 }
 
@@ -159,9 +161,15 @@ fn serve(enclave: &Enclave, start: Start) -> Result<(), &'static str> {
         );
         let expectation = PeerExpectation::new(policy, Role::Worker, context);
         let terms = request.exchange;
+        // A replacement waits for the workers still training when its checkpoint was taken
+        // (one is taken whenever a worker leaves).
+        let expected: BTreeSet<u32> = match &resumed {
+            Some(checkpoint) => checkpoint.active.iter().copied().collect(),
+            None => (0..terms.workers).collect(),
+        };
         let workers = tokio::time::timeout_at(
             deadline.into(),
-            admit(&listener, &identity, &expectation, terms),
+            admit(&listener, &identity, &expectation, terms, &expected),
         )
         .await
         .map_err(|_| "workers did not connect in time")??;
@@ -205,16 +213,17 @@ struct Link {
     active: bool,
 }
 
-/// Accepts workers until every rank has connected once. A connection that fails its
+/// Accepts workers until every `expected` rank has connected once. A connection that fails its
 /// handshake (another job, another build, no evidence) is dropped and the server waits on.
 async fn admit(
     listener: &TcpListener,
     identity: &LocalIdentity,
     expectation: &PeerExpectation,
     terms: ExchangeTerms,
+    expected: &BTreeSet<u32>,
 ) -> Result<Vec<Link>, &'static str> {
     let mut links: BTreeMap<u32, Link> = BTreeMap::new();
-    while links.len() < terms.workers as usize {
+    while links.len() < expected.len() {
         let Ok(stream) = chiron_channel::accept(listener, identity, expectation).await else {
             continue;
         };
@@ -227,7 +236,7 @@ async fn admit(
         };
         // An attested worker of this job says its rank truly; a second one for a rank is
         // a restarted worker, which this server does not take back.
-        if rank >= terms.workers || links.contains_key(&rank) {
+        if !expected.contains(&rank) || links.contains_key(&rank) {
             continue;
         }
         links.insert(
@@ -290,13 +299,18 @@ struct Server<'a> {
 impl Server<'_> {
     /// Seals the state for the host, when a checkpoint is due.
     fn checkpoint_if_due(&self) -> Result<(), String> {
+        let every = u64::from(self.request.checkpoint_every);
+        if every == 0 || self.rounds_done % every != 0 {
+            return Ok(());
+        }
+        self.checkpoint()
+    }
+
+    /// Seals the state for the host now (when the job asked for checkpoints).
+    fn checkpoint(&self) -> Result<(), String> {
         let Some(key) = &self.checkpoints else {
             return Ok(());
         };
-        let every = u64::from(self.request.checkpoint_every);
-        if self.rounds_done % every != 0 {
-            return Ok(());
-        }
         let mut optimizers = Vec::new();
         for (&handle, held) in &self.optimizers {
             let state = match &held.optimizer {
@@ -321,6 +335,12 @@ impl Server<'_> {
         let checkpoint = Checkpoint {
             request: self.request.clone(),
             round: self.rounds_done,
+            active: self
+                .workers
+                .iter()
+                .filter(|w| w.active)
+                .map(|w| w.rank)
+                .collect(),
             optimizers,
         };
         let plaintext = postcard::to_allocvec(&checkpoint).map_err(|e| e.to_string())?;
@@ -410,6 +430,8 @@ impl Server<'_> {
             let answer = match message {
                 ToServer::Done => {
                     self.workers[i].active = false;
+                    // A replacement must not wait for a worker that has left.
+                    self.checkpoint()?;
                     continue;
                 }
                 ToServer::Abandon => return Err(format!("worker {rank} failed")),
@@ -589,10 +611,15 @@ impl Server<'_> {
                     .map_err(|e| format!("worker {}: {e}", worker.rank))?;
                 messages.push((worker.rank, message));
             }
+            let active = self.workers.iter().filter(|w| w.active).count();
             let answer = self.round(messages)?;
             if answer.is_some() {
                 self.rounds_done += 1;
                 self.checkpoint_if_due()?;
+            }
+            // A replacement must not wait for a worker that has left.
+            if self.workers.iter().filter(|w| w.active).count() < active {
+                self.checkpoint()?;
             }
             if let Some(answer) = answer {
                 let bytes = pad(&ToWorker::Parameters(answer), size)?;
