@@ -300,7 +300,7 @@ impl Server<'_> {
     /// Seals the state for the host, when a checkpoint is due.
     fn checkpoint_if_due(&self) -> Result<(), String> {
         let every = u64::from(self.request.checkpoint_every);
-        if every == 0 || self.rounds_done % every != 0 {
+        if every == 0 || !self.rounds_done.is_multiple_of(every) {
             return Ok(());
         }
         self.checkpoint()

@@ -43,7 +43,7 @@ pub struct ExchangeStats {
 
 enum Link {
     /// Each step is one round trip, when the program makes it.
-    Eager(Mutex<Connection>),
+    Eager(Box<Mutex<Connection>>),
     /// The pacing thread carries the program's requests at its ticks.
     Paced(Paced),
 }
@@ -134,7 +134,7 @@ impl ServerLink {
             }),
         };
         let link = match place.exchange.pace {
-            None => Link::Eager(Mutex::new(connection)),
+            None => Link::Eager(Box::new(Mutex::new(connection))),
             Some(pace) => {
                 // The schedule runs to its end whenever the program stops: its own clock
                 // decides when a stalled server is given up on, not the program's deadline.

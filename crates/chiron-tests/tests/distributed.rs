@@ -125,7 +125,7 @@ fn a_model_too_large_for_the_exchange_fails_the_job_with_a_reason() {
 /// The simulated platform of `service`, as an enclave of `measurement` would hold it.
 fn platform(service: &Service, measurement: [u8; 32]) -> Arc<SimPlatform> {
     Arc::new(
-        SimPlatform::load_or_create(&service.state_dir().join("sim-platform.key"), measurement)
+        SimPlatform::load_or_create(service.state_dir().join("sim-platform.key"), measurement)
             .expect("the platform key"),
     )
 }
@@ -545,11 +545,11 @@ fn latest_checkpoint(service: &Service) -> Option<u64> {
     service
         .stderr()
         .lines()
-        .filter_map(|line| {
+        .rev()
+        .find_map(|line| {
             let (_, rest) = line.split_once("checkpoint after round ")?;
             rest.strip_suffix(" stored")?.parse().ok()
         })
-        .last()
 }
 
 #[test]
