@@ -542,14 +542,10 @@ fn a_private_job_trains_on_a_paced_exchange() {
 
 /// The round of the latest checkpoint the host says it stored.
 fn latest_checkpoint(service: &Service) -> Option<u64> {
-    service
-        .stderr()
-        .lines()
-        .rev()
-        .find_map(|line| {
-            let (_, rest) = line.split_once("checkpoint after round ")?;
-            rest.strip_suffix(" stored")?.parse().ok()
-        })
+    service.stderr().lines().rev().find_map(|line| {
+        let (_, rest) = line.split_once("checkpoint after round ")?;
+        rest.strip_suffix(" stored")?.parse().ok()
+    })
 }
 
 #[test]
