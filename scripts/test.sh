@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+# Servers the tests talk to as real processes (an S3-compatible store).
+scripts/setup-test-servers.sh
 cargo fmt --all -- --check
 # The end-to-end tests start the real binaries and load the real wasm programs.
 scripts/build.sh

@@ -9,9 +9,20 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(name = "chiron-host", version, about)]
 pub struct Config {
-    /// Directory for the object store (`objects/`) and, when simulated, the platform key.
+    /// Directory for the local object store (`objects/`, unless `--store` names another)
+    /// and, when simulated, the platform key.
     #[arg(long, default_value = "./chiron-data")]
     pub data_dir: PathBuf,
+    /// The object store, by URL: `file:///path`, or `s3://bucket[/prefix]` for a store
+    /// several machines share (configured by `--store-option` and the usual `AWS_*`
+    /// variables) [default: `<data-dir>/objects`].
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+    /// An option of the `s3://` store as `KEY=VALUE`, in `object_store`'s own names
+    /// (`endpoint`, `region`, `access_key_id`, `secret_access_key`, `allow_http`, ...);
+    /// repeat. They override the `AWS_*` environment variables.
+    #[arg(long = "store-option", value_name = "KEY=VALUE", requires = "store")]
+    pub store_options: Vec<String>,
     /// Address to serve the HTTP API on (`127.0.0.1:0` picks a free port).
     #[arg(long, default_value = "127.0.0.1:7700")]
     pub listen: String,

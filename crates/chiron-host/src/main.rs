@@ -47,12 +47,16 @@ async fn main() -> anyhow::Result<()> {
             config.data_dir.display()
         )
     })?;
-    let store = Store::open_local(&config.objects_dir()).with_context(|| {
-        format!(
-            "cannot open the object store in {}",
-            config.objects_dir().display()
-        )
-    })?;
+    let store = match &config.store {
+        Some(url) => Store::open_url(url, &config.store_options)
+            .with_context(|| format!("cannot open the object store {url}"))?,
+        None => Store::open_local(&config.objects_dir()).with_context(|| {
+            format!(
+                "cannot open the object store in {}",
+                config.objects_dir().display()
+            )
+        })?,
+    };
     let launcher =
         Launcher::new(config.enclave_bin()?, config.platform()).with_args(config.enclave_args());
     launcher

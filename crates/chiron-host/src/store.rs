@@ -97,6 +97,43 @@ impl Store {
         Ok(Self::new(Arc::new(local)))
     }
 
+    /// Opens the store a URL names, through `object_store`'s own builders: `file:///path`
+    /// (created if needed), or `s3://bucket[/prefix]` with `options` (`KEY=VALUE`, the
+    /// builder's configuration keys) over the `AWS_*` environment variables.
+    pub fn open_url(url: &str, options: &[String]) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let parsed = url::Url::parse(url).context("not a URL")?;
+        match parsed.scheme() {
+            "file" => {
+                let dir = parsed
+                    .to_file_path()
+                    .map_err(|()| anyhow::anyhow!("a file URL must name an absolute path"))?;
+                Self::open_local(&dir)
+            }
+            "s3" => {
+                let mut builder = object_store::aws::AmazonS3Builder::from_env().with_url(url);
+                for option in options {
+                    let (key, value) = option
+                        .split_once('=')
+                        .with_context(|| format!("`{option}` is not KEY=VALUE"))?;
+                    let key = key
+                        .parse::<object_store::aws::AmazonS3ConfigKey>()
+                        .with_context(|| format!("`{key}` is not an S3 store option"))?;
+                    builder = builder.with_config(key, value);
+                }
+                let store: Arc<dyn ObjectStore> = Arc::new(builder.build()?);
+                // `s3://bucket/prefix`: everything under the prefix.
+                let prefix = parsed.path().trim_matches('/');
+                Ok(Self::new(if prefix.is_empty() {
+                    store
+                } else {
+                    Arc::new(object_store::prefix::PrefixStore::new(store, prefix))
+                }))
+            }
+            other => anyhow::bail!("no object store for `{other}://` (file:// or s3://)"),
+        }
+    }
+
     /// Wraps any object store backend.
     pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
         Self { inner }
