@@ -22,10 +22,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::enclave::{Enclave, EnclaveError, Launcher, Role, clean_label, read_frame, write_frame};
+use crate::enclave::{Enclave, EnclaveError, Launcher, Role, clean_label, write_frame};
 use crate::jobs::{
     AbortOnDrop, CLOSING_GRACE, Command, FrameResult, Job, JobError, MAX_EVENT_LEN, SendFailure,
-    StartRequests, enclave_label, evidence, labels, send_training_input,
+    StartRequests, enclave_label, evidence, labels, read_frames, send_training_input,
 };
 use crate::store;
 
@@ -53,17 +53,7 @@ impl Member {
             writer,
             child,
         } = enclave;
-        let (frame_tx, frames) = mpsc::channel::<FrameResult>(16);
-        let reader = AbortOnDrop(tokio::spawn(async move {
-            let mut reader = reader;
-            loop {
-                let frame = read_frame::<EnclaveFrame>(&mut reader).await;
-                let end = frame.is_err();
-                if frame_tx.send(frame).await.is_err() || end {
-                    break;
-                }
-            }
-        }));
+        let (frames, reader) = read_frames(reader);
         Self {
             writer: Some(writer),
             frames,

@@ -507,16 +507,13 @@ impl<T> Drop for AbortOnDrop<T> {
 
 pub(crate) type FrameResult = Result<EnclaveFrame, FrameError>;
 
-/// The task that owns a job's enclave for the job's whole life.
-async fn run_job(job: Arc<Job>, enclave: Enclave, mut commands: mpsc::Receiver<Command>) {
-    let Enclave {
-        reader,
-        mut writer,
-        child,
-    } = enclave;
-    // Frames are read by their own task and queued, so waiting for one is cancel-safe.
-    let (frame_tx, mut frames) = mpsc::channel::<FrameResult>(16);
-    let _reader = AbortOnDrop(tokio::spawn(async move {
+/// Reads an enclave's frames in a task of their own and queues them, so that waiting for
+/// one is cancel-safe; the queue ends after the first error. The task stops when dropped.
+pub(crate) fn read_frames(
+    reader: tokio::net::tcp::OwnedReadHalf,
+) -> (mpsc::Receiver<FrameResult>, AbortOnDrop<()>) {
+    let (frame_tx, frames) = mpsc::channel::<FrameResult>(16);
+    let task = AbortOnDrop(tokio::spawn(async move {
         let mut reader = reader;
         loop {
             let frame = read_frame::<EnclaveFrame>(&mut reader).await;
@@ -526,6 +523,17 @@ async fn run_job(job: Arc<Job>, enclave: Enclave, mut commands: mpsc::Receiver<C
             }
         }
     }));
+    (frames, task)
+}
+
+/// The task that owns a job's enclave for the job's whole life.
+async fn run_job(job: Arc<Job>, enclave: Enclave, mut commands: mpsc::Receiver<Command>) {
+    let Enclave {
+        reader,
+        mut writer,
+        child,
+    } = enclave;
+    let (mut frames, _reader) = read_frames(reader);
 
     let outcome = loop {
         tokio::select! {

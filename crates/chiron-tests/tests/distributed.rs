@@ -138,13 +138,11 @@ fn message(message: &ToServer) -> Vec<u8> {
     pad(message, 64 * 1024).expect("fits")
 }
 
-#[test]
-fn the_parameter_server_admits_only_its_jobs_workers_and_averages_their_gradients() {
-    let service = Service::start();
-    let job_id = "a-distributed-job";
-    let context = context_digest(job_id);
-    let mut server = RawEnclave::spawn(&service, "ps");
-    let key = server.attest(&service, Role::ParameterServer, job_id);
+/// A parameter-server enclave process for `job_id`, attested and started as the owner and
+/// the host would, for two workers and 64 KiB messages; and the address it listens on.
+fn start_server(service: &Service, job_id: &str) -> (RawEnclave, String) {
+    let mut server = RawEnclave::spawn(service, "ps");
+    let key = server.attest(service, Role::ParameterServer, job_id);
     let request = ParameterServerRequest {
         exchange: ExchangeTerms {
             workers: 2,
@@ -167,13 +165,55 @@ fn the_parameter_server_admits_only_its_jobs_workers_and_averages_their_gradient
     let EnclaveFrame::PeersAt { port } = server.recv() else {
         panic!("the server did not say where it listens");
     };
-    let address = format!("127.0.0.1:{port}");
+    (server, format!("127.0.0.1:{port}"))
+}
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
+type WorkerEnd = (
+    chiron_channel::RecordReader<tokio::io::ReadHalf<chiron_channel::AttestedStream>>,
+    chiron_channel::RecordWriter<tokio::io::WriteHalf<chiron_channel::AttestedStream>>,
+);
+
+/// Workers `0..count` of the job whose context is `context`, admitted by the server at
+/// `address` and having said hello.
+async fn admitted_workers(
+    service: &Service,
+    address: &str,
+    context: [u8; 32],
+    count: u32,
+) -> Vec<WorkerEnd> {
+    let ours = platform(service, enclave_measurement());
+    let expected = PeerExpectation::new(service.policy(), Role::ParameterServer, context);
+    let mut workers = Vec::new();
+    for rank in 0..count {
+        let identity = LocalIdentity::new(ours.clone(), Role::Worker, context);
+        let stream = chiron_channel::connect(address, &identity, &expected)
+            .await
+            .expect("a worker of this job and build is admitted");
+        let (reader, mut writer) = stream.into_records(RecordConfig::default());
+        writer
+            .send_message(&message(&ToServer::Hello { rank }))
+            .await
+            .expect("hello");
+        workers.push((reader, writer));
+    }
+    workers
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .expect("runtime");
-    runtime.block_on(async {
+        .expect("runtime")
+}
+
+#[test]
+fn the_parameter_server_admits_only_its_jobs_workers_and_averages_their_gradients() {
+    let service = Service::start();
+    let job_id = "a-distributed-job";
+    let context = context_digest(job_id);
+    let (mut server, address) = start_server(&service, job_id);
+
+    runtime().block_on(async {
         let ours = platform(&service, enclave_measurement());
         let expected = PeerExpectation::new(service.policy(), Role::ParameterServer, context);
         let impostors = [
@@ -195,19 +235,7 @@ fn the_parameter_server_admits_only_its_jobs_workers_and_averages_their_gradient
             assert!(refused.is_err(), "{what} was admitted");
         }
 
-        let mut workers = Vec::new();
-        for rank in 0..2 {
-            let identity = LocalIdentity::new(ours.clone(), Role::Worker, context);
-            let stream = chiron_channel::connect(&address, &identity, &expected)
-                .await
-                .expect("a worker of this job and build is admitted");
-            let (reader, mut writer) = stream.into_records(RecordConfig::default());
-            writer
-                .send_message(&message(&ToServer::Hello { rank }))
-                .await
-                .expect("hello");
-            workers.push((reader, writer));
-        }
+        let mut workers = admitted_workers(&service, &address, context, 2).await;
         let mut round = async |messages: [ToServer; 2]| {
             for ((_, writer), m) in workers.iter_mut().zip(&messages) {
                 writer.send_message(&message(m)).await.expect("sent");
@@ -270,50 +298,9 @@ fn workers_out_of_step_end_the_job_on_every_worker() {
     let service = Service::start();
     let job_id = "an-out-of-step-job";
     let context = context_digest(job_id);
-    let mut server = RawEnclave::spawn(&service, "ps");
-    let key = server.attest(&service, Role::ParameterServer, job_id);
-    let request = ParameterServerRequest {
-        exchange: ExchangeTerms {
-            workers: 2,
-            message_kib: 64,
-            pace: None,
-            rounds: Rounds::Synchronous,
-        },
-        peer_policy: service.policy_spec(),
-        time_budget_secs: 120,
-        checkpoint_every: 0,
-    };
-    let plaintext = postcard::to_allocvec(&request).expect("encodes");
-    let (sealed, _) =
-        chiron_crypto::seal_to_enclave(&key, PARAMETER_SERVER_INFO, job_id.as_bytes(), &plaintext)
-            .expect("seals");
-    server.send(&HostFrame::StartParameterServer {
-        job_id: job_id.to_owned(),
-        sealed_request: sealed,
-    });
-    let EnclaveFrame::PeersAt { port } = server.recv() else {
-        panic!("no port");
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let ours = platform(&service, enclave_measurement());
-        let expected = PeerExpectation::new(service.policy(), Role::ParameterServer, context);
-        let mut workers = Vec::new();
-        for rank in 0..2 {
-            let identity = LocalIdentity::new(ours.clone(), Role::Worker, context);
-            let stream = chiron_channel::connect(format!("127.0.0.1:{port}"), &identity, &expected)
-                .await
-                .expect("admitted");
-            let (reader, mut writer) = stream.into_records(RecordConfig::default());
-            writer
-                .send_message(&message(&ToServer::Hello { rank }))
-                .await
-                .expect("hello");
-            workers.push((reader, writer));
-        }
+    let (mut server, address) = start_server(&service, job_id);
+    runtime().block_on(async {
+        let mut workers = admitted_workers(&service, &address, context, 2).await;
         // One registers an optimizer while the other already steps: the program diverged.
         let messages = [
             ToServer::Register {
@@ -362,11 +349,7 @@ fn a_worker_refuses_a_parameter_server_of_another_job() {
     let impostor = platform(&service, enclave_measurement());
     let policy = service.policy();
     let server = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async {
+        runtime().block_on(async {
             listener.set_nonblocking(true).expect("nonblocking");
             let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
             let identity = LocalIdentity::new(
