@@ -263,14 +263,7 @@ pub fn start_distributed_training(
             exchange: distribution.exchange,
             peer_policy: distribution.peer_policy.clone(),
         });
-        let plaintext =
-            postcard::to_allocvec(&request).map_err(|e| ClientError::Input(e.to_string()))?;
-        let (sealed, event_key) = chiron_crypto::seal_to_enclave(
-            &enclave.enclave_public_key(),
-            TRAIN_INFO,
-            job_id.as_bytes(),
-            &plaintext,
-        )?;
+        let (sealed, event_key) = seal_train_request(&enclave, job_id, &request)?;
         workers.push(sealed);
         first_event_key.get_or_insert(event_key);
     }
@@ -288,6 +281,23 @@ pub fn start_distributed_training(
         event_key: event_key.to_bytes(),
         query_token,
     })
+}
+
+/// `request` sealed to the attested `enclave` for `job_id`, and the key its events will
+/// come back under.
+fn seal_train_request(
+    enclave: &VerifiedEnclave,
+    job_id: &str,
+    request: &TrainRequest,
+) -> Result<(Vec<u8>, ResponseKey), ClientError> {
+    let plaintext =
+        postcard::to_allocvec(request).map_err(|e| ClientError::Input(e.to_string()))?;
+    Ok(chiron_crypto::seal_to_enclave(
+        &enclave.enclave_public_key(),
+        TRAIN_INFO,
+        job_id.as_bytes(),
+        &plaintext,
+    )?)
 }
 
 /// The request every training enclave of a job gets (before a worker's place is set), and
@@ -342,14 +352,7 @@ pub fn start_training(
 ) -> Result<JobTicket, ClientError> {
     let (request, query_token) = train_request(program_id, header, data_key, terms)?;
     let enclave = attest_training(host, policy, job_id)?;
-    let plaintext =
-        postcard::to_allocvec(&request).map_err(|e| ClientError::Input(e.to_string()))?;
-    let (sealed, event_key) = chiron_crypto::seal_to_enclave(
-        &enclave.enclave_public_key(),
-        TRAIN_INFO,
-        job_id.as_bytes(),
-        &plaintext,
-    )?;
+    let (sealed, event_key) = seal_train_request(&enclave, job_id, &request)?;
     host.start_job(job_id, &sealed)?;
     Ok(JobTicket {
         job_id: job_id.to_owned(),

@@ -234,28 +234,7 @@ async fn train(
     }
     // Frames from every enclave, tagged with their source.
     let (merged_tx, mut merged) = mpsc::channel::<(From, Option<FrameResult>)>(64);
-    let mut forwarders = Vec::new();
-    let sources = std::iter::once((From::Server, &mut server.frames)).chain(
-        workers
-            .iter_mut()
-            .enumerate()
-            .map(|(rank, m)| (From::Worker(rank), &mut m.frames)),
-    );
-    for (from, frames) in sources {
-        let (_, empty) = mpsc::channel(1);
-        let mut frames = std::mem::replace(frames, empty);
-        let tx = merged_tx.clone();
-        forwarders.push(AbortOnDrop(tokio::spawn(async move {
-            loop {
-                let frame = frames.recv().await;
-                let end = !matches!(frame, Some(Ok(_)));
-                if tx.send((from, frame)).await.is_err() || end {
-                    break;
-                }
-            }
-        })));
-    }
-    // Kept for a replacement server's frames.
+    // Also serves a replacement server's frames.
     let forward = |from: From, mut frames: mpsc::Receiver<FrameResult>| {
         let tx = merged_tx.clone();
         AbortOnDrop(tokio::spawn(async move {
@@ -268,6 +247,15 @@ async fn train(
             }
         }))
     };
+    let sources = std::iter::once((From::Server, &mut server.frames)).chain(
+        workers
+            .iter_mut()
+            .enumerate()
+            .map(|(rank, m)| (From::Worker(rank), &mut m.frames)),
+    );
+    let mut forwarders: Vec<_> = sources
+        .map(|(from, frames)| forward(from, std::mem::replace(frames, mpsc::channel(1).1)))
+        .collect();
     let mut checkpoint: Option<u64> = None;
     let mut replacements = 0u32;
 
