@@ -631,3 +631,45 @@ impl Drop for RawEnclave {
         let _ = self.child.wait();
     }
 }
+
+/// The enclave processes `parent` (a host) started in one of `roles` (`train`, `query`,
+/// `ps`, `worker`), found through `/proc`.
+pub fn enclave_processes(parent: u32, roles: &[&str]) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // `pid (comm) state ppid ...`: the command may hold spaces, so split after ')'.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            ppid == Some(parent)
+        })
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            args.iter().any(|a| a.ends_with(b"chiron-enclave"))
+                && args
+                    .windows(2)
+                    .any(|w| w[0] == b"--role" && roles.iter().any(|r| w[1] == r.as_bytes()))
+        })
+        .collect()
+}
+
+/// Kills (SIGKILL) every enclave process of `service` in `role`; returns how many.
+pub fn kill_enclaves(service: &Service, role: &str) -> usize {
+    let pids = enclave_processes(service.pid(), &[role]);
+    for pid in &pids {
+        let status = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {pid}");
+    }
+    pids.len()
+}

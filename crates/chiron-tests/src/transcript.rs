@@ -508,29 +508,10 @@ impl EnclaveMonitor {
     }
 }
 
-/// Children of `parent` running the enclave binary in the training role.
+/// Children of `parent` running the enclave binary in a training role: a job's only
+/// training enclave, or a distributed job's workers.
 fn training_enclaves(parent: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            // `pid (comm) state ppid ...`: the command may hold spaces, so split after ')'.
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                .and_then(|p| p.parse::<u32>().ok());
-            ppid == Some(parent)
-        })
-        .filter(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-            args.iter().any(|a| a.ends_with(b"chiron-enclave")) && args.contains(&&b"train"[..])
-        })
-        .collect()
+    crate::enclave_processes(parent, &["train", "worker"])
 }
 
 /// `VmHWM` of a process, in bytes.

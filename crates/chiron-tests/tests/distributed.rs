@@ -436,20 +436,6 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     sha2::Sha256::digest(bytes).into()
 }
 
-/// The processes `parent` started.
-fn children(parent: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    let tasks = std::fs::read_dir(format!("/proc/{parent}/task")).expect("tasks");
-    for task in tasks.flatten() {
-        let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-        out.extend(
-            list.split_whitespace()
-                .filter_map(|p| p.parse::<u32>().ok()),
-        );
-    }
-    out
-}
-
 #[test]
 fn a_killed_worker_fails_the_job_promptly() {
     let service = Service::start();
@@ -476,16 +462,11 @@ fn a_killed_worker_fails_the_job_promptly() {
         assert!(Instant::now() < deadline, "no progress: {events:?}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let worker = children(service.pid())
-        .into_iter()
-        .find(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| c.split(|&b| b == 0).any(|arg| arg == b"worker"))
-                .unwrap_or(false)
-        })
+    let worker = *enclave_processes(service.pid(), &["worker"])
+        .first()
         .expect("a worker process");
     let killed = std::process::Command::new("kill")
-        .args(["-9", &worker.to_string()])
+        .args(["-KILL", &worker.to_string()])
         .status()
         .expect("kill runs");
     assert!(killed.success());
@@ -557,20 +538,8 @@ fn a_killed_parameter_server_is_replaced_from_its_checkpoint() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let server = children(service.pid())
-        .into_iter()
-        .find(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| c.split(|&b| b == 0).any(|arg| arg == b"ps"))
-                .unwrap_or(false)
-        })
-        .expect("the parameter server's process");
     let stored_before = latest_checkpoint(&service).expect("a checkpoint");
-    let killed = std::process::Command::new("kill")
-        .args(["-9", &server.to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(killed.success());
+    assert_eq!(kill_enclaves(&service, "ps"), 1, "one parameter server");
 
     let (state, events) = wait(&service, &ticket, Duration::from_secs(600));
     assert_eq!(state, JobState::Succeeded, "{events:?}");

@@ -84,38 +84,10 @@ fn trained(service: &Service, wasm: &[u8], terms: &TrainingTerms) -> JobTicket {
 
 /// Kills the host's query enclave processes (as a crash, or a platform restarting them).
 fn kill_query_enclaves(service: &Service) {
-    let host = service.pid().to_string();
-    let mut killed = 0;
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let pid = entry.file_name().to_string_lossy().into_owned();
-        if !pid.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // `pid (comm) state ppid ...`: the comm may hold spaces, the fields after it do not.
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .unwrap_or_default();
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if ppid == host && contains(&cmdline, b"--role\0query") {
-            let status = Command::new("kill")
-                .args(["-KILL", &pid])
-                .status()
-                .expect("kill runs");
-            assert!(status.success());
-            killed += 1;
-        }
-    }
+    let killed = kill_enclaves(service, "query");
     assert!(killed > 0, "no query enclave was running");
     // Let the host see the connection drop.
     std::thread::sleep(Duration::from_millis(200));
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// A query session on a fresh query enclave: the first request after a kill finds the old
