@@ -7,7 +7,15 @@
 //! starts from the same parameters) or steps the same optimizer (the server averages the
 //! gradients each parameter received, then applies the program's rule as the workers
 //! report it: learning rate, clipping). A worker that is done leaves the rounds; one that
-//! failed, broke its connection or fell out of step ends the job for all.
+//! failed or fell out of step ends the job for all.
+//!
+//! In a live job (an unpaced exchange) a worker other than rank 0 that breaks its
+//! connection is lost, not fatal: the rounds go on without it, and a replacement of that
+//! rank (which the host starts from the lost worker's ticket) is admitted as the first was,
+//! registers, gets the current parameters and joins the next round. Once rank 0 is done the
+//! job's model is sealed, and workers still running (replacements, behind the others) are
+//! let go. Rank 0, whose events and model are the job's, is never replaced; a paced
+//! exchange's schedule takes no one back.
 //!
 //! The server never sees an example: it holds no data key. It accepts only workers whose
 //! evidence the owner's policy accepts, attesting to the worker role for this job, and a
@@ -172,9 +180,21 @@ fn serve(enclave: &Enclave, start: Start) -> Result<(), &'static str> {
             admit(&listener, &identity, &expectation, terms, &expected),
         )
         .await
-        .map_err(|_| "workers did not connect in time")??;
-        drop(listener);
+        .map_err(|_| "workers did not connect in time")?;
+        let (replacements, accepting) = match terms.pace {
+            None => {
+                let (links, task) =
+                    admit_replacements(listener, identity, expectation, terms.message_bytes());
+                (Some(links), Some(task))
+            }
+            Some(_) => {
+                drop(listener);
+                (None, None)
+            }
+        };
         let mut server = Server {
+            replacements,
+            rank_zero_done: false,
             engine: DefaultBackend::new(),
             workers,
             terms,
@@ -193,6 +213,9 @@ fn serve(enclave: &Enclave, start: Start) -> Result<(), &'static str> {
         }
         let outcome = tokio::time::timeout_at(deadline.into(), server.rounds()).await;
         let outcome = outcome.unwrap_or_else(|_| Err("the job's time budget ran out".into()));
+        if let Some(task) = accepting {
+            task.abort();
+        }
         match outcome {
             Ok(()) => Ok(()),
             Err(reason) => {
@@ -211,59 +234,117 @@ struct Link {
     writer: RecordWriter<WriteHalf<Stream>>,
     /// Still taking part in rounds.
     active: bool,
+    /// Broke its connection before it was done (a replacement may take its place).
+    lost: bool,
 }
 
-/// Accepts workers until every `expected` rank has connected once. A connection that fails its
-/// handshake (another job, another build, no evidence) is dropped and the server waits on.
+impl Link {
+    fn new(
+        rank: u32,
+        reader: RecordReader<ReadHalf<Stream>>,
+        writer: RecordWriter<WriteHalf<Stream>>,
+    ) -> Self {
+        Self {
+            rank,
+            reader: Some(reader),
+            writer,
+            active: true,
+            lost: false,
+        }
+    }
+}
+
+/// Accepts and attests a worker's connection and reads its hello: its rank and its ends.
+/// `None` for a connection that fails any of it (another job, another build, no evidence).
+async fn accept_worker(
+    listener: &TcpListener,
+    identity: &LocalIdentity,
+    expectation: &PeerExpectation,
+    size: usize,
+) -> Option<Link> {
+    let stream = chiron_channel::accept(listener, identity, expectation)
+        .await
+        .ok()?;
+    let (mut reader, writer) = stream.into_records(RecordConfig::default());
+    let bytes = reader.recv_message(size).await.ok()?;
+    match unpad::<ToServer>(&bytes) {
+        Ok(ToServer::Hello { rank }) => Some(Link::new(rank, reader, writer)),
+        _ => None,
+    }
+}
+
+/// Accepts workers until every `expected` rank has connected. A connection that fails its
+/// handshake is dropped and the server waits on. An attested worker of this job says its
+/// rank truly; one of a rank not expected (a replacement of a worker lost before this
+/// server's checkpoint) is admitted too, and a later one for a rank replaces the earlier
+/// (a worker restarted before the rounds began).
 async fn admit(
     listener: &TcpListener,
     identity: &LocalIdentity,
     expectation: &PeerExpectation,
     terms: ExchangeTerms,
     expected: &BTreeSet<u32>,
-) -> Result<Vec<Link>, &'static str> {
+) -> Vec<Link> {
     let mut links: BTreeMap<u32, Link> = BTreeMap::new();
-    while links.len() < expected.len() {
-        let Ok(stream) = chiron_channel::accept(listener, identity, expectation).await else {
+    while !expected.iter().all(|rank| links.contains_key(rank)) {
+        let Some(link) =
+            accept_worker(listener, identity, expectation, terms.message_bytes()).await
+        else {
             continue;
         };
-        let (mut reader, writer) = stream.into_records(RecordConfig::default());
-        let Ok(bytes) = reader.recv_message(terms.message_bytes()).await else {
-            continue;
-        };
-        let Ok(ToServer::Hello { rank }) = unpad::<ToServer>(&bytes) else {
-            continue;
-        };
-        // An attested worker of this job says its rank truly; a second one for a rank is
-        // a restarted worker, which this server does not take back.
-        if !expected.contains(&rank) || links.contains_key(&rank) {
-            continue;
+        if link.rank < terms.workers {
+            links.insert(link.rank, link);
         }
-        links.insert(
-            rank,
-            Link {
-                rank,
-                reader: Some(reader),
-                writer,
-                active: true,
-            },
-        );
     }
-    Ok(links.into_values().collect())
+    links.into_values().collect()
 }
 
-/// Worker `i`'s next message, with its reader back.
+/// Admits replacements of lost workers while the rounds run (a live exchange only): each
+/// attested connection's link goes to the rounds, which decide whether to take it.
+fn admit_replacements(
+    listener: TcpListener,
+    identity: LocalIdentity,
+    expectation: PeerExpectation,
+    size: usize,
+) -> (
+    tokio::sync::mpsc::Receiver<Link>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let task = tokio::spawn(async move {
+        loop {
+            if let Some(link) = accept_worker(&listener, &identity, &expectation, size).await
+                && tx.send(link).await.is_err()
+            {
+                return;
+            }
+        }
+    });
+    (rx, task)
+}
+
+/// Worker `rank`'s next message, with its reader back.
 async fn next_message(
-    i: usize,
+    rank: u32,
     mut reader: RecordReader<ReadHalf<Stream>>,
     size: usize,
 ) -> (
-    usize,
+    u32,
     RecordReader<ReadHalf<Stream>>,
     Result<Vec<u8>, chiron_channel::ChannelError>,
 ) {
     let message = reader.recv_message(size).await;
-    (i, reader, message)
+    (rank, reader, message)
+}
+
+/// The next replacement admitted, if replacements are taken at all.
+async fn next_replacement(
+    replacements: &mut Option<tokio::sync::mpsc::Receiver<Link>>,
+) -> Option<Link> {
+    match replacements {
+        Some(replacements) => replacements.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The values of `held`'s parameters.
@@ -284,7 +365,12 @@ struct Held {
 
 struct Server<'a> {
     engine: DefaultBackend,
+    /// One link per rank, in rank order.
     workers: Vec<Link>,
+    /// Replacements of lost workers, admitted while the rounds run (live jobs).
+    replacements: Option<tokio::sync::mpsc::Receiver<Link>>,
+    /// Rank 0 is done: the job's model is sealed, and the workers still running are let go.
+    rank_zero_done: bool,
     terms: ExchangeTerms,
     optimizers: BTreeMap<u32, Held>,
     /// Rounds completed (registrations and steps), since the job began.
@@ -413,23 +499,46 @@ impl Server<'_> {
     async fn async_rounds(&mut self, max_staleness: u32) -> Result<(), String> {
         let size = self.terms.message_bytes();
         // The update count each worker's parameters are from.
-        let mut seen = vec![self.rounds_done; self.workers.len()];
+        let mut seen: BTreeMap<u32, u64> = BTreeMap::new();
         let mut waiting = tokio::task::JoinSet::new();
-        for (i, worker) in self.workers.iter_mut().enumerate() {
+        for worker in &mut self.workers {
             let reader = worker
                 .reader
                 .take()
                 .ok_or("a worker's connection went missing")?;
-            waiting.spawn(next_message(i, reader, size));
+            seen.insert(worker.rank, self.rounds_done);
+            waiting.spawn(next_message(worker.rank, reader, size));
         }
-        while let Some(arrived) = waiting.join_next().await {
-            let (i, reader, bytes) = arrived.map_err(|_| "a worker's reader failed".to_owned())?;
-            let rank = self.workers[i].rank;
-            let bytes = bytes.map_err(|_| format!("worker {rank} broke its connection"))?;
+        let mut replacements = self.replacements.take();
+        loop {
+            let arrived = tokio::select! {
+                arrived = waiting.join_next() => match arrived {
+                    Some(arrived) => arrived,
+                    None => break,
+                },
+                Some(link) = next_replacement(&mut replacements) => {
+                    if let Some(i) = self.take_back(link) {
+                        let worker = &mut self.workers[i];
+                        if let Some(reader) = worker.reader.take() {
+                            seen.insert(worker.rank, self.rounds_done);
+                            waiting.spawn(next_message(worker.rank, reader, size));
+                        }
+                    }
+                    continue;
+                }
+            };
+            let (rank, reader, bytes) =
+                arrived.map_err(|_| "a worker's reader failed".to_owned())?;
+            let Ok(bytes) = bytes else {
+                self.lose(rank)?;
+                continue;
+            };
+            let i = self.index(rank).ok_or("a worker's link went missing")?;
             let message = unpad::<ToServer>(&bytes).map_err(|e| format!("worker {rank}: {e}"))?;
             let answer = match message {
                 ToServer::Done => {
                     self.workers[i].active = false;
+                    self.rank_zero_done |= rank == 0;
                     // A replacement must not wait for a worker that has left.
                     self.checkpoint()?;
                     continue;
@@ -437,6 +546,11 @@ impl Server<'_> {
                 ToServer::Abandon => return Err(format!("worker {rank} failed")),
                 ToServer::Hello { .. } | ToServer::Idle => {
                     return Err(format!("worker {rank} broke the protocol"));
+                }
+                // Rank 0's model is sealed: what this worker would do next is for nothing.
+                ToServer::Register { .. } | ToServer::Step { .. } if self.rank_zero_done => {
+                    self.release(i).await;
+                    continue;
                 }
                 ToServer::Register { optimizer, values } => {
                     self.register(vec![(optimizer, values)])?
@@ -447,7 +561,7 @@ impl Server<'_> {
                     max_grad_norm,
                     gradients,
                 } => {
-                    let staleness = self.rounds_done - seen[i];
+                    let staleness = self.rounds_done - seen.get(&rank).copied().unwrap_or(0);
                     if staleness <= u64::from(max_staleness) {
                         let answer =
                             self.step(vec![(optimizer, rule, max_grad_norm, gradients)])?;
@@ -463,16 +577,78 @@ impl Server<'_> {
                     }
                 }
             };
-            seen[i] = self.rounds_done;
+            seen.insert(rank, self.rounds_done);
             let bytes = pad(&ToWorker::Parameters(answer), size)?;
-            self.workers[i]
-                .writer
-                .send_message(&bytes)
-                .await
-                .map_err(|_| format!("worker {rank} broke its connection"))?;
-            waiting.spawn(next_message(i, reader, size));
+            if self.workers[i].writer.send_message(&bytes).await.is_err() {
+                self.lose(rank)?;
+                continue;
+            }
+            waiting.spawn(next_message(rank, reader, size));
         }
         Ok(())
+    }
+
+    /// Where worker `rank`'s link is.
+    fn index(&self, rank: u32) -> Option<usize> {
+        self.workers.iter().position(|w| w.rank == rank)
+    }
+
+    /// Worker `rank` broke its connection before it was done. In a live job it is lost and
+    /// the rounds go on (a replacement may take its place); rank 0 and a paced job's
+    /// workers are not replaced, so their loss ends the job.
+    fn lose(&mut self, rank: u32) -> Result<(), String> {
+        let broke = || format!("worker {rank} broke its connection");
+        if rank == 0 || self.terms.pace.is_some() {
+            return Err(broke());
+        }
+        let i = self.index(rank).ok_or_else(broke)?;
+        let worker = &mut self.workers[i];
+        worker.active = false;
+        worker.lost = true;
+        worker.reader = None;
+        // A replacement server must not wait for it.
+        self.checkpoint()
+    }
+
+    /// Takes a replacement in: a worker of a rank that was lost (or that this server, a
+    /// replacement itself, never had), other than rank 0, before rank 0 is done. Returns
+    /// its index, or `None` when it is turned away (its connection is dropped).
+    fn take_back(&mut self, link: Link) -> Option<usize> {
+        if link.rank == 0 || link.rank >= self.terms.workers || self.rank_zero_done {
+            return None;
+        }
+        match self.index(link.rank) {
+            Some(i) if self.workers[i].lost => {
+                self.workers[i] = link;
+                Some(i)
+            }
+            Some(_) => None,
+            None => {
+                let i = self.workers.partition_point(|w| w.rank < link.rank);
+                self.workers.insert(i, link);
+                Some(i)
+            }
+        }
+    }
+
+    /// Takes in the replacements admitted since the last round.
+    fn take_back_waiting(&mut self) {
+        while let Some(link) = self
+            .replacements
+            .as_mut()
+            .and_then(|replacements| replacements.try_recv().ok())
+        {
+            self.take_back(link);
+        }
+    }
+
+    /// Lets worker `i` go: rank 0 is done.
+    async fn release(&mut self, i: usize) {
+        let worker = &mut self.workers[i];
+        worker.active = false;
+        if let Ok(bytes) = pad(&ToWorker::Released, self.terms.message_bytes()) {
+            let _ = worker.writer.send_message(&bytes).await;
+        }
     }
 
     /// A paced exchange: exactly `pace.ticks` messages from every worker and as many
@@ -594,22 +770,35 @@ impl Server<'_> {
         failure.map_or(Ok(()), Err)
     }
 
-    /// Runs rounds as the workers step, until every worker is done.
+    /// Runs rounds as the workers step, until every worker is done (or, once rank 0 is,
+    /// let go).
     async fn eager_rounds(&mut self) -> Result<(), String> {
         let size = self.terms.message_bytes();
         while self.workers.iter().any(|w| w.active) {
+            self.take_back_waiting();
             let mut messages = Vec::new();
+            let mut lost = Vec::new();
             for worker in self.workers.iter_mut().filter(|w| w.active) {
-                let bytes = worker
-                    .reader
-                    .as_mut()
-                    .ok_or("a worker's connection went missing")?
-                    .recv_message(size)
-                    .await
-                    .map_err(|_| format!("worker {} broke its connection", worker.rank))?;
+                let received = match worker.reader.as_mut() {
+                    Some(reader) => reader.recv_message(size).await.ok(),
+                    None => None,
+                };
+                let Some(bytes) = received else {
+                    lost.push(worker.rank);
+                    continue;
+                };
                 let message = unpad::<ToServer>(&bytes)
                     .map_err(|e| format!("worker {}: {e}", worker.rank))?;
                 messages.push((worker.rank, message));
+            }
+            for rank in lost {
+                self.lose(rank)?;
+            }
+            if messages
+                .iter()
+                .any(|(rank, m)| *rank == 0 && matches!(m, ToServer::Done))
+            {
+                return self.release_behind(messages).await;
             }
             let active = self.workers.iter().filter(|w| w.active).count();
             let answer = self.round(messages)?;
@@ -623,13 +812,30 @@ impl Server<'_> {
             }
             if let Some(answer) = answer {
                 let bytes = pad(&ToWorker::Parameters(answer), size)?;
+                let mut lost = Vec::new();
                 for worker in self.workers.iter_mut().filter(|w| w.active) {
-                    worker
-                        .writer
-                        .send_message(&bytes)
-                        .await
-                        .map_err(|_| format!("worker {} broke its connection", worker.rank))?;
+                    if worker.writer.send_message(&bytes).await.is_err() {
+                        lost.push(worker.rank);
+                    }
                 }
+                for rank in lost {
+                    self.lose(rank)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The round in which rank 0 is done: the workers done with it leave, and those still
+    /// running (replacements, behind the others) are let go.
+    async fn release_behind(&mut self, messages: Vec<(u32, ToServer)>) -> Result<(), String> {
+        self.rank_zero_done = true;
+        for (rank, message) in messages {
+            let i = self.index(rank).ok_or("a worker's link went missing")?;
+            match message {
+                ToServer::Done => self.workers[i].active = false,
+                ToServer::Abandon => return Err(format!("worker {rank} failed")),
+                _ => self.release(i).await,
             }
         }
         Ok(())
@@ -657,10 +863,18 @@ impl Server<'_> {
                 } => steps.push((optimizer, rule, max_grad_norm, gradients)),
             }
         }
+        let catching_up = registers.iter().all(|(optimizer, values)| {
+            self.optimizers
+                .get(optimizer)
+                .is_some_and(|held| values.iter().map(Vec::len).eq(held.lens.iter().copied()))
+        });
         match (registers.is_empty(), steps.is_empty()) {
             (true, true) => Ok(None),
             (false, true) => self.register(registers).map(Some),
             (true, false) => self.step(steps).map(Some),
+            // A replacement registers what the others registered long ago: it gets the
+            // parameters this round's step makes, as they do.
+            (false, false) if catching_up => self.step(steps).map(Some),
             (false, false) => Err("workers out of step: some register while others step".into()),
         }
     }

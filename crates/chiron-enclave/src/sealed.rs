@@ -46,6 +46,12 @@ pub fn checkpoint_key(sealing_secret: &[u8; 32], measurement: &[u8; 32]) -> Seal
     )
 }
 
+/// The key that seals a worker's ticket (its own training request, for a replacement of
+/// it): as [`model_key`], for another purpose.
+pub fn ticket_key(sealing_secret: &[u8; 32], measurement: &[u8; 32]) -> SealingKey {
+    SealingKey::derive(sealing_secret, measurement, b"chiron/v1 worker ticket")
+}
+
 /// Why a model could not be encoded for sealing.
 #[derive(Debug, thiserror::Error)]
 pub enum EncodeError {

@@ -73,6 +73,13 @@ impl Enclave {
             .map(|secret| crate::sealed::checkpoint_key(secret, &self.measurement))
     }
 
+    /// The key a worker seals its ticket under, if the platform can seal.
+    pub fn ticket_key(&self) -> Option<SealingKey> {
+        self.sealing_secret
+            .as_ref()
+            .map(|secret| crate::sealed::ticket_key(secret, &self.measurement))
+    }
+
     fn evidence(&self, nonce: [u8; 32], context: [u8; 32]) -> EnclaveFrame {
         let public_key = self.keypair.public_key();
         let evidence = attester::evidence(&*self.platform, self.role, public_key, nonce, context);
@@ -138,10 +145,30 @@ pub fn serve(
                 trained = true;
                 let start = train::Start {
                     job_id,
-                    sealed_request,
+                    request: train::Source::Owner(sealed_request),
                     program,
                     dataset_len,
                     parameter_server,
+                };
+                Some(train::run(&enclave, start, &mut input))
+            }
+            (
+                Role::Worker,
+                HostFrame::ResumeWorker {
+                    job_id,
+                    ticket,
+                    program,
+                    dataset_len,
+                    parameter_server,
+                },
+            ) if !trained => {
+                trained = true;
+                let start = train::Start {
+                    job_id,
+                    request: train::Source::Ticket(ticket),
+                    program,
+                    dataset_len,
+                    parameter_server: Some(parameter_server),
                 };
                 Some(train::run(&enclave, start, &mut input))
             }
@@ -172,6 +199,7 @@ pub fn serve(
                 Some(ps::run(&enclave, start))
             }
             (Role::Train | Role::Worker, HostFrame::StartTraining { .. })
+            | (Role::Worker, HostFrame::ResumeWorker { .. })
             | (
                 Role::ParameterServer,
                 HostFrame::StartParameterServer { .. } | HostFrame::ResumeParameterServer { .. },

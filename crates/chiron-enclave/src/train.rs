@@ -28,11 +28,32 @@ const MAX_CONTAINER: u64 = chiron_proto::dataset::MAX_PLAINTEXT_LEN + (1 << 30);
 /// The host's start frame, unpacked.
 pub struct Start {
     pub job_id: String,
-    pub sealed_request: Vec<u8>,
+    pub request: Source,
     pub program: Vec<u8>,
     pub dataset_len: u64,
     /// A worker's parameter server, as the host names it.
     pub parameter_server: Option<String>,
+}
+
+/// Where a job's request comes from.
+pub enum Source {
+    /// The owner's request, sealed to this enclave's key.
+    Owner(Vec<u8>),
+    /// The ticket of a lost worker this one replaces ([`EnclaveFrame::WorkerTicket`]).
+    Ticket(Vec<u8>),
+}
+
+/// How a job's program ended well.
+enum Ended {
+    /// It saved its model, sealed here, of `parameters` parameters.
+    Trained { sealed: Vec<u8>, parameters: u64 },
+    /// A replacement worker let go by its parameter server: rank 0 is done.
+    Released,
+}
+
+/// A worker's ticket's associated data: its job, so a ticket opens for no other.
+fn ticket_aad(job_id: &str) -> Vec<u8> {
+    [b"chiron/v1 worker ticket ".as_slice(), job_id.as_bytes()].concat()
 }
 
 /// A failure: a fixed label for the host and, when the owner's channel exists, a detail
@@ -60,13 +81,27 @@ pub fn run(enclave: &Enclave, start: Start, input: &mut impl Read) -> EnclaveFra
     let started = Instant::now();
     // Receive the dataset first, whatever happens, so the connection stays in step.
     let container = receive_dataset(input, start.dataset_len);
-    let opened = enclave
-        .keypair
-        .open(TRAIN_INFO, start.job_id.as_bytes(), &start.sealed_request);
-    let (request_bytes, response_key) = match opened {
-        Ok(opened) => opened,
-        // Without the owner's key there is no one to tell the detail to.
-        Err(_) => return failed("training request failed authentication"),
+    let resumed = matches!(start.request, Source::Ticket(_));
+    let (request_bytes, response_key) = match &start.request {
+        Source::Owner(sealed) => {
+            match enclave
+                .keypair
+                .open(TRAIN_INFO, start.job_id.as_bytes(), sealed)
+            {
+                Ok((bytes, key)) => (bytes, Some(key)),
+                // Without the owner's key there is no one to tell the detail to.
+                Err(_) => return failed("training request failed authentication"),
+            }
+        }
+        // A replacement tells the owner nothing: the lost worker's events used the owner's
+        // key at counters this one cannot know, and the owner follows rank 0 only.
+        Source::Ticket(sealed) => match enclave
+            .ticket_key()
+            .map(|key| key.unseal(&ticket_aad(&start.job_id), sealed))
+        {
+            Some(Ok(bytes)) => (bytes, None),
+            _ => return failed("worker ticket failed authentication"),
+        },
     };
     let request: Result<TrainRequest, Failure> = postcard::from_bytes(&request_bytes)
         .map_err(|e| fail("malformed training request", e))
@@ -76,6 +111,32 @@ pub fn run(enclave: &Enclave, start: Start, input: &mut impl Read) -> EnclaveFra
                 _ => Ok(request),
             },
         );
+    let request = request.and_then(|request| {
+        let place = request.distributed.as_ref();
+        match place {
+            // Only rank 0 is irreplaceable (its events and model are the job's), and only a
+            // live exchange takes a worker back: a paced one's schedule would show it.
+            Some(place) if resumed && (place.rank == 0 || place.exchange.pace.is_some()) => {
+                Err(fail(
+                    "malformed training request",
+                    "a ticket of a worker that is not replaced",
+                ))
+            }
+            Some(place) if !resumed && place.rank != 0 && place.exchange.pace.is_none() => {
+                // Decided by the public terms and the platform, never by the data.
+                if let Some(key) = enclave.ticket_key() {
+                    let sealed = key.seal(&ticket_aad(&start.job_id), &request_bytes);
+                    let _ = enclave.send(&EnclaveFrame::WorkerTicket { sealed });
+                }
+                Ok(request)
+            }
+            None if resumed => Err(fail(
+                "malformed training request",
+                "a ticket of a lone training enclave",
+            )),
+            _ => Ok(request),
+        }
+    });
     // Private mode: everything the platform sees next happens at the budget's end.
     let private = request.as_ref().ok().and_then(|r| r.private);
     let deadline = request
@@ -146,13 +207,16 @@ pub fn run(enclave: &Enclave, start: Start, input: &mut impl Read) -> EnclaveFra
         _ => outcome,
     };
     let frame = match outcome {
-        Ok((sealed_model, parameters)) => {
+        Ok(Ended::Trained { sealed, parameters }) => {
             events.emit(&OwnerEvent::Finished {
                 parameters,
                 peak_memory_mib,
             });
-            EnclaveFrame::Trained { sealed_model }
+            EnclaveFrame::Trained {
+                sealed_model: sealed,
+            }
         }
+        Ok(Ended::Released) => EnclaveFrame::Released,
         Err(f) => {
             events.emit(&OwnerEvent::Failed { detail: f.detail });
             failed(f.public)
@@ -192,7 +256,7 @@ fn finish_reserve(terms: &chiron_proto::owner::PrivateTerms) -> Duration {
 
 /// Waits for the worker: until `give_up` under private terms, for as long as it takes
 /// otherwise. A worker that has not answered by then, or that died, failed.
-fn watch(worker: Worker, give_up: Option<Instant>) -> Result<(Vec<u8>, u64), Failure> {
+fn watch(worker: Worker, give_up: Option<Instant>) -> Result<Ended, Failure> {
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     let spawned = std::thread::Builder::new()
         .name("chiron-job".into())
@@ -240,7 +304,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn run(self) -> Result<(Vec<u8>, u64), Failure> {
+    fn run(self) -> Result<Ended, Failure> {
         let container = self
             .container
             .map_err(|e| fail("dataset transfer failed", e))?;
@@ -293,7 +357,7 @@ fn train(
     container: Vec<u8>,
     events: &Events,
     deadline: Option<Instant>,
-) -> Result<(Vec<u8>, u64), Failure> {
+) -> Result<Ended, Failure> {
     let digest: [u8; 32] = Sha256::digest(program).into();
     if digest != request.program_digest {
         return Err(fail(
@@ -384,6 +448,9 @@ fn train(
     };
     let trained = sandbox.train(&program, job);
     if let Some(link) = &link {
+        if link.released() {
+            return Ok(Ended::Released);
+        }
         link.finish(trained.is_ok());
         // For the owner, who sizes the next job's workers and tick by them.
         let stats = link.stats();
@@ -421,7 +488,7 @@ fn train(
         .and_then(|sealed| Model::from_bytes(&sealed.model).ok())
         .ok_or_else(|| fail("program failed", "the saved model would not load"))?;
     let sealed = platform.sealing.seal(job_id.as_bytes(), &plaintext);
-    Ok((sealed, parameters))
+    Ok(Ended::Trained { sealed, parameters })
 }
 
 /// A failure of the program: its fixed label for the platform, and for the owner which
@@ -454,7 +521,8 @@ fn check_terms(program: &[u8], request: &TrainRequest) -> Result<(), Failure> {
 struct Events {
     out: Arc<Mutex<TcpStream>>,
     job_id: String,
-    key: chiron_crypto::ResponseKey,
+    /// `None` in a replacement worker, which tells the owner nothing.
+    key: Option<chiron_crypto::ResponseKey>,
     seq: Arc<AtomicU64>,
     /// Under private timing, the events held back until [`Events::release`].
     held: Option<Arc<Mutex<Vec<OwnerEvent>>>>,
@@ -492,10 +560,9 @@ impl Events {
     }
 
     fn send(&self, event: &OwnerEvent) {
+        let Some(key) = &self.key else { return };
         let seq = self.seq.fetch_add(1, Ordering::SeqCst);
-        let ciphertext = self
-            .key
-            .seal(seq, self.job_id.as_bytes(), &event.to_padded());
+        let ciphertext = key.seal(seq, self.job_id.as_bytes(), &event.to_padded());
         let frame = EnclaveFrame::Event { seq, ciphertext };
         // A lost event cannot be reported anywhere else; the job's end frame still is.
         if let Ok(mut out) = self.out.lock() {

@@ -34,6 +34,9 @@ pub struct ServerLink(Arc<Link>, Arc<Mutex<ExchangeStats>>);
 /// What a worker's steps spent on the exchange, for the owner.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ExchangeStats {
+    /// The server let this worker go (a replacement, behind the others, once rank 0 is
+    /// done): its program was stopped, not failed.
+    pub released: bool,
     /// Rounds (registrations and steps) completed.
     pub rounds: u64,
     /// Time the program waited for them, from sending its gradients to holding the
@@ -77,6 +80,9 @@ struct Reconnect {
     expectation: PeerExpectation,
     rank: u32,
 }
+
+/// The exchange's error when the server lets a worker go (`ToWorker::Released`).
+const RELEASED: &str = "the parameter server let this worker go: the job's rank 0 is done";
 
 /// How long a worker waits between attempts to reach a replaced server.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
@@ -163,6 +169,11 @@ impl ServerLink {
         *self.1.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Whether the server let this worker go.
+    pub fn released(&self) -> bool {
+        self.stats().released
+    }
+
     /// Tells the server the program ended: `Done` after it saved its model, `Abandon` when
     /// it failed (which ends the job on every worker).
     pub fn finish(&self, succeeded: bool) {
@@ -187,7 +198,14 @@ impl ServerLink {
     /// One round: `message` out, the server's parameters back, its time counted.
     fn round(&self, message: ToServer) -> Result<Vec<Vec<f32>>, ExchangeError> {
         let started = Instant::now();
-        let values = self.carry(message)?;
+        let values = self.carry(message).inspect_err(|e| {
+            if e.0 == RELEASED {
+                self.1
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .released = true;
+            }
+        })?;
         let mut stats = self.1.lock().unwrap_or_else(PoisonError::into_inner);
         stats.rounds += 1;
         stats.waiting += started.elapsed();
@@ -250,6 +268,14 @@ fn keep_pace(
             }
             Ok(ToWorker::Parameters(_)) => {
                 ended.get_or_insert("the parameter server answered out of turn".into());
+            }
+            // A paced exchange keeps every worker to its schedule's end.
+            Ok(ToWorker::Released) => {
+                let reason = "the parameter server let a paced worker go".to_owned();
+                if std::mem::take(&mut outstanding) {
+                    let _ = answer.send(Err(reason.clone()));
+                }
+                ended.get_or_insert(reason);
             }
             Ok(ToWorker::Refused(reason)) => {
                 let reason = format!("the parameter server ended the job: {reason}");
@@ -368,6 +394,10 @@ impl Connection {
                 Err(ExchangeError(
                     "the parameter server paced an unpaced exchange".into(),
                 ))
+            }
+            Ok(ToWorker::Released) => {
+                self.closed = true;
+                Err(ExchangeError(RELEASED.into()))
             }
             Err(e) => {
                 self.closed = true;

@@ -8,6 +8,11 @@
 //! is the job's model; the other workers' events are dropped (their ciphertexts are for the
 //! owner alone, and the owner follows rank 0). The job succeeds once rank 0 has sealed its
 //! model and the server has served every worker; any enclave's failure fails the job.
+//!
+//! In a live job a lost worker other than rank 0 does not end the job: each such worker
+//! handed the host its ticket (its request, sealed to the runtime on this platform), and a
+//! replacement started from it attests to the server and joins the rounds. A lost server is
+//! replaced from its latest checkpoint.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +30,8 @@ use tracing::{info, warn};
 use crate::enclave::{Enclave, EnclaveError, Launcher, Role, clean_label, write_frame};
 use crate::jobs::{
     AbortOnDrop, CLOSING_GRACE, Command, FrameResult, Job, JobError, MAX_EVENT_LEN, SendFailure,
-    StartRequests, enclave_label, evidence, labels, read_frames, send_training_input,
+    StartRequests, TrainingStart, enclave_label, evidence, labels, read_frames,
+    send_training_input,
 };
 use crate::store;
 
@@ -34,6 +40,12 @@ const RELAY_DRAIN: Duration = Duration::from_secs(5);
 
 /// How many times a job's lost parameter server is replaced before the job fails.
 const MAX_REPLACEMENTS: u32 = 3;
+
+/// How many lost workers a job replaces before a loss fails it.
+const MAX_WORKER_REPLACEMENTS: u32 = 3;
+
+/// Largest worker ticket kept (a sealed request: the owner's terms and policy).
+const MAX_TICKET_LEN: usize = 1 << 20;
 
 /// How long the parameter server may take to say where it listens.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -177,6 +189,36 @@ async fn replace_server(
     Ok((member, writer, port))
 }
 
+/// Launches a worker to replace lost worker `rank` from its ticket; returns it (its
+/// writer apart) and the task that sends it its input.
+async fn replace_worker(
+    job: &Arc<Job>,
+    launcher: &Launcher,
+    rank: usize,
+    ticket: Vec<u8>,
+    address: &str,
+) -> Result<
+    (
+        Member,
+        impl std::future::Future<Output = (usize, Result<OwnedWriteHalf, SendFailure>)> + use<>,
+    ),
+    String,
+> {
+    let enclave = launcher
+        .spawn(Role::Worker)
+        .await
+        .map_err(|e| enclave_label(&e))?;
+    let mut member = Member::new(enclave);
+    let writer = member.writer.take().ok_or(labels::PROTOCOL)?;
+    let start = TrainingStart::Ticket {
+        ticket,
+        parameter_server: address.to_owned(),
+    };
+    let job = Arc::clone(job);
+    let sender = async move { (rank, send_training_input(writer, job, start).await) };
+    Ok((member, sender))
+}
+
 /// Which enclave a frame came from.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum From {
@@ -226,10 +268,11 @@ async fn train(
         let job = Arc::clone(job);
         let address = address.clone();
         senders.spawn(async move {
-            (
-                rank,
-                send_training_input(writer, job, sealed, Some(address)).await,
-            )
+            let start = TrainingStart::Owner {
+                sealed_request: sealed,
+                parameter_server: Some(address),
+            };
+            (rank, send_training_input(writer, job, start).await)
         });
     }
     // Frames from every enclave, tagged with their source.
@@ -258,6 +301,8 @@ async fn train(
         .collect();
     let mut checkpoint: Option<u64> = None;
     let mut replacements = 0u32;
+    let mut tickets: Vec<Option<Vec<u8>>> = vec![None; workers.len()];
+    let mut worker_replacements = 0u32;
 
     // Keeps the write halves (and so the connections) open once the transfers are done.
     let mut _writers = vec![server_writer];
@@ -343,6 +388,45 @@ async fn train(
                             None
                         }
                         Err(label) => Some((Some(From::Server), label)),
+                    }
+                }
+                (From::Worker(rank), Some(Ok(EnclaveFrame::WorkerTicket { sealed })))
+                    if rank != 0 && sealed.len() <= MAX_TICKET_LEN =>
+                {
+                    tickets[rank] = Some(sealed);
+                    None
+                }
+                (From::Worker(rank), Some(Ok(EnclaveFrame::Released))) if rank != 0 => {
+                    finished[rank] = true;
+                    None
+                }
+                // A lost worker that left its ticket: a replacement takes its place.
+                (From::Worker(rank), Some(Err(FrameError::Io(_))) | None)
+                    if !finished[rank]
+                        && failed.is_none()
+                        && !served
+                        && worker_replacements < MAX_WORKER_REPLACEMENTS
+                        && tickets[rank].is_some() =>
+                {
+                    worker_replacements += 1;
+                    let ticket = tickets[rank].clone().unwrap_or_default();
+                    match replace_worker(job, launcher, rank, ticket, &address).await {
+                        Ok((member, sender)) => {
+                            info!(
+                                "job {}: worker {rank} lost; a replacement takes its place",
+                                job.id
+                            );
+                            let Member { frames, _reader, child, .. } = member;
+                            senders.spawn(sender);
+                            forwarders.push(forward(From::Worker(rank), frames));
+                            let lost = &mut workers[rank];
+                            lost._reader = _reader;
+                            if let Some(mut old) = std::mem::replace(&mut lost.child, child) {
+                                let _ = old.kill().await;
+                            }
+                            None
+                        }
+                        Err(label) => Some((Some(from), label)),
                     }
                 }
                 (From::Worker(rank), Some(Ok(EnclaveFrame::Event { seq, ciphertext }))) => {

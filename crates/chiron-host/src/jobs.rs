@@ -624,13 +624,25 @@ pub(crate) enum SendFailure {
     Enclave,
 }
 
-/// Sends the start frame and the dataset container in parts (to a worker, with where its
-/// parameter server listens).
+/// What a training enclave is started with.
+pub(crate) enum TrainingStart {
+    /// The owner's sealed request (to a worker, with where its parameter server listens).
+    Owner {
+        sealed_request: Vec<u8>,
+        parameter_server: Option<String>,
+    },
+    /// A lost worker's ticket, for its replacement.
+    Ticket {
+        ticket: Vec<u8>,
+        parameter_server: String,
+    },
+}
+
+/// Sends the start frame and the dataset container in parts.
 pub(crate) async fn send_training_input(
     mut writer: OwnedWriteHalf,
     job: Arc<Job>,
-    sealed_request: Vec<u8>,
-    parameter_server: Option<String>,
+    start: TrainingStart,
 ) -> Result<OwnedWriteHalf, SendFailure> {
     let program = match job.store.get(&store::program_path(&job.program_id)).await {
         Ok(Some(program)) => program,
@@ -644,12 +656,27 @@ pub(crate) async fn send_training_input(
         Ok(Some(dataset)) => dataset,
         _ => return Err(SendFailure::Store),
     };
-    let start = HostFrame::StartTraining {
-        job_id: job.id.to_string(),
-        sealed_request,
-        program: program.to_vec(),
-        dataset_len: dataset.size,
-        parameter_server,
+    let start = match start {
+        TrainingStart::Owner {
+            sealed_request,
+            parameter_server,
+        } => HostFrame::StartTraining {
+            job_id: job.id.to_string(),
+            sealed_request,
+            program: program.to_vec(),
+            dataset_len: dataset.size,
+            parameter_server,
+        },
+        TrainingStart::Ticket {
+            ticket,
+            parameter_server,
+        } => HostFrame::ResumeWorker {
+            job_id: job.id.to_string(),
+            ticket,
+            program: program.to_vec(),
+            dataset_len: dataset.size,
+            parameter_server,
+        },
     };
     write_frame(&mut writer, &start)
         .await
@@ -698,8 +725,10 @@ async fn train(
     let mut sender = AbortOnDrop(tokio::spawn(send_training_input(
         writer,
         Arc::clone(job),
-        sealed_request,
-        None,
+        TrainingStart::Owner {
+            sealed_request,
+            parameter_server: None,
+        },
     )));
     let mut sending = true;
     // Keeps the write half (and so the connection) open once the transfer is done.

@@ -54,6 +54,9 @@ pub enum ToWorker {
     Refused(String),
     /// A paced exchange's tick with no parameters for this worker yet.
     Wait,
+    /// Rank 0 is done, so the job's model is sealed: this worker, a replacement still
+    /// running its program, is let go. Its work is over; the job has not failed.
+    Released,
 }
 
 /// An optimizer rule on the wire: which rule (`tag`: 0 SGD, 1 Adam, 2 Nesterov, 3 AdamW,

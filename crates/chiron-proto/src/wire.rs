@@ -89,6 +89,21 @@ pub enum HostFrame {
         /// The version stored.
         version: u64,
     },
+    /// Worker role: replace a lost worker of a live distributed job. Followed by the
+    /// dataset as [`HostFrame::StartTraining`] is; the request comes from the lost worker's
+    /// ticket ([`EnclaveFrame::WorkerTicket`]) instead of the owner.
+    ResumeWorker {
+        /// Job id the worker serves.
+        job_id: String,
+        /// The lost worker's sealed ticket.
+        ticket: Vec<u8>,
+        /// The provider program (wasm); its digest is checked against the request.
+        program: Vec<u8>,
+        /// Total length of the dataset ciphertext about to follow.
+        dataset_len: u64,
+        /// Where its parameter server listens (unauthenticated, as in `StartTraining`).
+        parameter_server: String,
+    },
 }
 
 /// Enclave → host.
@@ -143,6 +158,16 @@ pub enum EnclaveFrame {
         /// A data-independent label, e.g. "program failed".
         public: String,
     },
+    /// Worker role, once its request opened (live distributed jobs): the request sealed to
+    /// this runtime on this platform, for the host to keep and hand to a replacement should
+    /// this worker be lost ([`HostFrame::ResumeWorker`]).
+    WorkerTicket {
+        /// The sealed request.
+        sealed: Vec<u8>,
+    },
+    /// Worker role: let go before its program ended, since the job's rank 0 is done (a
+    /// replacement worker, behind the others). Not a failure.
+    Released,
 }
 
 /// What every frame type tells about itself without revealing its contents: its direction
@@ -162,6 +187,7 @@ impl Frame for HostFrame {
             Self::StartTraining { .. } => "StartTraining",
             Self::StartParameterServer { .. } => "StartParameterServer",
             Self::ResumeParameterServer { .. } => "ResumeParameterServer",
+            Self::ResumeWorker { .. } => "ResumeWorker",
             Self::DatasetPart(_) => "DatasetPart",
             Self::LoadModel { .. } => "LoadModel",
             Self::Query { .. } => "Query",
@@ -180,6 +206,8 @@ impl Frame for EnclaveFrame {
             Self::PeersAt { .. } => "PeersAt",
             Self::Served => "Served",
             Self::Checkpoint { .. } => "Checkpoint",
+            Self::WorkerTicket { .. } => "WorkerTicket",
+            Self::Released => "Released",
             Self::Ready => "Ready",
             Self::StoreCounter { .. } => "StoreCounter",
             Self::Answer(_) => "Answer",

@@ -186,20 +186,9 @@ async fn admitted_workers(
     context: [u8; 32],
     count: u32,
 ) -> Vec<WorkerEnd> {
-    let ours = platform(service, enclave_measurement());
-    let expected = PeerExpectation::new(service.policy(), Role::ParameterServer, context);
     let mut workers = Vec::new();
     for rank in 0..count {
-        let identity = LocalIdentity::new(ours.clone(), Role::Worker, context);
-        let stream = chiron_channel::connect(address, &identity, &expected)
-            .await
-            .expect("a worker of this job and build is admitted");
-        let (reader, mut writer) = stream.into_records(RecordConfig::default());
-        writer
-            .send_message(&message(&ToServer::Hello { rank }))
-            .await
-            .expect("hello");
-        workers.push((reader, writer));
+        workers.push(admitted_worker(service, address, context, rank).await);
     }
     workers
 }
@@ -333,6 +322,242 @@ fn workers_out_of_step_end_the_job_on_every_worker() {
 }
 
 #[test]
+fn a_lost_worker_is_replaced_and_let_go_once_rank_0_is_done() {
+    let service = Service::start();
+    let job_id = "a-job-that-loses-a-worker";
+    let context = context_digest(job_id);
+    let (mut server, address) = start_server(&service, job_id);
+    runtime().block_on(async {
+        let mut workers = admitted_workers(&service, &address, context, 2).await;
+        let register = ToServer::Register {
+            optimizer: 1,
+            values: vec![vec![1.0, 2.0, 3.0]],
+        };
+        for (_, writer) in &mut workers {
+            writer
+                .send_message(&message(&register))
+                .await
+                .expect("sent");
+        }
+        for (reader, _) in &mut workers {
+            reader.recv_message(64 * 1024).await.expect("answered");
+        }
+        // Plain SGD at 0.5 on a gradient of ones: each step takes 0.5 off every value.
+        let step = ToServer::Step {
+            optimizer: 1,
+            rule: Rule {
+                tag: 0,
+                values: [0.5, 0.0, 0.0, 0.0, 0.0],
+            },
+            max_grad_norm: None,
+            gradients: vec![Some(vec![1.0; 3])],
+        };
+        let (mut rank0_reader, mut rank0_writer) = workers.remove(0);
+        let mut rank0_step = async |expected: Vec<f32>| {
+            rank0_writer
+                .send_message(&message(&step))
+                .await
+                .expect("sent");
+            let bytes = rank0_reader
+                .recv_message(64 * 1024)
+                .await
+                .expect("answered");
+            match unpad::<ToWorker>(&bytes).expect("decodes") {
+                ToWorker::Parameters(values) => assert_eq!(values, vec![expected]),
+                other => panic!("{other:?}"),
+            }
+        };
+        // Worker 1 is lost: the rounds go on with rank 0 alone.
+        drop(workers);
+        rank0_step(vec![0.5, 1.5, 2.5]).await;
+
+        // A replacement of rank 1 attests as the first one did and registers what its
+        // program starts from; the server takes it in at the next round.
+        let mut replacement = admitted_worker(&service, &address, context, 1).await;
+        replacement
+            .1
+            .send_message(&message(&register))
+            .await
+            .expect("sent");
+        // Its hello may reach the rounds only after the round under way.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        rank0_step(vec![0.0, 1.0, 2.0]).await;
+        // It catches up: the parameters of the round it joins, not its own values.
+        rank0_step(vec![-0.5, 0.5, 1.5]).await;
+        let bytes = replacement
+            .0
+            .recv_message(64 * 1024)
+            .await
+            .expect("answered");
+        assert!(matches!(unpad::<ToWorker>(&bytes).expect("decodes"),
+                ToWorker::Parameters(values) if values == vec![vec![-0.5, 0.5, 1.5]]));
+        // A second worker for a rank already taking part is turned away at the next round.
+        let mut duplicate = admitted_worker(&service, &address, context, 1).await;
+        duplicate
+            .1
+            .send_message(&message(&step))
+            .await
+            .expect("sent");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        // Both step; then rank 0 is done, and the replacement, behind it, is let go.
+        replacement
+            .1
+            .send_message(&message(&step))
+            .await
+            .expect("sent");
+        rank0_step(vec![-1.0, 0.0, 1.0]).await;
+        replacement
+            .0
+            .recv_message(64 * 1024)
+            .await
+            .expect("answered");
+        assert!(duplicate.0.recv_message(64 * 1024).await.is_err());
+        rank0_writer
+            .send_message(&message(&ToServer::Done))
+            .await
+            .expect("done");
+        replacement
+            .1
+            .send_message(&message(&step))
+            .await
+            .expect("sent");
+        let bytes = replacement.0.recv_message(64 * 1024).await.expect("told");
+        assert!(matches!(
+            unpad::<ToWorker>(&bytes).expect("decodes"),
+            ToWorker::Released
+        ));
+    });
+    assert!(matches!(server.recv(), EnclaveFrame::Served));
+}
+
+/// A worker of rank `rank`, attested to the server and past its hello.
+async fn admitted_worker(
+    service: &Service,
+    address: &str,
+    context: [u8; 32],
+    rank: u32,
+) -> WorkerEnd {
+    let ours = platform(service, enclave_measurement());
+    let expected = PeerExpectation::new(service.policy(), Role::ParameterServer, context);
+    let identity = LocalIdentity::new(ours, Role::Worker, context);
+    let stream = chiron_channel::connect(address, &identity, &expected)
+        .await
+        .expect("a worker of this job and build is admitted");
+    let (reader, mut writer) = stream.into_records(RecordConfig::default());
+    writer
+        .send_message(&message(&ToServer::Hello { rank }))
+        .await
+        .expect("hello");
+    (reader, writer)
+}
+
+/// The owner's request to worker `rank` of a live two-worker job.
+fn worker_request(service: &Service, data_key: &DataKey, wasm: &[u8], rank: u32) -> TrainRequest {
+    TrainRequest {
+        data_key: data_key.to_bytes(),
+        program_digest: sha256(wasm),
+        epochs: 5,
+        time_budget_secs: 60,
+        seed: [1; 32],
+        answers: AnswerPolicy::Label,
+        query_budget: 100,
+        query_token_digest: [2; 32],
+        private: None,
+        distributed: Some(WorkerPlace {
+            rank,
+            exchange: ExchangeTerms {
+                workers: 2,
+                message_kib: 64,
+                pace: None,
+                rounds: Rounds::Synchronous,
+            },
+            peer_policy: service.policy_spec(),
+        }),
+    }
+}
+
+#[test]
+fn a_worker_ticket_opens_only_untampered_and_for_its_job() {
+    let service = Service::start();
+    let job_id = "a-job-whose-worker-leaves-a-ticket";
+    let data = iris();
+    let data_key = DataKey::generate();
+    let mut container = Vec::new();
+    chiron_crypto::encrypt_dataset(
+        &data_key,
+        &data.header,
+        data.body.as_slice(),
+        &mut container,
+    )
+    .expect("encrypts");
+    let wasm = program_wasm("chiron_mlp");
+    // Nothing listens there: every worker below fails at its exchange, if it gets that far.
+    let nowhere = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+        listener.local_addr().expect("address").to_string()
+    };
+
+    let mut first = RawEnclave::spawn(&service, "worker");
+    let key = first.attest(&service, Role::Worker, job_id);
+    let plaintext =
+        postcard::to_allocvec(&worker_request(&service, &data_key, &wasm, 1)).expect("encodes");
+    let (sealed, _) =
+        chiron_crypto::seal_to_enclave(&key, TRAIN_INFO, job_id.as_bytes(), &plaintext)
+            .expect("seals");
+    first.send(&HostFrame::StartTraining {
+        job_id: job_id.to_owned(),
+        sealed_request: sealed,
+        program: wasm.clone(),
+        dataset_len: container.len() as u64,
+        parameter_server: Some(nowhere.clone()),
+    });
+    first.send(&HostFrame::DatasetPart(container.clone()));
+    let ticket = loop {
+        match first.recv() {
+            EnclaveFrame::WorkerTicket { sealed } => break sealed,
+            EnclaveFrame::Event { .. } => {}
+            other => panic!("no ticket before {other:?}"),
+        }
+    };
+
+    // Each replacement gets the ticket it is given, and reports only how it ended.
+    let resume = |job_id: &str, ticket: Vec<u8>| {
+        let mut replacement = RawEnclave::spawn(&service, "worker");
+        replacement.send(&HostFrame::ResumeWorker {
+            job_id: job_id.to_owned(),
+            ticket,
+            program: wasm.clone(),
+            dataset_len: container.len() as u64,
+            parameter_server: nowhere.clone(),
+        });
+        replacement.send(&HostFrame::DatasetPart(container.clone()));
+        replacement.recv()
+    };
+    let mut tampered = ticket.clone();
+    let middle = tampered.len() / 2;
+    tampered[middle] ^= 1;
+    for (what, job, ticket) in [
+        ("another job's ticket", "another-job", ticket.clone()),
+        ("a tampered ticket", job_id, tampered),
+        ("no ticket", job_id, Vec::new()),
+    ] {
+        let end = resume(job, ticket);
+        assert!(
+            matches!(&end, EnclaveFrame::Failed { public } if public == "worker ticket failed authentication"),
+            "{what}: {end:?}"
+        );
+    }
+    // The true ticket opens: the replacement decrypts the data and goes for the exchange,
+    // with no event for the owner (the first worker used the owner's key).
+    let end = resume(job_id, ticket);
+    assert!(
+        matches!(&end, EnclaveFrame::Failed { public } if public == "parameter exchange failed"),
+        "{end:?}"
+    );
+}
+
+#[test]
 fn a_worker_refuses_a_parameter_server_of_another_job() {
     let service = Service::start();
     let job_id = "a-job-with-an-impostor-server";
@@ -371,27 +596,7 @@ fn a_worker_refuses_a_parameter_server_of_another_job() {
 
     let mut worker = RawEnclave::spawn(&service, "worker");
     let key = worker.attest(&service, Role::Worker, job_id);
-    let request = TrainRequest {
-        data_key: data_key.to_bytes(),
-        program_digest: sha256(&wasm),
-        epochs: 5,
-        time_budget_secs: 60,
-        seed: [1; 32],
-        answers: AnswerPolicy::Label,
-        query_budget: 100,
-        query_token_digest: [2; 32],
-        private: None,
-        distributed: Some(WorkerPlace {
-            rank: 0,
-            exchange: ExchangeTerms {
-                workers: 2,
-                message_kib: 64,
-                pace: None,
-                rounds: Rounds::Synchronous,
-            },
-            peer_policy: service.policy_spec(),
-        }),
-    };
+    let request = worker_request(&service, &data_key, &wasm, 0);
     let plaintext = postcard::to_allocvec(&request).expect("encodes");
     let (sealed, event_key) =
         chiron_crypto::seal_to_enclave(&key, TRAIN_INFO, job_id.as_bytes(), &plaintext)
@@ -436,19 +641,21 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     sha2::Sha256::digest(bytes).into()
 }
 
-#[test]
-fn a_killed_worker_fails_the_job_promptly() {
-    let service = Service::start();
+/// A two-worker CNN job on 6 000 images for `epochs`, once its first epoch is done; and its
+/// workers' processes, rank 0 first (they are started in rank order).
+fn distributed_job_under_way(
+    service: &Service,
+    epochs: u32,
+) -> (chiron_client::owner::JobTicket, Vec<u32>) {
     let ticket = start_distributed_job(
-        &service,
+        service,
         &program_wasm("chiron_cnn"),
         &fashion_subset(6000),
-        &terms(20, 600),
+        &terms(epochs, 600),
         2,
         CNN_MESSAGE_KIB,
     )
     .expect("job starts");
-    // Training is under way once the first epoch's metrics arrive.
     let host = service.client();
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
@@ -462,14 +669,26 @@ fn a_killed_worker_fails_the_job_promptly() {
         assert!(Instant::now() < deadline, "no progress: {events:?}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let worker = *enclave_processes(service.pid(), &["worker"])
-        .first()
-        .expect("a worker process");
+    let mut workers = enclave_processes(service.pid(), &["worker"]);
+    workers.sort_unstable();
+    assert_eq!(workers.len(), 2, "two worker processes");
+    (ticket, workers)
+}
+
+fn kill(pid: u32) {
     let killed = std::process::Command::new("kill")
-        .args(["-KILL", &worker.to_string()])
+        .args(["-KILL", &pid.to_string()])
         .status()
         .expect("kill runs");
     assert!(killed.success());
+}
+
+#[test]
+fn a_killed_rank_0_fails_the_job_promptly() {
+    let service = Service::start();
+    let (ticket, workers) = distributed_job_under_way(&service, 20);
+    // Rank 0's events and model are the job's: it is not replaced.
+    kill(workers[0]);
     let killed_at = Instant::now();
     let (state, events) = wait(&service, &ticket, Duration::from_secs(120));
     assert_eq!(state, JobState::Failed, "{events:?}");
@@ -478,7 +697,7 @@ fn a_killed_worker_fails_the_job_promptly() {
         "the job took {:?} to fail",
         killed_at.elapsed()
     );
-    let status = host.job_status(&ticket.job_id).expect("status");
+    let status = service.client().job_status(&ticket.job_id).expect("status");
     let label = status.error.expect("a failure label");
     assert!(
         [
@@ -489,6 +708,30 @@ fn a_killed_worker_fails_the_job_promptly() {
         .contains(&label.as_str()),
         "{label}"
     );
+}
+
+#[test]
+fn a_killed_worker_is_replaced_and_the_job_goes_on() {
+    let service = Service::start();
+    let (ticket, workers) = distributed_job_under_way(&service, 4);
+    kill(workers[1]);
+    let (state, events) = wait(&service, &ticket, Duration::from_secs(600));
+    assert_eq!(state, JobState::Succeeded, "{events:?}");
+    let log = service.stderr();
+    assert!(
+        log.contains("worker 1 lost; a replacement takes its place"),
+        "{log}"
+    );
+    // Rank 0 never stopped: all its epochs are reported, and the model trained.
+    let epochs = events
+        .iter()
+        .filter(|e| {
+            matches!(e, chiron_proto::owner::OwnerEvent::Metric { name, .. } if name == "valid_accuracy")
+        })
+        .count();
+    assert_eq!(epochs, 4, "{events:?}");
+    let accuracy = test_accuracy(&service, &ticket);
+    assert!(accuracy > 0.75, "accuracy {accuracy}");
 }
 
 #[test]
