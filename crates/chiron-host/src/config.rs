@@ -5,6 +5,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 
+use crate::launcher::local::{EnclavePlatform, Processes};
+use crate::launcher::{Launcher, kubernetes};
+
 /// `chiron-host`: the untrusted host of the Chiron service.
 #[derive(Debug, Parser)]
 #[command(name = "chiron-host", version, about)]
@@ -51,6 +54,33 @@ pub struct Config {
     /// `sev-snp=vcek.der`); repeat. Re-read at start: keep the files fresh.
     #[arg(long = "endorsements", value_name = "TEE=FILE")]
     pub endorsements: Vec<String>,
+    /// Where enclaves run: processes on this machine, or pods of the Kubernetes cluster
+    /// this host runs in (`deploy/kubernetes/`; hardware TEEs only).
+    #[arg(long, value_enum, default_value = "local")]
+    pub launcher: LauncherArg,
+    /// Kubernetes: the enclave image (the measured runtime in a confidential-VM image).
+    #[arg(long, value_name = "IMAGE", required_if_eq("launcher", "kubernetes"))]
+    pub k8s_image: Option<String>,
+    /// Kubernetes: the runtime class that puts a pod in a confidential VM (for example
+    /// `kata-qemu-snp` or `kata-qemu-tdx`) [default: the cluster's default class].
+    #[arg(long, value_name = "CLASS")]
+    pub k8s_runtime_class: Option<String>,
+    /// Kubernetes: the namespace enclave pods go in [default: the host pod's own].
+    #[arg(long, value_name = "NAMESPACE")]
+    pub k8s_namespace: Option<String>,
+    /// Kubernetes: this host pod's address, where enclaves reach its relay (set from the
+    /// downward API's `status.podIP`).
+    #[arg(long, value_name = "IP", env = "POD_IP")]
+    pub k8s_advertise: Option<std::net::IpAddr>,
+}
+
+/// Where enclaves run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LauncherArg {
+    /// Processes on this machine.
+    Local,
+    /// Pods of the Kubernetes cluster this host runs in.
+    Kubernetes,
 }
 
 /// A TEE the operator can force.
@@ -78,8 +108,7 @@ impl Config {
     }
 
     /// The platform the enclaves attest and seal with.
-    pub fn platform(&self) -> crate::enclave::EnclavePlatform {
-        use crate::enclave::EnclavePlatform;
+    pub fn platform(&self) -> EnclavePlatform {
         if self.dangerous_simulated_tee {
             return EnclavePlatform::DangerousSimulated {
                 key: self.data_dir.join("sim-platform.key"),
@@ -105,6 +134,47 @@ impl Config {
             args.push(policy.into());
         }
         args
+    }
+
+    /// The launcher the options describe.
+    pub fn launcher(&self) -> anyhow::Result<Launcher> {
+        match self.launcher {
+            LauncherArg::Local => Ok(Launcher::new(
+                Processes::new(self.enclave_bin()?, self.platform()).with_args(self.enclave_args()),
+            )),
+            LauncherArg::Kubernetes => {
+                let tee = match self.platform() {
+                    EnclavePlatform::Hardware { tee } => tee,
+                    EnclavePlatform::DangerousSimulated { .. } => anyhow::bail!(
+                        "--launcher kubernetes runs enclaves on hardware TEEs only: the \
+                         simulated platform's key file cannot reach the pods"
+                    ),
+                };
+                let settings = kubernetes::Settings {
+                    namespace: match &self.k8s_namespace {
+                        Some(namespace) => namespace.clone(),
+                        None => kubernetes::Pods::own_namespace()
+                            .context("cannot read this pod's namespace: pass --k8s-namespace")?,
+                    },
+                    image: self
+                        .k8s_image
+                        .clone()
+                        .context("--launcher kubernetes needs --k8s-image")?,
+                    runtime_class: self.k8s_runtime_class.clone(),
+                    tee,
+                    advertise: self.k8s_advertise.context(
+                        "--launcher kubernetes needs --k8s-advertise (or POD_IP): this pod's \
+                         address, where enclaves reach the host",
+                    )?,
+                    extra_args: self
+                        .enclave_args()
+                        .into_iter()
+                        .map(|a| a.to_string_lossy().into_owned())
+                        .collect(),
+                };
+                Ok(Launcher::new(kubernetes::Pods::in_cluster(settings)?))
+            }
+        }
     }
 
     /// The object store's root directory.

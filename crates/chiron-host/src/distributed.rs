@@ -27,12 +27,13 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::enclave::{Enclave, EnclaveError, Launcher, Role, clean_label, write_frame};
+use crate::enclave::{Enclave, EnclaveError, Role, clean_label, write_frame};
 use crate::jobs::{
     AbortOnDrop, CLOSING_GRACE, Command, FrameResult, Job, JobError, MAX_EVENT_LEN, SendFailure,
     StartRequests, TrainingStart, enclave_label, evidence, labels, read_frames,
     send_training_input,
 };
+use crate::launcher::{Instance, Launcher};
 use crate::store;
 
 /// How long the relay may take to see the enclaves' connections close after a job ends.
@@ -55,7 +56,9 @@ struct Member {
     writer: Option<OwnedWriteHalf>,
     frames: mpsc::Receiver<FrameResult>,
     _reader: AbortOnDrop<()>,
-    child: Option<tokio::process::Child>,
+    instance: Option<Instance>,
+    /// Where its peers reach it.
+    ip: std::net::IpAddr,
 }
 
 impl Member {
@@ -63,14 +66,16 @@ impl Member {
         let Enclave {
             reader,
             writer,
-            child,
+            ip,
+            instance,
         } = enclave;
         let (frames, reader) = read_frames(reader);
         Self {
             writer: Some(writer),
             frames,
             _reader: reader,
-            child,
+            instance,
+            ip,
         }
     }
 }
@@ -138,8 +143,8 @@ pub async fn run_job(
         }
     };
     for member in std::iter::once(&mut server).chain(workers.iter_mut()) {
-        if let Some(child) = member.child.as_mut() {
-            let _ = child.kill().await;
+        if let Some(instance) = member.instance.as_mut() {
+            instance.kill().await;
         }
     }
     if let Some(outcome) = outcome {
@@ -245,15 +250,17 @@ async fn train(
     };
     let port = start_server(&mut server_writer, &mut server.frames, &start).await?;
     // The workers reach the server through the host's relay, as through any network.
-    let relay_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    let relay_listener = tokio::net::TcpListener::bind(launcher.relay_bind())
         .await
         .map_err(|_| labels::HOST_RELAY.to_owned())?;
-    let address = relay_listener
-        .local_addr()
-        .map_err(|_| labels::HOST_RELAY.to_owned())?
-        .to_string();
+    let address = launcher.relay_address(
+        relay_listener
+            .local_addr()
+            .map_err(|_| labels::HOST_RELAY.to_owned())?
+            .port(),
+    );
     let (stop_relay, stop) = tokio::sync::oneshot::channel();
-    let (retarget, target) = watch::channel(SocketAddr::from(([127, 0, 0, 1], port)));
+    let (retarget, target) = watch::channel(SocketAddr::new(server.ip, port));
     let mut relay = AbortOnDrop(tokio::spawn(crate::relay::relay(
         relay_listener,
         target,
@@ -377,14 +384,22 @@ async fn train(
                                 job.id,
                                 checkpoint.unwrap_or(0)
                             );
-                            let Member { frames, _reader, child, .. } = member;
+                            let Member {
+                                frames,
+                                _reader,
+                                instance,
+                                ip,
+                                ..
+                            } = member;
                             forwarders.push(forward(From::Server, frames));
                             _writers.push(writer);
                             server._reader = _reader;
-                            if let Some(mut old) = std::mem::replace(&mut server.child, child) {
-                                let _ = old.kill().await;
+                            server.ip = ip;
+                            if let Some(mut old) = std::mem::replace(&mut server.instance, instance)
+                            {
+                                old.kill().await;
                             }
-                            let _ = retarget.send(SocketAddr::from(([127, 0, 0, 1], port)));
+                            let _ = retarget.send(SocketAddr::new(ip, port));
                             None
                         }
                         Err(label) => Some((Some(From::Server), label)),
@@ -416,13 +431,20 @@ async fn train(
                                 "job {}: worker {rank} lost; a replacement takes its place",
                                 job.id
                             );
-                            let Member { frames, _reader, child, .. } = member;
+                            let Member {
+                                frames,
+                                _reader,
+                                instance,
+                                ip,
+                                ..
+                            } = member;
                             senders.spawn(sender);
                             forwarders.push(forward(From::Worker(rank), frames));
                             let lost = &mut workers[rank];
                             lost._reader = _reader;
-                            if let Some(mut old) = std::mem::replace(&mut lost.child, child) {
-                                let _ = old.kill().await;
+                            lost.ip = ip;
+                            if let Some(mut old) = std::mem::replace(&mut lost.instance, instance) {
+                                old.kill().await;
                             }
                             None
                         }

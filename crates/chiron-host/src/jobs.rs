@@ -22,8 +22,9 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::enclave::{Enclave, EnclaveError, Launcher, Role, clean_label, read_frame, write_frame};
+use crate::enclave::{Enclave, EnclaveError, Role, clean_label, read_frame, write_frame};
 use crate::ids::{DatasetId, JobId, ProgramId};
+use crate::launcher::Launcher;
 use crate::store::{self, Store, StoreError};
 
 /// How long a training enclave may take to produce evidence.
@@ -531,7 +532,8 @@ async fn run_job(job: Arc<Job>, enclave: Enclave, mut commands: mpsc::Receiver<C
     let Enclave {
         reader,
         mut writer,
-        child,
+        instance,
+        ..
     } = enclave;
     let (mut frames, _reader) = read_frames(reader);
 
@@ -568,8 +570,8 @@ async fn run_job(job: Arc<Job>, enclave: Enclave, mut commands: mpsc::Receiver<C
             }
         }
     };
-    if let Some(mut child) = child {
-        let _ = child.kill().await;
+    if let Some(mut instance) = instance {
+        instance.kill().await;
     }
     if let Some(outcome) = outcome {
         job.finish(outcome).await;

@@ -11,6 +11,7 @@ mod distributed;
 mod enclave;
 mod ids;
 mod jobs;
+mod launcher;
 mod models;
 mod relay;
 mod store;
@@ -25,7 +26,6 @@ use tracing::info;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::Config;
-use crate::enclave::Launcher;
 use crate::jobs::Jobs;
 use crate::models::Models;
 use crate::store::Store;
@@ -57,8 +57,7 @@ async fn main() -> anyhow::Result<()> {
             )
         })?,
     };
-    let launcher =
-        Launcher::new(config.enclave_bin()?, config.platform()).with_args(config.enclave_args());
+    let launcher = config.launcher()?;
     launcher
         .init_platform()
         .await
@@ -93,8 +92,8 @@ async fn main() -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown())
         .await?;
     info!("shutting down; stopping enclaves");
-    // Dropping the runtime drops every job task and query enclave, which kills their
-    // processes (kill_on_drop).
+    // Dropping the runtime drops every job task and query enclave, which stops them
+    // (processes are killed on drop; pods are deleted, while the runtime still runs).
     Ok(())
 }
 

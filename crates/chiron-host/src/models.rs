@@ -14,9 +14,10 @@ use thiserror::Error;
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
-use crate::enclave::{Enclave, EnclaveError, Launcher, Role, clean_label};
+use crate::enclave::{Enclave, EnclaveError, Role, clean_label};
 use crate::ids::{JobId, ProgramId};
 use crate::jobs::EVIDENCE_TIMEOUT;
+use crate::launcher::Launcher;
 use crate::store::{self, Store, StoreError};
 
 /// How long a query enclave may take to open a model.

@@ -259,8 +259,9 @@ fn the_parameter_server_admits_only_its_jobs_workers_and_averages_their_gradient
             };
             assert_eq!(values, vec![vec![1.0, 2.0, 3.0], vec![4.0]]);
         }
-        // Plain SGD at 0.5: the mean gradient (2, 2, 2) moves the first parameter by -1;
-        // the second took part in neither pass and stays.
+        // Plain SGD at 0.5, scaled by the two batches averaged (the linear scaling rule):
+        // the mean gradient (2, 2, 2) moves the first parameter by -2; the second took
+        // part in neither pass and stays.
         let sgd = Rule {
             tag: 0,
             values: [0.5, 0.0, 0.0, 0.0, 0.0],
@@ -275,7 +276,7 @@ fn the_parameter_server_admits_only_its_jobs_workers_and_averages_their_gradient
             let ToWorker::Parameters(values) = answer else {
                 panic!("{answer:?}");
             };
-            assert_eq!(values, vec![vec![0.0, 1.0, 2.0], vec![4.0]]);
+            assert_eq!(values, vec![vec![-1.0, 0.0, 1.0], vec![4.0]]);
         }
         for (_, writer) in &mut workers {
             writer
@@ -342,7 +343,8 @@ fn a_lost_worker_is_replaced_and_let_go_once_rank_0_is_done() {
         for (reader, _) in &mut workers {
             reader.recv_message(64 * 1024).await.expect("answered");
         }
-        // Plain SGD at 0.5 on a gradient of ones: each step takes 0.5 off every value.
+        // Plain SGD at 0.5 on a gradient of ones: each step of one worker takes 0.5 off
+        // every value (of two, scaled to 1.0).
         let step = ToServer::Step {
             optimizer: 1,
             rule: Rule {
@@ -406,7 +408,7 @@ fn a_lost_worker_is_replaced_and_let_go_once_rank_0_is_done() {
             .send_message(&message(&step))
             .await
             .expect("sent");
-        rank0_step(vec![-1.0, 0.0, 1.0]).await;
+        rank0_step(vec![-1.5, -0.5, 0.5]).await;
         replacement
             .0
             .recv_message(64 * 1024)
