@@ -32,6 +32,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::num::NonZeroUsize;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError, mpsc};
 
@@ -588,6 +589,142 @@ pub fn decrypt_dataset(
     Ok((parsed.header, body))
 }
 
+/// The chunks (index runs, in order, merged) that hold any byte of `ranges` of a body laid
+/// out as `layout`. `None` when a range is empty, outside the body, or there is none.
+fn chunks_holding(layout: Layout, ranges: &[Range<u64>]) -> Option<Vec<Range<u64>>> {
+    let chunk = CHUNK_LEN as u64;
+    let mut runs: Vec<Range<u64>> = ranges
+        .iter()
+        .map(|r| {
+            (r.start < r.end && r.end <= layout.plaintext_len)
+                .then(|| r.start / chunk..(r.end - 1) / chunk + 1)
+        })
+        .collect::<Option<_>>()?;
+    if runs.is_empty() {
+        return None;
+    }
+    runs.sort_by_key(|r| r.start);
+    let mut merged: Vec<Range<u64>> = Vec::with_capacity(runs.len());
+    for run in runs {
+        match merged.last_mut() {
+            Some(last) if run.start <= last.end => last.end = last.end.max(run.end),
+            _ => merged.push(run),
+        }
+    }
+    Some(merged)
+}
+
+/// The ciphertext bytes (chunks and tags) of chunk run `run`, and where they start after
+/// the preamble.
+fn run_slots(layout: Layout, run: &Range<u64>) -> Range<u64> {
+    let start = run.start * SLOT_LEN as u64;
+    let end = if run.end == layout.chunks {
+        (run.end - 1) * SLOT_LEN as u64 + layout.last_len as u64 + TAG_LEN as u64
+    } else {
+        run.end * SLOT_LEN as u64
+    };
+    start..end
+}
+
+/// The byte ranges of a container that carry the plaintext `select` picks from its body
+/// (given the container's public header): the preamble first (magic, version, header and
+/// nonce prefix), then every chunk that holds a byte of it, in order. Only `head`, the
+/// container's first bytes (at least its preamble: 4 KiB and a little more always do), is
+/// read. What it returns is what [`decrypt_dataset_part`] takes, back to back.
+pub fn dataset_part_ranges(
+    head: &[u8],
+    select: impl FnOnce(&DatasetHeader) -> Option<Vec<Range<u64>>>,
+) -> Result<Vec<Range<u64>>, CryptoError> {
+    let parsed = parse(head)?;
+    let preamble = (head.len() - parsed.chunks.len()) as u64;
+    let layout = Layout::new(parsed.plaintext_len);
+    let ranges = select(&parsed.header).ok_or(CryptoError::DatasetPartInvalid)?;
+    let runs = chunks_holding(layout, &ranges).ok_or(CryptoError::DatasetPartInvalid)?;
+    let mut out = vec![0..preamble];
+    out.extend(runs.iter().map(|run| {
+        let slots = run_slots(layout, run);
+        preamble + slots.start..preamble + slots.end
+    }));
+    Ok(out)
+}
+
+/// The longest container head [`dataset_part_ranges`] may need.
+pub const MAX_PREAMBLE_LEN: usize = FIXED_PREAMBLE_LEN + MAX_HEADER_LEN + NONCE_PREFIX_LEN;
+
+/// Authenticates and decrypts a part of a container (its preamble and the chunks holding
+/// the plaintext `select` picks, back to back, as [`dataset_part_ranges`] lists them), and
+/// returns the container's header and the picked plaintext, `select`'s ranges in order,
+/// back to back (wiped when dropped).
+///
+/// Each chunk is checked at its own index, with the container's header as associated data:
+/// a chunk from another place or another container, a changed header, or a part of the wrong
+/// length fails, as with [`decrypt_dataset`].
+pub fn decrypt_dataset_part(
+    key: &DataKey,
+    part: &[u8],
+    select: impl FnOnce(&DatasetHeader) -> Option<Vec<Range<u64>>>,
+) -> Result<(DatasetHeader, Zeroizing<Vec<u8>>), CryptoError> {
+    let parsed = parse(part)?;
+    let layout = Layout::new(parsed.plaintext_len);
+    let ranges = select(&parsed.header).ok_or(CryptoError::DatasetPartInvalid)?;
+    let runs = chunks_holding(layout, &ranges).ok_or(CryptoError::DatasetPartInvalid)?;
+    let expected: u64 = runs
+        .iter()
+        .map(|run| run_slots(layout, run))
+        .map(|slots| slots.end - slots.start)
+        .sum();
+    let found = parsed.chunks.len() as u64;
+    if found != expected {
+        return Err(CryptoError::DatasetPartLength {
+            expected: expected + (part.len() as u64 - found),
+            found: part.len() as u64,
+        });
+    }
+    let cipher = ChunkCipher::new(key, parsed.nonce_prefix, parsed.aad)
+        .ok_or(CryptoError::DatasetChunk { index: 0 })?;
+    // The runs' plaintext, back to back; bounded by the part's own length.
+    let mut plain = Zeroizing::new(Vec::with_capacity(parsed.chunks.len()));
+    let mut starts = Vec::with_capacity(runs.len());
+    let mut sealed = parsed.chunks;
+    for run in &runs {
+        starts.push(plain.len());
+        for index in run.clone() {
+            let len = layout.plaintext_len(index);
+            let (chunk, rest) = sealed
+                .split_at_checked(len + TAG_LEN)
+                .ok_or(CryptoError::DatasetChunk { index })?;
+            sealed = rest;
+            let at = plain.len();
+            plain.resize(at + len, 0);
+            cipher
+                .open(index, index + 1 == layout.chunks, chunk, &mut plain[at..])
+                .map_err(|()| CryptoError::DatasetChunk { index })?;
+        }
+    }
+    let chunk = CHUNK_LEN as u64;
+    let picked_len: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+    let mut picked = Zeroizing::new(Vec::with_capacity(
+        usize::try_from(picked_len).map_err(|_| too_large())?,
+    ));
+    for range in &ranges {
+        // Every range lies in one run: the runs were made from the ranges.
+        let (run, start) = runs
+            .iter()
+            .zip(&starts)
+            .find(|(run, _)| run.start * chunk <= range.start && range.end <= run.end * chunk)
+            .ok_or(CryptoError::DatasetPartInvalid)?;
+        let offset = usize::try_from(range.start - run.start * chunk).map_err(|_| too_large())?;
+        let len = usize::try_from(range.end - range.start).map_err(|_| too_large())?;
+        let from = start + offset;
+        picked.extend_from_slice(
+            plain
+                .get(from..from + len)
+                .ok_or(CryptoError::DatasetPartInvalid)?,
+        );
+    }
+    Ok((parsed.header, picked))
+}
+
 /// Decrypts chunks 1.. of `layout` (`chunks`: their ciphertext and tags back to back) into
 /// `out`, reporting the lowest-numbered chunk that fails, as a decryption in order would.
 fn open_in_parallel(
@@ -689,6 +826,85 @@ mod tests {
     /// 259 000 bytes: three full chunks and a partial fourth.
     fn four_chunks() -> DatasetHeader {
         header(255, 1000)
+    }
+
+    /// The bytes of `container` in `ranges`, back to back: a dataset part as the host sends it.
+    fn gather(container: &[u8], ranges: &[Range<u64>]) -> Vec<u8> {
+        ranges
+            .iter()
+            .flat_map(|r| container[r.start as usize..r.end as usize].iter().copied())
+            .collect()
+    }
+
+    #[test]
+    fn a_part_carries_just_the_chunks_of_the_plaintext_picked() -> Result<(), CryptoError> {
+        let key = DataKey::generate();
+        let (body, container) = encrypt(&key, &four_chunks())?;
+        // Bytes in chunk 0, across chunks 1 and 2, and in the last one: chunks 0, 1-2 and 3,
+        // which merge into one run; then just chunk 1 and the short last chunk.
+        let picks = [
+            vec![10..20, 70_000..140_000, 258_990..259_000],
+            vec![65_536..65_540, 200_000..259_000],
+        ];
+        let chunks_start = chunks_start(&container)?;
+        for pick in picks {
+            let head = &container[..container.len().min(MAX_PREAMBLE_LEN)];
+            let ranges = dataset_part_ranges(head, |_| Some(pick.clone()))?;
+            assert_eq!(ranges[0], 0..chunks_start as u64);
+            let part = gather(&container, &ranges);
+            assert!(part.len() < container.len() || pick[0].start == 10);
+            let (header, picked) = decrypt_dataset_part(&key, &part, |_| Some(pick.clone()))?;
+            assert_eq!(header, four_chunks());
+            let expected: Vec<u8> = pick
+                .iter()
+                .flat_map(|r| body[r.start as usize..r.end as usize].iter().copied())
+                .collect();
+            assert_eq!(picked.as_slice(), expected.as_slice());
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_part_that_is_not_what_it_claims_fails() -> Result<(), CryptoError> {
+        let key = DataKey::generate();
+        let (_, container) = encrypt(&key, &four_chunks())?;
+        let pick = || Some(vec![65_536..65_540]);
+        let ranges = dataset_part_ranges(&container, |_| pick())?;
+        let part = gather(&container, &ranges);
+        assert!(decrypt_dataset_part(&key, &part, |_| pick()).is_ok());
+        // Chunk 2 in chunk 1's place: it fails at its claimed index.
+        let start = chunks_start(&container)?;
+        let mut moved = part.clone();
+        moved[start..].copy_from_slice(&container[start + 2 * SLOT_LEN..start + 3 * SLOT_LEN]);
+        assert!(matches!(
+            decrypt_dataset_part(&key, &moved, |_| pick()),
+            Err(CryptoError::DatasetChunk { index: 1 })
+        ));
+        // Cut short, or with a byte more.
+        assert!(matches!(
+            decrypt_dataset_part(&key, &part[..part.len() - 1], |_| pick()),
+            Err(CryptoError::DatasetPartLength { .. })
+        ));
+        let mut longer = part.clone();
+        longer.push(0);
+        assert!(matches!(
+            decrypt_dataset_part(&key, &longer, |_| pick()),
+            Err(CryptoError::DatasetPartLength { .. })
+        ));
+        // The same place in another container under the same key, or the wrong key.
+        let (_, other) = encrypt(&key, &four_chunks())?;
+        let mut spliced = part.clone();
+        spliced[start..].copy_from_slice(&other[start + SLOT_LEN..start + 2 * SLOT_LEN]);
+        assert!(decrypt_dataset_part(&key, &spliced, |_| pick()).is_err());
+        assert!(decrypt_dataset_part(&DataKey::generate(), &part, |_| pick()).is_err());
+        // Nothing, or something beyond the body, is no part at all.
+        for bad in [vec![], vec![5..5], vec![0..259_001]] {
+            assert!(matches!(
+                dataset_part_ranges(&container, |_| Some(bad.clone())),
+                Err(CryptoError::DatasetPartInvalid)
+            ));
+        }
+        Ok(())
     }
 
     #[test]

@@ -65,6 +65,17 @@ pub enum CryptoError {
         /// How many bytes follow the final chunk.
         extra: u64,
     },
+    /// The part of a container asked for holds nothing, or lies outside the body.
+    #[error("the requested part of the dataset is empty or outside it")]
+    DatasetPartInvalid,
+    /// A part of a container is not exactly the preamble and the chunks it should carry.
+    #[error("the dataset part is {found} bytes, not the {expected} its header implies")]
+    DatasetPartLength {
+        /// Length the header and the selection imply.
+        expected: u64,
+        /// Length actually present.
+        found: u64,
+    },
     /// The plaintext body given to the encryptor is shorter than the header describes.
     #[error("dataset body is {found} bytes but its header describes {expected} bytes")]
     DatasetBodyTooShort {

@@ -32,7 +32,10 @@ mod error;
 pub mod seal;
 
 pub use channel::{EnclaveKeypair, ResponseKey, seal_to_enclave};
-pub use dataset::{DataKey, decrypt_dataset, encrypt_dataset, read_dataset_header};
+pub use dataset::{
+    DataKey, dataset_part_ranges, decrypt_dataset, decrypt_dataset_part, encrypt_dataset,
+    read_dataset_header,
+};
 pub use error::CryptoError;
 pub use seal::SealingKey;
 /// The wrapper decrypted plaintext comes back in: it wipes its contents when dropped.

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use chiron_crypto::DataKey;
 use chiron_crypto::SealingKey;
+use chiron_proto::dataset::DatasetHeader;
 use chiron_proto::owner::{HELD_EVENT_SLOTS, OwnerEvent, TRAIN_INFO, TrainRequest};
 use chiron_proto::wire::{DATASET_PART, EnclaveFrame, HostFrame, read_frame, write_frame};
 use chiron_sandbox::{Model, Sandbox, SandboxConfig, TrainJob, TrainingData};
@@ -367,11 +368,36 @@ fn train(
     }
     check_terms(program, &request)?;
     let key = DataKey::from_bytes(request.data_key);
-    let (header, body) = chiron_crypto::decrypt_dataset(&key, &container).map_err(|e| {
-        fail(
+    // A worker gets only the chunks that hold its shard; they decrypt to the shard's body.
+    let shard = request
+        .distributed
+        .as_ref()
+        .map(|place| (place.rank, place.exchange.workers));
+    let decrypted = match shard {
+        None => chiron_crypto::decrypt_dataset(&key, &container),
+        Some((rank, workers)) => {
+            let select = |header: &DatasetHeader| {
+                header
+                    .shard(rank, workers)
+                    .map(|(_, ranges)| ranges.to_vec())
+            };
+            chiron_crypto::decrypt_dataset_part(&key, &container, select).and_then(
+                |(header, body)| match header.shard(rank, workers) {
+                    Some((shard, _)) => Ok((shard, body)),
+                    None => Err(chiron_crypto::CryptoError::DatasetPartInvalid),
+                },
+            )
+        }
+    };
+    let (header, body) = decrypted.map_err(|e| match (e, shard) {
+        (chiron_crypto::CryptoError::DatasetPartInvalid, Some((_, workers))) => fail(
+            "dataset is malformed",
+            format!("the dataset has too few training examples for {workers} workers"),
+        ),
+        (e, _) => fail(
             "dataset failed authentication",
             format!("the dataset the host supplied is not the one you uploaded: {e}"),
-        )
+        ),
     })?;
     drop(container);
     let data =
@@ -398,9 +424,6 @@ fn train(
                     "a private distributed job needs a paced exchange (`ExchangeTerms::pace`)",
                 ));
             }
-            let data = data
-                .shard(place.rank, place.exchange.workers)
-                .map_err(|e| fail("dataset is malformed", e))?;
             let address = parameter_server.ok_or_else(|| {
                 fail(
                     "parameter exchange failed",

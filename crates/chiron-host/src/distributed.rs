@@ -30,7 +30,7 @@ use tracing::{info, warn};
 use crate::enclave::{Enclave, EnclaveError, Role, clean_label, write_frame};
 use crate::jobs::{
     AbortOnDrop, CLOSING_GRACE, Command, FrameResult, Job, JobError, MAX_EVENT_LEN, SendFailure,
-    StartRequests, TrainingStart, enclave_label, evidence, labels, read_frames,
+    StartRequest, StartRequests, TrainingStart, enclave_label, evidence, labels, read_frames,
     send_training_input,
 };
 use crate::launcher::{Instance, Launcher};
@@ -200,6 +200,7 @@ async fn replace_worker(
     job: &Arc<Job>,
     launcher: &Launcher,
     rank: usize,
+    workers: u32,
     ticket: Vec<u8>,
     address: &str,
 ) -> Result<
@@ -215,9 +216,10 @@ async fn replace_worker(
         .map_err(|e| enclave_label(&e))?;
     let mut member = Member::new(enclave);
     let writer = member.writer.take().ok_or(labels::PROTOCOL)?;
-    let start = TrainingStart::Ticket {
-        ticket,
-        parameter_server: address.to_owned(),
+    let start = TrainingStart {
+        request: StartRequest::Ticket(ticket),
+        parameter_server: Some(address.to_owned()),
+        shard: Some((rank as u32, workers)),
     };
     let job = Arc::clone(job);
     let sender = async move { (rank, send_training_input(writer, job, start).await) };
@@ -269,15 +271,17 @@ async fn train(
     )));
 
     // Then every worker's input, concurrently.
+    let workers_count = u32::try_from(workers.len()).map_err(|_| labels::PROTOCOL)?;
     let mut senders = JoinSet::new();
     for (rank, (member, sealed)) in workers.iter_mut().zip(worker_requests).enumerate() {
         let writer = member.writer.take().ok_or(labels::PROTOCOL)?;
         let job = Arc::clone(job);
         let address = address.clone();
         senders.spawn(async move {
-            let start = TrainingStart::Owner {
-                sealed_request: sealed,
+            let start = TrainingStart {
+                request: StartRequest::Owner(sealed),
                 parameter_server: Some(address),
+                shard: Some((rank as u32, workers_count)),
             };
             (rank, send_training_input(writer, job, start).await)
         });
@@ -425,7 +429,7 @@ async fn train(
                 {
                     worker_replacements += 1;
                     let ticket = tickets[rank].clone().unwrap_or_default();
-                    match replace_worker(job, launcher, rank, ticket, &address).await {
+                    match replace_worker(job, launcher, rank, workers_count, ticket, &address).await {
                         Ok((member, sender)) => {
                             info!(
                                 "job {}: worker {rank} lost; a replacement takes its place",

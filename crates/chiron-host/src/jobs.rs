@@ -627,17 +627,22 @@ pub(crate) enum SendFailure {
 }
 
 /// What a training enclave is started with.
-pub(crate) enum TrainingStart {
-    /// The owner's sealed request (to a worker, with where its parameter server listens).
-    Owner {
-        sealed_request: Vec<u8>,
-        parameter_server: Option<String>,
-    },
+pub(crate) struct TrainingStart {
+    /// Whose request it runs.
+    pub request: StartRequest,
+    /// A worker's parameter server.
+    pub parameter_server: Option<String>,
+    /// A worker's `(rank, workers)`: it gets only the chunks of the container that hold
+    /// its shard (`DatasetHeader::shard`), not the whole container.
+    pub shard: Option<(u32, u32)>,
+}
+
+/// Where a training enclave's request comes from.
+pub(crate) enum StartRequest {
+    /// The owner's, sealed to the enclave.
+    Owner(Vec<u8>),
     /// A lost worker's ticket, for its replacement.
-    Ticket {
-        ticket: Vec<u8>,
-        parameter_server: String,
-    },
+    Ticket(Vec<u8>),
 }
 
 /// Sends the start frame and the dataset container in parts.
@@ -650,35 +655,52 @@ pub(crate) async fn send_training_input(
         Ok(Some(program)) => program,
         _ => return Err(SendFailure::Store),
     };
-    let dataset = match job
-        .store
-        .get_stream(&store::dataset_path(&job.dataset_id))
-        .await
-    {
+    let path = store::dataset_path(&job.dataset_id);
+    let dataset = match start.shard {
+        None => job.store.get_stream(&path).await,
+        Some((rank, workers)) => {
+            let head = match job
+                .store
+                .get_head(&path, chiron_crypto::dataset::MAX_PREAMBLE_LEN as u64)
+                .await
+            {
+                Ok(Some(head)) => head,
+                _ => return Err(SendFailure::Store),
+            };
+            // The header is public and unauthenticated here: a wrong one only makes the
+            // worker refuse what it gets.
+            let ranges = chiron_crypto::dataset_part_ranges(&head, |header| {
+                header
+                    .shard(rank, workers)
+                    .map(|(_, ranges)| ranges.to_vec())
+            })
+            .map_err(|_| SendFailure::Store)?;
+            job.store.get_ranges(&path, ranges).await
+        }
+    };
+    let dataset = match dataset {
         Ok(Some(dataset)) => dataset,
         _ => return Err(SendFailure::Store),
     };
-    let start = match start {
-        TrainingStart::Owner {
+    let job_id = job.id.to_string();
+    let program = program.to_vec();
+    let dataset_len = dataset.size;
+    let start = match (start.request, start.parameter_server) {
+        (StartRequest::Owner(sealed_request), parameter_server) => HostFrame::StartTraining {
+            job_id,
             sealed_request,
-            parameter_server,
-        } => HostFrame::StartTraining {
-            job_id: job.id.to_string(),
-            sealed_request,
-            program: program.to_vec(),
-            dataset_len: dataset.size,
+            program,
+            dataset_len,
             parameter_server,
         },
-        TrainingStart::Ticket {
+        (StartRequest::Ticket(ticket), Some(parameter_server)) => HostFrame::ResumeWorker {
+            job_id,
             ticket,
-            parameter_server,
-        } => HostFrame::ResumeWorker {
-            job_id: job.id.to_string(),
-            ticket,
-            program: program.to_vec(),
-            dataset_len: dataset.size,
+            program,
+            dataset_len,
             parameter_server,
         },
+        (StartRequest::Ticket(_), None) => return Err(SendFailure::Enclave),
     };
     write_frame(&mut writer, &start)
         .await
@@ -727,9 +749,10 @@ async fn train(
     let mut sender = AbortOnDrop(tokio::spawn(send_training_input(
         writer,
         Arc::clone(job),
-        TrainingStart::Owner {
-            sealed_request,
+        TrainingStart {
+            request: StartRequest::Owner(sealed_request),
             parameter_server: None,
+            shard: None,
         },
     )));
     let mut sending = true;

@@ -4,15 +4,16 @@
 //! built only from parsed ids (see [`crate::ids`]), so a request cannot name a path outside
 //! its own directory.
 
+use std::ops::Range;
 use std::path::Path as FsPath;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::TryStreamExt;
 use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ObjectStore, PutPayload, WriteMultipart};
+use object_store::{GetOptions, GetRange, ObjectStore, PutPayload, WriteMultipart};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use thiserror::Error;
@@ -161,6 +162,51 @@ impl Store {
                 size: result.meta.size,
                 bytes: result.into_stream(),
             })),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Opens ranges of an object for streaming, back to back (each range within the
+    /// object), `None` when it does not exist.
+    pub async fn get_ranges(
+        &self,
+        path: &Path,
+        ranges: Vec<Range<u64>>,
+    ) -> Result<Option<ObjectStream>, StoreError> {
+        if !self.exists(path).await? {
+            return Ok(None);
+        }
+        let size = ranges.iter().map(|r| r.end.saturating_sub(r.start)).sum();
+        let inner = Arc::clone(&self.inner);
+        let path = path.clone();
+        let bytes = futures::stream::iter(ranges)
+            .then(move |range| {
+                let (inner, path) = (Arc::clone(&inner), path.clone());
+                async move {
+                    let options = GetOptions {
+                        range: Some(GetRange::Bounded(range)),
+                        ..GetOptions::default()
+                    };
+                    inner
+                        .get_opts(&path, options)
+                        .await
+                        .map(|r| r.into_stream())
+                }
+            })
+            .try_flatten()
+            .boxed();
+        Ok(Some(ObjectStream { size, bytes }))
+    }
+
+    /// An object's first `len` bytes (all of it, if shorter), `None` when it does not exist.
+    pub async fn get_head(&self, path: &Path, len: u64) -> Result<Option<Bytes>, StoreError> {
+        let options = GetOptions {
+            range: Some(GetRange::Bounded(0..len)),
+            ..GetOptions::default()
+        };
+        match self.inner.get_opts(path, options).await {
+            Ok(result) => Ok(Some(result.bytes().await?)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e.into()),
         }

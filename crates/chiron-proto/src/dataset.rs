@@ -10,6 +10,8 @@
 //!
 //! Training examples come first, then the validation examples the owner held out.
 
+use std::ops::Range;
+
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -130,6 +132,41 @@ impl DatasetHeader {
         self.body_len().ok_or(HeaderError::TooLarge(u64::MAX))
     }
 
+    /// Worker `rank`'s shard of `workers`: a contiguous block of `train_count / workers`
+    /// training examples (the last `train_count % workers` go unused, so every worker takes
+    /// as many steps), and every validation example. Returns the shard's own header and the
+    /// plaintext byte ranges of this body that make the shard's body, in its order: the
+    /// shard's labels, the validation labels, the shard's features, the validation
+    /// features. `None` for a rank out of range or a shard with no example. Only the public
+    /// counts decide it, so the host can send each worker just the chunks that hold its
+    /// shard.
+    pub fn shard(&self, rank: u32, workers: u32) -> Option<(DatasetHeader, [Range<u64>; 4])> {
+        let share = self.train_count.checked_div(workers)?;
+        if rank >= workers || share == 0 {
+            return None;
+        }
+        self.plaintext_len().ok()?;
+        let per_example = u64::try_from(self.feature_len())
+            .ok()?
+            .checked_mul(u64::try_from(self.encoding.size()).ok()?)?;
+        // Bounded by the validated body length: none of these overflow.
+        let first = u64::from(rank) * u64::from(share);
+        let end = first + u64::from(share);
+        let (train, total) = (u64::from(self.train_count), self.total_count());
+        let features = total * 4;
+        let ranges = [
+            first * 4..end * 4,
+            train * 4..total * 4,
+            features + first * per_example..features + end * per_example,
+            features + train * per_example..features + total * per_example,
+        ];
+        let header = DatasetHeader {
+            train_count: share,
+            ..self.clone()
+        };
+        Some((header, ranges))
+    }
+
     /// `n × 4 + n × features × element size`, or `None` if it does not fit in a `u64`.
     fn body_len(&self) -> Option<u64> {
         let n = self.total_count();
@@ -178,6 +215,28 @@ mod tests {
         let mut h = fashion();
         h.dims = vec![4096, 4096, 4096];
         assert!(matches!(h.validate(), Err(HeaderError::TooLarge(_))));
+    }
+
+    #[test]
+    fn a_shard_is_the_body_of_its_own_header() {
+        let h = DatasetHeader {
+            train_count: 60_000,
+            valid_count: 10_000,
+            ..fashion()
+        };
+        let (shard, ranges) = h.shard(2, 4).expect("a shard");
+        assert_eq!((shard.train_count, shard.valid_count), (15_000, 10_000));
+        let len: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+        assert_eq!(len, shard.plaintext_len().expect("valid"));
+        // Its labels and features come from its own block of the training examples.
+        assert_eq!(ranges[0], 2 * 15_000 * 4..3 * 15_000 * 4);
+        let features = h.total_count() * 4;
+        assert_eq!(ranges[2].start, features + 2 * 15_000 * 784);
+        assert_eq!(ranges[3].end, h.plaintext_len().expect("valid"));
+        assert!(h.shard(4, 4).is_none());
+        assert!(h.shard(0, 0).is_none());
+        assert!(h.shard(0, 60_001).is_none());
+        assert!(h.shard(0, 60_000).is_some());
     }
 
     #[test]

@@ -47,11 +47,12 @@ fn two_workers_train_the_cnn_as_well_as_one() {
         .expect("the parameter server and both workers attest");
     let (state, events) = wait(&service, &together, Duration::from_secs(600));
     assert_eq!(state, JobState::Succeeded, "{events:?}");
-    // Rank 0 trains on its half of the 10 800 training examples.
+    // Rank 0 got, and decrypted, only its half of the 10 800 training examples (and all
+    // the validation examples).
     assert!(matches!(
         events.first(),
         Some(chiron_proto::owner::OwnerEvent::Started {
-            train_count: 10_800,
+            train_count: 5_400,
             valid_count: 1200
         })
     ));
