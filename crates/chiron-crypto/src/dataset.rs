@@ -640,7 +640,8 @@ pub fn dataset_part_ranges(
     let layout = Layout::new(parsed.plaintext_len);
     let ranges = select(&parsed.header).ok_or(CryptoError::DatasetPartInvalid)?;
     let runs = chunks_holding(layout, &ranges).ok_or(CryptoError::DatasetPartInvalid)?;
-    let mut out = vec![0..preamble];
+    let mut out = Vec::with_capacity(runs.len() + 1);
+    out.push(0..preamble);
     out.extend(runs.iter().map(|run| {
         let slots = run_slots(layout, run);
         preamble + slots.start..preamble + slots.end
