@@ -866,6 +866,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::single_range_in_vec_init)] // lists of one range each, on purpose
     fn a_part_that_is_not_what_it_claims_fails() -> Result<(), CryptoError> {
         let key = DataKey::generate();
         let (_, container) = encrypt(&key, &four_chunks())?;
