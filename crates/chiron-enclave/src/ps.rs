@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use chiron_attest::Policy;
 use chiron_channel::{LocalIdentity, PeerExpectation, RecordConfig, RecordReader, RecordWriter};
 use chiron_crypto::SealingKey;
-use chiron_engine::{Backend, DefaultBackend, Optimizer, OptimizerKind, OptimizerState};
+use chiron_engine::{Backend, DefaultBackend, Optimizer, OptimizerState};
 use chiron_proto::evidence::Role;
 use chiron_proto::owner::{
     ExchangeTerms, PARAMETER_SERVER_INFO, Pace, ParameterServerRequest, Rounds,
@@ -48,70 +48,19 @@ type Stream = chiron_channel::AttestedStream<TcpStream>;
 const LATE: Duration = Duration::from_millis(50);
 
 /// The program's rule for a step that averages `batches` workers' gradients, one batch of
-/// the program's each: the learning rate scaled as large-batch training scales it (the
-/// square root of the batch growth for the adaptive rules, linearly for SGD), so that N
-/// workers, which take 1/N of the steps per epoch, get as far in an epoch as one.
-fn scaled_for(kind: OptimizerKind, batches: usize) -> OptimizerKind {
+/// the program's each: the learning rate scaled as large-batch training scales it (linearly
+/// for SGD and Nesterov, by the square root of the batch growth for the adaptive rules), so
+/// that N workers, which take 1/N of the steps per epoch, get about as far in an epoch as
+/// one.
+fn scaled_for(rule: Rule, batches: usize) -> Rule {
     let growth = batches.max(1) as f32;
-    match kind {
-        OptimizerKind::Sgd {
-            lr,
-            momentum,
-            weight_decay,
-        } => OptimizerKind::Sgd {
-            lr: lr * growth,
-            momentum,
-            weight_decay,
-        },
-        OptimizerKind::Nesterov {
-            lr,
-            momentum,
-            weight_decay,
-        } => OptimizerKind::Nesterov {
-            lr: lr * growth,
-            momentum,
-            weight_decay,
-        },
-        OptimizerKind::Adam {
-            lr,
-            beta1,
-            beta2,
-            eps,
-            weight_decay,
-        } => OptimizerKind::Adam {
-            lr: lr * growth.sqrt(),
-            beta1,
-            beta2,
-            eps,
-            weight_decay,
-        },
-        OptimizerKind::AdamW {
-            lr,
-            beta1,
-            beta2,
-            eps,
-            weight_decay,
-        } => OptimizerKind::AdamW {
-            lr: lr * growth.sqrt(),
-            beta1,
-            beta2,
-            eps,
-            weight_decay,
-        },
-        OptimizerKind::RmsProp {
-            lr,
-            alpha,
-            eps,
-            weight_decay,
-        } => OptimizerKind::RmsProp {
-            lr: lr * growth.sqrt(),
-            alpha,
-            eps,
-            weight_decay,
-        },
-        // A rule this runtime does not know yet keeps the program's rate.
-        other => other,
-    }
+    let mut scaled = rule;
+    // Every rule's learning rate is its first value; tags 0 and 2 are SGD and Nesterov.
+    scaled.values[0] *= match rule.tag {
+        0 | 2 => growth,
+        _ => growth.sqrt(),
+    };
+    scaled
 }
 
 /// The host's start frame, unpacked.
@@ -998,7 +947,9 @@ impl Server<'_> {
         {
             return Err("workers out of step: they step different optimizers".into());
         }
-        let kind = scaled_for(rule.kind().ok_or("an unknown optimizer rule")?, steps.len());
+        let kind = scaled_for(rule, steps.len())
+            .kind()
+            .ok_or("an unknown optimizer rule")?;
         let engine = &self.engine;
         let held = self
             .optimizers

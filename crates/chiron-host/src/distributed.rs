@@ -80,6 +80,26 @@ impl Member {
     }
 }
 
+impl Member {
+    /// Takes `replacement`'s place (its writer apart) and stops the enclave it replaces;
+    /// returns the replacement's frames.
+    async fn replace_with(&mut self, replacement: Member) -> mpsc::Receiver<FrameResult> {
+        let Member {
+            frames,
+            _reader,
+            instance,
+            ip,
+            ..
+        } = replacement;
+        self._reader = _reader;
+        self.ip = ip;
+        if let Some(mut old) = std::mem::replace(&mut self.instance, instance) {
+            old.kill().await;
+        }
+        frames
+    }
+}
+
 /// The task that owns a distributed job's enclaves for the job's whole life.
 pub async fn run_job(
     job: Arc<Job>,
@@ -388,21 +408,10 @@ async fn train(
                                 job.id,
                                 checkpoint.unwrap_or(0)
                             );
-                            let Member {
-                                frames,
-                                _reader,
-                                instance,
-                                ip,
-                                ..
-                            } = member;
+                            let ip = member.ip;
+                            let frames = server.replace_with(member).await;
                             forwarders.push(forward(From::Server, frames));
                             _writers.push(writer);
-                            server._reader = _reader;
-                            server.ip = ip;
-                            if let Some(mut old) = std::mem::replace(&mut server.instance, instance)
-                            {
-                                old.kill().await;
-                            }
                             let _ = retarget.send(SocketAddr::new(ip, port));
                             None
                         }
@@ -435,21 +444,9 @@ async fn train(
                                 "job {}: worker {rank} lost; a replacement takes its place",
                                 job.id
                             );
-                            let Member {
-                                frames,
-                                _reader,
-                                instance,
-                                ip,
-                                ..
-                            } = member;
                             senders.spawn(sender);
+                            let frames = workers[rank].replace_with(member).await;
                             forwarders.push(forward(From::Worker(rank), frames));
-                            let lost = &mut workers[rank];
-                            lost._reader = _reader;
-                            lost.ip = ip;
-                            if let Some(mut old) = std::mem::replace(&mut lost.instance, instance) {
-                                old.kill().await;
-                            }
                             None
                         }
                         Err(label) => Some((Some(from), label)),

@@ -455,6 +455,50 @@ async fn admitted_worker(
     (reader, writer)
 }
 
+/// The iris table, encrypted: its key and container.
+fn encrypted_iris() -> (DataKey, Vec<u8>) {
+    let data = iris();
+    let data_key = DataKey::generate();
+    let mut container = Vec::new();
+    chiron_crypto::encrypt_dataset(
+        &data_key,
+        &data.header,
+        data.body.as_slice(),
+        &mut container,
+    )
+    .expect("encrypts");
+    (data_key, container)
+}
+
+/// A worker enclave process, attested and started as the owner and the host would, as rank
+/// `rank` of a live two-worker job on `container`, told its server is at `address`; and
+/// the owner's event key.
+fn start_raw_worker(
+    service: &Service,
+    job_id: &str,
+    (data_key, container): (&DataKey, &[u8]),
+    wasm: &[u8],
+    rank: u32,
+    address: &str,
+) -> (RawEnclave, chiron_crypto::ResponseKey) {
+    let mut worker = RawEnclave::spawn(service, "worker");
+    let key = worker.attest(service, Role::Worker, job_id);
+    let request = worker_request(service, data_key, wasm, rank);
+    let plaintext = postcard::to_allocvec(&request).expect("encodes");
+    let (sealed, event_key) =
+        chiron_crypto::seal_to_enclave(&key, TRAIN_INFO, job_id.as_bytes(), &plaintext)
+            .expect("seals");
+    worker.send(&HostFrame::StartTraining {
+        job_id: job_id.to_owned(),
+        sealed_request: sealed,
+        program: wasm.to_vec(),
+        dataset_len: container.len() as u64,
+        parameter_server: Some(address.to_owned()),
+    });
+    worker.send(&HostFrame::DatasetPart(container.to_vec()));
+    (worker, event_key)
+}
+
 /// The owner's request to worker `rank` of a live two-worker job.
 fn worker_request(service: &Service, data_key: &DataKey, wasm: &[u8], rank: u32) -> TrainRequest {
     TrainRequest {
@@ -484,38 +528,21 @@ fn worker_request(service: &Service, data_key: &DataKey, wasm: &[u8], rank: u32)
 fn a_worker_ticket_opens_only_untampered_and_for_its_job() {
     let service = Service::start();
     let job_id = "a-job-whose-worker-leaves-a-ticket";
-    let data = iris();
-    let data_key = DataKey::generate();
-    let mut container = Vec::new();
-    chiron_crypto::encrypt_dataset(
-        &data_key,
-        &data.header,
-        data.body.as_slice(),
-        &mut container,
-    )
-    .expect("encrypts");
+    let (data_key, container) = encrypted_iris();
     let wasm = program_wasm("chiron_mlp");
     // Nothing listens there: every worker below fails at its exchange, if it gets that far.
     let nowhere = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
         listener.local_addr().expect("address").to_string()
     };
-
-    let mut first = RawEnclave::spawn(&service, "worker");
-    let key = first.attest(&service, Role::Worker, job_id);
-    let plaintext =
-        postcard::to_allocvec(&worker_request(&service, &data_key, &wasm, 1)).expect("encodes");
-    let (sealed, _) =
-        chiron_crypto::seal_to_enclave(&key, TRAIN_INFO, job_id.as_bytes(), &plaintext)
-            .expect("seals");
-    first.send(&HostFrame::StartTraining {
-        job_id: job_id.to_owned(),
-        sealed_request: sealed,
-        program: wasm.clone(),
-        dataset_len: container.len() as u64,
-        parameter_server: Some(nowhere.clone()),
-    });
-    first.send(&HostFrame::DatasetPart(container.clone()));
+    let (mut first, _) = start_raw_worker(
+        &service,
+        job_id,
+        (&data_key, &container),
+        &wasm,
+        1,
+        &nowhere,
+    );
     let ticket = loop {
         match first.recv() {
             EnclaveFrame::WorkerTicket { sealed } => break sealed,
@@ -564,16 +591,7 @@ fn a_worker_ticket_opens_only_untampered_and_for_its_job() {
 fn a_worker_refuses_a_parameter_server_of_another_job() {
     let service = Service::start();
     let job_id = "a-job-with-an-impostor-server";
-    let data = iris();
-    let data_key = DataKey::generate();
-    let mut container = Vec::new();
-    chiron_crypto::encrypt_dataset(
-        &data_key,
-        &data.header,
-        data.body.as_slice(),
-        &mut container,
-    )
-    .expect("encrypts");
+    let (data_key, container) = encrypted_iris();
     let wasm = program_wasm("chiron_mlp");
 
     // A parameter server of the right build and platform, attesting for another job.
@@ -597,21 +615,14 @@ fn a_worker_refuses_a_parameter_server_of_another_job() {
         })
     });
 
-    let mut worker = RawEnclave::spawn(&service, "worker");
-    let key = worker.attest(&service, Role::Worker, job_id);
-    let request = worker_request(&service, &data_key, &wasm, 0);
-    let plaintext = postcard::to_allocvec(&request).expect("encodes");
-    let (sealed, event_key) =
-        chiron_crypto::seal_to_enclave(&key, TRAIN_INFO, job_id.as_bytes(), &plaintext)
-            .expect("seals");
-    worker.send(&HostFrame::StartTraining {
-        job_id: job_id.to_owned(),
-        sealed_request: sealed,
-        program: wasm,
-        dataset_len: container.len() as u64,
-        parameter_server: Some(address),
-    });
-    worker.send(&HostFrame::DatasetPart(container));
+    let (mut worker, event_key) = start_raw_worker(
+        &service,
+        job_id,
+        (&data_key, &container),
+        &wasm,
+        0,
+        &address,
+    );
     let started = Instant::now();
     let end = loop {
         match worker.recv() {
