@@ -154,7 +154,10 @@ fn serve(enclave: &Enclave, start: Start) -> Result<(), &'static str> {
         .map_err(|_| "malformed parameter server request")?;
     let policy = Policy::parse_spec(&request.peer_policy)
         .map_err(|_| "malformed parameter server request")?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    // Several threads: each round's messages are decrypted in parallel.
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 16));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
         .enable_all()
         .build()
         .map_err(|_| "parameter server failed")?;
@@ -792,21 +795,38 @@ impl Server<'_> {
         let size = self.terms.message_bytes();
         while self.workers.iter().any(|w| w.active) {
             self.take_back_waiting();
-            let mut messages = Vec::new();
+            // Every worker's message is read and decrypted at once, on the server's cores;
+            // the round then takes them in rank order, whatever order they came in.
             let mut lost = Vec::new();
+            let mut reading = tokio::task::JoinSet::new();
             for worker in self.workers.iter_mut().filter(|w| w.active) {
-                let received = match worker.reader.as_mut() {
-                    Some(reader) => reader.recv_message(size).await.ok(),
-                    None => None,
-                };
-                let Some(bytes) = received else {
-                    lost.push(worker.rank);
-                    continue;
-                };
-                let message = unpad::<ToServer>(&bytes)
-                    .map_err(|e| format!("worker {}: {e}", worker.rank))?;
-                messages.push((worker.rank, message));
+                match worker.reader.take() {
+                    Some(reader) => {
+                        reading.spawn(next_message(worker.rank, reader, size));
+                    }
+                    None => lost.push(worker.rank),
+                }
             }
+            let mut arrived = Vec::new();
+            while let Some(read) = reading.join_next().await {
+                let (rank, reader, bytes) =
+                    read.map_err(|_| "a worker's reader failed".to_owned())?;
+                let i = self.index(rank).ok_or("a worker's link went missing")?;
+                self.workers[i].reader = Some(reader);
+                match bytes {
+                    Ok(bytes) => arrived.push((rank, bytes)),
+                    Err(_) => lost.push(rank),
+                }
+            }
+            arrived.sort_unstable_by_key(|(rank, _)| *rank);
+            let messages = arrived
+                .into_iter()
+                .map(|(rank, bytes)| {
+                    unpad::<ToServer>(&bytes)
+                        .map(|message| (rank, message))
+                        .map_err(|e| format!("worker {rank}: {e}"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             for rank in lost {
                 self.lose(rank)?;
             }
