@@ -572,7 +572,7 @@ impl Server<'_> {
                     continue;
                 }
                 ToServer::Register { optimizer, values } => {
-                    self.register(vec![(optimizer, values)])?
+                    ToWorker::Parameters(self.register(vec![(optimizer, values)])?)
                 }
                 ToServer::Step {
                     optimizer,
@@ -586,18 +586,18 @@ impl Server<'_> {
                             self.step(vec![(optimizer, rule, max_grad_norm, gradients)])?;
                         self.rounds_done += 1;
                         self.checkpoint_if_due()?;
-                        answer
+                        ToWorker::Parameters(answer)
                     } else {
                         let held = self
                             .optimizers
                             .get(&optimizer)
                             .ok_or("a step of an optimizer never registered")?;
-                        values(&self.engine, held)?
+                        ToWorker::Stale(values(&self.engine, held)?)
                     }
                 }
             };
             seen.insert(rank, self.rounds_done);
-            let bytes = pad(&ToWorker::Parameters(answer), size)?;
+            let bytes = pad(&answer, size)?;
             if self.workers[i].writer.send_message(&bytes).await.is_err() {
                 self.lose(rank)?;
                 continue;

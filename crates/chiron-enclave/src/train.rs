@@ -479,6 +479,7 @@ fn train(
         let stats = link.stats();
         for (name, value) in [
             ("exchange_rounds", stats.rounds as f32),
+            ("exchange_dropped", stats.dropped as f32),
             ("exchange_wait_s", stats.waiting.as_secs_f32()),
         ] {
             events.emit(&OwnerEvent::Metric {

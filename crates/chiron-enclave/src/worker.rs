@@ -39,6 +39,8 @@ pub struct ExchangeStats {
     pub released: bool,
     /// Rounds (registrations and steps) completed.
     pub rounds: u64,
+    /// Steps an asynchronous exchange dropped as too stale.
+    pub dropped: u64,
     /// Time the program waited for them, from sending its gradients to holding the
     /// parameters back (under a paced exchange, the wait for the tick included).
     pub waiting: Duration,
@@ -198,7 +200,7 @@ impl ServerLink {
     /// One round: `message` out, the server's parameters back, its time counted.
     fn round(&self, message: ToServer) -> Result<Vec<Vec<f32>>, ExchangeError> {
         let started = Instant::now();
-        let values = self.carry(message).inspect_err(|e| {
+        let (values, applied) = self.carry(message).inspect_err(|e| {
             if e.0 == RELEASED {
                 self.1
                     .lock()
@@ -208,11 +210,13 @@ impl ServerLink {
         })?;
         let mut stats = self.1.lock().unwrap_or_else(PoisonError::into_inner);
         stats.rounds += 1;
+        stats.dropped += u64::from(!applied);
         stats.waiting += started.elapsed();
         Ok(values)
     }
 
-    fn carry(&self, message: ToServer) -> Result<Vec<Vec<f32>>, ExchangeError> {
+    /// Carries `message`; the parameters back, and whether the server applied the step.
+    fn carry(&self, message: ToServer) -> Result<(Vec<Vec<f32>>, bool), ExchangeError> {
         match &*self.0 {
             Link::Eager(connection) => connection
                 .lock()
@@ -224,7 +228,7 @@ impl ServerLink {
                 let replies = paced.replies.lock().unwrap_or_else(PoisonError::into_inner);
                 match replies.recv_timeout(paced.deadline.saturating_duration_since(Instant::now()))
                 {
-                    Ok(reply) => reply.map_err(ExchangeError),
+                    Ok(reply) => reply.map(|values| (values, true)).map_err(ExchangeError),
                     Err(RecvTimeoutError::Timeout) => {
                         Err(ExchangeError("the job's time budget ran out".into()))
                     }
@@ -266,7 +270,7 @@ fn keep_pace(
                 outstanding = false;
                 let _ = answer.send(Ok(values));
             }
-            Ok(ToWorker::Parameters(_)) => {
+            Ok(ToWorker::Parameters(_) | ToWorker::Stale(_)) => {
                 ended.get_or_insert("the parameter server answered out of turn".into());
             }
             // A paced exchange keeps every worker to its schedule's end.
@@ -376,13 +380,14 @@ impl Connection {
     /// One unpaced round: `message` out, the server's parameters back. A server lost on
     /// the way is replaced by the host from its last checkpoint: the worker reconnects to the
     /// replacement and asks again.
-    fn round(&mut self, message: &ToServer) -> Result<Vec<Vec<f32>>, ExchangeError> {
+    fn round(&mut self, message: &ToServer) -> Result<(Vec<Vec<f32>>, bool), ExchangeError> {
         let mut reply = self.send(message).and_then(|()| self.recv());
         while reply.is_err() && self.broken && self.reconnect() {
             reply = self.send(message).and_then(|()| self.recv());
         }
         match reply {
-            Ok(ToWorker::Parameters(values)) => Ok(values),
+            Ok(ToWorker::Parameters(values)) => Ok((values, true)),
+            Ok(ToWorker::Stale(values)) => Ok((values, false)),
             Ok(ToWorker::Refused(reason)) => {
                 self.closed = true;
                 Err(ExchangeError(format!(

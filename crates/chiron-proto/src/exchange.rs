@@ -59,6 +59,9 @@ pub enum ToWorker {
     /// Rank 0 is done, so the job's model is sealed: this worker, a replacement still
     /// running its program, is let go. Its work is over; the job has not failed.
     Released,
+    /// An asynchronous exchange dropped this worker's step as too stale: the parameters to
+    /// continue with, as `Parameters`.
+    Stale(#[serde(with = "floats")] Vec<Vec<f32>>),
 }
 
 /// An optimizer rule on the wire: which rule (`tag`: 0 SGD, 1 Adam, 2 Nesterov, 3 AdamW,

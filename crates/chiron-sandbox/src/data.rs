@@ -44,11 +44,6 @@ pub struct TrainingData {
     labels: Vec<u32>,
     features: Vec<u8>,
     feature_len: usize,
-    /// Where this dataset's training examples start among the stored ones: 0, or a
-    /// worker's shard's first example ([`TrainingData::shard`]).
-    train_offset: u32,
-    /// Where the validation examples start among the stored ones.
-    valid_offset: u32,
 }
 
 impl std::fmt::Debug for TrainingData {
@@ -112,8 +107,6 @@ impl TrainingData {
         let feature_len = header.feature_len();
         // The buffers move (not copy) into the dataset, whose `Drop` wipes them.
         Ok(Self {
-            train_offset: 0,
-            valid_offset: header.train_count,
             header,
             labels: std::mem::take(&mut *labels),
             features: std::mem::take(&mut *features),
@@ -136,8 +129,9 @@ impl TrainingData {
 
     fn absolute(&self, split: Split, index: u32) -> Option<usize> {
         (index < self.count(split)).then(|| match split {
-            Split::Train => self.train_offset as usize + index as usize,
-            Split::Valid => self.valid_offset as usize + index as usize,
+            // The training examples come first, then the validation ones.
+            Split::Train => index as usize,
+            Split::Valid => self.header.train_count as usize + index as usize,
         })
     }
 
@@ -230,8 +224,6 @@ mod tests {
             labels: vec![0],
             features: Vec::new(),
             feature_len: 1 << 30,
-            train_offset: 0,
-            valid_offset: 1,
         };
         assert_eq!(d.features(Split::Train, &[0]), None);
         assert_eq!(d.features(Split::Train, &[0; 4096]), None);

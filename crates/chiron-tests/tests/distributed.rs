@@ -147,6 +147,11 @@ fn message(message: &ToServer) -> Vec<u8> {
 /// A parameter-server enclave process for `job_id`, attested and started as the owner and
 /// the host would, for two workers and 64 KiB messages; and the address it listens on.
 fn start_server(service: &Service, job_id: &str) -> (RawEnclave, String) {
+    start_server_with(service, job_id, Rounds::Synchronous)
+}
+
+/// [`start_server`], with `rounds`.
+fn start_server_with(service: &Service, job_id: &str, rounds: Rounds) -> (RawEnclave, String) {
     let mut server = RawEnclave::spawn(service, "ps");
     let key = server.attest(service, Role::ParameterServer, job_id);
     let request = ParameterServerRequest {
@@ -154,7 +159,7 @@ fn start_server(service: &Service, job_id: &str) -> (RawEnclave, String) {
             workers: 2,
             message_kib: 64,
             pace: None,
-            rounds: Rounds::Synchronous,
+            rounds,
         },
         peer_policy: service.policy_spec(),
         time_budget_secs: 120,
@@ -430,6 +435,66 @@ fn a_lost_worker_is_replaced_and_let_go_once_rank_0_is_done() {
             unpad::<ToWorker>(&bytes).expect("decodes"),
             ToWorker::Released
         ));
+    });
+    assert!(matches!(server.recv(), EnclaveFrame::Served));
+}
+
+#[test]
+fn an_asynchronous_server_applies_steps_alone_and_drops_stale_ones() {
+    let service = Service::start();
+    let job_id = "an-asynchronous-job";
+    let context = context_digest(job_id);
+    let (mut server, address) =
+        start_server_with(&service, job_id, Rounds::Asynchronous { max_staleness: 0 });
+    runtime().block_on(async {
+        let mut workers = admitted_workers(&service, &address, context, 2).await;
+        let register = ToServer::Register {
+            optimizer: 1,
+            values: vec![vec![1.0, 2.0]],
+        };
+        let step = ToServer::Step {
+            optimizer: 1,
+            rule: Rule {
+                tag: 0,
+                values: [0.5, 0.0, 0.0, 0.0, 0.0],
+            },
+            max_grad_norm: None,
+            gradients: vec![Some(vec![1.0; 2])],
+        };
+        let mut exchange = async |worker: usize, m: &ToServer| {
+            let (reader, writer) = &mut workers[worker];
+            writer.send_message(&message(m)).await.expect("sent");
+            let bytes = reader.recv_message(64 * 1024).await.expect("answered");
+            unpad::<ToWorker>(&bytes).expect("decodes")
+        };
+        for worker in 0..2 {
+            assert!(matches!(
+                exchange(worker, &register).await,
+                ToWorker::Parameters(_)
+            ));
+        }
+        // Worker 0's step is applied alone, unscaled: 0.5 off each value.
+        assert!(matches!(
+            exchange(0, &step).await,
+            ToWorker::Parameters(v) if v == vec![vec![0.5, 1.5]]
+        ));
+        // Worker 1 computed on the parameters from before it: one update stale, over the
+        // bound of 0. Dropped, and told so, with the current parameters.
+        assert!(matches!(
+            exchange(1, &step).await,
+            ToWorker::Stale(v) if v == vec![vec![0.5, 1.5]]
+        ));
+        // Now current, its next step counts.
+        assert!(matches!(
+            exchange(1, &step).await,
+            ToWorker::Parameters(v) if v == vec![vec![0.0, 1.0]]
+        ));
+        for (_, writer) in &mut workers {
+            writer
+                .send_message(&message(&ToServer::Done))
+                .await
+                .expect("done");
+        }
     });
     assert!(matches!(server.recv(), EnclaveFrame::Served));
 }
