@@ -19,6 +19,7 @@
 
 mod counter;
 mod exchange;
+mod identity;
 mod keyrelease;
 mod memory;
 mod ps;

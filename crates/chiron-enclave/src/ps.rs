@@ -39,7 +39,7 @@ use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::exchange::{Rule, RuleExt, ToServer, ToWorker, pad, unpad};
-use crate::session::Enclave;
+use crate::identity::Enclave;
 
 type Stream = chiron_channel::AttestedStream<TcpStream>;
 

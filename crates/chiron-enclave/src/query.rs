@@ -20,8 +20,8 @@ use chiron_sandbox::{Model, Program, Sandbox, SandboxConfig, runtime::argmax};
 use sha2::{Digest, Sha256};
 
 use crate::counter::{CounterSeal, CounterState};
+use crate::identity::Enclave;
 use crate::sealed::SealedModel;
-use crate::session::Enclave;
 
 /// AAD of every answer: answers are encrypted under a per-query key, counter 0.
 pub const ANSWER_AAD: &[u8] = b"chiron/v1 answer";

@@ -18,9 +18,9 @@ use sha2::{Digest, Sha256};
 use chiron_attest::attester::Platform;
 use chiron_proto::evidence::Role;
 
+use crate::identity::Enclave;
 use crate::memory;
 use crate::sealed::{EncodeError, SealedModel};
-use crate::session::Enclave;
 use crate::worker::ServerLink;
 
 /// Largest dataset container accepted (the plaintext bound plus encryption overhead).
