@@ -89,6 +89,10 @@ struct Checkpoint {
     round: u64,
     /// The ranks still training.
     active: Vec<u32>,
+    /// The ranks lost before they were done: the only ones a replacement may take.
+    lost: Vec<u32>,
+    /// Rank 0 was done: no worker is taken back.
+    rank_zero_done: bool,
     optimizers: Vec<SavedOptimizer>,
 }
 
@@ -190,13 +194,17 @@ fn serve(enclave: &Enclave, start: Start) -> Result<(), &'static str> {
         let terms = request.exchange;
         // A replacement waits for the workers still training when its checkpoint was taken
         // (one is taken whenever a worker leaves).
-        let expected: BTreeSet<u32> = match &resumed {
-            Some(checkpoint) => checkpoint.active.iter().copied().collect(),
-            None => (0..terms.workers).collect(),
+        let (expected, lost): (BTreeSet<u32>, BTreeSet<u32>) = match &resumed {
+            Some(checkpoint) if checkpoint.rank_zero_done => Default::default(),
+            Some(checkpoint) => (
+                checkpoint.active.iter().copied().collect(),
+                checkpoint.lost.iter().copied().collect(),
+            ),
+            None => ((0..terms.workers).collect(), BTreeSet::new()),
         };
         let workers = tokio::time::timeout_at(
             deadline.into(),
-            admit(&listener, &identity, &expectation, terms, &expected),
+            admit(&listener, &identity, &expectation, terms, &expected, &lost),
         )
         .await
         .map_err(|_| "workers did not connect in time")?;
@@ -214,6 +222,7 @@ fn serve(enclave: &Enclave, start: Start) -> Result<(), &'static str> {
         let mut server = Server {
             replacements,
             rank_zero_done: false,
+            replaceable: BTreeSet::new(),
             engine: DefaultBackend::new(),
             workers,
             terms,
@@ -294,15 +303,16 @@ async fn accept_worker(
 
 /// Accepts workers until every `expected` rank has connected. A connection that fails its
 /// handshake is dropped and the server waits on. An attested worker of this job says its
-/// rank truly; one of a rank not expected (a replacement of a worker lost before this
-/// server's checkpoint) is admitted too, and a later one for a rank replaces the earlier
-/// (a worker restarted before the rounds began).
+/// rank truly; one of a `lost` rank (a replacement of a worker lost before this server's
+/// checkpoint) is admitted too, and a later one for a rank replaces the earlier (a worker
+/// restarted before the rounds began). A rank that was done is never taken.
 async fn admit(
     listener: &TcpListener,
     identity: &LocalIdentity,
     expectation: &PeerExpectation,
     terms: ExchangeTerms,
     expected: &BTreeSet<u32>,
+    lost: &BTreeSet<u32>,
 ) -> Vec<Link> {
     let mut links: BTreeMap<u32, Link> = BTreeMap::new();
     while !expected.iter().all(|rank| links.contains_key(rank)) {
@@ -311,7 +321,7 @@ async fn admit(
         else {
             continue;
         };
-        if link.rank < terms.workers {
+        if expected.contains(&link.rank) || lost.contains(&link.rank) {
             links.insert(link.rank, link);
         }
     }
@@ -390,6 +400,9 @@ struct Server<'a> {
     replacements: Option<tokio::sync::mpsc::Receiver<Link>>,
     /// Rank 0 is done: the job's model is sealed, and the workers still running are let go.
     rank_zero_done: bool,
+    /// Ranks lost before this server (a replacement) took over and not back yet: the only
+    /// ranks without a link that a replacement may take.
+    replaceable: BTreeSet<u32>,
     terms: ExchangeTerms,
     optimizers: BTreeMap<u32, Held>,
     /// Rounds completed (registrations and steps), since the job began.
@@ -446,6 +459,14 @@ impl Server<'_> {
                 .filter(|w| w.active)
                 .map(|w| w.rank)
                 .collect(),
+            lost: self
+                .workers
+                .iter()
+                .filter(|w| w.lost)
+                .map(|w| w.rank)
+                .chain(self.replaceable.iter().copied())
+                .collect(),
+            rank_zero_done: self.rank_zero_done,
             optimizers,
         };
         let plaintext = postcard::to_allocvec(&checkpoint).map_err(|e| e.to_string())?;
@@ -461,6 +482,14 @@ impl Server<'_> {
     /// Takes over from a checkpoint.
     fn restore(&mut self, checkpoint: Checkpoint) -> Result<(), String> {
         self.rounds_done = checkpoint.round;
+        self.rank_zero_done = checkpoint.rank_zero_done;
+        // Lost ranks that did not come back with the others may still be replaced.
+        self.replaceable = checkpoint
+            .lost
+            .iter()
+            .copied()
+            .filter(|rank| self.index(*rank).is_none())
+            .collect();
         for saved in checkpoint.optimizers {
             let lens: Vec<usize> = saved.values.iter().map(Vec::len).collect();
             let params = saved
@@ -536,10 +565,13 @@ impl Server<'_> {
                     None => break,
                 },
                 Some(link) = next_replacement(&mut replacements) => {
-                    if let Some(i) = self.take_back(link) {
+                    if let Some(i) = self.take_back(link).await {
                         let worker = &mut self.workers[i];
                         if let Some(reader) = worker.reader.take() {
-                            seen.insert(worker.rank, self.rounds_done);
+                            // A worker that reconnected resends the step it computed
+                            // before: its staleness counts from then. A new one registers
+                            // first, which sets it.
+                            seen.entry(worker.rank).or_insert(self.rounds_done);
                             waiting.spawn(next_message(worker.rank, reader, size));
                         }
                     }
@@ -629,35 +661,49 @@ impl Server<'_> {
         self.checkpoint()
     }
 
-    /// Takes a replacement in: a worker of a rank that was lost (or that this server, a
-    /// replacement itself, never had), other than rank 0, before rank 0 is done. Returns
-    /// its index, or `None` when it is turned away (its connection is dropped).
-    fn take_back(&mut self, link: Link) -> Option<usize> {
-        if link.rank == 0 || link.rank >= self.terms.workers || self.rank_zero_done {
-            return None;
-        }
-        match self.index(link.rank) {
-            Some(i) if self.workers[i].lost => {
+    /// Takes a replacement in: a worker of a rank that was lost (before this server, a
+    /// replacement itself, took over, or since), other than rank 0, before rank 0 is done.
+    /// Returns its index. One turned away once rank 0 is done is told so (`Released`), so
+    /// that it stops; another's connection is dropped, and it tries again (a replacement
+    /// may reach the server before the server has noticed the loss it replaces).
+    async fn take_back(&mut self, mut link: Link) -> Option<usize> {
+        let place = match self.index(link.rank) {
+            _ if link.rank == 0 || self.rank_zero_done => None,
+            Some(i) if self.workers[i].lost => Some(Ok(i)),
+            Some(_) => None,
+            None if self.replaceable.remove(&link.rank) => {
+                Some(Err(self.workers.partition_point(|w| w.rank < link.rank)))
+            }
+            None => None,
+        };
+        match place {
+            Some(Ok(i)) => {
                 self.workers[i] = link;
                 Some(i)
             }
-            Some(_) => None,
-            None => {
-                let i = self.workers.partition_point(|w| w.rank < link.rank);
+            Some(Err(i)) => {
                 self.workers.insert(i, link);
                 Some(i)
+            }
+            None => {
+                if self.rank_zero_done
+                    && let Ok(bytes) = pad(&ToWorker::Released, self.terms.message_bytes())
+                {
+                    let _ = link.writer.send_message(&bytes).await;
+                }
+                None
             }
         }
     }
 
     /// Takes in the replacements admitted since the last round.
-    fn take_back_waiting(&mut self) {
+    async fn take_back_waiting(&mut self) {
         while let Some(link) = self
             .replacements
             .as_mut()
             .and_then(|replacements| replacements.try_recv().ok())
         {
-            self.take_back(link);
+            self.take_back(link).await;
         }
     }
 
@@ -794,7 +840,7 @@ impl Server<'_> {
     async fn eager_rounds(&mut self) -> Result<(), String> {
         let size = self.terms.message_bytes();
         while self.workers.iter().any(|w| w.active) {
-            self.take_back_waiting();
+            self.take_back_waiting().await;
             // Every worker's message is read and decrypted at once, on the server's cores;
             // the round then takes them in rank order, whatever order they came in.
             let mut lost = Vec::new();
@@ -899,10 +945,14 @@ impl Server<'_> {
                 } => steps.push((optimizer, rule, max_grad_norm, gradients)),
             }
         }
+        // A replacement registers the optimizer the others step, as they registered it.
+        let stepped = steps.first().map(|step| step.0);
         let catching_up = registers.iter().all(|(optimizer, values)| {
-            self.optimizers
-                .get(optimizer)
-                .is_some_and(|held| values.iter().map(Vec::len).eq(held.lens.iter().copied()))
+            Some(*optimizer) == stepped
+                && self
+                    .optimizers
+                    .get(optimizer)
+                    .is_some_and(|held| values.iter().map(Vec::len).eq(held.lens.iter().copied()))
         });
         match (registers.is_empty(), steps.is_empty()) {
             (true, true) => Ok(None),

@@ -376,11 +376,8 @@ fn train(
     let decrypted = match shard {
         None => chiron_crypto::decrypt_dataset(&key, &container),
         Some((rank, workers)) => {
-            let select = |header: &DatasetHeader| {
-                header
-                    .shard(rank, workers)
-                    .map(|(_, ranges)| ranges.to_vec())
-            };
+            let select =
+                |header: &DatasetHeader| header.shard(rank, workers).map(|(_, ranges)| ranges);
             chiron_crypto::decrypt_dataset_part(&key, &container, select).and_then(
                 |(header, body)| match header.shard(rank, workers) {
                     Some((shard, _)) => Ok((shard, body)),
@@ -390,9 +387,12 @@ fn train(
         }
     };
     let (header, body) = decrypted.map_err(|e| match (e, shard) {
-        (chiron_crypto::CryptoError::DatasetPartInvalid, Some((_, workers))) => fail(
+        (chiron_crypto::CryptoError::DatasetPartInvalid, Some((rank, workers))) => fail(
             "dataset is malformed",
-            format!("the dataset has too few training examples for {workers} workers"),
+            format!(
+                "the dataset's header leaves worker {rank} of {workers} no training examples \
+                 (too few for {workers} workers, or a header that is not yours)"
+            ),
         ),
         (e, _) => fail(
             "dataset failed authentication",

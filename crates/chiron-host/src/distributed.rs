@@ -431,6 +431,7 @@ async fn train(
                 // A lost worker that left its ticket: a replacement takes its place.
                 (From::Worker(rank), Some(Err(FrameError::Io(_))) | None)
                     if !finished[rank]
+                        && !finished[0]
                         && failed.is_none()
                         && !served
                         && worker_replacements < MAX_WORKER_REPLACEMENTS

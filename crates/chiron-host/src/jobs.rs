@@ -670,9 +670,7 @@ pub(crate) async fn send_training_input(
             // The header is public and unauthenticated here: a wrong one only makes the
             // worker refuse what it gets.
             let ranges = chiron_crypto::dataset_part_ranges(&head, |header| {
-                header
-                    .shard(rank, workers)
-                    .map(|(_, ranges)| ranges.to_vec())
+                header.shard(rank, workers).map(|(_, ranges)| ranges)
             })
             .map_err(|_| SendFailure::Store)?;
             job.store.get_ranges(&path, ranges).await

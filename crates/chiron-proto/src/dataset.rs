@@ -137,10 +137,10 @@ impl DatasetHeader {
     /// as many steps), and every validation example. Returns the shard's own header and the
     /// plaintext byte ranges of this body that make the shard's body, in its order: the
     /// shard's labels, the validation labels, the shard's features, the validation
-    /// features. `None` for a rank out of range or a shard with no example. Only the public
-    /// counts decide it, so the host can send each worker just the chunks that hold its
-    /// shard.
-    pub fn shard(&self, rank: u32, workers: u32) -> Option<(DatasetHeader, [Range<u64>; 4])> {
+    /// features (the validation ones left out when there are none). `None` for a rank out
+    /// of range or a shard with no example. Only the public counts decide it, so the host
+    /// can send each worker just the chunks that hold its shard.
+    pub fn shard(&self, rank: u32, workers: u32) -> Option<(DatasetHeader, Vec<Range<u64>>)> {
         let share = self.train_count.checked_div(workers)?;
         if rank >= workers || share == 0 {
             return None;
@@ -164,7 +164,10 @@ impl DatasetHeader {
             train_count: share,
             ..self.clone()
         };
-        Some((header, ranges))
+        Some((
+            header,
+            ranges.into_iter().filter(|r| !r.is_empty()).collect(),
+        ))
     }
 
     /// `n × 4 + n × features × element size`, or `None` if it does not fit in a `u64`.
@@ -237,6 +240,10 @@ mod tests {
         assert!(h.shard(0, 0).is_none());
         assert!(h.shard(0, 60_001).is_none());
         assert!(h.shard(0, 60_000).is_some());
+        // Without validation examples a shard is its labels and features alone.
+        let (_, ranges) = fashion().shard(1, 2).expect("a shard");
+        assert_eq!(ranges.len(), 2);
+        assert_eq!(ranges[0], 30_000 * 4..60_000 * 4);
     }
 
     #[test]

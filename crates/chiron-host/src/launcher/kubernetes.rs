@@ -366,8 +366,8 @@ impl Pods {
                 Progress::Ended(reason) => return Err(EnclaveError::Cluster(reason)),
                 Progress::Running(ip) => {
                     // Running is not yet listening: the enclave's start may take a while.
-                    if let Ok(stream) = TcpStream::connect(SocketAddr::new(ip, CONTROL_PORT)).await
-                    {
+                    let connecting = TcpStream::connect(SocketAddr::new(ip, CONTROL_PORT));
+                    if let Ok(Ok(stream)) = tokio::time::timeout(POLL * 4, connecting).await {
                         stream.set_nodelay(true).map_err(EnclaveError::Connect)?;
                         return Ok(Enclave::from_stream(stream, Some(Instance::Pod(pod))));
                     }
