@@ -349,17 +349,8 @@ fn a_lost_worker_is_replaced_and_let_go_once_rank_0_is_done() {
         for (reader, _) in &mut workers {
             reader.recv_message(64 * 1024).await.expect("answered");
         }
-        // Plain SGD at 0.5 on a gradient of ones: each step of one worker takes 0.5 off
-        // every value (of two, scaled to 1.0).
-        let step = ToServer::Step {
-            optimizer: 1,
-            rule: Rule {
-                tag: 0,
-                values: [0.5, 0.0, 0.0, 0.0, 0.0],
-            },
-            max_grad_norm: None,
-            gradients: vec![Some(vec![1.0; 3])],
-        };
+        // Each step of one worker takes 0.5 off every value (of two, scaled to 1.0).
+        let step = sgd_half_step(3);
         let (mut rank0_reader, mut rank0_writer) = workers.remove(0);
         let mut rank0_step = async |expected: Vec<f32>| {
             rank0_writer
@@ -452,15 +443,7 @@ fn an_asynchronous_server_applies_steps_alone_and_drops_stale_ones() {
             optimizer: 1,
             values: vec![vec![1.0, 2.0]],
         };
-        let step = ToServer::Step {
-            optimizer: 1,
-            rule: Rule {
-                tag: 0,
-                values: [0.5, 0.0, 0.0, 0.0, 0.0],
-            },
-            max_grad_norm: None,
-            gradients: vec![Some(vec![1.0; 2])],
-        };
+        let step = sgd_half_step(2);
         let mut exchange = async |worker: usize, m: &ToServer| {
             let (reader, writer) = &mut workers[worker];
             writer.send_message(&message(m)).await.expect("sent");
@@ -497,6 +480,19 @@ fn an_asynchronous_server_applies_steps_alone_and_drops_stale_ones() {
         }
     });
     assert!(matches!(server.recv(), EnclaveFrame::Served));
+}
+
+/// A step of optimizer 1 by plain SGD at 0.5 on a gradient of `len` ones.
+fn sgd_half_step(len: usize) -> ToServer {
+    ToServer::Step {
+        optimizer: 1,
+        rule: Rule {
+            tag: 0,
+            values: [0.5, 0.0, 0.0, 0.0, 0.0],
+        },
+        max_grad_norm: None,
+        gradients: vec![Some(vec![1.0; len])],
+    }
 }
 
 /// A worker of rank `rank`, attested to the server and past its hello.
