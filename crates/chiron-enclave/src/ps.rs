@@ -222,7 +222,7 @@ fn serve(enclave: &Enclave, start: Start) -> Result<(), &'static str> {
         let mut server = Server {
             replacements,
             rank_zero_done: false,
-            replaceable: BTreeSet::new(),
+            lost: BTreeSet::new(),
             engine: DefaultBackend::new(),
             workers,
             terms,
@@ -262,8 +262,6 @@ struct Link {
     writer: RecordWriter<WriteHalf<Stream>>,
     /// Still taking part in rounds.
     active: bool,
-    /// Broke its connection before it was done (a replacement may take its place).
-    lost: bool,
 }
 
 impl Link {
@@ -277,7 +275,6 @@ impl Link {
             reader: Some(reader),
             writer,
             active: true,
-            lost: false,
         }
     }
 }
@@ -400,9 +397,9 @@ struct Server<'a> {
     replacements: Option<tokio::sync::mpsc::Receiver<Link>>,
     /// Rank 0 is done: the job's model is sealed, and the workers still running are let go.
     rank_zero_done: bool,
-    /// Ranks lost before this server (a replacement) took over and not back yet: the only
-    /// ranks without a link that a replacement may take.
-    replaceable: BTreeSet<u32>,
+    /// Ranks lost before they were done and not back yet (since this server began, or
+    /// before, when it took over from a checkpoint): the only ranks a replacement may take.
+    lost: BTreeSet<u32>,
     terms: ExchangeTerms,
     optimizers: BTreeMap<u32, Held>,
     /// Rounds completed (registrations and steps), since the job began.
@@ -459,13 +456,7 @@ impl Server<'_> {
                 .filter(|w| w.active)
                 .map(|w| w.rank)
                 .collect(),
-            lost: self
-                .workers
-                .iter()
-                .filter(|w| w.lost)
-                .map(|w| w.rank)
-                .chain(self.replaceable.iter().copied())
-                .collect(),
+            lost: self.lost.iter().copied().collect(),
             rank_zero_done: self.rank_zero_done,
             optimizers,
         };
@@ -484,7 +475,7 @@ impl Server<'_> {
         self.rounds_done = checkpoint.round;
         self.rank_zero_done = checkpoint.rank_zero_done;
         // Lost ranks that did not come back with the others may still be replaced.
-        self.replaceable = checkpoint
+        self.lost = checkpoint
             .lost
             .iter()
             .copied()
@@ -655,8 +646,8 @@ impl Server<'_> {
         let i = self.index(rank).ok_or_else(broke)?;
         let worker = &mut self.workers[i];
         worker.active = false;
-        worker.lost = true;
         worker.reader = None;
+        self.lost.insert(rank);
         // A replacement server must not wait for it.
         self.checkpoint()
     }
@@ -667,14 +658,13 @@ impl Server<'_> {
     /// that it stops; another's connection is dropped, and it tries again (a replacement
     /// may reach the server before the server has noticed the loss it replaces).
     async fn take_back(&mut self, mut link: Link) -> Option<usize> {
-        let place = match self.index(link.rank) {
-            _ if link.rank == 0 || self.rank_zero_done => None,
-            Some(i) if self.workers[i].lost => Some(Ok(i)),
-            Some(_) => None,
-            None if self.replaceable.remove(&link.rank) => {
-                Some(Err(self.workers.partition_point(|w| w.rank < link.rank)))
+        let place = if self.rank_zero_done || !self.lost.remove(&link.rank) {
+            None
+        } else {
+            match self.index(link.rank) {
+                Some(i) => Some(Ok(i)),
+                None => Some(Err(self.workers.partition_point(|w| w.rank < link.rank))),
             }
-            None => None,
         };
         match place {
             Some(Ok(i)) => {

@@ -673,7 +673,8 @@ pub(crate) async fn send_training_input(
                 header.shard(rank, workers).map(|(_, ranges)| ranges)
             })
             .map_err(|_| SendFailure::Store)?;
-            job.store.get_ranges(&path, ranges).await
+            // `get_head` found the object: errors from here on come with the bytes.
+            Ok(Some(job.store.get_ranges(&path, ranges)))
         }
     };
     let dataset = match dataset {

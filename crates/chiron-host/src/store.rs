@@ -167,16 +167,9 @@ impl Store {
         }
     }
 
-    /// Opens ranges of an object for streaming, back to back (each range within the
-    /// object), `None` when it does not exist.
-    pub async fn get_ranges(
-        &self,
-        path: &Path,
-        ranges: Vec<Range<u64>>,
-    ) -> Result<Option<ObjectStream>, StoreError> {
-        if !self.exists(path).await? {
-            return Ok(None);
-        }
+    /// Streams ranges of an object, back to back (each range within the object). Nothing
+    /// is read until the stream is: a missing object is the stream's first error.
+    pub fn get_ranges(&self, path: &Path, ranges: Vec<Range<u64>>) -> ObjectStream {
         let size = ranges.iter().map(|r| r.end.saturating_sub(r.start)).sum();
         let inner = Arc::clone(&self.inner);
         let path = path.clone();
@@ -196,7 +189,7 @@ impl Store {
             })
             .try_flatten()
             .boxed();
-        Ok(Some(ObjectStream { size, bytes }))
+        ObjectStream { size, bytes }
     }
 
     /// An object's first `len` bytes (all of it, if shorter), `None` when it does not exist.

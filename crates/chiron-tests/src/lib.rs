@@ -401,6 +401,29 @@ pub fn start_distributed_job(
     )
 }
 
+/// Trains the example MLP on the iris table as a live distributed job of `workers`
+/// (60 epochs, 64 KiB messages), checks that it succeeds and that its model answers the
+/// table's queries above 85% accuracy; returns its ticket.
+pub fn iris_trains_distributed(service: &Service, workers: u32) -> JobTicket {
+    let data = iris();
+    let ticket = start_distributed_job(
+        service,
+        &program_wasm("chiron_mlp"),
+        &data,
+        &terms(60, 120),
+        workers,
+        64,
+    )
+    .expect("job starts");
+    let (state, events) = wait(service, &ticket, Duration::from_secs(300));
+    assert_eq!(state, JobState::Succeeded, "{events:?}");
+    let test = iris_inputs(&data, None);
+    let accuracy =
+        query_accuracy(service, &ticket, &test.features, &test.labels, 50).expect("queries");
+    assert!(accuracy > 0.85, "accuracy {accuracy}");
+    ticket
+}
+
 /// [`start_distributed_job`] with the server combining steps as `rounds` says.
 pub fn start_distributed_job_with(
     service: &Service,

@@ -91,23 +91,7 @@ fn two_workers_train_the_cnn_as_well_as_one() {
 
 #[test]
 fn the_mlp_trains_on_a_csv_table_with_three_workers() {
-    let service = Service::start();
-    let data = iris();
-    let ticket = start_distributed_job(
-        &service,
-        &program_wasm("chiron_mlp"),
-        &data,
-        &terms(60, 120),
-        3,
-        64,
-    )
-    .expect("job starts");
-    let (state, events) = wait(&service, &ticket, Duration::from_secs(300));
-    assert_eq!(state, JobState::Succeeded, "{events:?}");
-    let test = iris_inputs(&data, None);
-    let accuracy =
-        query_accuracy(&service, &ticket, &test.features, &test.labels, 50).expect("queries");
-    assert!(accuracy > 0.85, "accuracy {accuracy}");
+    iris_trains_distributed(&Service::start(), 3);
 }
 
 #[test]

@@ -9,7 +9,6 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chiron_proto::api::JobState;
 use chiron_tests::*;
 
 /// An S3-compatible server on a free loopback port, stopped when dropped.
@@ -109,22 +108,7 @@ fn a_distributed_job_runs_on_an_s3_store() {
     .map(OsString::from)
     .collect();
     let service = Service::start_in(tempfile::tempdir().expect("temp dir"), &options);
-    let data = iris();
-    let ticket = start_distributed_job(
-        &service,
-        &program_wasm("chiron_mlp"),
-        &data,
-        &terms(60, 120),
-        2,
-        64,
-    )
-    .expect("job starts");
-    let (state, events) = wait(&service, &ticket, Duration::from_secs(300));
-    assert_eq!(state, JobState::Succeeded, "{events:?}");
-    let test = iris_inputs(&data, None);
-    let accuracy =
-        query_accuracy(&service, &ticket, &test.features, &test.labels, 50).expect("queries");
-    assert!(accuracy > 0.85, "accuracy {accuracy}");
+    let ticket = iris_trains_distributed(&service, 2);
 
     // Everything the host stored went to the bucket, under the prefix; nothing to its disk.
     let keys = s3.keys("chiron");
