@@ -26,6 +26,10 @@ BIN=target/release
 WORK="$(mktemp -d)"
 trap 'kill "$HOST_PID" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
+# The operator issues the provider and the owner their API tokens.
+PROVIDER_TOKEN="$("$BIN/chiron-host" --data-dir "$WORK/service" principal add provider --role provider 2>/dev/null)"
+OWNER_TOKEN="$("$BIN/chiron-host" --data-dir "$WORK/service" principal add owner --role owner 2>/dev/null)"
+
 # The service: untrusted host, which launches measured enclave processes.
 "$BIN/chiron-host" --dangerous-simulated-tee --data-dir "$WORK/service" --listen 127.0.0.1:0 >"$WORK/host.out" 2>"$WORK/host.err" &
 HOST_PID=$!
@@ -37,16 +41,16 @@ URL="$(head -n1 "$WORK/host.out" | awk '{print $NF}')"
 echo "service: $URL"
 
 # Provider: register the training program.
-PROGRAM="$("$BIN/chiron" register --host "$URL" "programs/target/wasm32-unknown-unknown/release/chiron_$PROGRAM_NAME.wasm")"
+PROGRAM="$(CHIRON_TOKEN="$PROVIDER_TOKEN" "$BIN/chiron" register --host "$URL" "programs/target/wasm32-unknown-unknown/release/chiron_$PROGRAM_NAME.wasm")"
 echo "provider registered program $PROGRAM"
 
 # Owner: pin the runtime measurement (from a reproducible build of the public runtime) and
 # the simulated platform's key, then train and evaluate.
 MEASUREMENT="$("$BIN/chiron" measure "$BIN/chiron-enclave")"
 TRUST=(--sim-measurement "$MEASUREMENT" --dangerous-sim-platform "$WORK/service/sim-platform.key.pub")
-"$BIN/chiron" train --host "$URL" --program "$PROGRAM" \
+CHIRON_TOKEN="$OWNER_TOKEN" "$BIN/chiron" train --host "$URL" --program "$PROGRAM" \
     --idx-images "$FMNIST/train-images-idx3-ubyte.gz" --idx-labels "$FMNIST/train-labels-idx1-ubyte.gz" \
     "${LIMIT_ARGS[@]}" "${SEED_ARGS[@]}" --epochs "$EPOCHS" --valid-fraction 0.05 --ticket "$WORK/job.json" "${TRUST[@]}" "${EXTRA_ARGS[@]}"
-"$BIN/chiron" evaluate --host "$URL" --ticket "$WORK/job.json" \
+CHIRON_TOKEN="$OWNER_TOKEN" "$BIN/chiron" evaluate --host "$URL" --ticket "$WORK/job.json" \
     --idx-images "$FMNIST/t10k-images-idx3-ubyte.gz" --idx-labels "$FMNIST/t10k-labels-idx1-ubyte.gz" \
     "${TRUST[@]}"

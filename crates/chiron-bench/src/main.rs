@@ -237,7 +237,7 @@ fn ingest_bench(mib: u64) -> anyhow::Result<()> {
 
     let host = HostProcess::start()?;
     let t = Instant::now();
-    chiron_client::HostClient::new(&host.url)
+    host.client()
         .upload_dataset(&container)
         .context("upload failed")?;
     let upload = t.elapsed();
@@ -269,6 +269,8 @@ struct HostProcess {
     child: std::process::Child,
     dir: PathBuf,
     url: String,
+    /// The token of the principal `bench` (an owner and a provider).
+    token: String,
 }
 
 impl HostProcess {
@@ -276,6 +278,25 @@ impl HostProcess {
         use std::io::BufRead;
         let exe = std::env::current_exe()?.with_file_name("chiron-host");
         let dir = std::env::temp_dir().join(format!("chiron-bench-{}", std::process::id()));
+        let issued = Command::new(&exe)
+            .arg("--data-dir")
+            .arg(&dir)
+            .args([
+                "principal",
+                "add",
+                "bench",
+                "--role",
+                "owner",
+                "--role",
+                "provider",
+            ])
+            .stderr(std::process::Stdio::null())
+            .output()
+            .with_context(|| format!("cannot run {}", exe.display()))?;
+        if !issued.status.success() {
+            bail!("chiron-host principal add failed");
+        }
+        let token = String::from_utf8(issued.stdout)?.trim().to_owned();
         let mut child = Command::new(&exe)
             .arg("--dangerous-simulated-tee")
             .arg("--data-dir")
@@ -307,7 +328,17 @@ impl HostProcess {
                 line.trim()
             );
         }
-        Ok(Self { child, dir, url })
+        Ok(Self {
+            child,
+            dir,
+            url,
+            token,
+        })
+    }
+
+    /// A client acting as the principal `bench`.
+    fn client(&self) -> chiron_client::HostClient {
+        chiron_client::HostClient::new(&self.url).with_token(&self.token)
     }
 }
 

@@ -39,7 +39,7 @@ pub fn measure(
     queries: usize,
 ) -> anyhow::Result<ServiceFigures> {
     let service = HostProcess::start()?;
-    let host = HostClient::new(&service.url);
+    let host = service.client();
     let policy = policy(&service.dir)?;
 
     let started = Instant::now();

@@ -14,11 +14,22 @@ use crate::ClientError;
 const MAX_BODY: u64 = 64 << 20;
 
 /// The untrusted host's API. Nothing sent through it is secret: datasets are ciphertext,
-/// keys and queries are sealed to an attested enclave before they get here.
-#[derive(Clone, Debug)]
+/// keys and queries are sealed to an attested enclave before they get here. The API token
+/// only says who calls (see [`HostClient::with_token`]).
+#[derive(Clone)]
 pub struct HostClient {
     base: String,
     agent: ureq::Agent,
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for HostClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostClient")
+            .field("base", &self.base)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl HostClient {
@@ -31,16 +42,44 @@ impl HostClient {
         Self {
             base: base.trim_end_matches('/').to_owned(),
             agent: config.into(),
+            token: None,
         }
+    }
+
+    /// Sends `token` (issued by the host's operator with `chiron-host principal add`) as
+    /// the bearer token of every request.
+    pub fn with_token(mut self, token: &str) -> Self {
+        self.token = Some(token.trim().to_owned());
+        self
     }
 
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
+    fn authorization(&self) -> Option<String> {
+        self.token.as_ref().map(|token| format!("Bearer {token}"))
+    }
+
+    fn post(&self, path: &str) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
+        let request = self.agent.post(&self.url(path));
+        match self.authorization() {
+            Some(value) => request.header("Authorization", value),
+            None => request,
+        }
+    }
+
+    fn get(&self, path: &str) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
+        let request = self.agent.get(&self.url(path));
+        match self.authorization() {
+            Some(value) => request.header("Authorization", value),
+            None => request,
+        }
+    }
+
     /// Registers a provider program; returns its id (hex SHA-256).
     pub fn register_program(&self, wasm: &[u8]) -> Result<ProgramCreated, ClientError> {
-        let r = self.agent.post(&self.url("/v1/programs")).send(wasm);
+        let r = self.post("/v1/programs").send(wasm);
         json(r)
     }
 
@@ -53,16 +92,12 @@ impl HostClient {
                 "`{program_id}` is not a program id (64 hex digits)"
             )));
         }
-        json(
-            self.agent
-                .get(&self.url(&format!("/v1/programs/{program_id}")))
-                .call(),
-        )
+        json(self.get(&format!("/v1/programs/{program_id}")).call())
     }
 
     /// Uploads an encrypted dataset container.
     pub fn upload_dataset(&self, container: &[u8]) -> Result<DatasetCreated, ClientError> {
-        let r = self.agent.post(&self.url("/v1/datasets")).send(container);
+        let r = self.post("/v1/datasets").send(container);
         json(r)
     }
 
@@ -88,14 +123,14 @@ impl HostClient {
             dataset_id: dataset_id.to_owned(),
             workers: (workers != 1).then_some(workers),
         };
-        let r = self.agent.post(&self.url("/v1/jobs")).send_json(&body);
+        let r = self.post("/v1/jobs").send_json(&body);
         json(r)
     }
 
     /// Evidence from a job's training enclave over `nonce`.
     pub fn job_evidence(&self, job_id: &str, nonce: &[u8; 32]) -> Result<Vec<u8>, ClientError> {
         let path = format!("/v1/jobs/{job_id}/evidence?nonce={}", hex::encode(nonce));
-        bytes(self.agent.get(&self.url(&path)).call())
+        bytes(self.get(&path).call())
     }
 
     /// Evidence from one enclave of a job over `nonce`.
@@ -109,40 +144,36 @@ impl HostClient {
             "/v1/jobs/{job_id}/evidence?nonce={}&enclave={enclave}",
             hex::encode(nonce)
         );
-        bytes(self.agent.get(&self.url(&path)).call())
+        bytes(self.get(&path).call())
     }
 
     /// Hands the sealed training request to the job's enclave.
     pub fn start_job(&self, job_id: &str, sealed: &[u8]) -> Result<JobStatus, ClientError> {
         let path = format!("/v1/jobs/{job_id}/start");
-        json(self.agent.post(&self.url(&path)).send(sealed))
+        json(self.post(&path).send(sealed))
     }
 
     /// A job's public status.
     pub fn job_status(&self, job_id: &str) -> Result<JobStatus, ClientError> {
-        json(
-            self.agent
-                .get(&self.url(&format!("/v1/jobs/{job_id}")))
-                .call(),
-        )
+        json(self.get(&format!("/v1/jobs/{job_id}")).call())
     }
 
     /// A job's encrypted events from sequence number `from`.
     pub fn job_events(&self, job_id: &str, from: u64) -> Result<Events, ClientError> {
         let path = format!("/v1/jobs/{job_id}/events?from={from}");
-        json(self.agent.get(&self.url(&path)).call())
+        json(self.get(&path).call())
     }
 
     /// Evidence from the query enclave serving a job's model.
     pub fn model_evidence(&self, job_id: &str, nonce: &[u8; 32]) -> Result<Vec<u8>, ClientError> {
         let path = format!("/v1/models/{job_id}/evidence?nonce={}", hex::encode(nonce));
-        bytes(self.agent.get(&self.url(&path)).call())
+        bytes(self.get(&path).call())
     }
 
     /// Sends a sealed query; returns the encrypted answer.
     pub fn query(&self, job_id: &str, sealed: &[u8]) -> Result<Vec<u8>, ClientError> {
         let path = format!("/v1/models/{job_id}/query");
-        bytes(self.agent.post(&self.url(&path)).send(sealed))
+        bytes(self.post(&path).send(sealed))
     }
 }
 

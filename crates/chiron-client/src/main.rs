@@ -46,9 +46,8 @@ enum Command {
     RunLocal(RunLocalArgs),
     /// Provider: registers a training program (.wasm) with the host; prints its id.
     Register {
-        /// The host's URL.
-        #[arg(long, default_value = "http://127.0.0.1:7700")]
-        host: String,
+        #[command(flatten)]
+        host: HostArgs,
         /// The compiled program.
         wasm: PathBuf,
     },
@@ -247,9 +246,8 @@ struct DataArgs {
 
 #[derive(Args)]
 struct TrainArgs {
-    /// The host's URL.
-    #[arg(long, default_value = "http://127.0.0.1:7700")]
-    host: String,
+    #[command(flatten)]
+    host: HostArgs,
     /// The provider program to train with (its id, as printed by `register`).
     #[arg(long)]
     program: String,
@@ -353,9 +351,8 @@ struct RunLocalArgs {
 
 #[derive(Args)]
 struct EvaluateArgs {
-    /// The host's URL.
-    #[arg(long, default_value = "http://127.0.0.1:7700")]
-    host: String,
+    #[command(flatten)]
+    host: HostArgs,
     /// The job's ticket written by `train`.
     #[arg(long, default_value = "chiron-job.json")]
     ticket: PathBuf,
@@ -366,6 +363,32 @@ struct EvaluateArgs {
     batch: usize,
     #[command(flatten)]
     trust: Trust,
+}
+
+/// Which host, and who calls it.
+#[derive(Args)]
+struct HostArgs {
+    /// The host's URL.
+    #[arg(long, default_value = "http://127.0.0.1:7700")]
+    host: String,
+    /// Your API token, issued by the host's operator (`chiron-host principal add`).
+    #[arg(
+        long,
+        env = "CHIRON_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    token: Option<String>,
+}
+
+impl HostArgs {
+    fn client(&self) -> HostClient {
+        let client = HostClient::new(&self.host);
+        match &self.token {
+            Some(token) => client.with_token(token),
+            None => client,
+        }
+    }
 }
 
 /// The owner's local record of a job: the ticket plus what is needed to encode queries.
@@ -390,7 +413,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Register { host, wasm } => {
             let bytes =
                 std::fs::read(&wasm).with_context(|| format!("cannot read {}", wasm.display()))?;
-            let created = HostClient::new(&host).register_program(&bytes)?;
+            let created = host.client().register_program(&bytes)?;
             eprintln!(
                 "extraction policy: {}{}",
                 created.policy.manifest,
@@ -526,7 +549,7 @@ fn load_training_data(data: &DataArgs, valid_fraction: f32) -> anyhow::Result<Pl
 
 fn train(args: TrainArgs) -> anyhow::Result<()> {
     let (policy, policy_spec) = args.trust.policy_with_spec()?;
-    let host = HostClient::new(&args.host);
+    let host = args.host.client();
     // The provider's extraction policy, before anything leaves this machine: terms beyond it
     // would only be refused by the enclave after the upload.
     let program = host.program(&args.program)?;
@@ -772,7 +795,7 @@ fn parse_seed(text: &str) -> anyhow::Result<[u8; 32]> {
 
 fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     let policy = args.trust.policy()?;
-    let host = HostClient::new(&args.host);
+    let host = args.host.client();
     let text = std::fs::read(&args.ticket)
         .with_context(|| format!("cannot read ticket {}", args.ticket.display()))?;
     let record: OwnerRecord = serde_json::from_slice(&text).context("the ticket is damaged")?;

@@ -410,10 +410,15 @@ impl JobTicket {
 }
 
 /// An attested session with the query enclave serving a job's model.
+///
+/// The host stops a query enclave that sat idle (and may restart one that failed); a query
+/// it answers with "no query enclave is running" makes the session attest the model's next
+/// enclave against the same policy and send the query once more, sealed to that enclave.
 pub struct QuerySession<'a> {
     host: &'a HostClient,
     ticket: &'a JobTicket,
-    enclave: VerifiedEnclave,
+    policy: Policy,
+    enclave: std::cell::RefCell<VerifiedEnclave>,
 }
 
 impl<'a> QuerySession<'a> {
@@ -423,14 +428,23 @@ impl<'a> QuerySession<'a> {
         policy: &Policy,
         ticket: &'a JobTicket,
     ) -> Result<Self, ClientError> {
-        let nonce = fresh_nonce();
-        let raw = host.model_evidence(&ticket.job_id, &nonce)?;
-        let enclave = verify(policy, &raw, Role::Query, &nonce, &ticket.job_id)?;
+        let enclave = Self::attest(host, policy, ticket)?;
         Ok(Self {
             host,
             ticket,
-            enclave,
+            policy: policy.clone(),
+            enclave: std::cell::RefCell::new(enclave),
         })
+    }
+
+    fn attest(
+        host: &HostClient,
+        policy: &Policy,
+        ticket: &JobTicket,
+    ) -> Result<VerifiedEnclave, ClientError> {
+        let nonce = fresh_nonce();
+        let raw = host.model_evidence(&ticket.job_id, &nonce)?;
+        verify(policy, &raw, Role::Query, &nonce, &ticket.job_id)
     }
 
     /// Queries `count` inputs (`count × feature_len` values, same layout and scaling as the
@@ -451,13 +465,22 @@ impl<'a> QuerySession<'a> {
         };
         let plaintext =
             postcard::to_allocvec(&request).map_err(|e| ClientError::Input(e.to_string()))?;
-        let (sealed, key) = chiron_crypto::seal_to_enclave(
-            &self.enclave.enclave_public_key(),
-            QUERY_INFO,
-            self.ticket.job_id.as_bytes(),
-            &plaintext,
-        )?;
-        let encrypted = self.host.query(&self.ticket.job_id, &sealed)?;
+        let send = |enclave: &VerifiedEnclave| {
+            let (sealed, key) = chiron_crypto::seal_to_enclave(
+                &enclave.enclave_public_key(),
+                QUERY_INFO,
+                self.ticket.job_id.as_bytes(),
+                &plaintext,
+            )?;
+            Ok::<_, ClientError>((self.host.query(&self.ticket.job_id, &sealed), key))
+        };
+        let (mut reply, mut key) = send(&self.enclave.borrow())?;
+        if matches!(reply, Err(ClientError::Host { status: 409, .. })) {
+            let enclave = Self::attest(self.host, &self.policy, self.ticket)?;
+            (reply, key) = send(&enclave)?;
+            *self.enclave.borrow_mut() = enclave;
+        }
+        let encrypted = reply?;
         let answer = key
             .open(0, ANSWER_AAD, &encrypted)
             .map_err(|_| ClientError::TamperedAnswer)?;

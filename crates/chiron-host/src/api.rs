@@ -1,5 +1,10 @@
 //! The public HTTP API (see the table in `chiron_proto::api`).
 //!
+//! Every request carries a principal's bearer token (`Authorization: Bearer chiron_...`,
+//! issued by `chiron-host principal add`): providers register programs; owners upload
+//! datasets, run jobs and query models, and see only their own. Another principal's
+//! dataset, job or model answers exactly as one that does not exist.
+//!
 //! Errors are JSON [`ApiError`]s with fixed texts, ids and limits: never anything from a
 //! request body, and never anything an enclave said except its public failure label.
 
@@ -7,8 +12,9 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -28,13 +34,13 @@ use tracing::{error, info, warn};
 use crate::enclave::{EnclaveError, clean_label};
 use crate::ids::{BadId, DatasetId, JobId, ProgramId, parse_nonce};
 use crate::jobs::{Job, JobError, Jobs, StartRequests};
+use crate::limits::{Limits, Pool, RateLimiter, Refusal};
 use crate::models::{ModelError, Models};
+use crate::principals::{Principal, Principals, Role};
 use crate::store::{self, Store, StoreError};
 
 /// Largest program: it must fit in one frame next to the sealed request.
 pub const PROGRAM_LIMIT: usize = MAX_FRAME - (1 << 20);
-/// Largest dataset container.
-pub const DATASET_LIMIT: u64 = 2 << 30;
 /// Largest sealed training request (a few hundred bytes in practice).
 pub const START_LIMIT: usize = 1 << 20;
 /// Largest sealed query: it must fit in one frame.
@@ -59,6 +65,31 @@ pub struct AppState {
     /// PCCS, an SNP VCEK), attached to evidence that comes without its own. They are signed by
     /// the vendor, so the host supplying them gives it no say in the verdict.
     pub endorsements: Arc<Endorsements>,
+    /// Who may call.
+    pub principals: Arc<Principals>,
+    /// What callers may use.
+    pub limits: Arc<Limits>,
+    /// Each principal's request rate.
+    pub rate: Arc<RateLimiter>,
+    /// Dataset uploads in progress.
+    pub uploads: Arc<Pool>,
+}
+
+impl AppState {
+    /// The limiters that `limits` configures.
+    pub fn limiters(limits: &Limits) -> (Arc<RateLimiter>, Arc<Pool>) {
+        (
+            Arc::new(RateLimiter::new(limits)),
+            Pool::new(
+                "dataset uploads in progress",
+                (limits.max_uploads, "max-uploads"),
+                (
+                    limits.max_uploads_per_principal,
+                    "max-uploads-per-principal",
+                ),
+            ),
+        )
+    }
 }
 
 /// Endorsements the host attaches to evidence, by TEE.
@@ -120,8 +151,59 @@ pub fn router(state: AppState) -> Router {
             post(query_model).layer(DefaultBodyLimit::max(QUERY_LIMIT)),
         )
         .fallback(no_route)
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
 }
+
+/// The caller's principal, from its bearer token, within its request rate.
+async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim);
+    let principal = match token {
+        Some(token) => state.principals.authenticate(token).await,
+        None => None,
+    };
+    let Some(principal) = principal else {
+        let mut response = HttpError::new(
+            StatusCode::UNAUTHORIZED,
+            "send your API token as `Authorization: Bearer <token>` (the operator issues it \
+             with `chiron-host principal add`; the client reads it from CHIRON_TOKEN)",
+        )
+        .into_response();
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"chiron\""),
+        );
+        return response;
+    };
+    if let Err(refusal) = state.rate.check(&principal.name) {
+        return HttpError::from(refusal).into_response();
+    }
+    request.extensions_mut().insert(principal);
+    next.run(request).await
+}
+
+/// The caller, checked to act in `role`.
+fn acting_as(principal: &Principal, role: Role) -> Result<(), HttpError> {
+    if principal.is(role) {
+        Ok(())
+    } else {
+        Err(HttpError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "principal `{}` does not have the {role} role; the operator grants roles \
+                 with `chiron-host principal add --role {role}`",
+                principal.name
+            ),
+        ))
+    }
+}
+
+type Caller = Extension<Arc<Principal>>;
 
 /// An error answer: a status and an [`ApiError`] body.
 #[derive(Debug)]
@@ -173,6 +255,12 @@ impl IntoResponse for HttpError {
     }
 }
 
+impl From<Refusal> for HttpError {
+    fn from(refusal: Refusal) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, refusal.to_string())
+    }
+}
+
 impl From<BadId> for HttpError {
     fn from(e: BadId) -> Self {
         Self::bad_request(e.to_string())
@@ -199,6 +287,7 @@ impl From<JobError> for HttpError {
             JobError::EnclaveGone(_) => Self::bad_gateway(e.to_string()),
             JobError::NoSuchEnclave { .. } => Self::not_found(e.to_string()),
             JobError::BadStart { .. } => Self::bad_request(e.to_string()),
+            JobError::Limit(refusal) => refusal.into(),
             JobError::Enclave(EnclaveError::Refused(label)) => Self::bad_gateway(label),
             JobError::Enclave(e) => Self::bad_gateway(format!("training enclave: {e}")),
             JobError::Store(e) => e.into(),
@@ -221,6 +310,7 @@ impl HttpError {
             }
             ModelError::TooLarge => Self::bad_gateway(e.to_string()),
             ModelError::Store(e) => e.into(),
+            ModelError::Limit(refusal) => refusal.into(),
             ModelError::Internal => Self::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
     }
@@ -241,16 +331,21 @@ fn octets(bytes: Vec<u8>) -> Response {
     ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response()
 }
 
-fn job(state: &AppState, id: &str) -> Result<(JobId, Arc<Job>), HttpError> {
+fn job(state: &AppState, caller: &Principal, id: &str) -> Result<(JobId, Arc<Job>), HttpError> {
+    acting_as(caller, Role::Owner)?;
     let id = JobId::parse(id)?;
-    let job = state.jobs.get(&id).ok_or_else(|| {
+    let job = state.jobs.get(&caller.name, &id).ok_or_else(|| {
         HttpError::not_found(format!("no job {id}; create one with POST /v1/jobs"))
     })?;
     Ok((id, job))
 }
 
-async fn succeeded_job(state: &AppState, id: &str) -> Result<(JobId, Arc<Job>), HttpError> {
-    let (id, job) = job(state, id)?;
+async fn succeeded_job(
+    state: &AppState,
+    caller: &Principal,
+    id: &str,
+) -> Result<(JobId, Arc<Job>), HttpError> {
+    let (id, job) = job(state, caller, id)?;
     let job_state = job.state().await;
     if job_state != JobState::Succeeded {
         return Err(HttpError::conflict(format!(
@@ -290,8 +385,10 @@ async fn no_route() -> HttpError {
 
 async fn post_program(
     State(state): State<AppState>,
+    Extension(caller): Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ProgramCreated>, HttpError> {
+    acting_as(&caller, Role::Provider)?;
     let wasm = body.map_err(|r| body_error(&r, PROGRAM_LIMIT, "the program"))?;
     if !wasm.starts_with(b"\0asm") {
         return Err(HttpError::bad_request(
@@ -329,13 +426,16 @@ async fn post_program(
     if !state.store.exists(&path).await? {
         state.store.put(&path, wasm).await?;
     }
-    info!("program {id} registered");
+    info!("program {id} registered by {}", caller.name);
     Ok(Json(ProgramCreated {
         program_id: id.to_string(),
         policy,
     }))
 }
 
+/// Any principal may read a program's policy: the provider hands its id to the owners it
+/// serves, and a program holds nothing secret of anyone's (the host checks it, the enclave
+/// runs it).
 async fn get_program(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -365,8 +465,12 @@ async fn get_program(
 
 async fn post_dataset(
     State(state): State<AppState>,
+    Extension(caller): Caller,
     body: Body,
 ) -> Result<Json<DatasetCreated>, HttpError> {
+    acting_as(&caller, Role::Owner)?;
+    let _uploading = state.uploads.take(&caller.name, 1)?;
+    let dataset_limit = state.limits.max_dataset_bytes;
     let interrupted = || HttpError::bad_request("the dataset upload was interrupted; retry it");
     let mut stream = body.into_data_stream();
     // Read enough to parse the public header, or the whole body if it is shorter.
@@ -389,12 +493,12 @@ async fn post_dataset(
     })?;
     let expected = chiron_crypto::dataset::container_len(&header)
         .map_err(|e| HttpError::bad_request(format!("the dataset header cannot be used ({e})")))?;
-    if expected > DATASET_LIMIT {
+    if expected > dataset_limit {
         return Err(HttpError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
                 "the dataset container would be {expected} bytes, above this host's limit of \
-                 {DATASET_LIMIT} bytes"
+                 {dataset_limit} bytes (`max-dataset-bytes`)"
             ),
         ));
     }
@@ -409,35 +513,52 @@ async fn post_dataset(
     }
     let id = DatasetId::random();
     let path = store::dataset_path(&id);
-    let mut writer = state.store.writer(&path).await?;
-    let mut total = prefix.len() as u64;
-    writer.put(prefix.freeze());
-    if !ended {
-        while let Some(chunk) = stream.next().await {
-            let Ok(chunk) = chunk else {
-                let _ = writer.abort().await;
-                return Err(interrupted());
-            };
-            total += chunk.len() as u64;
-            if total > expected {
-                let _ = writer.abort().await;
-                return Err(length_error(total));
+    let owner = store::DatasetOwner {
+        principal: caller.name.clone(),
+    };
+    state
+        .store
+        .put_json(&store::dataset_owner_path(&id), &owner)
+        .await?;
+    // The owner is recorded first, so that no container exists without one; a failed
+    // upload takes its record with it.
+    let stored = async {
+        let mut writer = state.store.writer(&path).await?;
+        let mut total = prefix.len() as u64;
+        writer.put(prefix.freeze());
+        if !ended {
+            while let Some(chunk) = stream.next().await {
+                let Ok(chunk) = chunk else {
+                    let _ = writer.abort().await;
+                    return Err(interrupted());
+                };
+                total += chunk.len() as u64;
+                if total > expected {
+                    let _ = writer.abort().await;
+                    return Err(length_error(total));
+                }
+                if let Err(e) = writer.wait_for_capacity(4).await {
+                    let _ = writer.abort().await;
+                    return Err(StoreError::from(e).into());
+                }
+                writer.put(chunk);
             }
-            if let Err(e) = writer.wait_for_capacity(4).await {
-                let _ = writer.abort().await;
-                return Err(StoreError::from(e).into());
-            }
-            writer.put(chunk);
         }
+        if total != expected {
+            let _ = writer.abort().await;
+            return Err(length_error(total));
+        }
+        writer
+            .finish()
+            .await
+            .map_err(|e| HttpError::from(StoreError::from(e)))?;
+        Ok::<_, HttpError>(())
     }
-    if total != expected {
-        let _ = writer.abort().await;
-        return Err(length_error(total));
+    .await;
+    if stored.is_err() {
+        let _ = state.store.delete(&store::dataset_owner_path(&id)).await;
     }
-    writer
-        .finish()
-        .await
-        .map_err(|e| HttpError::from(StoreError::from(e)))?;
+    stored?;
     info!("dataset {id} stored");
     Ok(Json(DatasetCreated {
         dataset_id: id.to_string(),
@@ -447,8 +568,10 @@ async fn post_dataset(
 
 async fn post_job(
     State(state): State<AppState>,
+    Extension(caller): Caller,
     body: Result<Json<CreateJob>, JsonRejection>,
 ) -> Result<Json<JobCreated>, HttpError> {
+    acting_as(&caller, Role::Owner)?;
     let Json(request) = body.map_err(|_| {
         HttpError::bad_request(
             "the body must be JSON {\"program_id\": \"<64 hex>\", \"dataset_id\": \"<32 hex>\"} \
@@ -464,7 +587,10 @@ async fn post_job(
             ExchangeTerms::MAX_WORKERS
         )));
     }
-    let job = state.jobs.create(program_id, dataset_id, workers).await?;
+    let job = state
+        .jobs
+        .create(&caller.name, program_id, dataset_id, workers)
+        .await?;
     Ok(Json(JobCreated {
         job_id: job.id.to_string(),
     }))
@@ -472,19 +598,21 @@ async fn post_job(
 
 async fn get_job(
     State(state): State<AppState>,
+    Extension(caller): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<JobStatus>, HttpError> {
-    let (_, job) = job(&state, &id)?;
+    let (_, job) = job(&state, &caller, &id)?;
     Ok(Json(job.status().await))
 }
 
 async fn job_evidence(
     State(state): State<AppState>,
+    Extension(caller): Caller,
     Path(id): Path<String>,
     param: Result<Query<NonceParam>, QueryRejection>,
     enclave: Result<Query<EnclaveParam>, QueryRejection>,
 ) -> Result<Response, HttpError> {
-    let (_, job) = job(&state, &id)?;
+    let (_, job) = job(&state, &caller, &id)?;
     let Query(EnclaveParam { enclave }) =
         enclave.map_err(|_| HttpError::bad_request("?enclave= must be `ps` or `worker-<rank>`"))?;
     let enclave = match enclave.as_deref() {
@@ -502,10 +630,11 @@ async fn job_evidence(
 
 async fn start_job(
     State(state): State<AppState>,
+    Extension(caller): Caller,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<JobStatus>, HttpError> {
-    let (_, job) = job(&state, &id)?;
+    let (_, job) = job(&state, &caller, &id)?;
     let sealed = body.map_err(|r| body_error(&r, START_LIMIT, "the sealed request"))?;
     if sealed.is_empty() {
         return Err(HttpError::bad_request(
@@ -526,10 +655,11 @@ async fn start_job(
 
 async fn job_events(
     State(state): State<AppState>,
+    Extension(caller): Caller,
     Path(id): Path<String>,
     param: Result<Query<FromParam>, QueryRejection>,
 ) -> Result<Json<Events>, HttpError> {
-    let (_, job) = job(&state, &id)?;
+    let (_, job) = job(&state, &caller, &id)?;
     let Query(param) = param.map_err(|_| {
         HttpError::bad_request("?from= must be a non-negative integer (an event sequence number)")
     })?;
@@ -538,14 +668,15 @@ async fn job_events(
 
 async fn model_evidence(
     State(state): State<AppState>,
+    Extension(caller): Caller,
     Path(id): Path<String>,
     param: Result<Query<NonceParam>, QueryRejection>,
 ) -> Result<Response, HttpError> {
-    let (id, job) = succeeded_job(&state, &id).await?;
+    let (id, job) = succeeded_job(&state, &caller, &id).await?;
     let nonce = nonce(param)?;
     let evidence = state
         .models
-        .evidence(&id, &job.program_id, nonce)
+        .evidence(&caller.name, &id, &job.program_id, nonce)
         .await
         .map_err(|e| HttpError::from_model(e, StatusCode::BAD_GATEWAY))?;
     Ok(octets(state.endorsements.attach(evidence)))
@@ -553,10 +684,11 @@ async fn model_evidence(
 
 async fn query_model(
     State(state): State<AppState>,
+    Extension(caller): Caller,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HttpError> {
-    let (id, _) = succeeded_job(&state, &id).await?;
+    let (id, _) = succeeded_job(&state, &caller, &id).await?;
     let sealed = body.map_err(|r| body_error(&r, QUERY_LIMIT, "the sealed query"))?;
     if sealed.is_empty() {
         return Err(HttpError::bad_request(

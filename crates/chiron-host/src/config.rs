@@ -7,24 +7,35 @@ use clap::Parser;
 
 use crate::launcher::local::{EnclavePlatform, Processes};
 use crate::launcher::{Launcher, kubernetes};
+use crate::limits::Limits;
+use crate::principals::Role;
 
-/// `chiron-host`: the untrusted host of the Chiron service.
+/// `chiron-host`: the untrusted host of the Chiron service. Without a subcommand it serves
+/// the API.
 #[derive(Debug, Parser)]
 #[command(name = "chiron-host", version, about)]
 pub struct Config {
+    /// An administrative command instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Admin>,
     /// Directory for the local object store (`objects/`, unless `--store` names another)
     /// and, when simulated, the platform key.
-    #[arg(long, default_value = "./chiron-data")]
+    #[arg(long, global = true, default_value = "./chiron-data")]
     pub data_dir: PathBuf,
     /// The object store, by URL: `file:///path`, or `s3://bucket[/prefix]` for a store
     /// several machines share (configured by `--store-option` and the usual `AWS_*`
     /// variables) [default: `<data-dir>/objects`].
-    #[arg(long, value_name = "URL")]
+    #[arg(long, global = true, value_name = "URL")]
     pub store: Option<String>,
     /// An option of the `s3://` store as `KEY=VALUE`, in `object_store`'s own names
     /// (`endpoint`, `region`, `access_key_id`, `secret_access_key`, `allow_http`, ...);
     /// repeat. They override the `AWS_*` environment variables.
-    #[arg(long = "store-option", value_name = "KEY=VALUE", requires = "store")]
+    #[arg(
+        long = "store-option",
+        global = true,
+        value_name = "KEY=VALUE",
+        requires = "store"
+    )]
     pub store_options: Vec<String>,
     /// Address to serve the HTTP API on (`127.0.0.1:0` picks a free port).
     #[arg(long, default_value = "127.0.0.1:7700")]
@@ -72,6 +83,39 @@ pub struct Config {
     /// downward API's `status.podIP`).
     #[arg(long, value_name = "IP", env = "POD_IP")]
     pub k8s_advertise: Option<std::net::IpAddr>,
+    /// What callers may use.
+    #[command(flatten, next_help_heading = "Limits")]
+    pub limits: Limits,
+}
+
+/// Administrative commands: they act on the store and exit.
+#[derive(Debug, clap::Subcommand)]
+pub enum Admin {
+    /// Manage who may call the API: each owner and provider is a principal with a token.
+    #[command(subcommand)]
+    Principal(PrincipalCommand),
+}
+
+/// `chiron-host principal ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum PrincipalCommand {
+    /// Issue a principal an API token, printed once on standard output (only its hash is
+    /// stored). A running host accepts it within a second.
+    Add {
+        /// The principal's unique name (a-z, 0-9, `-`, `_`).
+        name: String,
+        /// What it may do; repeat for both.
+        #[arg(long = "role", value_enum, required = true)]
+        roles: Vec<Role>,
+    },
+    /// Revoke a principal's token; a running host refuses it within 5 seconds. Its jobs,
+    /// datasets and models stay, owned by the name.
+    Revoke {
+        /// The principal's name.
+        name: String,
+    },
+    /// List the principals and their roles.
+    List,
 }
 
 /// Where enclaves run.

@@ -107,11 +107,15 @@ pub async fn run_job(
     workers: Vec<Enclave>,
     mut commands: mpsc::Receiver<Command>,
     launcher: Launcher,
+    start_deadline: tokio::time::Instant,
 ) {
     let mut server = Member::new(server);
     let mut workers: Vec<Member> = workers.into_iter().map(Member::new).collect();
     let outcome = loop {
-        let Some(command) = commands.recv().await else {
+        let Ok(command) = tokio::time::timeout_at(start_deadline, commands.recv()).await else {
+            break Some(Err(labels::NOT_STARTED.to_owned()));
+        };
+        let Some(command) = command else {
             // Every sender is gone: the host is shutting down.
             break None;
         };

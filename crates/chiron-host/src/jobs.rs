@@ -25,6 +25,7 @@ use tracing::{info, warn};
 use crate::enclave::{Enclave, EnclaveError, Role, clean_label, read_frame, write_frame};
 use crate::ids::{DatasetId, JobId, ProgramId};
 use crate::launcher::Launcher;
+use crate::limits::{Held, Limits, Pool, Refusal};
 use crate::store::{self, Store, StoreError};
 
 /// How long a training enclave may take to produce evidence.
@@ -44,6 +45,8 @@ pub mod labels {
     pub const PROTOCOL: &str = "enclave protocol error";
     /// The host restarted while the job was waiting or running.
     pub const HOST_RESTARTED: &str = "host restarted";
+    /// The owner did not send the start request within the host's start timeout.
+    pub const NOT_STARTED: &str = "not started in time";
     /// The host could not read the program or dataset from its store.
     pub const HOST_READ: &str = "host could not read the program or dataset";
     /// The host could not relay a distributed job's enclave-to-enclave traffic.
@@ -79,6 +82,10 @@ pub struct JobRecord {
     /// Training enclaves: 0 or 1 for one, more for a distributed job.
     #[serde(default)]
     pub workers: u32,
+    /// The principal that created it; only it sees the job and its model (records from
+    /// before principals existed have none, and no one sees them).
+    #[serde(default)]
+    pub principal: String,
 }
 
 impl JobRecord {
@@ -135,6 +142,9 @@ pub enum JobError {
     /// The enclave failed.
     #[error("training enclave: {0}")]
     Enclave(#[from] EnclaveError),
+    /// A limit refuses the job.
+    #[error(transparent)]
+    Limit(#[from] Refusal),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -170,6 +180,11 @@ pub struct Job {
     pub dataset_id: DatasetId,
     /// Training enclaves (1 for a one-enclave job).
     pub workers: u32,
+    /// The principal that created it.
+    pub principal: String,
+    /// Its place among its principal's jobs waiting to start, given back once it starts or
+    /// ends.
+    pending: StdMutex<Option<Held>>,
     record: Mutex<JobRecord>,
     commands: Option<mpsc::Sender<Command>>,
     pub(crate) store: Store,
@@ -282,6 +297,10 @@ impl Job {
             record.status()
         };
         info!("job {} state Running", self.id);
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         let Some(commands) = self.commands.as_ref() else {
             return Err(JobError::EnclaveGone(self.id.clone()));
         };
@@ -326,6 +345,10 @@ impl Job {
 
     /// Moves the job to its final state and logs it.
     pub(crate) async fn finish(&self, outcome: Result<(), String>) {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         let mut record = self.record.lock().await;
         match &outcome {
             Ok(()) => {
@@ -357,12 +380,18 @@ pub struct Jobs {
     store: Store,
     launcher: Launcher,
     map: StdMutex<HashMap<JobId, Arc<Job>>>,
+    /// Training enclaves running, in all and by principal.
+    enclaves: Arc<Pool>,
+    /// Jobs created and not yet started, by principal.
+    pending: Arc<Pool>,
+    /// How long a created job waits for its start request.
+    start_timeout: Duration,
 }
 
 impl Jobs {
     /// Loads the stored job records. Jobs that were waiting or running when the host stopped
     /// lost their enclave with it, so they become Failed ("host restarted").
-    pub async fn load(store: Store, launcher: Launcher) -> anyhow::Result<Self> {
+    pub async fn load(store: Store, launcher: Launcher, limits: &Limits) -> anyhow::Result<Self> {
         let mut map = HashMap::new();
         for path in store.list(&store::jobs_prefix()).await? {
             let record: JobRecord = match store.get_json(&path).await {
@@ -397,6 +426,8 @@ impl Jobs {
                 program_id,
                 dataset_id,
                 workers: record.workers.max(1),
+                principal: record.principal.clone(),
+                pending: StdMutex::new(None),
                 record: Mutex::new(record),
                 commands: None,
                 store: store.clone(),
@@ -410,15 +441,33 @@ impl Jobs {
             store,
             launcher,
             map: StdMutex::new(map),
+            enclaves: Pool::new(
+                "training enclaves",
+                (limits.max_training_enclaves, "max-training-enclaves"),
+                (
+                    limits.max_training_enclaves_per_principal,
+                    "max-training-enclaves-per-principal",
+                ),
+            ),
+            pending: Pool::new(
+                "jobs waiting for their start request",
+                (u32::MAX, "none"),
+                (
+                    limits.max_pending_jobs_per_principal,
+                    "max-pending-jobs-per-principal",
+                ),
+            ),
+            start_timeout: limits.job_start_timeout(),
         })
     }
 
-    /// A job by id.
-    pub fn get(&self, id: &JobId) -> Option<Arc<Job>> {
+    /// A job by id, if `principal` created it: for any other caller the job does not exist.
+    pub fn get(&self, principal: &str, id: &JobId) -> Option<Arc<Job>> {
         self.map
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(id)
+            .filter(|job| !job.principal.is_empty() && job.principal == principal)
             .cloned()
     }
 
@@ -426,6 +475,7 @@ impl Jobs {
     /// `workers` of them and a parameter server) and its task.
     pub async fn create(
         &self,
+        principal: &str,
         program_id: ProgramId,
         dataset_id: DatasetId,
         workers: u32,
@@ -433,10 +483,13 @@ impl Jobs {
         if !self.store.exists(&store::program_path(&program_id)).await? {
             return Err(JobError::UnknownProgram(program_id));
         }
-        if !self.store.exists(&store::dataset_path(&dataset_id)).await? {
+        if !store::dataset_owned_by(&self.store, &dataset_id, principal).await? {
             return Err(JobError::UnknownDataset(dataset_id));
         }
         let workers = workers.max(1);
+        let enclave_count = if workers == 1 { 1 } else { workers + 1 };
+        let pending = self.pending.take(principal, 1)?;
+        let held = self.enclaves.take(principal, enclave_count)?;
         let enclaves = if workers == 1 {
             Enclaves::One(self.launcher.spawn(Role::Train).await?)
         } else {
@@ -456,6 +509,7 @@ impl Jobs {
             error: None,
             events: Vec::new(),
             workers,
+            principal: principal.to_owned(),
         };
         self.store.put_json(&store::job_path(&id), &record).await?;
         let (commands, receiver) = mpsc::channel(8);
@@ -464,6 +518,8 @@ impl Jobs {
             program_id,
             dataset_id,
             workers,
+            principal: principal.to_owned(),
+            pending: StdMutex::new(Some(pending)),
             record: Mutex::new(record),
             commands: Some(commands),
             store: self.store.clone(),
@@ -473,18 +529,24 @@ impl Jobs {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(id.clone(), Arc::clone(&job));
         info!("job {id} created");
+        let job_task = Arc::clone(&job);
+        let deadline = tokio::time::Instant::now() + self.start_timeout;
         match enclaves {
             Enclaves::One(enclave) => {
-                tokio::spawn(run_job(Arc::clone(&job), enclave, receiver));
+                tokio::spawn(async move {
+                    run_job(job_task, enclave, receiver, deadline).await;
+                    drop(held);
+                });
             }
             Enclaves::Distributed(server, trainers) => {
-                tokio::spawn(crate::distributed::run_job(
-                    Arc::clone(&job),
-                    server,
-                    trainers,
-                    receiver,
-                    self.launcher.clone(),
-                ));
+                let launcher = self.launcher.clone();
+                tokio::spawn(async move {
+                    crate::distributed::run_job(
+                        job_task, server, trainers, receiver, launcher, deadline,
+                    )
+                    .await;
+                    drop(held);
+                });
             }
         }
         Ok(job)
@@ -528,7 +590,12 @@ pub(crate) fn read_frames(
 }
 
 /// The task that owns a job's enclave for the job's whole life.
-async fn run_job(job: Arc<Job>, enclave: Enclave, mut commands: mpsc::Receiver<Command>) {
+async fn run_job(
+    job: Arc<Job>,
+    enclave: Enclave,
+    mut commands: mpsc::Receiver<Command>,
+    start_deadline: tokio::time::Instant,
+) {
     let Enclave {
         reader,
         mut writer,
@@ -561,6 +628,9 @@ async fn run_job(job: Arc<Job>, enclave: Enclave, mut commands: mpsc::Receiver<C
                     break Some(Err(labels::PROTOCOL.to_owned()));
                 }
             },
+            () = tokio::time::sleep_until(start_deadline) => {
+                break Some(Err(labels::NOT_STARTED.to_owned()));
+            }
             frame = frames.recv() => {
                 // Nothing is expected while the job waits for its owner.
                 break Some(Err(match frame {

@@ -12,7 +12,9 @@ mod enclave;
 mod ids;
 mod jobs;
 mod launcher;
+mod limits;
 mod models;
+mod principals;
 mod relay;
 mod store;
 
@@ -25,7 +27,7 @@ use tokio::net::TcpListener;
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::Config;
+use crate::config::{Admin, Config, PrincipalCommand};
 use crate::jobs::Jobs;
 use crate::models::Models;
 use crate::store::Store;
@@ -57,18 +59,28 @@ async fn main() -> anyhow::Result<()> {
             )
         })?,
     };
+    if let Some(Admin::Principal(command)) = &config.command {
+        return principal_command(&store, command).await;
+    }
+    let principals = principals::Principals::load(store.clone())
+        .await
+        .context("cannot read the principals")?;
+    principals.keep_fresh();
     let launcher = config.launcher()?;
     launcher
         .init_platform()
         .await
         .context("the enclaves' platform is not usable")?;
-    let jobs = Jobs::load(store.clone(), launcher.clone())
+    let jobs = Jobs::load(store.clone(), launcher.clone(), &config.limits)
         .await
         .context("cannot load the job records")?;
     let checker = chiron_sandbox::Sandbox::new(chiron_sandbox::SandboxConfig::default())
         .context("cannot start the program checker")?;
+    let models = Models::new(store.clone(), launcher, &config.limits);
+    models.reap_idle();
+    let (rate, uploads) = api::AppState::limiters(&config.limits);
     let state = api::AppState {
-        models: Arc::new(Models::new(store.clone(), launcher)),
+        models,
         jobs: Arc::new(jobs),
         store,
         checker: Arc::new(checker),
@@ -76,6 +88,10 @@ async fn main() -> anyhow::Result<()> {
             api::Endorsements::read(&config.endorsements)
                 .context("cannot read the endorsements")?,
         ),
+        principals,
+        limits: Arc::new(config.limits.clone()),
+        rate,
+        uploads,
     };
 
     let listener = TcpListener::bind(&config.listen)
@@ -94,6 +110,34 @@ async fn main() -> anyhow::Result<()> {
     info!("shutting down; stopping enclaves");
     // Dropping the runtime drops every job task and query enclave, which stops them
     // (processes are killed on drop; pods are deleted, while the runtime still runs).
+    Ok(())
+}
+
+/// `chiron-host principal ...`.
+async fn principal_command(store: &Store, command: &PrincipalCommand) -> anyhow::Result<()> {
+    match command {
+        PrincipalCommand::Add { name, roles } => {
+            let token = principals::add(store, name, roles).await?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{token}")?;
+            out.flush()?;
+            eprintln!(
+                "principal `{name}` added; give it the token above (it is not stored and \
+                 cannot be shown again)"
+            );
+        }
+        PrincipalCommand::Revoke { name } => {
+            principals::revoke(store, name).await?;
+            eprintln!("principal `{name}` revoked");
+        }
+        PrincipalCommand::List => {
+            let mut out = std::io::stdout().lock();
+            for record in principals::list(store).await? {
+                let roles: Vec<String> = record.roles.iter().map(|r| r.to_string()).collect();
+                writeln!(out, "{}\t{}", record.name, roles.join(","))?;
+            }
+        }
+    }
     Ok(())
 }
 

@@ -4,10 +4,14 @@
 //! enclave are serialised (it is one connection), requests to different models are not.
 //! Every conversation runs in a spawned task, so a client that disconnects half way cannot
 //! leave the connection out of step.
+//!
+//! Query enclaves count against the limits (`max-query-enclaves`, per principal too), and
+//! one that answered nothing for `query-idle-timeout-secs` is stopped; the model's next
+//! evidence request starts another, and the owner's client re-attests to it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex as StdMutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chiron_proto::wire::{EnclaveFrame, Frame, FrameError, HostFrame};
 use thiserror::Error;
@@ -18,6 +22,7 @@ use crate::enclave::{Enclave, EnclaveError, Role, clean_label};
 use crate::ids::{JobId, ProgramId};
 use crate::jobs::EVIDENCE_TIMEOUT;
 use crate::launcher::Launcher;
+use crate::limits::{Held, Limits, Pool, Refusal};
 use crate::store::{self, Store, StoreError};
 
 /// How long a query enclave may take to open a model.
@@ -52,6 +57,9 @@ pub enum ModelError {
     /// The sealed model or program is missing from the store.
     #[error("the sealed model or program of model {0} is missing from the host's store")]
     Missing(JobId),
+    /// A limit refuses another query enclave.
+    #[error(transparent)]
+    Limit(#[from] Refusal),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -60,22 +68,94 @@ pub enum ModelError {
     Internal,
 }
 
-type Slot = Arc<Mutex<Option<Enclave>>>;
+/// A model's running query enclave.
+struct Running {
+    enclave: Enclave,
+    /// When it last answered.
+    used: Instant,
+    /// Its place under the limits.
+    _held: Held,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.enclave.kill().await;
+    }
+}
+
+type Slot = Arc<Mutex<Option<Running>>>;
 
 /// The query enclaves of all models.
 pub struct Models {
     store: Store,
     launcher: Launcher,
     slots: StdMutex<HashMap<JobId, Slot>>,
+    running: Arc<Pool>,
+    idle: Duration,
 }
 
 impl Models {
     /// No query enclaves yet.
-    pub fn new(store: Store, launcher: Launcher) -> Self {
-        Self {
+    pub fn new(store: Store, launcher: Launcher, limits: &Limits) -> Arc<Self> {
+        Arc::new(Self {
             store,
             launcher,
             slots: StdMutex::new(HashMap::new()),
+            running: Pool::new(
+                "query enclaves",
+                (limits.max_query_enclaves, "max-query-enclaves"),
+                (
+                    limits.max_query_enclaves_per_principal,
+                    "max-query-enclaves-per-principal",
+                ),
+            ),
+            idle: limits.query_idle_timeout(),
+        })
+    }
+
+    /// Stops idle query enclaves, checking a few times per idle timeout, for as long as
+    /// `self` lives.
+    pub fn reap_idle(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let period = (self.idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                let Some(this) = weak.upgrade() else { break };
+                this.reap_once().await;
+            }
+        });
+    }
+
+    /// Stops every query enclave idle for longer than the timeout; slots in use are left.
+    async fn reap_once(&self) {
+        let slots: Vec<(JobId, Slot)> = self
+            .slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(id, slot)| (id.clone(), Arc::clone(slot)))
+            .collect();
+        for (id, slot) in slots {
+            let Ok(mut guard) = slot.try_lock() else {
+                continue;
+            };
+            if guard
+                .as_ref()
+                .is_some_and(|r| r.used.elapsed() >= self.idle)
+                && let Some(running) = guard.take()
+            {
+                info!("model {id} query enclave stopped: idle");
+                running.stop().await;
+            }
+            if guard.is_none() {
+                drop(guard);
+                let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+                // Forget the slot unless a request picked it up meanwhile.
+                if Arc::strong_count(&slot) == 2 {
+                    slots.remove(&id);
+                }
+            }
         }
     }
 
@@ -88,6 +168,7 @@ impl Models {
     /// none is running. The caller has checked that the job succeeded.
     pub async fn evidence(
         self: &Arc<Self>,
+        principal: &str,
         id: &JobId,
         program_id: &ProgramId,
         nonce: [u8; 32],
@@ -96,18 +177,26 @@ impl Models {
         let slot = self.slot(id);
         let id = id.clone();
         let program_id = program_id.clone();
+        let principal = principal.to_owned();
         tokio::spawn(async move {
             let mut guard = slot.lock_owned().await;
             if guard.is_none() {
-                *guard = Some(this.start(&id, &program_id).await?);
+                let held = this.running.take(&principal, 1)?;
+                *guard = Some(Running {
+                    enclave: this.start(&id, &program_id).await?,
+                    used: Instant::now(),
+                    _held: held,
+                });
             }
-            let Some(enclave) = guard.as_mut() else {
+            let Some(running) = guard.as_mut() else {
                 return Err(ModelError::Internal);
             };
-            match enclave
+            let answer = running
+                .enclave
                 .evidence(nonce, id.context(), EVIDENCE_TIMEOUT)
-                .await
-            {
+                .await;
+            running.used = Instant::now();
+            match answer {
                 Ok(evidence) => Ok(evidence),
                 Err(EnclaveError::Refused(label)) => Err(ModelError::Refused(label)),
                 Err(e) => {
@@ -131,9 +220,11 @@ impl Models {
         let id = id.clone();
         tokio::spawn(async move {
             let mut guard = slot.lock_owned().await;
-            let Some(enclave) = guard.as_mut() else {
+            let Some(running) = guard.as_mut() else {
                 return Err(ModelError::NotLoaded(id));
             };
+            running.used = Instant::now();
+            let enclave = &mut running.enclave;
             let mut answer = enclave
                 .request(&HostFrame::Query { sealed }, QUERY_TIMEOUT)
                 .await;
@@ -215,7 +306,11 @@ impl Models {
                 Err(ModelError::LoadRefused(label))
             }
             Ok(other) => {
-                discard(id, Some(enclave), &EnclaveError::Unexpected(other.kind())).await;
+                warn!(
+                    "model {id} query enclave discarded: unexpected {}",
+                    other.kind()
+                );
+                enclave.kill().await;
                 Err(ModelError::Unavailable)
             }
             Err(EnclaveError::Frame(FrameError::TooLarge(_))) => {
@@ -223,7 +318,8 @@ impl Models {
                 Err(ModelError::TooLarge)
             }
             Err(e) => {
-                discard(id, Some(enclave), &e).await;
+                warn!("model {id} query enclave discarded: {e}");
+                enclave.kill().await;
                 Err(ModelError::Unavailable)
             }
         }
@@ -231,9 +327,9 @@ impl Models {
 }
 
 /// Drops a broken query enclave.
-async fn discard(id: &JobId, enclave: Option<Enclave>, why: &EnclaveError) {
+async fn discard(id: &JobId, running: Option<Running>, why: &EnclaveError) {
     warn!("model {id} query enclave discarded: {why}");
-    if let Some(enclave) = enclave {
-        enclave.kill().await;
+    if let Some(running) = running {
+        running.stop().await;
     }
 }

@@ -14,8 +14,8 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore, PutPayload, WriteMultipart};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::ids::{DatasetId, JobId, ProgramId};
@@ -47,6 +47,32 @@ pub fn program_path(id: &ProgramId) -> Path {
 /// Where a dataset container lives.
 pub fn dataset_path(id: &DatasetId) -> Path {
     Path::from(format!("datasets/{id}.bin"))
+}
+
+/// Where a dataset's owner is recorded ([`DatasetOwner`]), written before the container.
+pub fn dataset_owner_path(id: &DatasetId) -> Path {
+    Path::from(format!("datasets/{id}.owner.json"))
+}
+
+/// Who uploaded a dataset.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DatasetOwner {
+    /// The principal's name.
+    pub principal: String,
+}
+
+/// Whether the dataset exists and `principal` uploaded it; for anyone else it does not
+/// exist.
+pub async fn dataset_owned_by(
+    store: &Store,
+    id: &DatasetId,
+    principal: &str,
+) -> Result<bool, StoreError> {
+    let owner: Option<DatasetOwner> = store.get_json(&dataset_owner_path(id)).await?;
+    if owner.is_none_or(|owner| owner.principal.is_empty() || owner.principal != principal) {
+        return Ok(false);
+    }
+    store.exists(&dataset_path(id)).await
 }
 
 /// Where a job's sealed model lives.
@@ -239,6 +265,14 @@ impl Store {
                 path: path.to_string(),
                 source,
             })
+    }
+
+    /// Deletes an object; deleting one that does not exist is not an error.
+    pub async fn delete(&self, path: &Path) -> Result<(), StoreError> {
+        match self.inner.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Paths of all objects under a prefix.

@@ -24,6 +24,8 @@ struct Host {
     url: String,
     dir: Option<tempfile::TempDir>,
     agent: ureq::Agent,
+    /// `Authorization` header value of the principal the tests act as.
+    bearer: String,
 }
 
 impl Drop for Host {
@@ -47,6 +49,19 @@ fn wasm(name: &str) -> Vec<u8> {
 
 impl Host {
     fn start(dir: tempfile::TempDir) -> Self {
+        let token_file = dir.path().join("tester.token");
+        if !token_file.exists() {
+            let issued = Command::new(env!("CARGO_BIN_EXE_chiron-host"))
+                .arg("--data-dir")
+                .arg(dir.path())
+                .args(["principal", "add", "tester", "--role", "owner"])
+                .args(["--role", "provider"])
+                .output()
+                .expect("principal add runs");
+            assert!(issued.status.success(), "principal add");
+            std::fs::write(&token_file, &issued.stdout).expect("token file");
+        }
+        let token = std::fs::read_to_string(&token_file).expect("token");
         let mut child = Command::new(env!("CARGO_BIN_EXE_chiron-host"))
             .arg("--dangerous-simulated-tee")
             .arg("--data-dir")
@@ -75,6 +90,7 @@ impl Host {
             url,
             dir: Some(dir),
             agent,
+            bearer: format!("Bearer {}", token.trim()),
         }
     }
 
@@ -93,6 +109,7 @@ impl Host {
         let mut r = self
             .agent
             .post(format!("{}{path}", self.url))
+            .header("Authorization", &self.bearer)
             .send(body)
             .expect("http");
         let status = r.status().as_u16();
@@ -110,6 +127,7 @@ impl Host {
         let mut r = self
             .agent
             .post(format!("{}{path}", self.url))
+            .header("Authorization", &self.bearer)
             .send_json(body)
             .expect("http");
         let status = r.status().as_u16();
@@ -120,6 +138,7 @@ impl Host {
         let mut r = self
             .agent
             .get(format!("{}{path}", self.url))
+            .header("Authorization", &self.bearer)
             .call()
             .expect("http");
         let status = r.status().as_u16();

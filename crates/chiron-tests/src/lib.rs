@@ -128,6 +128,31 @@ pub fn program_wasm(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// Runs `chiron-host principal add` on the host state in `state_dir`; returns the token.
+pub fn add_principal(state_dir: &Path, name: &str, roles: &[&str]) -> String {
+    let mut command = Command::new(bin_dir().join("chiron-host"));
+    command
+        .arg("--data-dir")
+        .arg(state_dir)
+        .args(["principal", "add", name]);
+    for role in roles {
+        command.args(["--role", role]);
+    }
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .expect("chiron-host runs (build the workspace first)");
+    assert!(
+        output.status.success(),
+        "principal add failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .expect("utf-8 token")
+        .trim()
+        .to_owned()
+}
+
 /// A running host (and the enclaves it starts), with its own data directory and logs.
 pub struct Service {
     child: Child,
@@ -135,6 +160,9 @@ pub struct Service {
     pub url: String,
     /// The host's data directory (object store, platform key).
     pub data_dir: tempfile::TempDir,
+    /// The API token of the principal `tester` (an owner and a provider), which
+    /// [`Service::client`] sends.
+    pub token: String,
     stdout_log: PathBuf,
     stderr_log: PathBuf,
 }
@@ -151,6 +179,20 @@ impl Service {
         let stdout_log = data_dir.path().join("host.out");
         let stderr_log = data_dir.path().join("host.err");
         let bins = bin_dir();
+        // The principal every test client acts as, issued once per data directory.
+        let token_file = data_dir.path().join("tester.token");
+        let token = match std::fs::read_to_string(&token_file) {
+            Ok(token) => token.trim().to_owned(),
+            Err(_) => {
+                let token = add_principal(
+                    &data_dir.path().join("state"),
+                    "tester",
+                    &["owner", "provider"],
+                );
+                std::fs::write(&token_file, &token).expect("token file");
+                token
+            }
+        };
         let mut child = Command::new(bins.join("chiron-host"))
             .arg("--dangerous-simulated-tee")
             .arg("--data-dir")
@@ -185,14 +227,21 @@ impl Service {
             child,
             url,
             data_dir,
+            token,
             stdout_log,
             stderr_log,
         }
     }
 
-    /// A client for this host.
+    /// A client for this host, acting as the principal `tester`.
     pub fn client(&self) -> HostClient {
-        HostClient::new(&self.url)
+        HostClient::new(&self.url).with_token(&self.token)
+    }
+
+    /// Issues another principal a token (`chiron-host principal add`, as an operator would
+    /// while the host runs); `roles` are `owner` and `provider`.
+    pub fn add_principal(&self, name: &str, roles: &[&str]) -> String {
+        add_principal(&self.state_dir(), name, roles)
     }
 
     /// The state directory the host writes.

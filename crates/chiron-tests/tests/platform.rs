@@ -342,6 +342,7 @@ fn run_model_cases(cases: &[(&str, Tamper)]) {
 /// a platform sees and can replay.
 struct Recorder {
     url: String,
+    token: String,
     sent: Arc<Mutex<Vec<ConnectionLog>>>,
 }
 
@@ -375,11 +376,15 @@ impl Recorder {
                 relay(server_copy, client_copy, None);
             }
         });
-        Self { url, sent }
+        Self {
+            url,
+            token: service.token.clone(),
+            sent,
+        }
     }
 
     fn client(&self) -> HostClient {
-        HostClient::new(&self.url)
+        HostClient::new(&self.url).with_token(&self.token)
     }
 
     /// The body of the one recorded request whose request line is `line`.
@@ -468,6 +473,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 struct Restarted {
     child: Child,
     url: String,
+    token: String,
     _stdout: BufReader<ChildStdout>,
     _dir: tempfile::TempDir,
 }
@@ -499,13 +505,14 @@ impl Restarted {
         Self {
             child,
             url,
+            token: service.token.clone(),
             _stdout: stdout,
             _dir: dir,
         }
     }
 
     fn client(&self) -> HostClient {
-        HostClient::new(&self.url)
+        HostClient::new(&self.url).with_token(&self.token)
     }
 }
 

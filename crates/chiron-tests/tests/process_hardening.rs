@@ -187,6 +187,8 @@ fn the_enclave_stderr_never_reaches_the_host_output() {
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 
     let stderr_log = dir.path().join("host.err");
+    let token =
+        chiron_tests::add_principal(&dir.path().join("state"), "tester", &["owner", "provider"]);
     let mut host = Command::new(bin_dir().join("chiron-host"))
         .arg("--dangerous-simulated-tee")
         .arg("--data-dir")
@@ -214,7 +216,7 @@ fn the_enclave_stderr_never_reaches_the_host_output() {
     });
 
     // A job: the host launches its training enclave (the platform key was made at start).
-    let client = HostClient::new(&url);
+    let client = HostClient::new(&url).with_token(&token);
     let program = client
         .register_program(&program_wasm("chiron_mlp"))
         .expect("program");

@@ -1,0 +1,272 @@
+//! What the service lets callers use: one typed configuration, and the counters that
+//! enforce it.
+//!
+//! Every limit is a command-line option of `chiron-host` with the default below (README,
+//! "Limits"). Past a limit the caller gets a [`Refusal`]: HTTP 429 (or 413 for a body) with
+//! the limit's name and value, never a queue that grows without bound.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex as StdMutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+/// The limits, as `chiron-host` options.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Limits {
+    /// Training enclaves running at once, for all principals together (a job of N workers
+    /// holds N + 1: the workers and the parameter server).
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub max_training_enclaves: u32,
+    /// Training enclaves running at once for one principal.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub max_training_enclaves_per_principal: u32,
+    /// Jobs created but not yet started, per principal: each holds its enclaves while it
+    /// waits for the owner's sealed request.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub max_pending_jobs_per_principal: u32,
+    /// How long a created job may wait for its start request before it fails ("not started
+    /// in time") and its enclaves are stopped.
+    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
+    pub job_start_timeout_secs: u64,
+    /// Query enclaves running at once, for all models together.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub max_query_enclaves: u32,
+    /// Query enclaves running at once for one principal's models.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub max_query_enclaves_per_principal: u32,
+    /// A query enclave that answered nothing for this long is stopped; the next evidence
+    /// request for its model starts another (the owner's client re-attests).
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    pub query_idle_timeout_secs: u64,
+    /// Dataset uploads in progress at once, for all principals together.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub max_uploads: u32,
+    /// Dataset uploads in progress at once for one principal.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub max_uploads_per_principal: u32,
+    /// Largest dataset container, in bytes.
+    #[arg(long, default_value_t = 2 << 30, value_name = "BYTES")]
+    pub max_dataset_bytes: u64,
+    /// Requests per second one principal may make, on average.
+    #[arg(long, default_value_t = 50.0, value_name = "N")]
+    pub requests_per_second: f64,
+    /// Requests one principal may make in a burst above the average rate.
+    #[arg(long, default_value_t = 200, value_name = "N")]
+    pub request_burst: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_training_enclaves: 16,
+            max_training_enclaves_per_principal: 8,
+            max_pending_jobs_per_principal: 4,
+            job_start_timeout_secs: 600,
+            max_query_enclaves: 16,
+            max_query_enclaves_per_principal: 4,
+            query_idle_timeout_secs: 300,
+            max_uploads: 8,
+            max_uploads_per_principal: 2,
+            max_dataset_bytes: 2 << 30,
+            requests_per_second: 50.0,
+            request_burst: 200,
+        }
+    }
+}
+
+impl Limits {
+    /// The start timeout as a duration.
+    pub fn job_start_timeout(&self) -> Duration {
+        Duration::from_secs(self.job_start_timeout_secs)
+    }
+
+    /// The idle timeout as a duration.
+    pub fn query_idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.query_idle_timeout_secs)
+    }
+}
+
+/// A request refused at a limit: which limit, and its value.
+#[derive(Clone, Debug, Error, PartialEq)]
+#[error("{what}: the limit `{option}` is {value}{hint}")]
+pub struct Refusal {
+    /// What was refused, in words.
+    pub what: &'static str,
+    /// The `chiron-host` option that sets the limit.
+    pub option: &'static str,
+    /// Its value.
+    pub value: String,
+    /// What the caller can do, starting with "; " (or empty).
+    pub hint: &'static str,
+}
+
+/// Counts held against a total and per-principal limit; a [`Held`] gives its share back when
+/// dropped.
+pub struct Pool {
+    what: &'static str,
+    total: (u32, &'static str),
+    each: (u32, &'static str),
+    counts: StdMutex<(u32, HashMap<String, u32>)>,
+}
+
+impl Pool {
+    /// A pool of `total` for all principals and `each` for one; the names are the options
+    /// that set them.
+    pub fn new(
+        what: &'static str,
+        total: (u32, &'static str),
+        each: (u32, &'static str),
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            what,
+            total,
+            each,
+            counts: StdMutex::new((0, HashMap::new())),
+        })
+    }
+
+    /// Takes `n` for `principal`, or says which limit refuses.
+    pub fn take(self: &Arc<Self>, principal: &str, n: u32) -> Result<Held, Refusal> {
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let (total, by_principal) = &mut *counts;
+        let mine = by_principal.get(principal).copied().unwrap_or(0);
+        let refuse = |(value, option): (u32, &'static str)| Refusal {
+            what: self.what,
+            option,
+            value: value.to_string(),
+            hint: "; retry when one of yours has finished",
+        };
+        if mine.saturating_add(n) > self.each.0 {
+            return Err(refuse(self.each));
+        }
+        if total.saturating_add(n) > self.total.0 {
+            return Err(Refusal {
+                hint: "; the service is busy, retry later",
+                ..refuse(self.total)
+            });
+        }
+        *total += n;
+        by_principal.insert(principal.to_owned(), mine + n);
+        Ok(Held {
+            pool: Arc::clone(self),
+            principal: principal.to_owned(),
+            n,
+        })
+    }
+
+    /// How many are held, in all and by `principal`.
+    #[cfg(test)]
+    pub fn held(&self, principal: &str) -> (u32, u32) {
+        let counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        (counts.0, counts.1.get(principal).copied().unwrap_or(0))
+    }
+}
+
+/// A share of a [`Pool`], given back on drop.
+pub struct Held {
+    pool: Arc<Pool>,
+    principal: String,
+    n: u32,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut counts = self
+            .pool
+            .counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (total, by_principal) = &mut *counts;
+        *total = total.saturating_sub(self.n);
+        if let Some(mine) = by_principal.get_mut(&self.principal) {
+            *mine = mine.saturating_sub(self.n);
+            if *mine == 0 {
+                by_principal.remove(&self.principal);
+            }
+        }
+    }
+}
+
+/// A token bucket per principal: `rate` requests a second on average, `burst` at once.
+pub struct RateLimiter {
+    rate: f64,
+    burst: f64,
+    buckets: StdMutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    /// A limiter from the configuration.
+    pub fn new(limits: &Limits) -> Self {
+        Self {
+            rate: limits.requests_per_second.max(0.0),
+            burst: f64::from(limits.request_burst.max(1)),
+            buckets: StdMutex::new(HashMap::new()),
+        }
+    }
+
+    /// Spends one request of `principal`'s, or refuses.
+    pub fn check(&self, principal: &str) -> Result<(), Refusal> {
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        let (tokens, at) = buckets
+            .entry(principal.to_owned())
+            .or_insert((self.burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.rate).min(self.burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Refusal {
+                what: "too many requests",
+                option: "requests-per-second",
+                value: format!("{} (burst {})", self.rate, self.burst),
+                hint: "; slow down and retry",
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pool_refuses_past_each_limit_and_takes_back_on_drop() {
+        let pool = Pool::new("training enclaves", (3, "total"), (2, "each"));
+        let a = pool.take("alice", 2).expect("within both");
+        let Err(refused) = pool.take("alice", 1) else {
+            panic!("alice is at her limit")
+        };
+        assert_eq!(refused.option, "each");
+        let b = pool.take("bob", 1).expect("bob has room");
+        let Err(refused) = pool.take("carol", 1) else {
+            panic!("the total is reached")
+        };
+        assert_eq!(refused.option, "total");
+        assert!(refused.to_string().contains("the limit `total` is 3"));
+        assert_eq!(pool.held("alice"), (3, 2));
+        drop(a);
+        assert_eq!(pool.held("alice"), (1, 0));
+        let _c = pool.take("carol", 2).expect("room again");
+        drop(b);
+        assert_eq!(pool.held("bob"), (2, 0));
+    }
+
+    #[test]
+    fn the_rate_limiter_allows_a_burst_then_refuses_per_principal() {
+        let limits = Limits {
+            requests_per_second: 0.001,
+            request_burst: 3,
+            ..Limits::default()
+        };
+        let limiter = RateLimiter::new(&limits);
+        for _ in 0..3 {
+            limiter.check("alice").expect("within the burst");
+        }
+        let refused = limiter.check("alice").expect_err("past the burst");
+        assert_eq!(refused.option, "requests-per-second");
+        limiter.check("bob").expect("bob has his own bucket");
+    }
+}

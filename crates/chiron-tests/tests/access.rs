@@ -1,0 +1,422 @@
+//! Who may call the service and how much: API tokens, ownership, and every limit refusing
+//! with its name.
+#![allow(clippy::expect_used)] // test helpers: a failed step is a failed test
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use chiron_client::owner::{self, QuerySession};
+use chiron_client::{ClientError, HostClient};
+use chiron_proto::api::{JobEnclave, JobState};
+use chiron_tests::*;
+
+const JOB_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn service_with(limits: &[&str]) -> Service {
+    let extra: Vec<OsString> = limits.iter().map(OsString::from).collect();
+    Service::start_in(tempfile::tempdir().expect("temp dir"), &extra)
+}
+
+/// The host's answer to a request, as `(status, message)`.
+fn refused<T>(result: Result<T, ClientError>) -> (u16, String) {
+    match result {
+        Err(ClientError::Host { status, message }) => (status, message),
+        Err(other) => panic!("not a host refusal: {other}"),
+        Ok(_) => panic!("not refused"),
+    }
+}
+
+/// A raw request with an optional `Authorization` header; returns status and headers.
+fn raw(service: &Service, method: &str, path: &str, authorization: Option<&str>) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = format!("{}{path}", service.url);
+    let response = match (method, authorization) {
+        ("GET", None) => agent.get(&url).call(),
+        ("GET", Some(value)) => agent.get(&url).header("Authorization", value).call(),
+        (_, None) => agent.post(&url).send(&b"junk"[..]),
+        (_, Some(value)) => agent
+            .post(&url)
+            .header("Authorization", value)
+            .send(&b"junk"[..]),
+    }
+    .expect("http");
+    let challenge = response
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    (response.status().as_u16(), challenge)
+}
+
+#[test]
+fn calls_without_a_valid_token_are_refused_before_anything_happens() {
+    let service = Service::start();
+    let job = create_job(&service.client(), &program_wasm("chiron_mlp"), &iris()).expect("job");
+    let paths = [
+        ("POST", "/v1/programs".to_owned()),
+        ("POST", "/v1/datasets".to_owned()),
+        ("POST", "/v1/jobs".to_owned()),
+        ("GET", format!("/v1/jobs/{}", job.job_id)),
+        ("POST", format!("/v1/jobs/{}/start", job.job_id)),
+        (
+            "GET",
+            format!(
+                "/v1/models/{}/evidence?nonce={}",
+                job.job_id,
+                "0".repeat(64)
+            ),
+        ),
+        ("GET", "/v1/no-such-endpoint".to_owned()),
+    ];
+    let revoked = service.add_principal("revoked", &["owner"]);
+    let status = std::process::Command::new(bin_dir().join("chiron-host"))
+        .arg("--data-dir")
+        .arg(service.state_dir())
+        .args(["principal", "revoke", "revoked"])
+        .status()
+        .expect("revoke runs");
+    assert!(status.success());
+    // The host reloads its principals every 5 seconds.
+    std::thread::sleep(Duration::from_secs(6));
+    let revoked = format!("Bearer {revoked}");
+    let altered = format!("Bearer {}x", service.token);
+    let headers = [
+        None,
+        Some("Bearer "),
+        Some("Basic dGVzdGVyOnRlc3Rlcg=="),
+        Some(altered.as_str()),
+        Some(revoked.as_str()),
+    ];
+    for (method, path) in &paths {
+        for header in headers {
+            let (status, challenge) = raw(&service, method, path, header);
+            assert_eq!(status, 401, "{method} {path} with {header:?}");
+            assert!(challenge.starts_with("Bearer"), "{challenge}");
+        }
+    }
+    // Nothing happened to the job.
+    let status = service.client().job_status(&job.job_id).expect("status");
+    assert_eq!(status.state, JobState::Created);
+    assert_eq!(status.events, 0);
+}
+
+#[test]
+fn another_principals_jobs_datasets_and_models_do_not_exist_for_a_caller() {
+    let service = Service::start();
+    let alice = service.client();
+    let mallory = HostClient::new(&service.url)
+        .with_token(&service.add_principal("mallory", &["owner", "provider"]));
+    let data = iris();
+
+    // Alice's finished job and model.
+    let ticket = start_job(
+        &service,
+        &program_wasm("chiron_mlp"),
+        &data,
+        &terms(30, 120),
+    )
+    .expect("job starts");
+    let (state, events) = wait(&service, &ticket, JOB_TIMEOUT);
+    assert_eq!(state, JobState::Succeeded, "{events:?}");
+    // Alice's job that waits for its start request, and her dataset.
+    let waiting = create_job(&alice, &program_wasm("chiron_mlp"), &data).expect("job");
+
+    // For Mallory each answers exactly as an id that never existed.
+    let absent = "0123456789abcdef0123456789abcdef";
+    let same = |theirs: (u16, String), none: (u16, String), id: &str| {
+        assert_eq!(theirs.0, 404, "{}", theirs.1);
+        assert_eq!(theirs.0, none.0);
+        assert_eq!(theirs.1.replace(id, absent), none.1, "the texts differ");
+    };
+    let nonce = [7u8; 32];
+    for id in [ticket.job_id.as_str(), waiting.job_id.as_str()] {
+        same(
+            refused(mallory.job_status(id)),
+            refused(mallory.job_status(absent)),
+            id,
+        );
+        same(
+            refused(mallory.job_events(id, 0)),
+            refused(mallory.job_events(absent, 0)),
+            id,
+        );
+        same(
+            refused(mallory.job_evidence(id, &nonce)),
+            refused(mallory.job_evidence(absent, &nonce)),
+            id,
+        );
+        same(
+            refused(mallory.job_enclave_evidence(id, JobEnclave::Worker(0), &nonce)),
+            refused(mallory.job_enclave_evidence(absent, JobEnclave::Worker(0), &nonce)),
+            id,
+        );
+        same(
+            refused(mallory.start_job(id, b"junk")),
+            refused(mallory.start_job(absent, b"junk")),
+            id,
+        );
+        same(
+            refused(mallory.model_evidence(id, &nonce)),
+            refused(mallory.model_evidence(absent, &nonce)),
+            id,
+        );
+        same(
+            refused(mallory.query(id, b"junk")),
+            refused(mallory.query(absent, b"junk")),
+            id,
+        );
+    }
+    // Nor can Mallory train on Alice's dataset: the container's id is not enough.
+    let mut container = Vec::new();
+    chiron_crypto::encrypt_dataset(
+        &waiting.key,
+        &data.header,
+        data.body.as_slice(),
+        &mut container,
+    )
+    .expect("encrypt");
+    let alices_dataset = alice.upload_dataset(&container).expect("upload").dataset_id;
+    let (status, message) = refused(mallory.create_job(&waiting.program_id, &alices_dataset));
+    let (_, none) = refused(mallory.create_job(&waiting.program_id, absent));
+    assert_eq!(status, 404, "{message}");
+    assert_eq!(message.replace(&alices_dataset, absent), none);
+
+    // Mallory's junk changed nothing: Alice's waiting job starts and trains, and her model
+    // still answers her.
+    let started = owner::start_training(
+        &alice,
+        &service.policy(),
+        &waiting.job_id,
+        &waiting.program_id,
+        &data.header,
+        &waiting.key,
+        &terms(30, 120),
+    )
+    .expect("Alice's job starts");
+    let (state, events) = wait(&service, &started, JOB_TIMEOUT);
+    assert_eq!(state, JobState::Succeeded, "{events:?}");
+    let test = iris_inputs(&data, None);
+    let accuracy =
+        query_accuracy(&service, &ticket, &test.features, &test.labels, 50).expect("queries");
+    assert!(accuracy > 0.85, "accuracy {accuracy}");
+}
+
+#[test]
+fn roles_bound_what_a_principal_may_do() {
+    let service = Service::start();
+    let owner_only =
+        HostClient::new(&service.url).with_token(&service.add_principal("owner-only", &["owner"]));
+    let provider_only = HostClient::new(&service.url)
+        .with_token(&service.add_principal("provider-only", &["provider"]));
+    let (status, message) = refused(owner_only.register_program(&program_wasm("chiron_mlp")));
+    assert_eq!(status, 403);
+    assert!(
+        message.contains("does not have the provider role"),
+        "{message}"
+    );
+    let program = provider_only
+        .register_program(&program_wasm("chiron_mlp"))
+        .expect("a provider registers");
+    // Anyone may read a program's policy: owners need it before they upload.
+    owner_only.program(&program.program_id).expect("policy");
+    let (status, message) = refused(provider_only.upload_dataset(b"junk"));
+    assert_eq!(status, 403);
+    assert!(
+        message.contains("does not have the owner role"),
+        "{message}"
+    );
+}
+
+#[test]
+fn each_limit_refuses_with_its_name_and_gives_back_what_ends() {
+    let service = service_with(&[
+        "--max-pending-jobs-per-principal",
+        "1",
+        "--max-training-enclaves-per-principal",
+        "2",
+        "--max-dataset-bytes",
+        "2048",
+        "--job-start-timeout-secs",
+        "3",
+    ]);
+    let host = service.client();
+    let data = iris();
+    let program = host
+        .register_program(&program_wasm("chiron_mlp"))
+        .expect("program");
+
+    // A dataset above the size limit: 413, before anything is stored.
+    let mut container = Vec::new();
+    let key = chiron_crypto::DataKey::generate();
+    chiron_crypto::encrypt_dataset(&key, &data.header, data.body.as_slice(), &mut container)
+        .expect("encrypt");
+    assert!(container.len() > 2048, "{}", container.len());
+    let (status, message) = refused(host.upload_dataset(&container));
+    assert_eq!(status, 413, "{message}");
+    assert!(message.contains("max-dataset-bytes"), "{message}");
+    // Eight examples fit (the job made of them is never started).
+    let small = chiron_proto::dataset::DatasetHeader {
+        train_count: 8,
+        valid_count: 0,
+        ..data.header.clone()
+    };
+    let small_len = usize::try_from(small.plaintext_len().expect("length")).expect("small");
+    let mut container = Vec::new();
+    chiron_crypto::encrypt_dataset(&key, &small, &data.body[..small_len], &mut container)
+        .expect("encrypt");
+    let dataset = host.upload_dataset(&container).expect("fits").dataset_id;
+
+    // One job may wait for its start request; a second is refused by name.
+    let first = host
+        .create_job(&program.program_id, &dataset)
+        .expect("first job");
+    let (status, message) = refused(host.create_job(&program.program_id, &dataset));
+    assert_eq!(status, 429, "{message}");
+    assert!(
+        message.contains("max-pending-jobs-per-principal"),
+        "{message}"
+    );
+    // A distributed job of two workers needs three training enclaves: above two.
+    let (status, message) = refused(host.create_distributed_job(&program.program_id, &dataset, 2));
+    assert_eq!(status, 429, "{message}");
+    assert!(
+        message.contains("max-pending-jobs-per-principal")
+            || message.contains("max-training-enclaves-per-principal"),
+        "{message}"
+    );
+
+    // The first job is never started: it fails at the start timeout and gives back its
+    // place and its enclave.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = host.job_status(&first.job_id).expect("status");
+        if status.state == JobState::Failed {
+            assert_eq!(status.error.as_deref(), Some("not started in time"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {:?}", status.state);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (status, message) = refused(host.create_distributed_job(&program.program_id, &dataset, 2));
+    assert_eq!(status, 429, "{message}");
+    assert!(
+        message.contains("max-training-enclaves-per-principal"),
+        "{message}"
+    );
+    host.create_job(&program.program_id, &dataset)
+        .expect("room again");
+}
+
+#[test]
+fn requests_past_the_rate_are_refused_per_principal() {
+    let service = service_with(&["--requests-per-second", "0.01", "--request-burst", "5"]);
+    let alice = service.client();
+    let bob = HostClient::new(&service.url).with_token(&service.add_principal("bob", &["owner"]));
+    let absent = "0123456789abcdef0123456789abcdef";
+    for _ in 0..5 {
+        let (status, _) = refused(alice.job_status(absent));
+        assert_eq!(status, 404);
+    }
+    let (status, message) = refused(alice.job_status(absent));
+    assert_eq!(status, 429, "{message}");
+    assert!(message.contains("requests-per-second"), "{message}");
+    // Bob has his own allowance.
+    let (status, _) = refused(bob.job_status(absent));
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn a_principals_concurrent_uploads_are_bounded() {
+    let service = service_with(&["--max-uploads-per-principal", "1"]);
+    let host = service.client();
+    let data = iris();
+    let mut container = Vec::new();
+    chiron_crypto::encrypt_dataset(
+        &chiron_crypto::DataKey::generate(),
+        &data.header,
+        data.body.as_slice(),
+        &mut container,
+    )
+    .expect("encrypt");
+    // An upload that has sent its header and part of its body, and waits.
+    let address = service.url.trim_start_matches("http://");
+    let mut slow = TcpStream::connect(address).expect("connect");
+    write!(
+        slow,
+        "POST /v1/datasets HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\n\
+         Content-Length: {}\r\n\r\n",
+        service.token,
+        container.len()
+    )
+    .expect("headers");
+    slow.write_all(&container[..container.len() / 2])
+        .expect("half the body");
+    slow.flush().expect("flush");
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, message) = refused(host.upload_dataset(&container));
+    assert_eq!(status, 429, "{message}");
+    assert!(message.contains("max-uploads-per-principal"), "{message}");
+    // The slow upload finishes and is stored whole; then there is room again.
+    slow.write_all(&container[container.len() / 2..])
+        .expect("the rest");
+    let mut answer = Vec::new();
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut buffer = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains("dataset_id") {
+        let n = slow.read(&mut buffer).expect("answer");
+        assert!(n > 0, "{}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buffer[..n]);
+    }
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+    host.upload_dataset(&container).expect("room again");
+}
+
+#[test]
+fn an_idle_query_enclave_is_stopped_and_the_owner_reattests_to_the_next() {
+    let service = service_with(&[
+        "--query-idle-timeout-secs",
+        "1",
+        "--max-query-enclaves-per-principal",
+        "1",
+    ]);
+    let data = iris();
+    let wasm = program_wasm("chiron_mlp");
+    let first = start_job(&service, &wasm, &data, &terms(30, 120)).expect("job starts");
+    let second = start_job(&service, &wasm, &data, &terms(30, 120)).expect("job starts");
+    for ticket in [&first, &second] {
+        let (state, events) = wait(&service, ticket, JOB_TIMEOUT);
+        assert_eq!(state, JobState::Succeeded, "{events:?}");
+    }
+    let host = service.client();
+    let inputs = iris_inputs(&data, Some(10));
+    let session = QuerySession::open(&host, &service.policy(), &first).expect("attests");
+    session.query(10, inputs.features.clone()).expect("answers");
+    // One query enclave per principal: the second model waits for the first to go idle.
+    let (status, message) = refused(QuerySession::open(&host, &service.policy(), &second));
+    assert_eq!(status, 429, "{message}");
+    assert!(
+        message.contains("max-query-enclaves-per-principal"),
+        "{message}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        service.stderr().contains("query enclave stopped: idle"),
+        "{}",
+        service.stderr()
+    );
+    let other = QuerySession::open(&host, &service.policy(), &second).expect("room again");
+    other.query(10, inputs.features.clone()).expect("answers");
+    std::thread::sleep(Duration::from_secs(3));
+    // The first session's enclave is gone; its next query re-attests to a new one.
+    let answer = session
+        .query(10, inputs.features.clone())
+        .expect("answers after re-attesting");
+    assert_eq!(answer.classes.len(), 10);
+}
