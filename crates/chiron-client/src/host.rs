@@ -3,8 +3,8 @@
 use std::io::Read;
 
 use chiron_proto::api::{
-    ApiError, CreateJob, DatasetCreated, Events, JobCreated, JobEnclave, JobStatus, ProgramCreated,
-    ProgramInfo,
+    ApiError, CreateJob, CreateUpload, DatasetCreated, Events, JobCreated, JobEnclave, JobStatus,
+    ProgramCreated, ProgramInfo, UploadStatus,
 };
 use serde::de::DeserializeOwned;
 
@@ -12,6 +12,13 @@ use crate::ClientError;
 
 /// Largest answer body read from the host.
 const MAX_BODY: u64 = 64 << 20;
+/// Bytes per part of a resumable upload (the host takes up to 16 MiB).
+pub const UPLOAD_PART: usize = 8 << 20;
+/// Failed attempts in a row after which an upload gives up; with the pause between them,
+/// about a minute without the host.
+const UPLOAD_ATTEMPTS: u32 = 60;
+/// The pause after a failed attempt.
+const UPLOAD_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The untrusted host's API. Nothing sent through it is secret: datasets are ciphertext,
 /// keys and queries are sealed to an attested enclave before they get here. The API token
@@ -69,6 +76,14 @@ impl HostClient {
         }
     }
 
+    fn put(&self, path: &str) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
+        let request = self.agent.put(&self.url(path));
+        match self.authorization() {
+            Some(value) => request.header("Authorization", value),
+            None => request,
+        }
+    }
+
     fn get(&self, path: &str) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
         let request = self.agent.get(&self.url(path));
         match self.authorization() {
@@ -95,10 +110,88 @@ impl HostClient {
         json(self.get(&format!("/v1/programs/{program_id}")).call())
     }
 
-    /// Uploads an encrypted dataset container.
+    /// Uploads an encrypted dataset container in parts ([`UPLOAD_PART`]), carrying on from
+    /// where the host's store stands after a broken connection or a host restart.
     pub fn upload_dataset(&self, container: &[u8]) -> Result<DatasetCreated, ClientError> {
-        let r = self.post("/v1/datasets").send(container);
-        json(r)
+        let opened = self.create_upload(container.len() as u64)?;
+        self.resume_upload(opened, container)
+    }
+
+    /// Opens a resumable upload of `length` bytes; its id becomes the dataset's.
+    pub fn create_upload(&self, length: u64) -> Result<UploadStatus, ClientError> {
+        json(self.post("/v1/uploads").send_json(&CreateUpload { length }))
+    }
+
+    /// Where upload `upload_id` stands in the host's store.
+    pub fn upload_status(&self, upload_id: &str) -> Result<UploadStatus, ClientError> {
+        checked_id(upload_id, "an upload id")?;
+        json(self.get(&format!("/v1/uploads/{upload_id}")).call())
+    }
+
+    /// Stores the part of an upload that starts at byte `offset`.
+    pub fn upload_part(
+        &self,
+        upload_id: &str,
+        offset: u64,
+        part: &[u8],
+    ) -> Result<UploadStatus, ClientError> {
+        checked_id(upload_id, "an upload id")?;
+        json(
+            self.put(&format!("/v1/uploads/{upload_id}?offset={offset}"))
+                .send(part),
+        )
+    }
+
+    /// Sends the rest of `container` from where `status` stands, part by part. A broken
+    /// connection, a host that is restarting or a part the host stored without the answer
+    /// arriving makes it ask the host where the upload stands and go on from there; it gives
+    /// up after about a minute without progress.
+    pub fn resume_upload(
+        &self,
+        mut status: UploadStatus,
+        container: &[u8],
+    ) -> Result<DatasetCreated, ClientError> {
+        let mut failures = 0;
+        loop {
+            if let Some(dataset) = status.dataset {
+                return Ok(dataset);
+            }
+            if status.length != container.len() as u64 || status.offset > status.length {
+                return Err(ClientError::Input(format!(
+                    "upload {} is of {} bytes, this container of {}",
+                    status.upload_id,
+                    status.length,
+                    container.len()
+                )));
+            }
+            let start = usize::try_from(status.offset).unwrap_or(usize::MAX);
+            let end = start.saturating_add(UPLOAD_PART).min(container.len());
+            let sent = self.upload_part(&status.upload_id, status.offset, &container[start..end]);
+            match sent {
+                Ok(next) => {
+                    status = next;
+                    failures = 0;
+                }
+                Err(e) if retryable(&e) && failures < UPLOAD_ATTEMPTS => {
+                    failures += 1;
+                    std::thread::sleep(UPLOAD_PAUSE);
+                    loop {
+                        match self.upload_status(&status.upload_id) {
+                            Ok(now) => {
+                                status = now;
+                                break;
+                            }
+                            Err(e) if retryable(&e) && failures < UPLOAD_ATTEMPTS => {
+                                failures += 1;
+                                std::thread::sleep(UPLOAD_PAUSE);
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Creates a training job (the host starts its enclave).
@@ -175,6 +268,23 @@ impl HostClient {
         let path = format!("/v1/models/{job_id}/query");
         bytes(self.post(&path).send(sealed))
     }
+}
+
+/// Whether an upload step may succeed if tried again: the connection broke, the host is
+/// restarting, or the host stored a part whose answer was lost (409: ask where it stands).
+fn retryable(e: &ClientError) -> bool {
+    match e {
+        ClientError::Http(_) => true,
+        ClientError::Host { status, .. } => matches!(status, 409 | 502 | 503 | 504),
+        _ => false,
+    }
+}
+
+fn checked_id(id: &str, what: &str) -> Result<(), ClientError> {
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ClientError::Input(format!("`{id}` is not {what} (hex)")));
+    }
+    Ok(())
 }
 
 type Reply = Result<ureq::http::Response<ureq::Body>, ureq::Error>;

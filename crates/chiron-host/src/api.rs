@@ -20,8 +20,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::BytesMut;
 use chiron_proto::api::{
-    ApiError, CreateJob, DatasetCreated, Events, JobCreated, JobEnclave, JobState, JobStatus,
-    ProgramCreated, ProgramInfo,
+    ApiError, CreateJob, CreateUpload, DatasetCreated, Events, JobCreated, JobEnclave, JobState,
+    JobStatus, ProgramCreated, ProgramInfo, UploadStatus,
 };
 use chiron_proto::evidence::{Evidence, TeeKind};
 use chiron_proto::manifest::program_policy;
@@ -38,6 +38,7 @@ use crate::limits::{Limits, Pool, RateLimiter, Refusal};
 use crate::models::{ModelError, Models};
 use crate::principals::{Principal, Principals, Role};
 use crate::store::{self, Store, StoreError};
+use crate::uploads::{self as resumable, UploadError, Uploads};
 
 /// Largest program: it must fit in one frame next to the sealed request.
 pub const PROGRAM_LIMIT: usize = MAX_FRAME - (1 << 20);
@@ -47,7 +48,7 @@ pub const START_LIMIT: usize = 1 << 20;
 pub const QUERY_LIMIT: usize = MAX_FRAME - 1024;
 /// Bytes of an upload read before its public header is parsed; a valid container's
 /// preamble, header and nonce are far smaller.
-const HEADER_PREFIX: usize = 8 << 10;
+const HEADER_PREFIX: usize = resumable::HEADER_PREFIX;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -71,8 +72,10 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     /// Each principal's request rate.
     pub rate: Arc<RateLimiter>,
-    /// Dataset uploads in progress.
-    pub uploads: Arc<Pool>,
+    /// Dataset uploads open.
+    pub upload_slots: Arc<Pool>,
+    /// Resumable uploads.
+    pub uploads: Arc<Uploads>,
 }
 
 impl AppState {
@@ -136,6 +139,13 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/datasets",
             post(post_dataset).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/v1/uploads", post(create_upload))
+        .route(
+            "/v1/uploads/{id}",
+            get(upload_status)
+                .put(upload_part)
+                .layer(DefaultBodyLimit::max(resumable::PART_LIMIT)),
         )
         .route("/v1/jobs", post(post_job))
         .route("/v1/jobs/{id}", get(get_job))
@@ -258,6 +268,21 @@ impl IntoResponse for HttpError {
 impl From<Refusal> for HttpError {
     fn from(refusal: Refusal) -> Self {
         Self::new(StatusCode::TOO_MANY_REQUESTS, refusal.to_string())
+    }
+}
+
+impl From<UploadError> for HttpError {
+    fn from(e: UploadError) -> Self {
+        match e {
+            UploadError::Unknown(_) => Self::not_found(e.to_string()),
+            UploadError::WrongOffset { .. } => Self::conflict(e.to_string()),
+            UploadError::TooLong { .. }
+            | UploadError::BadPart(_)
+            | UploadError::BadContainer(_) => Self::bad_request(e.to_string()),
+            UploadError::TooLarge { .. } => Self::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+            UploadError::Limit(refusal) => refusal.into(),
+            UploadError::Store(e) => e.into(),
+        }
     }
 }
 
@@ -469,7 +494,7 @@ async fn post_dataset(
     body: Body,
 ) -> Result<Json<DatasetCreated>, HttpError> {
     acting_as(&caller, Role::Owner)?;
-    let _uploading = state.uploads.take(&caller.name, 1)?;
+    let _uploading = state.upload_slots.take(&caller.name, 1)?;
     let dataset_limit = state.limits.max_dataset_bytes;
     let interrupted = || HttpError::bad_request("the dataset upload was interrupted; retry it");
     let mut stream = body.into_data_stream();
@@ -564,6 +589,59 @@ async fn post_dataset(
         dataset_id: id.to_string(),
         header,
     }))
+}
+
+async fn create_upload(
+    State(state): State<AppState>,
+    Extension(caller): Caller,
+    body: Result<Json<CreateUpload>, JsonRejection>,
+) -> Result<Json<UploadStatus>, HttpError> {
+    acting_as(&caller, Role::Owner)?;
+    let Json(request) = body.map_err(|_| {
+        HttpError::bad_request(
+            "the body must be JSON {\"length\": <the container's length in bytes>} with \
+             Content-Type: application/json",
+        )
+    })?;
+    Ok(Json(
+        state.uploads.create(&caller.name, request.length).await?,
+    ))
+}
+
+async fn upload_status(
+    State(state): State<AppState>,
+    Extension(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<UploadStatus>, HttpError> {
+    acting_as(&caller, Role::Owner)?;
+    let id = DatasetId::parse(&id)?;
+    Ok(Json(state.uploads.status(&caller.name, &id).await?))
+}
+
+#[derive(Deserialize)]
+struct OffsetParam {
+    offset: u64,
+}
+
+async fn upload_part(
+    State(state): State<AppState>,
+    Extension(caller): Caller,
+    Path(id): Path<String>,
+    param: Result<Query<OffsetParam>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<UploadStatus>, HttpError> {
+    acting_as(&caller, Role::Owner)?;
+    let id = DatasetId::parse(&id)?;
+    let Query(OffsetParam { offset }) = param.map_err(|_| {
+        HttpError::bad_request("add ?offset=<the byte of the container this part starts at>")
+    })?;
+    let part = body.map_err(|r| body_error(&r, resumable::PART_LIMIT, "the part"))?;
+    Ok(Json(
+        state
+            .uploads
+            .put_part(&caller.name, &id, offset, part)
+            .await?,
+    ))
 }
 
 async fn post_job(

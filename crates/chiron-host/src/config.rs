@@ -83,6 +83,10 @@ pub struct Config {
     /// downward API's `status.podIP`).
     #[arg(long, value_name = "IP", env = "POD_IP")]
     pub k8s_advertise: Option<std::net::IpAddr>,
+    /// On SIGTERM, how long requests in flight (an upload's part, a query) may take to
+    /// finish before the host exits anyway.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub shutdown_grace_secs: u64,
     /// What callers may use.
     #[command(flatten, next_help_heading = "Limits")]
     pub limits: Limits,

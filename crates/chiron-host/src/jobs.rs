@@ -45,6 +45,8 @@ pub mod labels {
     pub const PROTOCOL: &str = "enclave protocol error";
     /// The host restarted while the job was waiting or running.
     pub const HOST_RESTARTED: &str = "host restarted";
+    /// The host was shut down (SIGTERM) while the job was waiting or running.
+    pub const HOST_SHUT_DOWN: &str = "host shut down";
     /// The owner did not send the start request within the host's start timeout.
     pub const NOT_STARTED: &str = "not started in time";
     /// The host could not read the program or dataset from its store.
@@ -350,6 +352,10 @@ impl Job {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         let mut record = self.record.lock().await;
+        if matches!(record.state, JobState::Succeeded | JobState::Failed) {
+            // Already ended (the host's shutdown got there first): the record stays.
+            return;
+        }
         match &outcome {
             Ok(()) => {
                 record.state = JobState::Succeeded;
@@ -459,6 +465,23 @@ impl Jobs {
             ),
             start_timeout: limits.job_start_timeout(),
         })
+    }
+
+    /// Fails every job still waiting or training, as the host stops (their enclaves stop
+    /// with it).
+    pub async fn shut_down(&self) {
+        let jobs: Vec<Arc<Job>> = self
+            .map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        for job in jobs {
+            if matches!(job.state().await, JobState::Created | JobState::Running) {
+                job.finish(Err(labels::HOST_SHUT_DOWN.to_owned())).await;
+            }
+        }
     }
 
     /// A job by id, if `principal` created it: for any other caller the job does not exist.

@@ -39,12 +39,17 @@ pub struct Limits {
     /// request for its model starts another (the owner's client re-attests).
     #[arg(long, default_value_t = 300, value_name = "SECONDS")]
     pub query_idle_timeout_secs: u64,
-    /// Dataset uploads in progress at once, for all principals together.
+    /// Dataset uploads open at once, for all principals together (a resumable upload is open
+    /// from its creation until its last part or its expiry; a one-request upload while it
+    /// runs).
     #[arg(long, default_value_t = 8, value_name = "N")]
     pub max_uploads: u32,
-    /// Dataset uploads in progress at once for one principal.
+    /// Dataset uploads open at once for one principal.
     #[arg(long, default_value_t = 2, value_name = "N")]
     pub max_uploads_per_principal: u32,
+    /// A resumable upload not completed within this long is deleted when the host starts.
+    #[arg(long, default_value_t = 86_400, value_name = "SECONDS")]
+    pub upload_expiry_secs: u64,
     /// Largest dataset container, in bytes.
     #[arg(long, default_value_t = 2 << 30, value_name = "BYTES")]
     pub max_dataset_bytes: u64,
@@ -68,6 +73,7 @@ impl Default for Limits {
             query_idle_timeout_secs: 300,
             max_uploads: 8,
             max_uploads_per_principal: 2,
+            upload_expiry_secs: 86_400,
             max_dataset_bytes: 2 << 30,
             requests_per_second: 50.0,
             request_burst: 200,
@@ -79,6 +85,11 @@ impl Limits {
     /// The start timeout as a duration.
     pub fn job_start_timeout(&self) -> Duration {
         Duration::from_secs(self.job_start_timeout_secs)
+    }
+
+    /// The upload expiry as a duration.
+    pub fn upload_expiry(&self) -> Duration {
+        Duration::from_secs(self.upload_expiry_secs)
     }
 
     /// The idle timeout as a duration.

@@ -17,14 +17,17 @@ mod models;
 mod principals;
 mod relay;
 mod store;
+mod uploads;
 
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use std::time::Duration;
 use tokio::net::TcpListener;
-use tracing::info;
+
+use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{Admin, Config, PrincipalCommand};
@@ -78,7 +81,15 @@ async fn main() -> anyhow::Result<()> {
         .context("cannot start the program checker")?;
     let models = Models::new(store.clone(), launcher, &config.limits);
     models.reap_idle();
-    let (rate, uploads) = api::AppState::limiters(&config.limits);
+    let (rate, upload_slots) = api::AppState::limiters(&config.limits);
+    let uploads = uploads::Uploads::load(
+        store.clone(),
+        config.limits.max_dataset_bytes,
+        config.limits.upload_expiry(),
+        Arc::clone(&upload_slots),
+    )
+    .await
+    .context("cannot read the open uploads")?;
     let state = api::AppState {
         models,
         jobs: Arc::new(jobs),
@@ -91,7 +102,8 @@ async fn main() -> anyhow::Result<()> {
         principals,
         limits: Arc::new(config.limits.clone()),
         rate,
-        uploads,
+        upload_slots,
+        uploads: Arc::new(uploads),
     };
 
     let listener = TcpListener::bind(&config.listen)
@@ -104,12 +116,36 @@ async fn main() -> anyhow::Result<()> {
         out.flush()?;
     }
     info!("listening on http://{addr}");
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown())
-        .await?;
-    info!("shutting down; stopping enclaves");
-    // Dropping the runtime drops every job task and query enclave, which stops them
-    // (processes are killed on drop; pods are deleted, while the runtime still runs).
+    let jobs = Arc::clone(&state.jobs);
+    // On SIGTERM (or Ctrl-C) the listener closes at once; requests in flight (an upload's
+    // part, a query) get the grace period to finish.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown().await;
+        let _ = stop.send(true);
+    });
+    let mut signalled = stopping.clone();
+    let serve = axum::serve(listener, api::router(state)).with_graceful_shutdown(async move {
+        let _ = signalled.wait_for(|stop| *stop).await;
+        info!(
+            "shutting down: no new requests; those in flight have {}s",
+            config.shutdown_grace_secs
+        );
+    });
+    let mut signalled = stopping;
+    let grace = async move {
+        let _ = signalled.wait_for(|stop| *stop).await;
+        tokio::time::sleep(Duration::from_secs(config.shutdown_grace_secs)).await;
+    };
+    tokio::select! {
+        served = serve => served?,
+        () = grace => warn!("the grace period ended with requests still in flight; they are cut"),
+    }
+    // Enclaves stop with the host (processes are killed on drop; pods are deleted while the
+    // runtime still runs), so every job still waiting or training has failed: say so in its
+    // record now rather than at the next start.
+    jobs.shut_down().await;
+    info!("stopped; enclaves stopping");
     Ok(())
 }
 

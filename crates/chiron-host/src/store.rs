@@ -231,6 +231,15 @@ impl Store {
         }
     }
 
+    /// An object's size, `None` when it does not exist.
+    pub async fn size(&self, path: &Path) -> Result<Option<u64>, StoreError> {
+        match self.inner.head(path).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Whether an object exists.
     pub async fn exists(&self, path: &Path) -> Result<bool, StoreError> {
         match self.inner.head(path).await {

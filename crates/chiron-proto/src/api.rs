@@ -1,20 +1,30 @@
 //! The host's public HTTP API (JSON bodies unless noted). Everything here is visible to the
 //! platform, so none of it is secret: ids, public dataset headers, job states, ciphertext.
 //!
-//! | method and path | body | answer |
-//! |---|---|---|
-//! | `POST /v1/programs` | wasm bytes | [`ProgramCreated`] |
-//! | `GET /v1/programs/{id}` | – | [`ProgramInfo`] |
-//! | `POST /v1/datasets` | dataset container bytes | [`DatasetCreated`] |
-//! | `POST /v1/jobs` | [`CreateJob`] | [`JobCreated`] |
-//! | `GET /v1/jobs/{id}/evidence?nonce=HEX` | – | evidence bytes |
-//! | `POST /v1/jobs/{id}/start` | sealed train request bytes | [`JobStatus`] |
-//! | `GET /v1/jobs/{id}` | – | [`JobStatus`] |
-//! | `GET /v1/jobs/{id}/events?from=N` | – | [`Events`] |
-//! | `GET /v1/models/{job_id}/evidence?nonce=HEX` | – | evidence bytes (query enclave) |
-//! | `POST /v1/models/{job_id}/query` | sealed query bytes | encrypted answer bytes |
+//! Every request carries a principal's token, `Authorization: Bearer chiron_...` (401
+//! without a valid one). The role column says who may call; an owner sees only the
+//! datasets, jobs and models it created, and any other id answers 404 as one that does not
+//! exist.
 //!
-//! Errors come back as a non-2xx status with an [`ApiError`] body.
+//! | method and path | role | body | answer |
+//! |---|---|---|---|
+//! | `POST /v1/programs` | provider | wasm bytes | [`ProgramCreated`] |
+//! | `GET /v1/programs/{id}` | any | – | [`ProgramInfo`] |
+//! | `POST /v1/datasets` | owner | dataset container bytes | [`DatasetCreated`] |
+//! | `POST /v1/uploads` | owner | [`CreateUpload`] | [`UploadStatus`] |
+//! | `PUT /v1/uploads/{id}?offset=N` | owner | the container's bytes from `N` | [`UploadStatus`] |
+//! | `GET /v1/uploads/{id}` | owner | – | [`UploadStatus`] |
+//! | `POST /v1/jobs` | owner | [`CreateJob`] | [`JobCreated`] |
+//! | `GET /v1/jobs/{id}/evidence?nonce=HEX` | owner | – | evidence bytes |
+//! | `POST /v1/jobs/{id}/start` | owner | sealed train request bytes | [`JobStatus`] |
+//! | `GET /v1/jobs/{id}` | owner | – | [`JobStatus`] |
+//! | `GET /v1/jobs/{id}/events?from=N` | owner | – | [`Events`] |
+//! | `GET /v1/models/{job_id}/evidence?nonce=HEX` | owner | – | evidence bytes (query enclave) |
+//! | `POST /v1/models/{job_id}/query` | owner | sealed query bytes | encrypted answer bytes |
+//!
+//! Errors come back as a non-2xx status with an [`ApiError`] body: 401 (no valid token),
+//! 403 (a role the principal lacks), 404, 409 (wrong state; for a query, no query enclave is
+//! running: attest again), 413 and 429 (a limit, named in the message).
 
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +52,28 @@ pub struct DatasetCreated {
     pub dataset_id: String,
     /// Its public header, as read from the container.
     pub header: DatasetHeader,
+}
+
+/// Request to open a resumable dataset upload (`POST /v1/uploads`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUpload {
+    /// The whole container's length in bytes.
+    pub length: u64,
+}
+
+/// Where a resumable upload stands: the answer to creating it, to each part, and to
+/// `GET /v1/uploads/{id}` (what a client asks after a broken connection or a host restart).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UploadStatus {
+    /// The upload's id, which becomes the dataset's id.
+    pub upload_id: String,
+    /// The container's declared length.
+    pub length: u64,
+    /// Bytes stored so far: the next part starts here.
+    pub offset: u64,
+    /// The stored dataset, once the last part arrived.
+    pub dataset: Option<DatasetCreated>,
 }
 
 /// Request to create a training job.

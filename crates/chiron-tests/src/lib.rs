@@ -335,6 +335,41 @@ impl Service {
         let _ = self.child.wait();
     }
 
+    /// Kills the host with SIGKILL, as a crash would: nothing of its own runs after.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends the host SIGTERM, as an operator stopping it would, without waiting.
+    pub fn terminate(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+
+    /// Waits up to `timeout` for the host to exit; whether it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.is_running() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
+    /// A new host on this one's state (after [`Service::kill`] or [`Service::stop`]), with
+    /// `extra` arguments.
+    pub fn restart(mut self, extra: &[std::ffi::OsString]) -> Self {
+        self.kill();
+        let data_dir =
+            std::mem::replace(&mut self.data_dir, tempfile::tempdir().expect("temp dir"));
+        drop(self);
+        Self::start_in(data_dir, extra)
+    }
+
     /// The host's standard output so far.
     pub fn stdout(&self) -> String {
         std::fs::read_to_string(&self.stdout_log).unwrap_or_default()

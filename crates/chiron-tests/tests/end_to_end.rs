@@ -70,6 +70,7 @@ fn the_command_line_tool_runs_the_flow() {
     let platform = service.state_dir().join("sim-platform.key.pub");
 
     let out = std::process::Command::new(&cli)
+        .env("CHIRON_TOKEN", &service.token)
         .args(["register", "--host", &service.url])
         .arg(&wasm_path)
         .output()
@@ -87,7 +88,8 @@ fn the_command_line_tool_runs_the_flow() {
     let ticket = work.path().join("job.json");
     let csv = iris_csv();
     let common = |cmd: &mut std::process::Command| {
-        cmd.args(["--host", &service.url, "--sim-measurement", &measurement])
+        cmd.env("CHIRON_TOKEN", &service.token)
+            .args(["--host", &service.url, "--sim-measurement", &measurement])
             .arg("--dangerous-sim-platform")
             .arg(&platform)
             .arg("--ticket")

@@ -232,6 +232,7 @@ fn the_client_refuses_terms_beyond_the_policy_before_uploading_anything() {
     );
     let cli = |extra: &[&str]| {
         let output = Command::new(bin_dir().join("chiron"))
+            .env("CHIRON_TOKEN", &service.token)
             .args([
                 "train",
                 "--host",

@@ -1,0 +1,583 @@
+//! Resumable dataset uploads: a container arrives in parts, each stored as an object of its
+//! own as it arrives, so a broken connection or a host killed mid-upload loses at most the
+//! part in flight, and the owner's client carries on from the stored offset.
+//!
+//! An upload `<id>` is `uploads/<id>/session.json` (its principal, declared length and start
+//! time) and `uploads/<id>/<offset>.part` objects, each written in one atomic put. When the
+//! parts reach the declared length the host checks the container's header, streams the parts
+//! into `datasets/<id>.bin` (the upload's id becomes the dataset's) and deletes the upload.
+//! If the host dies while assembling, the parts are still there, and the next status request
+//! or start assembles them again. Uploads older than the expiry are deleted at start.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex as StdMutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use chiron_proto::api::{DatasetCreated, UploadStatus};
+use chiron_proto::dataset::DatasetHeader;
+use object_store::path::Path;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use tokio::sync::Mutex;
+use tracing::{info, warn};
+
+use crate::ids::DatasetId;
+use crate::limits::{Held, Pool, Refusal};
+use crate::store::{self, Store, StoreError};
+
+/// Largest part one request may carry.
+pub const PART_LIMIT: usize = 16 << 20;
+/// Bytes a first part must carry (or the whole container, if shorter) so that the header can
+/// be checked before anything is stored.
+pub const HEADER_PREFIX: usize = 8 << 10;
+
+/// Why an upload request failed.
+#[derive(Debug, Error)]
+pub enum UploadError {
+    /// No such upload for this principal (or it expired, or finished long ago).
+    #[error("no upload {0}; open one with POST /v1/uploads")]
+    Unknown(DatasetId),
+    /// The part does not start where the stored bytes end.
+    #[error(
+        "this part starts at byte {sent}, but upload {id} holds {offset} bytes: send the part \
+         that starts at {offset}"
+    )]
+    WrongOffset {
+        /// The upload.
+        id: DatasetId,
+        /// Where the part claimed to start.
+        sent: u64,
+        /// Where it must start.
+        offset: u64,
+    },
+    /// The part runs past the declared length.
+    #[error("the part ends at byte {end}, past the declared length of {length}")]
+    TooLong {
+        /// Where it would end.
+        end: u64,
+        /// The declared length.
+        length: u64,
+    },
+    /// An empty part, or a first part too short to hold the header.
+    #[error("{0}")]
+    BadPart(&'static str),
+    /// The container's header is not valid, or does not match the declared length.
+    #[error("not a valid encrypted dataset container ({0}); create one with the owner client")]
+    BadContainer(String),
+    /// The declared length is above the host's limit.
+    #[error(
+        "the dataset container would be {length} bytes, above this host's limit of {limit} \
+         bytes (`max-dataset-bytes`)"
+    )]
+    TooLarge {
+        /// The declared length.
+        length: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// A limit refuses another upload.
+    #[error(transparent)]
+    Limit(#[from] Refusal),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// An upload's stored description.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Session {
+    principal: String,
+    length: u64,
+    /// Seconds since the Unix epoch when it was opened.
+    opened: u64,
+}
+
+/// An open upload, as the host holds it.
+struct Open {
+    principal: String,
+    length: u64,
+    /// One request at a time per upload.
+    lock: Arc<Mutex<()>>,
+    /// Its place under the limits, given back when it completes or expires.
+    _held: Option<Held>,
+}
+
+/// The open uploads.
+pub struct Uploads {
+    store: Store,
+    limit: u64,
+    open: StdMutex<HashMap<DatasetId, Open>>,
+    pool: Arc<Pool>,
+}
+
+fn session_path(id: &DatasetId) -> Path {
+    Path::from(format!("uploads/{id}/session.json"))
+}
+
+fn part_path(id: &DatasetId, offset: u64) -> Path {
+    Path::from(format!("uploads/{id}/{offset:020}.part"))
+}
+
+fn upload_prefix(id: &DatasetId) -> Path {
+    Path::from(format!("uploads/{id}"))
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Uploads {
+    /// Loads the uploads a previous host left open, deleting those older than `expiry`.
+    /// Each counts against `pool` again (over the limit if it must: they were accepted).
+    pub async fn load(
+        store: Store,
+        limit: u64,
+        expiry: Duration,
+        pool: Arc<Pool>,
+    ) -> Result<Self, StoreError> {
+        let uploads = Self {
+            store,
+            limit,
+            open: StdMutex::new(HashMap::new()),
+            pool,
+        };
+        let mut ids = Vec::new();
+        for path in uploads.store.list(&Path::from("uploads")).await? {
+            let mut parts = path.parts();
+            let (Some(_), Some(id), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+                continue;
+            };
+            if name.as_ref() == "session.json"
+                && let Ok(id) = DatasetId::parse(id.as_ref())
+            {
+                ids.push(id);
+            }
+        }
+        for id in ids {
+            let session: Session = match uploads.store.get_json(&session_path(&id)).await {
+                Ok(Some(session)) => session,
+                Ok(None) => continue,
+                Err(e) => {
+                    warn!("upload {id}: unreadable session, deleting it: {e}");
+                    uploads.delete(&id).await?;
+                    continue;
+                }
+            };
+            if now().saturating_sub(session.opened) > expiry.as_secs() {
+                info!("upload {id} expired; deleting its parts");
+                uploads.delete(&id).await?;
+                continue;
+            }
+            let held = uploads.pool.take(&session.principal, 1).ok();
+            uploads.insert(&id, &session, held);
+            // One that was complete when the host stopped is assembled now.
+            let offset = uploads.offset(&id).await?;
+            if offset == session.length
+                && let Err(e) = uploads.assemble(&id, &session.principal).await
+            {
+                warn!("upload {id}: assembling after restart failed: {e}");
+            }
+        }
+        Ok(uploads)
+    }
+
+    fn insert(&self, id: &DatasetId, session: &Session, held: Option<Held>) {
+        self.open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                id.clone(),
+                Open {
+                    principal: session.principal.clone(),
+                    length: session.length,
+                    lock: Arc::new(Mutex::new(())),
+                    _held: held,
+                },
+            );
+    }
+
+    /// Opens an upload of `length` bytes for `principal`.
+    pub async fn create(&self, principal: &str, length: u64) -> Result<UploadStatus, UploadError> {
+        if length > self.limit {
+            return Err(UploadError::TooLarge {
+                length,
+                limit: self.limit,
+            });
+        }
+        if length == 0 {
+            return Err(UploadError::BadPart("a dataset container is never empty"));
+        }
+        let held = self.pool.take(principal, 1)?;
+        let id = DatasetId::random();
+        let session = Session {
+            principal: principal.to_owned(),
+            length,
+            opened: now(),
+        };
+        self.store.put_json(&session_path(&id), &session).await?;
+        self.insert(&id, &session, Some(held));
+        info!("upload {id} opened");
+        Ok(UploadStatus {
+            upload_id: id.to_string(),
+            length,
+            offset: 0,
+            dataset: None,
+        })
+    }
+
+    /// The upload `id` if `principal` opened it: its lock and declared length.
+    fn find(&self, principal: &str, id: &DatasetId) -> Option<(Arc<Mutex<()>>, u64)> {
+        let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        open.get(id)
+            .filter(|o| o.principal == principal)
+            .map(|o| (Arc::clone(&o.lock), o.length))
+    }
+
+    /// Bytes stored: the parts that follow each other from 0.
+    async fn offset(&self, id: &DatasetId) -> Result<u64, StoreError> {
+        Ok(self
+            .parts(id)
+            .await?
+            .last()
+            .map_or(0, |(start, len)| start + len))
+    }
+
+    /// The stored parts that follow each other from 0, as `(start, length)`.
+    async fn parts(&self, id: &DatasetId) -> Result<Vec<(u64, u64)>, StoreError> {
+        let mut found: Vec<(u64, Path)> = Vec::new();
+        for path in self.store.list(&upload_prefix(id)).await? {
+            let Some(start) = path
+                .filename()
+                .and_then(|name| name.strip_suffix(".part"))
+                .and_then(|digits| digits.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            found.push((start, path));
+        }
+        found.sort_by_key(|(start, _)| *start);
+        let mut parts = Vec::new();
+        let mut next = 0u64;
+        for (start, path) in found {
+            if start != next {
+                break;
+            }
+            let Some(len) = self.store.size(&path).await? else {
+                break;
+            };
+            parts.push((start, len));
+            next = start + len;
+        }
+        Ok(parts)
+    }
+
+    /// Where upload `id` of `principal` stands; assembles it if all its parts are stored.
+    pub async fn status(
+        &self,
+        principal: &str,
+        id: &DatasetId,
+    ) -> Result<UploadStatus, UploadError> {
+        let Some((lock, length)) = self.find(principal, id) else {
+            return self.finished(principal, id).await;
+        };
+        let _one = lock.lock().await;
+        let offset = self.offset(id).await?;
+        let dataset = if offset == length {
+            Some(self.assemble(id, principal).await?)
+        } else {
+            None
+        };
+        Ok(UploadStatus {
+            upload_id: id.to_string(),
+            length,
+            offset,
+            dataset,
+        })
+    }
+
+    /// An upload that is no longer open: complete if its dataset exists and is the caller's.
+    async fn finished(&self, principal: &str, id: &DatasetId) -> Result<UploadStatus, UploadError> {
+        if !store::dataset_owned_by(&self.store, id, principal).await? {
+            return Err(UploadError::Unknown(id.clone()));
+        }
+        let path = store::dataset_path(id);
+        let (Some(head), Some(length)) = (
+            self.store.get_head(&path, HEADER_PREFIX as u64).await?,
+            self.store.size(&path).await?,
+        ) else {
+            return Err(UploadError::Unknown(id.clone()));
+        };
+        let header = chiron_crypto::read_dataset_header(&head)
+            .map_err(|e| UploadError::BadContainer(e.to_string()))?;
+        Ok(UploadStatus {
+            upload_id: id.to_string(),
+            length,
+            offset: length,
+            dataset: Some(DatasetCreated {
+                dataset_id: id.to_string(),
+                header,
+            }),
+        })
+    }
+
+    /// Stores the part of upload `id` that starts at `offset`; the last part completes it.
+    pub async fn put_part(
+        &self,
+        principal: &str,
+        id: &DatasetId,
+        offset: u64,
+        part: Bytes,
+    ) -> Result<UploadStatus, UploadError> {
+        let Some((lock, length)) = self.find(principal, id) else {
+            return Err(UploadError::Unknown(id.clone()));
+        };
+        let _one = lock.lock().await;
+        let stored = self.offset(id).await?;
+        if offset != stored {
+            return Err(UploadError::WrongOffset {
+                id: id.clone(),
+                sent: offset,
+                offset: stored,
+            });
+        }
+        if part.is_empty() {
+            return Err(UploadError::BadPart("an empty part"));
+        }
+        let end = offset + part.len() as u64;
+        if end > length {
+            return Err(UploadError::TooLong { end, length });
+        }
+        if offset == 0 {
+            check_header(&part, length)?;
+        }
+        self.store.put(&part_path(id, offset), part).await?;
+        let dataset = if end == length {
+            Some(self.assemble(id, principal).await?)
+        } else {
+            None
+        };
+        Ok(UploadStatus {
+            upload_id: id.to_string(),
+            length,
+            offset: end,
+            dataset,
+        })
+    }
+
+    /// Streams the parts into the dataset object, records its owner, deletes the upload.
+    async fn assemble(
+        &self,
+        id: &DatasetId,
+        principal: &str,
+    ) -> Result<DatasetCreated, UploadError> {
+        let parts = self.parts(id).await?;
+        let first = match parts.first() {
+            Some((0, _)) => self.store.get(&part_path(id, 0)).await?,
+            _ => None,
+        };
+        let Some(first) = first else {
+            return Err(UploadError::Unknown(id.clone()));
+        };
+        let header = chiron_crypto::read_dataset_header(&first)
+            .map_err(|e| UploadError::BadContainer(e.to_string()))?;
+        let owner = store::DatasetOwner {
+            principal: principal.to_owned(),
+        };
+        self.store
+            .put_json(&store::dataset_owner_path(id), &owner)
+            .await?;
+        let mut writer = self.store.writer(&store::dataset_path(id)).await?;
+        for (start, _) in &parts {
+            let bytes = match *start {
+                0 => first.clone(),
+                start => self
+                    .store
+                    .get(&part_path(id, start))
+                    .await?
+                    .ok_or_else(|| UploadError::Unknown(id.clone()))?,
+            };
+            if let Err(e) = writer.wait_for_capacity(4).await {
+                let _ = writer.abort().await;
+                return Err(StoreError::from(e).into());
+            }
+            writer.put(bytes);
+        }
+        if let Err(e) = writer.finish().await {
+            return Err(StoreError::from(e).into());
+        }
+        self.delete(id).await?;
+        info!("upload {id} complete; dataset {id} stored");
+        Ok(DatasetCreated {
+            dataset_id: id.to_string(),
+            header,
+        })
+    }
+
+    /// Deletes an upload's session and parts, and forgets it.
+    async fn delete(&self, id: &DatasetId) -> Result<(), StoreError> {
+        for path in self.store.list(&upload_prefix(id)).await? {
+            self.store.delete(&path).await?;
+        }
+        self.open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(id);
+        Ok(())
+    }
+}
+
+/// Checks that a first part holds a valid header for a container of `length` bytes.
+pub fn check_header(first: &[u8], length: u64) -> Result<DatasetHeader, UploadError> {
+    if first.len() < HEADER_PREFIX.min(usize::try_from(length).unwrap_or(usize::MAX)) {
+        return Err(UploadError::BadPart(
+            "the first part must hold the container's first 8 KiB (or all of it)",
+        ));
+    }
+    let header = chiron_crypto::read_dataset_header(first)
+        .map_err(|e| UploadError::BadContainer(e.to_string()))?;
+    let expected = chiron_crypto::dataset::container_len(&header)
+        .map_err(|e| UploadError::BadContainer(e.to_string()))?;
+    if expected != length {
+        return Err(UploadError::BadContainer(format!(
+            "its header implies {expected} bytes, not the declared {length}"
+        )));
+    }
+    Ok(header)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chiron_crypto::DataKey;
+    use chiron_proto::dataset::{DatasetKind, ElementEncoding};
+
+    fn container(examples: u32) -> Vec<u8> {
+        let header = DatasetHeader {
+            kind: DatasetKind::Tabular,
+            dims: vec![4],
+            encoding: ElementEncoding::F32,
+            classes: 3,
+            train_count: examples,
+            valid_count: 0,
+        };
+        let len = usize::try_from(header.plaintext_len().expect("len")).expect("fits");
+        let body: Vec<u8> = (0..len).map(|i| (i % 7) as u8).collect();
+        let mut out = Vec::new();
+        chiron_crypto::encrypt_dataset(&DataKey::generate(), &header, body.as_slice(), &mut out)
+            .expect("encrypt");
+        out
+    }
+
+    async fn uploads(dir: &std::path::Path, limit: u64) -> Uploads {
+        let store = Store::open_local(dir).expect("store");
+        let pool = Pool::new(
+            "uploads",
+            (8, "max-uploads"),
+            (2, "max-uploads-per-principal"),
+        );
+        Uploads::load(store, limit, Duration::from_secs(3600), pool)
+            .await
+            .expect("load")
+    }
+
+    #[tokio::test]
+    async fn parts_resume_across_a_restart_and_assemble_the_exact_container() {
+        let dir = tempfile::tempdir().expect("dir");
+        let bytes = container(4000);
+        let length = bytes.len() as u64;
+        let first = uploads(dir.path(), 1 << 30).await;
+        let opened = first.create("alice", length).await.expect("open");
+        let id = DatasetId::parse(&opened.upload_id).expect("id");
+        let cut = 10_000;
+        first
+            .put_part("alice", &id, 0, Bytes::copy_from_slice(&bytes[..cut]))
+            .await
+            .expect("first part");
+        // Another principal cannot see or add to it.
+        assert!(matches!(
+            first.status("bob", &id).await,
+            Err(UploadError::Unknown(_))
+        ));
+        drop(first);
+
+        // A new host finds it where it stood.
+        let second = uploads(dir.path(), 1 << 30).await;
+        let status = second.status("alice", &id).await.expect("status");
+        assert_eq!((status.offset, status.length), (cut as u64, length));
+        assert!(matches!(
+            second
+                .put_part("alice", &id, 0, Bytes::copy_from_slice(&bytes[..cut]))
+                .await,
+            Err(UploadError::WrongOffset { offset: 10_000, .. })
+        ));
+        let done = second
+            .put_part(
+                "alice",
+                &id,
+                cut as u64,
+                Bytes::copy_from_slice(&bytes[cut..]),
+            )
+            .await
+            .expect("last part");
+        let dataset = done.dataset.expect("complete");
+        assert_eq!(dataset.dataset_id, id.to_string());
+        let stored = std::fs::read(dir.path().join(format!("datasets/{id}.bin"))).expect("read");
+        assert_eq!(stored, bytes);
+        assert!(!dir.path().join(format!("uploads/{id}")).exists());
+        // Asking again after completion says so.
+        let again = second.status("alice", &id).await.expect("status");
+        assert_eq!(again.offset, length);
+        assert!(again.dataset.is_some());
+    }
+
+    #[tokio::test]
+    async fn bad_parts_are_refused_and_store_nothing() {
+        let dir = tempfile::tempdir().expect("dir");
+        let bytes = container(1000);
+        let length = bytes.len() as u64;
+        let uploads = uploads(dir.path(), 1 << 20).await;
+        assert!(matches!(
+            uploads.create("alice", 2 << 20).await,
+            Err(UploadError::TooLarge { .. })
+        ));
+        let id = DatasetId::parse(
+            &uploads
+                .create("alice", length)
+                .await
+                .expect("open")
+                .upload_id,
+        )
+        .expect("id");
+        let mut junk = bytes.clone();
+        junk[0] ^= 0xff;
+        for (part, why) in [
+            (junk[..HEADER_PREFIX].to_vec(), "tampered header"),
+            (bytes[..100].to_vec(), "too short for the header"),
+            (Vec::new(), "empty"),
+        ] {
+            let refused = uploads.put_part("alice", &id, 0, Bytes::from(part)).await;
+            assert!(refused.is_err(), "{why}");
+        }
+        let wrong_length = uploads.create("alice", length + 1).await.expect("open");
+        let other = DatasetId::parse(&wrong_length.upload_id).expect("id");
+        assert!(matches!(
+            uploads
+                .put_part("alice", &other, 0, Bytes::copy_from_slice(&bytes))
+                .await,
+            Err(UploadError::BadContainer(_))
+        ));
+        assert_eq!(
+            uploads.status("alice", &id).await.expect("status").offset,
+            0
+        );
+        // The limit of two open uploads per principal holds.
+        assert!(matches!(
+            uploads.create("alice", length).await,
+            Err(UploadError::Limit(_))
+        ));
+    }
+}

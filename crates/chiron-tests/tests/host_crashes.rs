@@ -1,0 +1,237 @@
+//! What survives when the host dies or is stopped: uploads resume to the exact container,
+//! records tell each job's true state, and SIGTERM lets work in flight finish.
+#![allow(clippy::expect_used)] // test helpers: a failed step is a failed test
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use chiron_client::HostClient;
+use chiron_crypto::DataKey;
+use chiron_proto::api::JobState;
+use chiron_tests::*;
+
+const JOB_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn encrypted(data: &chiron_client::convert::PlainDataset) -> Vec<u8> {
+    let mut container = Vec::new();
+    chiron_crypto::encrypt_dataset(
+        &DataKey::generate(),
+        &data.header,
+        data.body.as_slice(),
+        &mut container,
+    )
+    .expect("encrypt");
+    container
+}
+
+/// Enclave processes of this service's platform, whoever their parent is now.
+fn enclaves_of(service: &Service) -> Vec<u32> {
+    let key = service.state_dir().join("sim-platform.key");
+    let key = key.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .expect("procfs")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline).contains(&key)
+        })
+        .collect()
+}
+
+#[test]
+fn a_host_killed_mid_upload_resumes_to_the_exact_container() {
+    let mut service = Service::start();
+    let container = encrypted(&fashion_subset(3000));
+    let part = 256 << 10;
+    assert!(container.len() > 6 * part, "{}", container.len());
+    let host = service.client();
+    let opened = host
+        .create_upload(container.len() as u64)
+        .expect("upload opens");
+    let id = opened.upload_id.clone();
+    for start in (0..3 * part).step_by(part) {
+        host.upload_part(&id, start as u64, &container[start..start + part])
+            .expect("part stored");
+    }
+    // A fourth part in flight when the host is killed: stored whole or not at all.
+    let sender = {
+        let host = host.clone();
+        let id = id.clone();
+        let fourth = container[3 * part..4 * part].to_vec();
+        std::thread::spawn(move || host.upload_part(&id, 3 * part as u64, &fourth))
+    };
+    std::thread::sleep(Duration::from_millis(5));
+    service.kill();
+    let _ = sender.join().expect("sender thread");
+
+    let service = service.restart(&[]);
+    let host = service.client();
+    let status = host.upload_status(&id).expect("the upload survived");
+    assert!(
+        status.offset == 3 * part as u64 || status.offset == 4 * part as u64,
+        "offset {} is not a part boundary",
+        status.offset
+    );
+    assert!(status.dataset.is_none());
+    // Another owner cannot see it.
+    let other = HostClient::new(&service.url).with_token(&service.add_principal("eve", &["owner"]));
+    let err = other.upload_status(&id).expect_err("not Eve's");
+    assert!(err.to_string().contains("no upload"), "{err}");
+
+    let dataset = host
+        .resume_upload(status, &container)
+        .expect("the upload completes");
+    assert_eq!(dataset.dataset_id, id);
+    let stored = std::fs::read(service.object("datasets", &id, "bin")).expect("stored");
+    assert!(
+        stored == container,
+        "the stored container differs from the one sent"
+    );
+    assert!(
+        !service
+            .state_dir()
+            .join("objects/uploads")
+            .join(&id)
+            .exists(),
+        "the parts were not cleaned up"
+    );
+    // The dataset trains like any other.
+    let program = host
+        .register_program(&program_wasm("chiron_cnn"))
+        .expect("program");
+    host.create_job(&program.program_id, &dataset.dataset_id)
+        .expect("a job on the resumed dataset");
+}
+
+#[test]
+fn after_a_crash_the_records_tell_each_jobs_true_state() {
+    let mut service = Service::start();
+    let data = iris();
+    let wasm = program_wasm("chiron_mlp");
+    // One job finished before the crash, one training during it, one waiting to start.
+    let done = start_job(&service, &wasm, &data, &terms(30, 120)).expect("job starts");
+    let (state, events) = wait(&service, &done, JOB_TIMEOUT);
+    assert_eq!(state, JobState::Succeeded, "{events:?}");
+    let events_before = service
+        .client()
+        .job_status(&done.job_id)
+        .expect("status")
+        .events;
+    let training = start_job(&service, &wasm, &data, &terms(100_000, 600)).expect("job starts");
+    let waiting = create_job(&service.client(), &wasm, &data).expect("job created");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while service
+        .client()
+        .job_status(&training.job_id)
+        .expect("status")
+        .events
+        < 2
+    {
+        assert!(Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The running job's enclave and the waiting one's (the finished job's has exited).
+    assert_eq!(enclaves_of(&service).len(), 2);
+
+    service.kill();
+    // Without their host the enclaves stop on their own.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !enclaves_of(&service).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "enclaves outlived their host: {:?}",
+            enclaves_of(&service)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let service = service.restart(&[]);
+    let host = service.client();
+    let status = host.job_status(&done.job_id).expect("status");
+    assert_eq!(status.state, JobState::Succeeded);
+    assert_eq!(status.events, events_before, "events were lost");
+    for id in [&training.job_id, &waiting.job_id] {
+        let status = host.job_status(id).expect("status");
+        assert_eq!(status.state, JobState::Failed, "{id}");
+        assert_eq!(status.error.as_deref(), Some("host restarted"));
+    }
+    // The finished job's model still answers.
+    let test = iris_inputs(&data, None);
+    let accuracy =
+        query_accuracy(&service, &done, &test.features, &test.labels, 50).expect("queries");
+    assert!(accuracy > 0.85, "accuracy {accuracy}");
+}
+
+#[test]
+fn sigterm_lets_work_in_flight_finish_and_leaves_every_record_consistent() {
+    let mut service = Service::start();
+    let data = iris();
+    let wasm = program_wasm("chiron_mlp");
+    let done = start_job(&service, &wasm, &data, &terms(30, 120)).expect("job starts");
+    let (state, _) = wait(&service, &done, JOB_TIMEOUT);
+    assert_eq!(state, JobState::Succeeded);
+    let training = start_job(&service, &wasm, &data, &terms(100_000, 600)).expect("job starts");
+
+    // A one-request upload half sent when the operator stops the host.
+    let container = encrypted(&fashion_subset(500));
+    let address = service.url.trim_start_matches("http://").to_owned();
+    let mut slow = TcpStream::connect(&address).expect("connect");
+    write!(
+        slow,
+        "POST /v1/datasets HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\n\
+         Content-Length: {}\r\n\r\n",
+        service.token,
+        container.len()
+    )
+    .expect("headers");
+    slow.write_all(&container[..container.len() / 2])
+        .expect("half the body");
+    slow.flush().expect("flush");
+    std::thread::sleep(Duration::from_millis(300));
+
+    service.terminate();
+    std::thread::sleep(Duration::from_millis(500));
+    // No new work is taken...
+    assert!(
+        service.client().job_status(&done.job_id).is_err(),
+        "a request after SIGTERM was served"
+    );
+    // ...but the upload in flight finishes and is stored whole.
+    slow.write_all(&container[container.len() / 2..])
+        .expect("the rest of the body");
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut answer = String::new();
+    let _ = slow.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let body = answer.split("\r\n\r\n").nth(1).expect("body");
+    let created: chiron_proto::api::DatasetCreated =
+        serde_json::from_str(body).expect("dataset created");
+    assert!(
+        service.wait_exit(Duration::from_secs(30)),
+        "the host did not exit"
+    );
+    assert!(
+        service.stderr().contains("shutting down"),
+        "{}",
+        service.stderr()
+    );
+    let stored =
+        std::fs::read(service.object("datasets", &created.dataset_id, "bin")).expect("stored");
+    assert!(stored == container, "the stored container differs");
+
+    // The records say what happened, before any restart.
+    let record = |id: &str| -> serde_json::Value {
+        let text = std::fs::read(service.object("jobs", id, "json")).expect("record");
+        serde_json::from_slice(&text).expect("json")
+    };
+    assert_eq!(record(&done.job_id)["state"], "Succeeded");
+    assert_eq!(record(&training.job_id)["state"], "Failed");
+    assert_eq!(record(&training.job_id)["error"], "host shut down");
+    assert!(
+        enclaves_of(&service).is_empty(),
+        "enclaves outlived the host"
+    );
+}
