@@ -35,6 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use chiron_bench::HostProcess;
 use chiron_bench_nets::INTERVAL;
 use chiron_client::convert::{self, ConvertOptions};
 use chiron_crypto::{DataKey, SealingKey};
@@ -261,93 +262,6 @@ fn ingest_bench(mib: u64) -> anyhow::Result<()> {
         mb(encrypt + upload + decrypt)
     );
     Ok(())
-}
-
-/// A `chiron-host` process (from next to this binary) on a fresh data directory, stopped
-/// and removed on drop.
-struct HostProcess {
-    child: std::process::Child,
-    dir: PathBuf,
-    url: String,
-    /// The token of the principal `bench` (an owner and a provider).
-    token: String,
-}
-
-impl HostProcess {
-    fn start() -> anyhow::Result<Self> {
-        use std::io::BufRead;
-        let exe = std::env::current_exe()?.with_file_name("chiron-host");
-        let dir = std::env::temp_dir().join(format!("chiron-bench-{}", std::process::id()));
-        let issued = Command::new(&exe)
-            .arg("--data-dir")
-            .arg(&dir)
-            .args([
-                "principal",
-                "add",
-                "bench",
-                "--role",
-                "owner",
-                "--role",
-                "provider",
-            ])
-            .stderr(std::process::Stdio::null())
-            .output()
-            .with_context(|| format!("cannot run {}", exe.display()))?;
-        if !issued.status.success() {
-            bail!("chiron-host principal add failed");
-        }
-        let token = String::from_utf8(issued.stdout)?.trim().to_owned();
-        let mut child = Command::new(&exe)
-            .arg("--dangerous-simulated-tee")
-            .arg("--data-dir")
-            .arg(&dir)
-            .args(["--listen", "127.0.0.1:0"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .with_context(|| {
-                format!(
-                    "cannot start {} (scripts/build.sh builds it)",
-                    exe.display()
-                )
-            })?;
-        let mut line = String::new();
-        if let Some(out) = child.stdout.take() {
-            std::io::BufReader::new(out).read_line(&mut line)?;
-        }
-        let url = line
-            .trim()
-            .rsplit(' ')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        if !url.starts_with("http://") {
-            let _ = child.kill();
-            bail!(
-                "chiron-host did not print its address (got `{}`)",
-                line.trim()
-            );
-        }
-        Ok(Self {
-            child,
-            dir,
-            url,
-            token,
-        })
-    }
-
-    /// A client acting as the principal `bench`.
-    fn client(&self) -> chiron_client::HostClient {
-        chiron_client::HostClient::new(&self.url).with_token(&self.token)
-    }
-}
-
-impl Drop for HostProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// Times single-input queries natively and sandboxed, interleaved in blocks of 20, then

@@ -4,11 +4,9 @@
 //! the full path (HTTP to the host, HPKE to the query enclave, a fresh sandbox instance, the
 //! encrypted answer back).
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use chiron_attest::Policy;
+use anyhow::bail;
 use chiron_client::HostClient;
 use chiron_client::owner::{self, JobTicket, QuerySession, TrainingTerms};
 use chiron_crypto::DataKey;
@@ -16,7 +14,9 @@ use chiron_proto::api::JobState;
 use chiron_proto::dataset::DatasetHeader;
 use chiron_proto::owner::{AnswerPolicy, OwnerEvent};
 
-use crate::{HostProcess, median, percentile};
+use chiron_bench::{HostProcess, owner_policy};
+
+use crate::{median, percentile};
 
 /// What one network measured through the service.
 pub struct ServiceFigures {
@@ -40,7 +40,7 @@ pub fn measure(
 ) -> anyhow::Result<ServiceFigures> {
     let service = HostProcess::start()?;
     let host = service.client();
-    let policy = policy(&service.dir)?;
+    let policy = owner_policy(&service.dir)?;
 
     let started = Instant::now();
     let program = host.register_program(wasm)?;
@@ -108,22 +108,6 @@ pub fn print_row(net: &str, figures: &ServiceFigures) {
         percentile(&figures.single, 0.99),
         figures.batched,
     );
-}
-
-/// The owner's policy for the bench's own service: the enclave binary next to this one, and
-/// the simulated platform key the host created.
-fn policy(data_dir: &Path) -> anyhow::Result<Policy> {
-    let enclave = std::env::current_exe()?.with_file_name("chiron-enclave");
-    let measurement = chiron_attest::measure_file(&enclave)
-        .with_context(|| format!("cannot measure {}", enclave.display()))?;
-    let path = data_dir.join("sim-platform.key.pub");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    let key: [u8; 32] = hex::decode(text.trim())
-        .ok()
-        .and_then(|k| k.try_into().ok())
-        .with_context(|| format!("{} is not a 32-byte hex key", path.display()))?;
-    Ok(Policy::new().dangerous_accept_simulated_platform(key, vec![measurement]))
 }
 
 /// Follows the job until the host has stored its model; the peak memory its `Finished` event

@@ -12,6 +12,8 @@ use crate::ClientError;
 
 /// Largest answer body read from the host.
 const MAX_BODY: u64 = 64 << 20;
+/// How long a request waits in all for the host's request rate to let it through.
+const RATE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 /// Bytes per part of a resumable upload (the host takes up to 16 MiB).
 pub const UPLOAD_PART: usize = 8 << 20;
 /// Failed attempts in a row after which an upload gives up; with the pause between them,
@@ -76,6 +78,32 @@ impl HostClient {
         }
     }
 
+    /// Sends a request; when the host answers 429 with `Retry-After` (the request rate),
+    /// waits as long and sends it again, for up to [`RATE_PATIENCE`] in all. Limits that
+    /// come with no such time (enclaves, uploads) are the caller's to handle.
+    fn paced(&self, send: impl Fn() -> Reply) -> Reply {
+        let mut waited = std::time::Duration::ZERO;
+        loop {
+            let reply = send();
+            let wait = match &reply {
+                Ok(response) if response.status().as_u16() == 429 => response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(|secs| std::time::Duration::from_secs(secs.max(1))),
+                _ => None,
+            };
+            match wait {
+                Some(wait) if waited + wait <= RATE_PATIENCE => {
+                    std::thread::sleep(wait);
+                    waited += wait;
+                }
+                _ => return reply,
+            }
+        }
+    }
+
     fn put(&self, path: &str) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
         let request = self.agent.put(&self.url(path));
         match self.authorization() {
@@ -94,7 +122,7 @@ impl HostClient {
 
     /// Registers a provider program; returns its id (hex SHA-256).
     pub fn register_program(&self, wasm: &[u8]) -> Result<ProgramCreated, ClientError> {
-        let r = self.post("/v1/programs").send(wasm);
+        let r = self.paced(|| self.post("/v1/programs").send(wasm));
         json(r)
     }
 
@@ -107,7 +135,7 @@ impl HostClient {
                 "`{program_id}` is not a program id (64 hex digits)"
             )));
         }
-        json(self.get(&format!("/v1/programs/{program_id}")).call())
+        json(self.paced(|| self.get(&format!("/v1/programs/{program_id}")).call()))
     }
 
     /// Uploads an encrypted dataset container in parts ([`UPLOAD_PART`]), carrying on from
@@ -119,13 +147,13 @@ impl HostClient {
 
     /// Opens a resumable upload of `length` bytes; its id becomes the dataset's.
     pub fn create_upload(&self, length: u64) -> Result<UploadStatus, ClientError> {
-        json(self.post("/v1/uploads").send_json(&CreateUpload { length }))
+        json(self.paced(|| self.post("/v1/uploads").send_json(&CreateUpload { length })))
     }
 
     /// Where upload `upload_id` stands in the host's store.
     pub fn upload_status(&self, upload_id: &str) -> Result<UploadStatus, ClientError> {
         checked_id(upload_id, "an upload id")?;
-        json(self.get(&format!("/v1/uploads/{upload_id}")).call())
+        json(self.paced(|| self.get(&format!("/v1/uploads/{upload_id}")).call()))
     }
 
     /// Stores the part of an upload that starts at byte `offset`.
@@ -136,10 +164,10 @@ impl HostClient {
         part: &[u8],
     ) -> Result<UploadStatus, ClientError> {
         checked_id(upload_id, "an upload id")?;
-        json(
+        json(self.paced(|| {
             self.put(&format!("/v1/uploads/{upload_id}?offset={offset}"))
-                .send(part),
-        )
+                .send(part)
+        }))
     }
 
     /// Sends the rest of `container` from where `status` stands, part by part. A broken
@@ -216,14 +244,14 @@ impl HostClient {
             dataset_id: dataset_id.to_owned(),
             workers: (workers != 1).then_some(workers),
         };
-        let r = self.post("/v1/jobs").send_json(&body);
+        let r = self.paced(|| self.post("/v1/jobs").send_json(&body));
         json(r)
     }
 
     /// Evidence from a job's training enclave over `nonce`.
     pub fn job_evidence(&self, job_id: &str, nonce: &[u8; 32]) -> Result<Vec<u8>, ClientError> {
         let path = format!("/v1/jobs/{job_id}/evidence?nonce={}", hex::encode(nonce));
-        bytes(self.get(&path).call())
+        bytes(self.paced(|| self.get(&path).call()))
     }
 
     /// Evidence from one enclave of a job over `nonce`.
@@ -237,36 +265,36 @@ impl HostClient {
             "/v1/jobs/{job_id}/evidence?nonce={}&enclave={enclave}",
             hex::encode(nonce)
         );
-        bytes(self.get(&path).call())
+        bytes(self.paced(|| self.get(&path).call()))
     }
 
     /// Hands the sealed training request to the job's enclave.
     pub fn start_job(&self, job_id: &str, sealed: &[u8]) -> Result<JobStatus, ClientError> {
         let path = format!("/v1/jobs/{job_id}/start");
-        json(self.post(&path).send(sealed))
+        json(self.paced(|| self.post(&path).send(sealed)))
     }
 
     /// A job's public status.
     pub fn job_status(&self, job_id: &str) -> Result<JobStatus, ClientError> {
-        json(self.get(&format!("/v1/jobs/{job_id}")).call())
+        json(self.paced(|| self.get(&format!("/v1/jobs/{job_id}")).call()))
     }
 
     /// A job's encrypted events from sequence number `from`.
     pub fn job_events(&self, job_id: &str, from: u64) -> Result<Events, ClientError> {
         let path = format!("/v1/jobs/{job_id}/events?from={from}");
-        json(self.get(&path).call())
+        json(self.paced(|| self.get(&path).call()))
     }
 
     /// Evidence from the query enclave serving a job's model.
     pub fn model_evidence(&self, job_id: &str, nonce: &[u8; 32]) -> Result<Vec<u8>, ClientError> {
         let path = format!("/v1/models/{job_id}/evidence?nonce={}", hex::encode(nonce));
-        bytes(self.get(&path).call())
+        bytes(self.paced(|| self.get(&path).call()))
     }
 
     /// Sends a sealed query; returns the encrypted answer.
     pub fn query(&self, job_id: &str, sealed: &[u8]) -> Result<Vec<u8>, ClientError> {
         let path = format!("/v1/models/{job_id}/query");
-        bytes(self.post(&path).send(sealed))
+        bytes(self.paced(|| self.post(&path).send(sealed)))
     }
 }
 

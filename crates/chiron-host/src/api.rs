@@ -220,6 +220,8 @@ type Caller = Extension<Arc<Principal>>;
 pub struct HttpError {
     status: StatusCode,
     message: String,
+    /// Seconds after which the same request will pass (`Retry-After`), when known.
+    retry_after: Option<u64>,
 }
 
 impl HttpError {
@@ -227,6 +229,7 @@ impl HttpError {
         Self {
             status,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -255,19 +258,30 @@ impl IntoResponse for HttpError {
         } else if self.status.is_server_error() {
             error!("answering {}: {}", self.status.as_u16(), self.message);
         }
-        (
+        let mut response = (
             self.status,
             Json(ApiError {
                 error: self.message,
             }),
         )
-            .into_response()
+            .into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
 impl From<Refusal> for HttpError {
     fn from(refusal: Refusal) -> Self {
-        Self::new(StatusCode::TOO_MANY_REQUESTS, refusal.to_string())
+        Self {
+            retry_after: refusal
+                .retry_after
+                .map(|wait| wait.as_secs_f64().ceil() as u64),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, refusal.to_string())
+        }
     }
 }
 

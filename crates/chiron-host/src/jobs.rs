@@ -1,7 +1,9 @@
 //! Training jobs: their records, and one task per job that owns its training enclave.
 //!
-//! A job's record lives in memory behind its own lock and is persisted as JSON at
-//! `jobs/<id>.json` on every change. All enclave I/O happens in the job's own task (see
+//! A job's record lives in memory behind its own lock. Its state is persisted as JSON at
+//! `jobs/<id>.json` on every change of state (one atomic put); each event is appended as an
+//! object of its own, `events/<id>/<seq>.bin`, so an event costs one small write however many
+//! came before it. All enclave I/O happens in the job's own task (see
 //! [`run_job`]); request handlers talk to it through a channel and never hold a lock across
 //! enclave I/O, so a job whose enclave hangs or crashes affects no other job.
 
@@ -79,7 +81,9 @@ pub struct JobRecord {
     pub state: JobState,
     /// Public failure label, when failed.
     pub error: Option<String>,
-    /// The encrypted event stream so far (rank 0's, in a distributed job).
+    /// The encrypted event stream so far (rank 0's, in a distributed job). Kept in memory
+    /// and stored as objects of their own; records written before that held them inline.
+    #[serde(default, skip_serializing)]
     pub events: Vec<StoredEvent>,
     /// Training enclaves: 0 or 1 for one, more for a distributed job.
     #[serde(default)]
@@ -332,17 +336,20 @@ impl Job {
 
     pub(crate) async fn push_event(&self, seq: u64, ciphertext: &[u8]) {
         let mut record = self.record.lock().await;
+        if let Err(e) = self
+            .store
+            .put(
+                &store::event_path(&self.id, seq),
+                Bytes::copy_from_slice(ciphertext),
+            )
+            .await
+        {
+            warn!("job {}: persisting event {seq} failed: {e}", self.id);
+        }
         record.events.push(StoredEvent {
             seq,
             ciphertext: BASE64.encode(ciphertext),
         });
-        if let Err(e) = self
-            .store
-            .put_json(&store::job_path(&self.id), &*record)
-            .await
-        {
-            warn!("job {}: persisting its record failed: {e}", self.id);
-        }
     }
 
     /// Moves the job to its final state and logs it.
@@ -399,6 +406,7 @@ impl Jobs {
     /// lost their enclave with it, so they become Failed ("host restarted").
     pub async fn load(store: Store, launcher: Launcher, limits: &Limits) -> anyhow::Result<Self> {
         let mut map = HashMap::new();
+        let mut stored_events = load_events(&store).await?;
         for path in store.list(&store::jobs_prefix()).await? {
             let record: JobRecord = match store.get_json(&path).await {
                 Ok(Some(record)) => record,
@@ -421,6 +429,19 @@ impl Jobs {
                 continue;
             }
             let mut record = record;
+            if !record.events.is_empty() {
+                // An inline stream, from before events were objects of their own: move it
+                // out before the record is next written without it.
+                for event in &record.events {
+                    let bytes = BASE64.decode(&event.ciphertext).unwrap_or_default();
+                    store
+                        .put(&store::event_path(&id, event.seq), bytes.into())
+                        .await?;
+                }
+                store.put_json(&path, &record).await?;
+            } else if let Some(events) = stored_events.remove(&id) {
+                record.events = events;
+            }
             if matches!(record.state, JobState::Created | JobState::Running) {
                 record.state = JobState::Failed;
                 record.error = Some(labels::HOST_RESTARTED.to_owned());
@@ -574,6 +595,41 @@ impl Jobs {
         }
         Ok(job)
     }
+}
+
+/// Every job's stored events, in sequence order.
+async fn load_events(store: &Store) -> anyhow::Result<HashMap<JobId, Vec<StoredEvent>>> {
+    let mut found: HashMap<JobId, Vec<(u64, object_store::path::Path)>> = HashMap::new();
+    for path in store.list(&store::events_prefix()).await? {
+        let parts: Vec<String> = path.parts().map(|p| p.as_ref().to_owned()).collect();
+        let [_, job, name] = parts.as_slice() else {
+            continue;
+        };
+        let (Ok(job), Some(seq)) = (
+            JobId::parse(job),
+            name.strip_suffix(".bin")
+                .and_then(|digits| digits.parse::<u64>().ok()),
+        ) else {
+            continue;
+        };
+        found.entry(job).or_default().push((seq, path));
+    }
+    let mut out = HashMap::new();
+    for (job, mut paths) in found {
+        paths.sort_by_key(|(seq, _)| *seq);
+        let mut events = Vec::with_capacity(paths.len());
+        for (seq, path) in paths {
+            let Some(bytes) = store.get(&path).await? else {
+                continue;
+            };
+            events.push(StoredEvent {
+                seq,
+                ciphertext: BASE64.encode(&bytes),
+            });
+        }
+        out.insert(job, events);
+    }
+    Ok(out)
 }
 
 /// A new job's enclaves.
@@ -904,5 +960,82 @@ async fn train(
             },
             () = grace => return Err(labels::ENCLAVE_EXITED.to_owned()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::launcher::local::{EnclavePlatform, Processes};
+
+    fn launcher() -> Launcher {
+        Launcher::new(Processes::new(
+            "chiron-enclave-never-started".into(),
+            EnclavePlatform::Hardware { tee: "auto" },
+        ))
+    }
+
+    #[tokio::test]
+    async fn events_are_objects_of_their_own_and_an_inline_stream_moves_out() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open_local(dir.path()).expect("store");
+        let id = JobId::random();
+        // A record as hosts wrote them before: the stream inline.
+        let old = serde_json::json!({
+            "job_id": id.to_string(),
+            "program_id": "ab".repeat(32),
+            "dataset_id": "cd".repeat(16),
+            "state": "Succeeded",
+            "error": null,
+            "events": [
+                {"seq": 0, "ciphertext": BASE64.encode(b"first")},
+                {"seq": 1, "ciphertext": BASE64.encode(b"second")},
+            ],
+            "workers": 1,
+            "principal": "alice",
+        });
+        store
+            .put_json(&store::job_path(&id), &old)
+            .await
+            .expect("put");
+        let jobs = Jobs::load(store.clone(), launcher(), &Limits::default())
+            .await
+            .expect("load");
+        let job = jobs.get("alice", &id).expect("alice's job");
+        assert!(jobs.get("bob", &id).is_none());
+        let events = job.events_from(1).await.events;
+        assert_eq!(events, [(1, BASE64.encode(b"second"))]);
+        let rewritten: serde_json::Value = store
+            .get_json(&store::job_path(&id))
+            .await
+            .expect("get")
+            .expect("present");
+        assert!(rewritten.get("events").is_none(), "{rewritten}");
+        assert_eq!(
+            store
+                .get(&store::event_path(&id, 0))
+                .await
+                .expect("get")
+                .as_deref(),
+            Some(&b"first"[..])
+        );
+
+        // A new event is one more object; the record is not rewritten.
+        let before = store.get(&store::job_path(&id)).await.expect("get");
+        job.push_event(2, b"third").await;
+        assert_eq!(store.get(&store::job_path(&id)).await.expect("get"), before);
+        drop((job, jobs));
+        let jobs = Jobs::load(store, launcher(), &Limits::default())
+            .await
+            .expect("load again");
+        let job = jobs.get("alice", &id).expect("alice's job");
+        let seqs: Vec<u64> = job
+            .events_from(0)
+            .await
+            .events
+            .iter()
+            .map(|e| e.0)
+            .collect();
+        assert_eq!(seqs, [0, 1, 2]);
     }
 }

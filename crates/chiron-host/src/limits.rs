@@ -54,10 +54,10 @@ pub struct Limits {
     #[arg(long, default_value_t = 2 << 30, value_name = "BYTES")]
     pub max_dataset_bytes: u64,
     /// Requests per second one principal may make, on average.
-    #[arg(long, default_value_t = 50.0, value_name = "N")]
+    #[arg(long, default_value_t = 100.0, value_name = "N")]
     pub requests_per_second: f64,
     /// Requests one principal may make in a burst above the average rate.
-    #[arg(long, default_value_t = 200, value_name = "N")]
+    #[arg(long, default_value_t = 1000, value_name = "N")]
     pub request_burst: u32,
 }
 
@@ -75,8 +75,8 @@ impl Default for Limits {
             max_uploads_per_principal: 2,
             upload_expiry_secs: 86_400,
             max_dataset_bytes: 2 << 30,
-            requests_per_second: 50.0,
-            request_burst: 200,
+            requests_per_second: 100.0,
+            request_burst: 1000,
         }
     }
 }
@@ -110,6 +110,9 @@ pub struct Refusal {
     pub value: String,
     /// What the caller can do, starting with "; " (or empty).
     pub hint: &'static str,
+    /// When the same request will pass, if that is known (the rate limit): sent as
+    /// `Retry-After`, which clients wait for and retry.
+    pub retry_after: Option<Duration>,
 }
 
 /// Counts held against a total and per-principal limit; a [`Held`] gives its share back when
@@ -147,6 +150,7 @@ impl Pool {
             option,
             value: value.to_string(),
             hint: "; retry when one of yours has finished",
+            retry_after: None,
         };
         if mine.saturating_add(n) > self.each.0 {
             return Err(refuse(self.each));
@@ -229,11 +233,17 @@ impl RateLimiter {
             *tokens -= 1.0;
             Ok(())
         } else {
+            let wait = if self.rate > 0.0 {
+                Duration::from_secs_f64(((1.0 - *tokens) / self.rate).min(3600.0))
+            } else {
+                Duration::from_secs(3600)
+            };
             Err(Refusal {
                 what: "too many requests",
                 option: "requests-per-second",
                 value: format!("{} (burst {})", self.rate, self.burst),
                 hint: "; slow down and retry",
+                retry_after: Some(wait),
             })
         }
     }
@@ -278,6 +288,11 @@ mod tests {
         }
         let refused = limiter.check("alice").expect_err("past the burst");
         assert_eq!(refused.option, "requests-per-second");
+        assert!(
+            refused
+                .retry_after
+                .is_some_and(|wait| wait > Duration::from_secs(60))
+        );
         limiter.check("bob").expect("bob has his own bucket");
     }
 }

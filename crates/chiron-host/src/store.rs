@@ -97,6 +97,16 @@ pub fn job_path(id: &JobId) -> Path {
     Path::from(format!("jobs/{id}.json"))
 }
 
+/// Where event `seq` of a job's stream lives (its ciphertext, as the enclave sent it).
+pub fn event_path(id: &JobId, seq: u64) -> Path {
+    Path::from(format!("events/{id}/{seq:020}.bin"))
+}
+
+/// The prefix under which events live.
+pub fn events_prefix() -> Path {
+    Path::from("events")
+}
+
 /// The prefix under which job records live.
 pub fn jobs_prefix() -> Path {
     Path::from("jobs")

@@ -153,6 +153,71 @@ pub fn add_principal(state_dir: &Path, name: &str, roles: &[&str]) -> String {
         .to_owned()
 }
 
+/// `data` encrypted under a fresh key, as the owner's client uploads it.
+pub fn encrypted(data: &PlainDataset) -> Vec<u8> {
+    let mut container = Vec::new();
+    chiron_crypto::encrypt_dataset(
+        &DataKey::generate(),
+        &data.header,
+        data.body.as_slice(),
+        &mut container,
+    )
+    .expect("encrypt");
+    container
+}
+
+/// A one-request dataset upload (`POST /v1/datasets`) that sent its headers and the first
+/// half of its body, and waits to send the rest.
+pub struct HalfSentUpload {
+    stream: std::net::TcpStream,
+    rest: Vec<u8>,
+}
+
+impl HalfSentUpload {
+    /// Starts uploading `container` to `service` as its test principal.
+    pub fn start(service: &Service, container: &[u8]) -> Self {
+        use std::io::Write;
+        let address = service.url.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(address).expect("connect");
+        write!(
+            stream,
+            "POST /v1/datasets HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\n\
+             Content-Length: {}\r\n\r\n",
+            service.token,
+            container.len()
+        )
+        .expect("headers");
+        let half = container.len() / 2;
+        stream.write_all(&container[..half]).expect("half the body");
+        stream.flush().expect("flush");
+        Self {
+            stream,
+            rest: container[half..].to_vec(),
+        }
+    }
+
+    /// Sends the rest of the body; returns the host's whole answer (status line, headers,
+    /// body) once it has closed the connection or sent the dataset's id.
+    pub fn finish(mut self) -> String {
+        use std::io::{Read, Write};
+        self.stream
+            .write_all(&self.rest)
+            .expect("the rest of the body");
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let mut answer = Vec::new();
+        let mut buffer = [0u8; 4096];
+        while !String::from_utf8_lossy(&answer).contains("dataset_id") {
+            match self.stream.read(&mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buffer[..n]),
+            }
+        }
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+}
+
 /// A running host (and the enclaves it starts), with its own data directory and logs.
 pub struct Service {
     child: Child,

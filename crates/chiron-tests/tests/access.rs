@@ -3,8 +3,6 @@
 #![allow(clippy::expect_used)] // test helpers: a failed step is a failed test
 
 use std::ffi::OsString;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use chiron_client::owner::{self, QuerySession};
@@ -335,46 +333,16 @@ fn requests_past_the_rate_are_refused_per_principal() {
 fn a_principals_concurrent_uploads_are_bounded() {
     let service = service_with(&["--max-uploads-per-principal", "1"]);
     let host = service.client();
-    let data = iris();
-    let mut container = Vec::new();
-    chiron_crypto::encrypt_dataset(
-        &chiron_crypto::DataKey::generate(),
-        &data.header,
-        data.body.as_slice(),
-        &mut container,
-    )
-    .expect("encrypt");
+    let container = encrypted(&iris());
     // An upload that has sent its header and part of its body, and waits.
-    let address = service.url.trim_start_matches("http://");
-    let mut slow = TcpStream::connect(address).expect("connect");
-    write!(
-        slow,
-        "POST /v1/datasets HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\n\
-         Content-Length: {}\r\n\r\n",
-        service.token,
-        container.len()
-    )
-    .expect("headers");
-    slow.write_all(&container[..container.len() / 2])
-        .expect("half the body");
-    slow.flush().expect("flush");
+    let slow = HalfSentUpload::start(&service, &container);
     std::thread::sleep(Duration::from_millis(500));
     let (status, message) = refused(host.upload_dataset(&container));
     assert_eq!(status, 429, "{message}");
     assert!(message.contains("max-uploads-per-principal"), "{message}");
     // The slow upload finishes and is stored whole; then there is room again.
-    slow.write_all(&container[container.len() / 2..])
-        .expect("the rest");
-    let mut answer = Vec::new();
-    slow.set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let mut buffer = [0u8; 4096];
-    while !String::from_utf8_lossy(&answer).contains("dataset_id") {
-        let n = slow.read(&mut buffer).expect("answer");
-        assert!(n > 0, "{}", String::from_utf8_lossy(&answer));
-        answer.extend_from_slice(&buffer[..n]);
-    }
-    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+    let answer = slow.finish();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     host.upload_dataset(&container).expect("room again");
 }
 

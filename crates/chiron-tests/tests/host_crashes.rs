@@ -2,28 +2,13 @@
 //! records tell each job's true state, and SIGTERM lets work in flight finish.
 #![allow(clippy::expect_used)] // test helpers: a failed step is a failed test
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use chiron_client::HostClient;
-use chiron_crypto::DataKey;
 use chiron_proto::api::JobState;
 use chiron_tests::*;
 
 const JOB_TIMEOUT: Duration = Duration::from_secs(300);
-
-fn encrypted(data: &chiron_client::convert::PlainDataset) -> Vec<u8> {
-    let mut container = Vec::new();
-    chiron_crypto::encrypt_dataset(
-        &DataKey::generate(),
-        &data.header,
-        data.body.as_slice(),
-        &mut container,
-    )
-    .expect("encrypt");
-    container
-}
 
 /// Enclave processes of this service's platform, whoever their parent is now.
 fn enclaves_of(service: &Service) -> Vec<u32> {
@@ -176,19 +161,7 @@ fn sigterm_lets_work_in_flight_finish_and_leaves_every_record_consistent() {
 
     // A one-request upload half sent when the operator stops the host.
     let container = encrypted(&fashion_subset(500));
-    let address = service.url.trim_start_matches("http://").to_owned();
-    let mut slow = TcpStream::connect(&address).expect("connect");
-    write!(
-        slow,
-        "POST /v1/datasets HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\n\
-         Content-Length: {}\r\n\r\n",
-        service.token,
-        container.len()
-    )
-    .expect("headers");
-    slow.write_all(&container[..container.len() / 2])
-        .expect("half the body");
-    slow.flush().expect("flush");
+    let slow = HalfSentUpload::start(&service, &container);
     std::thread::sleep(Duration::from_millis(300));
 
     service.terminate();
@@ -199,12 +172,7 @@ fn sigterm_lets_work_in_flight_finish_and_leaves_every_record_consistent() {
         "a request after SIGTERM was served"
     );
     // ...but the upload in flight finishes and is stored whole.
-    slow.write_all(&container[container.len() / 2..])
-        .expect("the rest of the body");
-    slow.set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let mut answer = String::new();
-    let _ = slow.read_to_string(&mut answer);
+    let answer = slow.finish();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let body = answer.split("\r\n\r\n").nth(1).expect("body");
     let created: chiron_proto::api::DatasetCreated =

@@ -20,9 +20,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chiron_client::HostClient;
-use chiron_crypto::DataKey;
 use chiron_proto::wire::LISTENING_PREFIX;
-use chiron_tests::{bin_dir, iris, program_wasm};
+use chiron_tests::{bin_dir, encrypted, iris, program_wasm};
 use rustix::thread::{CapabilitySet, CapabilitySets, capabilities, set_capabilities};
 
 /// A child process killed when the test is done with it, passed or failed.
@@ -220,16 +219,7 @@ fn the_enclave_stderr_never_reaches_the_host_output() {
     let program = client
         .register_program(&program_wasm("chiron_mlp"))
         .expect("program");
-    let data = iris();
-    let mut container = Vec::new();
-    chiron_crypto::encrypt_dataset(
-        &DataKey::generate(),
-        &data.header,
-        data.body.as_slice(),
-        &mut container,
-    )
-    .expect("encrypt");
-    let dataset = client.upload_dataset(&container).expect("dataset");
+    let dataset = client.upload_dataset(&encrypted(&iris())).expect("dataset");
     client
         .create_job(&program.program_id, &dataset.dataset_id)
         .expect("the host starts a training enclave");
