@@ -66,16 +66,15 @@ impl HostClient {
         format!("{}{path}", self.base)
     }
 
-    fn authorization(&self) -> Option<String> {
-        self.token.as_ref().map(|token| format!("Bearer {token}"))
+    fn authorized<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.token {
+            Some(token) => request.header("Authorization", format!("Bearer {token}")),
+            None => request,
+        }
     }
 
     fn post(&self, path: &str) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
-        let request = self.agent.post(&self.url(path));
-        match self.authorization() {
-            Some(value) => request.header("Authorization", value),
-            None => request,
-        }
+        self.authorized(self.agent.post(&self.url(path)))
     }
 
     /// Sends a request; when the host answers 429 with `Retry-After` (the request rate),
@@ -104,20 +103,16 @@ impl HostClient {
         }
     }
 
+    fn delete(&self, path: &str) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
+        self.authorized(self.agent.delete(&self.url(path)))
+    }
+
     fn put(&self, path: &str) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
-        let request = self.agent.put(&self.url(path));
-        match self.authorization() {
-            Some(value) => request.header("Authorization", value),
-            None => request,
-        }
+        self.authorized(self.agent.put(&self.url(path)))
     }
 
     fn get(&self, path: &str) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
-        let request = self.agent.get(&self.url(path));
-        match self.authorization() {
-            Some(value) => request.header("Authorization", value),
-            None => request,
-        }
+        self.authorized(self.agent.get(&self.url(path)))
     }
 
     /// Registers a provider program; returns its id (hex SHA-256).
@@ -140,9 +135,23 @@ impl HostClient {
 
     /// Uploads an encrypted dataset container in parts ([`UPLOAD_PART`]), carrying on from
     /// where the host's store stands after a broken connection or a host restart.
+    /// An upload that fails for good is deleted, so that it does not hold a place under the
+    /// host's limits until it expires.
     pub fn upload_dataset(&self, container: &[u8]) -> Result<DatasetCreated, ClientError> {
         let opened = self.create_upload(container.len() as u64)?;
-        self.resume_upload(opened, container)
+        let id = opened.upload_id.clone();
+        let uploaded = self.resume_upload(opened, container);
+        if uploaded.is_err() {
+            let _ = self.cancel_upload(&id);
+        }
+        uploaded
+    }
+
+    /// Deletes an upload that has not completed.
+    pub fn cancel_upload(&self, upload_id: &str) -> Result<(), ClientError> {
+        checked_id(upload_id, "an upload id")?;
+        let path = format!("/v1/uploads/{upload_id}");
+        checked(self.paced(|| self.delete(&path).call())).map(drop)
     }
 
     /// Opens a resumable upload of `length` bytes; its id becomes the dataset's.

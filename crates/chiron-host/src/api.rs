@@ -90,6 +90,7 @@ impl AppState {
                     limits.max_uploads_per_principal,
                     "max-uploads-per-principal",
                 ),
+                "; retry when an upload of yours has completed or been deleted",
             ),
         )
     }
@@ -145,6 +146,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/uploads/{id}",
             get(upload_status)
                 .put(upload_part)
+                .delete(cancel_upload)
                 .layer(DefaultBodyLimit::max(resumable::PART_LIMIT)),
         )
         .route("/v1/jobs", post(post_job))
@@ -296,6 +298,7 @@ impl From<UploadError> for HttpError {
             UploadError::TooLarge { .. } => Self::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
             UploadError::Limit(refusal) => refusal.into(),
             UploadError::Store(e) => e.into(),
+            UploadError::Internal => Self::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
     }
 }
@@ -630,6 +633,17 @@ async fn upload_status(
     acting_as(&caller, Role::Owner)?;
     let id = DatasetId::parse(&id)?;
     Ok(Json(state.uploads.status(&caller.name, &id).await?))
+}
+
+async fn cancel_upload(
+    State(state): State<AppState>,
+    Extension(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, HttpError> {
+    acting_as(&caller, Role::Owner)?;
+    let id = DatasetId::parse(&id)?;
+    state.uploads.cancel(&caller.name, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize)]

@@ -113,7 +113,7 @@ pub enum PrincipalCommand {
         roles: Vec<Role>,
     },
     /// Revoke a principal's token; a running host refuses it within 5 seconds. Its jobs,
-    /// datasets and models stay, owned by the name.
+    /// datasets and models stay, owned by the name, which is never given again.
     Revoke {
         /// The principal's name.
         name: String,

@@ -107,13 +107,22 @@ pub async fn run_job(
     workers: Vec<Enclave>,
     mut commands: mpsc::Receiver<Command>,
     launcher: Launcher,
-    start_deadline: tokio::time::Instant,
 ) {
     let mut server = Member::new(server);
     let mut workers: Vec<Member> = workers.into_iter().map(Member::new).collect();
+    let mut deadline_armed = true;
     let outcome = loop {
-        let Ok(command) = tokio::time::timeout_at(start_deadline, commands.recv()).await else {
-            break Some(Err(labels::NOT_STARTED.to_owned()));
+        let command = if deadline_armed {
+            match tokio::time::timeout_at(job.start_deadline(), commands.recv()).await {
+                Ok(command) => command,
+                Err(_) if job.started_in_time().await => {
+                    deadline_armed = false;
+                    continue;
+                }
+                Err(_) => break Some(Err(labels::NOT_STARTED.to_owned())),
+            }
+        } else {
+            commands.recv().await
         };
         let Some(command) = command else {
             // Every sender is gone: the host is shutting down.

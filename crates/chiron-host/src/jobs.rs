@@ -85,6 +85,10 @@ pub struct JobRecord {
     /// and stored as objects of their own; records written before that held them inline.
     #[serde(default, skip_serializing)]
     pub events: Vec<StoredEvent>,
+    /// Whether `events` holds the stored stream (a job loaded at start reads it when first
+    /// asked for it).
+    #[serde(skip)]
+    events_loaded: bool,
     /// Training enclaves: 0 or 1 for one, more for a distributed job.
     #[serde(default)]
     pub workers: u32,
@@ -191,15 +195,34 @@ pub struct Job {
     /// Its place among its principal's jobs waiting to start, given back once it starts or
     /// ends.
     pending: StdMutex<Option<Held>>,
+    /// Its training enclaves' place under the limits, given back as it ends.
+    enclaves: StdMutex<Option<Held>>,
+    /// When it fails unless started.
+    start_deadline: tokio::time::Instant,
     record: Mutex<JobRecord>,
     commands: Option<mpsc::Sender<Command>>,
     pub(crate) store: Store,
 }
 
 impl Job {
+    /// The record, with its event stream read from the store if it was not yet.
+    async fn record(&self) -> tokio::sync::MutexGuard<'_, JobRecord> {
+        let mut record = self.record.lock().await;
+        if !record.events_loaded {
+            match load_events(&self.store, &self.id).await {
+                Ok(events) => {
+                    record.events = events;
+                    record.events_loaded = true;
+                }
+                Err(e) => warn!("job {}: reading its events failed: {e}", self.id),
+            }
+        }
+        record
+    }
+
     /// The job's public status.
     pub async fn status(&self) -> JobStatus {
-        self.record.lock().await.status()
+        self.record().await.status()
     }
 
     /// The job's state.
@@ -209,7 +232,7 @@ impl Job {
 
     /// Events with sequence number `from` or later.
     pub async fn events_from(&self, from: u64) -> Events {
-        let record = self.record.lock().await;
+        let record = self.record().await;
         Events {
             state: record.state,
             events: record
@@ -260,6 +283,18 @@ impl Job {
             .map_err(|_| JobError::EnclaveGone(self.id.clone()))?
     }
 
+    /// When the job fails unless started. At the deadline the job's task asks
+    /// [`Job::started_in_time`] (the start request may still be on its way to it); `start`
+    /// refuses from the deadline on, so a job still Created then never starts.
+    pub(crate) fn start_deadline(&self) -> tokio::time::Instant {
+        self.start_deadline
+    }
+
+    /// At its start deadline: whether the job was started (see [`Job::start_deadline`]).
+    pub(crate) async fn started_in_time(&self) -> bool {
+        self.state().await != JobState::Created
+    }
+
     /// Hands the owner's sealed requests to the enclaves; the job becomes Running.
     pub async fn start(&self, requests: StartRequests) -> Result<JobStatus, JobError> {
         let fits = match &requests {
@@ -286,6 +321,14 @@ impl Job {
             let mut record = self.record.lock().await;
             if record.state != JobState::Created {
                 return Err(self.wrong_state(record.state, JobState::Created));
+            }
+            if tokio::time::Instant::now() >= self.start_deadline {
+                return Err(JobError::BadStart {
+                    job: self.id.clone(),
+                    detail: "it was not started within the host's start timeout \
+                             (`job-start-timeout-secs`); create a new job"
+                        .into(),
+                });
             }
             // Only jobs loaded after a restart lack a task, and those are never Created.
             if self.commands.is_none() {
@@ -335,7 +378,7 @@ impl Job {
     }
 
     pub(crate) async fn push_event(&self, seq: u64, ciphertext: &[u8]) {
-        let mut record = self.record.lock().await;
+        let mut record = self.record().await;
         if let Err(e) = self
             .store
             .put(
@@ -354,7 +397,12 @@ impl Job {
 
     /// Moves the job to its final state and logs it.
     pub(crate) async fn finish(&self, outcome: Result<(), String>) {
+        // Its enclaves are stopped: their places are free before anyone sees it ended.
         self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        self.enclaves
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
@@ -406,7 +454,6 @@ impl Jobs {
     /// lost their enclave with it, so they become Failed ("host restarted").
     pub async fn load(store: Store, launcher: Launcher, limits: &Limits) -> anyhow::Result<Self> {
         let mut map = HashMap::new();
-        let mut stored_events = load_events(&store).await?;
         for path in store.list(&store::jobs_prefix()).await? {
             let record: JobRecord = match store.get_json(&path).await {
                 Ok(Some(record)) => record,
@@ -439,8 +486,7 @@ impl Jobs {
                         .await?;
                 }
                 store.put_json(&path, &record).await?;
-            } else if let Some(events) = stored_events.remove(&id) {
-                record.events = events;
+                record.events_loaded = true;
             }
             if matches!(record.state, JobState::Created | JobState::Running) {
                 record.state = JobState::Failed;
@@ -455,6 +501,8 @@ impl Jobs {
                 workers: record.workers.max(1),
                 principal: record.principal.clone(),
                 pending: StdMutex::new(None),
+                enclaves: StdMutex::new(None),
+                start_deadline: tokio::time::Instant::now(),
                 record: Mutex::new(record),
                 commands: None,
                 store: store.clone(),
@@ -475,6 +523,7 @@ impl Jobs {
                     limits.max_training_enclaves_per_principal,
                     "max-training-enclaves-per-principal",
                 ),
+                "; retry when a job of yours has ended",
             ),
             pending: Pool::new(
                 "jobs waiting for their start request",
@@ -483,6 +532,7 @@ impl Jobs {
                     limits.max_pending_jobs_per_principal,
                     "max-pending-jobs-per-principal",
                 ),
+                "; start or let expire a job of yours that waits",
             ),
             start_timeout: limits.job_start_timeout(),
         })
@@ -554,6 +604,7 @@ impl Jobs {
             events: Vec::new(),
             workers,
             principal: principal.to_owned(),
+            events_loaded: true,
         };
         self.store.put_json(&store::job_path(&id), &record).await?;
         let (commands, receiver) = mpsc::channel(8);
@@ -564,6 +615,8 @@ impl Jobs {
             workers,
             principal: principal.to_owned(),
             pending: StdMutex::new(Some(pending)),
+            enclaves: StdMutex::new(Some(held)),
+            start_deadline: tokio::time::Instant::now() + self.start_timeout,
             record: Mutex::new(record),
             commands: Some(commands),
             store: self.store.clone(),
@@ -573,63 +626,48 @@ impl Jobs {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(id.clone(), Arc::clone(&job));
         info!("job {id} created");
-        let job_task = Arc::clone(&job);
-        let deadline = tokio::time::Instant::now() + self.start_timeout;
         match enclaves {
             Enclaves::One(enclave) => {
-                tokio::spawn(async move {
-                    run_job(job_task, enclave, receiver, deadline).await;
-                    drop(held);
-                });
+                tokio::spawn(run_job(Arc::clone(&job), enclave, receiver));
             }
             Enclaves::Distributed(server, trainers) => {
-                let launcher = self.launcher.clone();
-                tokio::spawn(async move {
-                    crate::distributed::run_job(
-                        job_task, server, trainers, receiver, launcher, deadline,
-                    )
-                    .await;
-                    drop(held);
-                });
+                tokio::spawn(crate::distributed::run_job(
+                    Arc::clone(&job),
+                    server,
+                    trainers,
+                    receiver,
+                    self.launcher.clone(),
+                ));
             }
         }
         Ok(job)
     }
 }
 
-/// Every job's stored events, in sequence order.
-async fn load_events(store: &Store) -> anyhow::Result<HashMap<JobId, Vec<StoredEvent>>> {
-    let mut found: HashMap<JobId, Vec<(u64, object_store::path::Path)>> = HashMap::new();
-    for path in store.list(&store::events_prefix()).await? {
-        let parts: Vec<String> = path.parts().map(|p| p.as_ref().to_owned()).collect();
-        let [_, job, name] = parts.as_slice() else {
+/// A job's stored events, in sequence order.
+async fn load_events(store: &Store, id: &JobId) -> Result<Vec<StoredEvent>, StoreError> {
+    let mut found: Vec<(u64, object_store::path::Path)> = Vec::new();
+    for path in store.list(&store::events_of(id)).await? {
+        let Some(seq) = path
+            .filename()
+            .and_then(|name| name.strip_suffix(".bin"))
+            .and_then(|digits| digits.parse::<u64>().ok())
+        else {
             continue;
         };
-        let (Ok(job), Some(seq)) = (
-            JobId::parse(job),
-            name.strip_suffix(".bin")
-                .and_then(|digits| digits.parse::<u64>().ok()),
-        ) else {
-            continue;
-        };
-        found.entry(job).or_default().push((seq, path));
+        found.push((seq, path));
     }
-    let mut out = HashMap::new();
-    for (job, mut paths) in found {
-        paths.sort_by_key(|(seq, _)| *seq);
-        let mut events = Vec::with_capacity(paths.len());
-        for (seq, path) in paths {
-            let Some(bytes) = store.get(&path).await? else {
-                continue;
-            };
+    found.sort_by_key(|(seq, _)| *seq);
+    let mut events = Vec::with_capacity(found.len());
+    for (seq, path) in found {
+        if let Some(bytes) = store.get(&path).await? {
             events.push(StoredEvent {
                 seq,
                 ciphertext: BASE64.encode(&bytes),
             });
         }
-        out.insert(job, events);
     }
-    Ok(out)
+    Ok(events)
 }
 
 /// A new job's enclaves.
@@ -669,12 +707,7 @@ pub(crate) fn read_frames(
 }
 
 /// The task that owns a job's enclave for the job's whole life.
-async fn run_job(
-    job: Arc<Job>,
-    enclave: Enclave,
-    mut commands: mpsc::Receiver<Command>,
-    start_deadline: tokio::time::Instant,
-) {
+async fn run_job(job: Arc<Job>, enclave: Enclave, mut commands: mpsc::Receiver<Command>) {
     let Enclave {
         reader,
         mut writer,
@@ -683,8 +716,10 @@ async fn run_job(
     } = enclave;
     let (mut frames, _reader) = read_frames(reader);
 
+    let mut deadline_armed = true;
     let outcome = loop {
         tokio::select! {
+            biased;
             command = commands.recv() => match command {
                 // Every sender is gone: the host is shutting down.
                 None => break None,
@@ -707,8 +742,11 @@ async fn run_job(
                     break Some(Err(labels::PROTOCOL.to_owned()));
                 }
             },
-            () = tokio::time::sleep_until(start_deadline) => {
-                break Some(Err(labels::NOT_STARTED.to_owned()));
+            () = tokio::time::sleep_until(job.start_deadline), if deadline_armed => {
+                if !job.started_in_time().await {
+                    break Some(Err(labels::NOT_STARTED.to_owned()));
+                }
+                deadline_armed = false;
             }
             frame = frames.recv() => {
                 // Nothing is expected while the job waits for its owner.

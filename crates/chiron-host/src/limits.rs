@@ -119,6 +119,8 @@ pub struct Refusal {
 /// dropped.
 pub struct Pool {
     what: &'static str,
+    /// What frees a place, for the refusal's hint (starting with "; ").
+    frees: &'static str,
     total: (u32, &'static str),
     each: (u32, &'static str),
     counts: StdMutex<(u32, HashMap<String, u32>)>,
@@ -126,14 +128,17 @@ pub struct Pool {
 
 impl Pool {
     /// A pool of `total` for all principals and `each` for one; the names are the options
-    /// that set them.
+    /// that set them, and `frees` (starting with "; ") tells a refused caller what frees a
+    /// place.
     pub fn new(
         what: &'static str,
         total: (u32, &'static str),
         each: (u32, &'static str),
+        frees: &'static str,
     ) -> Arc<Self> {
         Arc::new(Self {
             what,
+            frees,
             total,
             each,
             counts: StdMutex::new((0, HashMap::new())),
@@ -149,7 +154,7 @@ impl Pool {
             what: self.what,
             option,
             value: value.to_string(),
-            hint: "; retry when one of yours has finished",
+            hint: self.frees,
             retry_after: None,
         };
         if mine.saturating_add(n) > self.each.0 {
@@ -255,7 +260,12 @@ mod tests {
 
     #[test]
     fn a_pool_refuses_past_each_limit_and_takes_back_on_drop() {
-        let pool = Pool::new("training enclaves", (3, "total"), (2, "each"));
+        let pool = Pool::new(
+            "training enclaves",
+            (3, "total"),
+            (2, "each"),
+            "; retry when one of yours has finished",
+        );
         let a = pool.take("alice", 2).expect("within both");
         let Err(refused) = pool.take("alice", 1) else {
             panic!("alice is at her limit")

@@ -90,6 +90,8 @@ async fn main() -> anyhow::Result<()> {
     )
     .await
     .context("cannot read the open uploads")?;
+    let uploads = Arc::new(uploads);
+    uploads.expire_old();
     let state = api::AppState {
         models,
         jobs: Arc::new(jobs),
@@ -103,7 +105,7 @@ async fn main() -> anyhow::Result<()> {
         limits: Arc::new(config.limits.clone()),
         rate,
         upload_slots,
-        uploads: Arc::new(uploads),
+        uploads,
     };
 
     let listener = TcpListener::bind(&config.listen)

@@ -108,6 +108,8 @@ impl Models {
                     limits.max_query_enclaves_per_principal,
                     "max-query-enclaves-per-principal",
                 ),
+                "; a query enclave stops once it has answered nothing for \
+                 `query-idle-timeout-secs`, retry then",
             ),
             idle: limits.query_idle_timeout(),
         })

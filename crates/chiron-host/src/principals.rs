@@ -100,8 +100,11 @@ pub enum PrincipalError {
     /// The name does not fit the rules.
     #[error("principal names are 1 to {MAX_NAME} characters of a-z, 0-9, `-` and `_`, not `{0}`")]
     BadName(String),
-    /// The name is taken.
-    #[error("a principal named `{0}` exists already; revoke it first or pick another name")]
+    /// The name is taken, now or before.
+    #[error(
+        "a principal named `{0}` exists or existed: names are never reused, since what a \
+         principal created stays owned by its name; pick another"
+    )]
     Exists(String),
     /// No such principal.
     #[error("no principal named `{0}`")]
@@ -128,6 +131,11 @@ struct Table {
 
 fn prefix() -> Path {
     Path::from("principals")
+}
+
+/// Where a revoked principal's name is kept, so that it is never given again.
+fn revoked_path(name: &str) -> Path {
+    Path::from(format!("revoked-principals/{name}.json"))
 }
 
 fn record_path(hash: &[u8; 32]) -> Path {
@@ -182,7 +190,9 @@ pub async fn add(store: &Store, name: &str, roles: &[Role]) -> Result<String, Pr
     if roles.is_empty() {
         return Err(PrincipalError::NoRole);
     }
-    if read_all(store).await?.iter().any(|(_, r)| r.name == name) {
+    if read_all(store).await?.iter().any(|(_, r)| r.name == name)
+        || store.exists(&revoked_path(name)).await?
+    {
         return Err(PrincipalError::Exists(name.to_owned()));
     }
     let mut secret = [0u8; 32];
@@ -201,11 +211,14 @@ pub async fn add(store: &Store, name: &str, roles: &[Role]) -> Result<String, Pr
     Ok(token)
 }
 
-/// Revokes every token of the principal `name`.
+/// Revokes every token of the principal `name`; the name stays taken.
 pub async fn revoke(store: &Store, name: &str) -> Result<(), PrincipalError> {
     let mut found = false;
     for (hash, record) in read_all(store).await? {
         if record.name == name {
+            if !found {
+                store.put_json(&revoked_path(name), &record).await?;
+            }
             store.delete(&record_path(&hash)).await?;
             found = true;
         }
@@ -281,7 +294,7 @@ impl Principals {
             loop {
                 tokio::time::sleep(REFRESH).await;
                 let Some(this) = weak.upgrade() else { break };
-                this.reload_if_older(REFRESH).await;
+                this.reload_if_older(Duration::ZERO).await;
             }
         });
     }
@@ -380,6 +393,11 @@ mod tests {
         // The running table forgets it at its next reload.
         principals.reload_if_older(Duration::ZERO).await;
         assert!(principals.authenticate(&token).await.is_none());
+        // Its name is never given again: its jobs, datasets and models stay its own.
+        assert!(matches!(
+            add(&store, "p1", &[Role::Owner]).await,
+            Err(PrincipalError::Exists(_))
+        ));
     }
 
     #[tokio::test]

@@ -102,9 +102,9 @@ pub fn event_path(id: &JobId, seq: u64) -> Path {
     Path::from(format!("events/{id}/{seq:020}.bin"))
 }
 
-/// The prefix under which events live.
-pub fn events_prefix() -> Path {
-    Path::from("events")
+/// The prefix under which a job's events live.
+pub fn events_of(id: &JobId) -> Path {
+    Path::from(format!("events/{id}"))
 }
 
 /// The prefix under which job records live.

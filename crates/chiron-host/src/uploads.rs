@@ -7,7 +7,8 @@
 //! parts reach the declared length the host checks the container's header, streams the parts
 //! into `datasets/<id>.bin` (the upload's id becomes the dataset's) and deletes the upload.
 //! If the host dies while assembling, the parts are still there, and the next status request
-//! or start assembles them again. Uploads older than the expiry are deleted at start.
+//! or start assembles them again. Uploads older than the expiry are deleted at start and by a
+//! sweep while the host runs; the owner may delete one sooner.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex as StdMutex, PoisonError};
@@ -19,7 +20,7 @@ use chiron_proto::dataset::DatasetHeader;
 use object_store::path::Path;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, OwnedMutexGuard};
 use tracing::{info, warn};
 
 use crate::ids::DatasetId;
@@ -28,6 +29,8 @@ use crate::store::{self, Store, StoreError};
 
 /// Largest part one request may carry.
 pub const PART_LIMIT: usize = 16 << 20;
+/// Smallest part but the last: it bounds the objects an upload leaves in the store.
+pub const MIN_PART: usize = 64 << 10;
 /// Bytes a first part must carry (or the whole container, if shorter) so that the header can
 /// be checked before anything is stored.
 pub const HEADER_PREFIX: usize = 8 << 10;
@@ -59,7 +62,7 @@ pub enum UploadError {
         /// The declared length.
         length: u64,
     },
-    /// An empty part, or a first part too short to hold the header.
+    /// A part too small, or a first part too short to hold the header.
     #[error("{0}")]
     BadPart(&'static str),
     /// The container's header is not valid, or does not match the declared length.
@@ -82,6 +85,9 @@ pub enum UploadError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The task assembling the dataset ended abnormally.
+    #[error("assembling the dataset failed; ask where the upload stands and retry")]
+    Internal,
 }
 
 /// An upload's stored description.
@@ -97,8 +103,11 @@ struct Session {
 struct Open {
     principal: String,
     length: u64,
-    /// One request at a time per upload.
-    lock: Arc<Mutex<()>>,
+    /// When it was opened, seconds since the Unix epoch.
+    opened: u64,
+    /// One request at a time per upload; it holds the bytes stored, once known (read from
+    /// the store's listing the first time after a start).
+    stored: Arc<Mutex<Option<u64>>>,
     /// Its place under the limits, given back when it completes or expires.
     _held: Option<Held>,
 }
@@ -107,6 +116,7 @@ struct Open {
 pub struct Uploads {
     store: Store,
     limit: u64,
+    expiry: Duration,
     open: StdMutex<HashMap<DatasetId, Open>>,
     pool: Arc<Pool>,
 }
@@ -142,6 +152,7 @@ impl Uploads {
         let uploads = Self {
             store,
             limit,
+            expiry,
             open: StdMutex::new(HashMap::new()),
             pool,
         };
@@ -185,6 +196,38 @@ impl Uploads {
         Ok(uploads)
     }
 
+    /// Deletes uploads older than the expiry, a few times per expiry, for as long as `self`
+    /// lives.
+    pub fn expire_old(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let period = (self.expiry / 4).clamp(Duration::from_secs(1), Duration::from_secs(600));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                let Some(this) = weak.upgrade() else { break };
+                let expiry = this.expiry.as_secs();
+                let old: Vec<(DatasetId, Arc<Mutex<Option<u64>>>)> = this
+                    .open
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .iter()
+                    .filter(|(_, open)| now().saturating_sub(open.opened) > expiry)
+                    .map(|(id, open)| (id.clone(), Arc::clone(&open.stored)))
+                    .collect();
+                for (id, stored) in old {
+                    // One in use is left to its request.
+                    let Ok(_one) = stored.try_lock() else {
+                        continue;
+                    };
+                    info!("upload {id} expired; deleting its parts");
+                    if let Err(e) = this.delete(&id).await {
+                        warn!("upload {id}: deleting it failed: {e}");
+                    }
+                }
+            }
+        });
+    }
+
     fn insert(&self, id: &DatasetId, session: &Session, held: Option<Held>) {
         self.open
             .lock()
@@ -194,7 +237,8 @@ impl Uploads {
                 Open {
                     principal: session.principal.clone(),
                     length: session.length,
-                    lock: Arc::new(Mutex::new(())),
+                    opened: session.opened,
+                    stored: Arc::new(Mutex::new(None)),
                     _held: held,
                 },
             );
@@ -229,12 +273,66 @@ impl Uploads {
         })
     }
 
-    /// The upload `id` if `principal` opened it: its lock and declared length.
-    fn find(&self, principal: &str, id: &DatasetId) -> Option<(Arc<Mutex<()>>, u64)> {
+    /// The upload `id` if `principal` opened it and it is still open: its lock (holding the
+    /// bytes stored) and declared length.
+    fn find(&self, principal: &str, id: &DatasetId) -> Option<(Arc<Mutex<Option<u64>>>, u64)> {
         let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         open.get(id)
             .filter(|o| o.principal == principal)
-            .map(|o| (Arc::clone(&o.lock), o.length))
+            .map(|o| (Arc::clone(&o.stored), o.length))
+    }
+
+    /// Locks upload `id` of `principal`: `None` if it is not open (any more: it may have
+    /// completed while this request waited for the lock).
+    async fn lock(
+        &self,
+        principal: &str,
+        id: &DatasetId,
+    ) -> Result<Option<(OwnedMutexGuard<Option<u64>>, u64, u64)>, StoreError> {
+        let Some((lock, length)) = self.find(principal, id) else {
+            return Ok(None);
+        };
+        let mut guard = lock.lock_owned().await;
+        if self.find(principal, id).is_none() {
+            return Ok(None);
+        }
+        let stored = match *guard {
+            Some(stored) => stored,
+            None => {
+                let stored = self.offset(id).await?;
+                *guard = Some(stored);
+                stored
+            }
+        };
+        Ok(Some((guard, length, stored)))
+    }
+
+    /// Assembles a complete upload in a task of its own (holding the upload's lock), so that
+    /// a client that disconnects cannot cut it short.
+    async fn complete(
+        self: &Arc<Self>,
+        guard: OwnedMutexGuard<Option<u64>>,
+        principal: &str,
+        id: &DatasetId,
+    ) -> Result<DatasetCreated, UploadError> {
+        let (this, principal, id) = (Arc::clone(self), principal.to_owned(), id.clone());
+        tokio::spawn(async move {
+            let assembled = this.assemble(&id, &principal).await;
+            drop(guard);
+            assembled
+        })
+        .await
+        .map_err(|_| UploadError::Internal)?
+    }
+
+    /// Deletes upload `id` of `principal` before it completes.
+    pub async fn cancel(&self, principal: &str, id: &DatasetId) -> Result<(), UploadError> {
+        let Some((_guard, ..)) = self.lock(principal, id).await? else {
+            return Err(UploadError::Unknown(id.clone()));
+        };
+        self.delete(id).await?;
+        info!("upload {id} deleted by its owner");
+        Ok(())
     }
 
     /// Bytes stored: the parts that follow each other from 0.
@@ -277,17 +375,15 @@ impl Uploads {
 
     /// Where upload `id` of `principal` stands; assembles it if all its parts are stored.
     pub async fn status(
-        &self,
+        self: &Arc<Self>,
         principal: &str,
         id: &DatasetId,
     ) -> Result<UploadStatus, UploadError> {
-        let Some((lock, length)) = self.find(principal, id) else {
+        let Some((guard, length, offset)) = self.lock(principal, id).await? else {
             return self.finished(principal, id).await;
         };
-        let _one = lock.lock().await;
-        let offset = self.offset(id).await?;
         let dataset = if offset == length {
-            Some(self.assemble(id, principal).await?)
+            Some(self.complete(guard, principal, id).await?)
         } else {
             None
         };
@@ -326,26 +422,22 @@ impl Uploads {
 
     /// Stores the part of upload `id` that starts at `offset`; the last part completes it.
     pub async fn put_part(
-        &self,
+        self: &Arc<Self>,
         principal: &str,
         id: &DatasetId,
         offset: u64,
         part: Bytes,
     ) -> Result<UploadStatus, UploadError> {
-        let Some((lock, length)) = self.find(principal, id) else {
-            return Err(UploadError::Unknown(id.clone()));
+        let Some((mut guard, length, stored)) = self.lock(principal, id).await? else {
+            // Completed already (its last part's answer may have been lost): say so.
+            return self.finished(principal, id).await;
         };
-        let _one = lock.lock().await;
-        let stored = self.offset(id).await?;
         if offset != stored {
             return Err(UploadError::WrongOffset {
                 id: id.clone(),
                 sent: offset,
                 offset: stored,
             });
-        }
-        if part.is_empty() {
-            return Err(UploadError::BadPart("an empty part"));
         }
         let end = offset + part.len() as u64;
         if end > length {
@@ -354,9 +446,15 @@ impl Uploads {
         if offset == 0 {
             check_header(&part, length)?;
         }
+        if part.is_empty() || (part.len() < MIN_PART && end != length) {
+            return Err(UploadError::BadPart(
+                "every part but the last must be at least 64 KiB",
+            ));
+        }
         self.store.put(&part_path(id, offset), part).await?;
+        *guard = Some(end);
         let dataset = if end == length {
-            Some(self.assemble(id, principal).await?)
+            Some(self.complete(guard, principal, id).await?)
         } else {
             None
         };
@@ -478,6 +576,7 @@ mod tests {
             "uploads",
             (8, "max-uploads"),
             (2, "max-uploads-per-principal"),
+            "",
         );
         Uploads::load(store, limit, Duration::from_secs(3600), pool)
             .await
@@ -487,12 +586,12 @@ mod tests {
     #[tokio::test]
     async fn parts_resume_across_a_restart_and_assemble_the_exact_container() {
         let dir = tempfile::tempdir().expect("dir");
-        let bytes = container(4000);
+        let bytes = container(8000);
         let length = bytes.len() as u64;
-        let first = uploads(dir.path(), 1 << 30).await;
+        let first = Arc::new(uploads(dir.path(), 1 << 30).await);
         let opened = first.create("alice", length).await.expect("open");
         let id = DatasetId::parse(&opened.upload_id).expect("id");
-        let cut = 10_000;
+        let cut = MIN_PART;
         first
             .put_part("alice", &id, 0, Bytes::copy_from_slice(&bytes[..cut]))
             .await
@@ -505,14 +604,14 @@ mod tests {
         drop(first);
 
         // A new host finds it where it stood.
-        let second = uploads(dir.path(), 1 << 30).await;
+        let second = Arc::new(uploads(dir.path(), 1 << 30).await);
         let status = second.status("alice", &id).await.expect("status");
         assert_eq!((status.offset, status.length), (cut as u64, length));
         assert!(matches!(
             second
                 .put_part("alice", &id, 0, Bytes::copy_from_slice(&bytes[..cut]))
                 .await,
-            Err(UploadError::WrongOffset { offset: 10_000, .. })
+            Err(UploadError::WrongOffset { offset, .. }) if offset == cut as u64
         ));
         let done = second
             .put_part(
@@ -539,7 +638,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let bytes = container(1000);
         let length = bytes.len() as u64;
-        let uploads = uploads(dir.path(), 1 << 20).await;
+        let uploads = Arc::new(uploads(dir.path(), 1 << 20).await);
         assert!(matches!(
             uploads.create("alice", 2 << 20).await,
             Err(UploadError::TooLarge { .. })
@@ -564,20 +663,37 @@ mod tests {
         }
         let wrong_length = uploads.create("alice", length + 1).await.expect("open");
         let other = DatasetId::parse(&wrong_length.upload_id).expect("id");
-        assert!(matches!(
-            uploads
-                .put_part("alice", &other, 0, Bytes::copy_from_slice(&bytes))
-                .await,
-            Err(UploadError::BadContainer(_))
-        ));
+        let mislabelled = uploads
+            .put_part("alice", &other, 0, Bytes::copy_from_slice(&bytes))
+            .await;
+        assert!(
+            matches!(mislabelled, Err(UploadError::BadContainer(_))),
+            "{mislabelled:?}"
+        );
         assert_eq!(
             uploads.status("alice", &id).await.expect("status").offset,
             0
         );
-        // The limit of two open uploads per principal holds.
+        // A part but the last below the minimum stores nothing either.
+        let short = uploads
+            .put_part(
+                "alice",
+                &id,
+                0,
+                Bytes::copy_from_slice(&bytes[..HEADER_PREFIX]),
+            )
+            .await;
+        assert!(matches!(short, Err(UploadError::BadPart(_))), "{short:?}");
+        // The limit of two open uploads per principal holds, until one is deleted.
         assert!(matches!(
             uploads.create("alice", length).await,
             Err(UploadError::Limit(_))
         ));
+        uploads.cancel("alice", &other).await.expect("deleted");
+        assert!(matches!(
+            uploads.status("alice", &other).await,
+            Err(UploadError::Unknown(_))
+        ));
+        uploads.create("alice", length).await.expect("room again");
     }
 }

@@ -14,6 +14,7 @@
 //! | `POST /v1/uploads` | owner | [`CreateUpload`] | [`UploadStatus`] |
 //! | `PUT /v1/uploads/{id}?offset=N` | owner | the container's bytes from `N` | [`UploadStatus`] |
 //! | `GET /v1/uploads/{id}` | owner | – | [`UploadStatus`] |
+//! | `DELETE /v1/uploads/{id}` | owner | – | 204 |
 //! | `POST /v1/jobs` | owner | [`CreateJob`] | [`JobCreated`] |
 //! | `GET /v1/jobs/{id}/evidence?nonce=HEX` | owner | – | evidence bytes |
 //! | `POST /v1/jobs/{id}/start` | owner | sealed train request bytes | [`JobStatus`] |

@@ -130,10 +130,22 @@ pub fn program_wasm(name: &str) -> Vec<u8> {
 
 /// Runs `chiron-host principal add` on the host state in `state_dir`; returns the token.
 pub fn add_principal(state_dir: &Path, name: &str, roles: &[&str]) -> String {
+    add_principal_with(state_dir, &[], name, roles)
+}
+
+/// [`add_principal`] with the host's other arguments (`--store URL` and its options name
+/// the store the principals are kept in).
+pub fn add_principal_with(
+    state_dir: &Path,
+    host_args: &[std::ffi::OsString],
+    name: &str,
+    roles: &[&str],
+) -> String {
     let mut command = Command::new(bin_dir().join("chiron-host"));
     command
         .arg("--data-dir")
         .arg(state_dir)
+        .args(host_args)
         .args(["principal", "add", name]);
     for role in roles {
         command.args(["--role", role]);
@@ -228,6 +240,8 @@ pub struct Service {
     /// The API token of the principal `tester` (an owner and a provider), which
     /// [`Service::client`] sends.
     pub token: String,
+    /// The arguments the host was started with beyond the defaults.
+    host_args: Vec<std::ffi::OsString>,
     stdout_log: PathBuf,
     stderr_log: PathBuf,
 }
@@ -249,8 +263,9 @@ impl Service {
         let token = match std::fs::read_to_string(&token_file) {
             Ok(token) => token.trim().to_owned(),
             Err(_) => {
-                let token = add_principal(
+                let token = add_principal_with(
                     &data_dir.path().join("state"),
+                    extra,
                     "tester",
                     &["owner", "provider"],
                 );
@@ -293,6 +308,7 @@ impl Service {
             url,
             data_dir,
             token,
+            host_args: extra.to_vec(),
             stdout_log,
             stderr_log,
         }
@@ -306,7 +322,7 @@ impl Service {
     /// Issues another principal a token (`chiron-host principal add`, as an operator would
     /// while the host runs); `roles` are `owner` and `provider`.
     pub fn add_principal(&self, name: &str, roles: &[&str]) -> String {
-        add_principal(&self.state_dir(), name, roles)
+        add_principal_with(&self.state_dir(), &self.host_args, name, roles)
     }
 
     /// The state directory the host writes.
