@@ -203,3 +203,104 @@ fn sigterm_lets_work_in_flight_finish_and_leaves_every_record_consistent() {
         "enclaves outlived the host"
     );
 }
+
+#[test]
+fn sigterm_under_load_loses_no_accepted_part_and_no_answer_is_cut() {
+    let mut service = Service::start();
+    let data = iris();
+    let done = start_job(
+        &service,
+        &program_wasm("chiron_mlp"),
+        &data,
+        &terms(30, 120),
+    )
+    .expect("job starts");
+    let (state, _) = wait(&service, &done, JOB_TIMEOUT);
+    assert_eq!(state, JobState::Succeeded);
+
+    // An owner uploading part by part (two at once, its limit) and querying a model.
+    let container = encrypted(&fashion_subset(3000));
+    let part = 128 << 10;
+    let uploaders: Vec<_> = (0..2)
+        .map(|_| {
+            let host = service.client();
+            let container = container.clone();
+            std::thread::spawn(move || {
+                let id = host
+                    .create_upload(container.len() as u64)
+                    .expect("opens")
+                    .upload_id;
+                let mut acknowledged = 0;
+                while acknowledged < container.len() {
+                    let end = (acknowledged + part).min(container.len());
+                    let sent =
+                        host.upload_part(&id, acknowledged as u64, &container[acknowledged..end]);
+                    match sent {
+                        Ok(status) => acknowledged = status.offset as usize,
+                        Err(_) => break,
+                    }
+                    std::thread::sleep(Duration::from_millis(60));
+                }
+                (id, acknowledged)
+            })
+        })
+        .collect();
+    let inputs = iris_inputs(&data, Some(10)).features;
+    let queriers: Vec<_> = (0..2)
+        .map(|_| {
+            let (host, policy, ticket, inputs) = (
+                service.client(),
+                service.policy(),
+                done.clone(),
+                inputs.clone(),
+            );
+            std::thread::spawn(move || {
+                let session = chiron_client::owner::QuerySession::open(&host, &policy, &ticket)
+                    .expect("attests");
+                let mut answered = 0;
+                loop {
+                    match session.query(10, inputs.clone()) {
+                        Ok(answer) => {
+                            assert_eq!(answer.classes.len(), 10, "a cut answer");
+                            answered += 1;
+                        }
+                        Err(chiron_client::ClientError::Http(_)) => return answered,
+                        Err(e) => panic!("not a clean refusal: {e}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    service.terminate();
+    assert!(
+        service.wait_exit(Duration::from_secs(40)),
+        "the host did not exit"
+    );
+    let uploads: Vec<(String, usize)> = uploaders
+        .into_iter()
+        .map(|t| t.join().expect("uploader"))
+        .collect();
+    for querier in queriers {
+        assert!(
+            querier.join().expect("querier") > 0,
+            "no query was answered"
+        );
+    }
+
+    // After a restart every acknowledged byte is there, and each upload completes exactly.
+    let service = service.restart(&[]);
+    let host = service.client();
+    for (id, acknowledged) in uploads {
+        let status = host.upload_status(&id).expect("the upload survived");
+        assert!(
+            status.offset >= acknowledged as u64,
+            "{id}: {} stored, {acknowledged} acknowledged",
+            status.offset
+        );
+        let dataset = host.resume_upload(status, &container).expect("completes");
+        let stored =
+            std::fs::read(service.object("datasets", &dataset.dataset_id, "bin")).expect("stored");
+        assert!(stored == container, "{id}: the stored container differs");
+    }
+}
