@@ -32,7 +32,8 @@ pub struct Limits {
     /// Query enclaves running at once, for all models together.
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub max_query_enclaves: u32,
-    /// Query enclaves running at once for one principal's models.
+    /// Query enclaves running at once for one principal's models; past it, starting another
+    /// stops that principal's least recently used one (if one is not answering).
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub max_query_enclaves_per_principal: u32,
     /// A query enclave that answered nothing for this long is stopped; the next evidence

@@ -71,6 +71,8 @@ pub enum ModelError {
 /// A model's running query enclave.
 struct Running {
     enclave: Enclave,
+    /// Whose model it serves.
+    principal: String,
     /// When it last answered.
     used: Instant,
     /// Its place under the limits.
@@ -84,6 +86,9 @@ impl Running {
 }
 
 type Slot = Arc<Mutex<Option<Running>>>;
+
+/// The option that bounds one principal's query enclaves.
+const PER_PRINCIPAL: &str = "max-query-enclaves-per-principal";
 
 /// The query enclaves of all models.
 pub struct Models {
@@ -104,10 +109,7 @@ impl Models {
             running: Pool::new(
                 "query enclaves",
                 (limits.max_query_enclaves, "max-query-enclaves"),
-                (
-                    limits.max_query_enclaves_per_principal,
-                    "max-query-enclaves-per-principal",
-                ),
+                (limits.max_query_enclaves_per_principal, PER_PRINCIPAL),
                 "; a query enclave stops once it has answered nothing for \
                  `query-idle-timeout-secs`, retry then",
             ),
@@ -127,6 +129,47 @@ impl Models {
                 this.reap_once().await;
             }
         });
+    }
+
+    /// Stops `principal`'s query enclave that answered least recently among those not
+    /// answering now; whether there was one.
+    async fn stop_least_recent(&self, principal: &str) -> bool {
+        let slots: Vec<(JobId, Slot)> = self
+            .slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(id, slot)| (id.clone(), Arc::clone(slot)))
+            .collect();
+        let mut oldest: Option<(Instant, JobId, Slot)> = None;
+        for (id, slot) in slots {
+            let Ok(guard) = slot.try_lock() else { continue };
+            let Some(used) = guard
+                .as_ref()
+                .filter(|r| r.principal == principal)
+                .map(|r| r.used)
+            else {
+                continue;
+            };
+            drop(guard);
+            if oldest.as_ref().is_none_or(|(at, ..)| used < *at) {
+                oldest = Some((used, id, slot));
+            }
+        }
+        let Some((_, id, slot)) = oldest else {
+            return false;
+        };
+        let Ok(mut guard) = slot.try_lock() else {
+            return false;
+        };
+        match guard.take() {
+            Some(running) => {
+                info!("model {id} query enclave stopped: its owner's limit, least recently used");
+                running.stop().await;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Stops every query enclave idle for longer than the timeout; slots in use are left.
@@ -183,9 +226,22 @@ impl Models {
         tokio::spawn(async move {
             let mut guard = slot.lock_owned().await;
             if guard.is_none() {
-                let held = this.running.take(&principal, 1)?;
+                let held = match this.running.take(&principal, 1) {
+                    Ok(held) => held,
+                    // At their own limit, the principal's least recently used enclave that
+                    // is not answering makes way; its model's next evidence request starts
+                    // it again.
+                    Err(refusal) if refusal.option == PER_PRINCIPAL => {
+                        if !this.stop_least_recent(&principal).await {
+                            return Err(refusal.into());
+                        }
+                        this.running.take(&principal, 1)?
+                    }
+                    Err(refusal) => return Err(refusal.into()),
+                };
                 *guard = Some(Running {
                     enclave: this.start(&id, &program_id).await?,
+                    principal: principal.clone(),
                     used: Instant::now(),
                     _held: held,
                 });

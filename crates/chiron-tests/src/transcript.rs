@@ -151,6 +151,15 @@ fn observe_started(
     }
     let (_, events) = ticket.events(&host, 0).expect("events authenticate");
     owner_events.extend(events);
+    // The job is done when rank 0 is; the other enclaves' last frames may still be on their
+    // way. The transcript waits for every training enclave to exit, so that it does not
+    // depend on when the host was stopped.
+    let settle = Instant::now() + Duration::from_secs(30);
+    while !crate::enclave_processes(service.pid(), &["train", "worker", "ps"]).is_empty()
+        && Instant::now() < settle
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     after(&service, &ticket);
     let training_peaks = monitor.stop();
 

@@ -77,9 +77,9 @@ fn calls_without_a_valid_token_are_refused_before_anything_happens() {
         .arg("--data-dir")
         .arg(service.state_dir())
         .args(["principal", "revoke", "revoked"])
-        .status()
+        .output()
         .expect("revoke runs");
-    assert!(status.success());
+    assert!(status.status.success());
     // The host reloads its principals every 5 seconds.
     std::thread::sleep(Duration::from_secs(6));
     let revoked = format!("Bearer {revoked}");
@@ -354,11 +354,13 @@ fn a_principals_concurrent_uploads_are_bounded() {
 }
 
 #[test]
-fn an_idle_query_enclave_is_stopped_and_the_owner_reattests_to_the_next() {
+fn query_enclaves_make_way_within_a_principal_and_stop_when_idle() {
     let service = service_with(&[
         "--query-idle-timeout-secs",
         "2",
         "--max-query-enclaves-per-principal",
+        "1",
+        "--max-query-enclaves",
         "1",
     ]);
     let data = iris();
@@ -373,25 +375,61 @@ fn an_idle_query_enclave_is_stopped_and_the_owner_reattests_to_the_next() {
     let inputs = iris_inputs(&data, Some(10));
     let session = QuerySession::open(&host, &service.policy(), &first).expect("attests");
     session.query(10, inputs.features.clone()).expect("answers");
-    // One query enclave per principal: the second model waits for the first to go idle.
-    let (status, message) = refused(QuerySession::open(&host, &service.policy(), &second));
-    assert_eq!(status, 429, "{message}");
+    // One query enclave per principal: the second model's takes the place of the first's,
+    // which was not answering...
+    let other = QuerySession::open(&host, &service.policy(), &second).expect("makes way");
+    other.query(10, inputs.features.clone()).expect("answers");
     assert!(
-        message.contains("max-query-enclaves-per-principal"),
-        "{message}"
+        service.stderr().contains("least recently used"),
+        "{}",
+        service.stderr()
     );
+    // ...and the first session's next query re-attests to a new enclave for its model.
+    let answer = session
+        .query(10, inputs.features.clone())
+        .expect("answers after re-attesting");
+    assert_eq!(answer.classes.len(), 10);
+
+    // Another principal does not push Alice's enclave out: the total is reached.
+    let bob = HostClient::new(&service.url).with_token(&service.add_principal("bob", &["owner"]));
+    let bobs = {
+        // The program a provider registered (here Alice, who is one too).
+        let program = host.register_program(&wasm).expect("registered").program_id;
+        let key = chiron_crypto::DataKey::generate();
+        let mut container = Vec::new();
+        chiron_crypto::encrypt_dataset(&key, &data.header, data.body.as_slice(), &mut container)
+            .expect("encrypt");
+        let dataset = bob.upload_dataset(&container).expect("upload").dataset_id;
+        let job = bob.create_job(&program, &dataset).expect("job");
+        let ticket = owner::start_training(
+            &bob,
+            &service.policy(),
+            &job.job_id,
+            &program,
+            &data.header,
+            &key,
+            &terms(30, 120),
+        )
+        .expect("starts");
+        let deadline = Instant::now() + JOB_TIMEOUT;
+        while bob.job_status(&ticket.job_id).expect("status").state != JobState::Succeeded {
+            assert!(Instant::now() < deadline, "Bob's job did not succeed");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        ticket
+    };
+    let (status, message) = refused(QuerySession::open(&bob, &service.policy(), &bobs));
+    assert_eq!(status, 429, "{message}");
+    assert!(message.contains("`max-query-enclaves`"), "{message}");
+    // Once Alice's enclave has sat idle past the timeout it stops, and Bob's starts.
     std::thread::sleep(Duration::from_secs(5));
     assert!(
         service.stderr().contains("query enclave stopped: idle"),
         "{}",
         service.stderr()
     );
-    let other = QuerySession::open(&host, &service.policy(), &second).expect("room again");
-    other.query(10, inputs.features.clone()).expect("answers");
-    std::thread::sleep(Duration::from_secs(5));
-    // The first session's enclave is gone; its next query re-attests to a new one.
-    let answer = session
+    QuerySession::open(&bob, &service.policy(), &bobs)
+        .expect("room again")
         .query(10, inputs.features.clone())
-        .expect("answers after re-attesting");
-    assert_eq!(answer.classes.len(), 10);
+        .expect("answers");
 }

@@ -536,20 +536,42 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-fn job_record(state: &Path, job_id: &str) -> PathBuf {
-    state.join("objects/jobs").join(format!("{job_id}.json"))
+/// Where the host keeps a job's events: one object per event, named by its sequence number.
+fn events_dir(state: &Path, job_id: &str) -> PathBuf {
+    state.join("objects/events").join(job_id)
 }
 
+/// A job's stored events as `{"seq": N, "ciphertext": base64}`, in order.
 fn stored_events(state: &Path, job_id: &str) -> Vec<Value> {
-    let record: Value = serde_json::from_slice(&read(&job_record(state, job_id))).expect("json");
-    record["events"].as_array().expect("events").clone()
+    let mut files: Vec<(u64, PathBuf)> = std::fs::read_dir(events_dir(state, job_id))
+        .expect("events")
+        .map(|entry| entry.expect("entry").path())
+        .filter_map(|path| {
+            let seq = path.file_stem()?.to_str()?.parse().ok()?;
+            Some((seq, path))
+        })
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(
+            |(seq, path)| serde_json::json!({"seq": seq, "ciphertext": BASE64.encode(read(&path))}),
+        )
+        .collect()
 }
 
+/// Replaces a job's stored events, as a platform editing its disk would.
 fn store_events(state: &Path, job_id: &str, events: Vec<Value>) {
-    let path = job_record(state, job_id);
-    let mut record: Value = serde_json::from_slice(&read(&path)).expect("json");
-    record["events"] = Value::Array(events);
-    write(&path, &serde_json::to_vec_pretty(&record).expect("json"));
+    let dir = events_dir(state, job_id);
+    std::fs::remove_dir_all(&dir).expect("remove");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    for event in events {
+        let seq = event["seq"].as_u64().expect("seq");
+        let bytes = BASE64
+            .decode(event["ciphertext"].as_str().expect("ciphertext"))
+            .expect("base64");
+        write(&dir.join(format!("{seq:020}.bin")), &bytes);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
