@@ -15,7 +15,7 @@ const MAX_BODY: u64 = 64 << 20;
 /// How long a request waits in all for the host's request rate to let it through.
 const RATE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 /// Bytes per part of a resumable upload (the host takes up to 16 MiB).
-pub const UPLOAD_PART: usize = 8 << 20;
+pub const UPLOAD_PART: usize = 16 << 20;
 /// Failed attempts in a row after which an upload gives up; with the pause between them,
 /// about a minute without the host.
 const UPLOAD_ATTEMPTS: u32 = 60;
@@ -30,6 +30,7 @@ pub struct HostClient {
     base: String,
     agent: ureq::Agent,
     token: Option<String>,
+    upload_part: usize,
 }
 
 impl std::fmt::Debug for HostClient {
@@ -52,7 +53,15 @@ impl HostClient {
             base: base.trim_end_matches('/').to_owned(),
             agent: config.into(),
             token: None,
+            upload_part: UPLOAD_PART,
         }
+    }
+
+    /// Uploads datasets in parts of `bytes` (the host takes 64 KiB to 16 MiB) instead of
+    /// [`UPLOAD_PART`].
+    pub fn with_upload_part(mut self, bytes: usize) -> Self {
+        self.upload_part = bytes;
+        self
     }
 
     /// Sends `token` (issued by the host's operator with `chiron-host principal add`) as
@@ -133,7 +142,7 @@ impl HostClient {
         json(self.paced(|| self.get(&format!("/v1/programs/{program_id}")).call()))
     }
 
-    /// Uploads an encrypted dataset container in parts ([`UPLOAD_PART`]), carrying on from
+    /// Uploads an encrypted dataset container in parts ([`UPLOAD_PART`] by default), carrying on from
     /// where the host's store stands after a broken connection or a host restart.
     /// An upload that fails for good is deleted, so that it does not hold a place under the
     /// host's limits until it expires.
@@ -152,6 +161,15 @@ impl HostClient {
         checked_id(upload_id, "an upload id")?;
         let path = format!("/v1/uploads/{upload_id}");
         checked(self.paced(|| self.delete(&path).call())).map(drop)
+    }
+
+    /// Uploads a container in one streamed request (`POST /v1/datasets`): no parts, and
+    /// nothing to resume if the connection breaks.
+    pub fn upload_dataset_in_one_request(
+        &self,
+        container: &[u8],
+    ) -> Result<DatasetCreated, ClientError> {
+        json(self.paced(|| self.post("/v1/datasets").send(container)))
     }
 
     /// Opens a resumable upload of `length` bytes; its id becomes the dataset's.
@@ -202,7 +220,7 @@ impl HostClient {
                 )));
             }
             let start = usize::try_from(status.offset).unwrap_or(usize::MAX);
-            let end = start.saturating_add(UPLOAD_PART).min(container.len());
+            let end = start.saturating_add(self.upload_part).min(container.len());
             let sent = self.upload_part(&status.upload_id, status.offset, &container[start..end]);
             match sent {
                 Ok(next) => {

@@ -147,7 +147,7 @@ pub fn router(state: AppState) -> Router {
             get(upload_status)
                 .put(upload_part)
                 .delete(cancel_upload)
-                .layer(DefaultBodyLimit::max(resumable::PART_LIMIT)),
+                .layer(DefaultBodyLimit::disable()),
         )
         .route("/v1/jobs", post(post_job))
         .route("/v1/jobs/{id}", get(get_job))
@@ -294,7 +294,8 @@ impl From<UploadError> for HttpError {
             UploadError::WrongOffset { .. } => Self::conflict(e.to_string()),
             UploadError::TooLong { .. }
             | UploadError::BadPart(_)
-            | UploadError::BadContainer(_) => Self::bad_request(e.to_string()),
+            | UploadError::BadContainer(_)
+            | UploadError::Interrupted => Self::bad_request(e.to_string()),
             UploadError::TooLarge { .. } => Self::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
             UploadError::Limit(refusal) => refusal.into(),
             UploadError::Store(e) => e.into(),
@@ -656,14 +657,15 @@ async fn upload_part(
     Extension(caller): Caller,
     Path(id): Path<String>,
     param: Result<Query<OffsetParam>, QueryRejection>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Json<UploadStatus>, HttpError> {
     acting_as(&caller, Role::Owner)?;
     let id = DatasetId::parse(&id)?;
     let Query(OffsetParam { offset }) = param.map_err(|_| {
         HttpError::bad_request("add ?offset=<the byte of the container this part starts at>")
     })?;
-    let part = body.map_err(|r| body_error(&r, resumable::PART_LIMIT, "the part"))?;
+    // Streamed into the store as it arrives, and bounded by `put_part` itself.
+    let part = body.into_data_stream();
     Ok(Json(
         state
             .uploads

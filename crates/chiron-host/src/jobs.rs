@@ -842,31 +842,27 @@ pub(crate) async fn send_training_input(
         Ok(Some(program)) => program,
         _ => return Err(SendFailure::Store),
     };
-    let path = store::dataset_path(&job.dataset_id);
+    let stored = match job.store.dataset(&job.dataset_id).await {
+        Ok(Some(stored)) => stored,
+        _ => return Err(SendFailure::Store),
+    };
     let dataset = match start.shard {
-        None => job.store.get_stream(&path).await,
+        None => job.store.dataset_stream(&stored),
         Some((rank, workers)) => {
-            let head = match job
+            let head = job
                 .store
-                .get_head(&path, chiron_crypto::dataset::MAX_PREAMBLE_LEN as u64)
+                .dataset_head(&stored, chiron_crypto::dataset::MAX_PREAMBLE_LEN as u64)
                 .await
-            {
-                Ok(Some(head)) => head,
-                _ => return Err(SendFailure::Store),
-            };
+                .map_err(|_| SendFailure::Store)?;
             // The header is public and unauthenticated here: a wrong one only makes the
             // worker refuse what it gets.
             let ranges = chiron_crypto::dataset_part_ranges(&head, |header| {
                 header.shard(rank, workers).map(|(_, ranges)| ranges)
             })
             .map_err(|_| SendFailure::Store)?;
-            // `get_head` found the object: errors from here on come with the bytes.
-            Ok(Some(job.store.get_ranges(&path, ranges)))
+            // Errors from here on come with the bytes.
+            job.store.dataset_ranges(&stored, ranges)
         }
-    };
-    let dataset = match dataset {
-        Ok(Some(dataset)) => dataset,
-        _ => return Err(SendFailure::Store),
     };
     let job_id = job.id.to_string();
     let program = program.to_vec();

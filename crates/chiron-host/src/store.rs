@@ -49,6 +49,34 @@ pub fn dataset_path(id: &DatasetId) -> Path {
     Path::from(format!("datasets/{id}.bin"))
 }
 
+/// Where a dataset uploaded in several parts lists them ([`DatasetParts`]): the parts stay
+/// where the upload stored them, so that completing an upload copies nothing.
+pub fn dataset_parts_path(id: &DatasetId) -> Path {
+    Path::from(format!("datasets/{id}.parts.json"))
+}
+
+/// A dataset container kept as the parts of its upload.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DatasetParts {
+    /// Each part's object and length, in order from the container's first byte.
+    pub parts: Vec<(String, u64)>,
+}
+
+/// Where a stored dataset container's bytes are: one object, or its upload's parts in
+/// order. Read it with [`Store::dataset_ranges`].
+#[derive(Clone, Debug)]
+pub struct StoredDataset {
+    pieces: Vec<(Path, u64)>,
+    size: u64,
+}
+
+impl StoredDataset {
+    /// The container's length.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}
+
 /// Where a dataset's owner is recorded ([`DatasetOwner`]), written before the container.
 pub fn dataset_owner_path(id: &DatasetId) -> Path {
     Path::from(format!("datasets/{id}.owner.json"))
@@ -72,7 +100,7 @@ pub async fn dataset_owned_by(
     if owner.is_none_or(|owner| owner.principal.is_empty() || owner.principal != principal) {
         return Ok(false);
     }
-    store.exists(&dataset_path(id)).await
+    Ok(store.dataset(id).await?.is_some())
 }
 
 /// Where a job's sealed model lives.
@@ -191,27 +219,50 @@ impl Store {
         }
     }
 
-    /// Opens an object for streaming, `None` when it does not exist.
-    pub async fn get_stream(&self, path: &Path) -> Result<Option<ObjectStream>, StoreError> {
-        match self.inner.get(path).await {
-            Ok(result) => Ok(Some(ObjectStream {
-                size: result.meta.size,
-                bytes: result.into_stream(),
-            })),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e.into()),
+    /// A stored dataset container, `None` when there is none.
+    pub async fn dataset(&self, id: &DatasetId) -> Result<Option<StoredDataset>, StoreError> {
+        let whole = dataset_path(id);
+        if let Some(size) = self.size(&whole).await? {
+            return Ok(Some(StoredDataset {
+                pieces: vec![(whole, size)],
+                size,
+            }));
         }
+        let Some(manifest) = self
+            .get_json::<DatasetParts>(&dataset_parts_path(id))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let pieces: Vec<(Path, u64)> = manifest
+            .parts
+            .into_iter()
+            .map(|(path, len)| (Path::from(path), len))
+            .collect();
+        let size = pieces.iter().map(|(_, len)| len).sum();
+        Ok(Some(StoredDataset { pieces, size }))
     }
 
-    /// Streams ranges of an object, back to back (each range within the object). Nothing
-    /// is read until the stream is: a missing object is the stream's first error.
-    pub fn get_ranges(&self, path: &Path, ranges: Vec<Range<u64>>) -> ObjectStream {
+    /// Streams ranges of a dataset container (each within it), back to back, across its
+    /// pieces. Nothing is read until the stream is: a missing piece is the stream's first
+    /// error.
+    pub fn dataset_ranges(&self, dataset: &StoredDataset, ranges: Vec<Range<u64>>) -> ObjectStream {
         let size = ranges.iter().map(|r| r.end.saturating_sub(r.start)).sum();
+        let mut reads = Vec::new();
+        for range in ranges {
+            let mut at = 0u64;
+            for (path, len) in &dataset.pieces {
+                let (start, end) = (range.start.max(at), range.end.min(at + len));
+                if start < end {
+                    reads.push((path.clone(), start - at..end - at));
+                }
+                at += len;
+            }
+        }
         let inner = Arc::clone(&self.inner);
-        let path = path.clone();
-        let bytes = futures::stream::iter(ranges)
-            .then(move |range| {
-                let (inner, path) = (Arc::clone(&inner), path.clone());
+        let bytes = futures::stream::iter(reads)
+            .then(move |(path, range)| {
+                let inner = Arc::clone(&inner);
                 async move {
                     let options = GetOptions {
                         range: Some(GetRange::Bounded(range)),
@@ -239,6 +290,31 @@ impl Store {
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// A whole dataset container, streamed.
+    pub fn dataset_stream(&self, dataset: &StoredDataset) -> ObjectStream {
+        self.dataset_ranges(dataset, std::iter::once(0..dataset.size).collect())
+    }
+
+    /// A dataset container's first `len` bytes (all of it, if shorter).
+    pub async fn dataset_head(
+        &self,
+        dataset: &StoredDataset,
+        len: u64,
+    ) -> Result<Bytes, StoreError> {
+        let parts: Vec<Bytes> = self
+            .dataset_ranges(dataset, std::iter::once(0..len.min(dataset.size)).collect())
+            .bytes
+            .try_collect()
+            .await?;
+        Ok(parts.concat().into())
+    }
+
+    /// Moves an object (on the local backend, a rename).
+    pub async fn rename(&self, from: &Path, to: &Path) -> Result<(), StoreError> {
+        self.inner.rename(from, to).await?;
+        Ok(())
     }
 
     /// An object's size, `None` when it does not exist.
@@ -367,7 +443,8 @@ mod tests {
         writer.put(Bytes::from(vec![2u8; 10]));
         assert!(!store.exists(&path).await.expect("head"));
         writer.finish().await.expect("finish");
-        let stream = store.get_stream(&path).await.expect("get").expect("exists");
+        let dataset = store.dataset(&id).await.expect("get").expect("exists");
+        let stream = store.dataset_stream(&dataset);
         assert_eq!(stream.size, 1010);
         let parts: Vec<Bytes> = stream.bytes.try_collect().await.expect("read");
         assert_eq!(parts.concat().len(), 1010);

@@ -4,19 +4,22 @@
 //!
 //! An upload `<id>` is `uploads/<id>/session.json` (its principal, declared length and start
 //! time) and `uploads/<id>/<offset>.part` objects, each written in one atomic put. When the
-//! parts reach the declared length the host checks the container's header, streams the parts
-//! into `datasets/<id>.bin` (the upload's id becomes the dataset's) and deletes the upload.
-//! If the host dies while assembling, the parts are still there, and the next status request
-//! or start assembles them again. Uploads older than the expiry are deleted at start and by a
+//! parts reach the declared length the host checks the container's header and makes the parts
+//! the dataset (the upload's id becomes the dataset's) without copying them: a lone part is
+//! moved to `datasets/<id>.bin`, several are listed in `datasets/<id>.parts.json`
+//! ([`store::DatasetParts`]) and read in order. Then the session goes. If the host dies
+//! before that, the parts are still there, and the next status request or start completes
+//! the upload again. Uploads older than the expiry are deleted at start and by a
 //! sweep while the host runs; the owner may delete one sooner.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex as StdMutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use chiron_proto::api::{DatasetCreated, UploadStatus};
 use chiron_proto::dataset::DatasetHeader;
+use futures::{Stream, StreamExt};
 use object_store::path::Path;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -85,6 +88,9 @@ pub enum UploadError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The part's body broke off before its end.
+    #[error("the part was cut off; ask where the upload stands and send from there")]
+    Interrupted,
     /// The task assembling the dataset ended abnormally.
     #[error("assembling the dataset failed; ask where the upload stands and retry")]
     Internal,
@@ -185,6 +191,11 @@ impl Uploads {
             }
             let held = uploads.pool.take(&session.principal, 1).ok();
             uploads.insert(&id, &session, held);
+            // One the host completed just before it stopped only needs closing.
+            if uploads.store.dataset(&id).await?.is_some() {
+                uploads.close(&id).await?;
+                continue;
+            }
             // One that was complete when the host stopped is assembled now.
             let offset = uploads.offset(&id).await?;
             if offset == session.length
@@ -400,34 +411,47 @@ impl Uploads {
         if !store::dataset_owned_by(&self.store, id, principal).await? {
             return Err(UploadError::Unknown(id.clone()));
         }
-        let path = store::dataset_path(id);
-        let (Some(head), Some(length)) = (
-            self.store.get_head(&path, HEADER_PREFIX as u64).await?,
-            self.store.size(&path).await?,
-        ) else {
+        let Some(stored) = self.store.dataset(id).await? else {
             return Err(UploadError::Unknown(id.clone()));
         };
-        let header = chiron_crypto::read_dataset_header(&head)
-            .map_err(|e| UploadError::BadContainer(e.to_string()))?;
+        let length = stored.size();
         Ok(UploadStatus {
             upload_id: id.to_string(),
             length,
             offset: length,
-            dataset: Some(DatasetCreated {
-                dataset_id: id.to_string(),
-                header,
-            }),
+            dataset: Some(self.created(id, &stored).await?),
+        })
+    }
+
+    /// What the upload of a stored dataset answers.
+    async fn created(
+        &self,
+        id: &DatasetId,
+        stored: &store::StoredDataset,
+    ) -> Result<DatasetCreated, UploadError> {
+        let head = self
+            .store
+            .dataset_head(stored, HEADER_PREFIX as u64)
+            .await?;
+        let header = chiron_crypto::read_dataset_header(&head)
+            .map_err(|e| UploadError::BadContainer(e.to_string()))?;
+        Ok(DatasetCreated {
+            dataset_id: id.to_string(),
+            header,
         })
     }
 
     /// Stores the part of upload `id` that starts at `offset`; the last part completes it.
-    pub async fn put_part(
+    pub async fn put_part<S, E>(
         self: &Arc<Self>,
         principal: &str,
         id: &DatasetId,
         offset: u64,
-        part: Bytes,
-    ) -> Result<UploadStatus, UploadError> {
+        part: S,
+    ) -> Result<UploadStatus, UploadError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+    {
         let Some((mut guard, length, stored)) = self.lock(principal, id).await? else {
             // Completed already (its last part's answer may have been lost): say so.
             return self.finished(principal, id).await;
@@ -439,19 +463,7 @@ impl Uploads {
                 offset: stored,
             });
         }
-        let end = offset + part.len() as u64;
-        if end > length {
-            return Err(UploadError::TooLong { end, length });
-        }
-        if offset == 0 {
-            check_header(&part, length)?;
-        }
-        if part.is_empty() || (part.len() < MIN_PART && end != length) {
-            return Err(UploadError::BadPart(
-                "every part but the last must be at least 64 KiB",
-            ));
-        }
-        self.store.put(&part_path(id, offset), part).await?;
+        let end = self.store_part(id, offset, length, part).await?;
         *guard = Some(end);
         let dataset = if end == length {
             Some(self.complete(guard, principal, id).await?)
@@ -466,21 +478,104 @@ impl Uploads {
         })
     }
 
-    /// Streams the parts into the dataset object, records its owner, deletes the upload.
+    /// Streams a part into its object as it arrives (a first part's header is checked
+    /// before anything is written); the object appears whole or not at all. Returns where
+    /// the part ends.
+    async fn store_part<S, E>(
+        &self,
+        id: &DatasetId,
+        offset: u64,
+        length: u64,
+        mut part: S,
+    ) -> Result<u64, UploadError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+    {
+        let mut received = Vec::new();
+        let mut total = 0u64;
+        let check = |total: u64| {
+            if offset + total > length {
+                Err(UploadError::TooLong {
+                    end: offset + total,
+                    length,
+                })
+            } else if total > PART_LIMIT as u64 {
+                Err(UploadError::BadPart("a part is at most 16 MiB"))
+            } else {
+                Ok(())
+            }
+        };
+        // A first part's header, before anything is stored.
+        if offset == 0 {
+            let needed = HEADER_PREFIX.min(usize::try_from(length).unwrap_or(usize::MAX));
+            let mut prefix = BytesMut::new();
+            while prefix.len() < needed {
+                match part.next().await {
+                    Some(Ok(chunk)) => prefix.extend_from_slice(&chunk),
+                    Some(Err(_)) => return Err(UploadError::Interrupted),
+                    None => break,
+                }
+            }
+            total = prefix.len() as u64;
+            check(total)?;
+            check_header(&prefix, length)?;
+            received.push(prefix.freeze());
+        }
+        let mut writer = self.store.writer(&part_path(id, offset)).await?;
+        for chunk in received {
+            writer.put(chunk);
+        }
+        while let Some(chunk) = part.next().await {
+            let Ok(chunk) = chunk else {
+                let _ = writer.abort().await;
+                return Err(UploadError::Interrupted);
+            };
+            total += chunk.len() as u64;
+            if let Err(e) = check(total) {
+                let _ = writer.abort().await;
+                return Err(e);
+            }
+            if let Err(e) = writer.wait_for_capacity(4).await {
+                let _ = writer.abort().await;
+                return Err(StoreError::from(e).into());
+            }
+            writer.put(chunk);
+        }
+        let end = offset + total;
+        if total == 0 || (total < MIN_PART as u64 && end != length) {
+            let _ = writer.abort().await;
+            return Err(UploadError::BadPart(
+                "every part but the last must be at least 64 KiB",
+            ));
+        }
+        writer.finish().await.map_err(StoreError::from)?;
+        Ok(end)
+    }
+
+    /// Makes the complete upload's parts the dataset: records its owner, then moves a lone
+    /// part to the dataset object, or lists several in the dataset's manifest (copying
+    /// nothing), and closes the upload. Done again after a crash, it finds the dataset made.
     async fn assemble(
         &self,
         id: &DatasetId,
         principal: &str,
     ) -> Result<DatasetCreated, UploadError> {
+        if let Some(stored) = self.store.dataset(id).await? {
+            self.close(id).await?;
+            return self.created(id, &stored).await;
+        }
         let parts = self.parts(id).await?;
-        let first = match parts.first() {
-            Some((0, _)) => self.store.get(&part_path(id, 0)).await?,
-            _ => None,
-        };
-        let Some(first) = first else {
+        if parts.first().map(|(start, _)| *start) != Some(0) {
+            return Err(UploadError::Unknown(id.clone()));
+        }
+        let Some(head) = self
+            .store
+            .get_head(&part_path(id, 0), HEADER_PREFIX as u64)
+            .await?
+        else {
             return Err(UploadError::Unknown(id.clone()));
         };
-        let header = chiron_crypto::read_dataset_header(&first)
+        let header = chiron_crypto::read_dataset_header(&head)
             .map_err(|e| UploadError::BadContainer(e.to_string()))?;
         let owner = store::DatasetOwner {
             principal: principal.to_owned(),
@@ -488,31 +583,37 @@ impl Uploads {
         self.store
             .put_json(&store::dataset_owner_path(id), &owner)
             .await?;
-        let mut writer = self.store.writer(&store::dataset_path(id)).await?;
-        for (start, _) in &parts {
-            let bytes = match *start {
-                0 => first.clone(),
-                start => self
-                    .store
-                    .get(&part_path(id, start))
-                    .await?
-                    .ok_or_else(|| UploadError::Unknown(id.clone()))?,
+        if let [(start, _)] = parts.as_slice() {
+            self.store
+                .rename(&part_path(id, *start), &store::dataset_path(id))
+                .await?;
+        } else {
+            let manifest = store::DatasetParts {
+                parts: parts
+                    .iter()
+                    .map(|(start, len)| (part_path(id, *start).to_string(), *len))
+                    .collect(),
             };
-            if let Err(e) = writer.wait_for_capacity(4).await {
-                let _ = writer.abort().await;
-                return Err(StoreError::from(e).into());
-            }
-            writer.put(bytes);
+            self.store
+                .put_json(&store::dataset_parts_path(id), &manifest)
+                .await?;
         }
-        if let Err(e) = writer.finish().await {
-            return Err(StoreError::from(e).into());
-        }
-        self.delete(id).await?;
+        self.close(id).await?;
         info!("upload {id} complete; dataset {id} stored");
         Ok(DatasetCreated {
             dataset_id: id.to_string(),
             header,
         })
+    }
+
+    /// Ends a completed upload: its session goes, its parts stay as the dataset's.
+    async fn close(&self, id: &DatasetId) -> Result<(), StoreError> {
+        self.store.delete(&session_path(id)).await?;
+        self.open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(id);
+        Ok(())
     }
 
     /// Deletes an upload's session and parts, and forgets it.
@@ -552,6 +653,7 @@ mod tests {
     use super::*;
     use chiron_crypto::DataKey;
     use chiron_proto::dataset::{DatasetKind, ElementEncoding};
+    use futures::TryStreamExt;
 
     fn container(examples: u32) -> Vec<u8> {
         let header = DatasetHeader {
@@ -568,6 +670,15 @@ mod tests {
         chiron_crypto::encrypt_dataset(&DataKey::generate(), &header, body.as_slice(), &mut out)
             .expect("encrypt");
         out
+    }
+
+    /// A part's body as one chunk.
+    fn once(bytes: &[u8]) -> futures::stream::Iter<std::vec::IntoIter<Result<Bytes, ()>>> {
+        futures::stream::iter(vec![Ok(Bytes::copy_from_slice(bytes))])
+    }
+
+    fn read_back(parts: Vec<Bytes>) -> Vec<u8> {
+        parts.concat()
     }
 
     async fn uploads(dir: &std::path::Path, limit: u64) -> Uploads {
@@ -593,7 +704,7 @@ mod tests {
         let id = DatasetId::parse(&opened.upload_id).expect("id");
         let cut = MIN_PART;
         first
-            .put_part("alice", &id, 0, Bytes::copy_from_slice(&bytes[..cut]))
+            .put_part("alice", &id, 0, once(&bytes[..cut]))
             .await
             .expect("first part");
         // Another principal cannot see or add to it.
@@ -609,24 +720,43 @@ mod tests {
         assert_eq!((status.offset, status.length), (cut as u64, length));
         assert!(matches!(
             second
-                .put_part("alice", &id, 0, Bytes::copy_from_slice(&bytes[..cut]))
+                .put_part("alice", &id, 0, once(&bytes[..cut]))
                 .await,
             Err(UploadError::WrongOffset { offset, .. }) if offset == cut as u64
         ));
         let done = second
-            .put_part(
-                "alice",
-                &id,
-                cut as u64,
-                Bytes::copy_from_slice(&bytes[cut..]),
-            )
+            .put_part("alice", &id, cut as u64, once(&bytes[cut..]))
             .await
             .expect("last part");
         let dataset = done.dataset.expect("complete");
         assert_eq!(dataset.dataset_id, id.to_string());
-        let stored = std::fs::read(dir.path().join(format!("datasets/{id}.bin"))).expect("read");
-        assert_eq!(stored, bytes);
-        assert!(!dir.path().join(format!("uploads/{id}")).exists());
+        // Two parts: the dataset lists them, and reads back as the container.
+        let store = Store::open_local(dir.path()).expect("store");
+        let dataset = store.dataset(&id).await.expect("read").expect("stored");
+        assert_eq!(dataset.size(), length);
+        let read: Vec<Bytes> = store
+            .dataset_stream(&dataset)
+            .bytes
+            .try_collect()
+            .await
+            .expect("read");
+        assert_eq!(read.concat(), bytes);
+        let middle: Vec<Bytes> = store
+            .dataset_ranges(&dataset, vec![cut as u64 - 5..cut as u64 + 5, 3..4])
+            .bytes
+            .try_collect()
+            .await
+            .expect("read");
+        assert_eq!(
+            read_back(middle),
+            [&bytes[cut - 5..cut + 5], &bytes[3..4]].concat()
+        );
+        assert!(
+            !dir.path()
+                .join(format!("uploads/{id}/session.json"))
+                .exists()
+        );
+        assert!(!dir.path().join(format!("datasets/{id}.bin")).exists());
         // Asking again after completion says so.
         let again = second.status("alice", &id).await.expect("status");
         assert_eq!(again.offset, length);
@@ -658,30 +788,32 @@ mod tests {
             (bytes[..100].to_vec(), "too short for the header"),
             (Vec::new(), "empty"),
         ] {
-            let refused = uploads.put_part("alice", &id, 0, Bytes::from(part)).await;
+            let refused = uploads.put_part("alice", &id, 0, once(&part)).await;
             assert!(refused.is_err(), "{why}");
         }
         let wrong_length = uploads.create("alice", length + 1).await.expect("open");
         let other = DatasetId::parse(&wrong_length.upload_id).expect("id");
-        let mislabelled = uploads
-            .put_part("alice", &other, 0, Bytes::copy_from_slice(&bytes))
-            .await;
+        let mislabelled = uploads.put_part("alice", &other, 0, once(&bytes)).await;
         assert!(
             matches!(mislabelled, Err(UploadError::BadContainer(_))),
             "{mislabelled:?}"
         );
+        // A part cut off half way leaves nothing behind.
+        let cut_off = futures::stream::iter(vec![
+            Ok(Bytes::copy_from_slice(&bytes[..2 * HEADER_PREFIX])),
+            Err(()),
+        ]);
+        assert!(matches!(
+            uploads.put_part("alice", &id, 0, cut_off).await,
+            Err(UploadError::Interrupted)
+        ));
         assert_eq!(
             uploads.status("alice", &id).await.expect("status").offset,
             0
         );
         // A part but the last below the minimum stores nothing either.
         let short = uploads
-            .put_part(
-                "alice",
-                &id,
-                0,
-                Bytes::copy_from_slice(&bytes[..HEADER_PREFIX]),
-            )
+            .put_part("alice", &id, 0, once(&bytes[..HEADER_PREFIX]))
             .await;
         assert!(matches!(short, Err(UploadError::BadPart(_))), "{short:?}");
         // The limit of two open uploads per principal holds, until one is deleted.
@@ -694,6 +826,15 @@ mod tests {
             uploads.status("alice", &other).await,
             Err(UploadError::Unknown(_))
         ));
-        uploads.create("alice", length).await.expect("room again");
+        // A container in one part becomes the dataset object itself.
+        let whole = uploads.create("alice", length).await.expect("room again");
+        let whole = DatasetId::parse(&whole.upload_id).expect("id");
+        let done = uploads
+            .put_part("alice", &whole, 0, once(&bytes))
+            .await
+            .expect("one part");
+        assert!(done.dataset.is_some());
+        let stored = std::fs::read(dir.path().join(format!("datasets/{whole}.bin"))).expect("read");
+        assert_eq!(stored, bytes);
     }
 }

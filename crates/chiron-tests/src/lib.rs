@@ -339,6 +339,27 @@ impl Service {
             .join(format!("{id}.{ext}"))
     }
 
+    /// The stored bytes of dataset `id`: its object, or the upload parts its manifest lists
+    /// (`datasets/<id>.parts.json`), in order.
+    pub fn stored_dataset(&self, id: &str) -> Vec<u8> {
+        let whole = self.object("datasets", id, "bin");
+        if whole.exists() {
+            return std::fs::read(whole).expect("dataset");
+        }
+        let manifest: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(self.object("datasets", id, "parts.json")).expect("manifest"),
+        )
+        .expect("json");
+        let mut out = Vec::new();
+        for part in manifest["parts"].as_array().expect("parts") {
+            let path = part[0].as_str().expect("path");
+            let bytes = std::fs::read(self.state_dir().join("objects").join(path)).expect("part");
+            assert_eq!(bytes.len() as u64, part[1].as_u64().expect("length"));
+            out.extend_from_slice(&bytes);
+        }
+        out
+    }
+
     /// The owner's policy for this service: the enclave binary's measurement and the
     /// simulated platform's key.
     pub fn policy(&self) -> Policy {
@@ -541,6 +562,9 @@ pub fn start_job(
 /// Rounds between the parameter server's checkpoints in the tests' live distributed jobs.
 pub const DISTRIBUTED_CHECKPOINT_EVERY: u32 = 20;
 
+/// The upload part size of the tests' distributed jobs' datasets.
+pub const DISTRIBUTED_UPLOAD_PART: usize = 64 << 10;
+
 /// The exchange tick of the tests' private distributed jobs.
 pub const DISTRIBUTED_TICK_MS: u32 = 25;
 
@@ -604,7 +628,12 @@ pub fn start_distributed_job_with(
     let key = DataKey::generate();
     let mut container = Vec::new();
     chiron_crypto::encrypt_dataset(&key, &data.header, data.body.as_slice(), &mut container)?;
-    let dataset = host.upload_dataset(&container)?;
+    // In parts smaller than a worker's shard, so that each worker's ranges span several of
+    // the parts the host keeps the dataset in.
+    let dataset = host
+        .clone()
+        .with_upload_part(DISTRIBUTED_UPLOAD_PART)
+        .upload_dataset(&container)?;
     let job = host.create_distributed_job(&program.program_id, &dataset.dataset_id, workers)?;
     let distribution = owner::Distribution {
         exchange: owner::ExchangeTerms {
