@@ -382,12 +382,19 @@ struct HostArgs {
 }
 
 impl HostArgs {
-    fn client(&self) -> HostClient {
+    fn client(&self) -> anyhow::Result<HostClient> {
+        if !(self.host.starts_with("http://") || self.host.starts_with("https://")) {
+            bail!(
+                "--host must be the host's URL, with its scheme: `http://{}`, not `{}`",
+                self.host.trim_start_matches('/'),
+                self.host
+            );
+        }
         let client = HostClient::new(&self.host);
-        match &self.token {
+        Ok(match &self.token {
             Some(token) => client.with_token(token),
             None => client,
-        }
+        })
     }
 }
 
@@ -413,7 +420,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Register { host, wasm } => {
             let bytes =
                 std::fs::read(&wasm).with_context(|| format!("cannot read {}", wasm.display()))?;
-            let created = host.client().register_program(&bytes)?;
+            let created = host.client()?.register_program(&bytes)?;
             eprintln!(
                 "extraction policy: {}{}",
                 created.policy.manifest,
@@ -549,7 +556,17 @@ fn load_training_data(data: &DataArgs, valid_fraction: f32) -> anyhow::Result<Pl
 
 fn train(args: TrainArgs) -> anyhow::Result<()> {
     let (policy, policy_spec) = args.trust.policy_with_spec()?;
-    let host = args.host.client();
+    let host = args.host.client()?;
+    // A ticket holds its job's keys and query token, which exist nowhere else: never
+    // overwrite one, and say so before anything is uploaded.
+    if args.ticket.exists() {
+        bail!(
+            "{} already holds a job's ticket, whose query token cannot be recovered once \
+             overwritten; give another --ticket path or move that file away (nothing was \
+             uploaded)",
+            args.ticket.display()
+        );
+    }
     // The provider's extraction policy, before anything leaves this machine: terms beyond it
     // would only be refused by the enclave after the upload.
     let program = host.program(&args.program)?;
@@ -795,11 +812,25 @@ fn parse_seed(text: &str) -> anyhow::Result<[u8; 32]> {
 
 fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     let policy = args.trust.policy()?;
-    let host = args.host.client();
+    let host = args.host.client()?;
     let text = std::fs::read(&args.ticket)
         .with_context(|| format!("cannot read ticket {}", args.ticket.display()))?;
     let record: OwnerRecord = serde_json::from_slice(&text).context("the ticket is damaged")?;
     let inputs = load_inputs(&args.data, &record)?;
+    // Inputs of another shape would be refused by the enclave or, worse, answered: check
+    // them against what the model was trained on before a query is spent.
+    let trained = &record.ticket.header;
+    if inputs.dims != trained.dims {
+        bail!(
+            "these inputs are examples of shape {:?}, but the model of job {} was trained on \
+             {:?} data of shape {:?}: evaluate it on the same kind of data (images as IDX \
+             files, tables as CSV with the training table's columns); no query was sent",
+            inputs.dims,
+            record.ticket.job_id,
+            trained.kind,
+            trained.dims
+        );
+    }
     let session = QuerySession::open(&host, &policy, &record.ticket)?;
     eprintln!("query enclave attested");
     let feature_len = record.ticket.header.feature_len();
@@ -860,7 +891,8 @@ fn load_inputs(data: &DataArgs, record: &OwnerRecord) -> anyhow::Result<Labelled
 fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    // Never over an existing file (see `train`).
+    options.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;

@@ -127,6 +127,70 @@ fn the_command_line_tool_runs_the_flow() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("accuracy on 150 held-out examples"), "{text}");
+
+    // Mistakes an owner makes, each refused with what to do before anything is spent.
+    let stored_datasets = || {
+        std::fs::read_dir(service.state_dir().join("objects/datasets"))
+            .map(|dir| dir.count())
+            .unwrap_or(0)
+    };
+    let before = stored_datasets();
+    let ticket_before = std::fs::read(&ticket).expect("ticket");
+    let mut again = std::process::Command::new(&cli);
+    again.args(["train", "--program", &program, "--epochs", "1"]);
+    common(&mut again);
+    let out = again.output().expect("chiron train runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("already holds a job's ticket"), "{err}");
+    assert_eq!(stored_datasets(), before, "a dataset was uploaded");
+    assert_eq!(std::fs::read(&ticket).expect("ticket"), ticket_before);
+
+    let (images, labels) = fashion_test();
+    let out = std::process::Command::new(&cli)
+        .env("CHIRON_TOKEN", &service.token)
+        .args([
+            "evaluate",
+            "--host",
+            &service.url,
+            "--sim-measurement",
+            &measurement,
+        ])
+        .arg("--dangerous-sim-platform")
+        .arg(&platform)
+        .arg("--ticket")
+        .arg(&ticket)
+        .arg("--idx-images")
+        .arg(&images)
+        .arg("--idx-labels")
+        .arg(&labels)
+        .args(["--limit", "100"])
+        .output()
+        .expect("chiron evaluate runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("was trained on Tabular data of shape [4]") && err.contains("no query"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+
+    let out = std::process::Command::new(&cli)
+        .env("CHIRON_TOKEN", &service.token)
+        .args([
+            "register",
+            "--host",
+            service.url.trim_start_matches("http://"),
+        ])
+        .arg(&wasm_path)
+        .output()
+        .expect("chiron register runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("--host must be the host's URL, with its scheme"),
+        "{err}"
+    );
 }
 
 #[test]
