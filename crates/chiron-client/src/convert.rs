@@ -280,6 +280,23 @@ pub enum ConvertError {
         /// Classes found.
         classes: usize,
     },
+    /// Class indices below the largest label never occur: a corrupt or mistyped label
+    /// would otherwise silently add classes.
+    #[error(
+        "{}: labels run to {max}, but {} of the classes 0 to {max} never occur ({}): a \
+         corrupt label? Every class index up to the largest must occur at least once",
+        path.display(),
+        missing.len(),
+        list_some(missing)
+    )]
+    LabelGaps {
+        /// The label file.
+        path: PathBuf,
+        /// The largest label.
+        max: u32,
+        /// The class indices that never occur.
+        missing: Vec<u32>,
+    },
     /// More examples than a header can count.
     #[error("{}: {count} examples is more than a dataset may hold", path.display())]
     TooManyExamples {
@@ -523,12 +540,20 @@ fn read_idx_pair(
     Ok((img, labels_taken, n))
 }
 
+/// The first few of `values`, for a message.
+fn list_some(values: &[u32]) -> String {
+    let shown: Vec<String> = values.iter().take(5).map(u32::to_string).collect();
+    let more = if values.len() > 5 { ", …" } else { "" };
+    format!("{}{more}", shown.join(", "))
+}
+
 /// Converts an MNIST-style IDX image/label pair (each gzip-compressed or raw).
 ///
 /// The images file must have magic `0x00000803` (unsigned bytes, `[count, rows, cols]`), the
 /// labels file `0x00000801` (unsigned bytes, `[count]`); the counts must agree and each file
 /// must be exactly as long as its header says. The result is an [`DatasetKind::Image`] dataset
-/// of dims `[1, rows, cols]`, [`ElementEncoding::U8Unit`], with `max label + 1` classes.
+/// of dims `[1, rows, cols]`, [`ElementEncoding::U8Unit`], with `max label + 1` classes, each
+/// of which must occur.
 pub fn from_idx(
     images: &Path,
     labels: &Path,
@@ -541,6 +566,18 @@ pub fn from_idx(
         return Err(ConvertError::TooFewClasses {
             path: labels.to_path_buf(),
             classes,
+        });
+    }
+    let mut seen = vec![false; classes];
+    for &label in &label_values {
+        seen[label as usize] = true;
+    }
+    let missing: Vec<u32> = (0..classes as u32).filter(|&c| !seen[c as usize]).collect();
+    if !missing.is_empty() {
+        return Err(ConvertError::LabelGaps {
+            path: labels.to_path_buf(),
+            max: classes as u32 - 1,
+            missing,
         });
     }
     let (rows, cols) = (img.dims[1], img.dims[2]);
@@ -1233,6 +1270,20 @@ mod tests {
         let err = from_idx(&img, &one, &no_split()).unwrap_err();
         assert!(
             matches!(err, ConvertError::TooFewClasses { classes: 1, .. }),
+            "{err}"
+        );
+
+        // A label of 57 among classes 0 and 1 would make 58 classes, 55 of them empty.
+        let typo = dir.write("typo", &idx(IDX_LABELS_MAGIC, &[3], &[0, 1, 57]));
+        let err = from_idx(&img, &typo, &no_split()).unwrap_err();
+        assert!(
+            matches!(&err, ConvertError::LabelGaps { max: 57, missing, .. } if missing.len() == 55),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains(
+                "labels run to 57, but 55 of the classes 0 to 57 never occur (2, 3, 4, 5, 6, …)"
+            ),
             "{err}"
         );
 

@@ -404,15 +404,32 @@ struct OwnerRecord {
     ticket: JobTicket,
     class_names: Vec<String>,
     standardizer: Option<Standardizer>,
+    /// A private job's answer time, within which every answer must be ready.
+    #[serde(default)]
+    private_answer_ms: Option<u32>,
 }
 
 fn main() {
     // `run-local` trains in this process.
     chiron_sandbox::memory::keep_freed_memory();
     if let Err(e) = run(Cli::parse()) {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", report(&e));
         std::process::exit(1);
     }
+}
+
+/// An error and its causes on one line, each cause once: library errors often repeat their
+/// source's text in their own, which `{:#}` would print twice.
+fn report(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -694,6 +711,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         ticket,
         class_names: plain.class_names,
         standardizer: plain.standardizer,
+        private_answer_ms: private.as_ref().map(|terms| terms.answer_ms),
     };
     write_secret(&args.ticket, &serde_json::to_vec_pretty(&record)?)?;
     if private.is_some() {
@@ -842,7 +860,15 @@ fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     for start in (0..n).step_by(batch) {
         let end = (start + batch).min(n);
         let values = inputs.features[start * feature_len..end * feature_len].to_vec();
-        let answer = session.query(end - start, values)?;
+        let answer = match (session.query(end - start, values), record.private_answer_ms) {
+            (Err(ClientError::Unanswered), Some(ms)) => bail!(
+                "the provider's program could not answer a query of {} inputs within this \
+                 private job's answer time of {ms} ms; a smaller --batch (now {batch}) asks \
+                 less of each answer",
+                end - start
+            ),
+            (answer, _) => answer?,
+        };
         for (row, &label) in answer
             .classes
             .chunks_exact(width)
@@ -903,4 +929,24 @@ fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))?;
     file.write_all(bytes)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_repeated_in_its_errors_text_is_printed_once() {
+        let header = chiron_proto::dataset::HeaderError::Classes(1);
+        let crypto = chiron_crypto::CryptoError::from(header);
+        let client = chiron_client::ClientError::from(crypto);
+        let e = anyhow::Error::from(client).context("cannot encrypt the dataset");
+        let text = report(&e);
+        let detail = chiron_proto::dataset::HeaderError::Classes(1).to_string();
+        assert_eq!(text.matches(&detail).count(), 1, "{text}");
+        assert!(
+            text.starts_with("cannot encrypt the dataset: encryption failed"),
+            "{text}"
+        );
+    }
 }
