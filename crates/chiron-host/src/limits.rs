@@ -63,22 +63,14 @@ pub struct Limits {
 }
 
 impl Default for Limits {
+    /// The defaults the options declare, so that they are written in one place.
     fn default() -> Self {
-        Self {
-            max_training_enclaves: 16,
-            max_training_enclaves_per_principal: 8,
-            max_pending_jobs_per_principal: 4,
-            job_start_timeout_secs: 600,
-            max_query_enclaves: 16,
-            max_query_enclaves_per_principal: 4,
-            query_idle_timeout_secs: 300,
-            max_uploads: 8,
-            max_uploads_per_principal: 2,
-            upload_expiry_secs: 86_400,
-            max_dataset_bytes: 2 << 30,
-            requests_per_second: 100.0,
-            request_burst: 1000,
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            limits: Limits,
         }
+        <Defaults as clap::Parser>::parse_from(["chiron-host"]).limits
     }
 }
 

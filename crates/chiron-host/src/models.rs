@@ -131,16 +131,21 @@ impl Models {
         });
     }
 
-    /// Stops `principal`'s query enclave that answered least recently among those not
-    /// answering now; whether there was one.
-    async fn stop_least_recent(&self, principal: &str) -> bool {
-        let slots: Vec<(JobId, Slot)> = self
-            .slots
+    /// Every model's slot, taken under the map's lock and released at once, so that
+    /// walking them waits on no request.
+    fn snapshot(&self) -> Vec<(JobId, Slot)> {
+        self.slots
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .map(|(id, slot)| (id.clone(), Arc::clone(slot)))
-            .collect();
+            .collect()
+    }
+
+    /// Stops `principal`'s query enclave that answered least recently among those not
+    /// answering now; whether there was one.
+    async fn stop_least_recent(&self, principal: &str) -> bool {
+        let slots = self.snapshot();
         let mut oldest: Option<(Instant, JobId, Slot)> = None;
         for (id, slot) in slots {
             let Ok(guard) = slot.try_lock() else { continue };
@@ -174,13 +179,7 @@ impl Models {
 
     /// Stops every query enclave idle for longer than the timeout; slots in use are left.
     async fn reap_once(&self) {
-        let slots: Vec<(JobId, Slot)> = self
-            .slots
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|(id, slot)| (id.clone(), Arc::clone(slot)))
-            .collect();
+        let slots = self.snapshot();
         for (id, slot) in slots {
             let Ok(mut guard) = slot.try_lock() else {
                 continue;

@@ -270,10 +270,18 @@ impl Principals {
         (table.by_hash.get(hash).cloned(), table.loaded)
     }
 
+    /// When the table was last read from the store.
+    fn loaded(&self) -> Instant {
+        self.table
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .loaded
+    }
+
     /// Reloads the table if it is older than `age`; concurrent callers share one reload.
     async fn reload_if_older(&self, age: Duration) {
         let _one = self.reload.lock().await;
-        if self.lookup(&[0; 32]).1.elapsed() < age {
+        if self.loaded().elapsed() < age {
             return;
         }
         match Self::read(&self.store).await {

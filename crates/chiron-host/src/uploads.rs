@@ -393,6 +393,19 @@ impl Uploads {
         let Some((guard, length, offset)) = self.lock(principal, id).await? else {
             return self.finished(principal, id).await;
         };
+        self.stands(guard, principal, id, length, offset).await
+    }
+
+    /// The answer for an open upload holding `offset` of its `length` bytes, completing it
+    /// first when they are all there.
+    async fn stands(
+        self: &Arc<Self>,
+        guard: OwnedMutexGuard<Option<u64>>,
+        principal: &str,
+        id: &DatasetId,
+        length: u64,
+        offset: u64,
+    ) -> Result<UploadStatus, UploadError> {
         let dataset = if offset == length {
             Some(self.complete(guard, principal, id).await?)
         } else {
@@ -465,17 +478,7 @@ impl Uploads {
         }
         let end = self.store_part(id, offset, length, part).await?;
         *guard = Some(end);
-        let dataset = if end == length {
-            Some(self.complete(guard, principal, id).await?)
-        } else {
-            None
-        };
-        Ok(UploadStatus {
-            upload_id: id.to_string(),
-            length,
-            offset: end,
-            dataset,
-        })
+        self.stands(guard, principal, id, length, end).await
     }
 
     /// Streams a part into its object as it arrives (a first part's header is checked
