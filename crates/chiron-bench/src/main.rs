@@ -460,7 +460,7 @@ fn run_confined(
     let decrypted = started.elapsed();
     let (times, sink) = step_clock();
     let job = TrainJob::new(data, [7; 32], 1, Duration::from_secs(3600)).with_metrics(sink);
-    let model = sandbox.train(program, job)?;
+    let model = sandbox.train(program, job)?.model;
     let sealing = Instant::now();
     let sealed = SealingKey::derive(&[1; 32], &[2; 32], b"chiron-bench model")
         .seal(b"bench job", &model.to_bytes());

@@ -57,6 +57,7 @@ pub fn measure(
         query_budget: program.policy.manifest.max_queries(),
         seed: Some([7; 32]),
         private: None,
+        keep_last_save: true,
     };
     let ticket = owner::start_training(
         &host,

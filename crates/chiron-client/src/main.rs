@@ -327,6 +327,10 @@ struct TrainArgs {
     /// model size the program declares plus 1 MiB): the model's parameters must fit.
     #[arg(long)]
     exchange_kib: Option<u32>,
+    /// Fail the job when its time budget runs out. By default the model the program saved
+    /// last (programs save at each epoch's end) is kept and answers queries.
+    #[arg(long)]
+    no_partial_model: bool,
 }
 
 #[derive(Args)]
@@ -347,6 +351,10 @@ struct RunLocalArgs {
     /// The run's random stream (64 hex digits; default: zeros, so runs repeat).
     #[arg(long)]
     seed: Option<String>,
+    /// Fail when the time budget runs out, instead of keeping the model the program saved
+    /// last, as a job does.
+    #[arg(long)]
+    no_partial_model: bool,
 }
 
 #[derive(Args)]
@@ -540,9 +548,15 @@ fn run_local(args: RunLocalArgs) -> anyhow::Result<()> {
         }
     });
     let started = std::time::Instant::now();
-    let model = sandbox
-        .train(&program, job)
+    let chiron_sandbox::Trained { model, cut_short } = sandbox
+        .train(&program, job.keep_last_save(!args.no_partial_model))
         .context("the program failed (its last words, if any, are above)")?;
+    if cut_short {
+        eprintln!(
+            "the {} s time budget ran out: the model is the one the program saved last",
+            args.time_budget
+        );
+    }
     let parameters: usize = model.tensors.iter().map(|(_, values)| values.len()).sum();
     println!(
         "trained in {:.1} s: a model of {} tensors, {parameters} parameters, {} bytes of metadata",
@@ -650,6 +664,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         query_budget,
         seed: args.seed.as_deref().map(parse_seed).transpose()?,
         private,
+        keep_last_save: !args.no_partial_model,
     };
     let ticket = if args.workers > 1 {
         let needs = manifest.needs();
@@ -771,6 +786,15 @@ fn follow(host: &HostClient, ticket: &JobTicket, epochs: u32) -> anyhow::Result<
             match event {
                 OwnerEvent::Started { .. } => bar.set_message("running"),
                 OwnerEvent::Padding => {}
+                OwnerEvent::CutShort => {
+                    let line = "the time budget ran out before the program finished: the \
+                                model kept is the one it saved last (see the metrics above)";
+                    if bar.is_hidden() {
+                        eprintln!("{line}");
+                    } else {
+                        bar.println(line);
+                    }
+                }
                 OwnerEvent::Metric { name, epoch, value } => {
                     bar.set_position(u64::from(epoch + 1).min(u64::from(epochs)));
                     let line = format!("epoch {epoch}: {name} = {value:.4}");

@@ -46,6 +46,9 @@ pub struct TrainingTerms {
     /// The library has no default here: every caller chooses. The `chiron` CLI is private
     /// unless asked for `--live`, with figures from [`size_private_job`] unless given.
     pub private: Option<PrivateTerms>,
+    /// When the time budget runs out after the program saved a model, keep that model (its
+    /// last epoch's end) and succeed; `false` fails the job instead.
+    pub keep_last_save: bool,
 }
 
 /// The answer time of a private job whose owner does not choose one: long enough for a
@@ -132,6 +135,11 @@ pub struct JobTicket {
     pub event_key: [u8; 32],
     /// Secret that authorises queries on the model.
     pub query_token: [u8; 32],
+    /// The seed of the training run's random stream, chosen by the owner or drawn for the
+    /// job: the same seed, data and program train the same model again. (`None` in tickets
+    /// written before it was recorded.)
+    #[serde(default)]
+    pub seed: Option<[u8; 32]>,
 }
 
 impl std::fmt::Debug for JobTicket {
@@ -280,6 +288,7 @@ pub fn start_distributed_training(
         answers: terms.answers,
         event_key: event_key.to_bytes(),
         query_token,
+        seed: Some(template.seed),
     })
 }
 
@@ -335,6 +344,7 @@ fn train_request(
         query_token_digest: Sha256::digest(query_token).into(),
         private: terms.private,
         distributed: None,
+        keep_last_save: terms.keep_last_save,
     };
     Ok((request, query_token))
 }
@@ -360,6 +370,7 @@ pub fn start_training(
         answers: terms.answers,
         event_key: event_key.to_bytes(),
         query_token,
+        seed: Some(request.seed),
     })
 }
 

@@ -46,8 +46,13 @@ pub enum Source {
 
 /// How a job's program ended well.
 enum Ended {
-    /// It saved its model, sealed here, of `parameters` parameters.
-    Trained { sealed: Vec<u8>, parameters: u64 },
+    /// It saved its model, sealed here, of `parameters` parameters; `cut_short`: the time
+    /// budget ran out first, and the model is the program's last save.
+    Trained {
+        sealed: Vec<u8>,
+        parameters: u64,
+        cut_short: bool,
+    },
     /// A replacement worker let go by its parameter server: rank 0 is done.
     Released,
 }
@@ -208,7 +213,14 @@ pub fn run(enclave: &Enclave, start: Start, input: &mut impl Read) -> EnclaveFra
         _ => outcome,
     };
     let frame = match outcome {
-        Ok(Ended::Trained { sealed, parameters }) => {
+        Ok(Ended::Trained {
+            sealed,
+            parameters,
+            cut_short,
+        }) => {
+            if cut_short {
+                events.emit(&OwnerEvent::CutShort);
+            }
             events.emit(&OwnerEvent::Finished {
                 parameters,
                 peak_memory_mib,
@@ -469,7 +481,7 @@ fn train(
         Some(link) => job.with_exchange(Box::new(link.clone())),
         None => job,
     };
-    let trained = sandbox.train(&program, job);
+    let trained = sandbox.train(&program, job.keep_last_save(request.keep_last_save));
     if let Some(link) = &link {
         if link.released() {
             return Ok(Ended::Released);
@@ -489,7 +501,7 @@ fn train(
             });
         }
     }
-    let model = trained.map_err(program_failure)?;
+    let chiron_sandbox::Trained { model, cut_short } = trained.map_err(program_failure)?;
     let parameters = model.parameter_count() as u64;
     let contents = SealedModel {
         program_digest: digest,
@@ -512,7 +524,11 @@ fn train(
         .and_then(|sealed| Model::from_bytes(&sealed.model).ok())
         .ok_or_else(|| fail("program failed", "the saved model would not load"))?;
     let sealed = platform.sealing.seal(job_id.as_bytes(), &plaintext);
-    Ok(Ended::Trained { sealed, parameters })
+    Ok(Ended::Trained {
+        sealed,
+        parameters,
+        cut_short,
+    })
 }
 
 /// A failure of the program: its fixed label for the platform, and for the owner which

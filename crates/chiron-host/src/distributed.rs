@@ -39,6 +39,9 @@ use crate::store;
 /// How long the relay may take to see the enclaves' connections close after a job ends.
 const RELAY_DRAIN: Duration = Duration::from_secs(5);
 
+/// How long the other workers' last frames are awaited once rank 0's model is stored.
+const WORKER_DRAIN: Duration = Duration::from_secs(2);
+
 /// How many times a job's lost parameter server is replaced before the job fails.
 const MAX_REPLACEMENTS: u32 = 3;
 
@@ -357,19 +360,36 @@ async fn train(
     // rank 0 to end, since rank 0's events tell the owner why.
     let mut failed: Option<String> = None;
     let mut closing: Option<tokio::time::Instant> = None;
+    // Workers whose connection has ended, whether or not they said their last frame.
+    let mut ended = vec![false; workers.len()];
+    // Set once rank 0's model is stored and the server has finished: the other workers' last
+    // frames are still read (for a bounded time), so that what the host logs and relays does
+    // not depend on when the job's task happens to end.
+    let mut draining: Option<tokio::time::Instant> = None;
     let mut commands_open = true;
     loop {
         if model_stored && served {
-            // The server has closed its connections: let the relay finish its accounts.
-            let _ = stop_relay.send(());
-            let _ = tokio::time::timeout(RELAY_DRAIN, &mut relay.0).await;
-            return Ok(());
+            let deadline =
+                *draining.get_or_insert_with(|| tokio::time::Instant::now() + WORKER_DRAIN);
+            let all_ended = finished.iter().zip(&ended).all(|(f, e)| *f || *e);
+            if all_ended || tokio::time::Instant::now() >= deadline {
+                // The server has closed its connections: let the relay finish its accounts.
+                let _ = stop_relay.send(());
+                let _ = tokio::time::timeout(RELAY_DRAIN, &mut relay.0).await;
+                return Ok(());
+            }
         }
         if let (true, Some(label)) = (finished[0], &failed) {
             return Err(label.clone());
         }
         let grace = async {
             match closing {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        let drained = async {
+            match draining {
                 Some(deadline) => tokio::time::sleep_until(deadline).await,
                 None => std::future::pending().await,
             }
@@ -386,7 +406,13 @@ async fn train(
                     None
                 }
             },
-            Some((from, frame)) = merged.recv() => match (from, frame) {
+            Some((from, frame)) = merged.recv() => {
+                if let (From::Worker(rank), false) = (from, matches!(frame, Some(Ok(_)))) {
+                    ended[rank] = true;
+                }
+                match (from, frame) {
+                // The job is done: what the others still say changes nothing.
+                (_, _) if draining.is_some() => None,
                 (From::Server, Some(Ok(EnclaveFrame::Served))) => {
                     served = true;
                     None
@@ -459,6 +485,7 @@ async fn train(
                                 job.id
                             );
                             senders.spawn(sender);
+                            ended[rank] = false;
                             let frames = workers[rank].replace_with(member).await;
                             forwarders.push(forward(From::Worker(rank), frames));
                             None
@@ -500,6 +527,7 @@ async fn train(
                 (_, Some(Err(FrameError::Io(_))) | None) => {
                     Some((Some(from), labels::ENCLAVE_EXITED.to_owned()))
                 }
+                }
             },
             command = commands.recv(), if commands_open => {
                 match command {
@@ -516,8 +544,12 @@ async fn train(
             () = grace => {
                 return Err(failed.unwrap_or_else(|| labels::ENCLAVE_EXITED.to_owned()));
             }
+            // The top of the loop ends the job.
+            () = drained => None,
         };
-        if let Some((from, label)) = failure {
+        if let Some((from, label)) = failure
+            && draining.is_none()
+        {
             let label = failed.get_or_insert(label).clone();
             // Rank 0 has said all it will: the job ends with the first failure.
             if from.is_none() || from == Some(From::Worker(0)) || finished[0] {

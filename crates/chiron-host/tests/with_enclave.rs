@@ -277,6 +277,7 @@ fn a_job_trains_serves_queries_and_errors_are_typed() {
         query_token_digest: Sha256::digest(token).into(),
         private: None,
         distributed: None,
+        keep_last_save: true,
     };
     let plaintext = postcard::to_allocvec(&request).expect("encode");
     let (sealed, event_key) =

@@ -90,6 +90,10 @@ pub struct TrainRequest {
     /// enclave.
     #[zeroize(skip)]
     pub distributed: Option<WorkerPlace>,
+    /// When the time budget runs out after the program saved a model (programs save at each
+    /// epoch's end), that model is sealed and the job succeeds, with
+    /// [`OwnerEvent::CutShort`] said first. `false`: the job fails instead.
+    pub keep_last_save: bool,
 }
 
 /// A worker's place in a distributed job (in its sealed [`TrainRequest`]).
@@ -291,6 +295,7 @@ impl std::fmt::Debug for TrainRequest {
             .field("time_budget_secs", &self.time_budget_secs)
             .field("answers", &self.answers)
             .field("private", &self.private)
+            .field("keep_last_save", &self.keep_last_save)
             .finish_non_exhaustive()
     }
 }
@@ -330,6 +335,9 @@ pub enum OwnerEvent {
     },
     /// Fills a private job's event stream to its fixed length; carries nothing.
     Padding,
+    /// The time budget ran out before the program finished: the model sealed is the one it
+    /// saved last (said just before [`OwnerEvent::Finished`]).
+    CutShort,
 }
 
 impl OwnerEvent {
@@ -446,6 +454,7 @@ mod tests {
             query_token_digest: [5; 32],
             private: None,
             distributed: None,
+            keep_last_save: true,
         };
         let debug = format!("{request:?}");
         assert!(!debug.contains("165") && !debug.contains("a5"), "{debug}");

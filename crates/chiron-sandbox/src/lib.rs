@@ -13,7 +13,7 @@
 //! use chiron_sandbox::{Sandbox, SandboxConfig, TrainJob};
 //! let sandbox = Sandbox::new(SandboxConfig::default())?;
 //! let program = sandbox.load(wasm)?;
-//! let model = sandbox.train(&program, TrainJob::new(data, [7; 32], 3, std::time::Duration::from_secs(600)))?;
+//! let trained = sandbox.train(&program, TrainJob::new(data, [7; 32], 3, std::time::Duration::from_secs(600)))?;
 //! # Ok(()) }
 //! ```
 
@@ -116,6 +116,19 @@ pub struct TrainJob {
     /// On a worker of a distributed job, where optimizer steps go ([`exchange`]); `None`
     /// steps locally.
     pub exchange: Option<Box<dyn exchange::ParameterExchange>>,
+    /// When the time budget runs out after the program saved a model, that model is the
+    /// run's result ([`Trained::cut_short`]) instead of a [`Limit::TimeBudget`] failure.
+    pub keep_last_save: bool,
+}
+
+/// What a training run produced.
+#[derive(Debug)]
+pub struct Trained {
+    /// The model the program saved last.
+    pub model: Model,
+    /// The time budget ran out before the program returned: `model` is its last save (only
+    /// with [`TrainJob::keep_last_save`]).
+    pub cut_short: bool,
 }
 
 impl TrainJob {
@@ -134,7 +147,15 @@ impl TrainJob {
             metrics: Box::new(|_| {}),
             log: None,
             exchange: None,
+            keep_last_save: false,
         }
+    }
+
+    /// Keeps the program's last saved model when the time budget runs out (programs save
+    /// at each epoch's end), instead of failing the run.
+    pub fn keep_last_save(mut self, keep: bool) -> Self {
+        self.keep_last_save = keep;
+        self
     }
 
     /// Sends optimizer steps to `exchange` (a worker of a distributed job).
@@ -249,7 +270,7 @@ impl Sandbox {
     }
 
     /// Runs the program's `train` on `job` and returns the model it saved.
-    pub fn train(&self, program: &Program, job: TrainJob) -> Result<Model, SandboxError> {
+    pub fn train(&self, program: &Program, job: TrainJob) -> Result<Trained, SandboxError> {
         let mode = Mode::Train {
             data: job.data,
             epochs: job.epochs,
@@ -267,8 +288,19 @@ impl Sandbox {
         if let Some(exchange) = job.exchange {
             runtime = runtime.with_exchange(exchange);
         }
-        let mut runtime = self.run(program, runtime, "chiron_train", u64::MAX, job.time_budget)?;
-        runtime.take_model().ok_or(SandboxError::NoModel)
+        let (outcome, mut runtime) =
+            self.run(program, runtime, "chiron_train", u64::MAX, job.time_budget);
+        let cut_short = match outcome {
+            Ok(()) => false,
+            // A save is whole once the call returned; what ran after it is lost.
+            Err(SandboxError::Limit(Limit::TimeBudget)) if job.keep_last_save => true,
+            Err(e) => return Err(e),
+        };
+        match (runtime.take_model(), cut_short) {
+            (Some(model), cut_short) => Ok(Trained { model, cut_short }),
+            (None, true) => Err(SandboxError::Limit(Limit::TimeBudget)),
+            (None, false) => Err(SandboxError::NoModel),
+        }
     }
 
     /// Runs the program's `predict` in a fresh instance on one query's inputs (`[n, ...dims]`)
@@ -291,13 +323,14 @@ impl Sandbox {
             ..self.config.quotas.clone()
         };
         let runtime = Runtime::new(DefaultBackend::new(), quotas, [0; 32], mode);
-        let mut runtime = self.run(
+        let (outcome, mut runtime) = self.run(
             program,
             runtime,
             "chiron_predict",
             self.config.predict_fuel,
             self.config.predict_deadline,
-        )?;
+        );
+        outcome?;
         runtime
             .take_output()
             .map(|(_, scores)| scores)
@@ -311,7 +344,7 @@ impl Sandbox {
         entry: &str,
         fuel: u64,
         deadline: Duration,
-    ) -> Result<Runtime<DefaultBackend>, SandboxError> {
+    ) -> (Result<(), SandboxError>, Runtime<DefaultBackend>) {
         // Native work stops at the same deadline as wasm (within one kernel quantum).
         runtime
             .interrupt()
@@ -325,15 +358,26 @@ impl Sandbox {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
+        let outcome = Self::call(&mut store, program, entry, fuel, self.clock.ticks(deadline));
+        // The runtime outlives a failed call: what the program saved before it is still there.
+        (outcome, store.into_data().runtime)
+    }
+
+    fn call(
+        store: &mut Store<RunState>,
+        program: &Program,
+        entry: &str,
+        fuel: u64,
+        ticks: u64,
+    ) -> Result<(), SandboxError> {
         store.set_fuel(fuel).map_err(internal)?;
-        store.set_epoch_deadline(self.clock.ticks(deadline));
+        store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
-        let instance = program.pre.instantiate(&mut store).map_err(classify)?;
+        let instance = program.pre.instantiate(&mut *store).map_err(classify)?;
         let func = instance
-            .get_typed_func::<(), ()>(&mut store, entry)
+            .get_typed_func::<(), ()>(&mut *store, entry)
             .map_err(|e| SandboxError::Refused(root(&e)))?;
-        func.call(&mut store, ()).map_err(classify)?;
-        Ok(store.into_data().runtime)
+        func.call(&mut *store, ()).map_err(classify)
     }
 }
 

@@ -506,6 +506,7 @@ pub fn terms(epochs: u32, time_budget_secs: u32) -> TrainingTerms {
         query_budget: chiron_proto::manifest::DEFAULT_MAX_QUERIES,
         seed: None,
         private: None,
+        keep_last_save: true,
     }
 }
 

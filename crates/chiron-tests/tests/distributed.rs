@@ -566,6 +566,7 @@ fn worker_request(service: &Service, data_key: &DataKey, wasm: &[u8], rank: u32)
             },
             peer_policy: service.policy_spec(),
         }),
+        keep_last_save: true,
     }
 }
 

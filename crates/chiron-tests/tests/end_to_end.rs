@@ -220,3 +220,49 @@ fn the_owners_seed_makes_training_reproducible() {
     assert_eq!(first, metrics([3; 32]), "same seed, same run");
     assert_ne!(first, metrics([4; 32]), "another seed, another run");
 }
+
+#[test]
+fn a_job_whose_time_runs_out_keeps_the_model_of_its_last_epoch() {
+    let service = Service::start();
+    let data = fashion_subset(1500);
+    let wasm = program_wasm("chiron_cnn");
+    // Far more epochs than the budget allows: the clock, not the program, ends both jobs.
+    let kept = start_job(&service, &wasm, &data, &terms(1000, 10)).expect("job starts");
+    let failing = TrainingTerms {
+        keep_last_save: false,
+        ..terms(1000, 10)
+    };
+    let discarded = start_job(&service, &wasm, &data, &failing).expect("job starts");
+
+    let (state, events) = wait(&service, &kept, Duration::from_secs(120));
+    assert_eq!(state, JobState::Succeeded, "{events:?}");
+    let cut = events
+        .iter()
+        .position(|e| matches!(e, OwnerEvent::CutShort))
+        .expect("the owner is told the budget ran out");
+    assert!(
+        matches!(events.get(cut + 1), Some(OwnerEvent::Finished { .. })),
+        "{events:?}"
+    );
+    let epochs = events
+        .iter()
+        .filter(|e| matches!(e, OwnerEvent::Metric { name, .. } if name == "train_loss"))
+        .count();
+    assert!(
+        (1..1000).contains(&epochs),
+        "{epochs} epochs before the budget ran out"
+    );
+    // The kept model is a trained one: it answers far above chance (10%).
+    let (images, labels) = fashion_test();
+    let test = convert::load_idx_inputs(&images, &labels, Some(500)).expect("test set");
+    let accuracy =
+        query_accuracy(&service, &kept, &test.features, &test.labels, 100).expect("queries");
+    assert!(accuracy > 0.5, "accuracy {accuracy} after {epochs} epochs");
+
+    // The owner who asked for all epochs or nothing gets nothing.
+    let (state, events) = wait(&service, &discarded, Duration::from_secs(120));
+    assert_eq!(state, JobState::Failed, "{events:?}");
+    let why = failure(&events).expect("the owner is told why");
+    assert!(why.contains("time budget"), "{why}");
+    assert!(!events.iter().any(|e| matches!(e, OwnerEvent::CutShort)));
+}

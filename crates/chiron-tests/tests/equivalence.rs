@@ -44,7 +44,8 @@ fn agree(example: Example, wasm: &str) {
             &program,
             TrainJob::new(Arc::clone(&data), seed, 1, Duration::from_secs(600)),
         )
-        .expect("sandboxed training");
+        .expect("sandboxed training")
+        .model;
     let native = chiron_reference::train(example, data, seed, 1, |_| {}).expect("native");
 
     assert_eq!(confined.tensors.len(), native.tensors.len());

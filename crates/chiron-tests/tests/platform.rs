@@ -974,6 +974,7 @@ fn a_training_enclave_refuses_a_second_start_of_the_same_request() {
         query_token_digest: [2; 32],
         private: None,
         distributed: None,
+        keep_last_save: true,
     };
     let (sealed, event_key) = chiron_crypto::seal_to_enclave(
         &enclave_key,

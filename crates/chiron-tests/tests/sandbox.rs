@@ -118,6 +118,7 @@ fn both_layouts_train_the_same_model() {
                     TrainJob::new(iris_data(), [5; 32], 5, Duration::from_secs(120)),
                 )
                 .expect("trains")
+                .model
         })
         .collect();
     assert_eq!(models[0].meta, models[1].meta);
@@ -140,7 +141,8 @@ fn the_optimizers_of_the_abi_train_and_their_misuse_ends_the_program() {
             TrainJob::new(iris_data(), [1; 32], 2, Duration::from_secs(60))
                 .with_metrics(move |m| sink.lock().expect("lock").push(m.value)),
         )
-        .expect("trains");
+        .expect("trains")
+        .model;
     assert_eq!(model.tensors.len(), 2);
     let losses = losses.lock().expect("lock").clone();
     assert_eq!(losses.len(), 60);
@@ -193,7 +195,8 @@ fn every_new_operation_trains_under_the_sandbox() {
             TrainJob::new(iris_data(), [3; 32], 1, Duration::from_secs(120))
                 .with_metrics(move |m| sink.lock().expect("lock").push(m)),
         )
-        .expect("trains");
+        .expect("trains")
+        .model;
     assert_eq!(model.meta, b"newops");
     assert_eq!(model.tensors.len(), 7);
     let metrics = metrics.lock().expect("lock").clone();
@@ -220,7 +223,8 @@ fn every_new_operation_trains_under_the_sandbox() {
             &program,
             TrainJob::new(iris_data(), [3; 32], 1, Duration::from_secs(120)),
         )
-        .expect("trains");
+        .expect("trains")
+        .model;
     assert_eq!(again.tensors, model.tensors);
 
     // The model answers queries through the same operations.

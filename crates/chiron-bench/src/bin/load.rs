@@ -139,6 +139,7 @@ impl Load {
             query_budget: 100_000,
             seed: None,
             private: None,
+            keep_last_save: true,
         }
     }
 

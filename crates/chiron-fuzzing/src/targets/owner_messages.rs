@@ -181,6 +181,7 @@ pub fn seeds_owner_messages() -> Vec<Vec<u8>> {
         query_token_digest: [5; 32],
         private: None,
         distributed: None,
+        keep_last_save: true,
     };
     let mut private = request.clone();
     private.private = Some(PrivateTerms {
