@@ -3,6 +3,8 @@
 //! - [`convert`] turns the owner's files (IDX images, CSV tables) into Chiron's record
 //!   format with a public header;
 //! - [`HostClient`] talks to the untrusted host's API;
+//! - [`record`] keeps the owner's ticket of each job, [`history`] its metrics and training
+//!   curves, and [`evaluation`] what a model's answers on labelled inputs say about it;
 //! - [`owner`] holds the owner's protocol: verify the enclave's evidence *before* any secret
 //!   leaves, release the data key sealed to the attested enclave, follow the encrypted event
 //!   stream, and query the model black-box.
@@ -10,8 +12,11 @@
 //! Nothing in this crate trusts the host: every answer it relays is authenticated end to end.
 
 pub mod convert;
+pub mod evaluation;
+pub mod history;
 mod host;
 pub mod owner;
+pub mod record;
 
 pub use host::HostClient;
 

@@ -266,3 +266,260 @@ fn a_job_whose_time_runs_out_keeps_the_model_of_its_last_epoch() {
     assert!(why.contains("time budget"), "{why}");
     assert!(!events.iter().any(|e| matches!(e, OwnerEvent::CutShort)));
 }
+
+/// `chiron` as an owner runs it against `service`, with the simulated platform trusted.
+struct OwnerCli {
+    cli: std::path::PathBuf,
+    url: String,
+    token: String,
+    trust: Vec<std::ffi::OsString>,
+}
+
+impl OwnerCli {
+    fn new(service: &Service) -> Self {
+        let bins = bin_dir();
+        let measurement =
+            hex::encode(chiron_attest::measure_file(bins.join("chiron-enclave")).expect("measure"));
+        let platform = service.state_dir().join("sim-platform.key.pub");
+        Self {
+            cli: bins.join("chiron"),
+            url: service.url.clone(),
+            token: service.token.clone(),
+            trust: vec![
+                "--sim-measurement".into(),
+                measurement.into(),
+                "--dangerous-sim-platform".into(),
+                platform.into(),
+            ],
+        }
+    }
+
+    /// Runs `chiron <command> --host URL [trust] args...`.
+    fn command(&self, command: &str, trusted: bool) -> std::process::Command {
+        let mut cmd = std::process::Command::new(&self.cli);
+        cmd.env("CHIRON_TOKEN", &self.token)
+            .args([command, "--host", &self.url]);
+        if trusted {
+            cmd.args(&self.trust);
+        }
+        cmd
+    }
+
+    /// Runs it to its end: its stdout, or a failed test with its stderr.
+    fn ok(mut cmd: std::process::Command) -> String {
+        let out = cmd.output().expect("chiron runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    }
+
+    /// Runs it, expecting it to fail: its stderr.
+    fn refused(mut cmd: std::process::Command) -> String {
+        let out = cmd.output().expect("chiron runs");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        err
+    }
+}
+
+#[test]
+fn an_owner_follows_inspects_and_queries_jobs_from_the_command_line() {
+    let service = Service::start();
+    let owner = OwnerCli::new(&service);
+    let work = tempfile::tempdir().expect("tmp");
+    let register = |name: &str| {
+        let wasm = work.path().join(format!("{name}.wasm"));
+        std::fs::write(&wasm, program_wasm(name)).expect("write");
+        let mut cmd = owner.command("register", false);
+        cmd.arg(&wasm);
+        OwnerCli::ok(cmd).trim().to_owned()
+    };
+    let mlp = register("chiron_mlp");
+    let slow_answers = register("hostile_querytime");
+    let iris = iris_csv();
+    let table = |cmd: &mut std::process::Command| {
+        cmd.arg("--csv")
+            .arg(&iris)
+            .args(["--label-column", "species"]);
+    };
+
+    // A private job whose answers take longer than its answer time, trained alongside.
+    let private_ticket = work.path().join("private.json");
+    let mut private = owner.command("train", true);
+    private
+        .args([
+            "--program",
+            &slow_answers,
+            "--epochs",
+            "1",
+            "--time-budget",
+            "8",
+        ])
+        .args(["--private-answer-ms", "50", "--ticket"])
+        .arg(&private_ticket);
+    table(&mut private);
+    let private = private
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("chiron train starts");
+
+    // A live job, interrupted as soon as its ticket is written, then attached to again.
+    let ticket = work.path().join("iris.json");
+    let seed = "ab".repeat(32);
+    let mut train = owner.command("train", true);
+    train
+        .args([
+            "--program",
+            &mlp,
+            "--epochs",
+            "40",
+            "--live",
+            "--seed",
+            &seed,
+        ])
+        .args(["--valid-fraction", "0.2", "--ticket"])
+        .arg(&ticket);
+    table(&mut train);
+    let mut interrupted = train
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("chiron train starts");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !ticket.exists() {
+        assert!(std::time::Instant::now() < deadline, "no ticket written");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = interrupted.kill();
+    let _ = interrupted.wait();
+    let mut attach = owner.command("attach", false);
+    attach.arg("--ticket").arg(&ticket);
+    let result = OwnerCli::ok(attach);
+    assert!(result.contains("succeeded"), "{result}");
+    assert!(result.contains(&format!("seed: {seed}")), "{result}");
+    assert!(result.contains("valid_accuracy: "), "{result}");
+
+    // The job's records beside its ticket: a row per metric and epoch, a point per epoch.
+    let csv = std::fs::read_to_string(work.path().join("iris.metrics.csv")).expect("metrics");
+    let losses = csv.lines().filter(|l| l.contains(",train_loss,")).count();
+    assert_eq!(losses, 40, "{csv}");
+    let svg = std::fs::read_to_string(work.path().join("iris.curves.svg")).expect("svg");
+    assert_eq!(
+        svg.matches("<circle").count(),
+        2 * 40,
+        "train_loss and valid_accuracy"
+    );
+    let png = std::fs::read(work.path().join("iris.curves.png")).expect("png");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 5_000,
+        "{} bytes",
+        png.len()
+    );
+
+    let mut status = owner.command("status", false);
+    status.arg("--ticket").arg(&ticket).arg("--json");
+    let status: serde_json::Value = serde_json::from_str(&OwnerCli::ok(status)).expect("json");
+    assert_eq!(status["state"], "Succeeded", "{status}");
+    assert_eq!(status["seed"], seed.as_str());
+    assert_eq!(status["metrics"].as_array().map(Vec::len), Some(80));
+
+    // Evaluation: the figures and the confusion matrix, as JSON.
+    let mut evaluate = owner.command("evaluate", true);
+    evaluate.arg("--ticket").arg(&ticket).arg("--json");
+    table(&mut evaluate);
+    let report: serde_json::Value = serde_json::from_str(&OwnerCli::ok(evaluate)).expect("json");
+    assert_eq!(report["examples"], 150);
+    let accuracy = report["accuracy"].as_f64().expect("accuracy");
+    assert!(accuracy > 0.8, "{report}");
+    let confusion: Vec<Vec<u64>> =
+        serde_json::from_value(report["confusion"].clone()).expect("matrix");
+    assert_eq!(confusion.len(), 3);
+    assert_eq!(confusion.iter().flatten().sum::<u64>(), 150);
+    assert_eq!(report["classes"][0]["class"], "setosa");
+    assert_eq!(report["classes"][0]["support"], 50);
+
+    // Predictions on the table without its labels, named by class.
+    let unlabelled = work.path().join("unlabelled.csv");
+    let text = std::fs::read_to_string(&iris).expect("iris");
+    let (rows, truth): (Vec<String>, Vec<String>) = text
+        .lines()
+        .map(|line| {
+            let (features, label) = line.rsplit_once(',').expect("a label column");
+            (features.to_owned(), label.to_owned())
+        })
+        .unzip();
+    std::fs::write(&unlabelled, rows.join("\n") + "\n").expect("write");
+    let answers = work.path().join("answers.csv");
+    let mut predict = owner.command("predict", true);
+    predict
+        .arg("--ticket")
+        .arg(&ticket)
+        .arg("--csv")
+        .arg(&unlabelled)
+        .arg("--output")
+        .arg(&answers);
+    OwnerCli::ok(predict);
+    let answered = std::fs::read_to_string(&answers).expect("answers");
+    let lines: Vec<&str> = answered.lines().collect();
+    assert_eq!(lines[0], "index,label");
+    assert_eq!(lines.len(), 151);
+    let agree = lines[1..]
+        .iter()
+        .zip(&truth[1..])
+        .filter(|(line, truth)| line.split(',').nth(1) == Some(truth.as_str()))
+        .count();
+    assert!(agree as f64 / 150.0 > 0.8, "{agree} of 150 agree");
+    // An existing answers file is never overwritten, and no query is spent finding out.
+    let mut again = owner.command("predict", true);
+    again
+        .arg("--ticket")
+        .arg(&ticket)
+        .arg("--csv")
+        .arg(&unlabelled)
+        .arg("--output")
+        .arg(&answers);
+    let err = OwnerCli::refused(again);
+    assert!(err.contains("never overwritten"), "{err}");
+
+    // The private job: a query its program cannot answer in time names the cause.
+    let _ = private.wait_with_output();
+    let slow = work.path().join("slow-first.csv");
+    // Rows whose first (standardised) value makes the program spin past the answer time.
+    let long_sepals: Vec<&str> = text.lines().skip(51).take(20).collect();
+    std::fs::write(
+        &slow,
+        format!(
+            "{}\n{}\n",
+            text.lines().next().unwrap_or(""),
+            long_sepals.join("\n")
+        ),
+    )
+    .expect("write");
+    let mut evaluate = owner.command("evaluate", true);
+    evaluate
+        .arg("--ticket")
+        .arg(&private_ticket)
+        .arg("--csv")
+        .arg(&slow)
+        .args(["--label-column", "species"]);
+    let err = OwnerCli::refused(evaluate);
+    assert!(
+        err.contains("answer time of 50 ms") && err.contains("--batch"),
+        "{err}"
+    );
+
+    // Both tickets are listed with their jobs' states.
+    let mut jobs = owner.command("jobs", false);
+    jobs.arg("--dir").arg(work.path());
+    let listed = OwnerCli::ok(jobs);
+    assert!(
+        listed.contains("iris.json") && listed.contains("private.json"),
+        "{listed}"
+    );
+    assert_eq!(listed.matches("succeeded").count(), 2, "{listed}");
+}

@@ -2,24 +2,25 @@
 //!
 //! A thin shell over `chiron_client`; see `chiron --help`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use chiron_attest::Policy;
 use chiron_attest::policy::DcapTcbStatus;
-use chiron_client::convert::{self, ConvertOptions, LabelledInputs, PlainDataset, Standardizer};
-use chiron_client::owner::{
-    self, ExchangeTerms, JobTicket, PrivateTerms, QuerySession, TrainingTerms,
+use chiron_client::HostClient;
+use chiron_client::convert::{
+    self, ConvertOptions, DataSource, Inputs, LabelledInputs, PlainDataset,
 };
-use chiron_client::{ClientError, HostClient};
+use chiron_client::owner::{self, ExchangeTerms, PrivateTerms, TrainingTerms};
+use chiron_client::record::OwnerRecord;
 use chiron_crypto::DataKey;
-use chiron_proto::api::JobState;
 use chiron_proto::manifest::TermsError;
-use chiron_proto::owner::{AnswerPolicy, MAX_TOP_K, OwnerEvent, Pace, Rounds};
+use chiron_proto::owner::{AnswerPolicy, MAX_TOP_K, Pace, Rounds};
 use clap::{Args, Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
-use serde::{Deserialize, Serialize};
+
+mod jobs;
+mod queries;
 
 #[derive(Parser)]
 #[command(
@@ -68,8 +69,17 @@ enum Command {
     /// Owner: encrypts a dataset locally, uploads it, verifies the training enclave, releases
     /// the key to it and follows training.
     Train(TrainArgs),
-    /// Owner: queries the trained model with a labelled test set and prints the accuracy.
-    Evaluate(EvaluateArgs),
+    /// Owner: follows a job to its end, as `train` does (after an interruption, say).
+    Attach(jobs::TicketArgs),
+    /// Owner: a job's state, failure reason, seed and metrics so far.
+    Status(jobs::StatusArgs),
+    /// Owner: the tickets in a folder, each with its job's state.
+    Jobs(jobs::JobsArgs),
+    /// Owner: queries the trained model with a labelled test set and prints its accuracy,
+    /// per-class precision and recall, and confusion matrix.
+    Evaluate(queries::EvaluateArgs),
+    /// Owner: the trained model's answers on unlabelled inputs, as CSV.
+    Predict(queries::PredictArgs),
 }
 
 /// What the owner accepts as an enclave: reference values for each TEE, and the platform
@@ -225,23 +235,143 @@ impl Trust {
     }
 }
 
+/// The owner's data: exactly one source, in one of the formats understood.
 #[derive(Args)]
 struct DataArgs {
     /// IDX image file (MNIST / Fashion-MNIST layout, optionally gzipped).
-    #[arg(long, requires = "idx_labels", conflicts_with = "csv")]
+    #[arg(long, help_heading = "Data")]
     idx_images: Option<PathBuf>,
-    /// IDX label file matching `--idx-images`.
-    #[arg(long)]
+    /// IDX label file matching `--idx-images` (`predict` needs none).
+    #[arg(long, requires = "idx_images", help_heading = "Data")]
     idx_labels: Option<PathBuf>,
-    /// CSV file with a header row.
-    #[arg(long, requires = "label_column")]
+    /// CSV table, raw or gzipped; by default its first line names the columns.
+    #[arg(long, help_heading = "Data")]
     csv: Option<PathBuf>,
-    /// The CSV column holding the class.
-    #[arg(long)]
+    /// The CSV column holding the class (its position `0`, `1`, ... with `--csv-no-header`);
+    /// `predict` leaves it out if the file has it.
+    #[arg(long, requires = "csv", help_heading = "Data")]
     label_column: Option<String>,
+    /// The CSV line (from 0) that names the columns; the lines before it are skipped.
+    #[arg(long, value_name = "N", requires = "csv", help_heading = "Data")]
+    csv_header_row: Option<usize>,
+    /// No CSV line names the columns: they are `0`, `1`, ... by position (with
+    /// `--csv-header-row N`, lines 0 to N are skipped, as scikit-learn's count line is).
+    #[arg(long, requires = "csv", help_heading = "Data")]
+    csv_no_header: bool,
+    /// A folder of PNG or JPEG images with one subfolder per class, named by the class.
+    #[arg(long, value_name = "DIR", help_heading = "Data")]
+    image_folder: Option<PathBuf>,
+    /// CIFAR-10 or CIFAR-100 binary batch files (`data_batch_1.bin` ..., `train.bin`).
+    #[arg(long, num_args = 1.., value_name = "FILE", help_heading = "Data")]
+    cifar: Vec<PathBuf>,
+    /// Which CIFAR labels the files hold: `10`, `100` (the fine classes) or `100-coarse`.
+    #[arg(long, default_value = "10", value_parser = ["10", "100", "100-coarse"], help_heading = "Data")]
+    cifar_labels: String,
+    /// NumPy `.npy` features array: `[n, rows, cols]` or `[n, channels, rows, cols]` images
+    /// (uint8 pixels), or `[n, columns]` tables.
+    #[arg(long, value_name = "FILE", help_heading = "Data")]
+    npy: Option<PathBuf>,
+    /// NumPy `.npy` labels array (integers) for `--npy` (`predict` needs none).
+    #[arg(long, value_name = "FILE", requires = "npy", help_heading = "Data")]
+    npy_labels: Option<PathBuf>,
+    /// NumPy `.npz` archive holding the features and labels arrays.
+    #[arg(long, value_name = "FILE", help_heading = "Data")]
+    npz: Option<PathBuf>,
+    /// The features array's name in `--npz` (default: `x`, else `x_train`).
+    #[arg(long, value_name = "NAME", requires = "npz", help_heading = "Data")]
+    npz_features: Option<String>,
+    /// The labels array's name in `--npz` (default: `y`, else `y_train`).
+    #[arg(long, value_name = "NAME", requires = "npz", help_heading = "Data")]
+    npz_labels: Option<String>,
     /// Use only the first N examples.
-    #[arg(long)]
+    #[arg(long, help_heading = "Data")]
     limit: Option<usize>,
+}
+
+impl DataArgs {
+    /// The one source the flags name.
+    fn source(&self) -> anyhow::Result<DataSource> {
+        let mut sources = Vec::new();
+        if let Some(images) = &self.idx_images {
+            sources.push(DataSource::Idx(convert::idx::IdxFiles {
+                images: images.clone(),
+                labels: self.idx_labels.clone(),
+            }));
+        }
+        if let Some(path) = &self.csv {
+            sources.push(DataSource::Csv(convert::csv::CsvFile {
+                path: path.clone(),
+                label_column: self.label_column.clone(),
+                header: convert::csv::CsvHeader::from_flags(
+                    self.csv_header_row,
+                    self.csv_no_header,
+                ),
+            }));
+        }
+        if let Some(dir) = &self.image_folder {
+            sources.push(DataSource::ImageFolder(
+                convert::image_folder::ImageFolder { dir: dir.clone() },
+            ));
+        }
+        if !self.cifar.is_empty() {
+            sources.push(DataSource::Cifar(convert::cifar::CifarFiles {
+                files: self.cifar.clone(),
+                labels: match self.cifar_labels.as_str() {
+                    "100" => convert::cifar::CifarLabels::Cifar100Fine,
+                    "100-coarse" => convert::cifar::CifarLabels::Cifar100Coarse,
+                    _ => convert::cifar::CifarLabels::Cifar10,
+                },
+            }));
+        }
+        if let Some(features) = &self.npy {
+            sources.push(DataSource::Npy(convert::numpy::NpyFiles {
+                features: features.clone(),
+                labels: self.npy_labels.clone(),
+            }));
+        }
+        if let Some(path) = &self.npz {
+            sources.push(DataSource::Npz(convert::numpy::NpzFile {
+                path: path.clone(),
+                features_key: self.npz_features.clone(),
+                labels_key: self.npz_labels.clone(),
+            }));
+        }
+        match sources.len() {
+            1 => Ok(sources.remove(0)),
+            0 => bail!(
+                "no data given: name it with one of --idx-images, --csv, --image-folder,                  --cifar, --npy or --npz"
+            ),
+            _ => bail!(
+                "several data sources given: name exactly one of --idx-images, --csv,                  --image-folder, --cifar, --npy or --npz"
+            ),
+        }
+    }
+
+    /// The training set, `valid_fraction` of it held out.
+    fn training(&self, valid_fraction: f32) -> anyhow::Result<PlainDataset> {
+        let opts = ConvertOptions {
+            valid_fraction,
+            limit: self.limit,
+            shuffle_seed: Some(0),
+        };
+        Ok(self.source()?.load_training(&opts)?)
+    }
+
+    /// Labelled query inputs, encoded as the model of `record` was trained.
+    fn labelled(&self, record: &OwnerRecord) -> anyhow::Result<LabelledInputs> {
+        Ok(self.source()?.load_labelled(
+            &record.class_names,
+            record.standardizer.as_ref(),
+            self.limit,
+        )?)
+    }
+
+    /// Unlabelled query inputs, encoded as the model of `record` was trained.
+    fn unlabelled(&self, record: &OwnerRecord) -> anyhow::Result<Inputs> {
+        Ok(self
+            .source()?
+            .load_unlabelled(record.standardizer.as_ref(), self.limit)?)
+    }
 }
 
 #[derive(Args)]
@@ -357,22 +487,6 @@ struct RunLocalArgs {
     no_partial_model: bool,
 }
 
-#[derive(Args)]
-struct EvaluateArgs {
-    #[command(flatten)]
-    host: HostArgs,
-    /// The job's ticket written by `train`.
-    #[arg(long, default_value = "chiron-job.json")]
-    ticket: PathBuf,
-    #[command(flatten)]
-    data: DataArgs,
-    /// Inputs per query.
-    #[arg(long, default_value_t = 250)]
-    batch: usize,
-    #[command(flatten)]
-    trust: Trust,
-}
-
 /// Which host, and who calls it.
 #[derive(Args)]
 struct HostArgs {
@@ -404,17 +518,6 @@ impl HostArgs {
             None => client,
         })
     }
-}
-
-/// The owner's local record of a job: the ticket plus what is needed to encode queries.
-#[derive(Serialize, Deserialize)]
-struct OwnerRecord {
-    ticket: JobTicket,
-    class_names: Vec<String>,
-    standardizer: Option<Standardizer>,
-    /// A private job's answer time, within which every answer must be ready.
-    #[serde(default)]
-    private_answer_ms: Option<u32>,
 }
 
 fn main() {
@@ -514,7 +617,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Train(args) => train(args),
         Command::RunLocal(args) => run_local(args),
-        Command::Evaluate(args) => evaluate(args),
+        Command::Attach(args) => jobs::attach(args),
+        Command::Status(args) => jobs::status(args),
+        Command::Jobs(args) => jobs::jobs(args),
+        Command::Evaluate(args) => queries::evaluate(args),
+        Command::Predict(args) => queries::predict(args),
     }
 }
 
@@ -526,7 +633,7 @@ fn run_local(args: RunLocalArgs) -> anyhow::Result<()> {
     let program = sandbox
         .load(&bytes)
         .with_context(|| format!("{} would be refused", args.wasm.display()))?;
-    let plain = load_training_data(&args.data, args.valid_fraction)?;
+    let plain = args.data.training(args.valid_fraction)?;
     let data = TrainingData::from_plaintext(plain.header, plain.body)
         .context("the dataset cannot be used")?;
     let seed = args
@@ -567,37 +674,12 @@ fn run_local(args: RunLocalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn load_training_data(data: &DataArgs, valid_fraction: f32) -> anyhow::Result<PlainDataset> {
-    let opts = ConvertOptions {
-        valid_fraction,
-        limit: data.limit,
-        shuffle_seed: Some(0),
-    };
-    match (
-        &data.idx_images,
-        &data.idx_labels,
-        &data.csv,
-        &data.label_column,
-    ) {
-        (Some(images), Some(labels), None, _) => Ok(convert::from_idx(images, labels, &opts)?),
-        (None, None, Some(csv), Some(column)) => Ok(convert::from_csv(csv, column, &opts)?),
-        _ => bail!("give either --idx-images with --idx-labels, or --csv with --label-column"),
-    }
-}
-
 fn train(args: TrainArgs) -> anyhow::Result<()> {
     let (policy, policy_spec) = args.trust.policy_with_spec()?;
     let host = args.host.client()?;
     // A ticket holds its job's keys and query token, which exist nowhere else: never
     // overwrite one, and say so before anything is uploaded.
-    if args.ticket.exists() {
-        bail!(
-            "{} already holds a job's ticket, whose query token cannot be recovered once \
-             overwritten; give another --ticket path or move that file away (nothing was \
-             uploaded)",
-            args.ticket.display()
-        );
-    }
+    OwnerRecord::check_free(&args.ticket).context("nothing was uploaded")?;
     // The provider's extraction policy, before anything leaves this machine: terms beyond it
     // would only be refused by the enclave after the upload.
     let program = host.program(&args.program)?;
@@ -617,7 +699,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
             "no manifest: the default policy"
         },
     );
-    let plain = load_training_data(&args.data, args.valid_fraction)?;
+    let plain = args.data.training(args.valid_fraction)?;
     let header = plain.header.clone();
     eprintln!(
         "dataset: {:?} {:?}, {} classes, {} training + {} validation examples",
@@ -722,19 +804,38 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         );
         ticket
     };
+    if let Some(seed) = ticket.seed {
+        eprintln!(
+            "seed {}: pass it to --seed to train the same model again",
+            hex::encode(seed)
+        );
+    }
+    let private_until_unix = private.map(|_| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            + u64::from(time_budget_secs)
+    });
     let record = OwnerRecord {
         ticket,
         class_names: plain.class_names,
         standardizer: plain.standardizer,
         private_answer_ms: private.as_ref().map(|terms| terms.answer_ms),
+        epochs: Some(args.epochs),
+        private_until_unix,
     };
-    write_secret(&args.ticket, &serde_json::to_vec_pretty(&record)?)?;
+    record.save_new(&args.ticket)?;
+    eprintln!(
+        "ticket written to {} (keep it: it alone can read this job's results and query its model)",
+        args.ticket.display()
+    );
     if private.is_some() {
         eprintln!(
             "private mode: progress is held until the {time_budget_secs} s budget has passed"
         );
     }
-    follow(&host, &record.ticket, args.epochs)
+    let (outcome, events) = jobs::follow(&host, &record)?;
+    jobs::conclude(&record, &args.ticket, outcome, &events)
 }
 
 /// The time budget of a live job whose owner gives none.
@@ -769,190 +870,11 @@ fn refused_terms(e: TermsError) -> anyhow::Error {
     )
 }
 
-fn follow(host: &HostClient, ticket: &JobTicket, epochs: u32) -> anyhow::Result<()> {
-    let bar = ProgressBar::new(u64::from(epochs));
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} training [{elapsed_precise}] {bar:30} epoch {pos}/{len} {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.enable_steady_tick(Duration::from_millis(200));
-    let mut next = 0u64;
-    loop {
-        let (state, events) = ticket.events(host, next)?;
-        next += events.len() as u64;
-        for event in events {
-            match event {
-                OwnerEvent::Started { .. } => bar.set_message("running"),
-                OwnerEvent::Padding => {}
-                OwnerEvent::CutShort => {
-                    let line = "the time budget ran out before the program finished: the \
-                                model kept is the one it saved last (see the metrics above)";
-                    if bar.is_hidden() {
-                        eprintln!("{line}");
-                    } else {
-                        bar.println(line);
-                    }
-                }
-                OwnerEvent::Metric { name, epoch, value } => {
-                    bar.set_position(u64::from(epoch + 1).min(u64::from(epochs)));
-                    let line = format!("epoch {epoch}: {name} = {value:.4}");
-                    // A hidden bar (output not a terminal) swallows `println`.
-                    if bar.is_hidden() {
-                        eprintln!("{line}");
-                    } else {
-                        bar.println(line);
-                    }
-                }
-                OwnerEvent::Finished {
-                    parameters,
-                    peak_memory_mib,
-                } => {
-                    bar.finish_with_message(format!(
-                        "done ({parameters} parameters, peak memory {peak_memory_mib} MiB)"
-                    ));
-                    if bar.is_hidden() {
-                        eprintln!(
-                            "training finished in {:.1} s: model of {parameters} parameters \
-                             sealed; the enclave's peak memory was {peak_memory_mib} MiB",
-                            bar.elapsed().as_secs_f64()
-                        );
-                    }
-                }
-                OwnerEvent::Failed { detail } => {
-                    bar.abandon_with_message("failed");
-                    bail!("training failed: {detail}");
-                }
-            }
-        }
-        match state {
-            JobState::Succeeded if bar.is_finished() => return Ok(()),
-            // Its events are stored before its state changes: the host held them back.
-            JobState::Succeeded => return Err(ClientError::WithheldEvents.into()),
-            JobState::Failed if bar.is_finished() => bail!("training failed"),
-            JobState::Failed => {
-                // The enclave may have died before it could say why.
-                let status = host.job_status(&ticket.job_id)?;
-                bar.abandon_with_message("failed");
-                bail!(
-                    "training failed: {}",
-                    status.error.unwrap_or_else(|| "no reason given".into())
-                );
-            }
-            _ => std::thread::sleep(Duration::from_millis(250)),
-        }
-    }
-}
-
 fn parse_seed(text: &str) -> anyhow::Result<[u8; 32]> {
     hex::decode(text)
         .ok()
         .and_then(|bytes| bytes.try_into().ok())
         .with_context(|| format!("--seed must be 64 hex digits, not `{text}`"))
-}
-
-fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
-    let policy = args.trust.policy()?;
-    let host = args.host.client()?;
-    let text = std::fs::read(&args.ticket)
-        .with_context(|| format!("cannot read ticket {}", args.ticket.display()))?;
-    let record: OwnerRecord = serde_json::from_slice(&text).context("the ticket is damaged")?;
-    let inputs = load_inputs(&args.data, &record)?;
-    // Inputs of another shape would be refused by the enclave or, worse, answered: check
-    // them against what the model was trained on before a query is spent.
-    let trained = &record.ticket.header;
-    if inputs.dims != trained.dims {
-        bail!(
-            "these inputs are examples of shape {:?}, but the model of job {} was trained on \
-             {:?} data of shape {:?}: evaluate it on the same kind of data (images as IDX \
-             files, tables as CSV with the training table's columns); no query was sent",
-            inputs.dims,
-            record.ticket.job_id,
-            trained.kind,
-            trained.dims
-        );
-    }
-    let session = QuerySession::open(&host, &policy, &record.ticket)?;
-    eprintln!("query enclave attested");
-    let feature_len = record.ticket.header.feature_len();
-    let width = record.ticket.answers.width();
-    let n = inputs.labels.len();
-    let bar = ProgressBar::new(n as u64);
-    let (mut correct, mut top_k_correct) = (0usize, 0usize);
-    let batch = args.batch.max(1);
-    for start in (0..n).step_by(batch) {
-        let end = (start + batch).min(n);
-        let values = inputs.features[start * feature_len..end * feature_len].to_vec();
-        let answer = match (session.query(end - start, values), record.private_answer_ms) {
-            (Err(ClientError::Unanswered), Some(ms)) => bail!(
-                "the provider's program could not answer a query of {} inputs within this \
-                 private job's answer time of {ms} ms; a smaller --batch (now {batch}) asks \
-                 less of each answer",
-                end - start
-            ),
-            (answer, _) => answer?,
-        };
-        for (row, &label) in answer
-            .classes
-            .chunks_exact(width)
-            .zip(&inputs.labels[start..end])
-        {
-            correct += usize::from(row[0] == label);
-            top_k_correct += usize::from(row.contains(&label));
-        }
-        bar.inc((end - start) as u64);
-    }
-    bar.finish_and_clear();
-    println!(
-        "accuracy on {n} held-out examples through black-box queries: {:.2}%",
-        100.0 * correct as f64 / n.max(1) as f64
-    );
-    if width > 1 {
-        println!(
-            "top-{width} accuracy: {:.2}%",
-            100.0 * top_k_correct as f64 / n.max(1) as f64
-        );
-    }
-    Ok(())
-}
-
-fn load_inputs(data: &DataArgs, record: &OwnerRecord) -> anyhow::Result<LabelledInputs> {
-    match (
-        &data.idx_images,
-        &data.idx_labels,
-        &data.csv,
-        &data.label_column,
-    ) {
-        (Some(images), Some(labels), None, _) => {
-            Ok(convert::load_idx_inputs(images, labels, data.limit)?)
-        }
-        (None, None, Some(csv), Some(column)) => Ok(convert::load_csv_inputs(
-            csv,
-            column,
-            &record.class_names,
-            record.standardizer.as_ref(),
-            data.limit,
-        )?),
-        _ => bail!("give either --idx-images with --idx-labels, or --csv with --label-column"),
-    }
-}
-
-fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    // Never over an existing file (see `train`).
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    file.write_all(bytes)?;
-    Ok(())
 }
 
 #[cfg(test)]

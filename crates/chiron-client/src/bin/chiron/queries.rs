@@ -1,0 +1,198 @@
+//! The owner's queries on a trained model: `evaluate` (labelled inputs, a report) and
+//! `predict` (unlabelled inputs, a CSV of answers).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use chiron_client::evaluation::Tally;
+use chiron_client::owner::QuerySession;
+use chiron_client::record::OwnerRecord;
+use chiron_client::{ClientError, HostClient};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::{DataArgs, HostArgs, Trust};
+
+#[derive(Args)]
+pub struct EvaluateArgs {
+    #[command(flatten)]
+    host: HostArgs,
+    /// The job's ticket written by `train`.
+    #[arg(long, default_value = "chiron-job.json")]
+    ticket: PathBuf,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Inputs per query.
+    #[arg(long, default_value_t = 250)]
+    batch: usize,
+    /// Print the report as one JSON object (accuracy, per-class figures, confusion matrix).
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    trust: Trust,
+}
+
+#[derive(Args)]
+pub struct PredictArgs {
+    #[command(flatten)]
+    host: HostArgs,
+    /// The job's ticket written by `train`.
+    #[arg(long, default_value = "chiron-job.json")]
+    ticket: PathBuf,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Inputs per query.
+    #[arg(long, default_value_t = 250)]
+    batch: usize,
+    /// Where to write the answers as CSV (default: standard output).
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+    #[command(flatten)]
+    trust: Trust,
+}
+
+/// Checks that inputs of shape `dims` are what the model of `record` was trained on, before
+/// a query is spent: inputs of another shape would be refused by the enclave or, worse,
+/// answered.
+fn check_shape(record: &OwnerRecord, dims: &[u32]) -> anyhow::Result<()> {
+    let trained = &record.ticket.header;
+    if dims != trained.dims.as_slice() {
+        bail!(
+            "these inputs are examples of shape {dims:?}, but the model of job {} was trained \
+             on {:?} data of shape {:?}: give the same kind of data as for training; no query \
+             was sent",
+            record.ticket.job_id,
+            trained.kind,
+            trained.dims
+        );
+    }
+    Ok(())
+}
+
+/// Sends `features` (`n` examples) in queries of at most `batch` inputs; returns the answered
+/// classes, `width` per input, in input order.
+fn answer_all(
+    host: &HostClient,
+    trust: &Trust,
+    record: &OwnerRecord,
+    features: &[f32],
+    n: usize,
+    batch: usize,
+) -> anyhow::Result<Vec<u32>> {
+    let policy = trust.policy()?;
+    let session = QuerySession::open(host, &policy, &record.ticket)?;
+    eprintln!("query enclave attested");
+    let feature_len = record.ticket.header.feature_len();
+    let bar = ProgressBar::new(n as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} querying [{elapsed_precise}] {bar:30} {pos}/{len} inputs ({per_sec}, {eta} left)",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let batch = batch.max(1);
+    let mut classes = Vec::with_capacity(n * record.ticket.answers.width());
+    for start in (0..n).step_by(batch) {
+        let end = (start + batch).min(n);
+        let values = features[start * feature_len..end * feature_len].to_vec();
+        let answer = match (session.query(end - start, values), record.private_answer_ms) {
+            (Err(ClientError::Unanswered), Some(ms)) => bail!(
+                "the provider's program could not answer a query of {} inputs within this \
+                 private job's answer time of {ms} ms; a smaller --batch (now {batch}) asks \
+                 less of each answer",
+                end - start
+            ),
+            (answer, _) => answer?,
+        };
+        classes.extend_from_slice(&answer.classes);
+        bar.inc((end - start) as u64);
+    }
+    bar.finish_and_clear();
+    Ok(classes)
+}
+
+/// `chiron evaluate`: accuracy, per-class precision and recall and the confusion matrix of
+/// the model on a labelled test set, through black-box queries.
+pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
+    let host = args.host.client()?;
+    let record = OwnerRecord::load(&args.ticket)?;
+    let inputs = match args.data.labelled(&record) {
+        Ok(inputs) => inputs,
+        // Inputs of another kind fail on their labels first; their shape says more.
+        Err(e) => {
+            if let Ok(unlabelled) = args.data.unlabelled(&record) {
+                check_shape(&record, &unlabelled.dims)?;
+            }
+            return Err(e);
+        }
+    };
+    check_shape(&record, &inputs.dims)?;
+    let n = inputs.labels.len();
+    let classes = answer_all(&host, &args.trust, &record, &inputs.features, n, args.batch)?;
+    let width = record.ticket.answers.width();
+    let mut tally = Tally::new(record.ticket.header.classes as usize, width);
+    tally.add(&classes, &inputs.labels);
+    let report = tally.finish(&record.class_names);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(())
+}
+
+/// `chiron predict`: the model's answers on unlabelled inputs, as CSV: `index,label` (or
+/// `index,label_1,…,label_k` for top-k answers), with the class names of the training data.
+pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
+    let host = args.host.client()?;
+    let record = OwnerRecord::load(&args.ticket)?;
+    let inputs = args.data.unlabelled(&record)?;
+    check_shape(&record, &inputs.dims)?;
+    // Refuse an existing output before any query is spent.
+    let mut out: Box<dyn Write> = match &args.output {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .with_context(|| {
+                    format!(
+                        "cannot create {} (an existing file is never overwritten)",
+                        path.display()
+                    )
+                })?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let n = inputs.len();
+    let classes = answer_all(&host, &args.trust, &record, &inputs.features, n, args.batch)?;
+    let width = record.ticket.answers.width();
+    if width == 1 {
+        writeln!(out, "index,label")?;
+    } else {
+        let columns: Vec<String> = (1..=width).map(|k| format!("label_{k}")).collect();
+        writeln!(out, "index,{}", columns.join(","))?;
+    }
+    for (i, row) in classes.chunks_exact(width).enumerate() {
+        let names: Vec<String> = row
+            .iter()
+            .map(|&c| csv_field(&record.class_name(c)))
+            .collect();
+        writeln!(out, "{i},{}", names.join(","))?;
+    }
+    out.flush()?;
+    if let Some(path) = &args.output {
+        eprintln!("{n} answers written to {}", path.display());
+    }
+    Ok(())
+}
+
+/// A CSV field: quoted when it holds a separator, a quote or a line break.
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_owned()
+    }
+}
