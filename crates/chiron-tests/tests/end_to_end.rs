@@ -523,3 +523,73 @@ fn an_owner_follows_inspects_and_queries_jobs_from_the_command_line() {
     );
     assert_eq!(listed.matches("succeeded").count(), 2, "{listed}");
 }
+
+#[test]
+fn a_provider_starts_a_program_from_the_template_and_runs_it_locally() {
+    let work = tempfile::tempdir().expect("tmp");
+    let cli = bin_dir().join("chiron");
+    let sdk = workspace_root().join("programs/sdk");
+    let out = std::process::Command::new(&cli)
+        .args(["new-program", "iris-net", "--sdk"])
+        .arg(&sdk)
+        .arg("--dir")
+        .arg(work.path())
+        .output()
+        .expect("chiron runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let root = work.path().join("iris-net");
+    assert!(root.join("README.md").is_file() && root.join("src/lib.rs").is_file());
+
+    // It builds on its own, for the sandbox (sharing the example programs' build cache).
+    let built = std::process::Command::new("cargo")
+        .args(["build", "--release", "--target", "wasm32-unknown-unknown"])
+        .env("CARGO_TARGET_DIR", workspace_root().join("programs/target"))
+        .current_dir(&root)
+        .output()
+        .expect("cargo runs");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let wasm =
+        workspace_root().join("programs/target/wasm32-unknown-unknown/release/iris_net.wasm");
+
+    let check = std::process::Command::new(&cli)
+        .arg("check")
+        .arg(&wasm)
+        .output()
+        .expect("chiron runs");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let run = std::process::Command::new(&cli)
+        .arg("run-local")
+        .arg(&wasm)
+        .arg("--csv")
+        .arg(iris_csv())
+        .args(["--label-column", "species", "--epochs", "3"])
+        .output()
+        .expect("chiron runs");
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{err}");
+    assert!(err.contains("valid_accuracy"), "{err}");
+    assert!(String::from_utf8_lossy(&run.stdout).contains("trained in"));
+
+    // An existing folder is never written into.
+    let again = std::process::Command::new(&cli)
+        .args(["new-program", "iris-net", "--sdk"])
+        .arg(&sdk)
+        .arg("--dir")
+        .arg(work.path())
+        .output()
+        .expect("chiron runs");
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("never written into"));
+}

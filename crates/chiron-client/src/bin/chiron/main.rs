@@ -20,6 +20,7 @@ use chiron_proto::owner::{AnswerPolicy, MAX_TOP_K, Pace, Rounds};
 use clap::{Args, Parser, Subcommand};
 
 mod jobs;
+mod new_program;
 mod queries;
 
 #[derive(Parser)]
@@ -45,6 +46,9 @@ enum Command {
     /// data the provider owns, showing its `chiron_sdk::println!` lines, panic messages and
     /// metrics here. Never for an owner's data: that only ever goes to an enclave.
     RunLocal(RunLocalArgs),
+    /// Provider: creates a new program's crate from the template, ready to build for the
+    /// sandbox.
+    NewProgram(new_program::NewProgramArgs),
     /// Provider: registers a training program (.wasm) with the host; prints its id.
     Register {
         #[command(flatten)]
@@ -617,6 +621,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Train(args) => train(args),
         Command::RunLocal(args) => run_local(args),
+        Command::NewProgram(args) => new_program::new_program(args),
         Command::Attach(args) => jobs::attach(args),
         Command::Status(args) => jobs::status(args),
         Command::Jobs(args) => jobs::jobs(args),
