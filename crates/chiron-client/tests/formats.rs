@@ -743,6 +743,12 @@ fn bad_npy_arrays_are_refused_with_what_to_do() {
         .collect();
     let y_neg = write("y_neg.npy", npy("|i1", &[N], false, &negative));
     says(train(&x, &y_neg), &["y_neg.npy", "label -1"]);
+    // A label of four billion is refused before anything is sized by it.
+    let mut huge: Vec<u8> = f.labels.iter().flat_map(|&l| l.to_le_bytes()).collect();
+    huge[..4].copy_from_slice(&4_000_000_000u32.to_le_bytes());
+    let y_huge = write("y_huge.npy", npy("<u4", &[N], false, &huge));
+    let err = says(train(&x, &y_huge), &["y_huge.npy", "4000000001"]);
+    assert!(matches!(err, ConvertError::Header { .. }), "{err}");
 }
 
 #[test]

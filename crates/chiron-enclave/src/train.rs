@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use chiron_crypto::DataKey;
 use chiron_crypto::SealingKey;
 use chiron_proto::dataset::DatasetHeader;
+use chiron_proto::manifest::ProgramPolicy;
 use chiron_proto::owner::{HELD_EVENT_SLOTS, OwnerEvent, TRAIN_INFO, TrainRequest};
 use chiron_proto::wire::{DATASET_PART, EnclaveFrame, HostFrame, read_frame, write_frame};
 use chiron_sandbox::{Model, Sandbox, SandboxConfig, TrainJob, TrainingData};
@@ -378,7 +379,7 @@ fn train(
             "the host supplied a different program than the one the owner approved",
         ));
     }
-    check_terms(program, &request)?;
+    let policy = check_terms(program, &request)?;
     let key = DataKey::from_bytes(request.data_key);
     // A worker gets only the chunks that hold its shard; they decrypt to the shard's body.
     let shard = request
@@ -412,6 +413,7 @@ fn train(
         ),
     })?;
     drop(container);
+    check_inputs(&policy, &header)?;
     let data =
         TrainingData::from_plaintext(header, body).map_err(|e| fail("dataset is malformed", e))?;
     events.emit(&OwnerEvent::Started {
@@ -540,7 +542,7 @@ fn program_failure(e: chiron_sandbox::SandboxError) -> Failure {
 /// The provider's extraction policy, read from the program this enclave runs (its manifest,
 /// or the default policy): the owner's terms may only tighten it. Refused terms fail the job
 /// with the public label "terms refused" and tell the owner which limit they exceed.
-fn check_terms(program: &[u8], request: &TrainRequest) -> Result<(), Failure> {
+fn check_terms(program: &[u8], request: &TrainRequest) -> Result<ProgramPolicy, Failure> {
     let policy =
         chiron_proto::manifest::program_policy(program).map_err(|e| fail("program refused", e))?;
     policy
@@ -551,7 +553,22 @@ fn check_terms(program: &[u8], request: &TrainRequest) -> Result<(), Failure> {
                 "terms refused",
                 format!("the program's extraction policy refuses your terms: {e}"),
             )
-        })
+        })?;
+    Ok(policy)
+}
+
+/// Refuses, before the program runs, a dataset the program declares it does not take. The
+/// header is public, so the label may say so.
+fn check_inputs(policy: &ProgramPolicy, header: &DatasetHeader) -> Result<(), Failure> {
+    match &policy.inputs {
+        Some(inputs) => inputs.accepts(header).map_err(|e| {
+            fail(
+                "dataset not taken by the program",
+                format!("{e}; the program takes {inputs}"),
+            )
+        }),
+        None => Ok(()),
+    }
 }
 
 /// The owner's encrypted event stream for one job: fixed-size events, each encrypted under

@@ -8,6 +8,7 @@ pub mod api;
 pub mod dataset;
 pub mod evidence;
 pub mod exchange;
+pub mod inputs;
 pub mod manifest;
 pub mod owner;
 pub mod wire;

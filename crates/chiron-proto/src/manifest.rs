@@ -295,6 +295,9 @@ pub struct ProgramPolicy {
     pub declared: bool,
     /// The policy in force.
     pub manifest: Manifest,
+    /// The datasets the program takes (`None`: any); see [`crate::inputs`].
+    #[serde(default)]
+    pub inputs: Option<crate::inputs::InputSpec>,
 }
 
 /// Reads a program's manifest section: `None` when it has none. The one reader the host,
@@ -321,14 +324,17 @@ pub fn read_manifest(wasm: &[u8]) -> Result<Option<Manifest>, ManifestError> {
 /// The policy in force for a program: its manifest, or [`Manifest::DEFAULT`] when it has
 /// none.
 pub fn program_policy(wasm: &[u8]) -> Result<ProgramPolicy, ManifestError> {
+    let inputs = crate::inputs::read_inputs(wasm)?;
     Ok(match read_manifest(wasm)? {
         Some(manifest) => ProgramPolicy {
             declared: true,
             manifest,
+            inputs,
         },
         None => ProgramPolicy {
             declared: false,
             manifest: Manifest::DEFAULT,
+            inputs,
         },
     })
 }
@@ -369,6 +375,9 @@ pub enum ManifestError {
     /// A maximum query budget of zero.
     #[error("the manifest's maximum query budget must be at least 1")]
     ZeroBudget,
+    /// The program's inputs declaration is malformed.
+    #[error(transparent)]
+    Inputs(#[from] crate::inputs::InputsError),
 }
 
 /// Owner's terms beyond a program's policy. The texts name the limit and the values, which
@@ -486,7 +495,8 @@ mod tests {
             program_policy(&module(&[("other", b"x")])),
             Ok(ProgramPolicy {
                 declared: false,
-                manifest: Manifest::DEFAULT
+                manifest: Manifest::DEFAULT,
+                inputs: None,
             })
         );
         assert_eq!(
@@ -554,6 +564,9 @@ mod tests {
         let policy = ProgramPolicy {
             declared: true,
             manifest: golden(),
+            inputs: Some(
+                crate::inputs::InputSpec::decode(&crate::inputs::tests::GOLDEN).expect("decodes"),
+            ),
         };
         let back: ProgramPolicy =
             serde_json::from_str(&serde_json::to_string(&policy).expect("encodes"))

@@ -146,6 +146,39 @@ fn the_command_line_tool_runs_the_flow() {
     assert_eq!(stored_datasets(), before, "a dataset was uploaded");
     assert_eq!(std::fs::read(&ticket).expect("ticket"), ticket_before);
 
+    // A table for the image network: refused, naming what it takes, before the upload.
+    let cnn_path = work.path().join("cnn.wasm");
+    std::fs::write(&cnn_path, program_wasm("chiron_cnn")).expect("write");
+    let out = std::process::Command::new(&cli)
+        .env("CHIRON_TOKEN", &service.token)
+        .args(["register", "--host", &service.url])
+        .arg(&cnn_path)
+        .output()
+        .expect("chiron register runs");
+    let cnn = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let out = std::process::Command::new(&cli)
+        .env("CHIRON_TOKEN", &service.token)
+        .args(["train", "--program", &cnn, "--epochs", "1"])
+        .args(["--host", &service.url, "--sim-measurement", &measurement])
+        .arg("--dangerous-sim-platform")
+        .arg(&platform)
+        .arg("--ticket")
+        .arg(work.path().join("cnn.json"))
+        .arg("--csv")
+        .arg(&csv)
+        .args(["--label-column", "species"])
+        .output()
+        .expect("chiron train runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("does not take this dataset")
+            && err.contains("takes images only")
+            && err.contains("nothing was uploaded"),
+        "{err}"
+    );
+    assert_eq!(stored_datasets(), before, "a dataset was uploaded");
+
     let (images, labels) = fashion_test();
     let out = std::process::Command::new(&cli)
         .env("CHIRON_TOKEN", &service.token)

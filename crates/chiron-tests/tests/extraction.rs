@@ -190,6 +190,60 @@ fn the_host_shows_each_programs_policy_and_refuses_a_malformed_manifest() {
         "{err}"
     );
     assert_eq!(stored(&service, "programs"), before);
+
+    // So is an inputs declaration that admits nothing (no kind of dataset).
+    let mut takes_nothing = program_wasm("chiron_mlp");
+    let name = b"chiron.inputs";
+    let mut payload = b"CHIRONIN".to_vec();
+    payload.extend_from_slice(&[1, 0, 0, 0]);
+    payload.extend_from_slice(&2u32.to_le_bytes());
+    payload.extend_from_slice(&[0; 20]);
+    takes_nothing.push(0);
+    takes_nothing.push((1 + name.len() + payload.len()) as u8);
+    takes_nothing.push(name.len() as u8);
+    takes_nothing.extend_from_slice(name);
+    takes_nothing.extend_from_slice(&payload);
+    let err = host
+        .register_program(&takes_nothing)
+        .expect_err("a declaration that takes nothing");
+    assert!(
+        matches!(&err, ClientError::Host { status: 400, message } if message.contains("takes neither images nor tables")),
+        "{err}"
+    );
+    assert_eq!(stored(&service, "programs"), before);
+}
+
+#[test]
+fn a_dataset_the_program_does_not_take_is_refused_before_it_runs() {
+    let service = Service::start();
+    // The example CNN declares images only; the library (unlike the CLI) lets the owner try.
+    let cnn = service
+        .client()
+        .register_program(&program_wasm("chiron_cnn"))
+        .expect("registers");
+    let inputs = cnn.policy.inputs.expect("the CNN declares its inputs");
+    assert_eq!(inputs.to_string(), "images [*, *, *]; at least 2 classes");
+    let ticket = start_job(
+        &service,
+        &program_wasm("chiron_cnn"),
+        &iris(),
+        &terms(1, 60),
+    )
+    .expect("job starts");
+    let (state, events) = wait(&service, &ticket, Duration::from_secs(120));
+    assert_eq!(state, JobState::Failed);
+    let status = service.client().job_status(&ticket.job_id).expect("status");
+    assert_eq!(
+        status.error.as_deref(),
+        Some("dataset not taken by the program")
+    );
+    let why = failure(&events).expect("the owner is told why");
+    assert!(
+        why.contains("takes images only, and this dataset holds a table"),
+        "{why}"
+    );
+    // Refused before the program ran: it reported nothing.
+    assert!(last_metric(&events, "train_loss").is_none(), "{events:?}");
 }
 
 #[test]

@@ -304,3 +304,6 @@ chiron_sdk::manifest!(
         .model_mib(4)
         .ms_per_1000_examples_epoch(1200)
 );
+
+// Images only (of any size and channel count): a table is refused before it is uploaded.
+chiron_sdk::inputs!(chiron_sdk::inputs::Inputs::images());

@@ -48,6 +48,7 @@
 
 pub mod augment;
 pub mod guide;
+pub mod inputs;
 pub mod manifest;
 pub mod meta;
 pub mod model;

@@ -129,3 +129,6 @@ chiron_sdk::manifest!(chiron_sdk::manifest::Manifest::new(
     100_000,
     chiron_sdk::manifest::Answers::TopK(3)
 ));
+
+// Images or tables, of any shape: what `network` builds for.
+chiron_sdk::inputs!(chiron_sdk::inputs::Inputs::images_or_tables());

@@ -2,7 +2,8 @@
 //! torchvision's `ImageFolder` and of most image datasets unpacked by hand.
 //!
 //! Classes are the subfolders' names in sorted order; a class folder's images may sit in
-//! further subfolders. Names starting with `.` are skipped (`.git`, `.DS_Store`), as are files
+//! further subfolders, and images beside the class folders are not read for training (for
+//! prediction, every image under the folder is). Names starting with `.` are skipped (`.git`, `.DS_Store`), as are files
 //! without a `.png`, `.jpg` or `.jpeg` extension (any case); the image format itself is told
 //! by the file's content. All images must have one size. Grayscale images give one channel;
 //! if any image has colour, every image gives three (grayscale ones repeated), and an alpha
@@ -65,6 +66,11 @@ impl ImageFolder {
             }
             files.sort();
             per_class.push((label, files.into_iter()));
+        }
+        if limit == Some(0) {
+            return Err(ConvertError::Empty {
+                path: self.dir.clone(),
+            });
         }
         let mut taken = Vec::new();
         while limit.is_none_or(|l| taken.len() < l) {
@@ -143,6 +149,11 @@ impl Format for ImageFolder {
         _standardizer: Option<&Standardizer>,
         limit: Option<usize>,
     ) -> Result<Inputs, ConvertError> {
+        if limit == Some(0) {
+            return Err(ConvertError::Empty {
+                path: self.dir.clone(),
+            });
+        }
         let mut files = self.image_files()?;
         files.truncate(limit.unwrap_or(usize::MAX));
         let (dims, pixels) = decode_all(&self.dir, files.iter().map(PathBuf::as_path))?;
@@ -246,7 +257,15 @@ impl Stack<'_> {
             Some(_) => {}
         }
         let plane = width as usize * height as usize;
-        if self.channels == 1 && img.color().has_color() {
+        let expand = self.channels == 1 && img.color().has_color();
+        let channels = if expand { 3 } else { self.channels };
+        let needed = self.pixels.len() / self.channels * channels + channels * plane;
+        if needed as u64 > MAX_INPUT_LEN {
+            return Err(ConvertError::TooLarge {
+                path: self.dir.to_path_buf(),
+            });
+        }
+        if expand {
             // Colour after grayscale: the images so far become three equal planes.
             let mut rgb = Vec::with_capacity(self.pixels.len() * 3);
             for gray in self.pixels.chunks_exact(plane.max(1)) {
@@ -256,11 +275,6 @@ impl Stack<'_> {
             }
             self.pixels = rgb;
             self.channels = 3;
-        }
-        if (self.pixels.len() + self.channels * plane) as u64 > MAX_INPUT_LEN {
-            return Err(ConvertError::TooLarge {
-                path: self.dir.to_path_buf(),
-            });
         }
         if self.channels == 1 {
             self.pixels.extend_from_slice(img.to_luma8().as_raw());

@@ -811,3 +811,80 @@ fn decode_labels(array: &Array, n: usize) -> Result<Vec<u32>, ConvertError> {
     }
     Ok(labels)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    /// A `.npy` file of format version 2.0 (a 4-byte header length), as NumPy writes when a
+    /// header outgrows version 1.0's.
+    fn npy_v2(header: &str, data: &[u8]) -> Vec<u8> {
+        let mut out = b"\x93NUMPY\x02\x00".to_vec();
+        out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(data);
+        out
+    }
+
+    #[test]
+    fn headers_as_numpy_writes_them_parse() {
+        let dict = parse_dict("{'descr': '<f8', 'fortran_order': False, 'shape': (150, 4), }   \n")
+            .unwrap();
+        assert_eq!(dict["descr"], Value::Str("<f8".into()));
+        assert_eq!(dict["fortran_order"], Value::Bool(false));
+        assert_eq!(dict["shape"], Value::Tuple(vec![150, 4]));
+        // Python 2's long integers, a one-axis tuple, a structured type's list of fields.
+        let dict =
+            parse_dict("{\"descr\": [('a', '<i4')], \"shape\": (3L,), \"fortran_order\": True}")
+                .unwrap();
+        assert_eq!(dict["descr"], Value::Other);
+        assert_eq!(dict["shape"], Value::Tuple(vec![3]));
+        assert_eq!(dict["fortran_order"], Value::Bool(true));
+        for broken in ["", "{'descr': '<f4'", "{'shape': (1, x)}", "{'descr: 1}"] {
+            assert!(parse_dict(broken).is_err(), "{broken}");
+        }
+
+        // Version 2, big-endian floats, a scalar's empty shape.
+        let data: Vec<u8> = [1.5f32, -2.0]
+            .iter()
+            .flat_map(|x| x.to_be_bytes())
+            .collect();
+        let array = parse_npy(
+            "v2.npy".into(),
+            npy_v2(
+                "{'descr': '>f4', 'fortran_order': False, 'shape': (1, 2), }\n",
+                &data,
+            ),
+            FEATURES,
+        )
+        .unwrap();
+        let values: Vec<f64> = array.elements().map(|b| array.float(b)).collect();
+        assert_eq!(values, [1.5, -2.0]);
+        let scalar = parse_npy(
+            "s.npy".into(),
+            npy_v2(
+                "{'descr': '<i2', 'fortran_order': False, 'shape': (), }\n",
+                &[0xfe, 0xff],
+            ),
+            LABELS,
+        )
+        .unwrap();
+        assert_eq!(scalar.count(), 1);
+        assert_eq!(
+            scalar
+                .elements()
+                .map(|b| scalar.integer(b))
+                .collect::<Vec<_>>(),
+            [Some(-2)]
+        );
+        assert!(decode_features(&scalar, None).is_err());
+        assert!(decode_labels(&scalar, 1).is_err());
+
+        // A header longer than NumPy itself accepts.
+        let mut huge = b"\x93NUMPY\x02\x00".to_vec();
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        let err = parse_npy("h.npy".into(), huge, FEATURES).err().unwrap();
+        assert!(err.to_string().contains("more than 10000"), "{err}");
+    }
+}

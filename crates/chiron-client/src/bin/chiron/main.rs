@@ -562,6 +562,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     " (no manifest in the program: the default policy)"
                 }
             );
+            eprintln!("{}", takes(created.policy.inputs.as_ref()));
             println!("{}", created.program_id);
             Ok(())
         }
@@ -585,6 +586,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     " (no manifest in the program: the default policy)"
                 }
             );
+            println!("{}", takes(policy.inputs.as_ref()));
             for warning in chiron_sandbox::lint::warnings(&bytes) {
                 eprintln!("warning: {}: {warning}", wasm.display());
             }
@@ -706,6 +708,17 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     );
     let plain = args.data.training(args.valid_fraction)?;
     let header = plain.header.clone();
+    // A dataset the program does not take would only be refused by the enclave after the
+    // upload.
+    if let Some(inputs) = &program.policy.inputs {
+        inputs.accepts(&header).map_err(|e| {
+            anyhow::anyhow!(
+                "program {} does not take this dataset: {e}; it takes {inputs} (nothing was \
+                 uploaded)",
+                args.program
+            )
+        })?;
+    }
     eprintln!(
         "dataset: {:?} {:?}, {} classes, {} training + {} validation examples",
         header.kind, header.dims, header.classes, header.train_count, header.valid_count
@@ -841,6 +854,14 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     }
     let (outcome, events) = jobs::follow(&host, &record)?;
     jobs::conclude(&record, &args.ticket, outcome, &events)
+}
+
+/// What a program says it takes, in a line.
+fn takes(inputs: Option<&chiron_proto::inputs::InputSpec>) -> String {
+    match inputs {
+        Some(inputs) => format!("takes: {inputs}"),
+        None => "takes: any dataset (no inputs declaration in the program)".to_owned(),
+    }
 }
 
 /// The time budget of a live job whose owner gives none.
