@@ -546,6 +546,39 @@ fn an_owner_follows_inspects_and_queries_jobs_from_the_command_line() {
         "{err}"
     );
 
+    // A program id the host does not know is refused before anything is uploaded.
+    let datasets = || {
+        std::fs::read_dir(service.state_dir().join("objects/datasets"))
+            .map(|dir| dir.count())
+            .unwrap_or(0)
+    };
+    let before = datasets();
+    let mut unknown = owner.command("train", true);
+    unknown
+        .args(["--program", &"0".repeat(64), "--ticket"])
+        .arg(work.path().join("unknown.json"));
+    table(&mut unknown);
+    let err = OwnerCli::refused(unknown);
+    assert!(err.contains("no program"), "{err}");
+    assert_eq!(datasets(), before, "a dataset was uploaded");
+
+    // A table given to an image model is refused by its shape before any query.
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&ticket).expect("ticket")).expect("json");
+    record["ticket"]["header"]["kind"] = "Image".into();
+    record["ticket"]["header"]["dims"] = serde_json::json!([1, 28, 28]);
+    let image_ticket = work.path().join("image-model.json");
+    std::fs::write(&image_ticket, record.to_string()).expect("write");
+    let mut evaluate = owner.command("evaluate", true);
+    evaluate.arg("--ticket").arg(&image_ticket);
+    table(&mut evaluate);
+    let err = OwnerCli::refused(evaluate);
+    assert!(
+        err.contains("trained on Image data of shape [1, 28, 28]") && err.contains("no query"),
+        "{err}"
+    );
+    std::fs::remove_file(&image_ticket).expect("remove");
+
     // Both tickets are listed with their jobs' states.
     let mut jobs = owner.command("jobs", false);
     jobs.arg("--dir").arg(work.path());

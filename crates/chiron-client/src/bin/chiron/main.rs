@@ -8,12 +8,12 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use chiron_attest::Policy;
 use chiron_attest::policy::DcapTcbStatus;
-use chiron_client::HostClient;
 use chiron_client::convert::{
     self, ConvertOptions, DataSource, Inputs, LabelledInputs, PlainDataset,
 };
 use chiron_client::owner::{self, ExchangeTerms, PrivateTerms, TrainingTerms};
 use chiron_client::record::OwnerRecord;
+use chiron_client::{ClientError, HostClient};
 use chiron_crypto::DataKey;
 use chiron_proto::manifest::TermsError;
 use chiron_proto::owner::{AnswerPolicy, MAX_TOP_K, Pace, Rounds};
@@ -529,7 +529,38 @@ fn main() {
     chiron_sandbox::memory::keep_freed_memory();
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {}", report(&e));
+        if let Some(hint) = hint(&e) {
+            eprintln!("hint: {hint}");
+        }
         std::process::exit(1);
+    }
+}
+
+/// What to do about an error, in this tool's flags, where the library's text cannot name
+/// them.
+fn hint(e: &anyhow::Error) -> Option<&'static str> {
+    use chiron_attest::AttestationError;
+    let attestation = e
+        .chain()
+        .find_map(|cause| match cause.downcast_ref::<ClientError>() {
+            Some(ClientError::Attestation(a)) => Some(a),
+            _ => cause.downcast_ref::<AttestationError>(),
+        })?;
+    match attestation {
+        AttestationError::UntrustedPlatform { .. } => Some(
+            "for a development host on the simulated platform, pass \
+             --dangerous-sim-platform <its public key file> with --sim-measurement <the \
+             runtime's measurement>; never for real data",
+        ),
+        AttestationError::TeeNotAccepted { .. } => Some(
+            "give reference values for that TEE (--sgx-mrenclave, --tdx-mrtd, --snp-measurement \
+             ..., or a --policy file)",
+        ),
+        AttestationError::WrongMeasurement { .. } => Some(
+            "`chiron measure` prints what to pin for a runtime build you trust; pass it with \
+             --sim-measurement (or the TEE's own flag)",
+        ),
+        _ => None,
     }
 }
 
@@ -906,6 +937,19 @@ fn parse_seed(text: &str) -> anyhow::Result<[u8; 32]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_untrusted_simulated_platform_names_the_flag_to_use() {
+        let e = anyhow::Error::from(ClientError::Attestation(
+            chiron_attest::AttestationError::UntrustedPlatform {
+                platform_key: "ab".repeat(32),
+            },
+        ))
+        .context("cannot start the job");
+        let hint = hint(&e).expect("a hint");
+        assert!(hint.contains("--dangerous-sim-platform"), "{hint}");
+        assert!(!report(&e).contains("Policy::"), "{}", report(&e));
+    }
 
     #[test]
     fn a_cause_repeated_in_its_errors_text_is_printed_once() {
