@@ -31,7 +31,11 @@ pub struct HostClient {
     agent: ureq::Agent,
     token: Option<String>,
     upload_part: usize,
+    upload_progress: Option<std::sync::Arc<UploadProgress>>,
 }
+
+/// Told `(bytes the host holds, bytes in all)` after each part of an upload.
+pub type UploadProgress = dyn Fn(u64, u64) + Send + Sync;
 
 impl std::fmt::Debug for HostClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -54,7 +58,17 @@ impl HostClient {
             agent: config.into(),
             token: None,
             upload_part: UPLOAD_PART,
+            upload_progress: None,
         }
+    }
+
+    /// Calls `progress` after each part of an upload the host stored (for a progress bar).
+    pub fn with_upload_progress(
+        mut self,
+        progress: impl Fn(u64, u64) + Send + Sync + 'static,
+    ) -> Self {
+        self.upload_progress = Some(std::sync::Arc::new(progress));
+        self
     }
 
     /// Uploads datasets in parts of `bytes` (the host takes 64 KiB to 16 MiB) instead of
@@ -226,6 +240,9 @@ impl HostClient {
                 Ok(next) => {
                     status = next;
                     failures = 0;
+                    if let Some(progress) = &self.upload_progress {
+                        progress(status.offset, status.length);
+                    }
                 }
                 Err(e) if retryable(&e) && failures < UPLOAD_ATTEMPTS => {
                     failures += 1;

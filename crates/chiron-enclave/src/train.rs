@@ -243,6 +243,9 @@ pub fn run(enclave: &Enclave, start: Start, input: &mut impl Read) -> EnclaveFra
     frame
 }
 
+/// The least time between two progress events of a live job.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
 /// Memory ceiling of a live job's program (the process's allocations, dataset included).
 const LIVE_MEMORY_LIMIT: usize = 8 << 30;
 
@@ -465,6 +468,11 @@ fn train(
     let sandbox = Sandbox::new(platform.sandbox).map_err(|e| fail("sandbox failure", e))?;
     let program = sandbox.load(program).map_err(program_failure)?;
     let metrics_events = events.clone();
+    let progress_events = events.clone();
+    // A live job's progress, at most one event a second; a private job holds every event
+    // until its budget has passed, when progress means nothing.
+    let mut last_progress: Option<Instant> = None;
+    let live = request.private.is_none();
     // Under private timing the budget counts from the job's start, so that the program is
     // stopped before the events are released.
     let time_budget = match deadline {
@@ -472,6 +480,17 @@ fn train(
         None => Duration::from_secs(u64::from(request.time_budget_secs)),
     };
     let job = TrainJob::new(Arc::new(data), request.seed, request.epochs, time_budget)
+        .with_progress(move |p| {
+            let due = last_progress.is_none_or(|at| at.elapsed() >= PROGRESS_EVERY);
+            if live && due {
+                last_progress = Some(Instant::now());
+                progress_events.emit(&OwnerEvent::Progress {
+                    epoch: p.epoch,
+                    step: p.step,
+                    steps: p.steps,
+                });
+            }
+        })
         .with_metrics(move |m| {
             metrics_events.emit(&OwnerEvent::Metric {
                 name: m.name,

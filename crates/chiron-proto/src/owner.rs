@@ -338,6 +338,15 @@ pub enum OwnerEvent {
     /// The time budget ran out before the program finished: the model sealed is the one it
     /// saved last (said just before [`OwnerEvent::Finished`]).
     CutShort,
+    /// How far the program says an epoch is (live jobs only, at most one a second).
+    Progress {
+        /// The epoch, from 0.
+        epoch: u32,
+        /// Steps done in it.
+        step: u32,
+        /// Steps in it.
+        steps: u32,
+    },
 }
 
 impl OwnerEvent {

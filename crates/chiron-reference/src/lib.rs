@@ -56,6 +56,7 @@ pub fn train_program(
         data,
         epochs,
         metrics: Box::new(metrics),
+        progress: Box::new(|_| {}),
     };
     native::install(Runtime::new(
         DefaultBackend::new(),

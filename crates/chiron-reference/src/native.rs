@@ -467,6 +467,10 @@ unsafe extern "C" fn chiron_report_metric(name: *const u8, name_len: u32, epoch:
     with(|r| r.report_metric(name, epoch, value))
 }
 #[unsafe(no_mangle)]
+extern "C" fn chiron_report_progress(epoch: u32, step: u32, steps: u32) {
+    with(|r| r.report_progress(epoch, step, steps))
+}
+#[unsafe(no_mangle)]
 unsafe extern "C" fn chiron_log(message: *const u8, len: u32) {
     // SAFETY: ABI contract, see `slice`.
     let message = unsafe { slice(message, len) };

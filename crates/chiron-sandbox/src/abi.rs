@@ -661,6 +661,13 @@ pub(crate) fn define(linker: &mut Linker<RunState>) -> wasmtime::Result<()> {
     )?;
     linker.func_wrap(
         M,
+        "chiron_report_progress",
+        |mut c: Ctx<'_>, epoch: u32, step: u32, steps: u32| -> AbiResult<()> {
+            Ok(rt(&mut c).report_progress(epoch, step, steps)?)
+        },
+    )?;
+    linker.func_wrap(
+        M,
         "chiron_log",
         |mut c: Ctx<'_>, message: u32, len: u32| -> AbiResult<()> {
             const CALL: &str = "log";

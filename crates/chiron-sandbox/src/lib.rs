@@ -41,7 +41,7 @@ pub use data::{DataError, Split, TrainingData, decode_into};
 pub use error::{Limit, SandboxError};
 pub use memory::CountingAllocator;
 pub use model::{Model, ModelFormatError};
-pub use runtime::{Metric, Quotas};
+pub use runtime::{Metric, Progress, Quotas};
 
 use abi::{MemoryLimiter, RunState};
 use runtime::{Mode, Runtime};
@@ -111,6 +111,8 @@ pub struct TrainJob {
     pub time_budget: Duration,
     /// Receives the program's metrics as they are reported.
     pub metrics: Box<dyn FnMut(Metric) + Send>,
+    /// Receives the program's step progress within each epoch.
+    pub progress: Box<dyn FnMut(runtime::Progress) + Send>,
     /// Receives the program's log lines, if anyone may see them (never in an enclave).
     pub log: Option<runtime::LogSink>,
     /// On a worker of a distributed job, where optimizer steps go ([`exchange`]); `None`
@@ -145,6 +147,7 @@ impl TrainJob {
             epochs,
             time_budget,
             metrics: Box::new(|_| {}),
+            progress: Box::new(|_| {}),
             log: None,
             exchange: None,
             keep_last_save: false,
@@ -168,6 +171,12 @@ impl TrainJob {
     /// own data (`chiron run-local`), never in an enclave.
     pub fn with_log(mut self, sink: impl FnMut(&str) + Send + 'static) -> Self {
         self.log = Some(Box::new(sink));
+        self
+    }
+
+    /// Sends the program's step progress to `sink`.
+    pub fn with_progress(mut self, sink: impl FnMut(runtime::Progress) + Send + 'static) -> Self {
+        self.progress = Box::new(sink);
         self
     }
 
@@ -275,6 +284,7 @@ impl Sandbox {
             data: job.data,
             epochs: job.epochs,
             metrics: job.metrics,
+            progress: job.progress,
         };
         let mut runtime = Runtime::new(
             DefaultBackend::new(),

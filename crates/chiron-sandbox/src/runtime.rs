@@ -70,6 +70,18 @@ pub struct Metric {
     pub value: f32,
 }
 
+/// How far the program says it is within an epoch: `step` of `steps` (owner-only, like a
+/// metric; the runtime passes it on as reported).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// The epoch (from 0).
+    pub epoch: u32,
+    /// Steps done in it.
+    pub step: u32,
+    /// Steps in it.
+    pub steps: u32,
+}
+
 /// Where a run gets its inputs and sends its outputs.
 pub enum Mode {
     /// `train`: a dataset to learn from.
@@ -80,6 +92,8 @@ pub enum Mode {
         epochs: u32,
         /// Receives metrics as they are reported.
         metrics: Box<dyn FnMut(Metric) + Send>,
+        /// Receives the program's step progress as it is reported.
+        progress: Box<dyn FnMut(Progress) + Send>,
     },
     /// `predict`: a model and one query's inputs.
     Predict {
@@ -1042,6 +1056,28 @@ impl<B: Backend> Runtime<B> {
             epoch,
             value,
         });
+        Ok(())
+    }
+
+    /// Records the program's progress within an epoch for the owner. Charged like a log line;
+    /// never counted against the metric quota, since the enclave passes on at most one a
+    /// second.
+    pub fn report_progress(&mut self, epoch: u32, step: u32, steps: u32) -> Result<()> {
+        const CALL: &str = "report_progress";
+        self.charge(Cost {
+            flops: 16,
+            bytes: 0,
+        })?;
+        let Mode::Train { progress, .. } = &mut self.mode else {
+            return Err(SandboxError::abi(CALL, "only available in train"));
+        };
+        if steps == 0 || step > steps {
+            return Err(SandboxError::abi(
+                CALL,
+                "step must be within 0..=steps, steps above 0",
+            ));
+        }
+        progress(Progress { epoch, step, steps });
         Ok(())
     }
 

@@ -285,6 +285,21 @@ fn a_job_whose_time_runs_out_keeps_the_model_of_its_last_epoch() {
         (1..1000).contains(&epochs),
         "{epochs} epochs before the budget ran out"
     );
+    // The program's step progress reached the owner of this live job.
+    let progress = events
+        .iter()
+        .filter_map(|e| match e {
+            OwnerEvent::Progress { step, steps, .. } => Some((*step, *steps)),
+            _ => None,
+        })
+        .collect::<Vec<_>>();
+    assert!(
+        !progress.is_empty()
+            && progress
+                .iter()
+                .all(|(step, steps)| *steps > 0 && step <= steps),
+        "{progress:?}"
+    );
     // The kept model is a trained one: it answers far above chance (10%).
     let (images, labels) = fashion_test();
     let test = convert::load_idx_inputs(&images, &labels, Some(500)).expect("test set");

@@ -255,10 +255,13 @@ pub fn train() {
     for epoch in 0..epochs {
         rng.shuffle(&mut order);
         let mut loss_sum = 0f64;
-        for chunk in order.chunks(BATCH) {
+        let steps = order.len().div_ceil(BATCH);
+        for (step, chunk) in order.chunks(BATCH).enumerate() {
             let (x, y) = Dataset::batch(Split::Train, chunk);
             let loss = net.forward(&x).cross_entropy(&y);
             opt.step(&loss);
+            // For the owner's progress bar (live jobs).
+            chiron_sdk::report_progress(epoch, step + 1, steps);
             loss_sum += f64::from(loss.item()) * chunk.len() as f64;
         }
         if !order.is_empty() {

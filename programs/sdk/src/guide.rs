@@ -38,8 +38,13 @@
 //!   initialisation, dropout, augmentation) comes from one stream seeded by the owner, so
 //!   the same seed gives the same model in the sandbox and natively (unless the program
 //!   acts on [`time_left`](crate::time_left)).
+//! - **Progress.** [`report_metric`](crate::report_metric) sends per-epoch figures to the
+//!   owner; [`report_progress`](crate::report_progress) the steps within an epoch, for the
+//!   owner's progress bar (call it every step; the runtime passes on one a second).
 //! - **Policy.** [`manifest!`](crate::manifest!) declares what owners may ask of every model
 //!   the program trains: queries, answer granularity, memory, model size, time per epoch.
+//!   [`inputs!`](crate::inputs!) declares the datasets it takes (images or tables, shapes,
+//!   class counts): an owner's dataset outside it is refused before it is uploaded.
 //!
 //! ## 2. Build and check
 //!

@@ -85,6 +85,21 @@ pub fn report_metric(name: &str, epoch: u32, value: f32) {
     unsafe { sys::chiron_report_metric(name.as_ptr(), len_u32(name.len()), epoch, value) }
 }
 
+/// Tells the data owner how far epoch `epoch` (from 0) is: `step` of `steps` steps done. It
+/// feeds the owner's progress bar (live jobs; a private job shows nothing before its budget
+/// has passed). Call it as often as you like: the runtime passes on at most one a second.
+///
+/// # Panics
+/// If `steps` is 0 or `step` is above it.
+pub fn report_progress(epoch: u32, step: usize, steps: usize) {
+    assert!(
+        steps > 0 && step <= steps,
+        "progress must be 0..=steps of steps > 0, not {step} of {steps}"
+    );
+    // SAFETY: plain integers; the runtime validates them again.
+    unsafe { sys::chiron_report_progress(epoch, len_u32(step), len_u32(steps)) }
+}
+
 /// Longest log line the runtime accepts, in bytes.
 pub const MAX_LOG_LINE: usize = 4096;
 

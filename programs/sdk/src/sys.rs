@@ -256,6 +256,9 @@ unsafe extern "C" {
     /// Sends a metric (`name` is UTF-8, at most 32 bytes) to the data owner, encrypted; the
     /// provider and the platform never see it.
     pub fn chiron_report_metric(name: *const u8, name_len: u32, epoch: u32, value: f32);
+    /// Reports progress within epoch `epoch`: `step` of `steps` steps done (`steps` above 0,
+    /// `step` at most `steps`), for the owner's progress bar.
+    pub fn chiron_report_progress(epoch: u32, step: u32, steps: u32);
     /// Sends one log line (UTF-8, at most 4096 bytes) to whoever may see it: the provider's
     /// terminal under `chiron run-local`; nobody in an enclave.
     pub fn chiron_log(message: *const u8, len: u32);

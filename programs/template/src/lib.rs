@@ -77,7 +77,8 @@ pub fn train() {
     let mut step = 0;
     for epoch in 0..epochs {
         rng.shuffle(&mut order);
-        for chunk in order.chunks(BATCH) {
+        let steps = order.len().div_ceil(BATCH);
+        for (i, chunk) in order.chunks(BATCH).enumerate() {
             let (x, y) = Dataset::batch(Split::Train, chunk);
             let x = if images {
                 augment::random_flip(&x, &mut rng)
@@ -87,6 +88,8 @@ pub fn train() {
             let loss = net.forward(&x).cross_entropy(&y);
             opt.set_lr(schedule.lr(step));
             opt.step(&loss);
+            // For the owner's progress bar (live jobs).
+            chiron_sdk::report_progress(epoch, i + 1, steps);
             step += 1;
         }
         let accuracy = validation_accuracy(&mut net);

@@ -246,6 +246,7 @@ pub fn seeds_owner_messages() -> Vec<Vec<u8>> {
             policy: chiron_proto::manifest::ProgramPolicy {
                 declared: false,
                 manifest: chiron_proto::manifest::Manifest::DEFAULT,
+                inputs: None,
             },
         }),
         json(&DatasetCreated {

@@ -62,6 +62,10 @@ pub fn follow(
                     bar.set_position(u64::from(epoch + 1).min(bar.length().unwrap_or(u64::MAX)));
                     say(&format!("epoch {}: {name} = {value:.4}", epoch + 1));
                 }
+                OwnerEvent::Progress { epoch, step, steps } => {
+                    bar.set_position(u64::from(*epoch).min(bar.length().unwrap_or(u64::MAX)));
+                    bar.set_message(format!("epoch {}: step {step}/{steps}", epoch + 1));
+                }
                 OwnerEvent::CutShort => say(
                     "the time budget ran out before the program finished: the model kept is \
                      the one it saved last (see the metrics above)",

@@ -783,7 +783,20 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     let mut container = Vec::new();
     chiron_crypto::encrypt_dataset(&key, &header, plain.body.as_slice(), &mut container)?;
     drop(plain.body);
-    let dataset = host.upload_dataset(&container)?;
+    let bar = indicatif::ProgressBar::new(container.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} uploading [{elapsed_precise}] {bar:30} {bytes}/{total_bytes} \
+             ({bytes_per_sec}, {eta} left)",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let shown = bar.clone();
+    let dataset = host
+        .clone()
+        .with_upload_progress(move |sent, _| shown.set_position(sent))
+        .upload_dataset(&container)?;
+    bar.finish_and_clear();
     drop(container);
     eprintln!("uploaded encrypted dataset {}", dataset.dataset_id);
 
