@@ -43,6 +43,7 @@ use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub mod arrays;
 pub mod cifar;
 pub mod csv;
 pub mod idx;
