@@ -18,7 +18,7 @@ mod host;
 pub mod owner;
 pub mod record;
 
-pub use host::HostClient;
+pub use host::{HostClient, UPLOAD_PART, UploadProgress};
 
 use thiserror::Error;
 
