@@ -121,6 +121,56 @@ pub fn size_private_job(
     })
 }
 
+/// The time budget of a live job whose owner gives none.
+pub const LIVE_TIME_BUDGET_SECS: u32 = 900;
+
+/// The public figures of a job as the owner gave them: a live job, or a private one whose
+/// figures the owner may each leave out, to be sized by [`size_private_job`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Figures {
+    /// Report progress live (run time, events, memory, model size and query latencies then
+    /// follow the program) instead of privately.
+    pub live: bool,
+    /// The wall-clock budget in seconds.
+    pub time_budget_secs: Option<u32>,
+    /// A private job's declared peak memory in MiB.
+    pub memory_mib: Option<u32>,
+    /// A private job's declared sealed-model size in MiB.
+    pub model_mib: Option<u32>,
+    /// A private job's answer time in milliseconds.
+    pub answer_ms: Option<u32>,
+}
+
+impl Figures {
+    /// The job's time budget and, for a private job, its terms: what the owner gave, the
+    /// rest sized from the dataset's `header` and the program's declared `needs`.
+    pub fn resolve(
+        &self,
+        header: &DatasetHeader,
+        needs: &DeclaredNeeds,
+        epochs: u32,
+    ) -> Result<(u32, Option<PrivateTerms>), ClientError> {
+        if self.live {
+            return Ok((self.time_budget_secs.unwrap_or(LIVE_TIME_BUDGET_SECS), None));
+        }
+        let sized = size_private_job(header, needs, epochs)?;
+        let terms = PrivateTerms {
+            memory_mib: self.memory_mib.unwrap_or(sized.terms.memory_mib),
+            model_mib: self.model_mib.unwrap_or(sized.terms.model_mib),
+            answer_ms: self.answer_ms.unwrap_or(sized.terms.answer_ms),
+        };
+        terms.validate().map_err(|e| {
+            ClientError::Input(format!(
+                "the private figures cannot be honoured: {e}; nothing was uploaded"
+            ))
+        })?;
+        Ok((
+            self.time_budget_secs.unwrap_or(sized.time_budget_secs),
+            Some(terms),
+        ))
+    }
+}
+
 /// Everything the owner keeps about a started job. Holds secrets (the event key and the
 /// query token): store it like a private key.
 #[derive(Clone, Serialize, Deserialize)]

@@ -271,19 +271,11 @@ impl std::fmt::Display for InputSpec {
 
 /// Reads a program's inputs declaration: `None` when it has none (it takes any dataset).
 pub fn read_inputs(wasm: &[u8]) -> Result<Option<InputSpec>, InputsError> {
-    let mut found = None;
-    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
-        let payload = payload.map_err(|e| InputsError::Module(e.message().to_owned()))?;
-        if let wasmparser::Payload::CustomSection(section) = payload
-            && section.name() == SECTION
-        {
-            if found.is_some() {
-                return Err(InputsError::Duplicate);
-            }
-            found = Some(InputSpec::decode(section.data())?);
-        }
+    match crate::section::find_once(wasm, SECTION) {
+        Ok(found) => found.map(InputSpec::decode).transpose(),
+        Err(crate::section::SectionError::Module(e)) => Err(InputsError::Module(e)),
+        Err(crate::section::SectionError::Duplicate) => Err(InputsError::Duplicate),
     }
-    Ok(found)
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ pub mod exchange;
 pub mod inputs;
 pub mod manifest;
 pub mod owner;
+mod section;
 pub mod wire;
 
 /// Version of the protocol spoken between the owner, the host and the enclave runtime.

@@ -306,19 +306,11 @@ pub struct ProgramPolicy {
 /// Walks the module's sections without validating their contents (the sandbox does that at
 /// load); a module whose section structure does not parse is refused.
 pub fn read_manifest(wasm: &[u8]) -> Result<Option<Manifest>, ManifestError> {
-    let mut found = None;
-    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
-        let payload = payload.map_err(|e| ManifestError::Module(e.message().to_owned()))?;
-        if let wasmparser::Payload::CustomSection(section) = payload
-            && section.name() == SECTION
-        {
-            if found.is_some() {
-                return Err(ManifestError::Duplicate);
-            }
-            found = Some(Manifest::decode(section.data())?);
-        }
+    match crate::section::find_once(wasm, SECTION) {
+        Ok(found) => found.map(Manifest::decode).transpose(),
+        Err(crate::section::SectionError::Module(e)) => Err(ManifestError::Module(e)),
+        Err(crate::section::SectionError::Duplicate) => Err(ManifestError::Duplicate),
     }
-    Ok(found)
 }
 
 /// The policy in force for a program: its manifest, or [`Manifest::DEFAULT`] when it has

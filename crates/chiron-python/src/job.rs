@@ -10,7 +10,7 @@ use chiron_client::convert::ConvertOptions;
 use chiron_client::convert::arrays::{self, ArrayView, Dtype, Labels};
 use chiron_client::evaluation::Tally;
 use chiron_client::history::History;
-use chiron_client::owner::{self, PrivateTerms, QuerySession, TrainingTerms};
+use chiron_client::owner::{self, QuerySession, TrainingTerms};
 use chiron_client::record::{self, OwnerRecord};
 use chiron_client::{ClientError, HostClient};
 use chiron_crypto::DataKey;
@@ -22,9 +22,6 @@ use pyo3::types::{PyDict, PyList};
 
 use crate::Failure;
 use crate::host::{Host, Trust, state_name};
-
-/// The time budget of a live job whose owner gives none (as the CLI's).
-const LIVE_TIME_BUDGET_SECS: u32 = 900;
 
 /// Labels as Python hands them over: integers, else names.
 #[derive(FromPyObject)]
@@ -139,29 +136,23 @@ fn start(
         "dataset: {:?} {:?}, {} classes, {} training + {} validation examples",
         header.kind, header.dims, header.classes, header.train_count, header.valid_count
     ));
-    let (time_budget_secs, private) = if request.live {
-        (request.time_budget.unwrap_or(LIVE_TIME_BUDGET_SECS), None)
-    } else {
-        let sized = owner::size_private_job(&header, &manifest.needs(), request.epochs)?;
-        let terms = PrivateTerms {
-            memory_mib: request.private_memory_mib.unwrap_or(sized.terms.memory_mib),
-            model_mib: request.private_model_mib.unwrap_or(sized.terms.model_mib),
-            answer_ms: request.private_answer_ms.unwrap_or(sized.terms.answer_ms),
-        };
-        terms.validate().map_err(|e| {
-            Failure::Input(format!(
-                "the private figures cannot be honoured: {e}; nothing was uploaded"
-            ))
-        })?;
-        let time_budget_secs = request.time_budget.unwrap_or(sized.time_budget_secs);
+    let figures = owner::Figures {
+        live: request.live,
+        time_budget_secs: request.time_budget,
+        memory_mib: request.private_memory_mib,
+        model_mib: request.private_model_mib,
+        answer_ms: request.private_answer_ms,
+    };
+    let (time_budget_secs, private) =
+        figures.resolve(&header, &manifest.needs(), request.epochs)?;
+    if let Some(terms) = &private {
         notes.push(format!(
             "private job (the platform sees only these figures; live=True to follow \
              progress): {time_budget_secs} s, {} MiB of memory, a {} MiB model, answers {} ms \
              after each query",
             terms.memory_mib, terms.model_mib, terms.answer_ms
         ));
-        (time_budget_secs, Some(terms))
-    };
+    }
 
     let key = DataKey::generate();
     let mut container = Vec::new();

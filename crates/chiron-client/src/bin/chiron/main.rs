@@ -11,7 +11,7 @@ use chiron_attest::policy::DcapTcbStatus;
 use chiron_client::convert::{
     self, ConvertOptions, DataSource, Inputs, LabelledInputs, PlainDataset,
 };
-use chiron_client::owner::{self, ExchangeTerms, PrivateTerms, TrainingTerms};
+use chiron_client::owner::{self, ExchangeTerms, TrainingTerms};
 use chiron_client::record::OwnerRecord;
 use chiron_client::{ClientError, HostClient};
 use chiron_crypto::DataKey;
@@ -754,30 +754,25 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         "dataset: {:?} {:?}, {} classes, {} training + {} validation examples",
         header.kind, header.dims, header.classes, header.train_count, header.valid_count
     );
-    let (time_budget_secs, private) = if args.live {
-        eprintln!("{LIVE_WARNING}");
-        (args.time_budget.unwrap_or(LIVE_TIME_BUDGET_SECS), None)
-    } else {
-        // What the owner did not give is sized from public figures: the dataset's header
-        // and the needs the program declares.
-        let sized = owner::size_private_job(&header, &manifest.needs(), args.epochs)?;
-        let terms = PrivateTerms {
-            memory_mib: args.private_memory_mib.unwrap_or(sized.terms.memory_mib),
-            model_mib: args.private_model_mib.unwrap_or(sized.terms.model_mib),
-            answer_ms: args.private_answer_ms.unwrap_or(sized.terms.answer_ms),
-        };
-        terms
-            .validate()
-            .with_context(|| "the private figures cannot be honoured; nothing was uploaded")?;
-        let time_budget_secs = args.time_budget.unwrap_or(sized.time_budget_secs);
-        eprintln!(
+    let figures = owner::Figures {
+        live: args.live,
+        time_budget_secs: args.time_budget,
+        memory_mib: args.private_memory_mib,
+        model_mib: args.private_model_mib,
+        answer_ms: args.private_answer_ms,
+    };
+    // What the owner did not give is sized from public figures: the dataset's header and
+    // the needs the program declares.
+    let (time_budget_secs, private) = figures.resolve(&header, &manifest.needs(), args.epochs)?;
+    match &private {
+        None => eprintln!("{LIVE_WARNING}"),
+        Some(terms) => eprintln!(
             "private job (the platform sees only these figures; --live to follow progress): \
              {time_budget_secs} s, {} MiB of memory, a {} MiB model, answers {} ms after each \
              query",
             terms.memory_mib, terms.model_mib, terms.answer_ms
-        );
-        (time_budget_secs, Some(terms))
-    };
+        ),
+    }
 
     let key = DataKey::generate();
     let mut container = Vec::new();
@@ -907,9 +902,6 @@ fn takes(inputs: Option<&chiron_proto::inputs::InputSpec>) -> String {
         None => "takes: any dataset (no inputs declaration in the program)".to_owned(),
     }
 }
-
-/// The time budget of a live job whose owner gives none.
-const LIVE_TIME_BUDGET_SECS: u32 = 900;
 
 /// What `--live` gives away, said before anything is uploaded.
 const LIVE_WARNING: &str = "warning: --live discloses to the platform, and so to the provider, \

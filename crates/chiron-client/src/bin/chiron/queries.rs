@@ -14,8 +14,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::{DataArgs, HostArgs, Trust};
 
+/// What every query command needs: the model's ticket, the inputs and whom to trust.
 #[derive(Args)]
-pub struct EvaluateArgs {
+struct QueryArgs {
     #[command(flatten)]
     host: HostArgs,
     /// The job's ticket written by `train`.
@@ -26,30 +27,26 @@ pub struct EvaluateArgs {
     /// Inputs per query.
     #[arg(long, default_value_t = 250)]
     batch: usize,
-    /// Print the report as one JSON object (accuracy, per-class figures, confusion matrix).
-    #[arg(long)]
-    json: bool,
     #[command(flatten)]
     trust: Trust,
 }
 
 #[derive(Args)]
+pub struct EvaluateArgs {
+    #[command(flatten)]
+    query: QueryArgs,
+    /// Print the report as one JSON object (accuracy, per-class figures, confusion matrix).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 pub struct PredictArgs {
     #[command(flatten)]
-    host: HostArgs,
-    /// The job's ticket written by `train`.
-    #[arg(long, default_value = "chiron-job.json")]
-    ticket: PathBuf,
-    #[command(flatten)]
-    data: DataArgs,
-    /// Inputs per query.
-    #[arg(long, default_value_t = 250)]
-    batch: usize,
+    query: QueryArgs,
     /// Where to write the answers as CSV (default: standard output).
     #[arg(long, short)]
     output: Option<PathBuf>,
-    #[command(flatten)]
-    trust: Trust,
 }
 
 /// Checks that inputs of shape `dims` are what the model of `record` was trained on, before
@@ -114,7 +111,7 @@ fn answer_all(
 
 /// `chiron evaluate`: accuracy, per-class precision and recall and the confusion matrix of
 /// the model on a labelled test set, through black-box queries.
-pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
+pub fn evaluate(EvaluateArgs { query: args, json }: EvaluateArgs) -> anyhow::Result<()> {
     let host = args.host.client()?;
     let record = OwnerRecord::load(&args.ticket)?;
     let inputs = match args.data.labelled(&record) {
@@ -134,7 +131,7 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     let mut tally = Tally::new(record.ticket.header.classes as usize, width);
     tally.add(&classes, &inputs.labels);
     let report = tally.finish(&record.class_names);
-    if args.json {
+    if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{report}");
@@ -144,13 +141,18 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
 
 /// `chiron predict`: the model's answers on unlabelled inputs, as CSV: `index,label` (or
 /// `index,label_1,…,label_k` for top-k answers), with the class names of the training data.
-pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
+pub fn predict(
+    PredictArgs {
+        query: args,
+        output,
+    }: PredictArgs,
+) -> anyhow::Result<()> {
     let host = args.host.client()?;
     let record = OwnerRecord::load(&args.ticket)?;
     let inputs = args.data.unlabelled(&record)?;
     check_shape(&record, &inputs.dims)?;
     // Refuse an existing output before any query is spent.
-    let mut out: Box<dyn Write> = match &args.output {
+    let mut out: Box<dyn Write> = match &output {
         Some(path) => Box::new(std::io::BufWriter::new(
             std::fs::OpenOptions::new()
                 .write(true)
@@ -182,7 +184,7 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
         writeln!(out, "{i},{}", names.join(","))?;
     }
     out.flush()?;
-    if let Some(path) = &args.output {
+    if let Some(path) = &output {
         eprintln!("{n} answers written to {}", path.display());
     }
     Ok(())
