@@ -291,6 +291,33 @@ pub fn start_distributed_training(
     terms: &TrainingTerms,
     distribution: &Distribution,
 ) -> Result<JobTicket, ClientError> {
+    start_distributed_training_then(
+        host,
+        policy,
+        job_id,
+        program_id,
+        header,
+        data_key,
+        terms,
+        distribution,
+        || Ok(()),
+    )
+}
+
+/// [`start_distributed_training`] with `send_data` run once every enclave is attested and
+/// before the key is released (see [`start_training_then`]).
+#[allow(clippy::too_many_arguments)]
+pub fn start_distributed_training_then(
+    host: &HostClient,
+    policy: &Policy,
+    job_id: &str,
+    program_id: &str,
+    header: &DatasetHeader,
+    data_key: &DataKey,
+    terms: &TrainingTerms,
+    distribution: &Distribution,
+    send_data: impl FnOnce() -> Result<(), ClientError>,
+) -> Result<JobTicket, ClientError> {
     distribution
         .exchange
         .validate()
@@ -331,6 +358,7 @@ pub fn start_distributed_training(
         workers,
     })
     .map_err(|e| ClientError::Input(e.to_string()))?;
+    send_data()?;
     host.start_job(job_id, &body)?;
     Ok(JobTicket {
         job_id: job_id.to_owned(),
@@ -410,9 +438,37 @@ pub fn start_training(
     data_key: &DataKey,
     terms: &TrainingTerms,
 ) -> Result<JobTicket, ClientError> {
+    start_training_then(
+        host,
+        policy,
+        job_id,
+        program_id,
+        header,
+        data_key,
+        terms,
+        || Ok(()),
+    )
+}
+
+/// [`start_training`] with `send_data` run once the enclave is attested and before the key
+/// is released: a job created on an upload still open ([`HostClient::create_upload`]) gets
+/// its dataset only from an owner whose policy accepted its enclave, so a refused enclave
+/// costs no upload.
+#[allow(clippy::too_many_arguments)]
+pub fn start_training_then(
+    host: &HostClient,
+    policy: &Policy,
+    job_id: &str,
+    program_id: &str,
+    header: &DatasetHeader,
+    data_key: &DataKey,
+    terms: &TrainingTerms,
+    send_data: impl FnOnce() -> Result<(), ClientError>,
+) -> Result<JobTicket, ClientError> {
     let (request, query_token) = train_request(program_id, header, data_key, terms)?;
     let enclave = attest_training(host, policy, job_id)?;
     let (sealed, event_key) = seal_train_request(&enclave, job_id, &request)?;
+    send_data()?;
     host.start_job(job_id, &sealed)?;
     Ok(JobTicket {
         job_id: job_id.to_owned(),

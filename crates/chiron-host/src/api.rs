@@ -695,9 +695,12 @@ async fn post_job(
             ExchangeTerms::MAX_WORKERS
         )));
     }
+    // A job may be created on an upload still open, so that the owner attests its enclave
+    // before sending the dataset; it is started once the upload is complete.
+    let uploading = state.uploads.is_open(&caller.name, &dataset_id);
     let job = state
         .jobs
-        .create(&caller.name, program_id, dataset_id, workers)
+        .create(&caller.name, program_id, dataset_id, workers, uploading)
         .await?;
     Ok(Json(JobCreated {
         job_id: job.id.to_string(),

@@ -322,6 +322,17 @@ impl Job {
             if record.state != JobState::Created {
                 return Err(self.wrong_state(record.state, JobState::Created));
             }
+            // A job created on an open upload starts once the upload is complete.
+            if !store::dataset_owned_by(&self.store, &self.dataset_id, &self.principal).await? {
+                return Err(JobError::BadStart {
+                    job: self.id.clone(),
+                    detail: format!(
+                        "its dataset {} is not complete: send the rest of the upload, then \
+                         start the job",
+                        self.dataset_id
+                    ),
+                });
+            }
             if tokio::time::Instant::now() >= self.start_deadline {
                 return Err(JobError::BadStart {
                     job: self.id.clone(),
@@ -566,18 +577,21 @@ impl Jobs {
     }
 
     /// Creates a job: checks its inputs exist, starts its enclaves (one training enclave, or
-    /// `workers` of them and a parameter server) and its task.
+    /// `workers` of them and a parameter server) and its task. `uploading`: the dataset is
+    /// an upload of `principal`'s still open (checked by the caller), which must be complete
+    /// when the job starts.
     pub async fn create(
         &self,
         principal: &str,
         program_id: ProgramId,
         dataset_id: DatasetId,
         workers: u32,
+        uploading: bool,
     ) -> Result<Arc<Job>, JobError> {
         if !self.store.exists(&store::program_path(&program_id)).await? {
             return Err(JobError::UnknownProgram(program_id));
         }
-        if !store::dataset_owned_by(&self.store, &dataset_id, principal).await? {
+        if !uploading && !store::dataset_owned_by(&self.store, &dataset_id, principal).await? {
             return Err(JobError::UnknownDataset(dataset_id));
         }
         let workers = workers.max(1);

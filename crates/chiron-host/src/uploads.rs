@@ -284,6 +284,12 @@ impl Uploads {
         })
     }
 
+    /// Whether `principal` opened upload `id` and it is still open: a job may be created on
+    /// it, so that the owner attests the job's enclave before sending the dataset.
+    pub fn is_open(&self, principal: &str, id: &DatasetId) -> bool {
+        self.find(principal, id).is_some()
+    }
+
     /// The upload `id` if `principal` opened it and it is still open: its lock (holding the
     /// bytes stored) and declared length.
     fn find(&self, principal: &str, id: &DatasetId) -> Option<(Arc<Mutex<Option<u64>>>, u64)> {

@@ -159,10 +159,15 @@ fn start(
     chiron_crypto::encrypt_dataset(&key, &header, plain.body.as_slice(), &mut container)
         .map_err(ClientError::from)?;
     drop(plain.body);
-    let dataset = client.upload_dataset(&container)?;
-    drop(container);
-    notes.push(format!("uploaded encrypted dataset {}", dataset.dataset_id));
-    let job = client.create_job(&request.program_id, &dataset.dataset_id)?;
+    // The job is created on the upload before its data is sent: its enclave is attested
+    // first, so an enclave the policy refuses costs no upload.
+    let opened = client.create_upload(container.len() as u64)?;
+    let dataset_id = opened.upload_id.clone();
+    let job = client
+        .create_job(&request.program_id, &dataset_id)
+        .inspect_err(|_| {
+            let _ = client.cancel_upload(&dataset_id);
+        })?;
     let terms = TrainingTerms {
         epochs: request.epochs,
         time_budget_secs,
@@ -172,7 +177,8 @@ fn start(
         private,
         keep_last_save: request.keep_last_save,
     };
-    let ticket = owner::start_training(
+    let mut uploaded = None;
+    let ticket = owner::start_training_then(
         client,
         policy,
         &job.job_id,
@@ -180,11 +186,22 @@ fn start(
         &header,
         &key,
         &terms,
+        || {
+            uploaded = Some(client.resume_upload(opened, &container)?.dataset_id);
+            Ok(())
+        },
     )
-    .map_err(|error| Failure::InJob {
-        job_id: job.job_id.clone(),
-        error,
+    .map_err(|error| {
+        let _ = client.cancel_upload(&dataset_id);
+        Failure::InJob {
+            job_id: job.job_id.clone(),
+            error,
+        }
     })?;
+    drop(container);
+    if let Some(dataset) = uploaded {
+        notes.push(format!("uploaded encrypted dataset {dataset}"));
+    }
     notes.push(format!(
         "enclave attested; data key released to job {}",
         ticket.job_id

@@ -216,6 +216,7 @@ def test_a_wrong_trust_policy_fails_attestation_and_releases_nothing(
     key = (service.state / "sim-platform.key.pub").read_text().strip()
     measurement = chiron.measure(BIN / "chiron-enclave")
     starts = service.frames("host->enclave StartTraining")
+    before = service.stored_datasets()
     cases = [
         # Another runtime build than the one running.
         (chiron.Trust(dangerous_sim_platform=key, sim_measurement="42" * 32), "measurement"),
@@ -233,11 +234,12 @@ def test_a_wrong_trust_policy_fails_attestation_and_releases_nothing(
             )
         assert "nothing was sent" in str(caught.value)
         # The data key never left: the job waits for it, no ticket was written, and the host
-        # never relayed a training request to any enclave. What the host holds of the data
-        # is the ciphertext, uploaded before the job's enclave existed to be attested.
+        # never relayed a training request to any enclave. Nor did the data: the job was
+        # created on an upload still empty, and the enclave attested before any part is sent.
         assert host.job_status(caught.value.job_id)["state"] == "created"
         assert not ticket.exists()
     assert service.frames("host->enclave StartTraining") == starts
+    assert service.stored_datasets() == before
 
     # A policy that accepts no enclave at all is refused before anything happens.
     with pytest.raises(chiron.InputError, match="no enclave would be accepted"):

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use chiron_client::convert;
-use chiron_client::owner::TrainingTerms;
+use chiron_client::owner::{self, TrainingTerms};
 use chiron_proto::api::JobState;
 use chiron_proto::owner::OwnerEvent;
 use chiron_tests::*;
@@ -145,6 +145,36 @@ fn the_command_line_tool_runs_the_flow() {
     assert!(err.contains("already holds a job's ticket"), "{err}");
     assert_eq!(stored_datasets(), before, "a dataset was uploaded");
     assert_eq!(std::fs::read(&ticket).expect("ticket"), ticket_before);
+
+    // An enclave the owner's policy refuses (another runtime build) costs no upload: the
+    // job is created on an empty upload and its enclave attested before any part is sent.
+    let out = std::process::Command::new(&cli)
+        .env("CHIRON_TOKEN", &service.token)
+        .args(["train", "--program", &program, "--epochs", "1", "--live"])
+        .args([
+            "--host",
+            &service.url,
+            "--sim-measurement",
+            &"42".repeat(32),
+        ])
+        .arg("--dangerous-sim-platform")
+        .arg(&platform)
+        .arg("--ticket")
+        .arg(work.path().join("refused.json"))
+        .arg("--csv")
+        .arg(&csv)
+        .args(["--label-column", "species"])
+        .output()
+        .expect("chiron train runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("measurement differs") && err.contains("hint: `chiron measure`"),
+        "{err}"
+    );
+    assert!(!err.contains("uploaded encrypted dataset"), "{err}");
+    assert_eq!(stored_datasets(), before, "a dataset was uploaded");
+    assert!(!work.path().join("refused.json").exists());
 
     // A table for the image network: refused, naming what it takes, before the upload.
     let cnn_path = work.path().join("cnn.wasm");
@@ -673,4 +703,48 @@ fn a_provider_starts_a_program_from_the_template_and_runs_it_locally() {
         .expect("chiron runs");
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("never written into"));
+}
+
+#[test]
+fn a_job_on_an_open_upload_starts_only_once_the_upload_is_complete() {
+    let service = Service::start();
+    let host = service.client();
+    let data = iris();
+    let program = host
+        .register_program(&program_wasm("chiron_mlp"))
+        .expect("registers");
+    let key = chiron_crypto::DataKey::generate();
+    let container = {
+        let mut out = Vec::new();
+        chiron_crypto::encrypt_dataset(&key, &data.header, data.body.as_slice(), &mut out)
+            .expect("encrypts");
+        out
+    };
+    let opened = host.create_upload(container.len() as u64).expect("opens");
+    let job = host
+        .create_job(&program.program_id, &opened.upload_id)
+        .expect("a job on an open upload");
+    let start = |send_data: &dyn Fn() -> Result<(), chiron_client::ClientError>| {
+        owner::start_training_then(
+            &host,
+            &service.policy(),
+            &job.job_id,
+            &program.program_id,
+            &data.header,
+            &key,
+            &terms(20, 120),
+            send_data,
+        )
+    };
+    // Attested, but the data not sent: the host refuses to start the job.
+    let err = start(&|| Ok(())).expect_err("the upload is not complete");
+    assert!(
+        matches!(&err, chiron_client::ClientError::Host { status: 400, message } if message.contains("is not complete")),
+        "{err}"
+    );
+    // The owner sends the data once the enclave is attested, and the job trains.
+    let ticket =
+        start(&|| host.resume_upload(opened.clone(), &container).map(|_| ())).expect("starts");
+    let (state, events) = wait(&service, &ticket, Duration::from_secs(120));
+    assert_eq!(state, JobState::Succeeded, "{events:?}");
 }

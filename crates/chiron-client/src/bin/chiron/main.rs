@@ -787,15 +787,32 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let shown = bar.clone();
-    let dataset = host
+    let uploader = host
         .clone()
-        .with_upload_progress(move |sent, _| shown.set_position(sent))
-        .upload_dataset(&container)?;
-    bar.finish_and_clear();
-    drop(container);
-    eprintln!("uploaded encrypted dataset {}", dataset.dataset_id);
-
-    let job = host.create_distributed_job(&args.program, &dataset.dataset_id, args.workers)?;
+        .with_upload_progress(move |sent, _| shown.set_position(sent));
+    // The job is created on the upload before its data is sent: its enclaves are attested
+    // first, so an enclave the policy refuses costs no upload.
+    let opened = host.create_upload(container.len() as u64)?;
+    let dataset_id = opened.upload_id.clone();
+    let job = host
+        .create_distributed_job(&args.program, &dataset_id, args.workers)
+        .inspect_err(|_| {
+            let _ = host.cancel_upload(&dataset_id);
+        })?;
+    let send_data = || {
+        eprintln!("attested; uploading the encrypted dataset");
+        let sent = uploader.resume_upload(opened, &container);
+        bar.finish_and_clear();
+        let dataset = sent.inspect_err(|_| {
+            let _ = host.cancel_upload(&dataset_id);
+        })?;
+        eprintln!("uploaded encrypted dataset {}", dataset.dataset_id);
+        Ok(())
+    };
+    let nothing_sent = |e: ClientError| {
+        let _ = host.cancel_upload(&dataset_id);
+        e
+    };
     let terms = TrainingTerms {
         epochs: args.epochs,
         time_budget_secs,
@@ -829,7 +846,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
             peer_policy: policy_spec,
             checkpoint_every: args.checkpoint_every,
         };
-        let ticket = owner::start_distributed_training(
+        let ticket = owner::start_distributed_training_then(
             &host,
             &policy,
             &job.job_id,
@@ -838,7 +855,9 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
             &key,
             &terms,
             &distribution,
-        )?;
+            send_data,
+        )
+        .map_err(nothing_sent)?;
         eprintln!(
             "parameter server and {} workers attested; data key released to job {} \
              (exchange messages of {} KiB)",
@@ -846,7 +865,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         );
         ticket
     } else {
-        let ticket = owner::start_training(
+        let ticket = owner::start_training_then(
             &host,
             &policy,
             &job.job_id,
@@ -854,13 +873,16 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
             &header,
             &key,
             &terms,
-        )?;
+            send_data,
+        )
+        .map_err(nothing_sent)?;
         eprintln!(
             "enclave attested; data key released to job {}",
             ticket.job_id
         );
         ticket
     };
+    drop(container);
     if let Some(seed) = ticket.seed {
         eprintln!(
             "seed {}: pass it to --seed to train the same model again",
