@@ -82,7 +82,9 @@ pub struct UploadStatus {
 pub struct CreateJob {
     /// A registered program.
     pub program_id: String,
-    /// An uploaded dataset.
+    /// An uploaded dataset, or an upload of the caller's still open (its id): the job is
+    /// then started only once the upload is complete, so that the owner can attest the
+    /// job's enclaves before sending the data.
     pub dataset_id: String,
     /// Training enclaves: 1 (or absent) for one, 2 or more for a distributed job with a
     /// parameter server.
