@@ -39,8 +39,10 @@ use crate::store;
 /// How long the relay may take to see the enclaves' connections close after a job ends.
 const RELAY_DRAIN: Duration = Duration::from_secs(5);
 
-/// How long the other workers' last frames are awaited once rank 0's model is stored.
-const WORKER_DRAIN: Duration = Duration::from_secs(2);
+/// How long the other workers' last frames are awaited once rank 0's model is stored (the
+/// job has ended by then; a private job's workers each pad their memory and wait for their
+/// own deadline before they send it).
+const WORKER_DRAIN: Duration = Duration::from_secs(15);
 
 /// How many times a job's lost parameter server is replaced before the job fails.
 const MAX_REPLACEMENTS: u32 = 3;
@@ -298,6 +300,7 @@ async fn train(
             .port(),
     );
     let (stop_relay, stop) = tokio::sync::oneshot::channel();
+    let mut stop_relay = Some(stop_relay);
     let (retarget, target) = watch::channel(SocketAddr::new(server.ip, port));
     let mut relay = AbortOnDrop(tokio::spawn(crate::relay::relay(
         relay_listener,
@@ -369,13 +372,25 @@ async fn train(
     let mut commands_open = true;
     loop {
         if model_stored && served {
+            if draining.is_none() {
+                // The job's end, as anyone sees it, is rank 0's: what follows is cleanup,
+                // whose length follows the other workers' timing and must not show in it.
+                job.finish(Ok(())).await;
+                // The server has closed its connections: the relay closes the workers' ends
+                // too (a worker waiting on the exchange then ends) and finishes its accounts.
+                if let Some(stop) = stop_relay.take() {
+                    let _ = stop.send(());
+                }
+                // The server has served: stopping it ends any worker still waiting on it.
+                if let Some(instance) = server.instance.as_mut() {
+                    instance.kill().await;
+                }
+                let _ = tokio::time::timeout(RELAY_DRAIN, &mut relay.0).await;
+            }
             let deadline =
                 *draining.get_or_insert_with(|| tokio::time::Instant::now() + WORKER_DRAIN);
             let all_ended = finished.iter().zip(&ended).all(|(f, e)| *f || *e);
             if all_ended || tokio::time::Instant::now() >= deadline {
-                // The server has closed its connections: let the relay finish its accounts.
-                let _ = stop_relay.send(());
-                let _ = tokio::time::timeout(RELAY_DRAIN, &mut relay.0).await;
                 return Ok(());
             }
         }
