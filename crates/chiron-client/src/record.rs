@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use chiron_proto::owner::PrivateTerms;
+
 use crate::convert::Standardizer;
 use crate::owner::JobTicket;
 
@@ -70,6 +72,36 @@ pub enum RecordError {
 }
 
 impl OwnerRecord {
+    /// The record of a job just started: its `ticket`, what the training data's conversion
+    /// kept (`class_names`, `standardizer`), the `epochs` allowed and, for a private job
+    /// (`private`), when its progress is released: now plus its `time_budget_secs`.
+    pub fn started(
+        ticket: JobTicket,
+        class_names: Vec<String>,
+        standardizer: Option<Standardizer>,
+        epochs: u32,
+        time_budget_secs: u32,
+        private: Option<&PrivateTerms>,
+    ) -> Self {
+        let now = unix_now();
+        Self {
+            ticket,
+            class_names,
+            standardizer,
+            private_answer_ms: private.map(|terms| terms.answer_ms),
+            epochs: Some(epochs),
+            private_until_unix: private.map(|_| now + u64::from(time_budget_secs)),
+        }
+    }
+
+    /// How long until a private job's progress is released; `None` for a live job, an older
+    /// ticket, or once due.
+    pub fn private_wait(&self) -> Option<std::time::Duration> {
+        let until = self.private_until_unix?;
+        let now = unix_now();
+        (until > now).then(|| std::time::Duration::from_secs(until - now))
+    }
+
     /// Reads the ticket at `path`.
     pub fn load(path: &Path) -> Result<Self, RecordError> {
         let text = std::fs::read(path).map_err(|source| RecordError::Io {
@@ -130,6 +162,13 @@ impl OwnerRecord {
             .cloned()
             .unwrap_or_else(|| class.to_string())
     }
+}
+
+/// Seconds since the Unix epoch (0 on a clock set before it).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The tickets in `dir` (not its subfolders), by file name: every `.json` file that reads as a

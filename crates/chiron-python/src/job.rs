@@ -3,11 +3,10 @@
 //! same library calls.
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use chiron_attest::Policy;
-use chiron_client::convert::ConvertOptions;
 use chiron_client::convert::arrays::{self, ArrayView, Dtype, Labels};
+use chiron_client::convert::{self, ConvertOptions};
 use chiron_client::evaluation::Tally;
 use chiron_client::history::History;
 use chiron_client::owner::{self, QuerySession, TrainingTerms};
@@ -212,15 +211,14 @@ fn start(
             hex::encode(seed)
         ));
     }
-    let private_until_unix = private.map(|_| unix_now() + u64::from(time_budget_secs));
-    let record = OwnerRecord {
+    let record = OwnerRecord::started(
         ticket,
-        class_names: plain.class_names,
-        standardizer: plain.standardizer,
-        private_answer_ms: private.as_ref().map(|terms| terms.answer_ms),
-        epochs: Some(request.epochs),
-        private_until_unix,
-    };
+        plain.class_names,
+        plain.standardizer,
+        request.epochs,
+        time_budget_secs,
+        private.as_ref(),
+    );
     record.save_new(&request.ticket)?;
     notes.push(format!(
         "ticket written to {} (keep it: it alone can read this job's results and query its \
@@ -233,12 +231,6 @@ fn start(
         ));
     }
     Ok((record, notes))
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Trains program `program_id` on the owner's examples: `features` (C-ordered element bytes
@@ -518,9 +510,7 @@ impl Job {
 
     /// Seconds until a private job's progress is released; None for a live job or once due.
     fn private_wait_secs(&self) -> Option<u64> {
-        let until = self.record.private_until_unix?;
-        let now = unix_now();
-        (until > now).then(|| until - now)
+        self.record.private_wait().map(|wait| wait.as_secs())
     }
 
     /// Reads the job's new events, each authenticated in sequence: a dict with `state`, the
@@ -611,7 +601,7 @@ impl Job {
                 columns.as_deref(),
                 self.record.standardizer.as_ref(),
             )?;
-            arrays::check_query_dims(&inputs.dims, &self.record.ticket.header)?;
+            convert::check_query_dims(&inputs.dims, &self.record.ticket.header)?;
             self.answer_all(&policy, &inputs.features, batch)
         })?;
         let names = classes.iter().map(|&c| self.record.class_name(c)).collect();
@@ -655,12 +645,12 @@ impl Job {
                 Err(e) => {
                     if let Ok(unlabelled) = arrays::inputs_from_array(&view, columns, standardizer)
                     {
-                        arrays::check_query_dims(&unlabelled.dims, header)?;
+                        convert::check_query_dims(&unlabelled.dims, header)?;
                     }
                     return Err(Failure::from(e));
                 }
             };
-            arrays::check_query_dims(&inputs.dims, header)?;
+            convert::check_query_dims(&inputs.dims, header)?;
             let classes = self.answer_all(&policy, &inputs.features, batch)?;
             let mut tally = Tally::new(header.classes as usize, record.ticket.answers.width());
             tally.add(&classes, &inputs.labels);

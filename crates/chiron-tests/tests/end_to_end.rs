@@ -146,26 +146,27 @@ fn the_command_line_tool_runs_the_flow() {
     assert_eq!(stored_datasets(), before, "a dataset was uploaded");
     assert_eq!(std::fs::read(&ticket).expect("ticket"), ticket_before);
 
+    // One epoch of `program` on the table, trusting runtime `measurement`, with a ticket of
+    // its own named `ticket`.
+    let train_once = |program: &str, measurement: &str, ticket: &str| {
+        std::process::Command::new(&cli)
+            .env("CHIRON_TOKEN", &service.token)
+            .args(["train", "--program", program, "--epochs", "1", "--live"])
+            .args(["--host", &service.url, "--sim-measurement", measurement])
+            .arg("--dangerous-sim-platform")
+            .arg(&platform)
+            .arg("--ticket")
+            .arg(work.path().join(ticket))
+            .arg("--csv")
+            .arg(&csv)
+            .args(["--label-column", "species"])
+            .output()
+            .expect("chiron train runs")
+    };
+
     // An enclave the owner's policy refuses (another runtime build) costs no upload: the
     // job is created on an empty upload and its enclave attested before any part is sent.
-    let out = std::process::Command::new(&cli)
-        .env("CHIRON_TOKEN", &service.token)
-        .args(["train", "--program", &program, "--epochs", "1", "--live"])
-        .args([
-            "--host",
-            &service.url,
-            "--sim-measurement",
-            &"42".repeat(32),
-        ])
-        .arg("--dangerous-sim-platform")
-        .arg(&platform)
-        .arg("--ticket")
-        .arg(work.path().join("refused.json"))
-        .arg("--csv")
-        .arg(&csv)
-        .args(["--label-column", "species"])
-        .output()
-        .expect("chiron train runs");
+    let out = train_once(&program, &"42".repeat(32), "refused.json");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -186,19 +187,7 @@ fn the_command_line_tool_runs_the_flow() {
         .output()
         .expect("chiron register runs");
     let cnn = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let out = std::process::Command::new(&cli)
-        .env("CHIRON_TOKEN", &service.token)
-        .args(["train", "--program", &cnn, "--epochs", "1"])
-        .args(["--host", &service.url, "--sim-measurement", &measurement])
-        .arg("--dangerous-sim-platform")
-        .arg(&platform)
-        .arg("--ticket")
-        .arg(work.path().join("cnn.json"))
-        .arg("--csv")
-        .arg(&csv)
-        .args(["--label-column", "species"])
-        .output()
-        .expect("chiron train runs");
+    let out = train_once(&cnn, &measurement, "cnn.json");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(

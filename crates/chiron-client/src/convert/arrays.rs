@@ -26,7 +26,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use chiron_proto::dataset::{DatasetHeader, DatasetKind};
+use chiron_proto::dataset::DatasetKind;
 
 use super::{
     ConvertError, ConvertOptions, Examples, Inputs, LabelledInputs, PlainDataset, Standardizer,
@@ -532,7 +532,7 @@ fn select_columns(
 /// conversion kept, [`PlainDataset::standardizer`]). A table with named `columns` has them
 /// picked by the standardizer's names, in its order, whatever their order here; a column it
 /// lacks or does not know is refused. Check the shape against the model's with
-/// [`check_query_dims`] before querying.
+/// [`check_query_dims`](super::check_query_dims) before querying.
 pub fn inputs_from_array(
     features: &ArrayView<'_>,
     columns: Option<&[String]>,
@@ -583,24 +583,6 @@ pub fn labelled_from_arrays(
     })
 }
 
-/// Refuses query inputs whose examples have another shape than the model's training
-/// examples (`header`, from the job's ticket), before any query is spent: inputs of another
-/// shape would be refused by the enclave or, worse, answered.
-pub fn check_query_dims(dims: &[u32], header: &DatasetHeader) -> Result<(), ConvertError> {
-    if dims != header.dims.as_slice() {
-        return Err(unsupported(
-            FEATURES,
-            format!(
-                "these inputs are examples of shape {dims:?}, but the model was trained on \
-                 {:?} data of shape {:?}: give the same kind of data as for training; no \
-                 query was sent",
-                header.kind, header.dims
-            ),
-        ));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -609,7 +591,7 @@ mod tests {
     use chiron_proto::dataset::ElementEncoding;
 
     use super::super::test_support::{Scratch, body_f32, body_labels, no_split};
-    use super::super::{from_csv, from_idx};
+    use super::super::{check_query_dims, from_csv, from_idx};
     use super::*;
 
     fn f64_bytes(values: &[f64]) -> Vec<u8> {

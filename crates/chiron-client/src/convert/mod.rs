@@ -264,6 +264,20 @@ fn feature_len(dims: &[u32]) -> usize {
     dims.iter().map(|&d| d as usize).product()
 }
 
+/// Refuses query inputs whose examples have another shape than the model's training
+/// examples (`header`, from the job's ticket), before any query is spent: inputs of another
+/// shape would be refused by the enclave or, worse, answered.
+pub fn check_query_dims(dims: &[u32], header: &DatasetHeader) -> Result<(), ConvertError> {
+    if dims != header.dims.as_slice() {
+        return Err(ConvertError::QueryShape {
+            dims: dims.to_vec(),
+            kind: header.kind,
+            trained: header.dims.clone(),
+        });
+    }
+    Ok(())
+}
+
 /// One source format: reads the owner's training set and query inputs from files of that
 /// format. A new format is one module implementing this trait, plus a [`DataSource`] variant.
 pub trait Format {
@@ -745,6 +759,20 @@ pub enum ConvertError {
         path: PathBuf,
         /// What is wrong.
         reason: String,
+    },
+    /// Query inputs of another shape than the model's training examples.
+    #[error(
+        "these inputs are examples of shape {dims:?}, but the model was trained on {kind:?} \
+         data of shape {trained:?}: give the same kind of data as for training; no query was \
+         sent"
+    )]
+    QueryShape {
+        /// The shape of one input.
+        dims: Vec<u32>,
+        /// The kind of data the model was trained on.
+        kind: DatasetKind,
+        /// The shape of one training example.
+        trained: Vec<u32>,
     },
     /// A `.npy` array has a type or layout that cannot be used here.
     #[error("{}: the {what} array cannot be used: {reason}", path.display())]

@@ -2,7 +2,7 @@
 //! tickets, and the records written beside a ticket when its job ends.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use chiron_client::history::History;
@@ -105,7 +105,7 @@ pub fn follow(
                 return Ok((Outcome::Failed(why), all));
             }
             _ => {
-                if let Some(left) = private_wait(record) {
+                if let Some(left) = record.private_wait() {
                     bar.set_message(format!(
                         "private: progress is released with the results in {}",
                         clock(left)
@@ -115,13 +115,6 @@ pub fn follow(
             }
         }
     }
-}
-
-/// How long until a private job's progress is released; `None` for a live job or once due.
-fn private_wait(record: &OwnerRecord) -> Option<Duration> {
-    let until = record.private_until_unix?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
-    (until > now).then(|| Duration::from_secs(until - now))
 }
 
 fn clock(d: Duration) -> String {
@@ -251,7 +244,7 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
         seed: ticket.seed.map(hex::encode),
         cut_short: events.iter().any(|e| matches!(e, OwnerEvent::CutShort)),
         private_results_in_secs: match public.state {
-            JobState::Created | JobState::Running => private_wait(&record).map(|d| d.as_secs()),
+            JobState::Created | JobState::Running => record.private_wait().map(|d| d.as_secs()),
             _ => None,
         },
         metrics: History::from_events(&events).points,

@@ -889,20 +889,14 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
             hex::encode(seed)
         );
     }
-    let private_until_unix = private.map(|_| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-            + u64::from(time_budget_secs)
-    });
-    let record = OwnerRecord {
+    let record = OwnerRecord::started(
         ticket,
-        class_names: plain.class_names,
-        standardizer: plain.standardizer,
-        private_answer_ms: private.as_ref().map(|terms| terms.answer_ms),
-        epochs: Some(args.epochs),
-        private_until_unix,
-    };
+        plain.class_names,
+        plain.standardizer,
+        args.epochs,
+        time_budget_secs,
+        private.as_ref(),
+    );
     record.save_new(&args.ticket)?;
     eprintln!(
         "ticket written to {} (keep it: it alone can read this job's results and query its model)",

@@ -53,18 +53,8 @@ pub struct PredictArgs {
 /// a query is spent: inputs of another shape would be refused by the enclave or, worse,
 /// answered.
 fn check_shape(record: &OwnerRecord, dims: &[u32]) -> anyhow::Result<()> {
-    let trained = &record.ticket.header;
-    if dims != trained.dims.as_slice() {
-        bail!(
-            "these inputs are examples of shape {dims:?}, but the model of job {} was trained \
-             on {:?} data of shape {:?}: give the same kind of data as for training; no query \
-             was sent",
-            record.ticket.job_id,
-            trained.kind,
-            trained.dims
-        );
-    }
-    Ok(())
+    chiron_client::convert::check_query_dims(dims, &record.ticket.header)
+        .with_context(|| format!("job {}", record.ticket.job_id))
 }
 
 /// Sends `features` (`n` examples) in queries of at most `batch` inputs; returns the answered
