@@ -23,7 +23,7 @@
 //!
 //! Errors name the arrays as `features` and `labels` where the file formats name a file.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use chiron_proto::dataset::DatasetKind;
@@ -228,19 +228,7 @@ pub fn class_names_of(labels: &Labels) -> Vec<String> {
             .into_iter()
             .map(i64::to_string)
             .collect(),
-        Labels::Names(names) => {
-            let distinct: Vec<&String> =
-                names.iter().collect::<BTreeSet<_>>().into_iter().collect();
-            let as_ints: Option<BTreeMap<i128, &String>> = distinct
-                .iter()
-                .map(|s| s.parse::<i128>().ok().map(|v| (v, *s)))
-                .collect();
-            match as_ints {
-                // Distinct texts can parse to one integer ("1", "01"); then text order.
-                Some(ints) if ints.len() == distinct.len() => ints.into_values().cloned().collect(),
-                _ => distinct.into_iter().cloned().collect(),
-            }
-        }
+        Labels::Names(names) => super::csv::class_names_of(names),
     }
 }
 
@@ -280,17 +268,22 @@ fn check_counts(features: &ArrayView<'_>, labels: &Labels) -> Result<(), Convert
     Ok(())
 }
 
-/// How the features array's axes make examples.
-struct Layout {
-    kind: DatasetKind,
+/// How a features array's axes make examples (arrays from Python and `.npy` files alike).
+pub(super) struct Layout {
+    pub(super) kind: DatasetKind,
     /// Shape of one example, channels first for images.
-    dims: Vec<u32>,
+    pub(super) dims: Vec<u32>,
     /// The channel axis is last in the array and must move first.
-    channels_last: bool,
+    pub(super) channels_last: bool,
 }
 
 impl Layout {
-    fn of(shape: &[usize]) -> Result<Self, ConvertError> {
+    /// The layout of an array of `shape`; `unsupported` makes the error for a shape that
+    /// holds no examples, naming the array as its source does.
+    pub(super) fn of(
+        shape: &[usize],
+        unsupported: impl Fn(&'static str, String) -> ConvertError,
+    ) -> Result<Self, ConvertError> {
         let (kind, dims, channels_last) = match shape {
             [_, w] => (DatasetKind::Tabular, vec![*w], false),
             [_, h, w] => (DatasetKind::Image, vec![1, *h, *w], false),
@@ -340,7 +333,7 @@ impl Layout {
         })
     }
 
-    fn width(&self) -> usize {
+    pub(super) fn width(&self) -> usize {
         self.dims.iter().map(|&d| d as usize).product()
     }
 }
@@ -454,7 +447,7 @@ pub fn from_arrays(
 ) -> Result<PlainDataset, ConvertError> {
     check_options(opts)?;
     check_counts(features, labels)?;
-    let layout = Layout::of(features.shape())?;
+    let layout = Layout::of(features.shape(), unsupported)?;
     let columns = table_columns(&layout, columns)?;
     let n = opts
         .limit
@@ -538,7 +531,7 @@ pub fn inputs_from_array(
     columns: Option<&[String]>,
     standardizer: Option<&Standardizer>,
 ) -> Result<Inputs, ConvertError> {
-    let layout = Layout::of(features.shape())?;
+    let layout = Layout::of(features.shape(), unsupported)?;
     let columns = table_columns(&layout, columns)?;
     let mut dims = layout.dims.clone();
     let mut values = decode(features, &layout, features.count())?;

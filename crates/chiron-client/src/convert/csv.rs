@@ -493,7 +493,7 @@ fn class_index(class_names: &[String]) -> HashMap<&str, u32> {
 }
 
 /// The distinct label values in class order: numerically if all are integers, else by text.
-fn class_names_of(labels: &[String]) -> Vec<String> {
+pub(super) fn class_names_of(labels: &[String]) -> Vec<String> {
     let distinct: Vec<&String> = labels.iter().collect::<BTreeSet<_>>().into_iter().collect();
     let as_ints: Option<BTreeMap<i128, &String>> = distinct
         .iter()

@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use chiron_proto::dataset::DatasetKind;
 use zip::ZipArchive;
 
+use super::arrays::Layout;
 use super::{
     ConvertError, ConvertOptions, Examples, Format, Inputs, LabelledInputs, MAX_INPUT_LEN,
     PlainDataset, Standardizer, Values, check_options, check_query_labels, numeric_class_names,
@@ -688,41 +689,11 @@ struct Decoded {
 }
 
 fn decode_features(array: &Array, limit: Option<usize>) -> Result<Decoded, ConvertError> {
-    let shape = &array.shape;
-    let layout_hint = "a features array needs one example per row of its first axis: shape \
-                       (n, columns) for a table, (n, height, width), (n, channels, height, \
-                       width) or (n, height, width, channels) for images";
-    // Example dims as stored, and whether the channel axis is last and must move first.
-    let (kind, dims, channels_last) = match shape.as_slice() {
-        [_, w] => (DatasetKind::Tabular, vec![*w], false),
-        [_, h, w] => (DatasetKind::Image, vec![1, *h, *w], false),
-        [_, a, h, w] => {
-            let channels = |d: usize| (1..=4).contains(&d);
-            if channels(*a) {
-                (DatasetKind::Image, vec![*a, *h, *w], false)
-            } else if channels(*w) {
-                (DatasetKind::Image, vec![*w, *a, *h], true)
-            } else {
-                return Err(array.unsupported(
-                    FEATURES,
-                    format!(
-                        "shape {shape:?}: neither the second nor the last axis can be colour \
-                         channels (1 to 4)"
-                    ),
-                ));
-            }
-        }
-        _ => {
-            return Err(array.unsupported(
-                FEATURES,
-                format!("shape {shape:?} has {} axes; {layout_hint}", shape.len()),
-            ));
-        }
-    };
-    let dims: Vec<u32> = dims
-        .iter()
-        .map(|&d| u32::try_from(d).unwrap_or(u32::MAX))
-        .collect();
+    let Layout {
+        kind,
+        dims,
+        channels_last,
+    } = Layout::of(&array.shape, |what, reason| array.unsupported(what, reason))?;
     let width: usize = dims.iter().map(|&d| d as usize).product();
     let n = limit.map_or(array.count(), |l| l.min(array.count()));
     if n == 0 || width == 0 {
