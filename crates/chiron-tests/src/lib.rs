@@ -167,14 +167,14 @@ pub fn add_principal_with(
 
 /// `data` encrypted under a fresh key, as the owner's client uploads it.
 pub fn encrypted(data: &PlainDataset) -> Vec<u8> {
+    encrypted_under(&DataKey::generate(), data)
+}
+
+/// `data` encrypted under `key`, as the owner's client uploads it.
+pub fn encrypted_under(key: &DataKey, data: &PlainDataset) -> Vec<u8> {
     let mut container = Vec::new();
-    chiron_crypto::encrypt_dataset(
-        &DataKey::generate(),
-        &data.header,
-        data.body.as_slice(),
-        &mut container,
-    )
-    .expect("encrypt");
+    chiron_crypto::encrypt_dataset(key, &data.header, data.body.as_slice(), &mut container)
+        .expect("encrypt");
     container
 }
 

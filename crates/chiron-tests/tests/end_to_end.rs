@@ -703,12 +703,7 @@ fn a_job_on_an_open_upload_starts_only_once_the_upload_is_complete() {
         .register_program(&program_wasm("chiron_mlp"))
         .expect("registers");
     let key = chiron_crypto::DataKey::generate();
-    let container = {
-        let mut out = Vec::new();
-        chiron_crypto::encrypt_dataset(&key, &data.header, data.body.as_slice(), &mut out)
-            .expect("encrypts");
-        out
-    };
+    let container = encrypted_under(&key, &data);
     let opened = host.create_upload(container.len() as u64).expect("opens");
     let job = host
         .create_job(&program.program_id, &opened.upload_id)
