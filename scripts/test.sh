@@ -9,7 +9,10 @@ scripts/setup-test-servers.sh
 cargo fmt --all -- --check
 # The end-to-end tests start the real binaries and load the real wasm programs.
 scripts/build.sh
-cargo test --release --workspace
+# A test that hangs fails the run here, with the test named by the harness's "has been
+# running for over 60 seconds", instead of using up CI's time. The suite takes some
+# 8 minutes on 2 cores.
+timeout --kill-after=30s 30m cargo test --release --workspace
 # The SDK's own unit tests (schedules, manifest and metadata encodings), natively.
 cargo test --release --manifest-path programs/Cargo.toml -p chiron-sdk --lib
 # The Python package (crates/chiron-python). Its extension module is built with the rest of the

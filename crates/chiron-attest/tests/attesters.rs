@@ -11,7 +11,6 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -26,12 +25,17 @@ use chiron_proto::evidence::{Evidence, Role, TeeKind};
 
 const MEASUREMENT: [u8; 32] = [0x5a; 32];
 
+/// Makes a FIFO at `path` with a system call, not by running `mkfifo(1)`: a child process
+/// forked while a serving thread holds a FIFO open holds it too until it runs `exec`, and if
+/// the attester writes its report data in that moment, the data lands in a pipe that the
+/// child's `exec` then frees unread, and both sides wait for each other for ever.
 fn mkfifo(path: &Path) {
-    let status = Command::new("mkfifo")
-        .arg(path)
-        .status()
-        .expect("mkfifo runs");
-    assert!(status.success(), "mkfifo {}", path.display());
+    rustix::fs::mkfifoat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+    )
+    .unwrap_or_else(|e| panic!("mkfifo {}: {e}", path.display()));
 }
 
 /// What a fake tree's serving thread saw.

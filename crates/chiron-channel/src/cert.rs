@@ -23,6 +23,11 @@
 //!   the report data (`chiron_attest::binding`), so the evidence vouches for exactly this
 //!   certificate's key, for this validity window, in this role, for this job.
 //!
+//! - **Serial number**: 20 bytes from the SHA-256 of the key ([`serial_number`]), its first
+//!   byte always in `0x40..=0x7f`, so that its DER encoding is always 22 bytes. (rcgen's
+//!   default, the hash with the top bit cleared, loses a byte whenever the hash starts with
+//!   `0x00` or `0x80`, one certificate in 128, and a private job's transcript would show it.)
+//!
 //! Nothing else in the certificate is relied on: subject, serial number and the self-signature
 //! carry no trust (the verifier checks the key binding and the handshake signature instead).
 //!
@@ -44,7 +49,7 @@ use chiron_attest::attester::{self, Platform};
 use chiron_proto::evidence::Role;
 use rcgen::{
     CertificateParams, CustomExtension, DistinguishedName, DnType, KeyPair, PKCS_ED25519,
-    PublicKeyData,
+    PublicKeyData, SerialNumber,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use sha2::{Digest, Sha256};
@@ -93,6 +98,19 @@ pub fn window_binding(not_before: u64, not_after: u64) -> [u8; 32] {
     hasher.update(not_before.to_be_bytes());
     hasher.update(not_after.to_be_bytes());
     hasher.finalize().into()
+}
+
+/// The serial number of the certificate for the key whose SubjectPublicKeyInfo is
+/// `spki_der`: the first 20 bytes of its SHA-256 (unique per key, as RFC 5280 asks of an
+/// issuer), the first byte forced into `0x40..=0x7f`, so that the number is positive and its
+/// DER encoding neither drops a leading zero byte nor adds one: every certificate, and so
+/// every handshake, is the same size.
+pub fn serial_number(spki_der: &[u8]) -> [u8; 20] {
+    let digest: [u8; 32] = Sha256::digest(spki_der).into();
+    let mut serial = [0; 20];
+    serial.copy_from_slice(&digest[..20]);
+    serial[0] = 0x40 | (serial[0] & 0x3f);
+    serial
 }
 
 /// The current time in seconds since the Unix epoch.
@@ -197,6 +215,9 @@ impl AttestedCertificate {
             .map_err(ChannelError::EvidenceEncoding)?;
 
         let mut params = CertificateParams::default();
+        params.serial_number = Some(SerialNumber::from_slice(&serial_number(
+            &key.subject_public_key_info(),
+        )));
         params.not_before = certificate_time(not_before)?;
         params.not_after = certificate_time(not_after)?;
         let mut name = DistinguishedName::new();
@@ -318,6 +339,25 @@ pub(crate) fn parse_der_octet_string(der: &[u8]) -> Option<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An input whose SHA-256 starts with `first`.
+    fn input_hashing_to(first: u8) -> Vec<u8> {
+        (0u32..)
+            .map(|i| i.to_be_bytes().to_vec())
+            .find(|input| Sha256::digest(input)[0] == first)
+            .expect("a byte value is hit within a few thousand tries")
+    }
+
+    #[test]
+    fn serial_numbers_keep_their_length_whatever_the_key_hashes_to() {
+        // 0x00 and 0x80 are the first bytes that made rcgen's default serial a byte shorter.
+        for first in [0x00, 0x01, 0x3f, 0x40, 0x7f, 0x80, 0xc0, 0xff] {
+            let input = input_hashing_to(first);
+            let serial = serial_number(&input);
+            assert!((0x40..=0x7f).contains(&serial[0]), "{first:#04x}");
+            assert_eq!(serial[1..], Sha256::digest(&input)[1..20], "{first:#04x}");
+        }
+    }
 
     #[test]
     fn octet_string_round_trips_at_every_length_form() {

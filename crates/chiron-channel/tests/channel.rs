@@ -477,6 +477,10 @@ fn the_extension_is_where_the_documentation_says() {
     let decoded = Evidence::from_bytes(evidence).expect("evidence after the DER header");
     assert_eq!(decoded.role, Role::Worker);
     assert_eq!(extension_value(evidence), extension.value);
+    // Twenty bytes of serial number, positive without a leading zero, so that the
+    // certificate, and every handshake, has one size.
+    assert_eq!(parsed.raw_serial().len(), 20);
+    assert!((0x40..=0x7f).contains(&parsed.raw_serial()[0]));
     let window = (
         u64::try_from(parsed.validity().not_before.timestamp()).expect("after 1970"),
         u64::try_from(parsed.validity().not_after.timestamp()).expect("after 1970"),
