@@ -24,8 +24,9 @@
 //! on loopback), reports the training enclave's peak memory, and times queries through the
 //! full path: HTTP, HPKE, the query enclave, a fresh instance, the encrypted answer.
 //!
-//! A fourth times ingest: the owner's encryption, the upload to a real `chiron-host` process
-//! over loopback (which streams it into its object store), and the enclave's decryption.
+//! A fourth times ingest: the owner's encryption sealed straight into the upload to a real
+//! `chiron-host` process over loopback (which streams it into its object store), its stages
+//! alone, the enclave's decryption, and a `dd` write of the same size beside the store.
 
 mod service;
 
@@ -217,35 +218,70 @@ fn service_bench(cli: &Cli) -> anyhow::Result<()> {
 /// Encrypts a dataset of `mib` MiB, uploads it to a `chiron-host` started for the purpose,
 /// and decrypts it again; prints each stage's rate and the end-to-end rate.
 ///
-/// The stages run one after the other because the product runs them so: the owner's client
-/// encrypts the whole dataset into memory and then uploads it, and the enclave receives the
-/// whole container before decrypting it. End to end is therefore the sum of the three times.
-/// Encryption and decryption use every core (chunks are independent); the upload is one
-/// HTTP request.
+/// Ingest as the product runs it, beside its parts and a plain disk write of the same size:
+///
+/// - **sealed into the upload**: what `chiron train` and the Python client do, the owner's
+///   encryption sealing parts while the parts before are sent to a real host process (which
+///   streams them into its object store on local disk);
+/// - its stages alone, one after the other: encrypting the whole container into memory, then
+///   the resumable upload of it, and the one-request upload the host also serves;
+/// - the enclave's decryption of the stored container (it receives the whole container
+///   before decrypting), so end to end is the streamed upload plus the decryption;
+/// - `dd` writing as many bytes to a file beside the host's store, plain (into the page
+///   cache, as the store writes) and synced, as the reference for the disk the store uses.
+///
+/// Every stage starts after a `sync`, so that none pays for the one before's writeback.
 fn ingest_bench(mib: u64) -> anyhow::Result<()> {
     let example = 4 + 3 * 32 * 32;
     let examples = u32::try_from((mib << 20) / example).context("dataset too large")?;
     let (header, body) = noise_images(examples);
     let bytes = body.len() as f64;
-
-    let t = Instant::now();
     let key = DataKey::generate();
-    let capacity = usize::try_from(chiron_crypto::dataset::container_len(&header)?)?;
-    let mut container = Vec::with_capacity(capacity);
+    let length = chiron_crypto::dataset::container_len(&header)?;
+
+    let host = HostProcess::start()?;
+    let client = host.client();
+    let opened = client.create_upload(length).context("upload failed")?;
+    sync()?;
+    let t = Instant::now();
+    client
+        .upload_encrypted(opened, &key, &header, body.as_slice())
+        .context("upload failed")?;
+    let streamed = t.elapsed();
+    drop(host);
+
+    sync()?;
+    let t = Instant::now();
+    let mut container = Vec::with_capacity(usize::try_from(length)?);
     chiron_crypto::encrypt_dataset(&key, &header, body.as_slice(), &mut container)?;
     let encrypt = t.elapsed();
     drop(body);
 
-    // The resumable upload the client uses, and beside it the one streamed request the host
-    // also serves, each to a fresh host.
+    // The resumable upload of the whole container, and beside it the one streamed request
+    // the host also serves, each to a fresh host.
     let host = HostProcess::start()?;
+    sync()?;
     let t = Instant::now();
     host.client()
         .upload_dataset(&container)
         .context("upload failed")?;
     let upload = t.elapsed();
+    // `dd` varies by a factor of several from one write to the next on a virtual disk: the
+    // median of three of each.
+    let mut dd = Vec::new();
+    let mut dd_synced = Vec::new();
+    for _ in 0..3 {
+        sync()?;
+        dd.push(dd_write(&host.dir.join("dd.out"), mib, false)?);
+        sync()?;
+        dd_synced.push(dd_write(&host.dir.join("dd.out"), mib, true)?);
+    }
+    dd.sort();
+    dd_synced.sort();
+    let (dd, dd_synced) = (dd[1], dd_synced[1]);
     drop(host);
     let host = HostProcess::start()?;
+    sync()?;
     let t = Instant::now();
     host.client()
         .upload_dataset_in_one_request(&container)
@@ -260,18 +296,48 @@ fn ingest_bench(mib: u64) -> anyhow::Result<()> {
 
     let mb = |d: Duration| bytes / 1e6 / d.as_secs_f64();
     println!(
-        "\n| ingest, {mib} MiB | owner encrypts | upload to the host (loopback, stored) | enclave decrypts | end to end (stages in sequence) | upload in one request (not resumable) |"
+        "\n| ingest, {mib} MiB, MB/s | sealed into the upload | owner encrypts (alone) | upload (alone) | encrypt, then upload | one-request upload (alone) | enclave decrypts | end to end | `dd` (median of 3) | `dd`, synced (median of 3) | end to end / `dd` |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| MB/s | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+        "| | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} |",
+        mb(streamed),
         mb(encrypt),
         mb(upload),
+        mb(encrypt + upload),
+        mb(one_request),
         mb(decrypt),
-        mb(encrypt + upload + decrypt),
-        mb(one_request)
+        mb(streamed + decrypt),
+        mb(dd),
+        mb(dd_synced),
+        dd.as_secs_f64() / (streamed + decrypt).as_secs_f64()
     );
     Ok(())
+}
+
+/// Flushes the page cache's dirty pages to disk.
+fn sync() -> anyhow::Result<()> {
+    let status = Command::new("sync").status().context("cannot run sync")?;
+    anyhow::ensure!(status.success(), "sync failed");
+    Ok(())
+}
+
+/// How long `dd` takes to write `mib` MiB of zeros to `path` (and, if `synced`, to sync
+/// them to disk).
+fn dd_write(path: &Path, mib: u64, synced: bool) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let mut dd = Command::new("dd");
+    dd.arg("if=/dev/zero")
+        .arg(format!("of={}", path.display()))
+        .args(["bs=1M", &format!("count={mib}"), "status=none"]);
+    if synced {
+        dd.arg("conv=fsync");
+    }
+    let status = dd.status().context("cannot run dd")?;
+    let took = t.elapsed();
+    anyhow::ensure!(status.success(), "dd failed");
+    let _ = std::fs::remove_file(path);
+    Ok(took)
 }
 
 /// Times single-input queries natively and sandboxed, interleaved in blocks of 20, then

@@ -217,25 +217,93 @@ impl HostClient {
     /// up after about a minute without progress.
     pub fn resume_upload(
         &self,
-        mut status: UploadStatus,
+        status: UploadStatus,
         container: &[u8],
+    ) -> Result<DatasetCreated, ClientError> {
+        if status.length != container.len() as u64 {
+            return Err(ClientError::Input(format!(
+                "upload {} is of {} bytes, this container of {}",
+                status.upload_id,
+                status.length,
+                container.len()
+            )));
+        }
+        self.send_parts(status, &mut Whole(container))
+    }
+
+    /// Encrypts a dataset straight into upload `opened`: `body`, the plaintext `header`
+    /// describes, is sealed under `key` on every core (as [`chiron_crypto::encrypt_dataset`]
+    /// seals it) while the parts already sealed are sent, so the container is never whole
+    /// in memory and encryption and upload overlap. `opened` must be an upload of
+    /// [`chiron_crypto::dataset::container_len`]`(header)` bytes with nothing stored yet.
+    /// Resumes like [`HostClient::resume_upload`] from where the host's store stands, as long
+    /// as that is within the part being sent (the host stores whole parts); a host that lost
+    /// parts it had acknowledged fails the upload, since the container is sealed under a
+    /// fresh nonce each time and cannot be made again.
+    pub fn upload_encrypted(
+        &self,
+        opened: UploadStatus,
+        key: &chiron_crypto::DataKey,
+        header: &chiron_proto::dataset::DatasetHeader,
+        body: impl Read + Send,
+    ) -> Result<DatasetCreated, ClientError> {
+        let length = chiron_crypto::dataset::container_len(header)?;
+        if opened.length != length || opened.offset != 0 {
+            return Err(ClientError::Input(format!(
+                "upload {} is of {} bytes with {} stored, this dataset's container of {length} \
+                 with none",
+                opened.upload_id, opened.length, opened.offset
+            )));
+        }
+        let part_len = self.upload_part;
+        let (parts_out, parts_in) = std::sync::mpsc::sync_channel(1);
+        let (spare_out, spare_in) = std::sync::mpsc::sync_channel(2);
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                let mut writer = PartWriter {
+                    part_len,
+                    part: Vec::with_capacity(part_len),
+                    parts: parts_out,
+                    spare: spare_in,
+                };
+                let sealed = chiron_crypto::encrypt_dataset(key, header, body, &mut writer)
+                    .and_then(|_| writer.send_last());
+                if let Err(e) = sealed {
+                    // Only fails when the uploader has stopped, and so no longer listens.
+                    let _ = writer.parts.send(Err(e));
+                }
+            });
+            let mut parts = Sealed {
+                parts: parts_in,
+                spare: spare_out,
+                current: Vec::new(),
+                start: 0,
+            };
+            // Dropping the parts (on success or failure) stops the encryption thread.
+            self.send_parts(opened, &mut parts)
+        })
+    }
+
+    /// Sends parts from `source`, starting where `status` stands, until the host has the
+    /// whole container; retries as [`HostClient::resume_upload`] describes.
+    fn send_parts(
+        &self,
+        mut status: UploadStatus,
+        source: &mut dyn PartSource,
     ) -> Result<DatasetCreated, ClientError> {
         let mut failures = 0;
         loop {
             if let Some(dataset) = status.dataset {
                 return Ok(dataset);
             }
-            if status.length != container.len() as u64 || status.offset > status.length {
+            if status.offset > status.length {
                 return Err(ClientError::Input(format!(
-                    "upload {} is of {} bytes, this container of {}",
-                    status.upload_id,
-                    status.length,
-                    container.len()
+                    "upload {} is of {} bytes, {} stored",
+                    status.upload_id, status.length, status.offset
                 )));
             }
-            let start = usize::try_from(status.offset).unwrap_or(usize::MAX);
-            let end = start.saturating_add(self.upload_part).min(container.len());
-            let sent = self.upload_part(&status.upload_id, status.offset, &container[start..end]);
+            let part = source.part_at(status.offset, self.upload_part)?;
+            let sent = self.upload_part(&status.upload_id, status.offset, part);
             match sent {
                 Ok(next) => {
                     status = next;
@@ -344,6 +412,111 @@ impl HostClient {
 
 /// Whether an upload step may succeed if tried again: the connection broke, the host is
 /// restarting, or the host stored a part whose answer was lost (409: ask where it stands).
+/// Where an upload's bytes come from.
+trait PartSource {
+    /// Up to `max` bytes of the container from byte `offset` on.
+    fn part_at(&mut self, offset: u64, max: usize) -> Result<&[u8], ClientError>;
+}
+
+/// A container whole in memory.
+struct Whole<'c>(&'c [u8]);
+
+impl PartSource for Whole<'_> {
+    fn part_at(&mut self, offset: u64, max: usize) -> Result<&[u8], ClientError> {
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(self.0.len());
+        let end = start.saturating_add(max).min(self.0.len());
+        Ok(&self.0[start..end])
+    }
+}
+
+/// A container sealed as it is sent: the parts come from the encryption thread in order,
+/// and only the one being sent is kept.
+struct Sealed {
+    parts: std::sync::mpsc::Receiver<Result<Vec<u8>, chiron_crypto::CryptoError>>,
+    /// Buffers sent, handed back for the next parts (fresh ones would be faulted in anew).
+    spare: std::sync::mpsc::SyncSender<Vec<u8>>,
+    current: Vec<u8>,
+    /// The container offset of `current`'s first byte.
+    start: u64,
+}
+
+impl PartSource for Sealed {
+    fn part_at(&mut self, offset: u64, max: usize) -> Result<&[u8], ClientError> {
+        while offset >= self.start + self.current.len() as u64 {
+            let next = match self.parts.recv() {
+                Ok(part) => part?,
+                Err(_) => {
+                    return Err(ClientError::Input(
+                        "the host asks for bytes past the end of the container".into(),
+                    ));
+                }
+            };
+            self.start += self.current.len() as u64;
+            let sent = std::mem::replace(&mut self.current, next);
+            let _ = self.spare.try_send(sent);
+        }
+        if offset < self.start {
+            return Err(ClientError::Input(format!(
+                "the host lost bytes {offset}..{} of the upload that it had acknowledged; \
+                 upload the dataset again",
+                self.start
+            )));
+        }
+        // Within the current part: the host stores whole parts, so `offset` is its start
+        // unless parts were sent in other sizes.
+        let from = usize::try_from(offset - self.start).unwrap_or(usize::MAX);
+        let end = from.saturating_add(max).min(self.current.len());
+        Ok(&self.current[from..end])
+    }
+}
+
+/// The encryption thread's output: cuts the container into parts of `part_len` bytes.
+struct PartWriter {
+    part_len: usize,
+    part: Vec<u8>,
+    parts: std::sync::mpsc::SyncSender<Result<Vec<u8>, chiron_crypto::CryptoError>>,
+    spare: std::sync::mpsc::Receiver<Vec<u8>>,
+}
+
+impl PartWriter {
+    /// Hands over the part being filled.
+    fn send_part(&mut self) -> std::io::Result<()> {
+        let mut next = self.spare.try_recv().unwrap_or_default();
+        next.clear();
+        next.reserve(self.part_len);
+        let full = std::mem::replace(&mut self.part, next);
+        self.parts
+            .send(Ok(full))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "upload stopped"))
+    }
+
+    /// Hands over the last, shorter part, if any.
+    fn send_last(&mut self) -> Result<(), chiron_crypto::CryptoError> {
+        if !self.part.is_empty() {
+            self.send_part()?;
+        }
+        Ok(())
+    }
+}
+
+impl std::io::Write for PartWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let room = self.part_len - self.part.len();
+        let n = room.min(data.len());
+        self.part.extend_from_slice(&data[..n]);
+        if self.part.len() == self.part_len {
+            self.send_part()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn retryable(e: &ClientError) -> bool {
     match e {
         ClientError::Http(_) => true,
@@ -400,4 +573,69 @@ fn bytes(reply: Reply) -> Result<Vec<u8>, ClientError> {
         .limit(MAX_BODY)
         .read_to_vec()
         .map_err(|e| ClientError::Http(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A source of the parts `parts`, already sealed.
+    fn sealed(parts: &[&[u8]]) -> Sealed {
+        let (parts_out, parts_in) = std::sync::mpsc::sync_channel(parts.len());
+        for part in parts {
+            parts_out.send(Ok(part.to_vec())).expect("room");
+        }
+        let (spare, _) = std::sync::mpsc::sync_channel(2);
+        Sealed {
+            parts: parts_in,
+            spare,
+            current: Vec::new(),
+            start: 0,
+        }
+    }
+
+    #[test]
+    fn sealed_parts_are_served_in_order_and_resumed_within_the_current_one() {
+        let mut source = sealed(&[b"abcd", b"efgh", b"ij"]);
+        assert_eq!(source.part_at(0, 4).expect("first"), b"abcd");
+        // A part the host stored in part, or whose answer was lost: asked for again.
+        assert_eq!(source.part_at(2, 4).expect("rest of the first"), b"cd");
+        assert_eq!(source.part_at(4, 4).expect("second"), b"efgh");
+        assert_eq!(source.part_at(8, 4).expect("last"), b"ij");
+        let err = source.part_at(10, 4).expect_err("past the end");
+        assert!(err.to_string().contains("past the end"), "{err}");
+    }
+
+    #[test]
+    fn a_host_that_lost_acknowledged_parts_fails_the_upload_with_the_reason() {
+        let mut source = sealed(&[b"abcd", b"efgh"]);
+        source.part_at(4, 4).expect("second");
+        let err = source.part_at(0, 4).expect_err("gone");
+        assert!(err.to_string().contains("lost bytes 0..4"), "{err}");
+        assert!(
+            err.to_string().contains("upload the dataset again"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_encryption_side_cuts_the_container_into_parts_of_the_upload_size() {
+        use std::io::Write;
+        let (parts, received) = std::sync::mpsc::sync_channel(8);
+        let (_, spare) = std::sync::mpsc::sync_channel(2);
+        let mut writer = PartWriter {
+            part_len: 4,
+            part: Vec::new(),
+            parts,
+            spare,
+        };
+        writer.write_all(b"abcdefghij").expect("written");
+        writer.send_last().expect("last");
+        let cut: Vec<Vec<u8>> = received.try_iter().map(|p| p.expect("part")).collect();
+        assert_eq!(cut, [&b"abcd"[..], b"efgh", b"ij"]);
+        // The uploader gone, the encryption stops with an error instead of blocking.
+        drop(received);
+        let err = writer.write_all(b"klmn").expect_err("nobody listens");
+        assert_eq!(err.kind(), std::io::ErrorKind::BrokenPipe);
+    }
 }

@@ -154,13 +154,12 @@ fn start(
     }
 
     let key = DataKey::generate();
-    let mut container = Vec::new();
-    chiron_crypto::encrypt_dataset(&key, &header, plain.body.as_slice(), &mut container)
-        .map_err(ClientError::from)?;
-    drop(plain.body);
     // The job is created on the upload before its data is sent: its enclave is attested
-    // first, so an enclave the policy refuses costs no upload.
-    let opened = client.create_upload(container.len() as u64)?;
+    // first, so an enclave the policy refuses costs no upload (the container is sealed as
+    // it is sent).
+    let container_len =
+        chiron_crypto::dataset::container_len(&header).map_err(ClientError::from)?;
+    let opened = client.create_upload(container_len)?;
     let dataset_id = opened.upload_id.clone();
     let job = client
         .create_job(&request.program_id, &dataset_id)
@@ -186,7 +185,11 @@ fn start(
         &key,
         &terms,
         || {
-            uploaded = Some(client.resume_upload(opened, &container)?.dataset_id);
+            uploaded = Some(
+                client
+                    .upload_encrypted(opened, &key, &header, plain.body.as_slice())?
+                    .dataset_id,
+            );
             Ok(())
         },
     )
@@ -197,7 +200,7 @@ fn start(
             error,
         }
     })?;
-    drop(container);
+    drop(plain.body);
     if let Some(dataset) = uploaded {
         notes.push(format!("uploaded encrypted dataset {dataset}"));
     }

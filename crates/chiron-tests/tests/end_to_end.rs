@@ -732,3 +732,41 @@ fn a_job_on_an_open_upload_starts_only_once_the_upload_is_complete() {
     let (state, events) = wait(&service, &ticket, Duration::from_secs(120));
     assert_eq!(state, JobState::Succeeded, "{events:?}");
 }
+
+#[test]
+fn a_dataset_sealed_as_it_is_uploaded_is_the_container_its_key_opens() {
+    let service = Service::start();
+    // Small parts, so that encryption runs ahead of the upload by several of them.
+    let host = service.client().with_upload_part(64 << 10);
+    let data = fashion_subset(1000);
+    let key = chiron_crypto::DataKey::generate();
+    let length = chiron_crypto::dataset::container_len(&data.header).expect("length");
+    assert!(length > 10 * (64 << 10), "{length}");
+
+    // An upload of another length is refused before anything is sealed or sent.
+    let wrong = host.create_upload(length - 1).expect("opens");
+    let err = host
+        .upload_encrypted(wrong.clone(), &key, &data.header, data.body.as_slice())
+        .expect_err("another length");
+    assert!(
+        err.to_string().contains("this dataset's container"),
+        "{err}"
+    );
+    assert_eq!(
+        host.upload_status(&wrong.upload_id).expect("status").offset,
+        0
+    );
+
+    let opened = host.create_upload(length).expect("opens");
+    let dataset = host
+        .upload_encrypted(opened, &key, &data.header, data.body.as_slice())
+        .expect("sealed and sent");
+    let stored = service.stored_dataset(&dataset.dataset_id);
+    assert_eq!(stored.len() as u64, length);
+    let (header, body) = chiron_crypto::decrypt_dataset(&key, &stored).expect("opens");
+    assert_eq!(header, data.header);
+    assert!(
+        *body == data.body,
+        "the stored dataset differs from the owner's"
+    );
+}

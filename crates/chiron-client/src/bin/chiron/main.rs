@@ -775,10 +775,9 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     }
 
     let key = DataKey::generate();
-    let mut container = Vec::new();
-    chiron_crypto::encrypt_dataset(&key, &header, plain.body.as_slice(), &mut container)?;
-    drop(plain.body);
-    let bar = indicatif::ProgressBar::new(container.len() as u64);
+    // The container is sealed as it is sent, once the enclaves are attested.
+    let container_len = chiron_crypto::dataset::container_len(&header)?;
+    let bar = indicatif::ProgressBar::new(container_len);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
             "{spinner} uploading [{elapsed_precise}] {bar:30} {bytes}/{total_bytes} \
@@ -792,7 +791,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         .with_upload_progress(move |sent, _| shown.set_position(sent));
     // The job is created on the upload before its data is sent: its enclaves are attested
     // first, so an enclave the policy refuses costs no upload.
-    let opened = host.create_upload(container.len() as u64)?;
+    let opened = host.create_upload(container_len)?;
     let dataset_id = opened.upload_id.clone();
     let job = host
         .create_distributed_job(&args.program, &dataset_id, args.workers)
@@ -800,8 +799,8 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
             let _ = host.cancel_upload(&dataset_id);
         })?;
     let send_data = || {
-        eprintln!("attested; uploading the encrypted dataset");
-        let sent = uploader.resume_upload(opened, &container);
+        eprintln!("attested; encrypting and uploading the dataset");
+        let sent = uploader.upload_encrypted(opened, &key, &header, plain.body.as_slice());
         bar.finish_and_clear();
         let dataset = sent.inspect_err(|_| {
             let _ = host.cancel_upload(&dataset_id);
@@ -882,7 +881,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         );
         ticket
     };
-    drop(container);
+    drop(plain.body);
     if let Some(seed) = ticket.seed {
         eprintln!(
             "seed {}: pass it to --seed to train the same model again",
