@@ -208,19 +208,14 @@ fn serve(enclave: &Enclave, start: Start) -> Result<(), &'static str> {
         )
         .await
         .map_err(|_| "workers did not connect in time")?;
-        let (replacements, accepting) = match terms.pace {
-            None => {
-                let (links, task) =
-                    admit_replacements(listener, identity, expectation, terms.message_bytes());
-                (Some(links), Some(task))
-            }
-            Some(_) => {
-                drop(listener);
-                (None, None)
-            }
+        let (replacements, accepting) = {
+            let (links, task) =
+                admit_replacements(listener, identity, expectation, terms.message_bytes());
+            (Some(links), Some(task))
         };
         let mut server = Server {
             replacements,
+            replaced: BTreeSet::new(),
             rank_zero_done: false,
             lost: BTreeSet::new(),
             engine: DefaultBackend::new(),
@@ -325,8 +320,8 @@ async fn admit(
     links.into_values().collect()
 }
 
-/// Admits replacements of lost workers while the rounds run (a live exchange only): each
-/// attested connection's link goes to the rounds, which decide whether to take it.
+/// Admits replacements of lost workers while the rounds run: each attested connection's
+/// link goes to the rounds, which decide whether to take it.
 fn admit_replacements(
     listener: TcpListener,
     identity: LocalIdentity,
@@ -393,8 +388,10 @@ struct Server<'a> {
     engine: DefaultBackend,
     /// One link per rank, in rank order.
     workers: Vec<Link>,
-    /// Replacements of lost workers, admitted while the rounds run (live jobs).
+    /// Replacements of lost workers, admitted while the rounds run.
     replacements: Option<tokio::sync::mpsc::Receiver<Link>>,
+    /// Ranks a replacement took since this server began.
+    replaced: BTreeSet<u32>,
     /// Rank 0 is done: the job's model is sealed, and the workers still running are let go.
     rank_zero_done: bool,
     /// Ranks lost before they were done and not back yet (since this server began, or
@@ -635,12 +632,12 @@ impl Server<'_> {
         self.workers.iter().position(|w| w.rank == rank)
     }
 
-    /// Worker `rank` broke its connection before it was done. In a live job it is lost and
-    /// the rounds go on (a replacement may take its place); rank 0 and a paced job's
-    /// workers are not replaced, so their loss ends the job.
+    /// Worker `rank` broke its connection before it was done: it is lost and the rounds go
+    /// on (a replacement may take its place). Rank 0 is not replaced, so its loss ends the
+    /// job.
     fn lose(&mut self, rank: u32) -> Result<(), String> {
         let broke = || format!("worker {rank} broke its connection");
-        if rank == 0 || self.terms.pace.is_some() {
+        if rank == 0 {
             return Err(broke());
         }
         let i = self.index(rank).ok_or_else(broke)?;
@@ -666,6 +663,9 @@ impl Server<'_> {
                 None => Some(Err(self.workers.partition_point(|w| w.rank < link.rank))),
             }
         };
+        if place.is_some() {
+            self.replaced.insert(link.rank);
+        }
         match place {
             Some(Ok(i)) => {
                 self.workers[i] = link;
@@ -715,13 +715,23 @@ impl Server<'_> {
     async fn paced_rounds(&mut self, pace: Pace) -> Result<(), String> {
         let size = self.terms.message_bytes();
         let half_tick = Duration::from_millis(u64::from(pace.tick_ms / 2));
-        let count = self.workers.len();
-        let mut pending: Vec<Option<ToServer>> = (0..count).map(|_| None).collect();
-        let mut broken = vec![false; count];
+        // By rank: a request waiting for its round, and connections that are gone.
+        let mut pending: BTreeMap<u32, ToServer> = BTreeMap::new();
+        let mut broken: BTreeSet<u32> = BTreeSet::new();
         let mut failure: Option<String> = None;
         for _ in 0..pace.ticks {
-            for (i, worker) in self.workers.iter_mut().enumerate() {
-                if broken[i] {
+            // A replacement of a lost worker joins at this tick; it keeps its own schedule,
+            // which the server's reads follow.
+            self.take_back_waiting().await;
+            for worker in self.workers.iter().filter(|w| w.reader.is_some()) {
+                if broken.remove(&worker.rank) {
+                    pending.remove(&worker.rank);
+                }
+            }
+            let mut released = BTreeSet::new();
+            let mut lost = Vec::new();
+            for worker in self.workers.iter_mut() {
+                if broken.contains(&worker.rank) {
                     continue;
                 }
                 let Some(reader) = worker.reader.as_mut() else {
@@ -730,20 +740,33 @@ impl Server<'_> {
                 let message = match reader.recv_message(size).await {
                     Ok(bytes) => unpad::<ToServer>(&bytes),
                     Err(_) => {
-                        broken[i] = true;
-                        Err("broke its connection".to_owned())
+                        broken.insert(worker.rank);
+                        lost.push(worker.rank);
+                        continue;
                     }
                 };
                 let problem = match message {
                     Ok(ToServer::Idle) => None,
                     Ok(ToServer::Done) => {
                         worker.active = false;
+                        self.rank_zero_done |= worker.rank == 0;
                         None
                     }
                     Ok(ToServer::Abandon) => Some("failed".to_owned()),
                     Ok(ToServer::Hello { .. }) => Some("said hello twice".to_owned()),
-                    Ok(request) if pending[i].is_none() && worker.active => {
-                        pending[i] = Some(request);
+                    // A replacement behind rank 0, which is done: let go. (A first worker
+                    // goes on stepping alone: when it ends must not depend on its data.)
+                    Ok(ToServer::Register { .. } | ToServer::Step { .. })
+                        if self.rank_zero_done
+                            && worker.active
+                            && self.replaced.contains(&worker.rank) =>
+                    {
+                        worker.active = false;
+                        released.insert(worker.rank);
+                        None
+                    }
+                    Ok(request) if !pending.contains_key(&worker.rank) && worker.active => {
+                        pending.insert(worker.rank, request);
                         None
                     }
                     Ok(_) => Some("sent a request out of turn".to_owned()),
@@ -753,27 +776,24 @@ impl Server<'_> {
                     failure.get_or_insert(format!("worker {} {problem}", worker.rank));
                 }
             }
+            for rank in lost {
+                self.lose_paced(rank, &mut failure);
+                pending.remove(&rank);
+            }
             let arrived = tokio::time::Instant::now();
             let ready = failure.is_none()
-                && pending.iter().any(Option::is_some)
+                && !pending.is_empty()
                 && self
                     .workers
                     .iter()
-                    .zip(&pending)
-                    .all(|(w, p)| !w.active || p.is_some());
-            let mut answered = vec![false; count];
+                    .all(|w| !w.active || pending.contains_key(&w.rank));
+            let mut answered = BTreeSet::new();
             let mut parameters = None;
             if ready {
-                let messages: Vec<(u32, ToServer)> = self
-                    .workers
-                    .iter()
-                    .zip(pending.iter_mut())
-                    .enumerate()
-                    .filter_map(|(i, (w, p))| {
-                        p.take().map(|m| {
-                            answered[i] = true;
-                            (w.rank, m)
-                        })
+                let messages: Vec<(u32, ToServer)> = std::mem::take(&mut pending)
+                    .into_iter()
+                    .inspect(|(rank, _)| {
+                        answered.insert(*rank);
                     })
                     .collect();
                 match self.round(messages) {
@@ -799,6 +819,7 @@ impl Server<'_> {
                 Some(reason) => pad(&ToWorker::Refused(reason.clone()), size)?,
                 None => pad(&ToWorker::Wait, size)?,
             };
+            let let_go = pad(&ToWorker::Released, size)?;
             tokio::time::sleep_until(arrived + half_tick).await;
             if tokio::time::Instant::now() > arrived + half_tick + LATE {
                 failure.get_or_insert_with(|| {
@@ -808,21 +829,43 @@ impl Server<'_> {
                     )
                 });
             }
-            for (i, worker) in self.workers.iter_mut().enumerate() {
-                if broken[i] {
+            let mut lost = Vec::new();
+            for worker in self.workers.iter_mut() {
+                if broken.contains(&worker.rank) {
                     continue;
                 }
-                let bytes = match (&parameters, answered[i]) {
+                let bytes = match (&parameters, answered.contains(&worker.rank)) {
                     (Some(parameters), true) => parameters,
+                    _ if released.contains(&worker.rank) && failure.is_none() => &let_go,
                     _ => &other,
                 };
                 if worker.writer.send_message(bytes).await.is_err() {
-                    broken[i] = true;
-                    failure.get_or_insert(format!("worker {} broke its connection", worker.rank));
+                    broken.insert(worker.rank);
+                    lost.push(worker.rank);
                 }
+            }
+            for rank in lost {
+                self.lose_paced(rank, &mut failure);
             }
         }
         failure.map_or(Ok(()), Err)
+    }
+
+    /// A paced exchange's worker `rank` broke its connection. One that was done is no
+    /// loss; another is lost as in a live job ([`Server::lose`]), its rounds go on without
+    /// it and a replacement may take its place, except rank 0, whose loss ends the job (the
+    /// schedule still runs to its end, with `Refused`).
+    fn lose_paced(&mut self, rank: u32, failure: &mut Option<String>) {
+        let training = self.index(rank).is_some_and(|i| self.workers[i].active);
+        if !training {
+            if let Some(i) = self.index(rank) {
+                self.workers[i].reader = None;
+            }
+            return;
+        }
+        if let Err(reason) = self.lose(rank) {
+            failure.get_or_insert(reason);
+        }
     }
 
     /// Runs rounds as the workers step, until every worker is done (or, once rank 0 is,

@@ -121,16 +121,14 @@ pub fn run(enclave: &Enclave, start: Start, input: &mut impl Read) -> EnclaveFra
     let request = request.and_then(|request| {
         let place = request.distributed.as_ref();
         match place {
-            // Only rank 0 is irreplaceable (its events and model are the job's), and only a
-            // live exchange takes a worker back: a paced one's schedule would show it.
-            Some(place) if resumed && (place.rank == 0 || place.exchange.pace.is_some()) => {
-                Err(fail(
-                    "malformed training request",
-                    "a ticket of a worker that is not replaced",
-                ))
-            }
-            Some(place) if !resumed && place.rank != 0 && place.exchange.pace.is_none() => {
-                // Decided by the public terms and the platform, never by the data.
+            // Only rank 0 is irreplaceable: its events and model are the job's.
+            Some(place) if resumed && place.rank == 0 => Err(fail(
+                "malformed training request",
+                "a ticket of a worker that is not replaced",
+            )),
+            Some(place) if !resumed && place.rank != 0 => {
+                // Decided by the public terms and the platform, never by the data; sent
+                // before the program runs, so a private job's ticket says nothing either.
                 if let Some(key) = enclave.ticket_key() {
                     let sealed = key.seal(&ticket_aad(&start.job_id), &request_bytes);
                     let _ = enclave.send(&EnclaveFrame::WorkerTicket { sealed });
@@ -214,6 +212,9 @@ pub fn run(enclave: &Enclave, start: Start, input: &mut impl Read) -> EnclaveFra
         _ => outcome,
     };
     let frame = match outcome {
+        // A private job's replacement ends as let go whatever its program did: its model is
+        // never the job's, and whether it was let go before finishing depends on its data.
+        _ if resumed && private.is_some() => EnclaveFrame::Released,
         Ok(Ended::Trained {
             sealed,
             parameters,

@@ -275,7 +275,7 @@ fn keep_pace(
             }
             // A paced exchange keeps every worker to its schedule's end.
             Ok(ToWorker::Released) => {
-                let reason = "the parameter server let a paced worker go".to_owned();
+                let reason = RELEASED.to_owned();
                 if std::mem::take(&mut outstanding) {
                     let _ = answer.send(Err(reason.clone()));
                 }

@@ -815,6 +815,38 @@ fn a_private_job_trains_on_a_paced_exchange() {
     assert!(accuracy > 0.85, "accuracy {accuracy}");
 }
 
+#[test]
+fn a_killed_worker_of_a_private_job_is_replaced_and_the_job_keeps_its_schedule() {
+    let service = Service::start();
+    let data = iris();
+    // 40 epochs take about 320 rounds, under a fifth of the schedule's 1 600 ticks.
+    let budget_secs = 40;
+    let terms = chiron_tests::transcript::private_terms(40, budget_secs);
+    let started = Instant::now();
+    let ticket = start_distributed_job(&service, &program_wasm("chiron_mlp"), &data, &terms, 2, 64)
+        .expect("job starts");
+    // A private job's events are held to its end: the kill comes at a time, not at an event,
+    // some 110 rounds in on this machine.
+    std::thread::sleep(Duration::from_secs(4));
+    let mut workers = enclave_processes(service.pid(), &["worker"]);
+    workers.sort_unstable();
+    assert_eq!(workers.len(), 2, "two worker processes");
+    kill(workers[1]);
+    let (state, events) = wait(&service, &ticket, Duration::from_secs(180));
+    assert_eq!(state, JobState::Succeeded, "{events:?}");
+    let log = service.stderr();
+    assert!(
+        log.contains("worker 1 lost; a replacement takes its place"),
+        "{log}"
+    );
+    // The job still ends at its budget, and rank 0's model answers.
+    assert!(started.elapsed() >= Duration::from_secs(budget_secs.into()));
+    let test = iris_inputs(&data, None);
+    let accuracy =
+        query_accuracy(&service, &ticket, &test.features, &test.labels, 50).expect("queries");
+    assert!(accuracy > 0.85, "accuracy {accuracy}");
+}
+
 /// The round of the latest checkpoint the host says it stored.
 fn latest_checkpoint(service: &Service) -> Option<u64> {
     service.stderr().lines().rev().find_map(|line| {
