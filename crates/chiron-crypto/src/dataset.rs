@@ -460,6 +460,21 @@ impl<'a> ChunkCipher<'a> {
     }
 }
 
+impl ChunkCipher<'_> {
+    /// Authenticates one chunk's slot (ciphertext ‖ tag) and decrypts it in place: the
+    /// plaintext ends up in the slot's first `slot.len() - TAG_LEN` bytes.
+    fn open_in_place(&self, index: u64, last: bool, slot: &mut [u8]) -> Result<(), ()> {
+        let nonce = self.nonce(index, last).ok_or(())?;
+        let at = slot.len().checked_sub(TAG_LEN).ok_or(())?;
+        let (text, tag) = slot.split_at_mut(at);
+        let tag = Tag::try_from(&*tag).map_err(|_| ())?;
+        self.key
+            .open_in_place_separate_tag(nonce, Aad::from(self.aad), tag, text, 0..)
+            .map(|_| ())
+            .map_err(|_| ())
+    }
+}
+
 /// A container split into its parts; nothing in it is authenticated yet.
 struct Parsed<'a> {
     header: DatasetHeader,
@@ -587,6 +602,74 @@ pub fn decrypt_dataset(
     body_first.copy_from_slice(&first_plain);
     open_in_parallel(&cipher, layout, rest, body_rest)?;
     Ok((parsed.header, body))
+}
+
+/// [`decrypt_dataset`], in the container's own memory: each chunk is opened where it lies
+/// (on the same threads), then the plaintexts are moved down over the preamble and the tags,
+/// and the buffer, cut to the body, is returned. No second buffer as large as the dataset is
+/// allocated, so the peak memory is the container's, not twice it. On failure the container,
+/// partly decrypted, is wiped.
+pub fn decrypt_dataset_in_place(
+    key: &DataKey,
+    container: Vec<u8>,
+) -> Result<(DatasetHeader, Zeroizing<Vec<u8>>), CryptoError> {
+    let mut container = Zeroizing::new(container);
+    let (header, plaintext_len, aad, nonce_prefix, chunks_at) = {
+        let parsed = parse(&container)?;
+        let chunks_at = container.len() - parsed.chunks.len();
+        (
+            parsed.header,
+            parsed.plaintext_len,
+            parsed.aad.to_vec(),
+            parsed.nonce_prefix,
+            chunks_at,
+        )
+    };
+    let layout = Layout::new(plaintext_len);
+    let expected_len = layout
+        .ciphertext_len()?
+        .checked_add(chunks_at as u64)
+        .ok_or_else(too_large)?;
+    let found_len = container.len() as u64;
+    let cipher =
+        ChunkCipher::new(key, nonce_prefix, &aad).ok_or(CryptoError::DatasetChunk { index: 0 })?;
+
+    // Chunk 0 alone first, as `decrypt_dataset` does: nothing is sized by the header before
+    // it is authentic.
+    let first_len = layout.plaintext_len(0);
+    let first_end = chunks_at + first_len + TAG_LEN;
+    let Some(first) = container.get_mut(chunks_at..first_end) else {
+        return Err(CryptoError::DatasetTruncated {
+            expected: expected_len,
+            found: found_len,
+        });
+    };
+    cipher
+        .open_in_place(0, layout.chunks == 1, first)
+        .map_err(|()| CryptoError::DatasetChunk { index: 0 })?;
+    check_len(expected_len, found_len)?;
+    let rest = container.get_mut(first_end..).unwrap_or_default();
+    open_batches(rest.chunks_mut(BATCH_CHUNKS * SLOT_LEN), |first, slots| {
+        for (index, slot) in (first..).zip(slots.chunks_mut(SLOT_LEN)) {
+            cipher
+                .open_in_place(index, index + 1 == layout.chunks, slot)
+                .map_err(|()| index)?;
+        }
+        Ok(())
+    })?;
+
+    // Each chunk's plaintext moves down to its place in the body; a destination never lies
+    // past its source, so moving them in order overwrites only what was already moved.
+    for index in 0..layout.chunks {
+        // Both fit in usize: they are offsets in the container, which is in memory.
+        let from = chunks_at + index as usize * SLOT_LEN;
+        let to = index as usize * CHUNK_LEN;
+        let len = layout.plaintext_len(index);
+        container.copy_within(from..from + len, to);
+    }
+    // The length is at most the container's, so it fits.
+    container.truncate(plaintext_len as usize);
+    Ok((header, container))
 }
 
 /// The chunks (index runs, in order, merged) that hold any byte of `ranges` of a body laid
@@ -737,13 +820,30 @@ fn open_in_parallel(
     let batches = chunks
         .chunks(BATCH_CHUNKS * SLOT_LEN)
         .zip(out.chunks_mut(BATCH_CHUNKS * CHUNK_LEN));
+    open_batches(batches, |first, (sealed, plain)| {
+        let pieces = sealed.chunks(SLOT_LEN).zip(plain.chunks_mut(CHUNK_LEN));
+        for (index, (chunk, out)) in (first..).zip(pieces) {
+            let last = index + 1 == layout.chunks;
+            cipher.open(index, last, chunk, out).map_err(|()| index)?;
+        }
+        Ok(())
+    })
+}
+
+/// Runs `open` over `batches` of [`BATCH_CHUNKS`] chunks each, the first starting at chunk 1,
+/// on as many threads as there are batches (up to the machine's cores and [`MAX_THREADS`]).
+/// `open` returns the index of a chunk that failed; the lowest such index is the error.
+fn open_batches<B: Send>(
+    batches: impl ExactSizeIterator<Item = B> + Send,
+    open: impl Fn(u64, B) -> Result<(), u64> + Sync,
+) -> Result<(), CryptoError> {
     let batch_count = batches.len();
     let queue = Mutex::new((1..).step_by(BATCH_CHUNKS).zip(batches));
     let failed = AtomicU64::new(u64::MAX);
     let work = || {
         loop {
             let next = queue.lock().unwrap_or_else(PoisonError::into_inner).next();
-            let Some((first, (sealed, plain))) = next else {
+            let Some((first, batch)) = next else {
                 break;
             };
             // Batches are handed out in order, so one after a known failure cannot hold
@@ -751,13 +851,8 @@ fn open_in_parallel(
             if first > failed.load(Ordering::Relaxed) {
                 break;
             }
-            let pieces = sealed.chunks(SLOT_LEN).zip(plain.chunks_mut(CHUNK_LEN));
-            for (index, (chunk, out)) in (first..).zip(pieces) {
-                let last = index + 1 == layout.chunks;
-                if cipher.open(index, last, chunk, out).is_err() {
-                    failed.fetch_min(index, Ordering::Relaxed);
-                    break;
-                }
+            if let Err(index) = open(first, batch) {
+                failed.fetch_min(index, Ordering::Relaxed);
             }
         }
     };
@@ -792,6 +887,26 @@ mod tests {
     use chiron_proto::dataset::{DatasetKind, ElementEncoding};
 
     use super::*;
+
+    /// [`decrypt_dataset`] and [`decrypt_dataset_in_place`] on `container`, which must agree:
+    /// the same header and body, or the same error.
+    fn decrypt_both(
+        key: &DataKey,
+        container: &[u8],
+    ) -> Result<(DatasetHeader, Zeroizing<Vec<u8>>), CryptoError> {
+        let copied = decrypt_dataset(key, container);
+        let in_place = decrypt_dataset_in_place(key, container.to_vec());
+        match (&copied, &in_place) {
+            (Ok(a), Ok(b)) => assert!(a.0 == b.0 && *a.1 == *b.1, "different plaintexts"),
+            (Err(a), Err(b)) => assert_eq!(format!("{a:?}"), format!("{b:?}")),
+            _ => panic!(
+                "one decrypted, the other did not: {:?} / {:?}",
+                copied.as_ref().map(|_| ()),
+                in_place.as_ref().map(|_| ())
+            ),
+        }
+        in_place
+    }
 
     /// A tabular header whose body is `count × (4 + columns)` bytes.
     fn header(columns: u32, count: u32) -> DatasetHeader {
@@ -922,7 +1037,7 @@ mod tests {
         ] {
             let (body, container) = encrypt(&key, &h)?;
             assert_eq!(read_dataset_header(&container)?, h);
-            let (got_header, got_body) = decrypt_dataset(&key, &container)?;
+            let (got_header, got_body) = decrypt_both(&key, &container)?;
             assert_eq!(got_header, h);
             assert_eq!(*got_body, body);
         }
@@ -1001,7 +1116,7 @@ mod tests {
                 break;
             }
         }
-        assert_eq!(*decrypt_dataset(&key, &reference)?.1, body);
+        assert_eq!(*decrypt_both(&key, &reference)?.1, body);
         Ok(())
     }
 
@@ -1012,7 +1127,7 @@ mod tests {
         let key = DataKey::generate();
         let h = header(65_532, 5 * BATCH_CHUNKS as u32 + 3);
         let (body, container) = encrypt(&key, &h)?;
-        assert_eq!(*decrypt_dataset(&key, &container)?.1, body);
+        assert_eq!(*decrypt_both(&key, &container)?.1, body);
         let start = chunks_start(&container)?;
         for bad_chunks in [
             vec![BATCH_CHUNKS + 1],
@@ -1024,7 +1139,7 @@ mod tests {
                 bad[start + i * SLOT_LEN + 3] ^= 1;
             }
             let first = bad_chunks.iter().min().copied().unwrap_or_default() as u64;
-            match decrypt_dataset(&key, &bad) {
+            match decrypt_both(&key, &bad) {
                 Err(CryptoError::DatasetChunk { index }) => assert_eq!(index, first),
                 other => panic!("{bad_chunks:?}: {:?}", other.map(|_| ())),
             }
@@ -1049,7 +1164,7 @@ mod tests {
         let body = body_for(&h)?;
         let mut container = Vec::new();
         encrypt_dataset(&key, &h, Trickle(&body), &mut container)?;
-        assert_eq!(*decrypt_dataset(&key, &container)?.1, body);
+        assert_eq!(*decrypt_both(&key, &container)?.1, body);
         let short = &body[..body.len() - 1];
         assert!(matches!(
             encrypt_dataset(&key, &h, Trickle(short), io::sink()),
@@ -1076,7 +1191,7 @@ mod tests {
             for bit in [0x01, 0x80] {
                 let mut bad = container.clone();
                 bad[i] ^= bit;
-                assert!(decrypt_dataset(&key, &bad).is_err(), "flip {bit:#x} at {i}");
+                assert!(decrypt_both(&key, &bad).is_err(), "flip {bit:#x} at {i}");
             }
         }
         Ok(())
@@ -1087,7 +1202,7 @@ mod tests {
         let key = DataKey::generate();
         let (_, container) = encrypt(&key, &header(1, 3))?;
         for len in 0..container.len() {
-            assert!(decrypt_dataset(&key, &container[..len]).is_err(), "{len}");
+            assert!(decrypt_both(&key, &container[..len]).is_err(), "{len}");
         }
         Ok(())
     }
@@ -1102,14 +1217,14 @@ mod tests {
         let mut bad = container.clone();
         bad[0] ^= 1;
         assert!(matches!(
-            decrypt_dataset(&key, &bad),
+            decrypt_both(&key, &bad),
             Err(CryptoError::DatasetBadMagic)
         ));
 
         let mut bad = container.clone();
         bad[9] ^= 1;
         assert!(matches!(
-            decrypt_dataset(&key, &bad),
+            decrypt_both(&key, &bad),
             Err(CryptoError::DatasetVersion { found: 0, .. })
         ));
 
@@ -1121,28 +1236,28 @@ mod tests {
         bad.extend_from_slice(&container[start - NONCE_PREFIX_LEN..]);
         assert_eq!(read_dataset_header(&bad)?, forged);
         assert!(matches!(
-            decrypt_dataset(&key, &bad),
+            decrypt_both(&key, &bad),
             Err(CryptoError::DatasetChunk { index: 0 })
         ));
 
         let mut bad = container.clone();
         bad[start - 1] ^= 1; // nonce prefix
         assert!(matches!(
-            decrypt_dataset(&key, &bad),
+            decrypt_both(&key, &bad),
             Err(CryptoError::DatasetChunk { index: 0 })
         ));
 
         let mut bad = container.clone();
         bad[start + 2 * full + 5] ^= 1; // body of chunk 2
         assert!(matches!(
-            decrypt_dataset(&key, &bad),
+            decrypt_both(&key, &bad),
             Err(CryptoError::DatasetChunk { index: 2 })
         ));
 
         let mut bad = container.clone();
         bad[start + 3 * full - 1] ^= 1; // tag of chunk 2
         assert!(matches!(
-            decrypt_dataset(&key, &bad),
+            decrypt_both(&key, &bad),
             Err(CryptoError::DatasetChunk { index: 2 })
         ));
 
@@ -1150,7 +1265,7 @@ mod tests {
         let mut bad = container.clone();
         bad[last] ^= 1; // tag of the last chunk
         assert!(matches!(
-            decrypt_dataset(&key, &bad),
+            decrypt_both(&key, &bad),
             Err(CryptoError::DatasetChunk { index: 3 })
         ));
 
@@ -1173,27 +1288,27 @@ mod tests {
         swapped[chunk(1)].copy_from_slice(&container[chunk(2)]);
         swapped[chunk(2)].copy_from_slice(&container[chunk(1)]);
         assert!(matches!(
-            decrypt_dataset(&key, &swapped),
+            decrypt_both(&key, &swapped),
             Err(CryptoError::DatasetChunk { index: 1 })
         ));
 
         let mut dropped = container[..chunk(1).start].to_vec();
         dropped.extend_from_slice(&container[chunk(1).end..]);
         assert!(matches!(
-            decrypt_dataset(&key, &dropped),
+            decrypt_both(&key, &dropped),
             Err(CryptoError::DatasetTruncated { .. })
         ));
 
         // Cut exactly at a chunk boundary.
         assert!(matches!(
-            decrypt_dataset(&key, &container[..chunk(2).end]),
+            decrypt_both(&key, &container[..chunk(2).end]),
             Err(CryptoError::DatasetTruncated { .. })
         ));
 
         let mut appended = container.clone();
         appended.extend_from_slice(b"junk");
         assert!(matches!(
-            decrypt_dataset(&key, &appended),
+            decrypt_both(&key, &appended),
             Err(CryptoError::DatasetTrailingData { extra: 4 })
         ));
 
@@ -1201,7 +1316,7 @@ mod tests {
         let mut repeated = container.clone();
         repeated[chunk(2)].copy_from_slice(&container[chunk(1)]);
         assert!(matches!(
-            decrypt_dataset(&key, &repeated),
+            decrypt_both(&key, &repeated),
             Err(CryptoError::DatasetChunk { index: 2 })
         ));
         Ok(())

@@ -391,16 +391,17 @@ fn train(
         .as_ref()
         .map(|place| (place.rank, place.exchange.workers));
     let decrypted = match shard {
-        None => chiron_crypto::decrypt_dataset(&key, &container),
+        // In the container's own memory: the enclave never holds the dataset twice.
+        None => chiron_crypto::decrypt_dataset_in_place(&key, container),
         Some((rank, workers)) => {
             let select =
                 |header: &DatasetHeader| header.shard(rank, workers).map(|(_, ranges)| ranges);
-            chiron_crypto::decrypt_dataset_part(&key, &container, select).and_then(
-                |(header, body)| match header.shard(rank, workers) {
-                    Some((shard, _)) => Ok((shard, body)),
-                    None => Err(chiron_crypto::CryptoError::DatasetPartInvalid),
-                },
-            )
+            let part = chiron_crypto::decrypt_dataset_part(&key, &container, select);
+            drop(container);
+            part.and_then(|(header, body)| match header.shard(rank, workers) {
+                Some((shard, _)) => Ok((shard, body)),
+                None => Err(chiron_crypto::CryptoError::DatasetPartInvalid),
+            })
         }
     };
     let (header, body) = decrypted.map_err(|e| match (e, shard) {
@@ -416,7 +417,6 @@ fn train(
             format!("the dataset the host supplied is not the one you uploaded: {e}"),
         ),
     })?;
-    drop(container);
     check_inputs(&policy, &header)?;
     let data =
         TrainingData::from_plaintext(header, body).map_err(|e| fail("dataset is malformed", e))?;

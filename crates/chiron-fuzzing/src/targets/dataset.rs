@@ -1,7 +1,8 @@
 //! The owner's dataset as the host and the enclave read it.
 //!
 //! The first byte picks the mode:
-//! * 0: the rest is a container from the host: `read_dataset_header` and `decrypt_dataset`
+//! * 0: the rest is a container from the host: `read_dataset_header`, `decrypt_dataset` and
+//!   `decrypt_dataset_in_place` (which must agree)
 //!   under a fixed key (then `TrainingData::from_plaintext` on anything that decrypts);
 //! * 1: the rest is a postcard `DatasetHeader` followed by a plaintext body, fed to
 //!   `DatasetHeader::validate` / `plaintext_len` and `TrainingData::from_plaintext`, and
@@ -11,7 +12,9 @@
 //!   intact container must round-trip, a damaged one must be refused.
 
 use chiron_crypto::dataset::container_len;
-use chiron_crypto::{DataKey, decrypt_dataset, encrypt_dataset, read_dataset_header};
+use chiron_crypto::{
+    DataKey, decrypt_dataset, decrypt_dataset_in_place, encrypt_dataset, read_dataset_header,
+};
 use chiron_proto::dataset::{DatasetHeader, DatasetKind, ElementEncoding};
 use chiron_sandbox::{Split, TrainingData};
 
@@ -51,7 +54,15 @@ pub fn dataset(data: &[u8]) {
     match mode % 3 {
         0 => {
             let header = read_dataset_header(rest);
-            if let Ok((h, body)) = decrypt_dataset(&key, rest) {
+            // Decrypting in place agrees with decrypting into a fresh buffer, either way.
+            let in_place = decrypt_dataset_in_place(&key, rest.to_vec());
+            let copied = decrypt_dataset(&key, rest);
+            match (&copied, &in_place) {
+                (Ok(a), Ok(b)) => assert!(a.0 == b.0 && *a.1 == *b.1),
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+                _ => panic!("the two decryptions disagree"),
+            }
+            if let Ok((h, body)) = copied {
                 // Decrypting authenticates the same header the unauthenticated read saw.
                 assert_eq!(header.ok().as_ref(), Some(&h));
                 exercise(h, body.to_vec());
