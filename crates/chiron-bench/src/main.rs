@@ -302,11 +302,11 @@ fn ingest_bench(mib: u64) -> anyhow::Result<()> {
 
     let mb = |d: Duration| bytes / 1e6 / d.as_secs_f64();
     println!(
-        "\n| ingest, {mib} MiB, MB/s | sealed into the upload | owner encrypts (alone) | upload (alone) | encrypt, then upload | one-request upload (alone) | enclave decrypts (into a fresh buffer) | enclave decrypts (in place) | end to end | `dd` (median of 3) | `dd`, synced (median of 3) | end to end / `dd` |"
+        "\n| ingest, {mib} MiB | sealed into the upload | owner encrypts (alone) | upload (alone) | encrypt, then upload | one-request upload (alone) | enclave decrypts (into a fresh buffer) | enclave decrypts (in place) | end to end | `dd` (median of 3) | `dd`, synced (median of 3) | end to end / `dd` |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} |",
+        "| MB/s | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} |",
         mb(streamed),
         mb(encrypt),
         mb(upload),
