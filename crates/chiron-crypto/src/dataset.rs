@@ -748,6 +748,107 @@ pub fn decrypt_dataset_part(
     part: &[u8],
     select: impl FnOnce(&DatasetHeader) -> Option<Vec<Range<u64>>>,
 ) -> Result<(DatasetHeader, Zeroizing<Vec<u8>>), CryptoError> {
+    let plan = plan_part(part, select)?;
+    let cipher = ChunkCipher::new(key, plan.nonce_prefix, &part[..plan.aad_len])
+        .ok_or(CryptoError::DatasetChunk { index: 0 })?;
+    let layout = plan.layout;
+    // The runs' plaintext, back to back; bounded by the part's own length.
+    let mut plain = Zeroizing::new(Vec::with_capacity(part.len() - plan.chunks_at));
+    let mut starts = Vec::with_capacity(plan.runs.len());
+    let mut sealed = &part[plan.chunks_at..];
+    for run in &plan.runs {
+        starts.push(plain.len());
+        for index in run.clone() {
+            let len = layout.plaintext_len(index);
+            let (chunk, rest) = sealed
+                .split_at_checked(len + TAG_LEN)
+                .ok_or(CryptoError::DatasetChunk { index })?;
+            sealed = rest;
+            let at = plain.len();
+            plain.resize(at + len, 0);
+            cipher
+                .open(index, index + 1 == layout.chunks, chunk, &mut plain[at..])
+                .map_err(|()| CryptoError::DatasetChunk { index })?;
+        }
+    }
+    let picked = pick(&plan, &starts, &plain)?;
+    Ok((plan.header, picked))
+}
+
+/// [`decrypt_dataset_part`], in the part's own memory: each chunk is opened where it lies
+/// and its plaintext moved down behind the one before, then the picked ranges are moved to
+/// the front (when `select` lists them in ascending order, as a shard's are; otherwise they
+/// are copied out). No second buffer as large as the part is allocated. On failure the
+/// part, partly decrypted, is wiped.
+pub fn decrypt_dataset_part_in_place(
+    key: &DataKey,
+    part: Vec<u8>,
+    select: impl FnOnce(&DatasetHeader) -> Option<Vec<Range<u64>>>,
+) -> Result<(DatasetHeader, Zeroizing<Vec<u8>>), CryptoError> {
+    let mut part = Zeroizing::new(part);
+    let plan = plan_part(&part, select)?;
+    let aad = part[..plan.aad_len].to_vec();
+    let cipher = ChunkCipher::new(key, plan.nonce_prefix, &aad)
+        .ok_or(CryptoError::DatasetChunk { index: 0 })?;
+    let layout = plan.layout;
+    let mut starts = Vec::with_capacity(plan.runs.len());
+    let (mut read, mut written) = (plan.chunks_at, 0);
+    for run in &plan.runs {
+        starts.push(written);
+        for index in run.clone() {
+            let len = layout.plaintext_len(index);
+            let end = read + len + TAG_LEN;
+            let slot = part
+                .get_mut(read..end)
+                .ok_or(CryptoError::DatasetChunk { index })?;
+            cipher
+                .open_in_place(index, index + 1 == layout.chunks, slot)
+                .map_err(|()| CryptoError::DatasetChunk { index })?;
+            // Behind everything opened so far: never past this chunk's own start.
+            part.copy_within(read..read + len, written);
+            (read, written) = (end, written + len);
+        }
+    }
+    let ascending = plan.ranges.windows(2).all(|w| w[0].end <= w[1].start);
+    if !ascending {
+        let picked = pick(&plan, &starts, &part[..written])?;
+        return Ok((plan.header, picked));
+    }
+    // Each range's bytes lie at or after the bytes of the ranges before it, so moving them
+    // to the front in order overwrites only what was already moved.
+    let mut out = 0;
+    for range in &plan.ranges {
+        let (from, len) = locate(&plan, &starts, range)?;
+        if from + len > written {
+            return Err(CryptoError::DatasetPartInvalid);
+        }
+        part.copy_within(from..from + len, out);
+        out += len;
+    }
+    part.truncate(out);
+    Ok((plan.header, part))
+}
+
+/// What a part must hold, from its (unauthenticated) header and `select`'s ranges, its
+/// length already checked against it.
+struct PartPlan {
+    header: DatasetHeader,
+    layout: Layout,
+    /// The picked plaintext ranges, in `select`'s order.
+    ranges: Vec<Range<u64>>,
+    /// The chunk runs that hold them, in order.
+    runs: Vec<Range<u64>>,
+    /// Magic, version and header: the chunks' associated data, the part's first bytes.
+    aad_len: usize,
+    nonce_prefix: [u8; NONCE_PREFIX_LEN],
+    /// Where the chunks start.
+    chunks_at: usize,
+}
+
+fn plan_part(
+    part: &[u8],
+    select: impl FnOnce(&DatasetHeader) -> Option<Vec<Range<u64>>>,
+) -> Result<PartPlan, CryptoError> {
     let parsed = parse(part)?;
     let layout = Layout::new(parsed.plaintext_len);
     let ranges = select(&parsed.header).ok_or(CryptoError::DatasetPartInvalid)?;
@@ -764,49 +865,56 @@ pub fn decrypt_dataset_part(
             found: part.len() as u64,
         });
     }
-    let cipher = ChunkCipher::new(key, parsed.nonce_prefix, parsed.aad)
-        .ok_or(CryptoError::DatasetChunk { index: 0 })?;
-    // The runs' plaintext, back to back; bounded by the part's own length.
-    let mut plain = Zeroizing::new(Vec::with_capacity(parsed.chunks.len()));
-    let mut starts = Vec::with_capacity(runs.len());
-    let mut sealed = parsed.chunks;
-    for run in &runs {
-        starts.push(plain.len());
-        for index in run.clone() {
-            let len = layout.plaintext_len(index);
-            let (chunk, rest) = sealed
-                .split_at_checked(len + TAG_LEN)
-                .ok_or(CryptoError::DatasetChunk { index })?;
-            sealed = rest;
-            let at = plain.len();
-            plain.resize(at + len, 0);
-            cipher
-                .open(index, index + 1 == layout.chunks, chunk, &mut plain[at..])
-                .map_err(|()| CryptoError::DatasetChunk { index })?;
-        }
-    }
+    Ok(PartPlan {
+        aad_len: parsed.aad.len(),
+        nonce_prefix: parsed.nonce_prefix,
+        chunks_at: part.len() - parsed.chunks.len(),
+        header: parsed.header,
+        layout,
+        ranges,
+        runs,
+    })
+}
+
+/// Where `range` of the body lies in the runs' plaintext laid back to back (run `i` from
+/// `starts[i]`), and its length.
+fn locate(
+    plan: &PartPlan,
+    starts: &[usize],
+    range: &Range<u64>,
+) -> Result<(usize, usize), CryptoError> {
     let chunk = CHUNK_LEN as u64;
-    let picked_len: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+    // Every range lies in one run: the runs were made from the ranges.
+    let (run, start) = plan
+        .runs
+        .iter()
+        .zip(starts)
+        .find(|(run, _)| run.start * chunk <= range.start && range.end <= run.end * chunk)
+        .ok_or(CryptoError::DatasetPartInvalid)?;
+    let offset = usize::try_from(range.start - run.start * chunk).map_err(|_| too_large())?;
+    let len = usize::try_from(range.end - range.start).map_err(|_| too_large())?;
+    Ok((start + offset, len))
+}
+
+/// The picked ranges copied out of the runs' plaintext (`plain`), in `select`'s order.
+fn pick(
+    plan: &PartPlan,
+    starts: &[usize],
+    plain: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    let picked_len: u64 = plan.ranges.iter().map(|r| r.end - r.start).sum();
     let mut picked = Zeroizing::new(Vec::with_capacity(
         usize::try_from(picked_len).map_err(|_| too_large())?,
     ));
-    for range in &ranges {
-        // Every range lies in one run: the runs were made from the ranges.
-        let (run, start) = runs
-            .iter()
-            .zip(&starts)
-            .find(|(run, _)| run.start * chunk <= range.start && range.end <= run.end * chunk)
-            .ok_or(CryptoError::DatasetPartInvalid)?;
-        let offset = usize::try_from(range.start - run.start * chunk).map_err(|_| too_large())?;
-        let len = usize::try_from(range.end - range.start).map_err(|_| too_large())?;
-        let from = start + offset;
+    for range in &plan.ranges {
+        let (from, len) = locate(plan, starts, range)?;
         picked.extend_from_slice(
             plain
                 .get(from..from + len)
                 .ok_or(CryptoError::DatasetPartInvalid)?,
         );
     }
-    Ok((parsed.header, picked))
+    Ok(picked)
 }
 
 /// Decrypts chunks 1.. of `layout` (`chunks`: their ciphertext and tags back to back) into
@@ -888,6 +996,27 @@ mod tests {
 
     use super::*;
 
+    /// [`decrypt_dataset_part`] and [`decrypt_dataset_part_in_place`] on `part`, which must
+    /// agree: the same header and plaintext, or the same error.
+    fn decrypt_part_both(
+        key: &DataKey,
+        part: &[u8],
+        select: impl Fn(&DatasetHeader) -> Option<Vec<Range<u64>>>,
+    ) -> Result<(DatasetHeader, Zeroizing<Vec<u8>>), CryptoError> {
+        let copied = decrypt_dataset_part(key, part, &select);
+        let in_place = decrypt_dataset_part_in_place(key, part.to_vec(), &select);
+        match (&copied, &in_place) {
+            (Ok(a), Ok(b)) => assert!(a.0 == b.0 && *a.1 == *b.1, "different plaintexts"),
+            (Err(a), Err(b)) => assert_eq!(format!("{a:?}"), format!("{b:?}")),
+            _ => panic!(
+                "one decrypted, the other did not: {:?} / {:?}",
+                copied.as_ref().map(|_| ()),
+                in_place.as_ref().map(|_| ())
+            ),
+        }
+        in_place
+    }
+
     /// [`decrypt_dataset`] and [`decrypt_dataset_in_place`] on `container`, which must agree:
     /// the same header and body, or the same error.
     fn decrypt_both(
@@ -958,9 +1087,11 @@ mod tests {
         let (body, container) = encrypt(&key, &four_chunks())?;
         // Bytes in chunk 0, across chunks 1 and 2, and in the last one: chunks 0, 1-2 and 3,
         // which merge into one run; then just chunk 1 and the short last chunk.
+        // The last, out of order: picked in `select`'s order all the same.
         let picks = [
             vec![10..20, 70_000..140_000, 258_990..259_000],
             vec![65_536..65_540, 200_000..259_000],
+            vec![200_000..259_000, 65_536..65_540],
         ];
         let chunks_start = chunks_start(&container)?;
         for pick in picks {
@@ -969,7 +1100,7 @@ mod tests {
             assert_eq!(ranges[0], 0..chunks_start as u64);
             let part = gather(&container, &ranges);
             assert!(part.len() < container.len() || pick[0].start == 10);
-            let (header, picked) = decrypt_dataset_part(&key, &part, |_| Some(pick.clone()))?;
+            let (header, picked) = decrypt_part_both(&key, &part, |_| Some(pick.clone()))?;
             assert_eq!(header, four_chunks());
             let expected: Vec<u8> = pick
                 .iter()
@@ -988,32 +1119,32 @@ mod tests {
         let pick = || Some(vec![65_536..65_540]);
         let ranges = dataset_part_ranges(&container, |_| pick())?;
         let part = gather(&container, &ranges);
-        assert!(decrypt_dataset_part(&key, &part, |_| pick()).is_ok());
+        assert!(decrypt_part_both(&key, &part, |_| pick()).is_ok());
         // Chunk 2 in chunk 1's place: it fails at its claimed index.
         let start = chunks_start(&container)?;
         let mut moved = part.clone();
         moved[start..].copy_from_slice(&container[start + 2 * SLOT_LEN..start + 3 * SLOT_LEN]);
         assert!(matches!(
-            decrypt_dataset_part(&key, &moved, |_| pick()),
+            decrypt_part_both(&key, &moved, |_| pick()),
             Err(CryptoError::DatasetChunk { index: 1 })
         ));
         // Cut short, or with a byte more.
         assert!(matches!(
-            decrypt_dataset_part(&key, &part[..part.len() - 1], |_| pick()),
+            decrypt_part_both(&key, &part[..part.len() - 1], |_| pick()),
             Err(CryptoError::DatasetPartLength { .. })
         ));
         let mut longer = part.clone();
         longer.push(0);
         assert!(matches!(
-            decrypt_dataset_part(&key, &longer, |_| pick()),
+            decrypt_part_both(&key, &longer, |_| pick()),
             Err(CryptoError::DatasetPartLength { .. })
         ));
         // The same place in another container under the same key, or the wrong key.
         let (_, other) = encrypt(&key, &four_chunks())?;
         let mut spliced = part.clone();
         spliced[start..].copy_from_slice(&other[start + SLOT_LEN..start + 2 * SLOT_LEN]);
-        assert!(decrypt_dataset_part(&key, &spliced, |_| pick()).is_err());
-        assert!(decrypt_dataset_part(&DataKey::generate(), &part, |_| pick()).is_err());
+        assert!(decrypt_part_both(&key, &spliced, |_| pick()).is_err());
+        assert!(decrypt_part_both(&DataKey::generate(), &part, |_| pick()).is_err());
         // Nothing, or something beyond the body, is no part at all.
         for bad in [vec![], vec![5..5], vec![0..259_001]] {
             assert!(matches!(

@@ -34,7 +34,7 @@ pub mod seal;
 pub use channel::{EnclaveKeypair, ResponseKey, seal_to_enclave};
 pub use dataset::{
     DataKey, dataset_part_ranges, decrypt_dataset, decrypt_dataset_in_place, decrypt_dataset_part,
-    encrypt_dataset, read_dataset_header,
+    decrypt_dataset_part_in_place, encrypt_dataset, read_dataset_header,
 };
 pub use error::CryptoError;
 pub use seal::SealingKey;

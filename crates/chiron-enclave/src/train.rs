@@ -391,17 +391,18 @@ fn train(
         .as_ref()
         .map(|place| (place.rank, place.exchange.workers));
     let decrypted = match shard {
-        // In the container's own memory: the enclave never holds the dataset twice.
+        // In the container's own memory: the enclave never holds the dataset (or its shard)
+        // twice.
         None => chiron_crypto::decrypt_dataset_in_place(&key, container),
         Some((rank, workers)) => {
             let select =
                 |header: &DatasetHeader| header.shard(rank, workers).map(|(_, ranges)| ranges);
-            let part = chiron_crypto::decrypt_dataset_part(&key, &container, select);
-            drop(container);
-            part.and_then(|(header, body)| match header.shard(rank, workers) {
-                Some((shard, _)) => Ok((shard, body)),
-                None => Err(chiron_crypto::CryptoError::DatasetPartInvalid),
-            })
+            chiron_crypto::decrypt_dataset_part_in_place(&key, container, select).and_then(
+                |(header, body)| match header.shard(rank, workers) {
+                    Some((shard, _)) => Ok((shard, body)),
+                    None => Err(chiron_crypto::CryptoError::DatasetPartInvalid),
+                },
+            )
         }
     };
     let (header, body) = decrypted.map_err(|e| match (e, shard) {
