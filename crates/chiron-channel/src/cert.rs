@@ -26,7 +26,8 @@
 //! - **Serial number**: 20 bytes from the SHA-256 of the key ([`serial_number`]), its first
 //!   byte always in `0x40..=0x7f`, so that its DER encoding is always 22 bytes. (rcgen's
 //!   default, the hash with the top bit cleared, loses a byte whenever the hash starts with
-//!   `0x00` or `0x80`, one certificate in 128, and a private job's transcript would show it.)
+//!   `0x00` or `0x80` and the next is below `0x80`, about one certificate in 256, and a private
+//!   job's transcript would show it.)
 //!
 //! Nothing else in the certificate is relied on: subject, serial number and the self-signature
 //! carry no trust (the verifier checks the key binding and the handshake signature instead).

@@ -458,9 +458,7 @@ impl<'a> ChunkCipher<'a> {
             .map(|_| ())
             .map_err(|_| ())
     }
-}
 
-impl ChunkCipher<'_> {
     /// Authenticates one chunk's slot (ciphertext ‖ tag) and decrypts it in place: the
     /// plaintext ends up in the slot's first `slot.len() - TAG_LEN` bytes.
     fn open_in_place(&self, index: u64, last: bool, slot: &mut [u8]) -> Result<(), ()> {
@@ -748,31 +746,9 @@ pub fn decrypt_dataset_part(
     part: &[u8],
     select: impl FnOnce(&DatasetHeader) -> Option<Vec<Range<u64>>>,
 ) -> Result<(DatasetHeader, Zeroizing<Vec<u8>>), CryptoError> {
-    let plan = plan_part(part, select)?;
-    let cipher = ChunkCipher::new(key, plan.nonce_prefix, &part[..plan.aad_len])
-        .ok_or(CryptoError::DatasetChunk { index: 0 })?;
-    let layout = plan.layout;
-    // The runs' plaintext, back to back; bounded by the part's own length.
-    let mut plain = Zeroizing::new(Vec::with_capacity(part.len() - plan.chunks_at));
-    let mut starts = Vec::with_capacity(plan.runs.len());
-    let mut sealed = &part[plan.chunks_at..];
-    for run in &plan.runs {
-        starts.push(plain.len());
-        for index in run.clone() {
-            let len = layout.plaintext_len(index);
-            let (chunk, rest) = sealed
-                .split_at_checked(len + TAG_LEN)
-                .ok_or(CryptoError::DatasetChunk { index })?;
-            sealed = rest;
-            let at = plain.len();
-            plain.resize(at + len, 0);
-            cipher
-                .open(index, index + 1 == layout.chunks, chunk, &mut plain[at..])
-                .map_err(|()| CryptoError::DatasetChunk { index })?;
-        }
-    }
-    let picked = pick(&plan, &starts, &plain)?;
-    Ok((plan.header, picked))
+    // One copy of the part, decrypted in place: no more memory than a buffer of the runs'
+    // plaintext and another of the picked ranges would take.
+    decrypt_dataset_part_in_place(key, part.to_vec(), select)
 }
 
 /// [`decrypt_dataset_part`], in the part's own memory: each chunk is opened where it lies
@@ -996,27 +972,6 @@ mod tests {
 
     use super::*;
 
-    /// [`decrypt_dataset_part`] and [`decrypt_dataset_part_in_place`] on `part`, which must
-    /// agree: the same header and plaintext, or the same error.
-    fn decrypt_part_both(
-        key: &DataKey,
-        part: &[u8],
-        select: impl Fn(&DatasetHeader) -> Option<Vec<Range<u64>>>,
-    ) -> Result<(DatasetHeader, Zeroizing<Vec<u8>>), CryptoError> {
-        let copied = decrypt_dataset_part(key, part, &select);
-        let in_place = decrypt_dataset_part_in_place(key, part.to_vec(), &select);
-        match (&copied, &in_place) {
-            (Ok(a), Ok(b)) => assert!(a.0 == b.0 && *a.1 == *b.1, "different plaintexts"),
-            (Err(a), Err(b)) => assert_eq!(format!("{a:?}"), format!("{b:?}")),
-            _ => panic!(
-                "one decrypted, the other did not: {:?} / {:?}",
-                copied.as_ref().map(|_| ()),
-                in_place.as_ref().map(|_| ())
-            ),
-        }
-        in_place
-    }
-
     /// [`decrypt_dataset`] and [`decrypt_dataset_in_place`] on `container`, which must agree:
     /// the same header and body, or the same error.
     fn decrypt_both(
@@ -1100,7 +1055,7 @@ mod tests {
             assert_eq!(ranges[0], 0..chunks_start as u64);
             let part = gather(&container, &ranges);
             assert!(part.len() < container.len() || pick[0].start == 10);
-            let (header, picked) = decrypt_part_both(&key, &part, |_| Some(pick.clone()))?;
+            let (header, picked) = decrypt_dataset_part(&key, &part, |_| Some(pick.clone()))?;
             assert_eq!(header, four_chunks());
             let expected: Vec<u8> = pick
                 .iter()
@@ -1119,32 +1074,32 @@ mod tests {
         let pick = || Some(vec![65_536..65_540]);
         let ranges = dataset_part_ranges(&container, |_| pick())?;
         let part = gather(&container, &ranges);
-        assert!(decrypt_part_both(&key, &part, |_| pick()).is_ok());
+        assert!(decrypt_dataset_part(&key, &part, |_| pick()).is_ok());
         // Chunk 2 in chunk 1's place: it fails at its claimed index.
         let start = chunks_start(&container)?;
         let mut moved = part.clone();
         moved[start..].copy_from_slice(&container[start + 2 * SLOT_LEN..start + 3 * SLOT_LEN]);
         assert!(matches!(
-            decrypt_part_both(&key, &moved, |_| pick()),
+            decrypt_dataset_part(&key, &moved, |_| pick()),
             Err(CryptoError::DatasetChunk { index: 1 })
         ));
         // Cut short, or with a byte more.
         assert!(matches!(
-            decrypt_part_both(&key, &part[..part.len() - 1], |_| pick()),
+            decrypt_dataset_part(&key, &part[..part.len() - 1], |_| pick()),
             Err(CryptoError::DatasetPartLength { .. })
         ));
         let mut longer = part.clone();
         longer.push(0);
         assert!(matches!(
-            decrypt_part_both(&key, &longer, |_| pick()),
+            decrypt_dataset_part(&key, &longer, |_| pick()),
             Err(CryptoError::DatasetPartLength { .. })
         ));
         // The same place in another container under the same key, or the wrong key.
         let (_, other) = encrypt(&key, &four_chunks())?;
         let mut spliced = part.clone();
         spliced[start..].copy_from_slice(&other[start + SLOT_LEN..start + 2 * SLOT_LEN]);
-        assert!(decrypt_part_both(&key, &spliced, |_| pick()).is_err());
-        assert!(decrypt_part_both(&DataKey::generate(), &part, |_| pick()).is_err());
+        assert!(decrypt_dataset_part(&key, &spliced, |_| pick()).is_err());
+        assert!(decrypt_dataset_part(&DataKey::generate(), &part, |_| pick()).is_err());
         // Nothing, or something beyond the body, is no part at all.
         for bad in [vec![], vec![5..5], vec![0..259_001]] {
             assert!(matches!(
