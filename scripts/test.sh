@@ -15,18 +15,9 @@ scripts/build.sh
 timeout --kill-after=30s 30m cargo test --release --workspace
 # The SDK's own unit tests (schedules, manifest and metadata encodings), natively.
 cargo test --release --manifest-path programs/Cargo.toml -p chiron-sdk --lib
-# The Python package (crates/chiron-python). Its extension module is built with the rest of the
-# workspace, so that its Rust dependencies are the ones just built: `maturin develop` builds one
-# package, for which cargo unifies the dependencies' features differently, and would compile
-# about a hundred of them again (serde, wasmtime, burn: minutes). It is then installed into
-# .venv as `maturin develop` installs it: editable, the module beside the package's Python
-# files, found through a .pth file. Then its tests, against the real host and enclaves.
-cargo build --release --workspace --lib
-cp target/release/libchiron_native.so crates/chiron-python/python/chiron/_native.abi3.so.new
-mv crates/chiron-python/python/chiron/_native.abi3.so.new \
-    crates/chiron-python/python/chiron/_native.abi3.so
-.venv/bin/python -c 'import pathlib, sys, sysconfig
-site = pathlib.Path(sysconfig.get_paths()["purelib"])
-(site / "chiron.pth").write_text(str(pathlib.Path(sys.argv[1]).resolve()) + "\n")' \
-    crates/chiron-python/python
+# The SDK's documentation, the provider's guide included, with no broken link.
+RUSTDOCFLAGS="-D warnings" cargo doc --manifest-path programs/Cargo.toml -p chiron-sdk --no-deps
+# The Python package (crates/chiron-python), installed into .venv, then its tests against the
+# real host and enclaves.
+scripts/install-python-client.sh
 .venv/bin/python -m pytest -q crates/chiron-python/tests

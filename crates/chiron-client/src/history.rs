@@ -46,6 +46,19 @@ const WIDTH: u32 = 800;
 /// Height of one metric's panel, in pixels.
 const PANEL_HEIGHT: u32 = 260;
 
+/// The colour of the points on the curve of the `panel`-th metric (in the order of
+/// [`History::series`]): a darker shade of its line's colour, so that every point stands
+/// apart from the line in the pictures, for the eye and for a program reading them back.
+pub fn point_colour(panel: usize) -> [u8; 3] {
+    let RGBColor(r, g, b) = line_colour(panel);
+    [r / 2, g / 2, b / 2]
+}
+
+fn line_colour(panel: usize) -> RGBColor {
+    let (r, g, b) = Palette99::pick(panel).rgb();
+    RGBColor(r, g, b)
+}
+
 impl History {
     /// The metrics among `events`.
     pub fn from_events<'a>(events: impl IntoIterator<Item = &'a OwnerEvent>) -> Self {
@@ -186,13 +199,19 @@ impl History {
                 .y_labels(6)
                 .draw()
                 .map_err(plot_error)?;
-            let color = Palette99::pick(i).to_rgba();
             let line: Vec<(u32, f32)> = points.iter().map(|(e, v)| (e + 1, *v)).collect();
             chart
-                .draw_series(LineSeries::new(line.iter().copied(), color.stroke_width(2)))
+                .draw_series(LineSeries::new(
+                    line.iter().copied(),
+                    line_colour(i).stroke_width(2),
+                ))
                 .map_err(plot_error)?;
+            let [r, g, b] = point_colour(i);
             chart
-                .draw_series(line.iter().map(|&p| Circle::new(p, 4, color.filled())))
+                .draw_series(
+                    line.iter()
+                        .map(|&p| Circle::new(p, 4, RGBColor(r, g, b).filled())),
+                )
                 .map_err(plot_error)?;
         }
         Ok(())

@@ -51,9 +51,12 @@ pub struct TrainingTerms {
     pub keep_last_save: bool,
 }
 
-/// The answer time of a private job whose owner does not choose one: long enough for a
-/// batch of a few hundred images through the example CNN on two cores.
+/// The least answer time of a private job whose owner does not choose one: long enough for
+/// a batch of a few hundred images through the example CNN on two cores.
 pub const DEFAULT_ANSWER_MS: u32 = 1000;
+/// Inputs per query when the owner does not say (`chiron evaluate`/`predict --batch`, and
+/// the Python client's `batch=`); a private job's answer time is sized for it.
+pub const DEFAULT_QUERY_BATCH: usize = 250;
 /// The time budget of a job whose program declares no training time.
 pub const DEFAULT_TIME_BUDGET_SECS: u32 = 900;
 /// The private memory of a job whose program declares none.
@@ -81,7 +84,9 @@ pub struct PrivateSizing {
 /// - memory: the declared memory plus 256 MiB for the runtime and twice the dataset's size
 ///   (its ciphertext and plaintext); 2048 MiB plus that when undeclared;
 /// - model: the declared size plus 1 MiB, at most 63; 16 MiB when undeclared;
-/// - answer time: [`DEFAULT_ANSWER_MS`].
+/// - answer time: the declared training time of a [`DEFAULT_QUERY_BATCH`] of examples (a
+///   forward and a backward pass, some three times an answer's work), at least
+///   [`DEFAULT_ANSWER_MS`], so that a query of the default size fits it.
 pub fn size_private_job(
     header: &DatasetHeader,
     needs: &DeclaredNeeds,
@@ -110,13 +115,19 @@ pub fn size_private_job(
         .model_mib
         .map_or(DEFAULT_MODEL_MIB, |m| m.get().saturating_add(1))
         .min(max_model_mib);
+    let answer_ms = needs
+        .ms_per_1000_examples_epoch
+        .map_or(0, |ms| {
+            u64::from(ms.get()) * DEFAULT_QUERY_BATCH as u64 / 1000
+        })
+        .max(u64::from(DEFAULT_ANSWER_MS));
     let clamp = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
     Ok(PrivateSizing {
         time_budget_secs: clamp(time_budget_secs),
         terms: PrivateTerms {
             memory_mib: clamp(memory_mib),
             model_mib,
-            answer_ms: DEFAULT_ANSWER_MS,
+            answer_ms: clamp(answer_ms),
         },
     })
 }
@@ -608,6 +619,38 @@ impl<'a> QuerySession<'a> {
         }
         Ok(answer)
     }
+
+    /// Queries every input of `features` (whole inputs, as for [`QuerySession::query`]) in
+    /// queries of at most `batch`, calling `progress` with the inputs answered so far after
+    /// each; returns all the answers, in input order.
+    pub fn query_all(
+        &self,
+        features: &[f32],
+        batch: usize,
+        mut progress: impl FnMut(usize),
+    ) -> Result<QueryAnswer, ClientError> {
+        let feature_len = self.ticket.header.feature_len().max(1);
+        let n = features.len() / feature_len;
+        let batch = batch.max(1);
+        let width = self.ticket.answers.width();
+        let mut all = QueryAnswer {
+            classes: Vec::with_capacity(n * width),
+            scores: Vec::with_capacity(if self.ticket.answers.has_scores() {
+                n * width
+            } else {
+                0
+            }),
+        };
+        for start in (0..n).step_by(batch) {
+            let end = (start + batch).min(n);
+            let values = features[start * feature_len..end * feature_len].to_vec();
+            let answer = self.query(end - start, values)?;
+            all.classes.extend_from_slice(&answer.classes);
+            all.scores.extend_from_slice(&answer.scores);
+            progress(end);
+        }
+        Ok(all)
+    }
 }
 
 #[cfg(test)]
@@ -657,6 +700,16 @@ mod tests {
             model_mib: NonZeroU32::new(u32::MAX),
             ..DeclaredNeeds::default()
         };
+        // A slow program's answers get the time its declared speed needs for a default
+        // query: the vision transformer's 8 s per 1000 examples, 2 s for 250.
+        let vit = DeclaredNeeds {
+            ms_per_1000_examples_epoch: NonZeroU32::new(8000),
+            ..DeclaredNeeds::default()
+        };
+        let sizing = size_private_job(&fashion(100, 0), &vit, 1).expect("sized");
+        assert_eq!(sizing.terms.answer_ms, 2000);
+        assert_eq!(sizing.terms.validate(), Ok(()));
+
         let sizing = size_private_job(&fashion(100, 0), &huge, 1).expect("sized");
         assert_eq!(sizing.terms.model_mib, 63);
         assert_eq!(sizing.terms.validate(), Ok(()));

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use chiron_proto::inputs::InputSpec;
 use chiron_proto::owner::PrivateTerms;
 
 use crate::convert::Standardizer;
@@ -21,6 +22,9 @@ use crate::owner::JobTicket;
 pub struct OwnerRecord {
     /// The job's ticket (its secrets included).
     pub ticket: JobTicket,
+    /// The program the job trains, as checked before the upload; `None` in older tickets.
+    #[serde(default)]
+    pub program: Option<ProgramRecord>,
     /// The name of each class index, as the training data named them.
     pub class_names: Vec<String>,
     /// The standardisation of a table's columns; `None` for images.
@@ -35,6 +39,15 @@ pub struct OwnerRecord {
     /// start plus its time budget. `None` for a live job and in older tickets.
     #[serde(default)]
     pub private_until_unix: Option<u64>,
+}
+
+/// The program a job trains, as the owner's client checked it before the upload.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProgramRecord {
+    /// The program's id (the SHA-256 of its module).
+    pub id: String,
+    /// The datasets the program declares it takes (`None`: it declares none, so any).
+    pub inputs: Option<InputSpec>,
 }
 
 /// Why a ticket file could not be read or written.
@@ -72,11 +85,13 @@ pub enum RecordError {
 }
 
 impl OwnerRecord {
-    /// The record of a job just started: its `ticket`, what the training data's conversion
-    /// kept (`class_names`, `standardizer`), the `epochs` allowed and, for a private job
-    /// (`private`), when its progress is released: now plus its `time_budget_secs`.
+    /// The record of a job just started: its `ticket`, the `program` it trains, what the
+    /// training data's conversion kept (`class_names`, `standardizer`), the `epochs` allowed
+    /// and, for a private job (`private`), when its progress is released: now plus its
+    /// `time_budget_secs`.
     pub fn started(
         ticket: JobTicket,
+        program: ProgramRecord,
         class_names: Vec<String>,
         standardizer: Option<Standardizer>,
         epochs: u32,
@@ -86,6 +101,7 @@ impl OwnerRecord {
         let now = unix_now();
         Self {
             ticket,
+            program: Some(program),
             class_names,
             standardizer,
             private_answer_ms: private.map(|terms| terms.answer_ms),

@@ -207,7 +207,7 @@ impl Serving {
         let sandbox = Arc::clone(&self.sandbox);
         let program = Arc::clone(&self.program);
         let model = Arc::clone(&self.model);
-        let width = self.answers.width();
+        let answers = self.answers;
         let mut shape = vec![count];
         shape.extend(&self.feature_dims);
         let worker = std::thread::Builder::new()
@@ -218,7 +218,7 @@ impl Serving {
                 let answer = sandbox
                     .predict(&program, model, shape, inputs)
                     .ok()
-                    .and_then(|scores| classes(&scores, count, width));
+                    .and_then(|scores| answer_of(&scores, count, answers));
                 // The serving thread may have stopped waiting: the answer is then dropped.
                 let _ = done.send(answer);
             });
@@ -238,18 +238,33 @@ impl Serving {
     }
 }
 
-/// The answer to `count` inputs from their scores (`count` rows of equal width), `width`
-/// classes per row; `None` when the scores do not make `count` rows.
-fn classes(scores: &[f32], count: usize, width: usize) -> Option<QueryAnswer> {
+/// The answer to `count` inputs from their scores (`count` rows of equal width) under
+/// `policy`: its width of classes per row and, for [`AnswerPolicy::Scored`], their
+/// probabilities; `None` when the scores do not make `count` rows.
+fn answer_of(scores: &[f32], count: usize, policy: AnswerPolicy) -> Option<QueryAnswer> {
     if count == 0 || scores.is_empty() || !scores.len().is_multiple_of(count) {
         return None;
     }
-    Some(QueryAnswer {
-        classes: scores
-            .chunks_exact(scores.len() / count)
-            .flat_map(|row| top_k(row, width))
-            .collect(),
-    })
+    let rows = scores.chunks_exact(scores.len() / count);
+    let width = policy.width();
+    let mut answer = QueryAnswer {
+        classes: Vec::with_capacity(count * width),
+        scores: Vec::new(),
+    };
+    for row in rows {
+        let best = top_k(row, width);
+        if policy.has_scores() {
+            let probabilities = softmax(row);
+            answer.scores.extend(best.iter().map(|&class| {
+                probabilities
+                    .get(class as usize)
+                    .copied()
+                    .unwrap_or_default()
+            }));
+        }
+        answer.classes.extend(best);
+    }
+    Some(answer)
 }
 
 /// The `k` best classes, best first (ties to the lower index); always `k` entries, padded
@@ -265,23 +280,30 @@ fn top_k(row: &[f32], k: usize) -> Vec<u32> {
     out
 }
 
+/// The softmax of a row of scores, computed from its largest so that no term overflows.
+fn softmax(row: &[f32]) -> Vec<f32> {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = row.iter().map(|&v| (v - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn scores_become_fixed_width_rows_or_nothing() {
+        let classes = |scores: &[f32], count, width| {
+            answer_of(scores, count, AnswerPolicy::TopK(width)).map(|a| a.classes)
+        };
         let scores = [0.1, 0.7, 0.2, 0.9, 0.05, 0.05];
+        assert_eq!(classes(&scores, 2, 2), Some(vec![1, 2, 0, 1]));
         assert_eq!(
-            classes(&scores, 2, 2),
+            answer_of(&scores, 3, AnswerPolicy::Label),
             Some(QueryAnswer {
-                classes: vec![1, 2, 0, 1]
-            })
-        );
-        assert_eq!(
-            classes(&scores, 3, 1),
-            Some(QueryAnswer {
-                classes: vec![1, 1, 0]
+                classes: vec![1, 1, 0],
+                scores: Vec::new()
             })
         );
         assert_eq!(classes(&scores[..1], 2, 1), None, "fewer scores than rows");
@@ -289,9 +311,29 @@ mod tests {
         assert_eq!(classes(&[], 1, 1), None);
         assert_eq!(
             classes(&[0.5], 1, 3),
-            Some(QueryAnswer {
-                classes: vec![0, QueryAnswer::NO_CLASS, QueryAnswer::NO_CLASS]
-            })
+            Some(vec![0, QueryAnswer::NO_CLASS, QueryAnswer::NO_CLASS])
+        );
+    }
+
+    #[test]
+    fn scored_answers_carry_each_class_probability() {
+        // Logits ln 1, ln 3, ln 6 and a row of huge ones (no overflow: softmax from the max).
+        let scores = [0.0, 3f32.ln(), 6f32.ln(), 1000.0, 0.0, 1000.0];
+        let answer = answer_of(&scores, 2, AnswerPolicy::Scored(2)).expect("two rows");
+        assert_eq!(answer.classes, vec![2, 1, 0, 2]);
+        let expected = [0.6, 0.3, 0.5, 0.5];
+        assert_eq!(answer.scores.len(), 4);
+        for (got, want) in answer.scores.iter().zip(expected) {
+            assert!((got - want).abs() < 1e-6, "{:?}", answer.scores);
+        }
+        // A row with fewer classes than k: padding scores 0, as an unanswered query's do.
+        let padded = answer_of(&[1.0], 1, AnswerPolicy::Scored(3)).expect("one row");
+        assert_eq!(padded.scores, vec![1.0, 0.0, 0.0]);
+        assert_eq!(
+            padded.encode().len(),
+            QueryAnswer::unanswered(1, AnswerPolicy::Scored(3))
+                .encode()
+                .len()
         );
     }
 

@@ -38,7 +38,7 @@ pub struct Config {
     )]
     pub store_options: Vec<String>,
     /// Address to serve the HTTP API on (`127.0.0.1:0` picks a free port).
-    #[arg(long, default_value = "127.0.0.1:7700")]
+    #[arg(long, env = "CHIRON_LISTEN", default_value = "127.0.0.1:7700")]
     pub listen: String,
     /// The enclave runtime binary [default: `chiron-enclave` next to this executable].
     #[arg(long)]

@@ -58,11 +58,9 @@ pub const ENCODED_LEN: usize = 40;
 /// Query budget of a program that declares no manifest.
 pub const DEFAULT_MAX_QUERIES: u64 = 10_000;
 
-/// Whether a program's answers may carry scores.
-///
-/// Answers today carry class indices only ([`crate::owner::QueryAnswer`]), so both values
-/// serve the same answers; a provider that allows scores declares a policy looser than the
-/// format, which is fine, and one that forbids them is already honoured.
+/// Whether a program's answers may carry scores: with [`Scores::Allowed`] an owner may ask
+/// for [`AnswerPolicy::Scored`] answers (each class with its probability) as fine as the
+/// manifest's granularity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Scores {
     /// Class indices only.
@@ -156,6 +154,10 @@ impl Manifest {
         if !answers.is_valid() {
             return Err(ManifestError::TopK);
         }
+        // Scores are the separate `scores` field; the granularity names classes only.
+        if answers.has_scores() {
+            return Err(ManifestError::Answers);
+        }
         Ok(Self {
             max_queries,
             answers,
@@ -200,6 +202,9 @@ impl Manifest {
                 asked: answers,
                 allowed: self.answers,
             });
+        }
+        if answers.has_scores() && self.scores == Scores::ClassesOnly {
+            return Err(TermsError::Scores);
         }
         Ok(())
     }
@@ -252,7 +257,8 @@ impl Manifest {
         out[8] = FORMAT_VERSION;
         match self.answers {
             AnswerPolicy::Label => {}
-            AnswerPolicy::TopK(k) => {
+            // `Manifest::new` refuses `Scored`: the scores are the next byte.
+            AnswerPolicy::TopK(k) | AnswerPolicy::Scored(k) => {
                 out[9] = 1;
                 out[10] = k;
             }
@@ -397,6 +403,9 @@ pub enum TermsError {
     /// A top-k outside `1..=MAX_TOP_K`.
     #[error("top-k must be between 1 and {MAX_TOP_K}")]
     InvalidAnswers,
+    /// Scores asked of a program whose answers carry classes only.
+    #[error("answers with scores are not allowed by the program, whose answers carry classes only")]
+    Scores,
 }
 
 #[cfg(test)]
@@ -534,6 +543,33 @@ mod tests {
         assert_eq!(
             m.permits(AnswerPolicy::TopK(0), 10),
             Err(TermsError::InvalidAnswers)
+        );
+        // Scores only where the manifest allows them, and no finer than its granularity.
+        let (classes_only, scored) = (
+            Manifest::new(m.max_queries, m.answers, Scores::ClassesOnly, m.needs).expect("valid"),
+            Manifest::new(m.max_queries, m.answers, Scores::Allowed, m.needs).expect("valid"),
+        );
+        assert_eq!(
+            classes_only.permits(AnswerPolicy::Scored(1), 10),
+            Err(TermsError::Scores)
+        );
+        assert_eq!(scored.permits(AnswerPolicy::Scored(3), 10), Ok(()));
+        assert_eq!(
+            scored.permits(AnswerPolicy::Scored(4), 10),
+            Err(TermsError::Answers {
+                asked: AnswerPolicy::Scored(4),
+                allowed: AnswerPolicy::TopK(3)
+            })
+        );
+        assert_eq!(
+            Manifest::new(
+                m.max_queries,
+                AnswerPolicy::Scored(2),
+                Scores::Allowed,
+                m.needs
+            ),
+            Err(ManifestError::Answers),
+            "a manifest's granularity names classes; scores are their own field"
         );
         assert_eq!(
             Manifest::DEFAULT.permits(AnswerPolicy::TopK(2), 1),

@@ -26,22 +26,40 @@ pub enum AnswerPolicy {
     Label,
     /// The `k` most likely classes, best first, without scores.
     TopK(u8),
+    /// The `k` most likely classes, best first, each with its probability: the softmax of
+    /// the program's scores for the input (only where the program's manifest allows scores).
+    Scored(u8),
 }
 
 impl AnswerPolicy {
+    /// The policy an owner asks for with a top-k (`None`: the label only) and with or
+    /// without scores.
+    pub fn asked(top_k: Option<u8>, scores: bool) -> Self {
+        match (top_k, scores) {
+            (None, false) => Self::Label,
+            (Some(k), false) => Self::TopK(k),
+            (k, true) => Self::Scored(k.unwrap_or(1)),
+        }
+    }
+
     /// Classes per answered input.
     pub fn width(self) -> usize {
         match self {
             Self::Label => 1,
-            Self::TopK(k) => usize::from(k),
+            Self::TopK(k) | Self::Scored(k) => usize::from(k),
         }
+    }
+
+    /// Whether answers carry a probability with each class.
+    pub fn has_scores(self) -> bool {
+        matches!(self, Self::Scored(_))
     }
 
     /// Whether the policy can be served: a top-k between 1 and [`MAX_TOP_K`].
     pub fn is_valid(self) -> bool {
         match self {
             Self::Label => true,
-            Self::TopK(k) => (1..=MAX_TOP_K).contains(&k),
+            Self::TopK(k) | Self::Scored(k) => (1..=MAX_TOP_K).contains(&k),
         }
     }
 }
@@ -51,6 +69,7 @@ impl std::fmt::Display for AnswerPolicy {
         match self {
             Self::Label => f.write_str("label only"),
             Self::TopK(k) => write!(f, "top-{k}"),
+            Self::Scored(k) => write!(f, "top-{k} with scores"),
         }
     }
 }
@@ -398,16 +417,20 @@ pub struct QueryRequest {
     pub inputs: Vec<f32>,
 }
 
-/// A query's answer: for each input, [`AnswerPolicy::width`] class indices, best first.
-/// Always `count × width` entries of four bytes each, so its encoded size depends only on
-/// public values (a varint encoding would reveal which classes were predicted). An entry
-/// [`QueryAnswer::NO_CLASS`] pads a top-k row when there are fewer than k classes; an answer
-/// made of nothing else means the program failed on the query, which the platform must not
-/// tell from a success (so it is an answer like any other, not an error).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A query's answer: for each input, [`AnswerPolicy::width`] class indices, best first, and
+/// under [`AnswerPolicy::Scored`] as many probabilities. Always `count × width` entries of
+/// four bytes each (twice that with scores), so its encoded size depends only on public
+/// values (a varint encoding would reveal which classes were predicted). An entry
+/// [`QueryAnswer::NO_CLASS`] pads a top-k row when there are fewer than k classes (its score
+/// is 0); an answer made of nothing else means the program failed on the query, which the
+/// platform must not tell from a success (so it is an answer like any other, not an error).
+#[derive(Clone, Debug, PartialEq)]
 pub struct QueryAnswer {
     /// Class indices, row-major.
     pub classes: Vec<u32>,
+    /// The probability of each entry of `classes`, under [`AnswerPolicy::Scored`]; empty
+    /// otherwise.
+    pub scores: Vec<f32>,
 }
 
 impl QueryAnswer {
@@ -416,8 +439,14 @@ impl QueryAnswer {
 
     /// The answer to a query the program failed on.
     pub fn unanswered(count: usize, policy: AnswerPolicy) -> Self {
+        let entries = count * policy.width();
         Self {
-            classes: vec![Self::NO_CLASS; count * policy.width()],
+            classes: vec![Self::NO_CLASS; entries],
+            scores: if policy.has_scores() {
+                vec![0.0; entries]
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -426,22 +455,34 @@ impl QueryAnswer {
         self.classes.iter().all(|&c| c == Self::NO_CLASS)
     }
 
-    /// Fixed-width little-endian encoding.
+    /// Fixed-width little-endian encoding: the classes, then the scores.
     pub fn encode(&self) -> Vec<u8> {
-        self.classes.iter().flat_map(|c| c.to_le_bytes()).collect()
+        self.classes
+            .iter()
+            .flat_map(|c| c.to_le_bytes())
+            .chain(self.scores.iter().flat_map(|s| s.to_le_bytes()))
+            .collect()
     }
 
     /// Decodes an answer for `count` inputs under `policy`.
     pub fn decode(bytes: &[u8], count: usize, policy: AnswerPolicy) -> Option<Self> {
-        let len = count.checked_mul(policy.width())?.checked_mul(4)?;
-        if bytes.len() != len {
+        let entries = count.checked_mul(policy.width())?;
+        let words = if policy.has_scores() {
+            entries.checked_mul(2)?
+        } else {
+            entries
+        };
+        if bytes.len() != words.checked_mul(4)? {
             return None;
         }
-        let classes = bytes
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        let mut words = bytes.chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]);
+        let classes = words
+            .by_ref()
+            .take(entries)
+            .map(u32::from_le_bytes)
             .collect();
-        Some(Self { classes })
+        let scores = words.map(f32::from_le_bytes).collect();
+        Some(Self { classes, scores })
     }
 }
 
@@ -505,13 +546,38 @@ mod tests {
     fn answers_decode_only_at_their_exact_size() {
         let answer = QueryAnswer {
             classes: vec![1, 0, 2, 2, 1, 0],
+            scores: Vec::new(),
         };
         let bytes = answer.encode();
+        assert_eq!(bytes.len(), 6 * 4);
         assert_eq!(
             QueryAnswer::decode(&bytes, 2, AnswerPolicy::TopK(3)),
             Some(answer)
         );
         assert_eq!(QueryAnswer::decode(&bytes, 3, AnswerPolicy::TopK(3)), None);
+        assert_eq!(
+            QueryAnswer::decode(&bytes, 2, AnswerPolicy::Scored(3)),
+            None
+        );
+        // With scores: the classes, then a probability for each.
+        let scored = QueryAnswer {
+            classes: vec![1, 0, 2, QueryAnswer::NO_CLASS],
+            scores: vec![0.75, 0.25, 1.0, 0.0],
+        };
+        let bytes = scored.encode();
+        assert_eq!(bytes.len(), 2 * 4 * 4);
+        assert_eq!(
+            QueryAnswer::decode(&bytes, 2, AnswerPolicy::Scored(2)),
+            Some(scored)
+        );
+        assert_eq!(QueryAnswer::decode(&bytes, 2, AnswerPolicy::TopK(2)), None);
+        let unanswered = QueryAnswer::unanswered(2, AnswerPolicy::Scored(2));
+        assert_eq!(
+            unanswered.encode().len(),
+            bytes.len(),
+            "same size as an answer"
+        );
+        assert!(unanswered.is_unanswered());
         // A count whose byte length overflows is refused, not wrapped around to match.
         assert_eq!(
             QueryAnswer::decode(&[], usize::MAX / 4 + 1, AnswerPolicy::Label),

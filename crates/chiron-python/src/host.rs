@@ -10,9 +10,12 @@ use pyo3::types::{PyBytes, PyDict};
 use crate::Failure;
 
 /// A Chiron host's API (`url`, e.g. `http://127.0.0.1:7700`), called with an API token
-/// issued by its operator (`chiron-host principal add`); without `token`, the environment's
-/// `CHIRON_TOKEN`, as the `chiron` CLI reads it. The host is not trusted: everything sent
+/// issued by its operator (`chiron-host principal add`); without `url` or `token`, the
+/// environment's `CHIRON_HOST` and `CHIRON_TOKEN`, as the `chiron` CLI reads them. The host is not trusted: everything sent
 /// through it is ciphertext or sealed to an attested enclave.
+/// The host's URL when neither the caller nor `CHIRON_HOST` names one (the CLI's default).
+const DEFAULT_URL: &str = "http://127.0.0.1:7700";
+
 #[pyclass(module = "chiron", frozen)]
 pub struct Host {
     url: String,
@@ -22,8 +25,13 @@ pub struct Host {
 #[pymethods]
 impl Host {
     #[new]
-    #[pyo3(signature = (url = "http://127.0.0.1:7700", token = None))]
-    fn new(url: &str, token: Option<String>) -> PyResult<Self> {
+    #[pyo3(signature = (url = None, token = None))]
+    fn new(url: Option<String>, token: Option<String>) -> PyResult<Self> {
+        // The CLI's defaults: `--host` and `--token` fall back to the same variables.
+        let url = url
+            .or_else(|| std::env::var("CHIRON_HOST").ok())
+            .unwrap_or_else(|| DEFAULT_URL.to_owned());
+        let url = url.as_str();
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(Failure::Input(format!(
                 "the host's URL needs its scheme: `http://{}`, not `{url}`",

@@ -10,12 +10,12 @@ use chiron_client::convert::{self, ConvertOptions};
 use chiron_client::evaluation::Tally;
 use chiron_client::history::History;
 use chiron_client::owner::{self, QuerySession, TrainingTerms};
-use chiron_client::record::{self, OwnerRecord};
+use chiron_client::record::{self, OwnerRecord, ProgramRecord};
 use chiron_client::{ClientError, HostClient};
 use chiron_crypto::DataKey;
 use chiron_proto::api::JobState;
 use chiron_proto::manifest::TermsError;
-use chiron_proto::owner::{AnswerPolicy, MAX_TOP_K, OwnerEvent};
+use chiron_proto::owner::{AnswerPolicy, MAX_TOP_K, OwnerEvent, QueryAnswer};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
@@ -51,11 +51,16 @@ fn refused_terms(e: TermsError) -> Failure {
         TermsError::Answers { asked, allowed } => format!(
             "top_k asks for {asked} answers, finer than the program allows ({allowed}): {}",
             match allowed {
-                AnswerPolicy::TopK(k) if k > 1 => format!("pass top_k={k} or less"),
+                AnswerPolicy::TopK(k) | AnswerPolicy::Scored(k) if k > 1 => {
+                    format!("pass top_k={k} or less")
+                }
                 _ => "leave out top_k (label answers only)".to_owned(),
             }
         ),
         TermsError::InvalidAnswers => format!("top_k must be between 1 and {MAX_TOP_K}"),
+        TermsError::Scores => "scores=True asks for probabilities, which the program does not \
+                               allow (its answers carry classes only): leave out scores"
+            .to_owned(),
     };
     Failure::Terms(format!(
         "the provider's extraction policy refuses these terms: {what}; nothing was uploaded"
@@ -80,6 +85,7 @@ struct TrainRequest {
     live: bool,
     time_budget: Option<u32>,
     top_k: Option<u8>,
+    scores: bool,
     query_budget: Option<u64>,
     seed: Option<[u8; 32]>,
     keep_last_save: bool,
@@ -113,9 +119,7 @@ fn start(
     // The provider's extraction policy, before anything leaves this machine.
     let program = client.program(&request.program_id)?;
     let manifest = program.policy.manifest;
-    let answers = request
-        .top_k
-        .map_or(AnswerPolicy::Label, AnswerPolicy::TopK);
+    let answers = AnswerPolicy::asked(request.top_k, request.scores);
     let query_budget = request.query_budget.unwrap_or(manifest.max_queries());
     manifest
         .permits(answers, query_budget)
@@ -216,6 +220,10 @@ fn start(
     }
     let record = OwnerRecord::started(
         ticket,
+        ProgramRecord {
+            id: request.program_id.clone(),
+            inputs: program.policy.inputs,
+        },
         plain.class_names,
         plain.standardizer,
         request.epochs,
@@ -245,7 +253,7 @@ fn start(
 #[pyo3(signature = (
     host, program_id, features, shape, dtype, columns, labels, trust, *,
     ticket, epochs = 3, valid_fraction = 0.1, live = false, time_budget = None, top_k = None,
-    query_budget = None, seed = None, shuffle_seed = 0, limit = None, keep_last_save = true,
+    scores = false, query_budget = None, seed = None, shuffle_seed = 0, limit = None, keep_last_save = true,
     private_memory_mib = None, private_model_mib = None, private_answer_ms = None,
 ))]
 #[allow(clippy::too_many_arguments)]
@@ -265,6 +273,7 @@ pub fn train(
     live: bool,
     time_budget: Option<u32>,
     top_k: Option<u8>,
+    scores: bool,
     query_budget: Option<u64>,
     seed: Option<String>,
     shuffle_seed: u64,
@@ -286,6 +295,7 @@ pub fn train(
         live,
         time_budget,
         top_k,
+        scores,
         query_budget,
         seed: seed.as_deref().map(parse_seed).transpose()?,
         keep_last_save,
@@ -388,40 +398,26 @@ impl Job {
         }
     }
 
-    /// Sends `features` (`n` examples) in queries of at most `batch` inputs; returns the
-    /// answered classes, `width` per input, in input order.
+    /// Sends `features` in queries of at most `batch` inputs; returns the answers in input
+    /// order.
     fn answer_all(
         &self,
         policy: &Policy,
         features: &[f32],
         batch: usize,
-    ) -> Result<Vec<u32>, Failure> {
-        let ticket = &self.record.ticket;
-        let feature_len = ticket.header.feature_len().max(1);
-        let n = features.len() / feature_len;
-        let session = QuerySession::open(&self.client, policy, ticket)?;
-        let batch = batch.max(1);
-        let mut classes = Vec::with_capacity(n * ticket.answers.width());
-        for start in (0..n).step_by(batch) {
-            let end = (start + batch).min(n);
-            let values = features[start * feature_len..end * feature_len].to_vec();
-            let answer = match (
-                session.query(end - start, values),
-                self.record.private_answer_ms,
-            ) {
-                (Err(ClientError::Unanswered), Some(ms)) => {
-                    return Err(Failure::Other(format!(
-                        "the provider's program could not answer a query of {} inputs within \
-                         this private job's answer time of {ms} ms; a smaller batch (now \
-                         {batch}) asks less of each answer",
-                        end - start
-                    )));
-                }
-                (answer, _) => answer?,
-            };
-            classes.extend_from_slice(&answer.classes);
+    ) -> Result<QueryAnswer, Failure> {
+        let session = QuerySession::open(&self.client, policy, &self.record.ticket)?;
+        match (
+            session.query_all(features, batch, |_| {}),
+            self.record.private_answer_ms,
+        ) {
+            (Err(ClientError::Unanswered), Some(ms)) => Err(Failure::Other(format!(
+                "the provider's program could not answer a query of up to {batch} inputs \
+                 within this private job's answer time of {ms} ms; a smaller batch asks less \
+                 of each answer"
+            ))),
+            (answers, _) => Ok(answers?),
         }
-        Ok(classes)
     }
 }
 
@@ -478,6 +474,13 @@ impl Job {
     }
 
     /// The training run's seed (hex), to train the same model again.
+    /// Whether the model's answers carry each class's probability (trained with
+    /// `scores=True`).
+    #[getter]
+    fn scores(&self) -> bool {
+        self.record.ticket.answers.has_scores()
+    }
+
     #[getter]
     fn seed(&self) -> Option<String> {
         self.record.ticket.seed.map(hex::encode)
@@ -581,9 +584,10 @@ impl Job {
 
     /// The model's answers on unlabelled inputs (element bytes of `shape` and `dtype`, as for
     /// `train`), in queries of at most `batch` inputs: the class names, `answer_width` per
-    /// input, and that width. Inputs of another shape than the training examples are refused
-    /// before any query.
-    #[pyo3(signature = (features, shape, dtype, columns = None, batch = 250, trust = None))]
+    /// input, that width, and for a model whose answers carry scores a probability per class
+    /// name (else an empty list). Inputs of another shape than the training examples are
+    /// refused before any query.
+    #[pyo3(signature = (features, shape, dtype, columns = None, batch = chiron_client::owner::DEFAULT_QUERY_BATCH, trust = None))]
     #[allow(clippy::too_many_arguments)]
     fn predict(
         &self,
@@ -594,10 +598,10 @@ impl Job {
         columns: Option<Vec<String>>,
         batch: usize,
         trust: Option<&Bound<'_, Trust>>,
-    ) -> PyResult<(Vec<String>, usize)> {
+    ) -> PyResult<(Vec<String>, usize, Vec<f32>)> {
         let policy = self.policy(trust)?;
         let dtype = Dtype::parse(dtype).map_err(Failure::from)?;
-        let classes = py.detach(|| {
+        let answers = py.detach(|| {
             let view = ArrayView::new(features, &shape, dtype)?;
             let inputs = arrays::inputs_from_array(
                 &view,
@@ -607,14 +611,18 @@ impl Job {
             convert::check_query_dims(&inputs.dims, &self.record.ticket.header)?;
             self.answer_all(&policy, &inputs.features, batch)
         })?;
-        let names = classes.iter().map(|&c| self.record.class_name(c)).collect();
-        Ok((names, self.record.ticket.answers.width()))
+        let names = answers
+            .classes
+            .iter()
+            .map(|&c| self.record.class_name(c))
+            .collect();
+        Ok((names, self.record.ticket.answers.width(), answers.scores))
     }
 
     /// The model's figures on labelled inputs, through black-box queries: accuracy,
     /// per-class precision, recall and F1, the confusion matrix; as the JSON of
     /// `chiron evaluate --json` and as its text report.
-    #[pyo3(signature = (features, shape, dtype, columns, labels, batch = 250, trust = None))]
+    #[pyo3(signature = (features, shape, dtype, columns, labels, batch = chiron_client::owner::DEFAULT_QUERY_BATCH, trust = None))]
     #[allow(clippy::too_many_arguments)]
     fn evaluate(
         &self,
@@ -654,7 +662,7 @@ impl Job {
                 }
             };
             convert::check_query_dims(&inputs.dims, header)?;
-            let classes = self.answer_all(&policy, &inputs.features, batch)?;
+            let classes = self.answer_all(&policy, &inputs.features, batch)?.classes;
             let mut tally = Tally::new(header.classes as usize, record.ticket.answers.width());
             tally.add(&classes, &inputs.labels);
             Ok::<_, Failure>(tally.finish(&record.class_names))

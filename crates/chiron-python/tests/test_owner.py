@@ -86,6 +86,10 @@ def test_an_owner_trains_iris_from_pandas_in_a_notebook(service: Service, iris: 
 
     labels = job.predict(x)
     assert labels.shape == (150,) and labels.dtype.kind == "U"
+    # Trained without scores: none to give, refused before any query.
+    assert not job.scores
+    with pytest.raises(chiron.InputError, match="scores=True"):
+        job.predict(x, scores=True)
     accuracy = float((labels == y.to_numpy()).mean())
     assert accuracy > 0.8, accuracy
 
@@ -153,7 +157,7 @@ def test_fashion_images_as_a_numpy_array(service: Service, tmp_path: Path) -> No
     images, labels = read_idx(
         FASHION_DIR / "train-images-idx3-ubyte.gz", FASHION_DIR / "train-labels-idx1-ubyte.gz", 400
     )
-    # Top-3 answers: the MLP's policy allows up to 10.
+    # Top-3 answers with their probabilities: the MLP's policy allows up to 10, with scores.
     job = chiron.train(
         service.host(),
         service.program_id,
@@ -163,6 +167,7 @@ def test_fashion_images_as_a_numpy_array(service: Service, tmp_path: Path) -> No
         epochs=3,
         live=True,
         top_k=3,
+        scores=True,
         ticket=tmp_path / "fashion.json",
         verbose=False,
     )
@@ -180,6 +185,15 @@ def test_fashion_images_as_a_numpy_array(service: Service, tmp_path: Path) -> No
     assert all(len(set(row)) == 3 for row in answers)
     # Channels first, as (n, 1, 28, 28): the same examples, the same answers.
     assert (job.predict(test_images[:, None]) == answers).all()
+    # Each class with its probability: best first, and together at most the whole.
+    assert job.scores
+    classes, probabilities = job.predict(test_images, scores=True)
+    assert (classes == answers).all()
+    assert probabilities.shape == (100, 3) and probabilities.dtype == np.float32
+    assert ((probabilities >= 0) & (probabilities <= 1)).all()
+    assert (np.diff(probabilities, axis=1) <= 0).all()
+    assert (probabilities.sum(axis=1) <= 1 + 1e-5).all()
+    assert probabilities[:, 0].min() >= 1 / 10 - 1e-6, "the best of ten classes"
     report = job.evaluate(test_images, test_labels)
     assert report["examples"] == 100 and report["top_k"] == 3
     assert report.accuracy == pytest.approx(float((answers[:, 0] == test_labels).mean()))

@@ -448,6 +448,9 @@ fn an_owner_follows_inspects_and_queries_jobs_from_the_command_line() {
             "--live",
             "--seed",
             &seed,
+            "--top-k",
+            "2",
+            "--scores",
         ])
         .args(["--valid-fraction", "0.2", "--ticket"])
         .arg(&ticket);
@@ -482,11 +485,14 @@ fn an_owner_follows_inspects_and_queries_jobs_from_the_command_line() {
         "train_loss and valid_accuracy"
     );
     let png = std::fs::read(work.path().join("iris.curves.png")).expect("png");
-    assert!(
-        png.starts_with(b"\x89PNG") && png.len() > 5_000,
-        "{} bytes",
-        png.len()
-    );
+    for panel in 0..2 {
+        let colour = chiron_client::history::point_colour(panel);
+        assert_eq!(
+            spots_of(&png, colour),
+            40,
+            "panel {panel}: a point per epoch"
+        );
+    }
 
     let mut status = owner.command("status", false);
     status.arg("--ticket").arg(&ticket).arg("--json");
@@ -501,6 +507,7 @@ fn an_owner_follows_inspects_and_queries_jobs_from_the_command_line() {
     table(&mut evaluate);
     let report: serde_json::Value = serde_json::from_str(&OwnerCli::ok(evaluate)).expect("json");
     assert_eq!(report["examples"], 150);
+    assert_eq!(report["top_k"], 2);
     let accuracy = report["accuracy"].as_f64().expect("accuracy");
     assert!(accuracy > 0.8, "{report}");
     let confusion: Vec<Vec<u64>> =
@@ -531,16 +538,27 @@ fn an_owner_follows_inspects_and_queries_jobs_from_the_command_line() {
         .arg("--output")
         .arg(&answers);
     OwnerCli::ok(predict);
+    // Top-2 answers with scores: each label followed by its probability.
     let answered = std::fs::read_to_string(&answers).expect("answers");
     let lines: Vec<&str> = answered.lines().collect();
-    assert_eq!(lines[0], "index,label");
+    assert_eq!(lines[0], "index,label_1,score_1,label_2,score_2");
     assert_eq!(lines.len(), 151);
-    let agree = lines[1..]
+    let rows: Vec<Vec<&str>> = lines[1..].iter().map(|l| l.split(',').collect()).collect();
+    let agree = rows
         .iter()
         .zip(&truth[1..])
-        .filter(|(line, truth)| line.split(',').nth(1) == Some(truth.as_str()))
+        .filter(|(row, truth)| row[1] == truth.as_str())
         .count();
     assert!(agree as f64 / 150.0 > 0.8, "{agree} of 150 agree");
+    for row in &rows {
+        let score = |at: usize| row[at].parse::<f64>().expect("a score");
+        assert_ne!(row[1], row[3], "two different classes: {row:?}");
+        assert!(
+            score(2) >= score(4) && score(4) >= 0.0,
+            "best first: {row:?}"
+        );
+        assert!(score(2) + score(4) <= 1.0 + 1e-5, "{row:?}");
+    }
     // An existing answers file is never overwritten, and no query is spent finding out.
     let mut again = owner.command("predict", true);
     again
@@ -622,76 +640,82 @@ fn an_owner_follows_inspects_and_queries_jobs_from_the_command_line() {
         "{listed}"
     );
     assert_eq!(listed.matches("succeeded").count(), 2, "{listed}");
+
+    // A failed job: `train` says why and fails; `status` says why again, later, from the
+    // ticket alone (the owner's own detail, decrypted from the job's events).
+    let spin = register("hostile_spin");
+    let failed_ticket = work.path().join("spin.json");
+    let mut failing = owner.command("train", true);
+    failing
+        .args([
+            "--program",
+            &spin,
+            "--live",
+            "--time-budget",
+            "2",
+            "--ticket",
+        ])
+        .arg(&failed_ticket);
+    table(&mut failing);
+    let err = OwnerCli::refused(failing);
+    assert!(err.contains("time budget"), "{err}");
+    let mut status = owner.command("status", false);
+    status.arg("--ticket").arg(&failed_ticket);
+    let shown = OwnerCli::ok(status);
+    assert!(shown.contains("failed"), "{shown}");
+    let reason = shown
+        .lines()
+        .find_map(|line| line.strip_prefix("failure: "))
+        .unwrap_or_else(|| panic!("no failure line: {shown}"));
+    assert!(reason.contains("time budget"), "{shown}");
+    let mut status = owner.command("status", false);
+    status.arg("--ticket").arg(&failed_ticket).arg("--json");
+    let status: serde_json::Value = serde_json::from_str(&OwnerCli::ok(status)).expect("json");
+    assert_eq!(status["state"], "Failed", "{status}");
+    assert_eq!(status["failure"], reason, "{status}");
 }
 
-#[test]
-fn a_provider_starts_a_program_from_the_template_and_runs_it_locally() {
-    let work = tempfile::tempdir().expect("tmp");
-    let cli = bin_dir().join("chiron");
-    let sdk = workspace_root().join("programs/sdk");
-    let out = std::process::Command::new(&cli)
-        .args(["new-program", "iris-net", "--sdk"])
-        .arg(&sdk)
-        .arg("--dir")
-        .arg(work.path())
-        .output()
-        .expect("chiron runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let root = work.path().join("iris-net");
-    assert!(root.join("README.md").is_file() && root.join("src/lib.rs").is_file());
-
-    // It builds on its own, for the sandbox (sharing the example programs' build cache).
-    let built = std::process::Command::new("cargo")
-        .args(["build", "--release", "--target", "wasm32-unknown-unknown"])
-        .env("CARGO_TARGET_DIR", workspace_root().join("programs/target"))
-        .current_dir(&root)
-        .output()
-        .expect("cargo runs");
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
-    let wasm =
-        workspace_root().join("programs/target/wasm32-unknown-unknown/release/iris_net.wasm");
-
-    let check = std::process::Command::new(&cli)
-        .arg("check")
-        .arg(&wasm)
-        .output()
-        .expect("chiron runs");
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stderr)
-    );
-    let run = std::process::Command::new(&cli)
-        .arg("run-local")
-        .arg(&wasm)
-        .arg("--csv")
-        .arg(iris_csv())
-        .args(["--label-column", "species", "--epochs", "3"])
-        .output()
-        .expect("chiron runs");
-    let err = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "{err}");
-    assert!(err.contains("valid_accuracy"), "{err}");
-    assert!(String::from_utf8_lossy(&run.stdout).contains("trained in"));
-
-    // An existing folder is never written into.
-    let again = std::process::Command::new(&cli)
-        .args(["new-program", "iris-net", "--sdk"])
-        .arg(&sdk)
-        .arg("--dir")
-        .arg(work.path())
-        .output()
-        .expect("chiron runs");
-    assert!(!again.status.success());
-    assert!(String::from_utf8_lossy(&again.stderr).contains("never written into"));
+/// How many separate spots of exactly `colour` (8-connected, at least 9 pixels) an RGB or
+/// RGBA PNG holds: the points of a curve, drawn over its line in a colour of their own.
+fn spots_of(png: &[u8], colour: [u8; 3]) -> usize {
+    let mut reader = png::Decoder::new(std::io::Cursor::new(png))
+        .read_info()
+        .expect("a PNG");
+    let mut pixels = vec![0; reader.output_buffer_size().expect("a frame size")];
+    let info = reader.next_frame(&mut pixels).expect("a frame");
+    let (width, height) = (info.width as usize, info.height as usize);
+    let channels = info.color_type.samples();
+    let mut left: Vec<bool> = pixels
+        .chunks(channels)
+        .take(width * height)
+        .map(|pixel| pixel[..3] == colour)
+        .collect();
+    let mut spots = 0;
+    for start in 0..left.len() {
+        if !left[start] {
+            continue;
+        }
+        left[start] = false;
+        let (mut size, mut stack) = (0, vec![start]);
+        while let Some(at) = stack.pop() {
+            size += 1;
+            let (x, y) = ((at % width) as isize, (at / width) as isize);
+            for (dx, dy) in (-1..=1).flat_map(|dx| (-1..=1).map(move |dy| (dx, dy))) {
+                let (nx, ny) = (x + dx, y + dy);
+                if nx >= 0 && ny >= 0 && (nx as usize) < width && (ny as usize) < height {
+                    let next = ny as usize * width + nx as usize;
+                    if left[next] {
+                        left[next] = false;
+                        stack.push(next);
+                    }
+                }
+            }
+        }
+        if size >= 9 {
+            spots += 1;
+        }
+    }
+    spots
 }
 
 #[test]

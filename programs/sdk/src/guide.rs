@@ -7,10 +7,15 @@
 //!
 //! ## 1. Start from the template
 //!
-//! Copy `programs/template` (a complete program: a small residual network with batch norm,
-//! dropout, augmentation, AdamW, a one-cycle schedule and keep-the-best checkpoints) and
-//! rename the crate. Its `Cargo.toml` builds a `cdylib` for the sandbox and an `rlib` for
-//! native reference runs. The pieces:
+//! ```text
+//! chiron new-program my-program --sdk path/to/chiron/programs/sdk
+//! ```
+//!
+//! makes `my-program/`, a crate of its own (its own workspace, this SDK by path) holding
+//! `programs/template`: a complete program, a small residual network with batch norm,
+//! dropout, augmentation, AdamW, a one-cycle schedule and keep-the-best checkpoints. The
+//! test command builds and runs that template, so it starts out working. Its `Cargo.toml`
+//! builds a `cdylib` for the sandbox (and an `rlib`, for linking natively). The pieces:
 //!
 //! - **Entry points.** `train()` and `predict()`, exported with
 //!   [`export_program!`](crate::export_program!). `train` must call
@@ -21,7 +26,7 @@
 //!   Images arrive `[N, C, H, W]` in `[0, 1]`; tables `[N, columns]`, standardised.
 //! - **Layers.** [`nn`](crate::nn): `Linear`, `Conv2d` (stride, padding, dilation, groups),
 //!   `BatchNorm`, `LayerNorm`, `Dropout`, `Embedding`, `MultiHeadAttention`, `Sequential`,
-//!   all behind the [`nn::Module`](crate::nn::Module) trait. Below them, [`Tensor`] has the
+//!   all behind the [`nn::Module`](crate::nn::Module) trait. Below them, [`Tensor`](crate::Tensor) has the
 //!   operations themselves: broadcasting arithmetic, reductions over axes, `permute`,
 //!   `concat`, `narrow`, `index_select`, batched `matmul`, pooling, losses
 //!   (`cross_entropy`, `cross_entropy_smoothed`, `bce_with_logits`, `mse`).
@@ -49,6 +54,7 @@
 //! ## 2. Build and check
 //!
 //! ```text
+//! cd my-program
 //! cargo build --release --target wasm32-unknown-unknown
 //! chiron check target/wasm32-unknown-unknown/release/my_program.wasm
 //! ```
@@ -58,7 +64,7 @@
 //! exported with the right types, and the manifest parses. Registration runs the same checks
 //! and refuses a program that fails them, before any owner uploads data.
 //!
-//! ## 3. Run locally on your own data
+//! ## 3. Test locally on your own data
 //!
 //! ```text
 //! chiron run-local my_program.wasm --idx-images train-images.gz --idx-labels train-labels.gz \
@@ -66,7 +72,8 @@
 //! chiron run-local my_program.wasm --csv my-table.csv --label-column class
 //! ```
 //!
-//! The same sandbox and limits as the enclave, on plaintext data you own, with your
+//! `chiron run-local` is the reference runner: the runtime's own sandbox, engine and limits,
+//! as the enclave runs them, on plaintext data you own, with your
 //! program's [`println!`](crate::println!) lines, panic messages and metrics on your
 //! terminal. In an enclave these lines go nowhere: nothing the program says reaches anyone
 //! but the owner, as encrypted metrics.
@@ -74,10 +81,13 @@
 //! ## 4. Register
 //!
 //! ```text
-//! chiron register my_program.wasm --host http://service:8080
+//! chiron register my_program.wasm --host http://service:8080 --token $PROVIDER_TOKEN
 //! ```
 //!
-//! prints the program id owners train with. The module's hash is its identity: a new build
+//! (or `CHIRON_HOST` and `CHIRON_TOKEN` in the environment; the token is the one the host's
+//! operator issued you with the provider role) prints the program id owners train with.
+//! Registration shows the program's declared policy and inputs and refuses a malformed
+//! declaration. The module's hash is its identity: a new build
 //! is a new program.
 //!
 //! ## What the runtime enforces

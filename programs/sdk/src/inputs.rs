@@ -132,7 +132,7 @@ impl Inputs {
     }
 }
 
-/// Declares the datasets the program takes (see [`inputs`](crate::inputs)), once per program.
+/// Declares the datasets the program takes (see [`inputs`](mod@crate::inputs)), once per program.
 ///
 /// Like the entry points, the section exists on `wasm32` only. A module with two such
 /// sections is refused at registration.

@@ -202,8 +202,9 @@ pub fn query_input() -> Tensor {
     unsafe { Tensor::from_handle(sys::chiron_query_input()) }
 }
 
-/// Answers the query in `predict` with `scores` `[N, classes]` (logits or probabilities:
-/// the runtime only ranks them).
+/// Answers the query in `predict` with `scores` `[N, classes]`, logits: the runtime ranks
+/// them, and where the owner asked for scores answers with their softmax (give logits, not
+/// probabilities, if the manifest allows scores).
 pub fn set_output(scores: &Tensor) {
     // SAFETY: `scores` is a live handle; the runtime validates its shape.
     unsafe { sys::chiron_set_output(scores.handle()) }

@@ -79,8 +79,9 @@ impl Manifest {
         }
     }
 
-    /// Whether answers may carry scores. The runtime's answers carry classes only today, so
-    /// `true` allows what the format does not (yet) offer.
+    /// Whether answers may carry scores: with `true`, an owner may ask for each answered
+    /// class's probability (the softmax of the scores `predict` returns), as many classes as
+    /// the granularity allows.
     pub const fn scores(mut self, allowed: bool) -> Self {
         self.scores = allowed;
         self

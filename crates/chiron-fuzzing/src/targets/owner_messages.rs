@@ -67,9 +67,17 @@ fn decode_answers(bytes: &[u8], count: usize) {
         AnswerPolicy::TopK(0),
         AnswerPolicy::TopK(3),
         AnswerPolicy::TopK(u8::MAX),
+        AnswerPolicy::Scored(2),
+        AnswerPolicy::Scored(u8::MAX),
     ] {
         if let Some(answer) = QueryAnswer::decode(bytes, count, policy) {
             assert_eq!(answer.classes.len(), count * policy.width());
+            let scores = if policy.has_scores() {
+                count * policy.width()
+            } else {
+                0
+            };
+            assert_eq!(answer.scores.len(), scores);
             assert_eq!(answer.encode(), bytes);
         }
     }
@@ -224,11 +232,18 @@ pub fn seeds_owner_messages() -> Vec<Vec<u8>> {
         seeds.push(with_mode(0, &event.to_padded()));
         seeds.push(with_mode(3, &enc(event)));
     }
-    let answer = QueryAnswer {
-        classes: vec![1, 0, 2, 2, 1, 0],
+    for answer in [
+        QueryAnswer {
+            classes: vec![1, 0, 2, 2, 1, 0],
+            scores: Vec::new(),
+        },
+        QueryAnswer {
+            classes: vec![1, 0, 2, 2],
+            scores: vec![0.5, 0.25, 0.75, 0.125],
+        },
+    ] {
+        seeds.push(with_mode(1, &[[0].as_slice(), &answer.encode()].concat()));
     }
-    .encode();
-    seeds.push(with_mode(1, &[[0].as_slice(), &answer].concat()));
     // Sealed to another key than the target's: it must not open (mode 2).
     let (sealed, _) = must(
         seal_to_enclave(

@@ -8,13 +8,13 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Literal, Optional, Tuple, Union, overload
 
 import numpy as np
 
 from . import _native
 from ._data import class_values, features_payload, labels_payload
-from ._native import Host, TrainingFailed, Trust
+from ._native import Host, InputError, TrainingFailed, Trust
 from ._progress import Progress
 
 #: What live mode gives away, said before anything is uploaded (the CLI's `--live` warning).
@@ -102,6 +102,11 @@ class Job:
     def class_names(self) -> List[str]:
         """The model's classes, in class-index order."""
         return self._native.class_names
+
+    @property
+    def scores(self) -> bool:
+        """Whether the model's answers carry each class's probability (``scores=True``)."""
+        return self._native.scores
 
     @property
     def seed(self) -> Optional[str]:
@@ -226,20 +231,55 @@ class Job:
         error.job_id = self.job_id  # type: ignore[attr-defined]
         return error
 
+    @overload
     def predict(
-        self, features: Any, *, batch: int = 250, trust: Optional[Trust] = None
-    ) -> np.ndarray:
+        self,
+        features: Any,
+        *,
+        batch: int = ...,
+        trust: Optional[Trust] = ...,
+        scores: Literal[False] = ...,
+    ) -> np.ndarray: ...
+
+    @overload
+    def predict(
+        self,
+        features: Any,
+        *,
+        batch: int = ...,
+        trust: Optional[Trust] = ...,
+        scores: Literal[True],
+    ) -> Tuple[np.ndarray, np.ndarray]: ...
+
+    def predict(
+        self,
+        features: Any,
+        *,
+        batch: int = 250,
+        trust: Optional[Trust] = None,
+        scores: bool = False,
+    ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
         """The model's answers on unlabelled examples (the same kind of array or DataFrame
         as for training), in queries of at most `batch` inputs: the class of each example,
         shape ``(n,)``, or its k best classes, shape ``(n, k)``, for a top-k model. Classes
-        come back as the labels were given: integers, or names. Inputs of another shape
-        than the training examples are refused before any query."""
+        come back as the labels were given: integers, or names. With `scores` (for a model
+        trained with ``scores=True``), also each class's probability, in an array of the
+        same shape. Inputs of another shape than the training examples are refused before
+        any query."""
+        if scores and not self.scores:
+            raise InputError(
+                "this model's answers carry no scores: train with scores=True (where the "
+                "program's policy allows them) to have them"
+            )
         x = features_payload(features)
-        names, width = self._native.predict(
+        names, width, probabilities = self._native.predict(
             x.data, x.shape, x.dtype, x.columns, batch=batch, trust=trust
         )
         answers = class_values(names, self.class_names)
-        return answers if width == 1 else answers.reshape(-1, width)
+        answers = answers if width == 1 else answers.reshape(-1, width)
+        if not scores:
+            return answers
+        return answers, np.asarray(probabilities, dtype=np.float32).reshape(answers.shape)
 
     def evaluate(
         self,
@@ -275,6 +315,7 @@ def train(
     ticket: PathLike = "chiron-job.json",
     time_budget: Optional[int] = None,
     top_k: Optional[int] = None,
+    scores: bool = False,
     query_budget: Optional[int] = None,
     seed: Union[str, bytes, None] = None,
     shuffle_seed: int = 0,
@@ -319,6 +360,7 @@ def train(
         live=live,
         time_budget=time_budget,
         top_k=top_k,
+        scores=scores,
         query_budget=query_budget,
         seed=seed,
         shuffle_seed=shuffle_seed,

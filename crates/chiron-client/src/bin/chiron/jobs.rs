@@ -11,7 +11,7 @@ use chiron_client::{ClientError, HostClient};
 use chiron_proto::api::JobState;
 use chiron_proto::owner::OwnerEvent;
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use serde::Serialize;
 
 use crate::HostArgs;
@@ -22,6 +22,25 @@ pub enum Outcome {
     Succeeded,
     /// It failed, for this reason (the owner's detail when the enclave gave one).
     Failed(String),
+}
+
+/// The epoch bar's rate and time left, once epochs have been seen to end: " (12.5 s/epoch,
+/// 3m left)". Nothing before then (and so nothing while a private job holds its progress).
+fn epoch_pace(state: &ProgressState, out: &mut dyn std::fmt::Write) {
+    let per_sec = state.per_sec();
+    if state.pos() == 0 || !per_sec.is_finite() || per_sec <= 0.0 {
+        return;
+    }
+    let left = state.len().map(|len| len.saturating_sub(state.pos()));
+    let _ = write!(out, " ({:.1} s/epoch", 1.0 / per_sec);
+    if let Some(left) = left {
+        let _ = write!(
+            out,
+            ", {} left",
+            indicatif::HumanDuration(Duration::from_secs_f64(left as f64 / per_sec))
+        );
+    }
+    let _ = out.write_str(")");
 }
 
 /// Follows the job of `record` until it ends, showing progress on stderr; returns how it
@@ -37,9 +56,10 @@ pub fn follow(
     };
     bar.set_style(
         ProgressStyle::with_template(
-            "{spinner} training [{elapsed_precise}] {bar:30} epoch {pos}/{len} {msg}",
+            "{spinner} training [{elapsed_precise}] {bar:30} epoch {pos}/{len}{pace} {msg}",
         )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .with_key("pace", epoch_pace),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
     let say = |line: &str| {
@@ -216,6 +236,11 @@ pub struct StatusArgs {
 struct Status {
     job_id: String,
     state: JobState,
+    /// The program trained, and the datasets it takes (`None` in older tickets).
+    program: Option<chiron_client::record::ProgramRecord>,
+    /// The dataset's kind and shape, which queries must match.
+    kind: chiron_proto::dataset::DatasetKind,
+    dims: Vec<u32>,
     /// The owner's failure detail, else the host's public label.
     failure: Option<String>,
     seed: Option<String>,
@@ -240,6 +265,9 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
     let status = Status {
         job_id: ticket.job_id.clone(),
         state: public.state,
+        program: record.program.clone(),
+        kind: ticket.header.kind,
+        dims: ticket.header.dims.clone(),
         failure: detail.or(public.error),
         seed: ticket.seed.map(hex::encode),
         cut_short: events.iter().any(|e| matches!(e, OwnerEvent::CutShort)),
@@ -254,6 +282,16 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("job {}: {}", status.job_id, state_word(status.state));
+    if let Some(program) = &status.program {
+        match &program.inputs {
+            Some(inputs) => println!("program: {} (takes {inputs})", program.id),
+            None => println!("program: {}", program.id),
+        }
+    }
+    println!(
+        "trained on: {:?} data of shape {:?}",
+        status.kind, status.dims
+    );
     if let Some(why) = &status.failure {
         println!("failure: {why}");
     }

@@ -12,7 +12,7 @@ use chiron_client::convert::{
     self, ConvertOptions, DataSource, Inputs, LabelledInputs, PlainDataset,
 };
 use chiron_client::owner::{self, ExchangeTerms, TrainingTerms};
-use chiron_client::record::OwnerRecord;
+use chiron_client::record::{OwnerRecord, ProgramRecord};
 use chiron_client::{ClientError, HostClient};
 use chiron_crypto::DataKey;
 use chiron_proto::manifest::TermsError;
@@ -401,6 +401,10 @@ struct TrainArgs {
     /// extraction policy allows).
     #[arg(long)]
     top_k: Option<u8>,
+    /// Answer each class with its probability (where the program's extraction policy allows
+    /// scores).
+    #[arg(long)]
+    scores: bool,
     /// Inputs the model may answer over its whole life (default: the most the program's
     /// extraction policy allows).
     #[arg(long)]
@@ -495,7 +499,7 @@ struct RunLocalArgs {
 #[derive(Args)]
 struct HostArgs {
     /// The host's URL.
-    #[arg(long, default_value = "http://127.0.0.1:7700")]
+    #[arg(long, env = "CHIRON_HOST", default_value = "http://127.0.0.1:7700")]
     host: String,
     /// Your API token, issued by the host's operator (`chiron-host principal add`).
     #[arg(
@@ -722,7 +726,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     // would only be refused by the enclave after the upload.
     let program = host.program(&args.program)?;
     let manifest = program.policy.manifest;
-    let answers = args.top_k.map_or(AnswerPolicy::Label, AnswerPolicy::TopK);
+    let answers = AnswerPolicy::asked(args.top_k, args.scores);
     let query_budget = args.query_budget.unwrap_or(manifest.max_queries());
     manifest
         .permits(answers, query_budget)
@@ -890,6 +894,10 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     }
     let record = OwnerRecord::started(
         ticket,
+        ProgramRecord {
+            id: args.program.clone(),
+            inputs: program.policy.inputs,
+        },
         plain.class_names,
         plain.standardizer,
         args.epochs,
@@ -936,11 +944,16 @@ fn refused_terms(e: TermsError) -> anyhow::Error {
         TermsError::Answers { asked, allowed } => format!(
             "--top-k asks for {asked} answers, finer than the program allows ({allowed}): {}",
             match allowed {
-                AnswerPolicy::TopK(k) if k > 1 => format!("pass --top-k {k} or less"),
+                AnswerPolicy::TopK(k) | AnswerPolicy::Scored(k) if k > 1 => {
+                    format!("pass --top-k {k} or less")
+                }
                 _ => "leave out --top-k (label answers only)".to_owned(),
             }
         ),
         TermsError::InvalidAnswers => format!("--top-k must be between 1 and {MAX_TOP_K}"),
+        TermsError::Scores => "--scores asks for probabilities, which the program does not \
+                               allow (its answers carry classes only): leave out --scores"
+            .to_owned(),
     };
     anyhow::anyhow!(
         "the provider's extraction policy refuses these terms: {what}; nothing was uploaded"

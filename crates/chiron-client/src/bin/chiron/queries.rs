@@ -9,6 +9,7 @@ use chiron_client::evaluation::Tally;
 use chiron_client::owner::QuerySession;
 use chiron_client::record::OwnerRecord;
 use chiron_client::{ClientError, HostClient};
+use chiron_proto::owner::QueryAnswer;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -24,8 +25,8 @@ struct QueryArgs {
     ticket: PathBuf,
     #[command(flatten)]
     data: DataArgs,
-    /// Inputs per query.
-    #[arg(long, default_value_t = 250)]
+    /// Inputs per query (a private job's answer time is sized for the default).
+    #[arg(long, default_value_t = chiron_client::owner::DEFAULT_QUERY_BATCH)]
     batch: usize,
     #[command(flatten)]
     trust: Trust,
@@ -57,8 +58,9 @@ fn check_shape(record: &OwnerRecord, dims: &[u32]) -> anyhow::Result<()> {
         .with_context(|| format!("job {}", record.ticket.job_id))
 }
 
-/// Sends `features` (`n` examples) in queries of at most `batch` inputs; returns the answered
-/// classes, `width` per input, in input order.
+/// Sends `features` (`n` examples) in queries of at most `batch` inputs, with a progress
+/// bar; returns the answers in input order: `width` classes per input and, for scored
+/// answers, as many scores.
 fn answer_all(
     host: &HostClient,
     trust: &Trust,
@@ -66,11 +68,10 @@ fn answer_all(
     features: &[f32],
     n: usize,
     batch: usize,
-) -> anyhow::Result<Vec<u32>> {
+) -> anyhow::Result<QueryAnswer> {
     let policy = trust.policy()?;
     let session = QuerySession::open(host, &policy, &record.ticket)?;
     eprintln!("query enclave attested");
-    let feature_len = record.ticket.header.feature_len();
     let bar = ProgressBar::new(n as u64);
     bar.set_style(
         ProgressStyle::with_template(
@@ -78,25 +79,17 @@ fn answer_all(
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let batch = batch.max(1);
-    let mut classes = Vec::with_capacity(n * record.ticket.answers.width());
-    for start in (0..n).step_by(batch) {
-        let end = (start + batch).min(n);
-        let values = features[start * feature_len..end * feature_len].to_vec();
-        let answer = match (session.query(end - start, values), record.private_answer_ms) {
-            (Err(ClientError::Unanswered), Some(ms)) => bail!(
-                "the provider's program could not answer a query of {} inputs within this \
-                 private job's answer time of {ms} ms; a smaller --batch (now {batch}) asks \
-                 less of each answer",
-                end - start
-            ),
-            (answer, _) => answer?,
-        };
-        classes.extend_from_slice(&answer.classes);
-        bar.inc((end - start) as u64);
-    }
+    let answered = session.query_all(features, batch, |done| bar.set_position(done as u64));
+    let answers = match (answered, record.private_answer_ms) {
+        (Err(ClientError::Unanswered), Some(ms)) => bail!(
+            "the provider's program could not answer a query of up to {batch} inputs within \
+             this private job's answer time of {ms} ms; a smaller --batch asks less of each \
+             answer"
+        ),
+        (answers, _) => answers?,
+    };
     bar.finish_and_clear();
-    Ok(classes)
+    Ok(answers)
 }
 
 /// `chiron evaluate`: accuracy, per-class precision and recall and the confusion matrix of
@@ -116,7 +109,7 @@ pub fn evaluate(EvaluateArgs { query: args, json }: EvaluateArgs) -> anyhow::Res
     };
     check_shape(&record, &inputs.dims)?;
     let n = inputs.labels.len();
-    let classes = answer_all(&host, &args.trust, &record, &inputs.features, n, args.batch)?;
+    let classes = answer_all(&host, &args.trust, &record, &inputs.features, n, args.batch)?.classes;
     let width = record.ticket.answers.width();
     let mut tally = Tally::new(record.ticket.header.classes as usize, width);
     tally.add(&classes, &inputs.labels);
@@ -130,7 +123,8 @@ pub fn evaluate(EvaluateArgs { query: args, json }: EvaluateArgs) -> anyhow::Res
 }
 
 /// `chiron predict`: the model's answers on unlabelled inputs, as CSV: `index,label` (or
-/// `index,label_1,…,label_k` for top-k answers), with the class names of the training data.
+/// `index,label_1,…,label_k` for top-k answers, each label followed by its `score` column
+/// when the model's terms carry scores), with the class names of the training data.
 pub fn predict(
     PredictArgs {
         query: args,
@@ -158,20 +152,32 @@ pub fn predict(
         None => Box::new(std::io::stdout().lock()),
     };
     let n = inputs.len();
-    let classes = answer_all(&host, &args.trust, &record, &inputs.features, n, args.batch)?;
+    let answers = answer_all(&host, &args.trust, &record, &inputs.features, n, args.batch)?;
     let width = record.ticket.answers.width();
-    if width == 1 {
-        writeln!(out, "index,label")?;
-    } else {
-        let columns: Vec<String> = (1..=width).map(|k| format!("label_{k}")).collect();
-        writeln!(out, "index,{}", columns.join(","))?;
-    }
-    for (i, row) in classes.chunks_exact(width).enumerate() {
-        let names: Vec<String> = row
+    let scored = record.ticket.answers.has_scores();
+    let columns: Vec<String> = (1..=width)
+        .flat_map(|k| {
+            let suffix = if width == 1 {
+                String::new()
+            } else {
+                format!("_{k}")
+            };
+            let score = scored.then(|| format!("score{suffix}"));
+            std::iter::once(format!("label{suffix}")).chain(score)
+        })
+        .collect();
+    writeln!(out, "index,{}", columns.join(","))?;
+    for (i, row) in answers.classes.chunks_exact(width).enumerate() {
+        let scores = answers.scores.get(i * width..(i + 1) * width);
+        let fields: Vec<String> = row
             .iter()
-            .map(|&c| csv_field(&record.class_name(c)))
+            .enumerate()
+            .flat_map(|(j, &c)| {
+                let score = scores.map(|s| format!("{:.6}", s[j]));
+                std::iter::once(csv_field(&record.class_name(c))).chain(score)
+            })
             .collect();
-        writeln!(out, "{i},{}", names.join(","))?;
+        writeln!(out, "{i},{}", fields.join(","))?;
     }
     out.flush()?;
     if let Some(path) = &output {
