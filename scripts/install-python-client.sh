@@ -1,16 +1,14 @@
 #!/usr/bin/env bash
-# Builds the `chiron` Python package's extension module with the rest of the workspace and
-# installs the package into .venv (made by scripts/setup.sh), as `maturin develop` installs
-# it: editable, the module beside the package's Python files, found through a .pth file.
-# Built with the workspace so that its Rust dependencies are the ones `cargo build` already
-# built: `maturin develop` builds one package, for which cargo unifies the dependencies'
-# features differently, and would compile about a hundred of them again (minutes).
+# Builds the `chiron` Python package as an abi3 wheel (maturin; one extension module for
+# CPython 3.9 and later) into target/wheels, and installs that wheel into .venv (made by
+# scripts/setup.sh). The test command runs the package's tests against this installed wheel,
+# as an owner would install it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --workspace --lib
-package=crates/chiron-python/python
-cp target/release/libchiron_native.so "$package/chiron/_native.abi3.so.new"
-mv "$package/chiron/_native.abi3.so.new" "$package/chiron/_native.abi3.so"
-.venv/bin/python -c 'import pathlib, sys, sysconfig
-site = pathlib.Path(sysconfig.get_paths()["purelib"])
-(site / "chiron.pth").write_text(str(pathlib.Path(sys.argv[1]).resolve()) + "\n")' "$package"
+rm -rf target/wheels
+.venv/bin/maturin build --release --quiet -m crates/chiron-python/Cargo.toml --out target/wheels
+# An editable install from before (a .pth file pointing at the sources) would shadow it.
+.venv/bin/python -c 'import pathlib, sysconfig
+(pathlib.Path(sysconfig.get_paths()["purelib"]) / "chiron.pth").unlink(missing_ok=True)'
+.venv/bin/pip install --quiet --disable-pip-version-check --force-reinstall --no-deps \
+    target/wheels/chiron-*-abi3-*.whl

@@ -61,18 +61,28 @@ fn line_colour(panel: usize) -> RGBColor {
 
 impl History {
     /// The metrics among `events`.
+    ///
+    /// A metric reported again for an epoch replaces the earlier value: after a distributed
+    /// job's rank 0 was replaced ([`OwnerEvent::Resumed`]), its replacement's program counts
+    /// its epochs from the first again, on the parameters trained so far.
     pub fn from_events<'a>(events: impl IntoIterator<Item = &'a OwnerEvent>) -> Self {
-        let points = events
-            .into_iter()
-            .filter_map(|e| match e {
-                OwnerEvent::Metric { name, epoch, value } => Some(MetricPoint {
-                    epoch: *epoch,
-                    name: name.clone(),
-                    value: *value,
-                }),
-                _ => None,
-            })
-            .collect();
+        let mut points: Vec<MetricPoint> = Vec::new();
+        let mut at: std::collections::HashMap<(String, u32), usize> = Default::default();
+        for event in events {
+            if let OwnerEvent::Metric { name, epoch, value } = event {
+                match at.get(&(name.clone(), *epoch)) {
+                    Some(&i) => points[i].value = *value,
+                    None => {
+                        at.insert((name.clone(), *epoch), points.len());
+                        points.push(MetricPoint {
+                            epoch: *epoch,
+                            name: name.clone(),
+                            value: *value,
+                        });
+                    }
+                }
+            }
+        }
         Self { points }
     }
 
@@ -259,6 +269,33 @@ mod tests {
             });
         }
         History::from_events(&events)
+    }
+
+    #[test]
+    fn an_epoch_reported_again_replaces_its_point() {
+        let metric = |epoch, value| OwnerEvent::Metric {
+            name: "valid_accuracy".into(),
+            epoch,
+            value,
+        };
+        // Rank 0 reported two epochs, was replaced, and its replacement reports from the
+        // first again.
+        let events = [
+            metric(0, 0.5),
+            metric(1, 0.6),
+            OwnerEvent::Resumed,
+            metric(0, 0.7),
+            metric(1, 0.8),
+            metric(2, 0.9),
+        ];
+        let series = History::from_events(&events).series();
+        assert_eq!(
+            series,
+            vec![(
+                "valid_accuracy".to_owned(),
+                vec![(0, 0.7), (1, 0.8), (2, 0.9)]
+            )]
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! query through sealed messages only.
 
 use chiron_attest::{Policy, VerifiedEnclave};
+use chiron_crypto::channel::RESUME_SALT_LEN;
 use chiron_crypto::{DataKey, ResponseKey};
 use chiron_proto::api::{JobEnclave, SealedRequests};
 use chiron_proto::dataset::DatasetHeader;
@@ -209,6 +210,22 @@ impl std::fmt::Debug for JobTicket {
             .field("job_id", &self.job_id)
             .finish_non_exhaustive()
     }
+}
+
+/// Opens event `position` of a job's stream: under the owner's `key`, or, for an event of
+/// a replacement of a distributed job's rank 0 (its salt in clear before the ciphertext),
+/// under the key derived from the owner's and that salt. Either way only at `position`.
+fn open_event(
+    key: &ResponseKey,
+    position: u64,
+    aad: &[u8],
+    ciphertext: &[u8],
+) -> Option<chiron_crypto::Zeroizing<Vec<u8>>> {
+    if let Ok(plaintext) = key.open(position, aad, ciphertext) {
+        return Some(plaintext);
+    }
+    let (salt, sealed) = ciphertext.split_first_chunk::<RESUME_SALT_LEN>()?;
+    key.resumed(salt).open(position, aad, sealed).ok()
 }
 
 /// Checks terms against a program's extraction policy (from [`HostClient::program`]) before
@@ -512,9 +529,8 @@ impl JobTicket {
                 .map_err(|_| ClientError::TamperedEvent(*seq))?;
             // Opening at the expected position (not the claimed one) catches reordering,
             // dropping and replay by the host.
-            let plaintext = key
-                .open(expected, self.job_id.as_bytes(), &ciphertext)
-                .map_err(|_| ClientError::TamperedEvent(expected))?;
+            let plaintext = open_event(&key, expected, self.job_id.as_bytes(), &ciphertext)
+                .ok_or(ClientError::TamperedEvent(expected))?;
             let event = OwnerEvent::from_padded(&plaintext)
                 .map_err(|_| ClientError::TamperedEvent(expected))?;
             events.push(event);
@@ -670,6 +686,45 @@ mod tests {
             train_count,
             valid_count,
         }
+    }
+
+    #[test]
+    fn a_replacement_s_events_open_at_their_position_under_the_salted_key() {
+        let owner = ResponseKey::from_bytes([7; 32]);
+        let salt = [9u8; RESUME_SALT_LEN];
+        let replacement = owner.resumed(&salt);
+        let salted = |seq: u64, text: &[u8]| {
+            [salt.as_slice(), &replacement.seal(seq, b"job", text)].concat()
+        };
+        // The lost rank 0's event 4, then its replacement's event 5.
+        assert_eq!(
+            open_event(&owner, 4, b"job", &owner.seal(4, b"job", b"before")).map(|p| p.to_vec()),
+            Some(b"before".to_vec())
+        );
+        assert_eq!(
+            open_event(&owner, 5, b"job", &salted(5, b"after")).map(|p| p.to_vec()),
+            Some(b"after".to_vec())
+        );
+        // Only at its position, only for its job, only with the salt it was sealed under.
+        assert!(open_event(&owner, 6, b"job", &salted(5, b"after")).is_none());
+        assert!(open_event(&owner, 5, b"another job", &salted(5, b"after")).is_none());
+        let mut other_salt = salted(5, b"after");
+        other_salt[0] ^= 1;
+        assert!(open_event(&owner, 5, b"job", &other_salt).is_none());
+        assert!(
+            open_event(&owner, 5, b"job", &salt).is_none(),
+            "a salt alone"
+        );
+        // Another owner's key derives another key from the same salt.
+        assert!(
+            open_event(
+                &ResponseKey::from_bytes([8; 32]),
+                5,
+                b"job",
+                &salted(5, b"after")
+            )
+            .is_none()
+        );
     }
 
     #[test]

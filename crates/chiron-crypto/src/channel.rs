@@ -152,6 +152,9 @@ pub fn seal_to_enclave(
 #[derive(Clone, ZeroizeOnDrop)]
 pub struct ResponseKey([u8; 32]);
 
+/// Length of the salt of a resumed event stream ([`ResponseKey::resumed`]).
+pub const RESUME_SALT_LEN: usize = 32;
+
 impl ResponseKey {
     /// Wraps key bytes the owner persisted, e.g. to resume reading an event stream.
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
@@ -161,6 +164,19 @@ impl ResponseKey {
     /// The key bytes, for the owner to persist.
     pub fn to_bytes(&self) -> [u8; 32] {
         self.0
+    }
+
+    /// The key of an event stream taken over by a replacement enclave: HKDF-SHA256 of this
+    /// key with the `salt` the replacement drew at random and sends in clear. The
+    /// replacement cannot know which counters the lost enclave used under this key, so it
+    /// counts from 0 under a key of its own; the owner, who holds this key, derives the
+    /// same one from the salt.
+    pub fn resumed(&self, salt: &[u8; RESUME_SALT_LEN]) -> Self {
+        let mut key = [0u8; 32];
+        // 32 bytes are far below HKDF-SHA256's limit of 255 × 32: this cannot fail.
+        let _ = hkdf::Hkdf::<sha2::Sha256>::new(Some(salt), &self.0)
+            .expand(b"chiron/v1 resumed event stream", &mut key);
+        Self(key)
     }
 
     /// Encrypts answer number `counter` (AES-256-GCM, ciphertext followed by a 16-byte tag).

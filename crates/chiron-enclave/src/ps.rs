@@ -14,8 +14,10 @@
 //! rank (which the host starts from the lost worker's ticket) is admitted as the first was,
 //! registers, gets the current parameters and joins the next round. Once rank 0 is done the
 //! job's model is sealed, and workers still running (replacements, behind the others) are
-//! let go. Rank 0, whose events and model are the job's, is never replaced; a paced
-//! exchange's schedule takes no one back.
+//! let go. Rank 0, whose events and model are the job's, is replaced too (its replacement
+//! goes on with the owner's events under a key of its own): until it is back the server
+//! waits for it, even once the others are done. A paced exchange's rank 0 is not replaced,
+//! since a private job's events have a fixed count.
 //!
 //! The server never sees an example: it holds no data key. It accepts only workers whose
 //! evidence the owner's policy accepts, attesting to the worker role for this job, and a
@@ -547,8 +549,13 @@ impl Server<'_> {
         }
         let mut replacements = self.replacements.take();
         loop {
+            // Rank 0's model is the job's: while it is lost, its replacement is awaited,
+            // even once every other worker is done.
+            if waiting.is_empty() && !self.lost.contains(&0) {
+                break;
+            }
             let arrived = tokio::select! {
-                arrived = waiting.join_next() => match arrived {
+                arrived = waiting.join_next(), if !waiting.is_empty() => match arrived {
                     Some(arrived) => arrived,
                     None => break,
                 },
@@ -565,6 +572,7 @@ impl Server<'_> {
                     }
                     continue;
                 }
+                else => return Err("worker 0 broke its connection".into()),
             };
             let (rank, reader, bytes) =
                 arrived.map_err(|_| "a worker's reader failed".to_owned())?;
@@ -633,13 +641,10 @@ impl Server<'_> {
     }
 
     /// Worker `rank` broke its connection before it was done: it is lost and the rounds go
-    /// on (a replacement may take its place). Rank 0 is not replaced, so its loss ends the
-    /// job.
+    /// on (a replacement may take its place; until rank 0's does, the server waits for it
+    /// once the others are done).
     fn lose(&mut self, rank: u32) -> Result<(), String> {
         let broke = || format!("worker {rank} broke its connection");
-        if rank == 0 {
-            return Err(broke());
-        }
         let i = self.index(rank).ok_or_else(broke)?;
         let worker = &mut self.workers[i];
         worker.active = false;
@@ -650,7 +655,7 @@ impl Server<'_> {
     }
 
     /// Takes a replacement in: a worker of a rank that was lost (before this server, a
-    /// replacement itself, took over, or since), other than rank 0, before rank 0 is done.
+    /// replacement itself, took over, or since), before rank 0 is done.
     /// Returns its index. One turned away once rank 0 is done is told so (`Released`), so
     /// that it stops; another's connection is dropped, and it tries again (a replacement
     /// may reach the server before the server has noticed the loss it replaces).
@@ -863,7 +868,11 @@ impl Server<'_> {
             }
             return;
         }
-        if let Err(reason) = self.lose(rank) {
+        let lost = match rank {
+            0 => Err(format!("worker {rank} broke its connection")),
+            _ => self.lose(rank),
+        };
+        if let Err(reason) = lost {
             failure.get_or_insert(reason);
         }
     }
@@ -872,8 +881,21 @@ impl Server<'_> {
     /// let go).
     async fn eager_rounds(&mut self) -> Result<(), String> {
         let size = self.terms.message_bytes();
-        while self.workers.iter().any(|w| w.active) {
+        // Rank 0's model is the job's: while it is lost, its replacement is awaited, even
+        // once every other worker is done.
+        while self.workers.iter().any(|w| w.active) || self.lost.contains(&0) {
             self.take_back_waiting().await;
+            if !self.workers.iter().any(|w| w.active) {
+                let link = match self.replacements.as_mut() {
+                    Some(replacements) => replacements.recv().await,
+                    None => None,
+                };
+                let Some(link) = link else {
+                    return Err("worker 0 broke its connection".into());
+                };
+                self.take_back(link).await;
+                continue;
+            }
             // Every worker's message is read and decrypted at once, on the server's cores;
             // the round then takes them in rank order, whatever order they came in.
             let mut lost = Vec::new();

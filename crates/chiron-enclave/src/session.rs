@@ -76,12 +76,16 @@ pub fn serve(
                     program,
                     dataset_len,
                     parameter_server,
+                    events_from,
                 },
             ) if !trained => {
                 trained = true;
                 let start = train::Start {
                     job_id,
-                    request: train::Source::Ticket(ticket),
+                    request: train::Source::Ticket {
+                        sealed: ticket,
+                        events_from,
+                    },
                     program,
                     dataset_len,
                     parameter_server: Some(parameter_server),

@@ -7,14 +7,17 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chiron_crypto::DataKey;
-use chiron_crypto::SealingKey;
+use chiron_crypto::channel::RESUME_SALT_LEN;
+use chiron_crypto::{DataKey, ResponseKey, SealingKey};
 use chiron_proto::dataset::DatasetHeader;
 use chiron_proto::manifest::ProgramPolicy;
 use chiron_proto::owner::{HELD_EVENT_SLOTS, OwnerEvent, TRAIN_INFO, TrainRequest};
 use chiron_proto::wire::{DATASET_PART, EnclaveFrame, HostFrame, read_frame, write_frame};
 use chiron_sandbox::{Model, Sandbox, SandboxConfig, TrainJob, TrainingData};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use chiron_attest::attester::Platform;
 use chiron_proto::evidence::Role;
@@ -41,8 +44,9 @@ pub struct Start {
 pub enum Source {
     /// The owner's request, sealed to this enclave's key.
     Owner(Vec<u8>),
-    /// The ticket of a lost worker this one replaces ([`EnclaveFrame::WorkerTicket`]).
-    Ticket(Vec<u8>),
+    /// The ticket of a lost worker this one replaces ([`EnclaveFrame::WorkerTicket`]), and
+    /// how many events the job's stream holds (the host's word).
+    Ticket { sealed: Vec<u8>, events_from: u64 },
 }
 
 /// How a job's program ended well.
@@ -61,6 +65,16 @@ enum Ended {
 /// A worker's ticket's associated data: its job, so a ticket opens for no other.
 fn ticket_aad(job_id: &str) -> Vec<u8> {
     [b"chiron/v1 worker ticket ".as_slice(), job_id.as_bytes()].concat()
+}
+
+/// What a worker's ticket holds, sealed to the runtime on this platform: the owner's
+/// request and, in rank 0's ticket (live jobs only), the owner's response key, so that a
+/// replacement of rank 0 can go on telling the owner, under a key derived from it
+/// ([`ResponseKey::resumed`]).
+#[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+struct TicketContents {
+    request: Vec<u8>,
+    owner_key: Option<[u8; 32]>,
 }
 
 /// A failure: a fixed label for the host and, when the owner's channel exists, a detail
@@ -88,7 +102,7 @@ pub fn run(enclave: &Enclave, start: Start, input: &mut impl Read) -> EnclaveFra
     let started = Instant::now();
     // Receive the dataset first, whatever happens, so the connection stays in step.
     let container = receive_dataset(input, start.dataset_len);
-    let resumed = matches!(start.request, Source::Ticket(_));
+    let resumed = matches!(start.request, Source::Ticket { .. });
     let (request_bytes, response_key) = match &start.request {
         Source::Owner(sealed) => {
             match enclave
@@ -100,15 +114,23 @@ pub fn run(enclave: &Enclave, start: Start, input: &mut impl Read) -> EnclaveFra
                 Err(_) => return failed("training request failed authentication"),
             }
         }
-        // A replacement tells the owner nothing: the lost worker's events used the owner's
-        // key at counters this one cannot know, and the owner follows rank 0 only.
-        Source::Ticket(sealed) => match enclave
-            .ticket_key()
-            .map(|key| key.unseal(&ticket_aad(&start.job_id), sealed))
-        {
-            Some(Ok(bytes)) => (bytes, None),
-            _ => return failed("worker ticket failed authentication"),
-        },
+        // A replacement of a worker other than rank 0 tells the owner nothing: the owner
+        // follows rank 0 only. A replacement of rank 0 tells the owner under a key of its
+        // own, derived from the owner's and a fresh salt, since it cannot know which
+        // counters the lost rank 0 used under the owner's key.
+        Source::Ticket { sealed, .. } => {
+            let contents = enclave
+                .ticket_key()
+                .and_then(|key| key.unseal(&ticket_aad(&start.job_id), sealed).ok())
+                .and_then(|bytes| postcard::from_bytes::<TicketContents>(&bytes).ok());
+            match contents {
+                Some(contents) => (
+                    chiron_crypto::Zeroizing::new(contents.request.clone()),
+                    contents.owner_key.map(ResponseKey::from_bytes),
+                ),
+                None => return failed("worker ticket failed authentication"),
+            }
+        }
     };
     let request: Result<TrainRequest, Failure> = postcard::from_bytes(&request_bytes)
         .map_err(|e| fail("malformed training request", e))
@@ -120,18 +142,30 @@ pub fn run(enclave: &Enclave, start: Start, input: &mut impl Read) -> EnclaveFra
         );
     let request = request.and_then(|request| {
         let place = request.distributed.as_ref();
+        let live = request.private.is_none();
         match place {
-            // Only rank 0 is irreplaceable: its events and model are the job's.
-            Some(place) if resumed && place.rank == 0 => Err(fail(
-                "malformed training request",
-                "a ticket of a worker that is not replaced",
-            )),
-            Some(place) if !resumed && place.rank != 0 => {
-                // Decided by the public terms and the platform, never by the data; sent
-                // before the program runs, so a private job's ticket says nothing either.
+            // Rank 0's events are the job's: a replacement must be able to go on with them,
+            // which only a live job's stream allows (a private one has a fixed length).
+            Some(place) if resumed && place.rank == 0 && !(live && response_key.is_some()) => {
+                Err(fail(
+                    "malformed training request",
+                    "a ticket of rank 0 without the owner's key, or of a private job",
+                ))
+            }
+            // Decided by the public terms, the rank and the platform, never by the data;
+            // sent before the program runs, so a private job's ticket says nothing either.
+            Some(place) if !resumed && (place.rank != 0 || live) => {
                 if let Some(key) = enclave.ticket_key() {
-                    let sealed = key.seal(&ticket_aad(&start.job_id), &request_bytes);
-                    let _ = enclave.send(&EnclaveFrame::WorkerTicket { sealed });
+                    let contents = TicketContents {
+                        request: request_bytes.to_vec(),
+                        owner_key: (place.rank == 0)
+                            .then(|| response_key.as_ref().map(ResponseKey::to_bytes))
+                            .flatten(),
+                    };
+                    if let Ok(bytes) = postcard::to_allocvec(&contents) {
+                        let sealed = key.seal(&ticket_aad(&start.job_id), &bytes);
+                        let _ = enclave.send(&EnclaveFrame::WorkerTicket { sealed });
+                    }
                 }
                 Ok(request)
             }
@@ -153,8 +187,18 @@ pub fn run(enclave: &Enclave, start: Start, input: &mut impl Read) -> EnclaveFra
         out: enclave.sender(),
         job_id: start.job_id.clone(),
         key: response_key,
+        salt: None,
         seq: Arc::new(AtomicU64::new(0)),
         held: deadline.map(|_| Arc::new(Mutex::new(Vec::new()))),
+    };
+    // A replacement of rank 0 first tells the owner that it took over, under its own key.
+    let events = match (&start.request, &request) {
+        (Source::Ticket { events_from, .. }, Ok(request))
+            if request.distributed.as_ref().is_some_and(|p| p.rank == 0) =>
+        {
+            events.resumed(*events_from)
+        }
+        _ => events,
     };
     // What the program may allocate: under private terms, the declared peak less what the
     // runtime itself needs outside the gauge; otherwise a fixed ceiling.
@@ -601,6 +645,8 @@ struct Events {
     job_id: String,
     /// `None` in a replacement worker, which tells the owner nothing.
     key: Option<chiron_crypto::ResponseKey>,
+    /// A replacement of rank 0's salt, before every event's ciphertext.
+    salt: Option<[u8; RESUME_SALT_LEN]>,
     seq: Arc<AtomicU64>,
     /// Under private timing, the events held back until [`Events::release`].
     held: Option<Arc<Mutex<Vec<OwnerEvent>>>>,
@@ -637,11 +683,38 @@ impl Events {
         }
     }
 
+    /// The stream of a replacement of rank 0, which goes on from the job's `events_from`
+    /// events: each event sealed at its position under the key derived from the owner's
+    /// and a fresh salt, which it carries in clear before its ciphertext (the owner's client
+    /// derives the same key from it); the first one says that a replacement took over.
+    fn resumed(self, events_from: u64) -> Self {
+        let Some(owner_key) = &self.key else {
+            return self;
+        };
+        let mut salt = [0u8; RESUME_SALT_LEN];
+        rand::rngs::OsRng.fill_bytes(&mut salt);
+        let events = Self {
+            key: Some(owner_key.resumed(&salt)),
+            salt: Some(salt),
+            seq: Arc::new(AtomicU64::new(events_from)),
+            ..self
+        };
+        events.send(&OwnerEvent::Resumed);
+        events
+    }
+
     fn send(&self, event: &OwnerEvent) {
         let Some(key) = &self.key else { return };
         let seq = self.seq.fetch_add(1, Ordering::SeqCst);
-        let ciphertext = key.seal(seq, self.job_id.as_bytes(), &event.to_padded());
-        let frame = EnclaveFrame::Event { seq, ciphertext };
+        let sealed = key.seal(seq, self.job_id.as_bytes(), &event.to_padded());
+        let ciphertext = match &self.salt {
+            Some(salt) => [salt.as_slice(), &sealed].concat(),
+            None => sealed,
+        };
+        self.write(EnclaveFrame::Event { seq, ciphertext });
+    }
+
+    fn write(&self, frame: EnclaveFrame) {
         // A lost event cannot be reported anywhere else; the job's end frame still is.
         if let Ok(mut out) = self.out.lock() {
             let _ = write_frame(&mut *out, &frame);

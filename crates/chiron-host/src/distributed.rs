@@ -9,10 +9,12 @@
 //! owner alone, and the owner follows rank 0). The job succeeds once rank 0 has sealed its
 //! model and the server has served every worker; any enclave's failure fails the job.
 //!
-//! In a live job a lost worker other than rank 0 does not end the job: each such worker
-//! handed the host its ticket (its request, sealed to the runtime on this platform), and a
-//! replacement started from it attests to the server and joins the rounds. A lost server is
-//! replaced from its latest checkpoint.
+//! A lost worker does not end the job: each worker handed the host its ticket (its
+//! request, sealed to the runtime on this platform), and a replacement started from it
+//! attests to the server and joins the rounds. Rank 0 hands one over in a live job only:
+//! its replacement goes on with the job's events (under a key of its own, which the owner
+//! derives) and seals the job's model; a private job's event stream has a fixed length, so
+//! its rank 0 is not replaced. A lost server is replaced from its latest checkpoint.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -473,7 +475,7 @@ async fn train(
                     }
                 }
                 (From::Worker(rank), Some(Ok(EnclaveFrame::WorkerTicket { sealed })))
-                    if rank != 0 && sealed.len() <= MAX_TICKET_LEN =>
+                    if sealed.len() <= MAX_TICKET_LEN =>
                 {
                     tickets[rank] = Some(sealed);
                     None
@@ -508,12 +510,12 @@ async fn train(
                         Err(label) => Some((Some(from), label)),
                     }
                 }
-                (From::Worker(rank), Some(Ok(EnclaveFrame::Event { seq, ciphertext }))) => {
+                (From::Worker(rank), Some(Ok(EnclaveFrame::Event { ciphertext, .. }))) => {
                     if ciphertext.len() > MAX_EVENT_LEN {
                         Some((Some(from), labels::PROTOCOL.to_owned()))
                     } else {
                         if rank == 0 {
-                            job.push_event(seq, &ciphertext).await;
+                            job.push_event(&ciphertext).await;
                         }
                         None
                     }

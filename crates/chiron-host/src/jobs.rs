@@ -388,8 +388,11 @@ impl Job {
         }
     }
 
-    pub(crate) async fn push_event(&self, seq: u64, ciphertext: &[u8]) {
+    /// Appends an event to the job's stream, at the stream's next position (a distributed
+    /// job's stream goes on across a replacement of rank 0, whose own count restarts).
+    pub(crate) async fn push_event(&self, ciphertext: &[u8]) {
         let mut record = self.record().await;
+        let seq = record.events.len() as u64;
         if let Err(e) = self
             .store
             .put(
@@ -895,6 +898,7 @@ pub(crate) async fn send_training_input(
             program,
             dataset_len,
             parameter_server,
+            events_from: job.record().await.events.len() as u64,
         },
         (StartRequest::Ticket(_), None) => return Err(SendFailure::Enclave),
     };
@@ -975,11 +979,11 @@ async fn train(
                 }
             }
             frame = frames.recv() => match frame {
-                Some(Ok(EnclaveFrame::Event { seq, ciphertext })) => {
+                Some(Ok(EnclaveFrame::Event { ciphertext, .. })) => {
                     if ciphertext.len() > MAX_EVENT_LEN {
                         return Err(labels::PROTOCOL.to_owned());
                     }
-                    job.push_event(seq, &ciphertext).await;
+                    job.push_event(&ciphertext).await;
                 }
                 Some(Ok(EnclaveFrame::Trained { sealed_model })) => {
                     let path = store::model_path(&job.id);
@@ -1070,7 +1074,7 @@ mod tests {
 
         // A new event is one more object; the record is not rewritten.
         let before = store.get(&store::job_path(&id)).await.expect("get");
-        job.push_event(2, b"third").await;
+        job.push_event(b"third").await;
         assert_eq!(store.get(&store::job_path(&id)).await.expect("get"), before);
         drop((job, jobs));
         let jobs = Jobs::load(store, launcher(), &Limits::default())

@@ -357,6 +357,12 @@ pub enum OwnerEvent {
     /// The time budget ran out before the program finished: the model sealed is the one it
     /// saved last (said just before [`OwnerEvent::Finished`]).
     CutShort,
+    /// Rank 0 of a distributed (live) job was lost and a replacement took over: the events
+    /// that follow are the replacement's, its program started again from the parameter
+    /// server's current parameters (its epochs count from the first again). Sent under a key
+    /// derived from the owner's and a salt in clear before the ciphertext
+    /// (`ResponseKey::resumed` in `chiron-crypto`).
+    Resumed,
     /// How far the program says an epoch is (live jobs only, at most one a second).
     Progress {
         /// The epoch, from 0.

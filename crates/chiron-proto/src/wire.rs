@@ -103,6 +103,10 @@ pub enum HostFrame {
         dataset_len: u64,
         /// Where its parameter server listens (unauthenticated, as in `StartTraining`).
         parameter_server: String,
+        /// How many events the job's stream holds: a replacement of rank 0 numbers its
+        /// events on from there (unauthenticated: a wrong count only makes the owner's
+        /// client refuse the events that follow, since each is sealed at its position).
+        events_from: u64,
     },
 }
 

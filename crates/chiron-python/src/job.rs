@@ -363,6 +363,7 @@ fn event_dict<'py>(py: Python<'py>, event: &OwnerEvent) -> PyResult<Option<Bound
             out.set_item("value", value)?;
         }
         OwnerEvent::CutShort => out.set_item("kind", "cut_short")?,
+        OwnerEvent::Resumed => out.set_item("kind", "resumed")?,
         OwnerEvent::Progress { epoch, step, steps } => {
             out.set_item("kind", "progress")?;
             out.set_item("epoch", epoch)?;

@@ -86,6 +86,10 @@ pub fn follow(
                     bar.set_position(u64::from(*epoch).min(bar.length().unwrap_or(u64::MAX)));
                     bar.set_message(format!("epoch {}: step {step}/{steps}", epoch + 1));
                 }
+                OwnerEvent::Resumed => say(
+                    "rank 0's enclave was lost and a replacement took over: its program \
+                     starts again from the parameter server's parameters, from the first epoch",
+                ),
                 OwnerEvent::CutShort => say(
                     "the time budget ran out before the program finished: the model kept is \
                      the one it saved last (see the metrics above)",
