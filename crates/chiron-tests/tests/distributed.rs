@@ -738,6 +738,25 @@ fn distributed_job_under_way(
     (ticket, workers)
 }
 
+/// A private two-worker MLP job on Iris, 40 epochs in `budget_secs`, some 4 s in; and its
+/// workers' processes, rank 0 first. 40 epochs take about 320 rounds, under a fifth of a
+/// 40 s schedule's 1 600 ticks. A private job's events are held to its end: the time, not
+/// an event, says it is under way (some 110 rounds in on this machine).
+fn private_job_under_way(
+    service: &Service,
+    budget_secs: u32,
+) -> (chiron_client::owner::JobTicket, Vec<u32>) {
+    let terms = chiron_tests::transcript::private_terms(40, budget_secs);
+    let ticket =
+        start_distributed_job(service, &program_wasm("chiron_mlp"), &iris(), &terms, 2, 64)
+            .expect("job starts");
+    std::thread::sleep(Duration::from_secs(4));
+    let mut workers = enclave_processes(service.pid(), &["worker"]);
+    workers.sort_unstable();
+    assert_eq!(workers.len(), 2, "two worker processes");
+    (ticket, workers)
+}
+
 fn kill(pid: u32) {
     let killed = std::process::Command::new("kill")
         .args(["-KILL", &pid.to_string()])
@@ -795,20 +814,7 @@ fn a_killed_rank_0_of_a_private_job_fails_it_promptly() {
     let service = Service::start();
     // Rank 0 of a private job hands over no ticket: its event stream has a fixed length,
     // which a replacement could not keep.
-    let terms = chiron_tests::transcript::private_terms(40, 40);
-    let ticket = start_distributed_job(
-        &service,
-        &program_wasm("chiron_mlp"),
-        &iris(),
-        &terms,
-        2,
-        64,
-    )
-    .expect("job starts");
-    std::thread::sleep(Duration::from_secs(4));
-    let mut workers = enclave_processes(service.pid(), &["worker"]);
-    workers.sort_unstable();
-    assert_eq!(workers.len(), 2, "two worker processes");
+    let (ticket, workers) = private_job_under_way(&service, 40);
     kill(workers[0]);
     let killed_at = Instant::now();
     let (state, events) = wait(&service, &ticket, Duration::from_secs(120));
@@ -870,18 +876,9 @@ fn a_private_job_trains_on_a_paced_exchange() {
 fn a_killed_worker_of_a_private_job_is_replaced_and_the_job_keeps_its_schedule() {
     let service = Service::start();
     let data = iris();
-    // 40 epochs take about 320 rounds, under a fifth of the schedule's 1 600 ticks.
     let budget_secs = 40;
-    let terms = chiron_tests::transcript::private_terms(40, budget_secs);
     let started = Instant::now();
-    let ticket = start_distributed_job(&service, &program_wasm("chiron_mlp"), &data, &terms, 2, 64)
-        .expect("job starts");
-    // A private job's events are held to its end: the kill comes at a time, not at an event,
-    // some 110 rounds in on this machine.
-    std::thread::sleep(Duration::from_secs(4));
-    let mut workers = enclave_processes(service.pid(), &["worker"]);
-    workers.sort_unstable();
-    assert_eq!(workers.len(), 2, "two worker processes");
+    let (ticket, workers) = private_job_under_way(&service, budget_secs);
     kill(workers[1]);
     let (state, events) = wait(&service, &ticket, Duration::from_secs(180));
     assert_eq!(state, JobState::Succeeded, "{events:?}");
