@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use chiron_client::HostClient;
-use chiron_client::owner::{self, JobTicket, QuerySession, TrainingTerms};
+use chiron_client::owner::{self, EventCursor, JobTicket, QuerySession, TrainingTerms};
 use chiron_crypto::DataKey;
 use chiron_proto::api::JobState;
 use chiron_proto::dataset::DatasetHeader;
@@ -115,11 +115,10 @@ pub fn print_row(net: &str, figures: &ServiceFigures) {
 /// reports.
 fn wait_finished(host: &HostClient, ticket: &JobTicket) -> anyhow::Result<u32> {
     let deadline = Instant::now() + Duration::from_secs(3600);
-    let mut seen = 0u64;
+    let mut cursor = EventCursor::default();
     let mut peak = None;
     loop {
-        let (state, events) = ticket.events(host, seen)?;
-        seen += events.len() as u64;
+        let (state, events) = ticket.events(host, &mut cursor)?;
         for event in events {
             match event {
                 OwnerEvent::Finished {

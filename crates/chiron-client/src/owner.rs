@@ -212,22 +212,6 @@ impl std::fmt::Debug for JobTicket {
     }
 }
 
-/// Opens event `position` of a job's stream: under the owner's `key`, or, for an event of
-/// a replacement of a distributed job's rank 0 (its salt in clear before the ciphertext),
-/// under the key derived from the owner's and that salt. Either way only at `position`.
-fn open_event(
-    key: &ResponseKey,
-    position: u64,
-    aad: &[u8],
-    ciphertext: &[u8],
-) -> Option<chiron_crypto::Zeroizing<Vec<u8>>> {
-    if let Ok(plaintext) = key.open(position, aad, ciphertext) {
-        return Some(plaintext);
-    }
-    let (salt, sealed) = ciphertext.split_first_chunk::<RESUME_SALT_LEN>()?;
-    key.resumed(salt).open(position, aad, sealed).ok()
-}
-
 /// Checks terms against a program's extraction policy (from [`HostClient::program`]) before
 /// anything is uploaded: the owner's terms may only tighten the policy. The training enclave
 /// checks again against the program it runs, and refuses the job ("terms refused") if the
@@ -508,32 +492,83 @@ pub fn start_training_then(
     })
 }
 
+/// Where the owner's reading of a job's event stream stands: the next position, and whose
+/// events it follows (the first rank 0's, under the owner's key, or those of the
+/// replacement whose `Resumed` came last, under the key its salt derives). Start with
+/// `EventCursor::default()` and hand the same cursor to every read of one stream.
+#[derive(Clone, Debug, Default)]
+pub struct EventCursor {
+    next: u64,
+    salt: Option<[u8; RESUME_SALT_LEN]>,
+}
+
+impl EventCursor {
+    /// How many events have been read.
+    pub fn position(&self) -> u64 {
+        self.next
+    }
+
+    /// Opens the event at the cursor and moves past it. Under the owner's key while no
+    /// replacement took over; otherwise (and from then on) only under the key derived
+    /// from the salt the event carries: a new salt only on a `Resumed` event (a
+    /// replacement taking over), and every other event under the salt of the last one. So
+    /// the host can neither mix two enclaves' events nor go back to an earlier stream.
+    fn open(
+        &mut self,
+        key: &ResponseKey,
+        aad: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<OwnerEvent, ClientError> {
+        let at = self.next;
+        let tampered = || ClientError::TamperedEvent(at);
+        let opened = |plaintext: Option<chiron_crypto::Zeroizing<Vec<u8>>>| {
+            plaintext
+                .and_then(|p| OwnerEvent::from_padded(&p).ok())
+                .ok_or_else(tampered)
+        };
+        let event = match (self.salt, key.open(at, aad, ciphertext)) {
+            (None, Ok(plaintext)) => opened(Some(plaintext))?,
+            _ => {
+                let (salt, sealed) = ciphertext
+                    .split_first_chunk::<RESUME_SALT_LEN>()
+                    .ok_or_else(tampered)?;
+                let event = opened(key.resumed(salt).open(at, aad, sealed).ok())?;
+                match event {
+                    OwnerEvent::Resumed => self.salt = Some(*salt),
+                    _ if self.salt == Some(*salt) => {}
+                    _ => return Err(tampered()),
+                }
+                event
+            }
+        };
+        self.next += 1;
+        Ok(event)
+    }
+}
+
 impl JobTicket {
-    /// Decrypts the job's events from `from` on; each must be the next in sequence, and a
+    /// Decrypts the job's events from `cursor` on and moves it past them; each must be the
+    /// next in sequence, of the stream the cursor follows ([`EventCursor`]), and a
     /// succeeded job's stream must end with its `Finished` event. A caller that reads the
     /// stream in slices and sees the job succeed with nothing new after an earlier slice must
     /// itself check that it saw `Finished` (see [`ClientError::WithheldEvents`]).
     pub fn events(
         &self,
         host: &HostClient,
-        from: u64,
+        cursor: &mut EventCursor,
     ) -> Result<(chiron_proto::api::JobState, Vec<OwnerEvent>), ClientError> {
         use base64::Engine as _;
         let key = ResponseKey::from_bytes(self.event_key);
+        let from = cursor.position();
         let slice = host.job_events(&self.job_id, from)?;
         let mut events = Vec::with_capacity(slice.events.len());
-        for (i, (seq, text)) in slice.events.iter().enumerate() {
-            let expected = from + i as u64;
+        for (seq, text) in &slice.events {
             let ciphertext = base64::engine::general_purpose::STANDARD
                 .decode(text)
                 .map_err(|_| ClientError::TamperedEvent(*seq))?;
             // Opening at the expected position (not the claimed one) catches reordering,
             // dropping and replay by the host.
-            let plaintext = open_event(&key, expected, self.job_id.as_bytes(), &ciphertext)
-                .ok_or(ClientError::TamperedEvent(expected))?;
-            let event = OwnerEvent::from_padded(&plaintext)
-                .map_err(|_| ClientError::TamperedEvent(expected))?;
-            events.push(event);
+            events.push(cursor.open(&key, self.job_id.as_bytes(), &ciphertext)?);
         }
         // A successful job's stream ends with its `Finished` event (then, for a private job,
         // padding): a slice that reaches the end and lacks it was cut short by the host. A
@@ -689,42 +724,89 @@ mod tests {
     }
 
     #[test]
-    fn a_replacement_s_events_open_at_their_position_under_the_salted_key() {
+    fn a_replacement_s_events_open_at_their_position_under_its_salted_key_only() {
         let owner = ResponseKey::from_bytes([7; 32]);
-        let salt = [9u8; RESUME_SALT_LEN];
-        let replacement = owner.resumed(&salt);
-        let salted = |seq: u64, text: &[u8]| {
-            [salt.as_slice(), &replacement.seal(seq, b"job", text)].concat()
+        let sealed = |key: &ResponseKey, at: u64, event: &OwnerEvent| {
+            key.seal(at, b"job", &event.to_padded())
         };
-        // The lost rank 0's event 4, then its replacement's event 5.
+        let salted = |salt: [u8; RESUME_SALT_LEN], at: u64, event: &OwnerEvent| {
+            [salt.as_slice(), &sealed(&owner.resumed(&salt), at, event)].concat()
+        };
+        let (first, second) = ([9u8; RESUME_SALT_LEN], [10u8; RESUME_SALT_LEN]);
+        let metric = OwnerEvent::CutShort;
+        // Rank 0's events 0 and 1, then its replacement's from 2 on.
+        let stream = [
+            sealed(&owner, 0, &metric),
+            sealed(&owner, 1, &metric),
+            salted(first, 2, &OwnerEvent::Resumed),
+            salted(first, 3, &metric),
+        ];
+        let read = |events: &[Vec<u8>]| {
+            let mut cursor = EventCursor::default();
+            events
+                .iter()
+                .map(|e| cursor.open(&owner, b"job", e))
+                .collect::<Result<Vec<_>, _>>()
+        };
         assert_eq!(
-            open_event(&owner, 4, b"job", &owner.seal(4, b"job", b"before")).map(|p| p.to_vec()),
-            Some(b"before".to_vec())
+            read(&stream).expect("authentic"),
+            vec![
+                metric.clone(),
+                metric.clone(),
+                OwnerEvent::Resumed,
+                metric.clone()
+            ]
         );
-        assert_eq!(
-            open_event(&owner, 5, b"job", &salted(5, b"after")).map(|p| p.to_vec()),
-            Some(b"after".to_vec())
-        );
+        let refused = |events: &[Vec<u8>], what: &str| {
+            assert!(
+                matches!(read(events), Err(ClientError::TamperedEvent(_))),
+                "{what}"
+            );
+        };
         // Only at its position, only for its job, only with the salt it was sealed under.
-        assert!(open_event(&owner, 6, b"job", &salted(5, b"after")).is_none());
-        assert!(open_event(&owner, 5, b"another job", &salted(5, b"after")).is_none());
-        let mut other_salt = salted(5, b"after");
-        other_salt[0] ^= 1;
-        assert!(open_event(&owner, 5, b"job", &other_salt).is_none());
-        assert!(
-            open_event(&owner, 5, b"job", &salt).is_none(),
-            "a salt alone"
+        refused(&[stream[0].clone(), stream[2].clone()], "moved");
+        let mut flipped = stream.clone();
+        flipped[3][0] ^= 1;
+        refused(&flipped, "another salt");
+        let mut cursor = EventCursor::default();
+        assert!(cursor.open(&owner, b"another job", &stream[0]).is_err());
+        // No replacement's event without its Resumed, no going back to the owner's key after
+        // it, and no other replacement's events without a Resumed of their own.
+        refused(
+            &[
+                stream[0].clone(),
+                stream[1].clone(),
+                salted(first, 2, &metric),
+            ],
+            "no Resumed",
         );
-        // Another owner's key derives another key from the same salt.
-        assert!(
-            open_event(
-                &ResponseKey::from_bytes([8; 32]),
-                5,
-                b"job",
-                &salted(5, b"after")
-            )
-            .is_none()
+        refused(
+            &[
+                stream[0].clone(),
+                stream[1].clone(),
+                stream[2].clone(),
+                sealed(&owner, 3, &metric),
+            ],
+            "back to the owner's key",
         );
+        refused(
+            &[
+                stream[0].clone(),
+                stream[1].clone(),
+                stream[2].clone(),
+                salted(second, 3, &metric),
+            ],
+            "another replacement's event",
+        );
+        // A second replacement taking over says so.
+        let again = [
+            stream[0].clone(),
+            stream[1].clone(),
+            stream[2].clone(),
+            salted(second, 3, &OwnerEvent::Resumed),
+            salted(second, 4, &metric),
+        ];
+        assert_eq!(read(&again).expect("authentic").len(), 5);
     }
 
     #[test]

@@ -252,9 +252,12 @@ fn answer_of(scores: &[f32], count: usize, policy: AnswerPolicy) -> Option<Query
         scores: Vec::new(),
     };
     for row in rows {
-        let best = top_k(row, width);
+        // Scores that are not finite rank as the largest (+∞) or smallest (−∞, NaN)
+        // finite ones, for the classes and their probabilities alike.
+        let row: Vec<f32> = row.iter().copied().map(finite).collect();
+        let best = top_k(&row, width);
         if policy.has_scores() {
-            let probabilities = softmax(row);
+            let probabilities = softmax(&row);
             answer.scores.extend(best.iter().map(|&class| {
                 probabilities
                     .get(class as usize)
@@ -280,9 +283,19 @@ fn top_k(row: &[f32], k: usize) -> Vec<u32> {
     out
 }
 
-/// The softmax of a row of scores, computed from its largest so that no term overflows.
+/// A score as a finite one: +∞ as the largest, −∞ and NaN as the smallest.
+fn finite(v: f32) -> f32 {
+    if v.is_nan() {
+        f32::MIN
+    } else {
+        v.clamp(f32::MIN, f32::MAX)
+    }
+}
+
+/// The softmax of a row of finite scores, computed from its largest so that no term
+/// overflows (a row of equal scores, the smallest included, gets equal probabilities).
 fn softmax(row: &[f32]) -> Vec<f32> {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = row.iter().copied().fold(f32::MIN, f32::max);
     let exps: Vec<f32> = row.iter().map(|&v| (v - max).exp()).collect();
     let sum: f32 = exps.iter().sum();
     exps.into_iter().map(|e| e / sum).collect()
@@ -325,6 +338,25 @@ mod tests {
         assert_eq!(answer.scores.len(), 4);
         for (got, want) in answer.scores.iter().zip(expected) {
             assert!((got - want).abs() < 1e-6, "{:?}", answer.scores);
+        }
+        // Scores that are not finite still make probabilities.
+        let odd = answer_of(
+            &[
+                f32::INFINITY,
+                0.0,
+                f32::NAN,
+                f32::NEG_INFINITY,
+                f32::NEG_INFINITY,
+                f32::NAN,
+            ],
+            2,
+            AnswerPolicy::Scored(3),
+        )
+        .expect("two rows");
+        assert_eq!(odd.classes, vec![0, 1, 2, 0, 1, 2]);
+        assert_eq!(odd.scores[..3], [1.0, 0.0, 0.0]);
+        for third in &odd.scores[3..] {
+            assert!((third - 1.0 / 3.0).abs() < 1e-6, "{:?}", odd.scores);
         }
         // A row with fewer classes than k: padding scores 0, as an unanswered query's do.
         let padded = answer_of(&[1.0], 1, AnswerPolicy::Scored(3)).expect("one row");

@@ -75,6 +75,15 @@ fn ticket_aad(job_id: &str) -> Vec<u8> {
 struct TicketContents {
     request: Vec<u8>,
     owner_key: Option<[u8; 32]>,
+    /// When the first worker started (Unix seconds, the platform's clock): a live job's
+    /// replacement has what is left of the job's time budget, not a budget of its own.
+    started_unix_secs: u64,
+}
+
+fn unix_now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
 }
 
 /// A failure: a fixed label for the host and, when the owner's channel exists, a detail
@@ -103,6 +112,11 @@ pub fn run(enclave: &Enclave, start: Start, input: &mut impl Read) -> EnclaveFra
     // Receive the dataset first, whatever happens, so the connection stays in step.
     let container = receive_dataset(input, start.dataset_len);
     let resumed = matches!(start.request, Source::Ticket { .. });
+    // A replacement of rank 0's salt: its key is derived as soon as the ticket opens, so
+    // that it never holds, let alone seals under, the owner's key itself.
+    let mut resume_salt = [0u8; RESUME_SALT_LEN];
+    rand::rngs::OsRng.fill_bytes(&mut resume_salt);
+    let mut elapsed_secs = 0;
     let (request_bytes, response_key) = match &start.request {
         Source::Owner(sealed) => {
             match enclave
@@ -124,10 +138,15 @@ pub fn run(enclave: &Enclave, start: Start, input: &mut impl Read) -> EnclaveFra
                 .and_then(|key| key.unseal(&ticket_aad(&start.job_id), sealed).ok())
                 .and_then(|bytes| postcard::from_bytes::<TicketContents>(&bytes).ok());
             match contents {
-                Some(contents) => (
-                    chiron_crypto::Zeroizing::new(contents.request.clone()),
-                    contents.owner_key.map(ResponseKey::from_bytes),
-                ),
+                Some(contents) => {
+                    elapsed_secs = unix_now_secs().saturating_sub(contents.started_unix_secs);
+                    (
+                        chiron_crypto::Zeroizing::new(contents.request.clone()),
+                        contents
+                            .owner_key
+                            .map(|key| ResponseKey::from_bytes(key).resumed(&resume_salt)),
+                    )
+                }
                 None => return failed("worker ticket failed authentication"),
             }
         }
@@ -140,9 +159,13 @@ pub fn run(enclave: &Enclave, start: Start, input: &mut impl Read) -> EnclaveFra
                 _ => Ok(request),
             },
         );
-    let request = request.and_then(|request| {
-        let place = request.distributed.as_ref();
+    let request = request.and_then(|mut request| {
         let live = request.private.is_none();
+        if resumed && live {
+            let elapsed = u32::try_from(elapsed_secs).unwrap_or(u32::MAX);
+            request.time_budget_secs = request.time_budget_secs.saturating_sub(elapsed);
+        }
+        let place = request.distributed.as_ref();
         match place {
             // Rank 0's events are the job's: a replacement must be able to go on with them,
             // which only a live job's stream allows (a private one has a fixed length).
@@ -161,6 +184,7 @@ pub fn run(enclave: &Enclave, start: Start, input: &mut impl Read) -> EnclaveFra
                         owner_key: (place.rank == 0)
                             .then(|| response_key.as_ref().map(ResponseKey::to_bytes))
                             .flatten(),
+                        started_unix_secs: unix_now_secs(),
                     };
                     if let Ok(bytes) = postcard::to_allocvec(&contents) {
                         let sealed = key.seal(&ticket_aad(&start.job_id), &bytes);
@@ -192,13 +216,9 @@ pub fn run(enclave: &Enclave, start: Start, input: &mut impl Read) -> EnclaveFra
         held: deadline.map(|_| Arc::new(Mutex::new(Vec::new()))),
     };
     // A replacement of rank 0 first tells the owner that it took over, under its own key.
-    let events = match (&start.request, &request) {
-        (Source::Ticket { events_from, .. }, Ok(request))
-            if request.distributed.as_ref().is_some_and(|p| p.rank == 0) =>
-        {
-            events.resumed(*events_from)
-        }
-        _ => events,
+    let events = match &start.request {
+        Source::Ticket { events_from, .. } => events.resumed(resume_salt, *events_from),
+        Source::Owner(_) => events,
     };
     // What the program may allocate: under private terms, the declared peak less what the
     // runtime itself needs outside the gauge; otherwise a fixed ceiling.
@@ -683,18 +703,16 @@ impl Events {
         }
     }
 
-    /// The stream of a replacement of rank 0, which goes on from the job's `events_from`
-    /// events: each event sealed at its position under the key derived from the owner's
-    /// and a fresh salt, which it carries in clear before its ciphertext (the owner's client
-    /// derives the same key from it); the first one says that a replacement took over.
-    fn resumed(self, events_from: u64) -> Self {
-        let Some(owner_key) = &self.key else {
+    /// The stream of a replacement of rank 0 (whose key, derived from the owner's and
+    /// `salt`, is already this stream's), which goes on from the job's `events_from` events:
+    /// each event sealed at its position, the salt in clear before its ciphertext (the
+    /// owner's client derives the same key from it); the first one says that a replacement
+    /// took over. A replacement of another worker has no key, and says nothing.
+    fn resumed(self, salt: [u8; RESUME_SALT_LEN], events_from: u64) -> Self {
+        if self.key.is_none() {
             return self;
-        };
-        let mut salt = [0u8; RESUME_SALT_LEN];
-        rand::rngs::OsRng.fill_bytes(&mut salt);
+        }
         let events = Self {
-            key: Some(owner_key.resumed(&salt)),
             salt: Some(salt),
             seq: Arc::new(AtomicU64::new(events_from)),
             ..self

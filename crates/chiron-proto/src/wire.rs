@@ -104,8 +104,9 @@ pub enum HostFrame {
         /// Where its parameter server listens (unauthenticated, as in `StartTraining`).
         parameter_server: String,
         /// How many events the job's stream holds: a replacement of rank 0 numbers its
-        /// events on from there (unauthenticated: a wrong count only makes the owner's
-        /// client refuse the events that follow, since each is sealed at its position).
+        /// events on from there. Unauthenticated: a count too high makes the owner's client
+        /// refuse the events that follow (each is sealed at its position); one too low
+        /// drops the lost rank 0's last events, as killing it earlier would have.
         events_from: u64,
     },
 }

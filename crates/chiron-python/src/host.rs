@@ -9,13 +9,14 @@ use pyo3::types::{PyBytes, PyDict};
 
 use crate::Failure;
 
-/// A Chiron host's API (`url`, e.g. `http://127.0.0.1:7700`), called with an API token
-/// issued by its operator (`chiron-host principal add`); without `url` or `token`, the
-/// environment's `CHIRON_HOST` and `CHIRON_TOKEN`, as the `chiron` CLI reads them. The host is not trusted: everything sent
-/// through it is ciphertext or sealed to an attested enclave.
 /// The host's URL when neither the caller nor `CHIRON_HOST` names one (the CLI's default).
 const DEFAULT_URL: &str = "http://127.0.0.1:7700";
 
+/// A Chiron host's API (`url`, e.g. `http://127.0.0.1:7700`), called with an API token
+/// issued by its operator (`chiron-host principal add`); without `url` or `token`, the
+/// environment's `CHIRON_HOST` and `CHIRON_TOKEN`, as the `chiron` CLI reads them. The host
+/// is not trusted: everything sent through it is ciphertext or sealed to an attested
+/// enclave.
 #[pyclass(module = "chiron", frozen)]
 pub struct Host {
     url: String,

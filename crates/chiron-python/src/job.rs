@@ -9,7 +9,7 @@ use chiron_client::convert::arrays::{self, ArrayView, Dtype, Labels};
 use chiron_client::convert::{self, ConvertOptions};
 use chiron_client::evaluation::Tally;
 use chiron_client::history::History;
-use chiron_client::owner::{self, QuerySession, TrainingTerms};
+use chiron_client::owner::{self, EventCursor, QuerySession, TrainingTerms};
 use chiron_client::record::{self, OwnerRecord, ProgramRecord};
 use chiron_client::{ClientError, HostClient};
 use chiron_crypto::DataKey;
@@ -322,6 +322,7 @@ pub fn train(
         ticket: request.ticket,
         trust: Some(policy),
         events: Vec::new(),
+        cursor: EventCursor::default(),
         finished: false,
         notes,
     })
@@ -336,8 +337,10 @@ pub struct Job {
     ticket: PathBuf,
     /// The policy queries attest the query enclave against.
     trust: Option<Policy>,
-    /// Every event read so far, padding included (the next read starts after them).
+    /// Every event read so far, padding included.
     events: Vec<OwnerEvent>,
+    /// Where the next read starts, and whose events the stream follows.
+    cursor: EventCursor,
     /// The `Finished` event was among them.
     finished: bool,
     notes: Vec<String>,
@@ -440,6 +443,7 @@ impl Job {
             ticket: path,
             trust: trust.map(|t| t.get().policy.clone()),
             events: Vec::new(),
+            cursor: EventCursor::default(),
             finished: false,
             notes: Vec::new(),
         })
@@ -474,7 +478,6 @@ impl Job {
         self.record.epochs
     }
 
-    /// The training run's seed (hex), to train the same model again.
     /// Whether the model's answers carry each class's probability (trained with
     /// `scores=True`).
     #[getter]
@@ -482,6 +485,7 @@ impl Job {
         self.record.ticket.answers.has_scores()
     }
 
+    /// The training run's seed (hex), to train the same model again.
     #[getter]
     fn seed(&self) -> Option<String> {
         self.record.ticket.seed.map(hex::encode)
@@ -525,10 +529,9 @@ impl Job {
     /// `finished`, `failed`), `failure` (the owner's failure detail, else the host's label) and `done`.
     /// A host that reports success but withholds the final event raises `TamperingError`.
     fn poll<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let from = self.events.len() as u64;
-        let (client, ticket) = (&self.client, &self.record.ticket);
+        let (client, ticket, cursor) = (&self.client, &self.record.ticket, &mut self.cursor);
         let (state, events) = py
-            .detach(|| ticket.events(client, from))
+            .detach(|| ticket.events(client, cursor))
             .map_err(Failure::from)?;
         let list = PyList::empty(py);
         let mut failure = None;

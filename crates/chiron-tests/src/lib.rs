@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use chiron_attest::Policy;
 use chiron_client::HostClient;
 use chiron_client::convert::{self, ConvertOptions, PlainDataset};
-use chiron_client::owner::{self, JobTicket, TrainingTerms};
+use chiron_client::owner::{self, EventCursor, JobTicket, TrainingTerms};
 use chiron_crypto::DataKey;
 use chiron_proto::api::JobState;
 use chiron_proto::evidence::{Evidence, Role};
@@ -670,9 +670,10 @@ pub fn wait(
     let host = service.client();
     let deadline = Instant::now() + timeout;
     let mut all = Vec::new();
+    let mut cursor = EventCursor::default();
     loop {
         let (state, events) = ticket
-            .events(&host, all.len() as u64)
+            .events(&host, &mut cursor)
             .expect("events authenticate");
         all.extend(events);
         let ended = all
@@ -685,7 +686,7 @@ pub fn wait(
         if matches!(state, JobState::Failed) || (ended && state == JobState::Succeeded) {
             // Collect anything that arrived with the final state.
             let (_, rest) = ticket
-                .events(&host, all.len() as u64)
+                .events(&host, &mut cursor)
                 .expect("events authenticate");
             all.extend(rest);
             return (state, all);

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use chiron_client::convert::PlainDataset;
-use chiron_client::owner::{JobTicket, PrivateTerms, TrainingTerms};
+use chiron_client::owner::{EventCursor, JobTicket, PrivateTerms, TrainingTerms};
 use chiron_proto::api::JobState;
 use chiron_proto::owner::OwnerEvent;
 use rand::Rng;
@@ -149,7 +149,9 @@ fn observe_started(
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let (_, events) = ticket.events(&host, 0).expect("events authenticate");
+    let (_, events) = ticket
+        .events(&host, &mut EventCursor::default())
+        .expect("events authenticate");
     owner_events.extend(events);
     // The job is done when rank 0 is; the other enclaves' last frames may still be on their
     // way. The transcript waits for every training enclave to exit, so that it does not

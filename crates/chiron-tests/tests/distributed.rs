@@ -9,6 +9,7 @@ use chiron_attest::attester::sim::SimPlatform;
 use chiron_attest::context_digest;
 use chiron_channel::{LocalIdentity, PeerExpectation, RecordConfig};
 use chiron_client::convert;
+use chiron_client::owner::EventCursor;
 use chiron_crypto::DataKey;
 use chiron_proto::api::JobState;
 use chiron_proto::evidence::Role;
@@ -722,7 +723,9 @@ fn distributed_job_under_way(
     let host = service.client();
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let (_, events) = ticket.events(&host, 0).expect("events");
+        let (_, events) = ticket
+            .events(&host, &mut EventCursor::default())
+            .expect("events");
         if events
             .iter()
             .any(|e| matches!(e, chiron_proto::owner::OwnerEvent::Metric { .. }))

@@ -14,7 +14,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use chiron_client::convert::{LabelledInputs, PlainDataset};
-use chiron_client::owner::{self, JobTicket, QuerySession, TrainingTerms};
+use chiron_client::owner::{self, EventCursor, JobTicket, QuerySession, TrainingTerms};
 use chiron_client::{ClientError, HostClient};
 use chiron_crypto::DataKey;
 use chiron_crypto::dataset::CHUNK_LEN;
@@ -1145,7 +1145,9 @@ fn events_served_out_of_place_fail_authentication() {
             edit(&mut b_events, &a_events);
             store_events(state, &b.job_id, b_events);
         });
-        let err = b.events(&host.client(), 0).expect_err(what);
+        let err = b
+            .events(&host.client(), &mut EventCursor::default())
+            .expect_err(what);
         assert!(
             matches!(err, ClientError::TamperedEvent(n) if n == expected),
             "{what}: {err}"
@@ -1155,7 +1157,9 @@ fn events_served_out_of_place_fail_authentication() {
 
     // Restarted on an untouched copy, the same stream authenticates in full.
     let host = Restarted::on_copy_of(&service, |_| {});
-    let (state, events) = b.events(&host.client(), 0).expect("authentic events");
+    let (state, events) = b
+        .events(&host.client(), &mut EventCursor::default())
+        .expect("authentic events");
     assert_eq!(state, JobState::Succeeded);
     assert!(matches!(events.last(), Some(OwnerEvent::Finished { .. })));
 }
@@ -1178,7 +1182,7 @@ fn a_withheld_final_event_is_noticed() {
         events.pop();
         store_events(state, &ticket.job_id, events);
     });
-    let seen = ticket.events(&host.client(), 0);
+    let seen = ticket.events(&host.client(), &mut EventCursor::default());
     assert!(
         matches!(seen, Err(ClientError::WithheldEvents)),
         "the owner saw a Succeeded job ending in {:?}",

@@ -20,7 +20,7 @@ use anyhow::{Context, bail};
 use chiron_attest::Policy;
 use chiron_bench::{HostProcess, owner_policy};
 use chiron_client::convert::{self, ConvertOptions, PlainDataset};
-use chiron_client::owner::{self, JobTicket, QuerySession, TrainingTerms};
+use chiron_client::owner::{self, EventCursor, JobTicket, QuerySession, TrainingTerms};
 use chiron_client::{ClientError, HostClient};
 use chiron_crypto::DataKey;
 use chiron_proto::api::JobState;
@@ -168,10 +168,9 @@ impl Load {
             &key,
             &Self::terms(),
         )?;
-        let mut seen = 0;
+        let mut cursor = EventCursor::default();
         loop {
-            let (state, events) = self.patiently(|| ticket.events(host, seen))?;
-            seen += events.len() as u64;
+            let (state, _) = self.patiently(|| ticket.events(host, &mut cursor))?;
             match state {
                 JobState::Succeeded => break,
                 JobState::Failed => {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use chiron_client::history::History;
+use chiron_client::owner::EventCursor;
 use chiron_client::record::{self, OwnerRecord};
 use chiron_client::{ClientError, HostClient};
 use chiron_proto::api::JobState;
@@ -71,9 +72,10 @@ pub fn follow(
         }
     };
     let mut all: Vec<OwnerEvent> = Vec::new();
+    let mut cursor = EventCursor::default();
     let mut finished = false;
     loop {
-        let (state, events) = ticket.events(host, all.len() as u64)?;
+        let (state, events) = ticket.events(host, &mut cursor)?;
         for event in &events {
             match event {
                 OwnerEvent::Started { .. } => bar.set_message("running"),
@@ -261,7 +263,7 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
     let host = args.ticket.host.client()?;
     let ticket = &record.ticket;
     let public = host.job_status(&ticket.job_id)?;
-    let (_, events) = ticket.events(&host, 0)?;
+    let (_, events) = ticket.events(&host, &mut EventCursor::default())?;
     let detail = events.iter().find_map(|e| match e {
         OwnerEvent::Failed { detail } => Some(detail.clone()),
         _ => None,
