@@ -526,9 +526,14 @@ impl EventCursor {
                 .and_then(|p| OwnerEvent::from_padded(&p).ok())
                 .ok_or_else(tampered)
         };
-        let event = match (self.salt, key.open(at, aad, ciphertext)) {
-            (None, Ok(plaintext)) => opened(Some(plaintext))?,
-            _ => {
+        // Once a replacement took over, the owner's key opens nothing more: not tried.
+        let under_owner_key = match self.salt {
+            None => key.open(at, aad, ciphertext).ok(),
+            Some(_) => None,
+        };
+        let event = match under_owner_key {
+            Some(plaintext) => opened(Some(plaintext))?,
+            None => {
                 let (salt, sealed) = ciphertext
                     .split_first_chunk::<RESUME_SALT_LEN>()
                     .ok_or_else(tampered)?;
