@@ -280,28 +280,85 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
     /// length that size implies, skipping cover records. The caller chooses `message_len`
     /// (the size both ends agreed on), and this allocates it.
     pub async fn recv_message(&mut self, message_len: usize) -> Result<Vec<u8>, ChannelError> {
+        let mut message = Vec::new();
+        self.recv_message_into(message_len, &mut message).await?;
+        Ok(message)
+    }
+
+    /// [`RecordReader::recv_message`] into `message`, which keeps its allocation from one
+    /// message to the next. Each payload is read straight into its place in `message`, so
+    /// a message crosses from the stream in one copy. On an error `message` holds no
+    /// complete message.
+    pub async fn recv_message_into(
+        &mut self,
+        message_len: usize,
+        message: &mut Vec<u8>,
+    ) -> Result<(), ChannelError> {
         let count = self.config.records_for(message_len);
-        let mut message = Vec::with_capacity(message_len);
+        message.resize(message_len, 0);
         let mut index = 0;
+        let mut at = 0;
         while index < count {
-            let (kind, payload) = self.next_record().await?;
+            let expected = self.config.part_len(message_len, index);
+            let (kind, payload_len) = self.next_header().await?;
             match kind {
-                RecordKind::Cover => continue,
-                RecordKind::Close => return Err(ChannelError::Closed),
+                RecordKind::Cover => {
+                    self.finish_record(0).await?;
+                    continue;
+                }
+                RecordKind::Close => {
+                    self.finish_record(0).await?;
+                    return Err(ChannelError::Closed);
+                }
                 RecordKind::Data => {}
             }
-            let expected = self.config.part_len(message_len, index);
-            if payload.len() != expected {
+            if payload_len != expected {
                 return Err(ChannelError::MessageLength {
                     index,
                     expected,
-                    found: payload.len(),
+                    found: payload_len,
                 });
             }
-            message.extend_from_slice(&self.buffer[payload]);
+            self.inner
+                .read_exact(&mut message[at..at + expected])
+                .await
+                .map_err(ChannelError::from_io)?;
+            self.finish_record(expected).await?;
+            at += expected;
             index += 1;
         }
-        Ok(message)
+        Ok(())
+    }
+
+    /// Reads and checks the next record's header: its kind and payload length. The record's
+    /// sequence number is taken; its payload and padding are still to read.
+    async fn next_header(&mut self) -> Result<(RecordKind, usize), ChannelError> {
+        if self.closed {
+            return Err(ChannelError::Closed);
+        }
+        let header = &mut self.buffer[..HEADER_LEN];
+        self.inner
+            .read_exact(header)
+            .await
+            .map_err(ChannelError::from_io)?;
+        let (kind, payload_len) = decode_header(header, self.config, self.next)?;
+        // Cannot overflow: the writer never sends sequence number u64::MAX.
+        self.next = self.next.saturating_add(1);
+        self.closed = kind == RecordKind::Close;
+        Ok((kind, payload_len))
+    }
+
+    /// Reads and checks the padding after a payload of `payload_len` bytes.
+    async fn finish_record(&mut self, payload_len: usize) -> Result<(), ChannelError> {
+        let padding = &mut self.buffer[HEADER_LEN + payload_len..];
+        self.inner
+            .read_exact(padding)
+            .await
+            .map_err(ChannelError::from_io)?;
+        if padding.iter().any(|&b| b != 0) {
+            return Err(ChannelError::NonZeroPadding);
+        }
+        Ok(())
     }
 
     /// Reads and checks one record into the buffer; its kind and payload range.
@@ -333,9 +390,23 @@ fn decode(
     config: RecordConfig,
     expected: u64,
 ) -> Result<(RecordKind, Range<usize>), ChannelError> {
-    let (header, body) = record
-        .split_first_chunk::<HEADER_LEN>()
-        .ok_or(ChannelError::Truncated)?;
+    let header = record.get(..HEADER_LEN).ok_or(ChannelError::Truncated)?;
+    let (kind, payload_len) = decode_header(header, config, expected)?;
+    let body = record.get(HEADER_LEN..).ok_or(ChannelError::Truncated)?;
+    if body[payload_len..].iter().any(|&b| b != 0) {
+        return Err(ChannelError::NonZeroPadding);
+    }
+    Ok((kind, HEADER_LEN..HEADER_LEN + payload_len))
+}
+
+/// Checks a record's header (its first [`HEADER_LEN`] bytes) that should carry sequence
+/// number `expected`; its kind and payload length.
+fn decode_header(
+    header: &[u8],
+    config: RecordConfig,
+    expected: u64,
+) -> Result<(RecordKind, usize), ChannelError> {
+    let header: &[u8; HEADER_LEN] = header.try_into().map_err(|_| ChannelError::Truncated)?;
     let (sequence, rest) = header
         .split_first_chunk::<8>()
         .ok_or(ChannelError::Truncated)?;
@@ -357,10 +428,7 @@ fn decode(
     if kind != RecordKind::Data && payload_len != 0 {
         return Err(ChannelError::ControlPayload { kind, length });
     }
-    if body[payload_len..].iter().any(|&b| b != 0) {
-        return Err(ChannelError::NonZeroPadding);
-    }
-    Ok((kind, HEADER_LEN..HEADER_LEN + payload_len))
+    Ok((kind, payload_len))
 }
 
 #[cfg(test)]

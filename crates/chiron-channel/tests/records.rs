@@ -241,3 +241,63 @@ async fn an_early_end_is_a_truncation() {
         Err(ChannelError::Truncated)
     ));
 }
+
+#[tokio::test]
+async fn a_reused_buffer_holds_each_message_exactly() {
+    let capacity = config().payload_capacity();
+    let long = vec![0xab; 3 * capacity + 7];
+    let wire = wire_of(&[&long, b"xyz", b""]).await;
+    let mut reader = reader_of(&wire).await;
+    let mut buffer = Vec::new();
+    reader
+        .recv_message_into(long.len(), &mut buffer)
+        .await
+        .expect("long");
+    assert_eq!(buffer, long);
+    // A shorter message leaves nothing of the longer one behind.
+    reader
+        .recv_message_into(3, &mut buffer)
+        .await
+        .expect("short");
+    assert_eq!(buffer, b"xyz");
+    reader
+        .recv_message_into(0, &mut buffer)
+        .await
+        .expect("empty");
+    assert!(buffer.is_empty());
+}
+
+#[tokio::test]
+async fn a_reused_buffer_refuses_what_a_fresh_one_refuses() {
+    // Non-zero padding after a payload read straight into the buffer.
+    let mut record = raw(0, 1, 2, b"ok");
+    record[SIZE - 1] = 1;
+    let mut buffer = Vec::new();
+    assert!(matches!(
+        reader_of(&record)
+            .await
+            .recv_message_into(2, &mut buffer)
+            .await,
+        Err(ChannelError::NonZeroPadding)
+    ));
+    // A payload of another length than the message's size implies.
+    assert!(matches!(
+        reader_of(&raw(0, 1, 3, b"abc"))
+            .await
+            .recv_message_into(2, &mut buffer)
+            .await,
+        Err(ChannelError::MessageLength { .. })
+    ));
+    // A cover record between parts is skipped; a close record ends the channel.
+    let wire = [raw(0, 2, 0, b""), raw(1, 1, 1, b"a"), raw(2, 3, 0, b"")].concat();
+    let mut reader = reader_of(&wire).await;
+    reader
+        .recv_message_into(1, &mut buffer)
+        .await
+        .expect("after cover");
+    assert_eq!(buffer, b"a");
+    assert!(matches!(
+        reader.recv_message_into(1, &mut buffer).await,
+        Err(ChannelError::Closed)
+    ));
+}

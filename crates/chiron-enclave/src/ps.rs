@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use chiron_attest::Policy;
 use chiron_channel::{LocalIdentity, PeerExpectation, RecordConfig, RecordReader, RecordWriter};
 use chiron_crypto::SealingKey;
-use chiron_engine::{Backend, DefaultBackend, Optimizer, OptimizerState};
+use chiron_engine::{FlatOptimizer, OptimizerState};
 use chiron_proto::evidence::Role;
 use chiron_proto::owner::{
     ExchangeTerms, PARAMETER_SERVER_INFO, Pace, ParameterServerRequest, Rounds,
@@ -40,7 +40,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::exchange::{Rule, RuleExt, ToServer, ToWorker, pad, unpad};
+use crate::exchange::{Rule, RuleExt, ToServer, ToWorker, pad, pad_into, unpad};
 use crate::identity::Enclave;
 
 type Stream = chiron_channel::AttestedStream<TcpStream>;
@@ -220,11 +220,11 @@ fn serve(enclave: &Enclave, start: Start) -> Result<(), &'static str> {
             replaced: BTreeSet::new(),
             rank_zero_done: false,
             lost: BTreeSet::new(),
-            engine: DefaultBackend::new(),
             workers,
             terms,
             optimizers: BTreeMap::new(),
             rounds_done: 0,
+            outbox: Vec::new(),
             checkpoints: sealing
                 .filter(|_| request.checkpoint_every > 0 && request.exchange.pace.is_none()),
             job_id: start.job_id.clone(),
@@ -251,11 +251,36 @@ fn serve(enclave: &Enclave, start: Start) -> Result<(), &'static str> {
     })
 }
 
+/// A worker's receiving end and the last message it sent, whose memory the next reuses.
+struct Inbox {
+    reader: RecordReader<ReadHalf<Stream>>,
+    message: Vec<u8>,
+}
+
+impl Inbox {
+    fn new(reader: RecordReader<ReadHalf<Stream>>) -> Self {
+        Self {
+            reader,
+            message: Vec::new(),
+        }
+    }
+
+    /// Receives the next message of `size` bytes, which [`Inbox::message`] then holds.
+    async fn next(&mut self, size: usize) -> Result<(), chiron_channel::ChannelError> {
+        self.reader.recv_message_into(size, &mut self.message).await
+    }
+
+    /// The message [`Inbox::next`] received, decoded.
+    fn decode(&self) -> Result<ToServer, String> {
+        unpad::<ToServer>(&self.message)
+    }
+}
+
 /// One connected worker.
 struct Link {
     rank: u32,
     /// `None` only while an asynchronous exchange waits on it.
-    reader: Option<RecordReader<ReadHalf<Stream>>>,
+    reader: Option<Inbox>,
     writer: RecordWriter<WriteHalf<Stream>>,
     /// Still taking part in rounds.
     active: bool,
@@ -269,7 +294,7 @@ impl Link {
     ) -> Self {
         Self {
             rank,
-            reader: Some(reader),
+            reader: Some(Inbox::new(reader)),
             writer,
             active: true,
         }
@@ -346,18 +371,14 @@ fn admit_replacements(
     (rx, task)
 }
 
-/// Worker `rank`'s next message, with its reader back.
+/// Worker `rank`'s next message, in its inbox.
 async fn next_message(
     rank: u32,
-    mut reader: RecordReader<ReadHalf<Stream>>,
+    mut inbox: Inbox,
     size: usize,
-) -> (
-    u32,
-    RecordReader<ReadHalf<Stream>>,
-    Result<Vec<u8>, chiron_channel::ChannelError>,
-) {
-    let message = reader.recv_message(size).await;
-    (rank, reader, message)
+) -> (u32, Inbox, Result<(), chiron_channel::ChannelError>) {
+    let received = inbox.next(size).await;
+    (rank, inbox, received)
 }
 
 /// The next replacement admitted, if replacements are taken at all.
@@ -370,24 +391,15 @@ async fn next_replacement(
     }
 }
 
-/// The values of `held`'s parameters.
-fn values(engine: &DefaultBackend, held: &Held) -> Result<Vec<Vec<f32>>, String> {
-    held.params
-        .iter()
-        .map(|p| engine.read(p).map_err(|e| e.to_string()))
-        .collect()
-}
-
-/// One optimizer's parameters and state, as the server holds them (flat: every rule is
-/// element-wise).
+/// One optimizer's parameters and state, as the server holds them: flat values, since every
+/// rule is element-wise.
 struct Held {
-    params: Vec<<DefaultBackend as Backend>::Tensor>,
+    params: Vec<Vec<f32>>,
     lens: Vec<usize>,
-    optimizer: Option<Optimizer<DefaultBackend>>,
+    optimizer: Option<FlatOptimizer>,
 }
 
 struct Server<'a> {
-    engine: DefaultBackend,
     /// One link per rank, in rank order.
     workers: Vec<Link>,
     /// Replacements of lost workers, admitted while the rounds run.
@@ -403,6 +415,8 @@ struct Server<'a> {
     optimizers: BTreeMap<u32, Held>,
     /// Rounds completed (registrations and steps), since the job began.
     rounds_done: u64,
+    /// The last answer sent: each round's answer reuses its memory.
+    outbox: Vec<u8>,
     /// The key checkpoints are sealed under, when the job asked for them.
     checkpoints: Option<SealingKey>,
     job_id: String,
@@ -429,7 +443,7 @@ impl Server<'_> {
         for (&handle, held) in &self.optimizers {
             let state = match &held.optimizer {
                 Some(optimizer) => {
-                    let state = optimizer.state(&self.engine).map_err(|e| e.to_string())?;
+                    let state = optimizer.state();
                     Some(SavedState {
                         rule: Rule::from_kind(state.kind).ok_or("an unknown optimizer rule")?,
                         step: state.step,
@@ -442,7 +456,7 @@ impl Server<'_> {
             };
             optimizers.push(SavedOptimizer {
                 handle,
-                values: values(&self.engine, held)?,
+                values: held.params.clone(),
                 state,
             });
         }
@@ -482,16 +496,9 @@ impl Server<'_> {
             .collect();
         for saved in checkpoint.optimizers {
             let lens: Vec<usize> = saved.values.iter().map(Vec::len).collect();
-            let params = saved
-                .values
-                .into_iter()
-                .map(|v| self.engine.parameter(&[v.len()], v))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| e.to_string())?;
+            let params = saved.values;
             let optimizer = match saved.state {
                 Some(state) => {
-                    let shapes: Vec<[usize; 1]> = lens.iter().map(|&l| [l]).collect();
-                    let shapes: Vec<&[usize]> = shapes.iter().map(|s| s.as_slice()).collect();
                     let state = OptimizerState {
                         kind: state.rule.kind().ok_or("an unknown optimizer rule")?,
                         step: state.step,
@@ -499,10 +506,7 @@ impl Server<'_> {
                         first: state.first,
                         second: state.second,
                     };
-                    Some(
-                        Optimizer::from_state(&self.engine, state, &shapes)
-                            .map_err(|e| e.to_string())?,
-                    )
+                    Some(FlatOptimizer::from_state(state, &lens).map_err(|e| e.to_string())?)
                 }
                 None => None,
             };
@@ -576,12 +580,12 @@ impl Server<'_> {
             };
             let (rank, reader, bytes) =
                 arrived.map_err(|_| "a worker's reader failed".to_owned())?;
-            let Ok(bytes) = bytes else {
+            if bytes.is_err() {
                 self.lose(rank)?;
                 continue;
-            };
+            }
             let i = self.index(rank).ok_or("a worker's link went missing")?;
-            let message = unpad::<ToServer>(&bytes).map_err(|e| format!("worker {rank}: {e}"))?;
+            let message = reader.decode().map_err(|e| format!("worker {rank}: {e}"))?;
             let answer = match message {
                 ToServer::Done => {
                     self.workers[i].active = false;
@@ -620,13 +624,18 @@ impl Server<'_> {
                             .optimizers
                             .get(&optimizer)
                             .ok_or("a step of an optimizer never registered")?;
-                        ToWorker::Stale(values(&self.engine, held)?)
+                        ToWorker::Stale(held.params.clone())
                     }
                 }
             };
             seen.insert(rank, self.rounds_done);
-            let bytes = pad(&answer, size)?;
-            if self.workers[i].writer.send_message(&bytes).await.is_err() {
+            pad_into(&answer, size, &mut self.outbox)?;
+            if self.workers[i]
+                .writer
+                .send_message(&self.outbox)
+                .await
+                .is_err()
+            {
                 self.lose(rank)?;
                 continue;
             }
@@ -742,8 +751,8 @@ impl Server<'_> {
                 let Some(reader) = worker.reader.as_mut() else {
                     return Err("a worker's connection went missing".into());
                 };
-                let message = match reader.recv_message(size).await {
-                    Ok(bytes) => unpad::<ToServer>(&bytes),
+                let message = match reader.next(size).await {
+                    Ok(()) => reader.decode(),
                     Err(_) => {
                         broken.insert(worker.rank);
                         lost.push(worker.rank);
@@ -913,17 +922,17 @@ impl Server<'_> {
                 let (rank, reader, bytes) =
                     read.map_err(|_| "a worker's reader failed".to_owned())?;
                 let i = self.index(rank).ok_or("a worker's link went missing")?;
-                self.workers[i].reader = Some(reader);
                 match bytes {
-                    Ok(bytes) => arrived.push((rank, bytes)),
+                    Ok(()) => arrived.push((rank, reader.decode())),
                     Err(_) => lost.push(rank),
                 }
+                self.workers[i].reader = Some(reader);
             }
             arrived.sort_unstable_by_key(|(rank, _)| *rank);
             let messages = arrived
                 .into_iter()
-                .map(|(rank, bytes)| {
-                    unpad::<ToServer>(&bytes)
+                .map(|(rank, message)| {
+                    message
                         .map(|message| (rank, message))
                         .map_err(|e| format!("worker {rank}: {e}"))
                 })
@@ -948,10 +957,10 @@ impl Server<'_> {
                 self.checkpoint()?;
             }
             if let Some(answer) = answer {
-                let bytes = pad(&ToWorker::Parameters(answer), size)?;
+                pad_into(&ToWorker::Parameters(answer), size, &mut self.outbox)?;
                 let mut lost = Vec::new();
                 for worker in self.workers.iter_mut().filter(|w| w.active) {
-                    if worker.writer.send_message(&bytes).await.is_err() {
+                    if worker.writer.send_message(&self.outbox).await.is_err() {
                         lost.push(worker.rank);
                     }
                 }
@@ -1036,18 +1045,14 @@ impl Server<'_> {
             }
         }
         if let Some(held) = self.optimizers.get(&optimizer) {
-            return values(&self.engine, held);
+            return Ok(held.params.clone());
         }
         let values = registers
             .into_iter()
             .next()
             .map(|(_, v)| v)
             .unwrap_or_default();
-        let params = values
-            .iter()
-            .map(|v| self.engine.parameter(&[v.len()], v.clone()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())?;
+        let params = values.clone();
         self.optimizers.insert(
             optimizer,
             Held {
@@ -1072,20 +1077,25 @@ impl Server<'_> {
         {
             return Err("workers out of step: they step different optimizers".into());
         }
-        let kind = scaled_for(rule, steps.len())
-            .kind()
-            .ok_or("an unknown optimizer rule")?;
-        let engine = &self.engine;
         let held = self
             .optimizers
             .get_mut(&optimizer)
             .ok_or("a step of an optimizer never registered")?;
+        let kind = scaled_for(rule, steps.len())
+            .kind()
+            .ok_or("an unknown optimizer rule")?;
+        if steps.iter().any(|(.., g)| g.len() != held.lens.len()) {
+            return Err("a step with the wrong number of gradients".into());
+        }
+        // Each worker's gradients, parameter by parameter: the first one present becomes
+        // the sum, the others are added into it.
+        let mut by_worker: Vec<_> = steps.into_iter().map(|(.., g)| g.into_iter()).collect();
         let mut gradients = Vec::with_capacity(held.lens.len());
-        for (i, &len) in held.lens.iter().enumerate() {
+        for &len in &held.lens {
             let mut sum: Option<Vec<f32>> = None;
             let mut count = 0u32;
-            for (.., grads) in &steps {
-                let Some(grad) = grads.get(i).ok_or("a step with too few gradients")? else {
+            for grads in &mut by_worker {
+                let Some(grad) = grads.next().flatten() else {
                     continue;
                 };
                 if grad.len() != len {
@@ -1093,8 +1103,8 @@ impl Server<'_> {
                 }
                 count += 1;
                 match &mut sum {
-                    Some(sum) => sum.iter_mut().zip(grad).for_each(|(s, g)| *s += g),
-                    None => sum = Some(grad.clone()),
+                    Some(sum) => sum.iter_mut().zip(&grad).for_each(|(s, g)| *s += g),
+                    None => sum = Some(grad),
                 }
             }
             let average = sum.map(|mut sum| {
@@ -1104,15 +1114,7 @@ impl Server<'_> {
                 }
                 sum
             });
-            gradients.push(
-                average
-                    .map(|g| engine.constant(&[len], g))
-                    .transpose()
-                    .map_err(|e| e.to_string())?,
-            );
-        }
-        if steps.iter().any(|(.., g)| g.len() != held.lens.len()) {
-            return Err("a step with the wrong number of gradients".into());
+            gradients.push(average);
         }
         let state = match &mut held.optimizer {
             Some(state) => {
@@ -1121,15 +1123,15 @@ impl Server<'_> {
             }
             None => held
                 .optimizer
-                .insert(Optimizer::new(kind, held.lens.len()).map_err(|e| e.to_string())?),
+                .insert(FlatOptimizer::new(kind, held.lens.len()).map_err(|e| e.to_string())?),
         };
         if let Some(norm) = max_grad_norm {
             state.clip_grad_norm(norm).map_err(|e| e.to_string())?;
         }
         state
-            .step_with(engine, &mut held.params, gradients)
+            .step(&mut held.params, &mut gradients)
             .map_err(|e| e.to_string())?;
-        values(engine, held)
+        Ok(held.params.clone())
     }
 
     /// Tells every worker still connected that the job is over, so none waits for its

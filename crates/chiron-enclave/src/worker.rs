@@ -19,7 +19,7 @@ use chiron_sandbox::exchange::{ExchangeError, ParameterExchange, Update};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
-use crate::exchange::{Rule, RuleExt, ToServer, ToWorker, pad, unpad};
+use crate::exchange::{Rule, RuleExt, ToServer, ToWorker, pad, pad_into, unpad};
 
 type Stream = chiron_channel::AttestedStream<TcpStream>;
 
@@ -65,6 +65,9 @@ struct Connection {
     reader: RecordReader<ReadHalf<Stream>>,
     writer: RecordWriter<WriteHalf<Stream>>,
     size: usize,
+    /// The last message sent and received: each round's megabytes reuse their memory.
+    outbox: Vec<u8>,
+    inbox: Vec<u8>,
     deadline: Instant,
     /// The server ended the job, or the connection broke for good: nothing more is sent.
     closed: bool,
@@ -131,6 +134,8 @@ impl ServerLink {
             reader,
             writer,
             size,
+            outbox: Vec::new(),
+            inbox: Vec::new(),
             deadline,
             closed: false,
             broken: false,
@@ -309,12 +314,12 @@ impl Connection {
         if self.closed {
             return Err(ExchangeError("the parameter server ended the job".into()));
         }
-        let bytes = pad(message, self.size).map_err(ExchangeError)?;
+        pad_into(message, self.size, &mut self.outbox).map_err(ExchangeError)?;
         let deadline = self.deadline;
-        let writer = &mut self.writer;
+        let (writer, bytes) = (&mut self.writer, &self.outbox);
         self.runtime
             .block_on(async {
-                tokio::time::timeout_at(deadline.into(), writer.send_message(&bytes)).await
+                tokio::time::timeout_at(deadline.into(), writer.send_message(bytes)).await
             })
             .map_err(|_| ExchangeError("the job's time budget ran out".into()))?
             .map_err(|e| {
@@ -325,18 +330,18 @@ impl Connection {
 
     fn recv(&mut self) -> Result<ToWorker, ExchangeError> {
         let (deadline, size) = (self.deadline, self.size);
-        let reader = &mut self.reader;
-        let bytes = self
-            .runtime
+        let (reader, inbox) = (&mut self.reader, &mut self.inbox);
+        self.runtime
             .block_on(async {
-                tokio::time::timeout_at(deadline.into(), reader.recv_message(size)).await
+                tokio::time::timeout_at(deadline.into(), reader.recv_message_into(size, inbox))
+                    .await
             })
             .map_err(|_| ExchangeError("the job's time budget ran out".into()))?
             .map_err(|e| {
                 self.broken = true;
                 ExchangeError(format!("the parameter server connection broke: {e}"))
             })?;
-        unpad::<ToWorker>(&bytes).map_err(ExchangeError)
+        unpad::<ToWorker>(&self.inbox).map_err(ExchangeError)
     }
 
     /// Reaches the job's server again, attests it as the first time, and says hello:

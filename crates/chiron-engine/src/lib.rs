@@ -29,6 +29,7 @@ mod check;
 pub mod cost;
 mod cpu;
 mod error;
+mod flat;
 mod flex;
 mod interrupt;
 #[cfg(feature = "libtorch")]
@@ -39,6 +40,7 @@ mod shape;
 pub use check::broadcast_dims;
 pub use cpu::{CpuBackend, CpuGradients, CpuTensor};
 pub use error::EngineError;
+pub use flat::FlatOptimizer;
 pub use flex::FlexBackend;
 pub use interrupt::{Interrupt, QUANTUM};
 #[cfg(feature = "libtorch")]

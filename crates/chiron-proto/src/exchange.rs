@@ -82,11 +82,17 @@ struct FloatBytes<'a>(&'a [f32]);
 
 impl Serialize for FloatBytes<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut bytes = Vec::with_capacity(self.0.len() * 4);
-        for value in self.0 {
-            bytes.extend_from_slice(&value.to_le_bytes());
+        // On a little-endian machine the floats' memory is already their wire form: no copy.
+        #[cfg(target_endian = "little")]
+        return serializer.serialize_bytes(bytemuck::cast_slice(self.0));
+        #[cfg(not(target_endian = "little"))]
+        {
+            let mut bytes = Vec::with_capacity(self.0.len() * 4);
+            for value in self.0 {
+                bytes.extend_from_slice(&value.to_le_bytes());
+            }
+            serializer.serialize_bytes(&bytes)
         }
-        serializer.serialize_bytes(&bytes)
     }
 }
 
@@ -102,19 +108,23 @@ impl<'de> Deserialize<'de> for FloatsFromBytes {
                 f.write_str("little-endian f32 values")
             }
             fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<Self::Value, E> {
-                let values = bytes.chunks_exact(4);
-                if !values.remainder().is_empty() {
+                if !bytes.len().is_multiple_of(4) {
                     return Err(E::invalid_length(bytes.len(), &self));
                 }
-                Ok(FloatsFromBytes(
-                    values
-                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                        .collect(),
-                ))
+                Ok(FloatsFromBytes(floats_from_le_bytes(bytes)))
             }
         }
         deserializer.deserialize_bytes(Visitor)
     }
+}
+
+/// The floats of `bytes`, a whole number of little-endian `f32`s, in one pass (which the
+/// compiler turns into a plain copy on a little-endian machine).
+fn floats_from_le_bytes(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
 }
 
 /// `Vec<Vec<f32>>` fields, each vector as [`FloatBytes`].
@@ -171,23 +181,38 @@ mod optional_floats {
 
 /// Encodes `message` as exactly `size` bytes, or says why it does not fit.
 pub fn pad<T: Serialize>(message: &T, size: usize) -> Result<Vec<u8>, String> {
-    let encoded = postcard::to_allocvec(message).map_err(|e| e.to_string())?;
-    let len = u32::try_from(encoded.len())
-        .ok()
-        .filter(|_| encoded.len() + 4 <= size)
-        .ok_or_else(|| {
-            format!(
-                "the model's parameters ({} KiB) do not fit the job's exchange messages \
-                 ({} KiB): ask for larger messages",
-                encoded.len().div_ceil(1024),
-                size / 1024
-            )
-        })?;
-    let mut out = Vec::with_capacity(size);
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&encoded);
-    out.resize(size, 0);
+    let mut out = Vec::new();
+    pad_into(message, size, &mut out)?;
     Ok(out)
+}
+
+/// [`pad`] into `out`, which keeps its allocation from one message to the next: a round's
+/// megabytes are encoded in place, with no fresh pages to fault in and clear.
+pub fn pad_into<T: Serialize>(message: &T, size: usize, out: &mut Vec<u8>) -> Result<(), String> {
+    let too_small = || {
+        let needed = postcard::experimental::serialized_size(message).unwrap_or(usize::MAX);
+        format!(
+            "the model's parameters ({} KiB) do not fit the job's exchange messages \
+             ({} KiB): ask for larger messages",
+            needed.div_ceil(1024),
+            size / 1024
+        )
+    };
+    if size < 4 {
+        return Err(too_small());
+    }
+    out.resize(size, 0);
+    let (header, body) = out.split_at_mut(4);
+    let len = match postcard::to_slice(message, body) {
+        Ok(encoded) => encoded.len(),
+        Err(postcard::Error::SerializeBufferFull) => return Err(too_small()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let len32 = u32::try_from(len).map_err(|_| too_small())?;
+    header.copy_from_slice(&len32.to_le_bytes());
+    // What an earlier, longer message left behind must not ride along as padding.
+    body[len..].fill(0);
+    Ok(())
 }
 
 /// Decodes a message made by [`pad`].
@@ -237,6 +262,29 @@ mod tests {
         let mut framed = (odd.len() as u32).to_le_bytes().to_vec();
         framed.extend(&odd);
         assert!(unpad::<ToWorker>(&framed).is_err());
+    }
+
+    #[test]
+    fn a_reused_buffer_is_padded_with_zeros_only() {
+        let mut buffer = Vec::new();
+        let long = ToWorker::Parameters(vec![vec![1.5; 200]]);
+        pad_into(&long, 1024, &mut buffer).expect("fits");
+        let short = ToServer::Hello { rank: 1 };
+        pad_into(&short, 1024, &mut buffer).expect("fits");
+        assert_eq!(buffer, pad(&short, 1024).expect("fits"));
+        let len = u32::from_le_bytes(buffer[..4].try_into().expect("4 bytes")) as usize;
+        assert!(buffer[4 + len..].iter().all(|&b| b == 0));
+        // Too small for the length itself, or for the message: a clear refusal.
+        assert!(
+            pad_into(&short, 3, &mut buffer)
+                .unwrap_err()
+                .contains("do not fit")
+        );
+        assert!(
+            pad_into(&long, 512, &mut buffer)
+                .unwrap_err()
+                .contains("do not fit")
+        );
     }
 
     #[test]

@@ -705,17 +705,18 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     sha2::Sha256::digest(bytes).into()
 }
 
-/// A two-worker CNN job on 6 000 images for `epochs`, once its first epoch is done; and its
-/// workers' processes, rank 0 first (they are started in rank order).
+/// A two-worker CNN job on 6 000 images for `epochs` in `budget_secs`, once its first epoch
+/// is done; and its workers' processes, rank 0 first (they are started in rank order).
 fn distributed_job_under_way(
     service: &Service,
     epochs: u32,
+    budget_secs: u32,
 ) -> (chiron_client::owner::JobTicket, Vec<u32>) {
     let ticket = start_distributed_job(
         service,
         &program_wasm("chiron_cnn"),
         &fashion_subset(6000),
-        &terms(epochs, 600),
+        &terms(epochs, budget_secs),
         2,
         CNN_MESSAGE_KIB,
     )
@@ -772,7 +773,7 @@ fn kill(pid: u32) {
 fn a_killed_rank_0_is_replaced_and_its_replacement_tells_the_owner_and_seals_the_model() {
     use chiron_proto::owner::OwnerEvent;
     let service = Service::start();
-    let (ticket, workers) = distributed_job_under_way(&service, 3);
+    let (ticket, workers) = distributed_job_under_way(&service, 3, 600);
     kill(workers[0]);
     let (state, events) = wait(&service, &ticket, Duration::from_secs(600));
     assert_eq!(state, JobState::Succeeded, "{events:?}");
@@ -813,6 +814,39 @@ fn a_killed_rank_0_is_replaced_and_its_replacement_tells_the_owner_and_seals_the
 }
 
 #[test]
+fn a_replacement_has_only_what_is_left_of_the_jobs_time_budget() {
+    const BUDGET: Duration = Duration::from_secs(30);
+    let service = Service::start();
+    let created = Instant::now();
+    // More epochs than the budget allows: the job runs to its deadline.
+    let (ticket, workers) = distributed_job_under_way(&service, 1000, BUDGET.as_secs() as u32);
+    // Well into the budget, so that a fresh one would outlast it by far.
+    let kill_at = Duration::from_secs(12);
+    std::thread::sleep(kill_at.saturating_sub(created.elapsed()));
+    kill(workers[0]);
+    let killed = created.elapsed();
+    let (state, events) = wait(&service, &ticket, Duration::from_secs(300));
+    let ended = created.elapsed();
+    let log = service.stderr();
+    assert!(
+        log.contains("worker 0 lost; a replacement takes its place"),
+        "{log}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, chiron_proto::owner::OwnerEvent::Resumed)),
+        "{state:?} {events:?}"
+    );
+    // The budget counts from the first worker's start, a little after the job was
+    // created; a replacement given a budget of its own would run past `killed + BUDGET`.
+    assert!(
+        ended < killed + BUDGET,
+        "killed {killed:?} in, the job ended {ended:?} after it was created ({state:?})"
+    );
+}
+
+#[test]
 fn a_killed_rank_0_of_a_private_job_fails_it_promptly() {
     let service = Service::start();
     // Rank 0 of a private job hands over no ticket: its event stream has a fixed length,
@@ -833,7 +867,7 @@ fn a_killed_rank_0_of_a_private_job_fails_it_promptly() {
 #[test]
 fn a_killed_worker_is_replaced_and_the_job_goes_on() {
     let service = Service::start();
-    let (ticket, workers) = distributed_job_under_way(&service, 4);
+    let (ticket, workers) = distributed_job_under_way(&service, 4, 600);
     kill(workers[1]);
     let (state, events) = wait(&service, &ticket, Duration::from_secs(600));
     assert_eq!(state, JobState::Succeeded, "{events:?}");

@@ -185,7 +185,8 @@ fn measure(
             writer
                 .send_message(&pad(&ToServer::Hello { rank }, size).map_err(anyhow::Error::msg)?)
                 .await?;
-            links.push((reader, writer));
+            // Each worker keeps its answer's memory from round to round, as the runtime's do.
+            links.push((reader, writer, Vec::new()));
         }
         let register = pad(
             &ToServer::Register {
@@ -208,19 +209,20 @@ fn measure(
             size,
         )
         .map_err(anyhow::Error::msg)?;
+        let (register, step) = (Arc::new(register), Arc::new(step));
         let mut times = Vec::new();
         for round in 0..rounds + 4 {
             let message = if round == 0 { &register } else { &step };
             let started = Instant::now();
             // Every worker's round at once, as the workers of a job would.
             let mut tasks = Vec::new();
-            for (mut reader, mut writer) in links.drain(..) {
-                let message = message.clone();
+            for (mut reader, mut writer, mut answer) in links.drain(..) {
+                let message = Arc::clone(message);
                 tasks.push(tokio::spawn(async move {
                     writer.send_message(&message).await?;
-                    let answer = reader.recv_message(size).await?;
+                    reader.recv_message_into(size, &mut answer).await?;
                     match unpad::<ToWorker>(&answer).map_err(anyhow::Error::msg)? {
-                        ToWorker::Parameters(_) => Ok::<_, anyhow::Error>((reader, writer)),
+                        ToWorker::Parameters(_) => Ok::<_, anyhow::Error>((reader, writer, answer)),
                         other => bail!("unexpected answer {other:?}"),
                     }
                 }));
