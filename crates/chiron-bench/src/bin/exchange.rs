@@ -3,7 +3,8 @@
 //! over `chiron-channel`, each sending a gradient of P floats per round in messages of the
 //! given size; the server averages them, applies SGD and sends the parameters back. Prints
 //! the median round time (from the first worker sending to the last holding the answer) for
-//! each worker count, for BENCHMARKS.md's scaling model.
+//! each worker count, and the server process's CPU time per round (from `/proc`), for
+//! BENCHMARKS.md's scaling model.
 //!
 //! ```text
 //! cargo run --release -p chiron-bench --bin exchange -- --workers 2,3,4 --floats 421642 --message-kib 2048
@@ -66,14 +67,20 @@ fn main() -> anyhow::Result<()> {
         hex::encode(platform.public_key()),
         hex::encode(measurement)
     );
-    println!("| workers | message | round time (median) | per worker |\n|---|---|---|---|");
+    println!(
+        "| workers | message | round time (median) | per worker | server CPU per round |\n\
+         |---|---|---|---|---|"
+    );
     for &workers in &cli.workers {
-        let median = measure(&cli, &key, &platform, &spec, workers)?;
+        let measured = measure(&cli, &key, &platform, &spec, workers)?;
+        let server_cpu = measured.server_cpu.map_or("—".to_owned(), |cpu| {
+            format!("{:.2} ms", cpu.as_secs_f64() * 1e3 / cli.rounds as f64)
+        });
         println!(
-            "| {workers} | {} KiB | {:.1} ms | {:.1} ms |",
+            "| {workers} | {} KiB | {:.1} ms | {:.1} ms | {server_cpu} |",
             cli.message_kib,
-            median.as_secs_f64() * 1e3,
-            median.as_secs_f64() * 1e3 / f64::from(workers)
+            measured.median.as_secs_f64() * 1e3,
+            measured.median.as_secs_f64() * 1e3 / f64::from(workers)
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -93,13 +100,37 @@ impl Drop for Server {
     }
 }
 
+/// One worker count's rounds.
+struct Measured {
+    /// The median round time.
+    median: Duration,
+    /// The server process's CPU time (all its threads, user and system) over the timed
+    /// rounds, where `/proc` tells it.
+    server_cpu: Option<Duration>,
+}
+
+/// CPU time process `pid` has used so far, all threads, user and system (`/proc/<pid>/stat`).
+fn cpu_time(pid: u32) -> Option<Duration> {
+    // Clock ticks per second of `/proc`'s times: `USER_HZ`, fixed at 100 by Linux's ABI.
+    const TICKS_PER_SECOND: u64 = 100;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name, in parentheses, may hold spaces: fields are counted after it.
+    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+    // After the name: state (field 3), ..., utime (14) and stime (15).
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis(
+        (utime + stime) * 1000 / TICKS_PER_SECOND,
+    ))
+}
+
 fn measure(
     cli: &Cli,
     key: &Path,
     platform: &Arc<SimPlatform>,
     spec: &str,
     workers: u32,
-) -> anyhow::Result<Duration> {
+) -> anyhow::Result<Measured> {
     let job_id = format!("exchange-bench-{workers}");
     let context = chiron_attest::context_digest(&job_id);
     let mut child = Command::new(&cli.enclave)
@@ -119,6 +150,7 @@ fn measure(
         }
     };
     let stream = TcpStream::connect(("127.0.0.1", port))?;
+    let server_pid = child.id();
     let mut server = Server { child, stream };
     let policy = Policy::parse_spec(spec)?;
     write_frame(
@@ -211,7 +243,11 @@ fn measure(
         .map_err(anyhow::Error::msg)?;
         let (register, step) = (Arc::new(register), Arc::new(step));
         let mut times = Vec::new();
+        let mut cpu_before = None;
         for round in 0..rounds + 4 {
+            if round == 4 {
+                cpu_before = cpu_time(server_pid);
+            }
             let message = if round == 0 { &register } else { &step };
             let started = Instant::now();
             // Every worker's round at once, as the workers of a job would.
@@ -234,10 +270,16 @@ fn measure(
                 times.push(started.elapsed());
             }
         }
-        Ok::<_, anyhow::Error>(times)
+        let server_cpu = cpu_before
+            .zip(cpu_time(server_pid))
+            .map(|(before, after)| after.saturating_sub(before));
+        Ok::<_, anyhow::Error>((times, server_cpu))
     })?;
     drop(server);
-    let mut times = times;
+    let (mut times, server_cpu) = times;
     times.sort();
-    Ok(times[times.len() / 2])
+    Ok(Measured {
+        median: times[times.len() / 2],
+        server_cpu,
+    })
 }
