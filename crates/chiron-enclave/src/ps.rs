@@ -224,7 +224,7 @@ fn serve(enclave: &Enclave, start: Start) -> Result<(), &'static str> {
             terms,
             optimizers: BTreeMap::new(),
             rounds_done: 0,
-            outbox: Vec::new(),
+            outbox: Arc::new(Vec::new()),
             checkpoints: sealing
                 .filter(|_| request.checkpoint_every > 0 && request.exchange.pace.is_none()),
             job_id: start.job_id.clone(),
@@ -281,12 +281,21 @@ struct Link {
     rank: u32,
     /// `None` only while an asynchronous exchange waits on it.
     reader: Option<Inbox>,
-    writer: RecordWriter<WriteHalf<Stream>>,
+    /// `None` only while a round's answer goes out on a task of its own.
+    writer: Option<RecordWriter<WriteHalf<Stream>>>,
     /// Still taking part in rounds.
     active: bool,
 }
 
 impl Link {
+    /// Sends one message; whether it went (not if the connection broke or is gone).
+    async fn send(&mut self, message: &[u8]) -> bool {
+        match self.writer.as_mut() {
+            Some(writer) => writer.send_message(message).await.is_ok(),
+            None => false,
+        }
+    }
+
     fn new(
         rank: u32,
         reader: RecordReader<ReadHalf<Stream>>,
@@ -295,7 +304,7 @@ impl Link {
         Self {
             rank,
             reader: Some(Inbox::new(reader)),
-            writer,
+            writer: Some(writer),
             active: true,
         }
     }
@@ -371,14 +380,22 @@ fn admit_replacements(
     (rx, task)
 }
 
-/// Worker `rank`'s next message, in its inbox.
-async fn next_message(
-    rank: u32,
-    mut inbox: Inbox,
-    size: usize,
-) -> (u32, Inbox, Result<(), chiron_channel::ChannelError>) {
-    let received = inbox.next(size).await;
-    (rank, inbox, received)
+/// What a worker's reader brought back.
+enum Arrival {
+    /// A message, decoded (or why it would not decode).
+    Message(Result<ToServer, String>),
+    /// The connection broke.
+    Broken,
+}
+
+/// Worker `rank`'s next message, decoded on the task that read it (so that a round's
+/// messages are decrypted and decoded on the server's cores at once), with its inbox back.
+async fn next_message(rank: u32, mut inbox: Inbox, size: usize) -> (u32, Inbox, Arrival) {
+    let arrival = match inbox.next(size).await {
+        Ok(()) => Arrival::Message(inbox.decode()),
+        Err(_) => Arrival::Broken,
+    };
+    (rank, inbox, arrival)
 }
 
 /// The next replacement admitted, if replacements are taken at all.
@@ -415,8 +432,9 @@ struct Server<'a> {
     optimizers: BTreeMap<u32, Held>,
     /// Rounds completed (registrations and steps), since the job began.
     rounds_done: u64,
-    /// The last answer sent: each round's answer reuses its memory.
-    outbox: Vec<u8>,
+    /// The last answer sent: each round's answer reuses its memory (shared with the tasks
+    /// that send it only while they run).
+    outbox: Arc<Vec<u8>>,
     /// The key checkpoints are sealed under, when the job asked for them.
     checkpoints: Option<SealingKey>,
     job_id: String,
@@ -578,14 +596,14 @@ impl Server<'_> {
                 }
                 else => return Err("worker 0 broke its connection".into()),
             };
-            let (rank, reader, bytes) =
+            let (rank, reader, arrival) =
                 arrived.map_err(|_| "a worker's reader failed".to_owned())?;
-            if bytes.is_err() {
+            let Arrival::Message(message) = arrival else {
                 self.lose(rank)?;
                 continue;
-            }
+            };
             let i = self.index(rank).ok_or("a worker's link went missing")?;
-            let message = reader.decode().map_err(|e| format!("worker {rank}: {e}"))?;
+            let message = message.map_err(|e| format!("worker {rank}: {e}"))?;
             let answer = match message {
                 ToServer::Done => {
                     self.workers[i].active = false;
@@ -629,13 +647,8 @@ impl Server<'_> {
                 }
             };
             seen.insert(rank, self.rounds_done);
-            pad_into(&answer, size, &mut self.outbox)?;
-            if self.workers[i]
-                .writer
-                .send_message(&self.outbox)
-                .await
-                .is_err()
-            {
+            pad_into(&answer, size, Arc::make_mut(&mut self.outbox))?;
+            if !self.workers[i].send(&self.outbox).await {
                 self.lose(rank)?;
                 continue;
             }
@@ -693,7 +706,7 @@ impl Server<'_> {
                 if self.rank_zero_done
                     && let Ok(bytes) = pad(&ToWorker::Released, self.terms.message_bytes())
                 {
-                    let _ = link.writer.send_message(&bytes).await;
+                    link.send(&bytes).await;
                 }
                 None
             }
@@ -716,7 +729,7 @@ impl Server<'_> {
         let worker = &mut self.workers[i];
         worker.active = false;
         if let Ok(bytes) = pad(&ToWorker::Released, self.terms.message_bytes()) {
-            let _ = worker.writer.send_message(&bytes).await;
+            worker.send(&bytes).await;
         }
     }
 
@@ -853,7 +866,7 @@ impl Server<'_> {
                     _ if released.contains(&worker.rank) && failure.is_none() => &let_go,
                     _ => &other,
                 };
-                if worker.writer.send_message(bytes).await.is_err() {
+                if !worker.send(bytes).await {
                     broken.insert(worker.rank);
                     lost.push(worker.rank);
                 }
@@ -919,12 +932,12 @@ impl Server<'_> {
             }
             let mut arrived = Vec::new();
             while let Some(read) = reading.join_next().await {
-                let (rank, reader, bytes) =
+                let (rank, reader, arrival) =
                     read.map_err(|_| "a worker's reader failed".to_owned())?;
                 let i = self.index(rank).ok_or("a worker's link went missing")?;
-                match bytes {
-                    Ok(()) => arrived.push((rank, reader.decode())),
-                    Err(_) => lost.push(rank),
+                match arrival {
+                    Arrival::Message(message) => arrived.push((rank, message)),
+                    Arrival::Broken => lost.push(rank),
                 }
                 self.workers[i].reader = Some(reader);
             }
@@ -957,19 +970,47 @@ impl Server<'_> {
                 self.checkpoint()?;
             }
             if let Some(answer) = answer {
-                pad_into(&ToWorker::Parameters(answer), size, &mut self.outbox)?;
-                let mut lost = Vec::new();
-                for worker in self.workers.iter_mut().filter(|w| w.active) {
-                    if worker.writer.send_message(&self.outbox).await.is_err() {
-                        lost.push(worker.rank);
-                    }
-                }
-                for rank in lost {
+                pad_into(
+                    &ToWorker::Parameters(answer),
+                    size,
+                    Arc::make_mut(&mut self.outbox),
+                )?;
+                for rank in self.answer_all().await? {
                     self.lose(rank)?;
                 }
             }
         }
         Ok(())
+    }
+
+    /// Sends the outbox to every worker still training, each on a task of its own, so that
+    /// the answers are encrypted on the server's cores at once and none waits for another's
+    /// to drain; the ranks whose connection broke.
+    async fn answer_all(&mut self) -> Result<Vec<u32>, String> {
+        let mut lost = Vec::new();
+        let mut sending = tokio::task::JoinSet::new();
+        for worker in self.workers.iter_mut().filter(|w| w.active) {
+            let rank = worker.rank;
+            let Some(mut writer) = worker.writer.take() else {
+                lost.push(rank);
+                continue;
+            };
+            let outbox = Arc::clone(&self.outbox);
+            sending.spawn(async move {
+                let sent = writer.send_message(&outbox).await.is_ok();
+                (rank, writer, sent)
+            });
+        }
+        while let Some(sent) = sending.join_next().await {
+            let (rank, writer, sent) = sent.map_err(|_| "a worker's writer failed".to_owned())?;
+            let i = self.index(rank).ok_or("a worker's link went missing")?;
+            self.workers[i].writer = Some(writer);
+            if !sent {
+                lost.push(rank);
+            }
+        }
+        lost.sort_unstable();
+        Ok(lost)
     }
 
     /// The round in which rank 0 is done: the workers done with it leave, and those still
@@ -1144,7 +1185,7 @@ impl Server<'_> {
             return;
         };
         for worker in &mut self.workers {
-            let _ = worker.writer.send_message(&bytes).await;
+            worker.send(&bytes).await;
         }
     }
 }
