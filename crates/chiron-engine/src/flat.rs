@@ -7,6 +7,7 @@
 //! read back a dozen times. Its state is the same [`OptimizerState`], so either can take
 //! over from the other.
 
+use crate::optim::{checked_max_norm, checked_same_rule};
 use crate::{EngineError, OptimizerKind, OptimizerState};
 
 /// An optimizer over a fixed list of flat parameters, holding its per-parameter state.
@@ -82,27 +83,14 @@ impl FlatOptimizer {
     /// Replaces the hyper-parameters (the rule must stay the same), as
     /// [`crate::Optimizer::set_kind`].
     pub fn set_kind(&mut self, kind: OptimizerKind) -> Result<(), EngineError> {
-        kind.validate()?;
-        if std::mem::discriminant(&kind) != std::mem::discriminant(&self.kind) {
-            return Err(EngineError::Argument {
-                op: "optimizer",
-                detail: format!("{kind:?} is another rule than {:?}", self.kind),
-            });
-        }
-        self.kind = kind;
+        self.kind = checked_same_rule(self.kind, kind)?;
         Ok(())
     }
 
     /// Clips every later step's gradients to a global L2 norm of at most `max_norm`, as
     /// [`crate::Optimizer::clip_grad_norm`].
     pub fn clip_grad_norm(&mut self, max_norm: f32) -> Result<(), EngineError> {
-        if !(max_norm.is_finite() && max_norm > 0.0) {
-            return Err(EngineError::Argument {
-                op: "clip_grad_norm",
-                detail: format!("the norm must be finite and positive, not {max_norm}"),
-            });
-        }
-        self.max_grad_norm = Some(max_norm);
+        self.max_grad_norm = Some(checked_max_norm(max_norm)?);
         Ok(())
     }
 

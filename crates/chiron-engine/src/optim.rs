@@ -186,13 +186,7 @@ impl<B: Backend> Optimizer<B> {
     /// (PyTorch's `clip_grad_norm_`, applied inside the step): all gradients are scaled by
     /// `max_norm / (norm + 1e-6)` when their joint norm is above `max_norm`.
     pub fn clip_grad_norm(&mut self, max_norm: f32) -> Result<(), EngineError> {
-        if !(max_norm.is_finite() && max_norm > 0.0) {
-            return Err(EngineError::Argument {
-                op: "clip_grad_norm",
-                detail: format!("the norm must be finite and positive, not {max_norm}"),
-            });
-        }
-        self.max_grad_norm = Some(max_norm);
+        self.max_grad_norm = Some(checked_max_norm(max_norm)?);
         Ok(())
     }
 
@@ -270,14 +264,7 @@ impl<B: Backend> Optimizer<B> {
     /// Replaces the hyper-parameters (the rule must stay the same): how a parameter server
     /// follows a worker's learning-rate schedule.
     pub fn set_kind(&mut self, kind: OptimizerKind) -> Result<(), EngineError> {
-        kind.validate()?;
-        if std::mem::discriminant(&kind) != std::mem::discriminant(&self.kind) {
-            return Err(EngineError::Argument {
-                op: "optimizer",
-                detail: format!("{kind:?} is another rule than {:?}", self.kind),
-            });
-        }
-        self.kind = kind;
+        self.kind = checked_same_rule(self.kind, kind)?;
         Ok(())
     }
 
@@ -514,4 +501,30 @@ fn blend<B: Backend>(
         Some(p) => engine.binary(Binary::Add, &engine.affine(&p, beta, 0.0)?, &scaled),
         None => Ok(scaled),
     }
+}
+
+/// `max_norm`, if it can bound a gradient norm: finite and positive.
+pub(crate) fn checked_max_norm(max_norm: f32) -> Result<f32, EngineError> {
+    if !(max_norm.is_finite() && max_norm > 0.0) {
+        return Err(EngineError::Argument {
+            op: "clip_grad_norm",
+            detail: format!("the norm must be finite and positive, not {max_norm}"),
+        });
+    }
+    Ok(max_norm)
+}
+
+/// `kind`, if it may replace `current`: valid, and the same rule.
+pub(crate) fn checked_same_rule(
+    current: OptimizerKind,
+    kind: OptimizerKind,
+) -> Result<OptimizerKind, EngineError> {
+    kind.validate()?;
+    if std::mem::discriminant(&kind) != std::mem::discriminant(&current) {
+        return Err(EngineError::Argument {
+            op: "optimizer",
+            detail: format!("{kind:?} is another rule than {current:?}"),
+        });
+    }
+    Ok(kind)
 }
