@@ -363,17 +363,13 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
 
     /// Reads and checks one record into the buffer; its kind and payload range.
     async fn next_record(&mut self) -> Result<(RecordKind, Range<usize>), ChannelError> {
-        if self.closed {
-            return Err(ChannelError::Closed);
-        }
+        let (kind, payload_len) = self.next_header().await?;
+        let payload = HEADER_LEN..HEADER_LEN + payload_len;
         self.inner
-            .read_exact(&mut self.buffer)
+            .read_exact(&mut self.buffer[payload.clone()])
             .await
             .map_err(ChannelError::from_io)?;
-        let (kind, payload) = decode(&self.buffer, self.config, self.next)?;
-        // Cannot overflow: the writer never sends sequence number u64::MAX.
-        self.next = self.next.saturating_add(1);
-        self.closed = kind == RecordKind::Close;
+        self.finish_record(payload_len).await?;
         Ok((kind, payload))
     }
 
@@ -381,22 +377,6 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
     pub fn into_inner(self) -> R {
         self.inner
     }
-}
-
-/// Checks one record's bytes (exactly `config.record_size()` of them) that should carry
-/// sequence number `expected`; its kind and the range of its payload.
-fn decode(
-    record: &[u8],
-    config: RecordConfig,
-    expected: u64,
-) -> Result<(RecordKind, Range<usize>), ChannelError> {
-    let header = record.get(..HEADER_LEN).ok_or(ChannelError::Truncated)?;
-    let (kind, payload_len) = decode_header(header, config, expected)?;
-    let body = record.get(HEADER_LEN..).ok_or(ChannelError::Truncated)?;
-    if body[payload_len..].iter().any(|&b| b != 0) {
-        return Err(ChannelError::NonZeroPadding);
-    }
-    Ok((kind, HEADER_LEN..HEADER_LEN + payload_len))
 }
 
 /// Checks a record's header (its first [`HEADER_LEN`] bytes) that should carry sequence

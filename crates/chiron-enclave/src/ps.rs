@@ -409,11 +409,17 @@ async fn next_replacement(
 }
 
 /// One optimizer's parameters and state, as the server holds them: flat values, since every
-/// rule is element-wise.
+/// rule is element-wise. The parameters' lengths are fixed at registration.
 struct Held {
     params: Vec<Vec<f32>>,
-    lens: Vec<usize>,
     optimizer: Option<FlatOptimizer>,
+}
+
+impl Held {
+    /// Each parameter's length.
+    fn lens(&self) -> impl Iterator<Item = usize> + '_ {
+        self.params.iter().map(Vec::len)
+    }
 }
 
 struct Server<'a> {
@@ -528,14 +534,8 @@ impl Server<'_> {
                 }
                 None => None,
             };
-            self.optimizers.insert(
-                saved.handle,
-                Held {
-                    params,
-                    lens,
-                    optimizer,
-                },
-            );
+            self.optimizers
+                .insert(saved.handle, Held { params, optimizer });
         }
         Ok(())
     }
@@ -1057,7 +1057,7 @@ impl Server<'_> {
                 && self
                     .optimizers
                     .get(optimizer)
-                    .is_some_and(|held| values.iter().map(Vec::len).eq(held.lens.iter().copied()))
+                    .is_some_and(|held| values.iter().map(Vec::len).eq(held.lens()))
         });
         match (registers.is_empty(), steps.is_empty()) {
             (true, true) => Ok(None),
@@ -1093,12 +1093,10 @@ impl Server<'_> {
             .next()
             .map(|(_, v)| v)
             .unwrap_or_default();
-        let params = values.clone();
         self.optimizers.insert(
             optimizer,
             Held {
-                params,
-                lens,
+                params: values.clone(),
                 optimizer: None,
             },
         );
@@ -1125,14 +1123,14 @@ impl Server<'_> {
         let kind = scaled_for(rule, steps.len())
             .kind()
             .ok_or("an unknown optimizer rule")?;
-        if steps.iter().any(|(.., g)| g.len() != held.lens.len()) {
+        if steps.iter().any(|(.., g)| g.len() != held.params.len()) {
             return Err("a step with the wrong number of gradients".into());
         }
         // Each worker's gradients, parameter by parameter: the first one present becomes
         // the sum, the others are added into it.
         let mut by_worker: Vec<_> = steps.into_iter().map(|(.., g)| g.into_iter()).collect();
-        let mut gradients = Vec::with_capacity(held.lens.len());
-        for &len in &held.lens {
+        let mut gradients = Vec::with_capacity(held.params.len());
+        for len in held.lens() {
             let mut sum: Option<Vec<f32>> = None;
             let mut count = 0u32;
             for grads in &mut by_worker {
@@ -1164,7 +1162,7 @@ impl Server<'_> {
             }
             None => held
                 .optimizer
-                .insert(FlatOptimizer::new(kind, held.lens.len()).map_err(|e| e.to_string())?),
+                .insert(FlatOptimizer::new(kind, held.params.len()).map_err(|e| e.to_string())?),
         };
         if let Some(norm) = max_grad_norm {
             state.clip_grad_norm(norm).map_err(|e| e.to_string())?;

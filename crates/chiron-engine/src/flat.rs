@@ -99,11 +99,6 @@ impl FlatOptimizer {
         self.max_grad_norm
     }
 
-    /// How many steps it has taken.
-    pub fn steps(&self) -> u32 {
-        self.step
-    }
-
     /// How many parameters it updates.
     pub fn len(&self) -> usize {
         self.first.len()
