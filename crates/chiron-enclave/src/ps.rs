@@ -82,13 +82,22 @@ pub enum Source {
     Checkpoint(Vec<u8>),
 }
 
-/// A server's state, sealed to the runtime and platform every `checkpoint_every` rounds: what
-/// a replacement needs to go on, the owner's request included (sealed to the lost server's
-/// own key, it opens nowhere else).
+/// A server's state, sealed to the runtime and platform every `checkpoint_every` rounds (a
+/// paced exchange: ticks): what a replacement needs to go on, the owner's request included
+/// (sealed to the lost server's own key, it opens nowhere else).
 #[derive(Serialize, Deserialize)]
 struct Checkpoint {
     request: ParameterServerRequest,
     round: u64,
+    /// A paced exchange: the ticks of its schedule done (0 unpaced).
+    tick: u64,
+    /// A paced exchange: the ranks connected and not lost, done or not. Their schedules go
+    /// on, so a replacement waits for every one of them.
+    connected: Vec<u32>,
+    /// A paced exchange: the failure the rest of its schedule answers with (`Refused`).
+    /// A replacement keeps answering so: when a job failed must not show when its server
+    /// is lost.
+    failure: Option<String>,
     /// The ranks still training.
     active: Vec<u32>,
     /// The ranks lost before they were done: the only ones a replacement may take.
@@ -113,6 +122,23 @@ struct SavedState {
     max_grad_norm: Option<f32>,
     first: Vec<Option<Vec<f32>>>,
     second: Vec<Option<Vec<f32>>>,
+}
+
+/// Room in a paced checkpoint beyond the owner's request and three exchange messages' worth of
+/// values (parameters and two moments per value, Adam's and AdamW's state): the ranks, the
+/// counters and a failure's reason.
+const CHECKPOINT_MARGIN: usize = 64 << 10;
+
+/// The longest failure reason a paced checkpoint keeps (the rest is cut).
+const MAX_SAVED_FAILURE: usize = 1024;
+
+/// A paced checkpoint's plaintext size: public, from the owner's request alone, so that
+/// every checkpoint of a private job has the same size whatever the program registered.
+fn paced_checkpoint_bytes(request: &ParameterServerRequest) -> usize {
+    let request_bytes = postcard::experimental::serialized_size(request).unwrap_or(0);
+    request_bytes
+        .saturating_add(request.exchange.message_bytes().saturating_mul(3))
+        .saturating_add(CHECKPOINT_MARGIN)
 }
 
 /// The checkpoint's associated data: its job, so a checkpoint opens for no other.
@@ -149,8 +175,7 @@ fn serve(enclave: &Enclave, start: Start) -> Result<(), &'static str> {
                 .ok_or("this TEE offers no sealing key, so checkpoints cannot be opened here")?
                 .unseal(&checkpoint_aad(&start.job_id), &sealed)
                 .map_err(|_| "checkpoint failed authentication")?;
-            let checkpoint: Checkpoint =
-                postcard::from_bytes(&bytes).map_err(|_| "malformed checkpoint")?;
+            let checkpoint: Checkpoint = unpad(&bytes).map_err(|_| "malformed checkpoint")?;
             (checkpoint.request.clone(), Some(checkpoint))
         }
     };
@@ -195,8 +220,13 @@ fn serve(enclave: &Enclave, start: Start) -> Result<(), &'static str> {
         let expectation = PeerExpectation::new(policy, Role::Worker, context);
         let terms = request.exchange;
         // A replacement waits for the workers still training when its checkpoint was taken
-        // (one is taken whenever a worker leaves).
+        // (one is taken whenever a worker leaves); a paced one for every worker whose
+        // schedule goes on, training or done.
         let (expected, lost): (BTreeSet<u32>, BTreeSet<u32>) = match &resumed {
+            Some(checkpoint) if terms.pace.is_some() => (
+                checkpoint.connected.iter().copied().collect(),
+                checkpoint.lost.iter().copied().collect(),
+            ),
             Some(checkpoint) if checkpoint.rank_zero_done => Default::default(),
             Some(checkpoint) => (
                 checkpoint.active.iter().copied().collect(),
@@ -224,9 +254,11 @@ fn serve(enclave: &Enclave, start: Start) -> Result<(), &'static str> {
             terms,
             optimizers: BTreeMap::new(),
             rounds_done: 0,
+            ticks_done: 0,
+            failure: None,
             outbox: Arc::new(Vec::new()),
-            checkpoints: sealing
-                .filter(|_| request.checkpoint_every > 0 && request.exchange.pace.is_none()),
+            checkpoints: sealing.filter(|_| request.checkpoint_every > 0),
+            paced_checkpoint_bytes: paced_checkpoint_bytes(&request),
             job_id: start.job_id.clone(),
             request: request.clone(),
             enclave,
@@ -285,6 +317,8 @@ struct Link {
     writer: Option<RecordWriter<WriteHalf<Stream>>>,
     /// Still taking part in rounds.
     active: bool,
+    /// A paced exchange: the tick of the worker's schedule its next message is for.
+    next_tick: u32,
 }
 
 impl Link {
@@ -298,6 +332,7 @@ impl Link {
 
     fn new(
         rank: u32,
+        next_tick: u32,
         reader: RecordReader<ReadHalf<Stream>>,
         writer: RecordWriter<WriteHalf<Stream>>,
     ) -> Self {
@@ -306,6 +341,7 @@ impl Link {
             reader: Some(Inbox::new(reader)),
             writer: Some(writer),
             active: true,
+            next_tick,
         }
     }
 }
@@ -324,7 +360,7 @@ async fn accept_worker(
     let (mut reader, writer) = stream.into_records(RecordConfig::default());
     let bytes = reader.recv_message(size).await.ok()?;
     match unpad::<ToServer>(&bytes) {
-        Ok(ToServer::Hello { rank }) => Some(Link::new(rank, reader, writer)),
+        Ok(ToServer::Hello { rank, tick }) => Some(Link::new(rank, tick, reader, writer)),
         _ => None,
     }
 }
@@ -438,11 +474,17 @@ struct Server<'a> {
     optimizers: BTreeMap<u32, Held>,
     /// Rounds completed (registrations and steps), since the job began.
     rounds_done: u64,
+    /// A paced exchange: the ticks of its schedule done, since the job began.
+    ticks_done: u64,
+    /// A paced exchange resumed from a checkpoint: the failure its schedule answered with.
+    failure: Option<String>,
     /// The last answer sent: each round's answer reuses its memory (shared with the tasks
     /// that send it only while they run).
     outbox: Arc<Vec<u8>>,
     /// The key checkpoints are sealed under, when the job asked for them.
     checkpoints: Option<SealingKey>,
+    /// Every paced checkpoint's plaintext size ([`paced_checkpoint_bytes`]).
+    paced_checkpoint_bytes: usize,
     job_id: String,
     request: ParameterServerRequest,
     enclave: &'a Enclave,
@@ -458,11 +500,50 @@ impl Server<'_> {
         self.checkpoint()
     }
 
-    /// Seals the state for the host now (when the job asked for checkpoints).
+    /// Seals the state for the host now (when the job asked for checkpoints). A paced
+    /// exchange's are taken at fixed ticks only ([`Server::paced_checkpoint`]).
     fn checkpoint(&self) -> Result<(), String> {
-        let Some(key) = &self.checkpoints else {
+        if self.checkpoints.is_none() || self.terms.pace.is_some() {
             return Ok(());
+        }
+        let checkpoint = self.state(self.saved_optimizers()?, &BTreeSet::new(), None);
+        let size = postcard::experimental::serialized_size(&checkpoint)
+            .map_err(|e| e.to_string())?
+            .saturating_add(4);
+        self.seal(&pad(&checkpoint, size)?, self.rounds_done)
+    }
+
+    /// A paced exchange's checkpoint, every `checkpoint_every` ticks whatever the program
+    /// did, and always [`paced_checkpoint_bytes`] long, failure or not: the host sees the
+    /// schedule in them, nothing else. A state too large for it fails the job (the one bit
+    /// a program can choose to show), and the checkpoint then carries the failure alone.
+    fn paced_checkpoint(
+        &self,
+        broken: &BTreeSet<u32>,
+        failure: &mut Option<String>,
+    ) -> Result<(), String> {
+        let every = u64::from(self.request.checkpoint_every);
+        if self.checkpoints.is_none() || every == 0 || !self.ticks_done.is_multiple_of(every) {
+            return Ok(());
+        }
+        let size = self.paced_checkpoint_bytes;
+        let full = self
+            .saved_optimizers()
+            .and_then(|optimizers| pad(&self.state(optimizers, broken, failure.clone()), size));
+        let plaintext = match full {
+            Ok(plaintext) => plaintext,
+            Err(_) => {
+                failure.get_or_insert_with(|| {
+                    "the optimizer state does not fit the job's checkpoints".to_owned()
+                });
+                pad(&self.state(Vec::new(), broken, failure.clone()), size)?
+            }
         };
+        self.seal(&plaintext, self.ticks_done)
+    }
+
+    /// The optimizers' parameters and state, as a checkpoint keeps them.
+    fn saved_optimizers(&self) -> Result<Vec<SavedOptimizer>, String> {
         let mut optimizers = Vec::new();
         for (&handle, held) in &self.optimizers {
             let state = match &held.optimizer {
@@ -484,24 +565,62 @@ impl Server<'_> {
                 state,
             });
         }
-        let checkpoint = Checkpoint {
+        Ok(optimizers)
+    }
+
+    /// The server's state with `optimizers`; `broken`: the connections a paced exchange
+    /// saw end.
+    fn state(
+        &self,
+        optimizers: Vec<SavedOptimizer>,
+        broken: &BTreeSet<u32>,
+        failure: Option<String>,
+    ) -> Checkpoint {
+        let paced = self.terms.pace.is_some();
+        Checkpoint {
             request: self.request.clone(),
             round: self.rounds_done,
+            tick: self.ticks_done,
             active: self
                 .workers
                 .iter()
                 .filter(|w| w.active)
                 .map(|w| w.rank)
                 .collect(),
+            connected: self
+                .workers
+                .iter()
+                .filter(|w| paced && w.reader.is_some() && !broken.contains(&w.rank))
+                .filter(|w| !self.lost.contains(&w.rank))
+                .map(|w| w.rank)
+                .collect(),
             lost: self.lost.iter().copied().collect(),
             rank_zero_done: self.rank_zero_done,
             optimizers,
+            failure: failure.map(|mut reason| {
+                if reason.len() > MAX_SAVED_FAILURE {
+                    let mut cut = MAX_SAVED_FAILURE;
+                    while !reason.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    reason.truncate(cut);
+                }
+                reason
+            }),
+        }
+    }
+
+    /// Seals `plaintext` for the host, as the checkpoint at `position` (a round, or a paced
+    /// exchange's tick).
+    fn seal(&self, plaintext: &[u8], position: u64) -> Result<(), String> {
+        let Some(key) = &self.checkpoints else {
+            return Ok(());
         };
-        let plaintext = postcard::to_allocvec(&checkpoint).map_err(|e| e.to_string())?;
-        let sealed = key.seal(&checkpoint_aad(&self.job_id), &plaintext);
+        let sealed = key.seal(&checkpoint_aad(&self.job_id), plaintext);
         self.enclave
             .send(&EnclaveFrame::Checkpoint {
-                round: self.rounds_done,
+                round: position,
+                paced: self.terms.pace.is_some(),
                 sealed,
             })
             .map_err(|_| "the host connection failed".to_owned())
@@ -510,7 +629,15 @@ impl Server<'_> {
     /// Takes over from a checkpoint.
     fn restore(&mut self, checkpoint: Checkpoint) -> Result<(), String> {
         self.rounds_done = checkpoint.round;
+        self.ticks_done = checkpoint.tick;
         self.rank_zero_done = checkpoint.rank_zero_done;
+        self.failure = checkpoint.failure;
+        // A paced exchange's workers that were done come back too, for their schedules; a
+        // replacement of a lost worker trains.
+        for worker in &mut self.workers {
+            worker.active = checkpoint.active.contains(&worker.rank)
+                || checkpoint.lost.contains(&worker.rank);
+        }
         // Lost ranks that did not come back with the others may still be replaced.
         self.lost = checkpoint
             .lost
@@ -739,14 +866,30 @@ impl Server<'_> {
     /// alone). A worker's request waits at the server until every worker still training
     /// has one; then the round runs. A failure does not end the schedule: the server
     /// answers `Refused` for the rest of it, so the traffic keeps its shape.
+    ///
+    /// A server that took over from a checkpoint follows the workers' schedules from where
+    /// they reconnected (each says its tick), each worker to its schedule's end.
     async fn paced_rounds(&mut self, pace: Pace) -> Result<(), String> {
         let size = self.terms.message_bytes();
         let half_tick = Duration::from_millis(u64::from(pace.tick_ms / 2));
         // By rank: a request waiting for its round, and connections that are gone.
         let mut pending: BTreeMap<u32, ToServer> = BTreeMap::new();
         let mut broken: BTreeSet<u32> = BTreeSet::new();
-        let mut failure: Option<String> = None;
-        for _ in 0..pace.ticks {
+        let mut failure: Option<String> = self.failure.take();
+        let ticks = u64::from(pace.ticks);
+        // A server that took over goes on from the earliest tick a reconnected worker said
+        // (a replacement worker's schedule starts at 0, and ends with the server's).
+        if let Some(earliest) = self
+            .workers
+            .iter()
+            .map(|w| w.next_tick)
+            .filter(|&tick| tick > 0)
+            .min()
+        {
+            self.ticks_done = self.ticks_done.max(u64::from(earliest));
+        }
+        let schedule_over = |worker: &Link| u64::from(worker.next_tick) >= ticks;
+        while self.ticks_done < ticks {
             // A replacement of a lost worker joins at this tick; it keeps its own schedule,
             // which the server's reads follow.
             self.take_back_waiting().await;
@@ -757,8 +900,10 @@ impl Server<'_> {
             }
             let mut released = BTreeSet::new();
             let mut lost = Vec::new();
+            // The workers whose message this tick was read: each gets one answer.
+            let mut heard = BTreeSet::new();
             for worker in self.workers.iter_mut() {
-                if broken.contains(&worker.rank) {
+                if broken.contains(&worker.rank) || schedule_over(worker) {
                     continue;
                 }
                 let Some(reader) = worker.reader.as_mut() else {
@@ -772,6 +917,8 @@ impl Server<'_> {
                         continue;
                     }
                 };
+                worker.next_tick = worker.next_tick.saturating_add(1);
+                heard.insert(worker.rank);
                 let problem = match message {
                     Ok(ToServer::Idle) => None,
                     Ok(ToServer::Done) => {
@@ -858,7 +1005,7 @@ impl Server<'_> {
             }
             let mut lost = Vec::new();
             for worker in self.workers.iter_mut() {
-                if broken.contains(&worker.rank) {
+                if broken.contains(&worker.rank) || !heard.contains(&worker.rank) {
                     continue;
                 }
                 let bytes = match (&parameters, answered.contains(&worker.rank)) {
@@ -874,6 +1021,8 @@ impl Server<'_> {
             for rank in lost {
                 self.lose_paced(rank, &mut failure);
             }
+            self.ticks_done += 1;
+            self.paced_checkpoint(&broken, &mut failure)?;
         }
         failure.map_or(Ok(()), Err)
     }

@@ -113,7 +113,13 @@ impl ServerLink {
             .build()
             .map_err(|e| format!("cannot start the exchange: {e}"))?;
         let size = place.exchange.message_bytes();
-        let hello = pad(&ToServer::Hello { rank: place.rank }, size)?;
+        let hello = pad(
+            &ToServer::Hello {
+                rank: place.rank,
+                tick: 0,
+            },
+            size,
+        )?;
         let (reader, writer) = runtime.block_on(async {
             let stream = tokio::time::timeout_at(
                 deadline.into(),
@@ -153,8 +159,6 @@ impl ServerLink {
                 // decides when a stalled server is given up on, not the program's deadline.
                 let mut connection = connection;
                 connection.deadline = Instant::now() + pace.duration() + STALLED_SERVER;
-                // A paced exchange's server is not replaced: its schedule would show it.
-                connection.reconnect = None;
                 let (requests, pending) = std::sync::mpsc::sync_channel(1);
                 let (answer, replies) = std::sync::mpsc::sync_channel(1);
                 std::thread::Builder::new()
@@ -245,6 +249,11 @@ impl ServerLink {
 }
 
 /// The pacing thread: one message out and one answer in per tick, `pace.ticks` times.
+///
+/// A lost server is replaced by the host from its last checkpoint: the thread reconnects
+/// (the ticks that pass meanwhile are skipped, so the schedule keeps to its clock), says at
+/// which tick it goes on, and sends again what the lost server left unanswered (the
+/// program's request, or that it was done), since the checkpoint may predate it.
 fn keep_pace(
     mut connection: Connection,
     pace: Pace,
@@ -253,26 +262,41 @@ fn keep_pace(
 ) {
     let start = Instant::now();
     let tick = Duration::from_millis(u64::from(pace.tick_ms));
-    let mut outstanding = false;
+    // The request the server has not answered yet, kept to send again to a replacement.
+    let mut unanswered: Option<ToServer> = None;
+    // The program's last word, sent again to a replacement: `Done` (true) or `Abandon`.
+    let mut farewell: Option<bool> = None;
+    // What a replacement is sent first, taken from the end.
+    let mut again: Vec<ToServer> = Vec::new();
     let mut ended: Option<String> = None;
-    for k in 0..pace.ticks {
+    let mut k = 0;
+    while k < pace.ticks {
         std::thread::sleep((start + tick * k).saturating_duration_since(Instant::now()));
-        let message = match (&ended, pending.try_recv()) {
-            (None, Ok(request)) => {
-                outstanding = matches!(request, ToServer::Register { .. } | ToServer::Step { .. });
-                request
-            }
-            (Some(reason), Ok(ToServer::Register { .. } | ToServer::Step { .. })) => {
-                let _ = answer.send(Err(reason.clone()));
-                ToServer::Idle
-            }
-            (_, Ok(_) | Err(TryRecvError::Empty | TryRecvError::Disconnected)) => ToServer::Idle,
+        let message = match again.pop() {
+            Some(message) => message,
+            None => match (&ended, pending.try_recv()) {
+                (None, Ok(request)) => request,
+                (Some(reason), Ok(ToServer::Register { .. } | ToServer::Step { .. })) => {
+                    let _ = answer.send(Err(reason.clone()));
+                    ToServer::Idle
+                }
+                (_, Ok(_) | Err(TryRecvError::Empty | TryRecvError::Disconnected)) => {
+                    ToServer::Idle
+                }
+            },
         };
         let reply = connection.send(&message).and_then(|()| connection.recv());
+        match message {
+            ToServer::Register { .. } | ToServer::Step { .. } => unanswered = Some(message),
+            ToServer::Done => farewell = Some(true),
+            ToServer::Abandon => farewell = Some(false),
+            ToServer::Hello { .. } | ToServer::Idle => {}
+        }
+        k += 1;
         match reply {
             Ok(ToWorker::Wait) => {}
-            Ok(ToWorker::Parameters(values)) if outstanding => {
-                outstanding = false;
+            Ok(ToWorker::Parameters(values)) if unanswered.is_some() => {
+                unanswered = None;
                 let _ = answer.send(Ok(values));
             }
             Ok(ToWorker::Parameters(_) | ToWorker::Stale(_)) => {
@@ -281,28 +305,54 @@ fn keep_pace(
             // A paced exchange keeps every worker to its schedule's end.
             Ok(ToWorker::Released) => {
                 let reason = RELEASED.to_owned();
-                if std::mem::take(&mut outstanding) {
+                if unanswered.take().is_some() {
                     let _ = answer.send(Err(reason.clone()));
                 }
                 ended.get_or_insert(reason);
             }
             Ok(ToWorker::Refused(reason)) => {
                 let reason = format!("the parameter server ended the job: {reason}");
-                if std::mem::take(&mut outstanding) {
+                if unanswered.take().is_some() {
                     let _ = answer.send(Err(reason.clone()));
                 }
                 ended.get_or_insert(reason);
             }
-            // The connection is gone: nothing more can keep the schedule.
             Err(e) => {
-                if outstanding {
-                    let _ = answer.send(Err(e.0));
-                }
-                return;
+                // The server is gone: its replacement takes the schedule on at the tick the
+                // clock has reached.
+                let now = || {
+                    let elapsed = start.elapsed().as_nanos();
+                    let next = elapsed.div_ceil(tick.as_nanos().max(1));
+                    let next = u32::try_from(next).unwrap_or(u32::MAX).max(k);
+                    (next < pace.ticks).then_some(next)
+                };
+                let resumed = if connection.broken {
+                    connection.reconnect(now)
+                } else {
+                    None
+                };
+                let Some(next) = resumed else {
+                    // Nothing more can keep the schedule.
+                    if unanswered.is_some() {
+                        let _ = answer.send(Err(e.0));
+                    }
+                    return;
+                };
+                k = next;
+                // The unanswered request first, then the farewell.
+                again.clear();
+                again.extend(farewell.map(|done| {
+                    if done {
+                        ToServer::Done
+                    } else {
+                        ToServer::Abandon
+                    }
+                }));
+                again.extend(unanswered.take());
             }
         }
     }
-    if outstanding {
+    if unanswered.is_some() {
         let _ = answer.send(Err(
             "the exchange's schedule ran out before the program finished".into(),
         ));
@@ -344,20 +394,17 @@ impl Connection {
         unpad::<ToWorker>(&self.inbox).map_err(ExchangeError)
     }
 
-    /// Reaches the job's server again, attests it as the first time, and says hello:
-    /// retried until the deadline. Whether it worked.
-    fn reconnect(&mut self) -> bool {
-        let Some(again) = &self.reconnect else {
-            return false;
-        };
+    /// Reaches the job's server again, attests it as the first time, and says hello with
+    /// the tick `tick()` gives at that moment (it gives `None` once there is no tick left to
+    /// go on at): retried until then or the deadline. The tick said, if it worked.
+    fn reconnect(&mut self, tick: impl Fn() -> Option<u32>) -> Option<u32> {
+        let again = self.reconnect.as_ref()?;
         let size = self.size;
-        let Ok(hello) = pad(&ToServer::Hello { rank: again.rank }, size) else {
-            return false;
-        };
         let deadline = self.deadline;
         let reached = self.runtime.block_on(async {
             while Instant::now() < deadline {
                 tokio::time::sleep(RECONNECT_PAUSE).await;
+                tick()?;
                 let attempt = tokio::time::timeout_at(
                     deadline.into(),
                     chiron_channel::connect(&again.address, &again.identity, &again.expectation),
@@ -365,21 +412,26 @@ impl Connection {
                 .await;
                 let Ok(Ok(stream)) = attempt else { continue };
                 let (reader, mut writer) = stream.into_records(RecordConfig::default());
+                let at = tick()?;
+                let hello = pad(
+                    &ToServer::Hello {
+                        rank: again.rank,
+                        tick: at,
+                    },
+                    size,
+                )
+                .ok()?;
                 if writer.send_message(&hello).await.is_ok() {
-                    return Some((reader, writer));
+                    return Some((reader, writer, at));
                 }
             }
             None
         });
-        match reached {
-            Some((reader, writer)) => {
-                self.reader = reader;
-                self.writer = writer;
-                self.broken = false;
-                true
-            }
-            None => false,
-        }
+        let (reader, writer, at) = reached?;
+        self.reader = reader;
+        self.writer = writer;
+        self.broken = false;
+        Some(at)
     }
 
     /// One unpaced round: `message` out, the server's parameters back. A server lost on
@@ -387,7 +439,7 @@ impl Connection {
     /// replacement and asks again.
     fn round(&mut self, message: &ToServer) -> Result<(Vec<Vec<f32>>, bool), ExchangeError> {
         let mut reply = self.send(message).and_then(|()| self.recv());
-        while reply.is_err() && self.broken && self.reconnect() {
+        while reply.is_err() && self.broken && self.reconnect(|| Some(0)).is_some() {
             reply = self.send(message).and_then(|()| self.recv());
         }
         match reply {

@@ -351,7 +351,8 @@ async fn train(
     let mut forwarders: Vec<_> = sources
         .map(|(from, frames)| forward(from, std::mem::replace(frames, mpsc::channel(1).1)))
         .collect();
-    let mut checkpoint: Option<u64> = None;
+    // Where the latest checkpoint stored was taken ("round 40", or a paced job's "tick 40").
+    let mut checkpoint: Option<String> = None;
     let mut replacements = 0u32;
     let mut tickets: Vec<Option<Vec<u8>>> = vec![None; workers.len()];
     let mut worker_replacements = 0u32;
@@ -434,12 +435,13 @@ async fn train(
                     served = true;
                     None
                 }
-                (From::Server, Some(Ok(EnclaveFrame::Checkpoint { round, sealed }))) => {
+                (From::Server, Some(Ok(EnclaveFrame::Checkpoint { round, paced, sealed }))) => {
                     let path = store::checkpoint_path(&job.id);
                     match job.store.put(&path, Bytes::from(sealed)).await {
                         Ok(()) => {
-                            checkpoint = Some(round);
-                            info!("job {}: checkpoint after round {round} stored", job.id);
+                            let at = format!("{} {round}", if paced { "tick" } else { "round" });
+                            info!("job {}: checkpoint after {at} stored", job.id);
+                            checkpoint = Some(at);
                             None
                         }
                         Err(e) => {
@@ -460,9 +462,9 @@ async fn train(
                         Ok((member, writer, port)) => {
                             info!(
                                 "job {}: parameter server lost; a replacement resumed from the \
-                                 checkpoint after round {}",
+                                 checkpoint after {}",
                                 job.id,
-                                checkpoint.unwrap_or(0)
+                                checkpoint.as_deref().unwrap_or_default()
                             );
                             let ip = member.ip;
                             let frames = server.replace_with(member).await;

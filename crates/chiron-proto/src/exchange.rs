@@ -17,6 +17,10 @@ pub enum ToServer {
     Hello {
         /// The worker's rank (from the owner's sealed request).
         rank: u32,
+        /// A paced exchange: the tick of the worker's schedule its next message is for (0 on
+        /// its first connection; later, after it reconnected to a replaced server, the tick
+        /// its clock has reached, the ticks in between being skipped). 0 when unpaced.
+        tick: u32,
     },
     /// Before an optimizer's first step: its parameters as this worker has them.
     Register {
@@ -269,7 +273,7 @@ mod tests {
         let mut buffer = Vec::new();
         let long = ToWorker::Parameters(vec![vec![1.5; 200]]);
         pad_into(&long, 1024, &mut buffer).expect("fits");
-        let short = ToServer::Hello { rank: 1 };
+        let short = ToServer::Hello { rank: 1, tick: 0 };
         pad_into(&short, 1024, &mut buffer).expect("fits");
         assert_eq!(buffer, pad(&short, 1024).expect("fits"));
         let len = u32::from_le_bytes(buffer[..4].try_into().expect("4 bytes")) as usize;
@@ -290,7 +294,7 @@ mod tests {
     #[test]
     fn messages_are_always_the_declared_size() {
         for message in [
-            ToServer::Hello { rank: 3 },
+            ToServer::Hello { rank: 3, tick: 7 },
             ToServer::Register {
                 optimizer: 9,
                 values: vec![vec![1.5; 100], vec![]],

@@ -141,8 +141,11 @@ pub enum EnclaveFrame {
     /// on this platform, for the host to keep (replacing the previous one) and hand to a
     /// server that takes over ([`HostFrame::ResumeParameterServer`]).
     Checkpoint {
-        /// Rounds the state includes.
+        /// Rounds the state includes; for a paced exchange, the ticks of its schedule done
+        /// instead (its rounds follow the program, so they are not told).
         round: u64,
+        /// `round` counts a paced exchange's ticks.
+        paced: bool,
         /// The sealed state.
         sealed: Vec<u8>,
     },

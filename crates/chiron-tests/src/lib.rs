@@ -560,7 +560,8 @@ pub fn start_job(
     )
 }
 
-/// Rounds between the parameter server's checkpoints in the tests' live distributed jobs.
+/// Rounds (a private job: ticks) between the parameter server's checkpoints in the tests'
+/// distributed jobs.
 pub const DISTRIBUTED_CHECKPOINT_EVERY: u32 = 20;
 
 /// The upload part size of the tests' distributed jobs' datasets.

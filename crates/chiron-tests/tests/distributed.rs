@@ -495,7 +495,7 @@ async fn admitted_worker(
         .expect("a worker of this job and build is admitted");
     let (reader, mut writer) = stream.into_records(RecordConfig::default());
     writer
-        .send_message(&message(&ToServer::Hello { rank }))
+        .send_message(&message(&ToServer::Hello { rank, tick: 0 }))
         .await
         .expect("hello");
     (reader, writer)
@@ -932,12 +932,24 @@ fn a_killed_worker_of_a_private_job_is_replaced_and_the_job_keeps_its_schedule()
     assert!(accuracy > 0.85, "accuracy {accuracy}");
 }
 
-/// The round of the latest checkpoint the host says it stored.
-fn latest_checkpoint(service: &Service) -> Option<u64> {
+/// Where the latest checkpoint the host says it stored was taken: the `unit` ("round", or a
+/// paced job's "tick") it came after.
+fn latest_checkpoint(service: &Service, unit: &str) -> Option<u64> {
+    let after = format!("checkpoint after {unit} ");
     service.stderr().lines().rev().find_map(|line| {
-        let (_, rest) = line.split_once("checkpoint after round ")?;
+        let (_, rest) = line.split_once(&after)?;
         rest.strip_suffix(" stored")?.parse().ok()
     })
+}
+
+/// Where the host's log says a replacement server resumed: the `unit` its checkpoint came
+/// after.
+fn resumed_from(service: &Service, unit: &str) -> u64 {
+    let log = service.stderr();
+    let after = format!("resumed from the checkpoint after {unit} ");
+    log.lines()
+        .find_map(|line| line.split_once(&after)?.1.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no replacement in the host's log: {log}"))
 }
 
 #[test]
@@ -953,7 +965,7 @@ fn a_killed_parameter_server_is_replaced_from_its_checkpoint() {
     )
     .expect("job starts");
     let deadline = Instant::now() + Duration::from_secs(300);
-    while latest_checkpoint(&service).is_none_or(|round| round < 40) {
+    while latest_checkpoint(&service, "round").is_none_or(|round| round < 40) {
         assert!(
             Instant::now() < deadline,
             "no checkpoints: {}",
@@ -961,22 +973,53 @@ fn a_killed_parameter_server_is_replaced_from_its_checkpoint() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let stored_before = latest_checkpoint(&service).expect("a checkpoint");
+    let stored_before = latest_checkpoint(&service, "round").expect("a checkpoint");
     assert_eq!(kill_enclaves(&service, "ps"), 1, "one parameter server");
 
     let (state, events) = wait(&service, &ticket, Duration::from_secs(600));
     assert_eq!(state, JobState::Succeeded, "{events:?}");
-    let log = service.stderr();
-    let resumed: u64 = log
-        .lines()
-        .find_map(|line| {
-            let (_, rest) = line.split_once("resumed from the checkpoint after round ")?;
-            rest.trim().parse().ok()
-        })
-        .unwrap_or_else(|| panic!("no replacement in the host's log: {log}"));
+    let resumed = resumed_from(&service, "round");
     // The replacement starts from the latest checkpoint stored before the kill (or one
     // stored between the kill and the host noticing): at most 20 rounds are lost.
     assert!(resumed >= stored_before, "{resumed} < {stored_before}");
     let accuracy = test_accuracy(&service, &ticket);
     assert!(accuracy > 0.75, "accuracy {accuracy}");
+}
+
+#[test]
+fn a_killed_parameter_server_of_a_private_job_is_replaced_and_the_job_keeps_its_schedule() {
+    let service = Service::start();
+    let data = iris();
+    let budget_secs = 40;
+    let started = Instant::now();
+    // Some 4 s into the schedule, whose server seals a checkpoint every 20 ticks (0.5 s).
+    let (ticket, _) = private_job_under_way(&service, budget_secs);
+    let stored_before = latest_checkpoint(&service, "tick").expect("a paced checkpoint");
+    assert_eq!(kill_enclaves(&service, "ps"), 1, "one parameter server");
+
+    let (state, events) = wait(&service, &ticket, Duration::from_secs(180));
+    assert_eq!(state, JobState::Succeeded, "{events:?}");
+    // The replacement took over from the latest checkpoint stored before the kill (or a
+    // later one): at most 20 ticks, and so at most 20 rounds, were lost.
+    let resumed = resumed_from(&service, "tick");
+    assert!(resumed >= stored_before, "{resumed} < {stored_before}");
+    // The checkpoints came every 20 ticks, whatever the rounds did.
+    let ticks: Vec<u64> = service
+        .stderr()
+        .lines()
+        .filter_map(|line| {
+            let (_, rest) = line.split_once("checkpoint after tick ")?;
+            rest.strip_suffix(" stored")?.parse().ok()
+        })
+        .collect();
+    assert!(
+        ticks.iter().all(|tick| tick % 20 == 0),
+        "checkpoints off the schedule: {ticks:?}"
+    );
+    // The job still ends at its budget, and rank 0's model answers.
+    assert!(started.elapsed() >= Duration::from_secs(budget_secs.into()));
+    let test = iris_inputs(&data, None);
+    let accuracy =
+        query_accuracy(&service, &ticket, &test.features, &test.labels, 50).expect("queries");
+    assert!(accuracy > 0.85, "accuracy {accuracy}");
 }

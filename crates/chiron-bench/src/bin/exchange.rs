@@ -39,9 +39,10 @@ struct Cli {
     /// Every message's size in KiB.
     #[arg(long, default_value_t = 2048)]
     message_kib: u32,
-    /// Rounds timed per worker count (after 3 untimed).
-    #[arg(long, default_value_t = 30)]
-    rounds: usize,
+    /// Rounds timed per worker count (after the registration and 3 untimed steps); at
+    /// least 1.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u16).range(1..))]
+    rounds: u16,
     /// The enclave binary.
     #[arg(long, default_value = "target/release/chiron-enclave")]
     enclave: std::path::PathBuf,
@@ -74,7 +75,7 @@ fn main() -> anyhow::Result<()> {
     for &workers in &cli.workers {
         let measured = measure(&cli, &key, &platform, &spec, workers)?;
         let server_cpu = measured.server_cpu.map_or("—".to_owned(), |cpu| {
-            format!("{:.2} ms", cpu.as_secs_f64() * 1e3 / cli.rounds as f64)
+            format!("{:.2} ms", cpu.as_secs_f64() * 1e3 / f64::from(cli.rounds))
         });
         println!(
             "| {workers} | {} KiB | {:.1} ms | {:.1} ms | {server_cpu} |",
@@ -206,7 +207,7 @@ fn measure(
         .build()?;
     let size = exchange.message_bytes();
     let floats = cli.floats;
-    let rounds = cli.rounds;
+    let rounds = usize::from(cli.rounds);
     let times = runtime.block_on(async {
         let expected = PeerExpectation::new(policy, Role::ParameterServer, context);
         let mut links = Vec::new();
@@ -215,7 +216,7 @@ fn measure(
             let stream = chiron_channel::connect(("127.0.0.1", port), &identity, &expected).await?;
             let (reader, mut writer) = stream.into_records(RecordConfig::default());
             writer
-                .send_message(&pad(&ToServer::Hello { rank }, size).map_err(anyhow::Error::msg)?)
+                .send_message(&pad(&ToServer::Hello { rank, tick: 0 }, size).map_err(anyhow::Error::msg)?)
                 .await?;
             // Each worker keeps its answer's memory from round to round, as the runtime's do.
             links.push((reader, writer, Vec::new()));
@@ -279,7 +280,7 @@ fn measure(
     let (mut times, server_cpu) = times;
     times.sort();
     Ok(Measured {
-        median: times[times.len() / 2],
+        median: times.get(times.len() / 2).copied().unwrap_or_default(),
         server_cpu,
     })
 }

@@ -90,6 +90,7 @@ pub fn seeds_wire() -> Vec<Vec<u8>> {
         EnclaveFrame::Served,
         EnclaveFrame::Checkpoint {
             round: 40,
+            paced: true,
             sealed: vec![8; 60],
         },
         EnclaveFrame::StoreCounter {
