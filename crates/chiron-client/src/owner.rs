@@ -268,7 +268,8 @@ pub struct Distribution {
     /// holds its peers to it, as the owner holds each of them.
     pub peer_policy: String,
     /// Rounds between the parameter server's sealed checkpoints (0: none); a lost server is
-    /// replaced from the latest, losing at most this many rounds. Unpaced (live) jobs only.
+    /// replaced from the latest, losing at most this many rounds. A private (paced) job
+    /// counts ticks instead.
     pub checkpoint_every: u32,
 }
 

@@ -19,6 +19,10 @@
 //! waits for it, even once the others are done. A paced exchange's rank 0 is not replaced,
 //! since a private job's events have a fixed count.
 //!
+//! The server seals checkpoints for the host: every `checkpoint_every` rounds and whenever a
+//! worker leaves, or, paced, every `checkpoint_every` ticks at one size. A server that takes
+//! over from one waits for the workers to reconnect and goes on where the checkpoint was.
+//!
 //! The server never sees an example: it holds no data key. It accepts only workers whose
 //! evidence the owner's policy accepts, attesting to the worker role for this job, and a
 //! worker accepts it only on the same terms (`chiron_channel`).
@@ -635,8 +639,8 @@ impl Server<'_> {
         // A paced exchange's workers that were done come back too, for their schedules; a
         // replacement of a lost worker trains.
         for worker in &mut self.workers {
-            worker.active = checkpoint.active.contains(&worker.rank)
-                || checkpoint.lost.contains(&worker.rank);
+            worker.active =
+                checkpoint.active.contains(&worker.rank) || checkpoint.lost.contains(&worker.rank);
         }
         // Lost ranks that did not come back with the others may still be replaced.
         self.lost = checkpoint

@@ -73,9 +73,8 @@ struct Connection {
     closed: bool,
     /// The last send or receive failed on the connection itself.
     broken: bool,
-    /// How to reach a server again (unpaced links: the host replaces a lost server from
-    /// its checkpoint).
-    reconnect: Option<Reconnect>,
+    /// How to reach a server again: the host replaces a lost server from its checkpoint.
+    reconnect: Reconnect,
 }
 
 /// Everything needed to connect to the job's server, and attest it, again.
@@ -145,12 +144,12 @@ impl ServerLink {
             deadline,
             closed: false,
             broken: false,
-            reconnect: Some(Reconnect {
+            reconnect: Reconnect {
                 address: address.to_owned(),
                 identity,
                 expectation,
                 rank: place.rank,
-            }),
+            },
         };
         let link = match place.exchange.pace {
             None => Link::Eager(Box::new(Mutex::new(connection))),
@@ -398,7 +397,7 @@ impl Connection {
     /// the tick `tick()` gives at that moment (it gives `None` once there is no tick left to
     /// go on at): retried until then or the deadline. The tick said, if it worked.
     fn reconnect(&mut self, tick: impl Fn() -> Option<u32>) -> Option<u32> {
-        let again = self.reconnect.as_ref()?;
+        let again = &self.reconnect;
         let size = self.size;
         let deadline = self.deadline;
         let reached = self.runtime.block_on(async {

@@ -140,8 +140,9 @@ pub struct ParameterServerRequest {
     pub time_budget_secs: u32,
     /// Every this many rounds, the server seals its state (parameters, optimizer state,
     /// round) for the host to keep, so that a server lost mid-job is replaced losing at most
-    /// this many rounds. 0: never (a lost server fails the job). Unpaced exchanges only: a
-    /// paced one's rounds follow the program, so its checkpoints would too.
+    /// this many rounds. 0: never (a lost server fails the job). A paced exchange counts
+    /// ticks instead (its rounds follow the program; a round takes at least a tick), and its
+    /// checkpoints all have one size.
     pub checkpoint_every: u32,
 }
 

@@ -455,6 +455,16 @@ fn a_distributed_job_steps_by_the_data_unseen_when_its_exchange_is_paced() {
         "two connections, both directions: {:?}",
         a.transcript.peer_traffic
     );
+    // The server's checkpoints (one every 20 ticks) are part of what was compared.
+    let checkpoints = |o: &Observed| {
+        o.transcript
+            .frames
+            .iter()
+            .filter(|f| f.contains("Checkpoint"))
+            .count()
+    };
+    assert!(checkpoints(&a) >= 5, "{:?}", a.transcript.frames);
+    assert_eq!(checkpoints(&a), checkpoints(&b));
     for run in [&a, &b] {
         let (_, ended) = run.transcript.states.last().expect("states");
         assert!(*ended >= Duration::from_secs(PRIVATE_BUDGET_SECS.into()));

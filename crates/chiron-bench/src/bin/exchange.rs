@@ -216,7 +216,9 @@ fn measure(
             let stream = chiron_channel::connect(("127.0.0.1", port), &identity, &expected).await?;
             let (reader, mut writer) = stream.into_records(RecordConfig::default());
             writer
-                .send_message(&pad(&ToServer::Hello { rank, tick: 0 }, size).map_err(anyhow::Error::msg)?)
+                .send_message(
+                    &pad(&ToServer::Hello { rank, tick: 0 }, size).map_err(anyhow::Error::msg)?,
+                )
                 .await?;
             // Each worker keeps its answer's memory from round to round, as the runtime's do.
             links.push((reader, writer, Vec::new()));
