@@ -53,6 +53,10 @@ type Stream = chiron_channel::AttestedStream<TcpStream>;
 /// tick too short (scheduling noise, well under the timing quantum the design declares).
 const LATE: Duration = Duration::from_millis(50);
 
+/// How long past what is left of its schedule a paced replacement server waits for the
+/// workers to reconnect (each retries every quarter second).
+const RECONNECT_GRACE: Duration = Duration::from_secs(5);
+
 /// The program's rule for a step that averages `batches` workers' gradients, one batch of
 /// the program's each: the learning rate scaled as large-batch training scales it (linearly
 /// for SGD and Nesterov, by the square root of the batch growth for the adaptive rules), so
@@ -143,6 +147,20 @@ fn paced_checkpoint_bytes(request: &ParameterServerRequest) -> usize {
     request_bytes
         .saturating_add(request.exchange.message_bytes().saturating_mul(3))
         .saturating_add(CHECKPOINT_MARGIN)
+}
+
+/// Room in a `Checkpoint` frame beyond the plaintext: the seal's nonce and tag, the frame's
+/// encoding.
+const FRAME_ROOM: usize = 4 << 10;
+
+/// Whether a job under `request` takes checkpoints: when it asked for them and, paced, when
+/// its checkpoints fit one frame to the host (messages up to some 21 MiB). Public terms
+/// decide it, nothing else.
+fn takes_checkpoints(request: &ParameterServerRequest) -> bool {
+    request.checkpoint_every > 0
+        && (request.exchange.pace.is_none()
+            || paced_checkpoint_bytes(request).saturating_add(FRAME_ROOM)
+                <= chiron_proto::wire::MAX_FRAME)
 }
 
 /// The checkpoint's associated data: its job, so a checkpoint opens for no other.
@@ -238,9 +256,29 @@ fn serve(enclave: &Enclave, start: Start) -> Result<(), &'static str> {
             ),
             None => ((0..terms.workers).collect(), BTreeSet::new()),
         };
+        // A paced replacement waits no longer than what is left of the schedule (and a
+        // grace for the reconnections): a worker that does not come back by then is lost.
+        let give_up = match (&resumed, terms.pace) {
+            (Some(checkpoint), Some(pace)) => {
+                let left = u64::from(pace.ticks).saturating_sub(checkpoint.tick);
+                Some(
+                    Instant::now()
+                        + Duration::from_millis(left.saturating_mul(u64::from(pace.tick_ms)))
+                        + RECONNECT_GRACE,
+                )
+            }
+            _ => None,
+        };
         let workers = tokio::time::timeout_at(
             deadline.into(),
-            admit(&listener, &identity, &expectation, terms, &expected, &lost),
+            admit(
+                &listener,
+                &identity,
+                &expectation,
+                terms,
+                (&expected, &lost),
+                give_up,
+            ),
         )
         .await
         .map_err(|_| "workers did not connect in time")?;
@@ -261,7 +299,7 @@ fn serve(enclave: &Enclave, start: Start) -> Result<(), &'static str> {
             ticks_done: 0,
             failure: None,
             outbox: Arc::new(Vec::new()),
-            checkpoints: sealing.filter(|_| request.checkpoint_every > 0),
+            checkpoints: sealing.filter(|_| takes_checkpoints(&request)),
             paced_checkpoint_bytes: paced_checkpoint_bytes(&request),
             job_id: start.job_id.clone(),
             request: request.clone(),
@@ -373,20 +411,27 @@ async fn accept_worker(
 /// handshake is dropped and the server waits on. An attested worker of this job says its
 /// rank truly; one of a `lost` rank (a replacement of a worker lost before this server's
 /// checkpoint) is admitted too, and a later one for a rank replaces the earlier (a worker
-/// restarted before the rounds began). A rank that was done is never taken.
+/// restarted before the rounds began). A rank that was done is never taken. At `give_up`,
+/// if given, the workers connected so far are all there is.
 async fn admit(
     listener: &TcpListener,
     identity: &LocalIdentity,
     expectation: &PeerExpectation,
     terms: ExchangeTerms,
-    expected: &BTreeSet<u32>,
-    lost: &BTreeSet<u32>,
+    (expected, lost): (&BTreeSet<u32>, &BTreeSet<u32>),
+    give_up: Option<Instant>,
 ) -> Vec<Link> {
     let mut links: BTreeMap<u32, Link> = BTreeMap::new();
     while !expected.iter().all(|rank| links.contains_key(rank)) {
-        let Some(link) =
-            accept_worker(listener, identity, expectation, terms.message_bytes()).await
-        else {
+        let accepting = accept_worker(listener, identity, expectation, terms.message_bytes());
+        let accepted = match give_up {
+            Some(at) => match tokio::time::timeout_at(at.into(), accepting).await {
+                Ok(accepted) => accepted,
+                Err(_) => break,
+            },
+            None => accepting.await,
+        };
+        let Some(link) = accepted else {
             continue;
         };
         if expected.contains(&link.rank) || lost.contains(&link.rank) {
@@ -510,40 +555,47 @@ impl Server<'_> {
         if self.checkpoints.is_none() || self.terms.pace.is_some() {
             return Ok(());
         }
-        let checkpoint = self.state(self.saved_optimizers()?, &BTreeSet::new(), None);
+        let checkpoint = self.state(self.saved_optimizers()?, 0, &BTreeSet::new(), None);
         let size = postcard::experimental::serialized_size(&checkpoint)
             .map_err(|e| e.to_string())?
             .saturating_add(4);
         self.seal(&pad(&checkpoint, size)?, self.rounds_done)
     }
 
-    /// A paced exchange's checkpoint, every `checkpoint_every` ticks whatever the program
-    /// did, and always [`paced_checkpoint_bytes`] long, failure or not: the host sees the
-    /// schedule in them, nothing else. A state too large for it fails the job (the one bit
-    /// a program can choose to show), and the checkpoint then carries the failure alone.
+    /// A paced exchange's checkpoint of the state after tick `tick`, when one is due then
+    /// (every `checkpoint_every` ticks, whatever the program did): sealed, and always
+    /// [`paced_checkpoint_bytes`] long, failure or not, so the host sees the schedule in
+    /// them, nothing else. It is made before the tick's answers and sent after them
+    /// ([`Server::send_checkpoint`]), so that when it goes does not follow how much state
+    /// there was to encode. A state too large for it fails the job (the one bit a program
+    /// can choose to show), and the checkpoint then carries the failure alone.
     fn paced_checkpoint(
         &self,
+        tick: u64,
         broken: &BTreeSet<u32>,
         failure: &mut Option<String>,
-    ) -> Result<(), String> {
+    ) -> Result<Option<Vec<u8>>, String> {
         let every = u64::from(self.request.checkpoint_every);
-        if self.checkpoints.is_none() || every == 0 || !self.ticks_done.is_multiple_of(every) {
-            return Ok(());
+        let Some(key) = &self.checkpoints else {
+            return Ok(None);
+        };
+        if every == 0 || !tick.is_multiple_of(every) {
+            return Ok(None);
         }
         let size = self.paced_checkpoint_bytes;
-        let full = self
-            .saved_optimizers()
-            .and_then(|optimizers| pad(&self.state(optimizers, broken, failure.clone()), size));
+        let full = self.saved_optimizers().and_then(|optimizers| {
+            pad(&self.state(optimizers, tick, broken, failure.clone()), size)
+        });
         let plaintext = match full {
             Ok(plaintext) => plaintext,
             Err(_) => {
                 failure.get_or_insert_with(|| {
                     "the optimizer state does not fit the job's checkpoints".to_owned()
                 });
-                pad(&self.state(Vec::new(), broken, failure.clone()), size)?
+                pad(&self.state(Vec::new(), tick, broken, failure.clone()), size)?
             }
         };
-        self.seal(&plaintext, self.ticks_done)
+        Ok(Some(key.seal(&checkpoint_aad(&self.job_id), &plaintext)))
     }
 
     /// The optimizers' parameters and state, as a checkpoint keeps them.
@@ -572,19 +624,20 @@ impl Server<'_> {
         Ok(optimizers)
     }
 
-    /// The server's state with `optimizers`; `broken`: the connections a paced exchange
-    /// saw end.
+    /// The server's state with `optimizers`, at `tick` of a paced exchange; `broken`: the
+    /// connections a paced exchange saw end.
     fn state(
         &self,
         optimizers: Vec<SavedOptimizer>,
+        tick: u64,
         broken: &BTreeSet<u32>,
         failure: Option<String>,
     ) -> Checkpoint {
-        let paced = self.terms.pace.is_some();
+        let ticks = self.terms.pace.map(|pace| pace.ticks);
         Checkpoint {
             request: self.request.clone(),
             round: self.rounds_done,
-            tick: self.ticks_done,
+            tick,
             active: self
                 .workers
                 .iter()
@@ -594,7 +647,8 @@ impl Server<'_> {
             connected: self
                 .workers
                 .iter()
-                .filter(|w| paced && w.reader.is_some() && !broken.contains(&w.rank))
+                .filter(|w| ticks.is_some_and(|ticks| w.next_tick < ticks))
+                .filter(|w| w.reader.is_some() && !broken.contains(&w.rank))
                 .filter(|w| !self.lost.contains(&w.rank))
                 .map(|w| w.rank)
                 .collect(),
@@ -614,13 +668,17 @@ impl Server<'_> {
         }
     }
 
-    /// Seals `plaintext` for the host, as the checkpoint at `position` (a round, or a paced
-    /// exchange's tick).
-    fn seal(&self, plaintext: &[u8], position: u64) -> Result<(), String> {
+    /// Seals `plaintext` for the host, as the checkpoint after round `round`.
+    fn seal(&self, plaintext: &[u8], round: u64) -> Result<(), String> {
         let Some(key) = &self.checkpoints else {
             return Ok(());
         };
-        let sealed = key.seal(&checkpoint_aad(&self.job_id), plaintext);
+        self.send_checkpoint(key.seal(&checkpoint_aad(&self.job_id), plaintext), round)
+    }
+
+    /// Sends a sealed checkpoint to the host, taken at `position` (a round, or a paced
+    /// exchange's tick).
+    fn send_checkpoint(&self, sealed: Vec<u8>, position: u64) -> Result<(), String> {
         self.enclave
             .send(&EnclaveFrame::Checkpoint {
                 round: position,
@@ -639,8 +697,11 @@ impl Server<'_> {
         // A paced exchange's workers that were done come back too, for their schedules; a
         // replacement of a lost worker trains.
         for worker in &mut self.workers {
-            worker.active =
-                checkpoint.active.contains(&worker.rank) || checkpoint.lost.contains(&worker.rank);
+            let replacement = checkpoint.lost.contains(&worker.rank);
+            worker.active = checkpoint.active.contains(&worker.rank) || replacement;
+            if replacement {
+                self.replaced.insert(worker.rank);
+            }
         }
         // Lost ranks that did not come back with the others may still be replaced.
         self.lost = checkpoint
@@ -649,6 +710,19 @@ impl Server<'_> {
             .copied()
             .filter(|rank| self.index(*rank).is_none())
             .collect();
+        // A paced exchange's worker that did not come back in time: lost if it was
+        // training (rank 0's loss fails the job, as it would have the lost server's).
+        for &rank in &checkpoint.connected {
+            if self.index(rank).is_some() || !checkpoint.active.contains(&rank) {
+                continue;
+            }
+            if rank == 0 {
+                self.failure
+                    .get_or_insert_with(|| "worker 0 did not come back".to_owned());
+            } else {
+                self.lost.insert(rank);
+            }
+        }
         for saved in checkpoint.optimizers {
             let lens: Vec<usize> = saved.values.iter().map(Vec::len).collect();
             let params = saved.values;
@@ -907,7 +981,12 @@ impl Server<'_> {
             // The workers whose message this tick was read: each gets one answer.
             let mut heard = BTreeSet::new();
             for worker in self.workers.iter_mut() {
-                if broken.contains(&worker.rank) || schedule_over(worker) {
+                // A worker whose schedule is ahead of the server's (it reconnected later
+                // than another) is read at its own tick, so every schedule ends with the
+                // server's; one behind (a replacement worker, on a schedule of its own)
+                // is read every tick.
+                let ahead = u64::from(worker.next_tick) > self.ticks_done;
+                if broken.contains(&worker.rank) || schedule_over(worker) || ahead {
                     continue;
                 }
                 let Some(reader) = worker.reader.as_mut() else {
@@ -998,6 +1077,7 @@ impl Server<'_> {
                 None => pad(&ToWorker::Wait, size)?,
             };
             let let_go = pad(&ToWorker::Released, size)?;
+            let checkpoint = self.paced_checkpoint(self.ticks_done + 1, &broken, &mut failure)?;
             tokio::time::sleep_until(arrived + half_tick).await;
             if tokio::time::Instant::now() > arrived + half_tick + LATE {
                 failure.get_or_insert_with(|| {
@@ -1026,7 +1106,9 @@ impl Server<'_> {
                 self.lose_paced(rank, &mut failure);
             }
             self.ticks_done += 1;
-            self.paced_checkpoint(&broken, &mut failure)?;
+            if let Some(sealed) = checkpoint {
+                self.send_checkpoint(sealed, self.ticks_done)?;
+            }
         }
         failure.map_or(Ok(()), Err)
     }
@@ -1338,5 +1420,45 @@ impl Server<'_> {
         for worker in &mut self.workers {
             worker.send(&bytes).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(
+        message_kib: u32,
+        pace: Option<Pace>,
+        checkpoint_every: u32,
+    ) -> ParameterServerRequest {
+        ParameterServerRequest {
+            exchange: ExchangeTerms {
+                workers: 2,
+                message_kib,
+                pace,
+                rounds: Rounds::Synchronous,
+            },
+            peer_policy: "dangerous-simulated-platform 00 00\n".to_owned(),
+            time_budget_secs: 60,
+            checkpoint_every,
+        }
+    }
+
+    #[test]
+    fn a_paced_checkpoint_has_a_size_the_terms_fix_and_fits_a_frame_or_is_not_taken() {
+        let pace = Some(Pace::for_budget(60, 25));
+        // Three messages' worth of values, the request and the margin.
+        let small = request(2048, pace, 20);
+        let size = paced_checkpoint_bytes(&small);
+        assert!(size >= 3 * (2048 << 10) + CHECKPOINT_MARGIN, "{size}");
+        assert!(takes_checkpoints(&small));
+        // 32 MiB messages: a paced checkpoint would not fit one 64 MiB frame to the host,
+        // so none is taken; a live job's checkpoints are sized by the model, and are.
+        assert!(!takes_checkpoints(&request(32 << 10, pace, 20)));
+        assert!(takes_checkpoints(&request(32 << 10, None, 20)));
+        // Asked for none.
+        assert!(!takes_checkpoints(&request(2048, pace, 0)));
+        assert!(!takes_checkpoints(&request(2048, None, 0)));
     }
 }
