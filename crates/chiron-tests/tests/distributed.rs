@@ -932,14 +932,23 @@ fn a_killed_worker_of_a_private_job_is_replaced_and_the_job_keeps_its_schedule()
     assert!(accuracy > 0.85, "accuracy {accuracy}");
 }
 
-/// Where the latest checkpoint the host says it stored was taken: the `unit` ("round", or a
-/// paced job's "tick") it came after.
-fn latest_checkpoint(service: &Service, unit: &str) -> Option<u64> {
+/// Where the checkpoints the host says it stored were taken, in order: the `unit` ("round",
+/// or a paced job's "tick") each came after.
+fn checkpoints(service: &Service, unit: &str) -> Vec<u64> {
     let after = format!("checkpoint after {unit} ");
-    service.stderr().lines().rev().find_map(|line| {
-        let (_, rest) = line.split_once(&after)?;
-        rest.strip_suffix(" stored")?.parse().ok()
-    })
+    service
+        .stderr()
+        .lines()
+        .filter_map(|line| {
+            let (_, rest) = line.split_once(&after)?;
+            rest.strip_suffix(" stored")?.parse().ok()
+        })
+        .collect()
+}
+
+/// Where the latest checkpoint the host says it stored was taken.
+fn latest_checkpoint(service: &Service, unit: &str) -> Option<u64> {
+    checkpoints(service, unit).last().copied()
 }
 
 /// Where the host's log says a replacement server resumed: the `unit` its checkpoint came
@@ -1004,14 +1013,7 @@ fn a_killed_parameter_server_of_a_private_job_is_replaced_and_the_job_keeps_its_
     let resumed = resumed_from(&service, "tick");
     assert!(resumed >= stored_before, "{resumed} < {stored_before}");
     // The checkpoints came every 20 ticks, whatever the rounds did.
-    let ticks: Vec<u64> = service
-        .stderr()
-        .lines()
-        .filter_map(|line| {
-            let (_, rest) = line.split_once("checkpoint after tick ")?;
-            rest.strip_suffix(" stored")?.parse().ok()
-        })
-        .collect();
+    let ticks = checkpoints(&service, "tick");
     assert!(
         ticks.iter().all(|tick| tick % 20 == 0),
         "checkpoints off the schedule: {ticks:?}"
