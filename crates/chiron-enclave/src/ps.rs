@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::exchange::{Rule, RuleExt, ToServer, ToWorker, pad, pad_into, unpad};
+use crate::exchange::{Rule, RuleExt, ToServer, ToWorker, frame, pad, pad_into, unpad};
 use crate::identity::Enclave;
 
 type Stream = chiron_channel::AttestedStream<TcpStream>;
@@ -552,14 +552,15 @@ impl Server<'_> {
     /// Seals the state for the host now (when the job asked for checkpoints). A paced
     /// exchange's are taken at fixed ticks only ([`Server::paced_checkpoint`]).
     fn checkpoint(&self) -> Result<(), String> {
-        if self.checkpoints.is_none() || self.terms.pace.is_some() {
+        let Some(key) = &self.checkpoints else {
+            return Ok(());
+        };
+        if self.terms.pace.is_some() {
             return Ok(());
         }
-        let checkpoint = self.state(self.saved_optimizers()?, 0, &BTreeSet::new(), None);
-        let size = postcard::experimental::serialized_size(&checkpoint)
-            .map_err(|e| e.to_string())?
-            .saturating_add(4);
-        self.seal(&pad(&checkpoint, size)?, self.rounds_done)
+        let checkpoint = frame(&self.state(self.saved_optimizers()?, 0, &BTreeSet::new(), None))?;
+        let sealed = key.seal(&checkpoint_aad(&self.job_id), &checkpoint);
+        self.send_checkpoint(sealed, self.rounds_done)
     }
 
     /// A paced exchange's checkpoint of the state after tick `tick`, when one is due then
@@ -656,24 +657,10 @@ impl Server<'_> {
             rank_zero_done: self.rank_zero_done,
             optimizers,
             failure: failure.map(|mut reason| {
-                if reason.len() > MAX_SAVED_FAILURE {
-                    let mut cut = MAX_SAVED_FAILURE;
-                    while !reason.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    reason.truncate(cut);
-                }
+                reason.truncate(reason.floor_char_boundary(MAX_SAVED_FAILURE));
                 reason
             }),
         }
-    }
-
-    /// Seals `plaintext` for the host, as the checkpoint after round `round`.
-    fn seal(&self, plaintext: &[u8], round: u64) -> Result<(), String> {
-        let Some(key) = &self.checkpoints else {
-            return Ok(());
-        };
-        self.send_checkpoint(key.seal(&checkpoint_aad(&self.job_id), plaintext), round)
     }
 
     /// Sends a sealed checkpoint to the host, taken at `position` (a round, or a paced

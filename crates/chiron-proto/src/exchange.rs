@@ -219,7 +219,16 @@ pub fn pad_into<T: Serialize>(message: &T, size: usize, out: &mut Vec<u8>) -> Re
     Ok(())
 }
 
-/// Decodes a message made by [`pad`].
+/// `message` in [`pad`]'s form with no padding, at its own length, encoded once; [`unpad`]
+/// reads it back.
+pub fn frame<T: Serialize>(message: &T) -> Result<Vec<u8>, String> {
+    let mut out = postcard::to_extend(message, vec![0; 4]).map_err(|e| e.to_string())?;
+    let len = u32::try_from(out.len() - 4).map_err(|_| "a message over 4 GiB".to_owned())?;
+    out[..4].copy_from_slice(&len.to_le_bytes());
+    Ok(out)
+}
+
+/// Decodes a message made by [`pad`] or [`frame`].
 pub fn unpad<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     let (len, rest) = bytes
         .split_first_chunk::<4>()
@@ -289,6 +298,20 @@ mod tests {
                 .unwrap_err()
                 .contains("do not fit")
         );
+    }
+
+    #[test]
+    fn a_framed_message_is_pads_form_without_the_padding() {
+        let message = ToServer::Register {
+            optimizer: 9,
+            values: vec![vec![1.5; 100], vec![]],
+        };
+        let framed = frame(&message).expect("encodes");
+        let padded = pad(&message, 4096).expect("fits");
+        assert_eq!(framed, padded[..framed.len()]);
+        assert!(padded[framed.len()..].iter().all(|&b| b == 0));
+        let back: ToServer = unpad(&framed).expect("decodes");
+        assert_eq!(format!("{back:?}"), format!("{message:?}"));
     }
 
     #[test]
