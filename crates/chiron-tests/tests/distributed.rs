@@ -951,6 +951,23 @@ fn latest_checkpoint(service: &Service, unit: &str) -> Option<u64> {
     checkpoints(service, unit).last().copied()
 }
 
+/// Waits, `within` at most, until the host has stored a checkpoint taken after `at_least`
+/// of `unit`; where the latest was taken.
+fn checkpoint_stored(service: &Service, unit: &str, at_least: u64, within: Duration) -> u64 {
+    let deadline = Instant::now() + within;
+    loop {
+        match latest_checkpoint(service, unit) {
+            Some(at) if at >= at_least => return at,
+            _ => assert!(
+                Instant::now() < deadline,
+                "no checkpoint after {unit} {at_least}: {}",
+                service.stderr()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Where the host's log says a replacement server resumed: the `unit` its checkpoint came
 /// after.
 fn resumed_from(service: &Service, unit: &str) -> u64 {
@@ -973,16 +990,7 @@ fn a_killed_parameter_server_is_replaced_from_its_checkpoint() {
         CNN_MESSAGE_KIB,
     )
     .expect("job starts");
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while latest_checkpoint(&service, "round").is_none_or(|round| round < 40) {
-        assert!(
-            Instant::now() < deadline,
-            "no checkpoints: {}",
-            service.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let stored_before = latest_checkpoint(&service, "round").expect("a checkpoint");
+    let stored_before = checkpoint_stored(&service, "round", 40, Duration::from_secs(300));
     assert_eq!(kill_enclaves(&service, "ps"), 1, "one parameter server");
 
     let (state, events) = wait(&service, &ticket, Duration::from_secs(600));
@@ -1001,9 +1009,10 @@ fn a_killed_parameter_server_of_a_private_job_is_replaced_and_the_job_keeps_its_
     let data = iris();
     let budget_secs = 40;
     let started = Instant::now();
-    // Some 4 s into the schedule, whose server seals a checkpoint every 20 ticks (0.5 s).
+    // Some 4 s into the job; its server seals a checkpoint every 20 ticks (0.5 s) once the
+    // schedule runs, which on a loaded machine may take longer to begin.
     let (ticket, _) = private_job_under_way(&service, budget_secs);
-    let stored_before = latest_checkpoint(&service, "tick").expect("a paced checkpoint");
+    let stored_before = checkpoint_stored(&service, "tick", 40, Duration::from_secs(30));
     assert_eq!(kill_enclaves(&service, "ps"), 1, "one parameter server");
 
     let (state, events) = wait(&service, &ticket, Duration::from_secs(180));
