@@ -305,10 +305,13 @@ fn serve(enclave: &Enclave, start: Start) -> Result<(), &'static str> {
             request: request.clone(),
             enclave,
         };
-        if let Some(checkpoint) = resumed {
-            server
+        match resumed {
+            Some(checkpoint) => server
                 .restore(checkpoint)
-                .map_err(|_| "malformed checkpoint")?;
+                .map_err(|_| "malformed checkpoint")?,
+            None => server
+                .first_checkpoint()
+                .map_err(|_| "parameter server failed")?,
         }
         let outcome = tokio::time::timeout_at(deadline.into(), server.rounds()).await;
         let outcome = outcome.unwrap_or_else(|_| Err("the job's time budget ran out".into()));
@@ -561,6 +564,21 @@ impl Server<'_> {
         let checkpoint = frame(&self.state(self.saved_optimizers()?, 0, &BTreeSet::new(), None))?;
         let sealed = key.seal(&checkpoint_aad(&self.job_id), &checkpoint);
         self.send_checkpoint(sealed, self.rounds_done)
+    }
+
+    /// A new server's checkpoint, once its workers are admitted and before any round (a
+    /// paced exchange: before its first tick, where every worker's schedule starts), so that
+    /// a server lost before its first due checkpoint is replaced too. It holds no optimizer:
+    /// the workers register theirs again with a replacement (`crate::worker`).
+    fn first_checkpoint(&self) -> Result<(), String> {
+        if self.terms.pace.is_none() {
+            return self.checkpoint();
+        }
+        let mut failure = None;
+        match self.paced_checkpoint(0, &BTreeSet::new(), &mut failure)? {
+            Some(sealed) => self.send_checkpoint(sealed, 0),
+            None => Ok(()),
+        }
     }
 
     /// A paced exchange's checkpoint of the state after tick `tick`, when one is due then

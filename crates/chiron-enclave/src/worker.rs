@@ -75,6 +75,35 @@ struct Connection {
     broken: bool,
     /// How to reach a server again: the host replaces a lost server from its checkpoint.
     reconnect: Reconnect,
+    /// The registrations the server answered, sent again to a replacement.
+    registered: Registrations,
+}
+
+/// The optimizers a worker registered (their handles and the values it registered), in
+/// order. A replacement server's checkpoint may predate them (a new server's first
+/// checkpoint holds none), so a worker that reconnects registers them again before anything
+/// else, and keeps the answers from its program: an optimizer the replacement already holds
+/// goes on from its checkpoint, one it does not starts again from the values registered,
+/// and either way the program's next step gets the replacement's parameters.
+#[derive(Default)]
+struct Registrations(Vec<(u32, Vec<Vec<f32>>)>);
+
+impl Registrations {
+    /// Keeps `message` if it is a registration.
+    fn keep(&mut self, message: ToServer) {
+        if let ToServer::Register { optimizer, values } = message {
+            self.0.retain(|(kept, _)| *kept != optimizer);
+            self.0.push((optimizer, values));
+        }
+    }
+
+    /// The registrations to send again, in the order they were made.
+    fn again(&self) -> impl DoubleEndedIterator<Item = ToServer> + '_ {
+        self.0.iter().map(|(optimizer, values)| ToServer::Register {
+            optimizer: *optimizer,
+            values: values.clone(),
+        })
+    }
 }
 
 /// Everything needed to connect to the job's server, and attest it, again.
@@ -150,6 +179,7 @@ impl ServerLink {
                 expectation,
                 rank: place.rank,
             },
+            registered: Registrations::default(),
         };
         let link = match place.exchange.pace {
             None => Link::Eager(Box::new(Mutex::new(connection))),
@@ -229,7 +259,7 @@ impl ServerLink {
             Link::Eager(connection) => connection
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .round(&message),
+                .round(message),
             Link::Paced(paced) => {
                 let ended = || ExchangeError("the exchange's schedule has ended".into());
                 paced.requests.send(message).map_err(|_| ended())?;
@@ -251,8 +281,9 @@ impl ServerLink {
 ///
 /// A lost server is replaced by the host from its last checkpoint: the thread reconnects
 /// (the ticks that pass meanwhile are skipped, so the schedule keeps to its clock), says at
-/// which tick it goes on, and sends again what the lost server left unanswered (the
-/// program's request, or that it was done), since the checkpoint may predate it.
+/// which tick it goes on, and sends again what the lost server may not hold, since its
+/// checkpoint may predate it: the registrations (see [`Registrations`]), then the program's
+/// unanswered request, or that it was done.
 fn keep_pace(
     mut connection: Connection,
     pace: Pace,
@@ -263,29 +294,38 @@ fn keep_pace(
     let tick = Duration::from_millis(u64::from(pace.tick_ms));
     // The request the server has not answered yet, kept to send again to a replacement.
     let mut unanswered: Option<ToServer> = None;
+    // A registration sent again awaits its answer, which is not the program's.
+    let mut registering_again = false;
     // The program's last word, sent again to a replacement: `Done` (true) or `Abandon`.
     let mut farewell: Option<bool> = None;
-    // What a replacement is sent first, taken from the end.
-    let mut again: Vec<ToServer> = Vec::new();
+    // What a replacement is sent first, taken from the end; `true` marks a registration
+    // sent again.
+    let mut again: Vec<(ToServer, bool)> = Vec::new();
     let mut ended: Option<String> = None;
     let mut k = 0;
     while k < pace.ticks {
         std::thread::sleep((start + tick * k).saturating_duration_since(Instant::now()));
-        let message = match again.pop() {
-            Some(message) => message,
+        let next = match registering_again {
+            // One request at a time: the program's waits for the registrations before it.
+            true => Some((ToServer::Idle, false)),
+            false => again.pop(),
+        };
+        let (message, repeated) = match next {
+            Some(entry) => entry,
             None => match (&ended, pending.try_recv()) {
-                (None, Ok(request)) => request,
+                (None, Ok(request)) => (request, false),
                 (Some(reason), Ok(ToServer::Register { .. } | ToServer::Step { .. })) => {
                     let _ = answer.send(Err(reason.clone()));
-                    ToServer::Idle
+                    (ToServer::Idle, false)
                 }
                 (_, Ok(_) | Err(TryRecvError::Empty | TryRecvError::Disconnected)) => {
-                    ToServer::Idle
+                    (ToServer::Idle, false)
                 }
             },
         };
         let reply = connection.send(&message).and_then(|()| connection.recv());
         match message {
+            ToServer::Register { .. } if repeated => registering_again = true,
             ToServer::Register { .. } | ToServer::Step { .. } => unanswered = Some(message),
             ToServer::Done => farewell = Some(true),
             ToServer::Abandon => farewell = Some(false),
@@ -294,8 +334,11 @@ fn keep_pace(
         k += 1;
         match reply {
             Ok(ToWorker::Wait) => {}
+            Ok(ToWorker::Parameters(_)) if registering_again => registering_again = false,
             Ok(ToWorker::Parameters(values)) if unanswered.is_some() => {
-                unanswered = None;
+                if let Some(request) = unanswered.take() {
+                    connection.registered.keep(request);
+                }
                 let _ = answer.send(Ok(values));
             }
             Ok(ToWorker::Parameters(_) | ToWorker::Stale(_)) => {
@@ -304,6 +347,7 @@ fn keep_pace(
             // A paced exchange keeps every worker to its schedule's end.
             Ok(ToWorker::Released) => {
                 let reason = RELEASED.to_owned();
+                registering_again = false;
                 if unanswered.take().is_some() {
                     let _ = answer.send(Err(reason.clone()));
                 }
@@ -311,6 +355,7 @@ fn keep_pace(
             }
             Ok(ToWorker::Refused(reason)) => {
                 let reason = format!("the parameter server ended the job: {reason}");
+                registering_again = false;
                 if unanswered.take().is_some() {
                     let _ = answer.send(Err(reason.clone()));
                 }
@@ -338,16 +383,22 @@ fn keep_pace(
                     return;
                 };
                 k = next;
-                // The unanswered request first, then the farewell.
+                // The registrations first (a worker that was done steps no more), then the
+                // unanswered request, then the farewell.
                 again.clear();
+                registering_again = false;
                 again.extend(farewell.map(|done| {
-                    if done {
+                    let farewell = if done {
                         ToServer::Done
                     } else {
                         ToServer::Abandon
-                    }
+                    };
+                    (farewell, false)
                 }));
-                again.extend(unanswered.take());
+                again.extend(unanswered.take().map(|request| (request, false)));
+                if farewell.is_none() && ended.is_none() {
+                    again.extend(connection.registered.again().rev().map(|r| (r, true)));
+                }
             }
         }
     }
@@ -436,13 +487,20 @@ impl Connection {
     /// One unpaced round: `message` out, the server's parameters back. A server lost on
     /// the way is replaced by the host from its last checkpoint: the worker reconnects to the
     /// replacement and asks again.
-    fn round(&mut self, message: &ToServer) -> Result<(Vec<Vec<f32>>, bool), ExchangeError> {
-        let mut reply = self.send(message).and_then(|()| self.recv());
+    fn round(&mut self, message: ToServer) -> Result<(Vec<Vec<f32>>, bool), ExchangeError> {
+        let mut reply = self.send(&message).and_then(|()| self.recv());
         while reply.is_err() && self.broken && self.reconnect(|| Some(0)).is_some() {
-            reply = self.send(message).and_then(|()| self.recv());
+            reply = match self.register_again() {
+                Ok(None) => self.send(&message).and_then(|()| self.recv()),
+                Ok(Some(ended)) => Ok(ended),
+                Err(e) => Err(e),
+            };
         }
         match reply {
-            Ok(ToWorker::Parameters(values)) => Ok((values, true)),
+            Ok(ToWorker::Parameters(values)) => {
+                self.registered.keep(message);
+                Ok((values, true))
+            }
             Ok(ToWorker::Stale(values)) => Ok((values, false)),
             Ok(ToWorker::Refused(reason)) => {
                 self.closed = true;
@@ -465,6 +523,21 @@ impl Connection {
                 Err(e)
             }
         }
+    }
+
+    /// Sends a replacement server the registrations this worker made (see
+    /// [`Registrations`]) and reads their answers, which are not the program's. `Some`
+    /// answer other than parameters ends the round with it.
+    fn register_again(&mut self) -> Result<Option<ToWorker>, ExchangeError> {
+        let registrations: Vec<ToServer> = self.registered.again().collect();
+        for registration in &registrations {
+            self.send(registration)?;
+            match self.recv()? {
+                ToWorker::Parameters(_) | ToWorker::Stale(_) => {}
+                ended => return Ok(Some(ended)),
+            }
+        }
+        Ok(None)
     }
 }
 

@@ -588,8 +588,27 @@ pub fn start_distributed_job(
         terms,
         workers,
         message_kib,
-        Rounds::Synchronous,
+        ExchangeOptions::default(),
     )
+}
+
+/// How a test's distributed job exchanges: how its server combines steps, and how often it
+/// checkpoints.
+#[derive(Clone, Copy, Debug)]
+pub struct ExchangeOptions {
+    /// Synchronous, or asynchronous with a bound on staleness.
+    pub rounds: Rounds,
+    /// Rounds (a private job: ticks) between checkpoints.
+    pub checkpoint_every: u32,
+}
+
+impl Default for ExchangeOptions {
+    fn default() -> Self {
+        Self {
+            rounds: Rounds::Synchronous,
+            checkpoint_every: DISTRIBUTED_CHECKPOINT_EVERY,
+        }
+    }
 }
 
 /// Trains the example MLP on the iris table as a live distributed job of `workers`
@@ -615,7 +634,7 @@ pub fn iris_trains_distributed(service: &Service, workers: u32) -> JobTicket {
     ticket
 }
 
-/// [`start_distributed_job`] with the server combining steps as `rounds` says.
+/// [`start_distributed_job`] with the exchange `options` say.
 pub fn start_distributed_job_with(
     service: &Service,
     wasm: &[u8],
@@ -623,7 +642,7 @@ pub fn start_distributed_job_with(
     terms: &TrainingTerms,
     workers: u32,
     message_kib: u32,
-    rounds: Rounds,
+    options: ExchangeOptions,
 ) -> Result<JobTicket, chiron_client::ClientError> {
     let host = service.client();
     let program = host.register_program(wasm)?;
@@ -645,10 +664,10 @@ pub fn start_distributed_job_with(
             pace: terms
                 .private
                 .map(|_| Pace::for_budget(terms.time_budget_secs, DISTRIBUTED_TICK_MS)),
-            rounds,
+            rounds: options.rounds,
         },
         peer_policy: service.policy_spec(),
-        checkpoint_every: DISTRIBUTED_CHECKPOINT_EVERY,
+        checkpoint_every: options.checkpoint_every,
     };
     owner::start_distributed_training(
         &host,

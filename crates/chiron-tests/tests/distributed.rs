@@ -67,7 +67,10 @@ fn two_workers_train_the_cnn_as_well_as_one() {
         &terms,
         2,
         CNN_MESSAGE_KIB,
-        Rounds::Asynchronous { max_staleness: 2 },
+        ExchangeOptions {
+            rounds: Rounds::Asynchronous { max_staleness: 2 },
+            ..ExchangeOptions::default()
+        },
     )
     .expect("an asynchronous job starts");
     let (state, events) = wait(&service, &apart, Duration::from_secs(600));
@@ -1029,6 +1032,95 @@ fn a_killed_parameter_server_of_a_private_job_is_replaced_and_the_job_keeps_its_
     );
     // The job still ends at its budget, and rank 0's model answers.
     assert!(started.elapsed() >= Duration::from_secs(budget_secs.into()));
+    let test = iris_inputs(&data, None);
+    let accuracy =
+        query_accuracy(&service, &ticket, &test.features, &test.labels, 50).expect("queries");
+    assert!(accuracy > 0.85, "accuracy {accuracy}");
+}
+
+/// No checkpoint falls due in a job under these options: its server's only checkpoint is
+/// its first, taken once the workers are admitted, before any of them registered.
+fn no_checkpoint_due() -> ExchangeOptions {
+    ExchangeOptions {
+        checkpoint_every: u32::MAX,
+        ..ExchangeOptions::default()
+    }
+}
+
+#[test]
+fn a_parameter_server_lost_before_a_checkpoint_fell_due_is_replaced_and_the_workers_register_again()
+{
+    let service = Service::start();
+    let data = iris();
+    let ticket = start_distributed_job_with(
+        &service,
+        &program_wasm("chiron_mlp"),
+        &data,
+        &terms(400, 300),
+        2,
+        64,
+        no_checkpoint_due(),
+    )
+    .expect("job starts");
+    // Rank 0 reported an epoch, so its optimizer is registered: the server's first
+    // checkpoint does not hold it.
+    let host = service.client();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !ticket
+        .events(&host, &mut EventCursor::default())
+        .expect("events")
+        .1
+        .iter()
+        .any(|e| matches!(e, chiron_proto::owner::OwnerEvent::Metric { .. }))
+    {
+        assert!(Instant::now() < deadline, "no epoch done");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        checkpoint_stored(&service, "round", 0, Duration::from_secs(30)),
+        0
+    );
+    assert_eq!(kill_enclaves(&service, "ps"), 1, "one parameter server");
+
+    let (state, events) = wait(&service, &ticket, Duration::from_secs(300));
+    assert_eq!(state, JobState::Succeeded, "{events:?}");
+    // The replacement started from that first checkpoint; the workers registered their
+    // optimizer again, so their next steps were taken (a step of an optimizer the server
+    // does not hold fails the job).
+    assert_eq!(resumed_from(&service, "round"), 0);
+    let test = iris_inputs(&data, None);
+    let accuracy =
+        query_accuracy(&service, &ticket, &test.features, &test.labels, 50).expect("queries");
+    assert!(accuracy > 0.85, "accuracy {accuracy}");
+}
+
+#[test]
+fn a_parameter_server_of_a_private_job_lost_before_a_checkpoint_fell_due_is_replaced_and_the_workers_register_again()
+ {
+    let service = Service::start();
+    let data = iris();
+    let ticket = start_distributed_job_with(
+        &service,
+        &program_wasm("chiron_mlp"),
+        &data,
+        &chiron_tests::transcript::private_terms(40, 30),
+        2,
+        64,
+        no_checkpoint_due(),
+    )
+    .expect("job starts");
+    // The schedule starts with the server's first checkpoint. Two seconds (80 ticks) on,
+    // the workers have registered their optimizer (the MLP steps every tick or two).
+    checkpoint_stored(&service, "tick", 0, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(kill_enclaves(&service, "ps"), 1, "one parameter server");
+
+    let (state, events) = wait(&service, &ticket, Duration::from_secs(180));
+    assert_eq!(state, JobState::Succeeded, "{events:?}");
+    // The replacement started from the first checkpoint, the only one, and took none of
+    // its own: none fell due.
+    assert_eq!(resumed_from(&service, "tick"), 0);
+    assert_eq!(checkpoints(&service, "tick"), [0]);
     let test = iris_inputs(&data, None);
     let accuracy =
         query_accuracy(&service, &ticket, &test.features, &test.labels, 50).expect("queries");
