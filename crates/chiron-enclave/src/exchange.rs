@@ -1,7 +1,9 @@
 //! The engine's optimizer rules in the exchange's wire form (`chiron_proto::exchange`).
 
 use chiron_engine::OptimizerKind;
-pub use chiron_proto::exchange::{Rule, ToServer, ToWorker, frame, pad, pad_into, unpad};
+pub use chiron_proto::exchange::{
+    ParametersAnswer, Rule, ToServer, ToWorker, frame, pad, pad_into, unpad,
+};
 
 /// The engine's optimizer rules on the wire.
 pub trait RuleExt: Sized {

@@ -44,7 +44,9 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::exchange::{Rule, RuleExt, ToServer, ToWorker, frame, pad, pad_into, unpad};
+use crate::exchange::{
+    ParametersAnswer, Rule, RuleExt, ToServer, ToWorker, frame, pad, pad_into, unpad,
+};
 use crate::identity::Enclave;
 
 type Stream = chiron_channel::AttestedStream<TcpStream>;
@@ -832,7 +834,7 @@ impl Server<'_> {
                     continue;
                 }
                 ToServer::Register { optimizer, values } => {
-                    ToWorker::Parameters(self.register(vec![(optimizer, values)])?)
+                    (self.register(vec![(optimizer, values)])?, true)
                 }
                 ToServer::Step {
                     optimizer,
@@ -842,21 +844,26 @@ impl Server<'_> {
                 } => {
                     let staleness = self.rounds_done - seen.get(&rank).copied().unwrap_or(0);
                     if staleness <= u64::from(max_staleness) {
-                        let answer =
-                            self.step(vec![(optimizer, rule, max_grad_norm, gradients)])?;
+                        self.step(vec![(optimizer, rule, max_grad_norm, gradients)])?;
                         self.rounds_done += 1;
                         self.checkpoint_if_due()?;
-                        ToWorker::Parameters(answer)
+                        (optimizer, true)
                     } else {
-                        let held = self
-                            .optimizers
-                            .get(&optimizer)
-                            .ok_or("a step of an optimizer never registered")?;
-                        ToWorker::Stale(held.params.clone())
+                        (optimizer, false)
                     }
                 }
             };
             seen.insert(rank, self.rounds_done);
+            let (optimizer, applied) = answer;
+            let params = &self
+                .optimizers
+                .get(&optimizer)
+                .ok_or("a step of an optimizer never registered")?
+                .params;
+            let answer = match applied {
+                true => ParametersAnswer::Applied(params),
+                false => ParametersAnswer::Stale(params),
+            };
             pad_into(&answer, size, Arc::make_mut(&mut self.outbox))?;
             if !self.workers[i].send(&self.outbox).await {
                 self.lose(rank)?;
@@ -1050,7 +1057,7 @@ impl Server<'_> {
                     .iter()
                     .all(|w| !w.active || pending.contains_key(&w.rank));
             let mut answered = BTreeSet::new();
-            let mut parameters = None;
+            let mut answering = None;
             if ready {
                 let messages: Vec<(u32, ToServer)> = std::mem::take(&mut pending)
                     .into_iter()
@@ -1059,14 +1066,14 @@ impl Server<'_> {
                     })
                     .collect();
                 match self.round(messages) {
-                    Ok(values) => parameters = values,
+                    Ok(optimizer) => answering = optimizer,
                     Err(reason) => {
                         failure.get_or_insert(reason);
                     }
                 }
             }
-            let parameters = match (&failure, parameters) {
-                (None, Some(values)) => Some(pad(&ToWorker::Parameters(values), size)),
+            let parameters = match (&failure, answering) {
+                (None, Some(optimizer)) => Some(self.answer(optimizer, size)),
                 _ => None,
             };
             let parameters = match parameters {
@@ -1209,9 +1216,14 @@ impl Server<'_> {
             if self.workers.iter().filter(|w| w.active).count() < active {
                 self.checkpoint()?;
             }
-            if let Some(answer) = answer {
+            if let Some(optimizer) = answer {
+                let params = &self
+                    .optimizers
+                    .get(&optimizer)
+                    .ok_or("a step of an optimizer never registered")?
+                    .params;
                 pad_into(
-                    &ToWorker::Parameters(answer),
+                    &ParametersAnswer::Applied(params),
                     size,
                     Arc::make_mut(&mut self.outbox),
                 )?;
@@ -1270,7 +1282,9 @@ impl Server<'_> {
 
     /// One round's messages, in rank order: the parameters to answer with, or `None` when
     /// the round only let workers go.
-    fn round(&mut self, messages: Vec<(u32, ToServer)>) -> Result<Option<Vec<Vec<f32>>>, String> {
+    /// One round of the workers' `messages`: the optimizer whose parameters answer it, if
+    /// any.
+    fn round(&mut self, messages: Vec<(u32, ToServer)>) -> Result<Option<u32>, String> {
         let mut registers = Vec::new();
         let mut steps = Vec::new();
         for (rank, message) in messages {
@@ -1316,8 +1330,18 @@ impl Server<'_> {
         }
     }
 
+    /// `optimizer`'s parameters as an answer of `size` bytes.
+    fn answer(&self, optimizer: u32, size: usize) -> Result<Vec<u8>, String> {
+        let held = self
+            .optimizers
+            .get(&optimizer)
+            .ok_or("a step of an optimizer never registered")?;
+        pad(&ParametersAnswer::Applied(&held.params), size)
+    }
+
     /// Every remaining worker registers one optimizer: the first one's values start it.
-    fn register(&mut self, registers: Vec<(u32, Vec<Vec<f32>>)>) -> Result<Vec<Vec<f32>>, String> {
+    /// The optimizer, whose parameters answer.
+    fn register(&mut self, registers: Vec<(u32, Vec<Vec<f32>>)>) -> Result<u32, String> {
         let optimizer = registers[0].0;
         let lens: Vec<usize> = registers[0].1.iter().map(Vec::len).collect();
         for (other, values) in &registers {
@@ -1325,8 +1349,8 @@ impl Server<'_> {
                 return Err("workers out of step: they register different optimizers".into());
             }
         }
-        if let Some(held) = self.optimizers.get(&optimizer) {
-            return Ok(held.params.clone());
+        if self.optimizers.contains_key(&optimizer) {
+            return Ok(optimizer);
         }
         let values = registers
             .into_iter()
@@ -1336,19 +1360,20 @@ impl Server<'_> {
         self.optimizers.insert(
             optimizer,
             Held {
-                params: values.clone(),
+                params: values,
                 optimizer: None,
             },
         );
-        Ok(values)
+        Ok(optimizer)
     }
 
-    /// Every remaining worker steps one optimizer: average, apply, answer.
+    /// Every remaining worker steps one optimizer: average and apply. The optimizer, whose
+    /// parameters answer.
     #[allow(clippy::type_complexity)]
     fn step(
         &mut self,
         steps: Vec<(u32, Rule, Option<f32>, Vec<Option<Vec<f32>>>)>,
-    ) -> Result<Vec<Vec<f32>>, String> {
+    ) -> Result<u32, String> {
         let (optimizer, rule, max_grad_norm) = (steps[0].0, steps[0].1, steps[0].2);
         if steps
             .iter()
@@ -1410,7 +1435,7 @@ impl Server<'_> {
         state
             .step(&mut held.params, &mut gradients)
             .map_err(|e| e.to_string())?;
-        Ok(held.params.clone())
+        Ok(optimizer)
     }
 
     /// Tells every worker still connected that the job is over, so none waits for its

@@ -68,6 +68,35 @@ pub enum ToWorker {
     Stale(#[serde(with = "floats")] Vec<Vec<f32>>),
 }
 
+/// A parameter server's answer of the parameters it holds, encoded from borrowed values to
+/// exactly the bytes of the [`ToWorker`] it stands for: the server answers every round without
+/// copying its parameters first.
+#[derive(Clone, Copy, Debug)]
+pub enum ParametersAnswer<'a> {
+    /// [`ToWorker::Parameters`].
+    Applied(&'a [Vec<f32>]),
+    /// [`ToWorker::Stale`].
+    Stale(&'a [Vec<f32>]),
+}
+
+impl Serialize for ParametersAnswer<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        /// The values as `floats` encodes a `ToWorker` field.
+        struct Values<'a>(&'a [Vec<f32>]);
+        impl Serialize for Values<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                floats::serialize(self.0, serializer)
+            }
+        }
+        // `ToWorker`'s variant indices (tested against its derived encoding).
+        let (index, name, values) = match *self {
+            Self::Applied(values) => (0, "Parameters", values),
+            Self::Stale(values) => (4, "Stale", values),
+        };
+        serializer.serialize_newtype_variant("ToWorker", index, name, &Values(values))
+    }
+}
+
 /// An optimizer rule on the wire: which rule (`tag`: 0 SGD, 1 Adam, 2 Nesterov, 3 AdamW,
 /// 4 RMSprop) and its hyper-parameters in the order the engine's `OptimizerKind` lists them
 /// (learning rate first), unused ones zero. The enclave converts it to and from the engine's
@@ -243,6 +272,27 @@ pub fn unpad<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_borrowed_answer_encodes_as_the_message_it_stands_for() {
+        let values = vec![vec![1.5, -2.0, f32::NAN], vec![], vec![3.25]];
+        let pairs = [
+            (
+                ParametersAnswer::Applied(&values),
+                ToWorker::Parameters(values.clone()),
+            ),
+            (
+                ParametersAnswer::Stale(&values),
+                ToWorker::Stale(values.clone()),
+            ),
+        ];
+        for (borrowed, owned) in pairs {
+            assert_eq!(
+                pad(&borrowed, 256).expect("fits"),
+                pad(&owned, 256).expect("fits")
+            );
+        }
+    }
 
     #[test]
     fn floats_cross_bit_for_bit_and_malformed_ones_fail() {
