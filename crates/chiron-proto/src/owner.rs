@@ -140,7 +140,8 @@ pub struct ParameterServerRequest {
     pub time_budget_secs: u32,
     /// Every this many rounds, the server seals its state (parameters, optimizer state,
     /// round) for the host to keep, so that a server lost mid-job is replaced losing at most
-    /// this many rounds. 0: never (a lost server fails the job). A paced exchange counts
+    /// this many rounds; also once before the first round, so that a server lost before one
+    /// fell due is replaced too. 0: never (a lost server fails the job). A paced exchange counts
     /// ticks instead (its rounds follow the program; a round takes at least a tick), and its
     /// checkpoints all have one size.
     pub checkpoint_every: u32,

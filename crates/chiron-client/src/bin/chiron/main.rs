@@ -453,8 +453,8 @@ struct TrainArgs {
     #[arg(long, default_value_t = 200)]
     exchange_tick_ms: u32,
     /// A distributed job's checkpoint interval in rounds (a private job: exchange ticks):
-    /// the parameter server seals its state this often, and a lost server is replaced from
-    /// the latest (0: never).
+    /// the parameter server seals its state this often (and once when its workers have
+    /// connected), and a lost server is replaced from the latest (0: never).
     #[arg(long, default_value_t = 100)]
     checkpoint_every: u32,
     /// A live distributed job's rounds are asynchronous: each worker's step is applied as it
