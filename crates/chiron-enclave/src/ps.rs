@@ -417,14 +417,16 @@ async fn accept_worker(
 /// rank truly; one of a `lost` rank (a replacement of a worker lost before this server's
 /// checkpoint) is admitted too, and a later one for a rank replaces the earlier (a worker
 /// restarted before the rounds began). A rank that was done is never taken. At `give_up`,
-/// if given, the workers connected so far are all there is.
+/// if given, the workers connected so far are all there is; under a paced exchange, it
+/// comes no later than what is left of the schedule (and the grace) from where the first
+/// reconnected worker's hello says the schedule is (the checkpoint may be far behind it).
 async fn admit(
     listener: &TcpListener,
     identity: &LocalIdentity,
     expectation: &PeerExpectation,
     terms: ExchangeTerms,
     (expected, lost): (&BTreeSet<u32>, &BTreeSet<u32>),
-    give_up: Option<Instant>,
+    mut give_up: Option<Instant>,
 ) -> Vec<Link> {
     let mut links: BTreeMap<u32, Link> = BTreeMap::new();
     while !expected.iter().all(|rank| links.contains_key(rank)) {
@@ -439,6 +441,15 @@ async fn admit(
         let Some(link) = accepted else {
             continue;
         };
+        if let (Some(at), Some(pace)) = (give_up.as_mut(), terms.pace)
+            && link.next_tick > 0
+        {
+            let left = u64::from(pace.ticks.saturating_sub(link.next_tick));
+            let end = Instant::now()
+                + Duration::from_millis(left.saturating_mul(u64::from(pace.tick_ms)))
+                + RECONNECT_GRACE;
+            *at = (*at).min(end);
+        }
         if expected.contains(&link.rank) || lost.contains(&link.rank) {
             links.insert(link.rank, link);
         }

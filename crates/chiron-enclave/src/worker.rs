@@ -345,20 +345,24 @@ fn keep_pace(
                 ended.get_or_insert("the parameter server answered out of turn".into());
             }
             // A paced exchange keeps every worker to its schedule's end.
+            // The program's request, sent or still waiting behind registrations sent again,
+            // gets the reason; nothing more is sent again.
             Ok(ToWorker::Released) => {
                 let reason = RELEASED.to_owned();
                 registering_again = false;
-                if unanswered.take().is_some() {
+                if unanswered.take().or_else(|| waiting(&mut again)).is_some() {
                     let _ = answer.send(Err(reason.clone()));
                 }
+                again.clear();
                 ended.get_or_insert(reason);
             }
             Ok(ToWorker::Refused(reason)) => {
                 let reason = format!("the parameter server ended the job: {reason}");
                 registering_again = false;
-                if unanswered.take().is_some() {
+                if unanswered.take().or_else(|| waiting(&mut again)).is_some() {
                     let _ = answer.send(Err(reason.clone()));
                 }
+                again.clear();
                 ended.get_or_insert(reason);
             }
             Err(e) => {
@@ -375,16 +379,19 @@ fn keep_pace(
                 } else {
                     None
                 };
+                // The program's request may still wait behind registrations sent again, if
+                // the connection broke again before they were through.
+                let request = unanswered.take().or_else(|| waiting(&mut again));
                 let Some(next) = resumed else {
                     // Nothing more can keep the schedule.
-                    if unanswered.is_some() {
+                    if request.is_some() {
                         let _ = answer.send(Err(e.0));
                     }
                     return;
                 };
                 k = next;
                 // The registrations first (a worker that was done steps no more), then the
-                // unanswered request, then the farewell.
+                // program's request, then the farewell.
                 again.clear();
                 registering_again = false;
                 again.extend(farewell.map(|done| {
@@ -395,18 +402,27 @@ fn keep_pace(
                     };
                     (farewell, false)
                 }));
-                again.extend(unanswered.take().map(|request| (request, false)));
+                again.extend(request.map(|request| (request, false)));
                 if farewell.is_none() && ended.is_none() {
                     again.extend(connection.registered.again().rev().map(|r| (r, true)));
                 }
             }
         }
     }
-    if unanswered.is_some() {
+    if unanswered.or_else(|| waiting(&mut again)).is_some() {
         let _ = answer.send(Err(
             "the exchange's schedule ran out before the program finished".into(),
         ));
     }
+}
+
+/// Takes the program's request out of what a paced worker is to send again, if it waits
+/// there.
+fn waiting(again: &mut Vec<(ToServer, bool)>) -> Option<ToServer> {
+    let at = again.iter().position(|(message, repeated)| {
+        !repeated && matches!(message, ToServer::Register { .. } | ToServer::Step { .. })
+    })?;
+    Some(again.remove(at).0)
 }
 
 impl Connection {
@@ -559,5 +575,64 @@ impl ParameterExchange for ServerLink {
             max_grad_norm: update.max_grad_norm,
             gradients: update.gradients,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn register(optimizer: u32) -> ToServer {
+        ToServer::Register {
+            optimizer,
+            values: vec![vec![1.0, 2.0]],
+        }
+    }
+
+    #[test]
+    fn registrations_are_sent_again_in_order_and_the_latest_of_a_handle_is_kept() {
+        let mut registered = Registrations::default();
+        registered.keep(register(7));
+        registered.keep(ToServer::Idle);
+        registered.keep(register(3));
+        registered.keep(ToServer::Register {
+            optimizer: 7,
+            values: vec![vec![5.0]],
+        });
+        let again: Vec<(u32, Vec<Vec<f32>>)> = registered
+            .again()
+            .map(|message| match message {
+                ToServer::Register { optimizer, values } => (optimizer, values),
+                other => panic!("not a registration: {other:?}"),
+            })
+            .collect();
+        assert_eq!(again, [(3, vec![vec![1.0, 2.0]]), (7, vec![vec![5.0]])]);
+    }
+
+    #[test]
+    fn the_programs_request_is_found_behind_registrations_sent_again_and_nothing_else_is() {
+        let step = ToServer::Step {
+            optimizer: 3,
+            rule: Rule {
+                tag: 0,
+                values: [0.1, 0.0, 0.0, 0.0, 0.0],
+            },
+            max_grad_norm: None,
+            gradients: vec![None],
+        };
+        // As a reconnection lays them out, taken from the end: the farewell, the program's
+        // request, then the registrations sent again.
+        let mut again = vec![(ToServer::Done, false), (step, false), (register(3), true)];
+        assert!(matches!(
+            waiting(&mut again),
+            Some(ToServer::Step { optimizer: 3, .. })
+        ));
+        assert!(matches!(
+            again.as_slice(),
+            [(ToServer::Done, false), (ToServer::Register { .. }, true)]
+        ));
+        // A registration sent again, or a farewell, is never the program's request.
+        assert!(waiting(&mut again).is_none());
+        assert_eq!(again.len(), 2);
     }
 }
