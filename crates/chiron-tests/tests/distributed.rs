@@ -1038,13 +1038,27 @@ fn a_killed_parameter_server_of_a_private_job_is_replaced_and_the_job_keeps_its_
     assert!(accuracy > 0.85, "accuracy {accuracy}");
 }
 
-/// No checkpoint falls due in a job under these options: its server's only checkpoint is
-/// its first, taken once the workers are admitted, before any of them registered.
-fn no_checkpoint_due() -> ExchangeOptions {
-    ExchangeOptions {
+/// The MLP on Iris as a two-worker job under `terms` in which no checkpoint falls due: its
+/// server's only checkpoint is its first, taken once the workers are admitted, before any of
+/// them registered.
+fn iris_job_without_due_checkpoints(
+    service: &Service,
+    terms: &chiron_client::owner::TrainingTerms,
+) -> chiron_client::owner::JobTicket {
+    let no_checkpoint_due = ExchangeOptions {
         checkpoint_every: u32::MAX,
         ..ExchangeOptions::default()
-    }
+    };
+    start_distributed_job_with(
+        service,
+        &program_wasm("chiron_mlp"),
+        &iris(),
+        terms,
+        2,
+        64,
+        no_checkpoint_due,
+    )
+    .expect("job starts")
 }
 
 #[test]
@@ -1052,16 +1066,7 @@ fn a_parameter_server_lost_before_a_checkpoint_fell_due_is_replaced_and_the_work
 {
     let service = Service::start();
     let data = iris();
-    let ticket = start_distributed_job_with(
-        &service,
-        &program_wasm("chiron_mlp"),
-        &data,
-        &terms(400, 300),
-        2,
-        64,
-        no_checkpoint_due(),
-    )
-    .expect("job starts");
+    let ticket = iris_job_without_due_checkpoints(&service, &terms(400, 300));
     // Rank 0 reported an epoch, so its optimizer is registered: the server's first
     // checkpoint does not hold it.
     let host = service.client();
@@ -1099,16 +1104,10 @@ fn a_parameter_server_of_a_private_job_lost_before_a_checkpoint_fell_due_is_repl
  {
     let service = Service::start();
     let data = iris();
-    let ticket = start_distributed_job_with(
+    let ticket = iris_job_without_due_checkpoints(
         &service,
-        &program_wasm("chiron_mlp"),
-        &data,
         &chiron_tests::transcript::private_terms(40, 30),
-        2,
-        64,
-        no_checkpoint_due(),
-    )
-    .expect("job starts");
+    );
     // The schedule starts with the server's first checkpoint. Two seconds (80 ticks) on,
     // the workers have registered their optimizer (the MLP steps every tick or two).
     checkpoint_stored(&service, "tick", 0, Duration::from_secs(60));
