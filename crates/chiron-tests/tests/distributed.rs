@@ -79,15 +79,17 @@ fn two_workers_train_the_cnn_as_well_as_one() {
     eprintln!(
         "one worker {one:.4}, two workers {two:.4}, two asynchronous workers {asynchronous:.4}"
     );
-    // Synchronous rounds are deterministic for a seed; asynchronous ones apply the steps in
-    // the order they arrive, which the scheduler picks (85.5% and 83.5% in two runs here).
+    // Synchronous rounds are deterministic for a seed (85.65% and 87.85% for one and two
+    // workers here); asynchronous ones apply the steps in the order they arrive, which the
+    // scheduler picks (85.5%, 83.5% and 82.2% in three runs here). Two workers may do
+    // better than one on this subset, not worse by more than the tolerance.
     for (how, accuracy, tolerance) in [
         ("synchronous", two, 0.02),
         ("asynchronous", asynchronous, 0.05),
     ] {
         assert!(accuracy > 0.75, "{how} workers learned: {accuracy}");
         assert!(
-            (one - accuracy).abs() <= tolerance,
+            accuracy >= one - tolerance,
             "one worker {one}, two {how} workers {accuracy}"
         );
     }
