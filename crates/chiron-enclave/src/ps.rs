@@ -84,6 +84,15 @@ fn scaled_for(rule: Rule, batches: usize) -> Rule {
     scaled
 }
 
+/// The parameters the server holds for `optimizer`, which answer a round. (A free function,
+/// so that the server's outbox can be borrowed beside them.)
+fn held_params(optimizers: &BTreeMap<u32, Held>, optimizer: u32) -> Result<&[Vec<f32>], String> {
+    optimizers
+        .get(&optimizer)
+        .map(|held| held.params.as_slice())
+        .ok_or_else(|| "a step of an optimizer never registered".to_owned())
+}
+
 /// The host's start frame, unpacked.
 pub struct Start {
     pub job_id: String,
@@ -875,11 +884,7 @@ impl Server<'_> {
             };
             seen.insert(rank, self.rounds_done);
             let (optimizer, applied) = answer;
-            let params = &self
-                .optimizers
-                .get(&optimizer)
-                .ok_or("a step of an optimizer never registered")?
-                .params;
+            let params = held_params(&self.optimizers, optimizer)?;
             let answer = match applied {
                 true => ParametersAnswer::Applied(params),
                 false => ParametersAnswer::Stale(params),
@@ -1237,13 +1242,8 @@ impl Server<'_> {
                 self.checkpoint()?;
             }
             if let Some(optimizer) = answer {
-                let params = &self
-                    .optimizers
-                    .get(&optimizer)
-                    .ok_or("a step of an optimizer never registered")?
-                    .params;
                 pad_into(
-                    &ParametersAnswer::Applied(params),
+                    &ParametersAnswer::Applied(held_params(&self.optimizers, optimizer)?),
                     size,
                     Arc::make_mut(&mut self.outbox),
                 )?;
@@ -1300,10 +1300,8 @@ impl Server<'_> {
         Ok(())
     }
 
-    /// One round's messages, in rank order: the parameters to answer with, or `None` when
-    /// the round only let workers go.
-    /// One round of the workers' `messages`: the optimizer whose parameters answer it, if
-    /// any.
+    /// One round's messages, in rank order: the optimizer whose parameters answer it, or
+    /// `None` when the round only let workers go.
     fn round(&mut self, messages: Vec<(u32, ToServer)>) -> Result<Option<u32>, String> {
         let mut registers = Vec::new();
         let mut steps = Vec::new();
@@ -1352,11 +1350,8 @@ impl Server<'_> {
 
     /// `optimizer`'s parameters as an answer of `size` bytes.
     fn answer(&self, optimizer: u32, size: usize) -> Result<Vec<u8>, String> {
-        let held = self
-            .optimizers
-            .get(&optimizer)
-            .ok_or("a step of an optimizer never registered")?;
-        pad(&ParametersAnswer::Applied(&held.params), size)
+        let params = held_params(&self.optimizers, optimizer)?;
+        pad(&ParametersAnswer::Applied(params), size)
     }
 
     /// Every remaining worker registers one optimizer: the first one's values start it.

@@ -344,20 +344,16 @@ fn keep_pace(
             Ok(ToWorker::Parameters(_) | ToWorker::Stale(_)) => {
                 ended.get_or_insert("the parameter server answered out of turn".into());
             }
-            // A paced exchange keeps every worker to its schedule's end.
-            // The program's request, sent or still waiting behind registrations sent again,
-            // gets the reason; nothing more is sent again.
-            Ok(ToWorker::Released) => {
-                let reason = RELEASED.to_owned();
-                registering_again = false;
-                if unanswered.take().or_else(|| waiting(&mut again)).is_some() {
-                    let _ = answer.send(Err(reason.clone()));
-                }
-                again.clear();
-                ended.get_or_insert(reason);
-            }
-            Ok(ToWorker::Refused(reason)) => {
-                let reason = format!("the parameter server ended the job: {reason}");
+            // A paced exchange keeps every worker to its schedule's end. The program's
+            // request, sent or still waiting behind registrations sent again, gets the
+            // reason; nothing more is sent again.
+            Ok(over @ (ToWorker::Released | ToWorker::Refused(_))) => {
+                let reason = match over {
+                    ToWorker::Refused(reason) => {
+                        format!("the parameter server ended the job: {reason}")
+                    }
+                    _ => RELEASED.to_owned(),
+                };
                 registering_again = false;
                 if unanswered.take().or_else(|| waiting(&mut again)).is_some() {
                     let _ = answer.send(Err(reason.clone()));

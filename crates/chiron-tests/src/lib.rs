@@ -627,10 +627,7 @@ pub fn iris_trains_distributed(service: &Service, workers: u32) -> JobTicket {
     .expect("job starts");
     let (state, events) = wait(service, &ticket, Duration::from_secs(300));
     assert_eq!(state, JobState::Succeeded, "{events:?}");
-    let test = iris_inputs(&data, None);
-    let accuracy =
-        query_accuracy(service, &ticket, &test.features, &test.labels, 50).expect("queries");
-    assert!(accuracy > 0.85, "accuracy {accuracy}");
+    assert_iris_answers(service, &ticket, &data);
     ticket
 }
 
@@ -733,6 +730,15 @@ pub fn last_metric(events: &[OwnerEvent], name: &str) -> Option<f32> {
         OwnerEvent::Metric { name: n, value, .. } if n == name => Some(*value),
         _ => None,
     })
+}
+
+/// Queries `ticket`'s model with the iris table `data` was made from and checks that it
+/// answers above 85% accuracy.
+pub fn assert_iris_answers(service: &Service, ticket: &JobTicket, data: &PlainDataset) {
+    let test = iris_inputs(data, None);
+    let accuracy =
+        query_accuracy(service, ticket, &test.features, &test.labels, 50).expect("queries");
+    assert!(accuracy > 0.85, "accuracy {accuracy}");
 }
 
 /// Accuracy of the model behind `ticket` on labelled inputs, through black-box queries.

@@ -51,10 +51,7 @@ fn owner_trains_the_mlp_on_a_csv_table() {
     let valid = last_metric(&events, "valid_accuracy").expect("validation accuracy reported");
     assert!(valid >= 0.8, "validation accuracy {valid}");
 
-    let test = iris_inputs(&data, None);
-    let accuracy =
-        query_accuracy(&service, &ticket, &test.features, &test.labels, 50).expect("queries");
-    assert!(accuracy > 0.85, "accuracy {accuracy}");
+    assert_iris_answers(&service, &ticket, &data);
 }
 
 #[test]
