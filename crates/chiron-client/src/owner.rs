@@ -133,6 +133,20 @@ pub fn size_private_job(
     })
 }
 
+/// The size, in KiB, of a distributed job's exchange messages when the owner gives none:
+/// the exchange size the program's manifest declares or, when it declares none, the job's
+/// sealed-model size (`model_mib`), which bounds what the parameters take on the wire but is
+/// often far above it (the example CNN's 5 MiB against its 1.6 MiB of parameters on
+/// Fashion-MNIST). Every message of the job, either way, is this size, so a tight figure is
+/// what keeps the exchange cheap; a model whose parameters do not fit fails at its first
+/// step with the size it needs.
+pub fn exchange_message_kib(needs: &DeclaredNeeds, model_mib: u32) -> u32 {
+    needs
+        .exchange_kib
+        .map_or(model_mib.saturating_mul(1024), std::num::NonZeroU32::get)
+        .min(chiron_proto::owner::ExchangeTerms::MAX_MESSAGE_KIB)
+}
+
 /// The time budget of a live job whose owner gives none.
 pub const LIVE_TIME_BUDGET_SECS: u32 = 900;
 
@@ -816,12 +830,32 @@ mod tests {
     }
 
     #[test]
+    fn exchange_messages_are_the_declared_size_or_else_the_model_size() {
+        let declared = DeclaredNeeds {
+            model_mib: NonZeroU32::new(4),
+            exchange_kib: NonZeroU32::new(1648),
+            ..DeclaredNeeds::default()
+        };
+        assert_eq!(exchange_message_kib(&declared, 5), 1648);
+        assert_eq!(exchange_message_kib(&DeclaredNeeds::default(), 5), 5 * 1024);
+        let huge = DeclaredNeeds {
+            exchange_kib: NonZeroU32::new(u32::MAX),
+            ..DeclaredNeeds::default()
+        };
+        assert_eq!(
+            exchange_message_kib(&huge, 5),
+            chiron_proto::owner::ExchangeTerms::MAX_MESSAGE_KIB
+        );
+    }
+
+    #[test]
     fn private_jobs_are_sized_from_the_header_and_the_declared_needs() {
         // The demo: the CNN's manifest on all of Fashion-MNIST, 3 epochs.
         let cnn = DeclaredNeeds {
             memory_mib: NonZeroU32::new(512),
             model_mib: NonZeroU32::new(4),
             ms_per_1000_examples_epoch: NonZeroU32::new(1200),
+            exchange_kib: NonZeroU32::new(1648),
         };
         let sizing = size_private_job(&fashion(57_000, 3_000), &cnn, 3).expect("sized");
         // 1.5 × 1.2 s × 60 × 3 = 324 s, + 15 s, + 46 MiB / 10 (60 000 × 788 bytes).

@@ -223,12 +223,14 @@ pub fn pad<T: Serialize>(message: &T, size: usize) -> Result<Vec<u8>, String> {
 /// megabytes are encoded in place, with no fresh pages to fault in and clear.
 pub fn pad_into<T: Serialize>(message: &T, size: usize, out: &mut Vec<u8>) -> Result<(), String> {
     let too_small = || {
-        let needed = postcard::experimental::serialized_size(message).unwrap_or(usize::MAX);
+        // The encoding and its 4-byte length.
+        let needed = postcard::experimental::serialized_size(message)
+            .map_or(usize::MAX, |n| n.saturating_add(4));
         format!(
-            "the model's parameters ({} KiB) do not fit the job's exchange messages \
-             ({} KiB): ask for larger messages",
+            "the model's parameters do not fit the job's exchange messages ({} KiB): ask for \
+             messages of at least {} KiB (`chiron train --exchange-kib`)",
+            size / 1024,
             needed.div_ceil(1024),
-            size / 1024
         )
     };
     if size < 4 {
@@ -343,11 +345,10 @@ mod tests {
                 .unwrap_err()
                 .contains("do not fit")
         );
-        assert!(
-            pad_into(&long, 512, &mut buffer)
-                .unwrap_err()
-                .contains("do not fit")
-        );
+        let refused = pad_into(&long, 512, &mut buffer).unwrap_err();
+        assert!(refused.contains("do not fit"), "{refused}");
+        // 200 floats, their length and the message's: just over 800 bytes, so 1 KiB.
+        assert!(refused.contains("at least 1 KiB"), "{refused}");
     }
 
     #[test]

@@ -10,14 +10,14 @@
 //! the sealed terms against it once more before serving. The owner's terms may only tighten
 //! the policy. [`read_manifest`] is the one reader all of them use.
 //!
-//! # Encoding (format version 1)
+//! # Encoding (format versions 1 and 2)
 //!
 //! The section's payload is exactly [`ENCODED_LEN`] (40) bytes, integers little-endian:
 //!
 //! | bytes | field | values |
 //! |---|---|---|
 //! | 0..8 | magic | `CHIRONMF` |
-//! | 8 | format version | `1` |
+//! | 8 | format version | `1`, or `2` when bytes 36..40 declare an exchange size |
 //! | 9 | finest answer granularity | `0` label, `1` top-k |
 //! | 10 | k | `0` for label; `1..=MAX_TOP_K` for top-k |
 //! | 11 | scores | `0` classes only, `1` scores allowed |
@@ -26,9 +26,10 @@
 //! | 24..28 | declared peak memory of a training run, MiB | `0` = not declared |
 //! | 28..32 | declared sealed-model size, MiB | `0` = not declared |
 //! | 32..36 | declared training time, milliseconds per 1000 examples per epoch | `0` = not declared |
-//! | 36..40 | reserved | zero |
+//! | 36..40 | version 2: declared parameter-exchange message, KiB; version 1: reserved | `≥ 1` (version 2); zero (version 1) |
 //!
-//! Anything else (another length, magic or version, a reserved byte that is not zero, an
+//! Version 2 adds only the exchange size, so a program that declares none is still written
+//! as version 1 and read by runtimes that predate it. Anything else (another length, magic or version, a reserved byte that is not zero, an
 //! unknown code, a second `chiron.manifest` section) is refused: a newer format gets a new
 //! version number rather than fields an older reader would skip.
 //!
@@ -51,9 +52,9 @@ use crate::owner::{AnswerPolicy, MAX_TOP_K};
 pub const SECTION: &str = "chiron.manifest";
 /// First bytes of an encoded manifest.
 pub const MAGIC: [u8; 8] = *b"CHIRONMF";
-/// The encoding's format version.
-pub const FORMAT_VERSION: u8 = 1;
-/// Length of an encoded manifest (format version 1).
+/// The encoding's newest format version (2: with a declared exchange size).
+pub const FORMAT_VERSION: u8 = 2;
+/// Length of an encoded manifest (every format version).
 pub const ENCODED_LEN: usize = 40;
 /// Query budget of a program that declares no manifest.
 pub const DEFAULT_MAX_QUERIES: u64 = 10_000;
@@ -80,6 +81,12 @@ pub struct DeclaredNeeds {
     pub model_mib: Option<NonZeroU32>,
     /// Training time in milliseconds per 1000 training examples per epoch.
     pub ms_per_1000_examples_epoch: Option<NonZeroU32>,
+    /// Size of one parameter-exchange message of a distributed job, in KiB: what the
+    /// largest set of parameters one of the program's optimizers steps takes on the wire
+    /// (4 bytes a value and a few bytes a tensor). The owner's client sizes a distributed
+    /// job's messages to it; without it, to the sealed model's size.
+    #[serde(default)]
+    pub exchange_kib: Option<NonZeroU32>,
 }
 
 /// A program's extraction policy and declared needs, always valid: it can only be built by
@@ -141,6 +148,7 @@ impl Manifest {
             memory_mib: None,
             model_mib: None,
             ms_per_1000_examples_epoch: None,
+            exchange_kib: None,
         },
     };
 
@@ -217,10 +225,13 @@ impl Manifest {
         if bytes[..8] != MAGIC {
             return Err(ManifestError::Magic);
         }
-        if bytes[8] != FORMAT_VERSION {
-            return Err(ManifestError::Version(bytes[8]));
+        let version = bytes[8];
+        if !(1..=FORMAT_VERSION).contains(&version) {
+            return Err(ManifestError::Version(version));
         }
-        if bytes[12..16].iter().chain(&bytes[36..40]).any(|&b| b != 0) {
+        if bytes[12..16].iter().any(|&b| b != 0)
+            || (version == 1 && bytes[36..40].iter().any(|&b| b != 0))
+        {
             return Err(ManifestError::Reserved);
         }
         let answers = match (bytes[9], bytes[10]) {
@@ -246,7 +257,11 @@ impl Manifest {
             memory_mib: u32_at(24),
             model_mib: u32_at(28),
             ms_per_1000_examples_epoch: u32_at(32),
+            exchange_kib: u32_at(36),
         };
+        if version == 2 && needs.exchange_kib.is_none() {
+            return Err(ManifestError::NoExchangeSize);
+        }
         Self::new(max_queries, answers, scores, needs)
     }
 
@@ -254,7 +269,12 @@ impl Manifest {
     pub fn encode(&self) -> [u8; ENCODED_LEN] {
         let mut out = [0u8; ENCODED_LEN];
         out[..8].copy_from_slice(&MAGIC);
-        out[8] = FORMAT_VERSION;
+        // Version 1 where it says all there is to say, so older runtimes still read it.
+        out[8] = if self.needs.exchange_kib.is_some() {
+            2
+        } else {
+            1
+        };
         match self.answers {
             AnswerPolicy::Label => {}
             // `Manifest::new` refuses `Scored`: the scores are the next byte.
@@ -269,6 +289,7 @@ impl Manifest {
             self.needs.memory_mib,
             self.needs.model_mib,
             self.needs.ms_per_1000_examples_epoch,
+            self.needs.exchange_kib,
         ];
         for (i, need) in needs.into_iter().enumerate() {
             let at = 24 + 4 * i;
@@ -355,9 +376,12 @@ pub enum ManifestError {
     Magic,
     /// An unknown format version.
     #[error(
-        "manifest format version {0} is not supported (this build reads version {FORMAT_VERSION})"
+        "manifest format version {0} is not supported (this build reads versions 1 to {FORMAT_VERSION})"
     )]
     Version(u8),
+    /// A version-2 manifest without the exchange size it exists to declare.
+    #[error("a version-2 manifest declares an exchange size, and this one's is zero")]
+    NoExchangeSize,
     /// A reserved byte is set.
     #[error("the manifest's reserved bytes are not zero")]
     Reserved,
@@ -430,6 +454,7 @@ mod tests {
                 memory_mib: NonZeroU32::new(512),
                 model_mib: None,
                 ms_per_1000_examples_epoch: NonZeroU32::new(40),
+                exchange_kib: None,
             },
         )
         .expect("valid")
@@ -471,7 +496,9 @@ mod tests {
             Err(ManifestError::Length(39))
         );
         assert_eq!(with(0, b'X'), Err(ManifestError::Magic));
-        assert_eq!(with(8, 2), Err(ManifestError::Version(2)));
+        assert_eq!(with(8, 3), Err(ManifestError::Version(3)));
+        assert_eq!(with(8, 0), Err(ManifestError::Version(0)));
+        assert_eq!(with(8, 2), Err(ManifestError::NoExchangeSize));
         assert_eq!(with(9, 2), Err(ManifestError::Answers));
         assert_eq!(with(10, 0), Err(ManifestError::TopK));
         assert_eq!(with(10, MAX_TOP_K + 1), Err(ManifestError::TopK));
@@ -487,6 +514,32 @@ mod tests {
         assert_eq!(Manifest::decode(&label), Err(ManifestError::Answers));
         label[10] = 0;
         assert!(Manifest::decode(&label).is_ok());
+    }
+
+    #[test]
+    fn an_exchange_size_is_written_as_version_2_and_refused_in_version_1() {
+        let mut needs = golden().needs();
+        needs.exchange_kib = NonZeroU32::new(1648);
+        let declared = Manifest::new(
+            golden().max_queries,
+            golden().answers,
+            golden().scores,
+            needs,
+        )
+        .expect("valid");
+        let bytes = declared.encode();
+        assert_eq!(bytes[8], 2);
+        assert_eq!(&bytes[36..40], &1648u32.to_le_bytes());
+        assert_eq!(bytes[..8], GOLDEN[..8]);
+        assert_eq!(bytes[9..36], GOLDEN[9..36]);
+        assert_eq!(Manifest::decode(&bytes), Ok(declared));
+        // The same size under version 1, whose bytes 36..40 are reserved, is refused.
+        let mut as_version_1 = bytes;
+        as_version_1[8] = 1;
+        assert_eq!(
+            Manifest::decode(&as_version_1),
+            Err(ManifestError::Reserved)
+        );
     }
 
     #[test]

@@ -21,8 +21,20 @@ use chiron_proto::owner::{
 use chiron_proto::wire::{EnclaveFrame, HostFrame};
 use chiron_tests::*;
 
-/// The example CNN's parameters fit in 2 MiB; its program declares a 5 MiB model.
-const CNN_MESSAGE_KIB: u32 = 2048;
+/// The exchange size the example CNN's manifest declares, which the owner's client uses by
+/// default: these tests fail if its parameters outgrow it.
+fn cnn_message_kib(wasm: &[u8]) -> u32 {
+    let manifest = chiron_proto::manifest::read_manifest(wasm)
+        .expect("a well-formed manifest")
+        .expect("the CNN declares one");
+    let declared = manifest.needs().exchange_kib.expect("an exchange size");
+    // What `chiron train` asks for when the owner gives no size (the model size unused).
+    assert_eq!(
+        chiron_client::owner::exchange_message_kib(&manifest.needs(), 5),
+        declared.get()
+    );
+    declared.get()
+}
 
 /// Accuracy on the first 2 000 Fashion-MNIST test images, through black-box queries.
 fn test_accuracy(service: &Service, ticket: &chiron_client::owner::JobTicket) -> f64 {
@@ -44,7 +56,7 @@ fn two_workers_train_the_cnn_as_well_as_one() {
     assert_eq!(state, JobState::Succeeded, "{events:?}");
     let one = test_accuracy(&service, &alone);
 
-    let together = start_distributed_job(&service, &wasm, &data, &terms, 2, CNN_MESSAGE_KIB)
+    let together = start_distributed_job(&service, &wasm, &data, &terms, 2, cnn_message_kib(&wasm))
         .expect("the parameter server and both workers attest");
     let (state, events) = wait(&service, &together, Duration::from_secs(600));
     assert_eq!(state, JobState::Succeeded, "{events:?}");
@@ -66,7 +78,7 @@ fn two_workers_train_the_cnn_as_well_as_one() {
         &data,
         &terms,
         2,
-        CNN_MESSAGE_KIB,
+        cnn_message_kib(&wasm),
         ExchangeOptions {
             rounds: Rounds::Asynchronous { max_staleness: 2 },
             ..ExchangeOptions::default()
@@ -116,6 +128,8 @@ fn a_model_too_large_for_the_exchange_fails_the_job_with_a_reason() {
     assert_eq!(state, JobState::Failed, "{events:?}");
     let detail = failure(&events).expect("the owner is told why");
     assert!(detail.contains("do not fit"), "{detail}");
+    // The size the CNN's 421 642 parameters need, which its manifest declares with headroom.
+    assert!(detail.contains("at least 1648 KiB"), "{detail}");
 }
 
 /// The simulated platform of `service`, as an enclave of `measurement` would hold it.
@@ -741,13 +755,14 @@ fn distributed_job_under_way(
     epochs: u32,
     budget_secs: u32,
 ) -> (chiron_client::owner::JobTicket, Vec<u32>) {
+    let wasm = program_wasm("chiron_cnn");
     let ticket = start_distributed_job(
         service,
-        &program_wasm("chiron_cnn"),
+        &wasm,
         &fashion_subset(6000),
         &terms(epochs, budget_secs),
         2,
-        CNN_MESSAGE_KIB,
+        cnn_message_kib(&wasm),
     )
     .expect("job starts");
     until_an_epoch_is_done(service, &ticket, Duration::from_secs(300));
@@ -990,13 +1005,14 @@ fn resumed_from(service: &Service, unit: &str) -> u64 {
 #[test]
 fn a_killed_parameter_server_is_replaced_from_its_checkpoint() {
     let service = Service::start();
+    let wasm = program_wasm("chiron_cnn");
     let ticket = start_distributed_job(
         &service,
-        &program_wasm("chiron_cnn"),
+        &wasm,
         &fashion_subset(6000),
         &terms(3, 600),
         2,
-        CNN_MESSAGE_KIB,
+        cnn_message_kib(&wasm),
     )
     .expect("job starts");
     let stored_before = checkpoint_stored(&service, "round", 40, Duration::from_secs(300));

@@ -11,6 +11,7 @@
 //!         .memory_mib(512)
 //!         .model_mib(2)
 //!         .ms_per_1000_examples_epoch(400)
+//!         .exchange_kib(1200)
 //! );
 //! ```
 //!
@@ -20,11 +21,12 @@
 //! only tighten it. A program without a manifest gets the runtime's conservative default:
 //! label answers only, no scores, at most 10 000 queries per model.
 //!
-//! The declared needs are not enforced; the owner's client uses them to size a private job
-//! when the owner does not.
+//! The declared needs are not enforced; the owner's client uses them to size a private job,
+//! and a distributed job's exchange messages, when the owner does not.
 //!
 //! The manifest is stored in the module as a custom section named [`SECTION`], in the fixed
-//! 40-byte format version 1 that `chiron_proto::manifest` documents and parses. Values that
+//! 40-byte format that `chiron_proto::manifest` documents and parses (version 2 when it
+//! declares an exchange size, version 1 otherwise, which older runtimes read too). Values that
 //! cannot be honoured (a budget of 0, a top-k outside `1..=MAX_TOP_K`) fail at compile time.
 
 /// Name of the WebAssembly custom section holding the manifest.
@@ -52,6 +54,7 @@ pub struct Manifest {
     memory_mib: u32,
     model_mib: u32,
     ms_per_1000_examples_epoch: u32,
+    exchange_kib: u32,
 }
 
 impl Manifest {
@@ -76,6 +79,7 @@ impl Manifest {
             memory_mib: 0,
             model_mib: 0,
             ms_per_1000_examples_epoch: 0,
+            exchange_kib: 0,
         }
     }
 
@@ -106,7 +110,19 @@ impl Manifest {
         self
     }
 
-    /// The section's bytes (format version 1).
+    /// Declares the size, in KiB, of one parameter-exchange message of a distributed job (0:
+    /// not declared): what the largest set of parameters one optimizer steps takes on the
+    /// wire, 4 bytes a value and some 8 bytes a tensor, with some headroom. Every message of
+    /// a distributed job has one size, so this is what it costs; undeclared, the owner's
+    /// client uses the model size, often several times more. A job whose parameters do not
+    /// fit fails at its first step with the size they need, so measure it on the datasets
+    /// the program expects (the parameters of a model shaped by its inputs grow with them).
+    pub const fn exchange_kib(mut self, kib: u32) -> Self {
+        self.exchange_kib = kib;
+        self
+    }
+
+    /// The section's bytes.
     pub const fn encode(&self) -> [u8; ENCODED_LEN] {
         let mut out = [0u8; ENCODED_LEN];
         let magic = *b"CHIRONMF";
@@ -115,7 +131,8 @@ impl Manifest {
             out[i] = magic[i];
             i += 1;
         }
-        out[8] = 1;
+        // Version 2 exists for the exchange size; without it, version 1 (older runtimes read it).
+        out[8] = if self.exchange_kib == 0 { 1 } else { 2 };
         if let Answers::TopK(k) = self.answers {
             out[9] = 1;
             out[10] = k;
@@ -125,6 +142,7 @@ impl Manifest {
         put(&mut out, 24, &self.memory_mib.to_le_bytes());
         put(&mut out, 28, &self.model_mib.to_le_bytes());
         put(&mut out, 32, &self.ms_per_1000_examples_epoch.to_le_bytes());
+        put(&mut out, 36, &self.exchange_kib.to_le_bytes());
         out
     }
 }
@@ -183,5 +201,13 @@ mod tests {
         assert_eq!(M.encode(), GOLDEN);
         let label = Manifest::new(1, Answers::Label).scores(true).encode();
         assert_eq!(&label[8..12], &[1, 0, 0, 1]);
+        let exchange = Manifest::new(50_000, Answers::TopK(3))
+            .memory_mib(512)
+            .ms_per_1000_examples_epoch(40)
+            .exchange_kib(1648)
+            .encode();
+        assert_eq!(exchange[8], 2);
+        assert_eq!(&exchange[36..40], &1648u32.to_le_bytes());
+        assert_eq!(exchange[9..36], GOLDEN[9..36]);
     }
 }

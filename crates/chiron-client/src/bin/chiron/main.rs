@@ -463,7 +463,8 @@ struct TrainArgs {
     #[arg(long, value_name = "MAX_STALENESS")]
     asynchronous: Option<u32>,
     /// A distributed job's exchange message size in KiB, in both directions (default: the
-    /// model size the program declares plus 1 MiB): the model's parameters must fit.
+    /// exchange size the program declares, or else its model size plus 1 MiB): the model's
+    /// parameters must fit.
     #[arg(long)]
     exchange_kib: Option<u32>,
     /// Fail the job when its time budget runs out. By default the model the program saved
@@ -839,7 +840,9 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         let distribution = owner::Distribution {
             exchange: ExchangeTerms {
                 workers: args.workers,
-                message_kib: args.exchange_kib.unwrap_or(model_mib.saturating_mul(1024)),
+                message_kib: args
+                    .exchange_kib
+                    .unwrap_or_else(|| owner::exchange_message_kib(&needs, model_mib)),
                 // Private: one message per tick each way, on a schedule fixed by the terms.
                 pace: private.map(|_| Pace::for_budget(time_budget_secs, args.exchange_tick_ms)),
                 rounds: match args.asynchronous {
