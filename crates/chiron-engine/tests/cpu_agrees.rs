@@ -169,6 +169,72 @@ fn elementwise_functions_and_their_gradients_agree_with_burn() {
 }
 
 /// Ten SGD-momentum steps of a small MLP: parameters after training agree.
+/// The host sizes an enclave's thread pool to the cores it shares with other enclaves, so
+/// the number of threads must change only the speed: the same network gives bit for bit the
+/// same loss and gradients on one thread and on several.
+#[test]
+fn the_thread_count_changes_no_result() {
+    let cases = [
+        // Net A's shapes at a training batch.
+        Case {
+            input: [64, 1, 28, 28],
+            conv: [32, 1, 3, 3],
+            stride: 1,
+            padding: 1,
+            pool: (2, 2),
+            classes: 10,
+        },
+        // Blocks of several images, the last one short.
+        Case {
+            input: [20, 5, 10, 10],
+            conv: [7, 5, 3, 3],
+            stride: 1,
+            padding: 1,
+            pool: (2, 2),
+            classes: 5,
+        },
+        // A tiled patch matrix.
+        Case {
+            input: [2, 64, 60, 60],
+            conv: [4, 64, 5, 5],
+            stride: 1,
+            padding: 2,
+            pool: (4, 4),
+            classes: 2,
+        },
+    ];
+    let on = |threads: usize, case: &Case| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("a thread pool");
+        let (loss, grads) = pool.install(|| run(&CpuBackend::new(), case)).expect("cpu");
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        (
+            loss.to_bits(),
+            grads.iter().map(|g| bits(g)).collect::<Vec<_>>(),
+        )
+    };
+    for (i, case) in cases.iter().enumerate() {
+        let alone = on(1, case);
+        for threads in [2, 3, 8] {
+            assert!(
+                on(threads, case) == alone,
+                "case {i}: {threads} threads give another result than one"
+            );
+        }
+    }
+    let trained = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("a thread pool")
+            .install(|| train(&CpuBackend::new()))
+            .expect("cpu")
+    };
+    assert_eq!(trained(1), trained(4), "ten training steps");
+}
+
 fn train<B: Backend>(engine: &B) -> Result<Vec<Vec<f32>>, EngineError> {
     let x = engine.constant(&[16, 12], values(192, 9))?;
     let labels = engine.constant(&[16], (0..16).map(|i| (i % 3) as f32).collect())?;

@@ -251,7 +251,7 @@ async fn replace_worker(
     String,
 > {
     let enclave = launcher
-        .spawn(Role::Worker)
+        .spawn_worker(workers)
         .await
         .map_err(|e| enclave_label(&e))?;
     let mut member = Member::new(enclave);

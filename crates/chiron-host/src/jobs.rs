@@ -606,7 +606,7 @@ impl Jobs {
         } else {
             let server = self.launcher.spawn(Role::ParameterServer);
             let trainers = futures::future::try_join_all(
-                (0..workers).map(|_| self.launcher.spawn(Role::Worker)),
+                (0..workers).map(|_| self.launcher.spawn_worker(workers)),
             );
             let (server, trainers) = futures::future::try_join(server, trainers).await?;
             Enclaves::Distributed(server, trainers)

@@ -25,6 +25,15 @@ pub trait Launch: Send + Sync + std::fmt::Debug {
     /// Starts an enclave in `role` and connects to it.
     fn spawn(&self, role: Role) -> BoxFuture<'_, Result<Enclave, EnclaveError>>;
 
+    /// Starts one of a distributed job's `workers` worker enclaves. A launcher that places
+    /// them on one machine gives each its share of the cores, so that they do not take
+    /// each other's; by default, as [`Launch::spawn`]. The share changes only the speed:
+    /// the engine computes the same values on any number of threads.
+    fn spawn_worker(&self, workers: u32) -> BoxFuture<'_, Result<Enclave, EnclaveError>> {
+        let _ = workers;
+        self.spawn(Role::Worker)
+    }
+
     /// Where the host's relay for a distributed job's peer traffic listens: an address the
     /// enclaves can reach.
     fn relay_bind(&self) -> SocketAddr;
@@ -51,6 +60,11 @@ impl Launcher {
     /// See [`Launch::spawn`].
     pub async fn spawn(&self, role: Role) -> Result<Enclave, EnclaveError> {
         self.0.spawn(role).await
+    }
+
+    /// See [`Launch::spawn_worker`].
+    pub async fn spawn_worker(&self, workers: u32) -> Result<Enclave, EnclaveError> {
+        self.0.spawn_worker(workers).await
     }
 
     /// See [`Launch::relay_bind`].

@@ -898,6 +898,19 @@ fn a_killed_rank_0_of_a_private_job_fails_it_promptly() {
 fn a_killed_worker_is_replaced_and_the_job_goes_on() {
     let service = Service::start();
     let (ticket, workers) = distributed_job_under_way(&service, 4, 600);
+    // The two workers share this machine's cores instead of each taking them all (unless
+    // the environment already sets the thread count, which they then inherit).
+    let share = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (cores / 2).max(1).to_string()
+    });
+    for pid in &workers {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("the environment");
+        let threads = environ
+            .split(|&b| b == 0)
+            .find_map(|entry| entry.strip_prefix(b"RAYON_NUM_THREADS="));
+        assert_eq!(threads, Some(share.as_bytes()), "worker process {pid}");
+    }
     kill(workers[1]);
     let (state, events) = wait(&service, &ticket, Duration::from_secs(600));
     assert_eq!(state, JobState::Succeeded, "{events:?}");

@@ -133,9 +133,18 @@ impl Processes {
         Ok(())
     }
 
-    /// Starts an enclave process in `role` and connects to it.
-    async fn spawn_process(&self, role: Role) -> Result<Enclave, EnclaveError> {
-        let mut child = Command::new(&self.bin)
+    /// Starts an enclave process in `role`, with `threads` compute threads if given (else
+    /// one per core), and connects to it.
+    async fn spawn_process(
+        &self,
+        role: Role,
+        threads: Option<usize>,
+    ) -> Result<Enclave, EnclaveError> {
+        let mut command = Command::new(&self.bin);
+        if let Some(threads) = threads {
+            command.env(THREADS_VARIABLE, threads.to_string());
+        }
+        let mut child = command
             .arg("serve")
             .arg("--role")
             .arg(role.as_arg())
@@ -174,6 +183,17 @@ impl Processes {
     }
 }
 
+/// The variable the engine's thread pool (rayon) takes its thread count from.
+const THREADS_VARIABLE: &str = "RAYON_NUM_THREADS";
+
+/// Compute threads for each of `workers` worker processes on a machine of `cores`: an even
+/// share, at least one. Two workers with a thread per core each slowed a two-core machine's
+/// rounds by some 6% (BENCHMARKS.md).
+fn worker_threads(cores: usize, workers: u32) -> usize {
+    let workers = usize::try_from(workers).unwrap_or(usize::MAX).max(1);
+    (cores / workers).max(1)
+}
+
 /// Reads the enclave's stdout up to its `CHIRON-ENCLAVE-LISTENING <port>` line.
 async fn listening_port(stdout: &mut (impl AsyncBufRead + Unpin)) -> Result<u16, EnclaveError> {
     // Lines are bounded so a misbehaving binary cannot make the host buffer without limit.
@@ -205,7 +225,16 @@ impl Launch for Processes {
     }
 
     fn spawn(&self, role: Role) -> BoxFuture<'_, Result<Enclave, EnclaveError>> {
-        Box::pin(self.spawn_process(role))
+        Box::pin(self.spawn_process(role, None))
+    }
+
+    fn spawn_worker(&self, workers: u32) -> BoxFuture<'_, Result<Enclave, EnclaveError>> {
+        // An operator's own setting, inherited by every enclave, stands.
+        let threads = std::env::var_os(THREADS_VARIABLE).is_none().then(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            worker_threads(cores, workers)
+        });
+        Box::pin(self.spawn_process(Role::Worker, threads))
     }
 
     fn relay_bind(&self) -> SocketAddr {
@@ -221,6 +250,15 @@ impl Launch for Processes {
 #[allow(clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn workers_share_the_cores_evenly_with_at_least_one_thread_each() {
+        assert_eq!(worker_threads(2, 2), 1);
+        assert_eq!(worker_threads(16, 2), 8);
+        assert_eq!(worker_threads(16, 3), 5);
+        assert_eq!(worker_threads(2, 64), 1);
+        assert_eq!(worker_threads(8, 0), 8);
+    }
 
     #[tokio::test]
     async fn listening_line_is_found_after_other_output() {
