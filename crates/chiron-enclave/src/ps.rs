@@ -529,6 +529,92 @@ async fn next_replacement(
 
 /// One optimizer's parameters and state, as the server holds them: flat values, since every
 /// rule is element-wise. The parameters' lengths are fixed at registration.
+/// A synchronous round's answers: which optimizer's parameters go to whom.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Answers {
+    /// The optimizer the round registered or stepped: its parameters answer every worker
+    /// not in `own`.
+    all: Option<u32>,
+    /// By rank: workers that registered again an optimizer the server holds, other than
+    /// `all` (a replacement, or a worker that reconnected, of a program with several
+    /// optimizers, while the others step another one): each gets that optimizer's
+    /// parameters as the server holds them.
+    own: BTreeMap<u32, u32>,
+}
+
+impl Answers {
+    /// The answers of a round that registered or stepped `all`, with `catching_up` workers
+    /// (rank, optimizer) registering again what the server holds.
+    fn new(all: Option<u32>, catching_up: Vec<(u32, u32)>) -> Self {
+        let own = catching_up
+            .into_iter()
+            .filter(|&(_, optimizer)| Some(optimizer) != all)
+            .collect();
+        Self { all, own }
+    }
+
+    /// Whether anybody is answered.
+    fn any(&self) -> bool {
+        self.all.is_some() || !self.own.is_empty()
+    }
+}
+
+/// A step as the round applies it: optimizer, rule, clipping norm, gradients.
+type Step = (u32, Rule, Option<f32>, Vec<Option<Vec<f32>>>);
+
+/// A synchronous round's messages, sorted by what they ask.
+#[derive(Debug, Default)]
+struct SortedRound {
+    /// Ranks done with their program.
+    left: Vec<u32>,
+    /// (rank, optimizer): registrations of an optimizer the server holds, with its
+    /// parameters' lengths.
+    catching_up: Vec<(u32, u32)>,
+    /// Registrations of an optimizer the server does not hold yet: its handle and values.
+    starting: Vec<(u32, Vec<Vec<f32>>)>,
+    /// Steps.
+    steps: Vec<Step>,
+}
+
+/// Sorts a round's messages (in rank order) against the `optimizers` the server holds.
+fn sort_round(
+    optimizers: &BTreeMap<u32, Held>,
+    messages: Vec<(u32, ToServer)>,
+) -> Result<SortedRound, String> {
+    let mut sorted = SortedRound::default();
+    for (rank, message) in messages {
+        match message {
+            ToServer::Done => sorted.left.push(rank),
+            ToServer::Abandon => return Err(format!("worker {rank} failed")),
+            ToServer::Hello { .. } => return Err(format!("worker {rank} said hello twice")),
+            ToServer::Idle => {
+                return Err(format!("worker {rank} idled in an unpaced exchange"));
+            }
+            ToServer::Register { optimizer, values } => match optimizers.get(&optimizer) {
+                Some(held) if values.iter().map(Vec::len).eq(held.lens()) => {
+                    sorted.catching_up.push((rank, optimizer));
+                }
+                Some(_) => {
+                    return Err(format!(
+                        "workers out of step: worker {rank} registers other parameters than \
+                         the optimizer holds"
+                    ));
+                }
+                None => sorted.starting.push((optimizer, values)),
+            },
+            ToServer::Step {
+                optimizer,
+                rule,
+                max_grad_norm,
+                gradients,
+            } => sorted
+                .steps
+                .push((optimizer, rule, max_grad_norm, gradients)),
+        }
+    }
+    Ok(sorted)
+}
+
 struct Held {
     params: Vec<Vec<f32>>,
     optimizer: Option<FlatOptimizer>,
@@ -1082,7 +1168,7 @@ impl Server<'_> {
                     .iter()
                     .all(|w| !w.active || pending.contains_key(&w.rank));
             let mut answered = BTreeSet::new();
-            let mut answering = None;
+            let mut answering = Answers::default();
             if ready {
                 let messages: Vec<(u32, ToServer)> = std::mem::take(&mut pending)
                     .into_iter()
@@ -1091,24 +1177,36 @@ impl Server<'_> {
                     })
                     .collect();
                 match self.round(messages) {
-                    Ok(optimizer) => answering = optimizer,
+                    Ok(answers) => answering = answers,
                     Err(reason) => {
                         failure.get_or_insert(reason);
                     }
                 }
             }
-            let parameters = match (&failure, answering) {
-                (None, Some(optimizer)) => Some(self.answer(optimizer, size)),
-                _ => None,
-            };
-            let parameters = match parameters {
-                Some(Ok(bytes)) => Some(bytes),
-                Some(Err(reason)) => {
-                    failure.get_or_insert(reason);
-                    None
+            // The parameters the round's workers get: their own optimizer's, or else the
+            // round's.
+            let mut everyone: Option<Vec<u8>> = None;
+            let mut own: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
+            if failure.is_none() {
+                let encoded = answering
+                    .all
+                    .map(|optimizer| self.answer(optimizer, size))
+                    .transpose()
+                    .and_then(|all| {
+                        let own = answering
+                            .own
+                            .iter()
+                            .map(|(&rank, &optimizer)| Ok((rank, self.answer(optimizer, size)?)))
+                            .collect::<Result<BTreeMap<_, _>, String>>()?;
+                        Ok((all, own))
+                    });
+                match encoded {
+                    Ok(encoded) => (everyone, own) = encoded,
+                    Err(reason) => {
+                        failure.get_or_insert(reason);
+                    }
                 }
-                None => None,
-            };
+            }
             let other = match &failure {
                 Some(reason) => pad(&ToWorker::Refused(reason.clone()), size)?,
                 None => pad(&ToWorker::Wait, size)?,
@@ -1129,8 +1227,10 @@ impl Server<'_> {
                 if broken.contains(&worker.rank) || !heard.contains(&worker.rank) {
                     continue;
                 }
-                let bytes = match (&parameters, answered.contains(&worker.rank)) {
-                    (Some(parameters), true) => parameters,
+                let in_round = answered.contains(&worker.rank);
+                let bytes = match (own.get(&worker.rank), &everyone) {
+                    (Some(parameters), _) if in_round => parameters,
+                    (None, Some(parameters)) if in_round => parameters,
                     _ if released.contains(&worker.rank) && failure.is_none() => &let_go,
                     _ => &other,
                 };
@@ -1232,8 +1332,8 @@ impl Server<'_> {
                 return self.release_behind(messages).await;
             }
             let active = self.workers.iter().filter(|w| w.active).count();
-            let answer = self.round(messages)?;
-            if answer.is_some() {
+            let answers = self.round(messages)?;
+            if answers.all.is_some() {
                 self.rounds_done += 1;
                 self.checkpoint_if_due()?;
             }
@@ -1241,13 +1341,21 @@ impl Server<'_> {
             if self.workers.iter().filter(|w| w.active).count() < active {
                 self.checkpoint()?;
             }
-            if let Some(optimizer) = answer {
+            if let Some(optimizer) = answers.all {
                 pad_into(
                     &ParametersAnswer::Applied(held_params(&self.optimizers, optimizer)?),
                     size,
                     Arc::make_mut(&mut self.outbox),
                 )?;
-                for rank in self.answer_all().await? {
+            }
+            if answers.any() {
+                let own = answers
+                    .own
+                    .iter()
+                    .map(|(&rank, &optimizer)| Ok((rank, Arc::new(self.answer(optimizer, size)?))))
+                    .collect::<Result<BTreeMap<_, _>, String>>()?;
+                let everyone = answers.all.is_some();
+                for rank in self.answer_all(everyone, &own).await? {
                     self.lose(rank)?;
                 }
             }
@@ -1255,19 +1363,28 @@ impl Server<'_> {
         Ok(())
     }
 
-    /// Sends the outbox to every worker still training, each on a task of its own, so that
+    /// Sends every worker still training its answer, each on a task of its own, so that
     /// the answers are encrypted on the server's cores at once and none waits for another's
-    /// to drain; the ranks whose connection broke.
-    async fn answer_all(&mut self) -> Result<Vec<u32>, String> {
+    /// to drain: its `own` answer if it has one, else the outbox when `everyone` is
+    /// answered. The ranks whose connection broke.
+    async fn answer_all(
+        &mut self,
+        everyone: bool,
+        own: &BTreeMap<u32, Arc<Vec<u8>>>,
+    ) -> Result<Vec<u32>, String> {
         let mut lost = Vec::new();
         let mut sending = tokio::task::JoinSet::new();
         for worker in self.workers.iter_mut().filter(|w| w.active) {
             let rank = worker.rank;
+            let outbox = match own.get(&rank) {
+                Some(answer) => Arc::clone(answer),
+                None if everyone => Arc::clone(&self.outbox),
+                None => continue,
+            };
             let Some(mut writer) = worker.writer.take() else {
                 lost.push(rank);
                 continue;
             };
-            let outbox = Arc::clone(&self.outbox);
             sending.spawn(async move {
                 let sent = writer.send_message(&outbox).await.is_ok();
                 (rank, writer, sent)
@@ -1300,46 +1417,22 @@ impl Server<'_> {
         Ok(())
     }
 
-    /// One round's messages, in rank order: the optimizer whose parameters answer it, or
-    /// `None` when the round only let workers go.
-    fn round(&mut self, messages: Vec<(u32, ToServer)>) -> Result<Option<u32>, String> {
-        let mut registers = Vec::new();
-        let mut steps = Vec::new();
-        for (rank, message) in messages {
-            match message {
-                ToServer::Done => self.leave(rank),
-                ToServer::Abandon => return Err(format!("worker {rank} failed")),
-                ToServer::Hello { .. } => return Err(format!("worker {rank} said hello twice")),
-                ToServer::Idle => {
-                    return Err(format!("worker {rank} idled in an unpaced exchange"));
-                }
-                ToServer::Register { optimizer, values } => registers.push((optimizer, values)),
-                ToServer::Step {
-                    optimizer,
-                    rule,
-                    max_grad_norm,
-                    gradients,
-                } => steps.push((optimizer, rule, max_grad_norm, gradients)),
+    /// One round's messages, in rank order: whom the round answers with which optimizer's
+    /// parameters (nobody when it only let workers go).
+    fn round(&mut self, messages: Vec<(u32, ToServer)>) -> Result<Answers, String> {
+        let sorted = sort_round(&self.optimizers, messages)?;
+        for rank in sorted.left {
+            self.leave(rank);
+        }
+        let all = match (sorted.starting.is_empty(), sorted.steps.is_empty()) {
+            (true, true) => None,
+            (false, true) => Some(self.register(sorted.starting)?),
+            (true, false) => Some(self.step(sorted.steps)?),
+            (false, false) => {
+                return Err("workers out of step: some register while others step".into());
             }
-        }
-        // A replacement registers the optimizer the others step, as they registered it.
-        let stepped = steps.first().map(|step| step.0);
-        let catching_up = registers.iter().all(|(optimizer, values)| {
-            Some(*optimizer) == stepped
-                && self
-                    .optimizers
-                    .get(optimizer)
-                    .is_some_and(|held| values.iter().map(Vec::len).eq(held.lens()))
-        });
-        match (registers.is_empty(), steps.is_empty()) {
-            (true, true) => Ok(None),
-            (false, true) => self.register(registers).map(Some),
-            (true, false) => self.step(steps).map(Some),
-            // A replacement registers what the others registered long ago: it gets the
-            // parameters this round's step makes, as they do.
-            (false, false) if catching_up => self.step(steps).map(Some),
-            (false, false) => Err("workers out of step: some register while others step".into()),
-        }
+        };
+        Ok(Answers::new(all, sorted.catching_up))
     }
 
     fn leave(&mut self, rank: u32) {
@@ -1384,11 +1477,7 @@ impl Server<'_> {
 
     /// Every remaining worker steps one optimizer: average and apply. The optimizer, whose
     /// parameters answer.
-    #[allow(clippy::type_complexity)]
-    fn step(
-        &mut self,
-        steps: Vec<(u32, Rule, Option<f32>, Vec<Option<Vec<f32>>>)>,
-    ) -> Result<u32, String> {
+    fn step(&mut self, steps: Vec<Step>) -> Result<u32, String> {
         let (optimizer, rule, max_grad_norm) = (steps[0].0, steps[0].1, steps[0].2);
         if steps
             .iter()
@@ -1488,6 +1577,86 @@ mod tests {
             time_budget_secs: 60,
             checkpoint_every,
         }
+    }
+
+    fn held(lens: &[usize]) -> Held {
+        Held {
+            params: lens.iter().map(|&n| vec![0.5; n]).collect(),
+            optimizer: None,
+        }
+    }
+
+    fn register(optimizer: u32, lens: &[usize]) -> ToServer {
+        ToServer::Register {
+            optimizer,
+            values: lens.iter().map(|&n| vec![1.0; n]).collect(),
+        }
+    }
+
+    fn step(optimizer: u32) -> ToServer {
+        ToServer::Step {
+            optimizer,
+            rule: Rule {
+                tag: 0,
+                values: [0.1, 0.0, 0.0, 0.0, 0.0],
+            },
+            max_grad_norm: None,
+            gradients: vec![Some(vec![1.0; 3])],
+        }
+    }
+
+    /// A program with two optimizers: a worker that comes back while the others step the
+    /// second registers both again, and gets each one's parameters while the others go on.
+    #[test]
+    fn a_worker_registering_again_while_the_others_step_another_optimizer_is_answered_apart() {
+        let optimizers = BTreeMap::from([(1, held(&[3])), (2, held(&[3]))]);
+        let sorted = sort_round(
+            &optimizers,
+            vec![(0, step(2)), (1, register(1, &[3])), (2, step(2))],
+        )
+        .expect("in step");
+        assert_eq!(sorted.catching_up, vec![(1, 1)]);
+        assert!(sorted.starting.is_empty());
+        assert_eq!(sorted.steps.len(), 2);
+        let answers = Answers::new(Some(2), sorted.catching_up);
+        assert_eq!(answers.all, Some(2));
+        assert_eq!(answers.own, BTreeMap::from([(1, 1)]));
+
+        // Registering again the optimizer the others step: it gets the round's answer.
+        let answers = Answers::new(Some(2), vec![(1, 2)]);
+        assert!(answers.own.is_empty());
+        // Only workers registering again: each gets its own optimizer's parameters.
+        let sorted = sort_round(
+            &optimizers,
+            vec![(0, register(1, &[3])), (1, register(2, &[3]))],
+        )
+        .expect("in step");
+        let answers = Answers::new(None, sorted.catching_up);
+        assert!(answers.any());
+        assert_eq!(answers.own, BTreeMap::from([(0, 1), (1, 2)]));
+        assert!(!Answers::new(None, Vec::new()).any());
+    }
+
+    #[test]
+    fn registrations_start_an_optimizer_or_must_match_the_one_held() {
+        let optimizers = BTreeMap::from([(1, held(&[3, 2]))]);
+        let sorted = sort_round(
+            &optimizers,
+            vec![
+                (0, register(7, &[4])),
+                (1, register(7, &[4])),
+                (2, ToServer::Done),
+            ],
+        )
+        .expect("a new optimizer");
+        assert_eq!(sorted.starting.len(), 2);
+        assert!(sorted.catching_up.is_empty());
+        assert_eq!(sorted.left, vec![2]);
+        // Registering the held optimizer with other parameters is not catching up.
+        let refused = sort_round(&optimizers, vec![(0, register(1, &[3, 3]))]).unwrap_err();
+        assert!(refused.contains("out of step"), "{refused}");
+        let refused = sort_round(&optimizers, vec![(1, ToServer::Abandon)]).unwrap_err();
+        assert!(refused.contains("worker 1 failed"), "{refused}");
     }
 
     #[test]
