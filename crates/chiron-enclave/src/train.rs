@@ -545,6 +545,10 @@ fn train(
         Some(deadline) => deadline.saturating_duration_since(Instant::now()),
         None => Duration::from_secs(u64::from(request.time_budget_secs)),
     };
+    // The last epoch the program reported a metric for: the exchange's totals are the
+    // job's by then, and the owner reads them under it.
+    let last_epoch = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let last_epoch_seen = Arc::clone(&last_epoch);
     let job = TrainJob::new(Arc::new(data), request.seed, request.epochs, time_budget)
         .with_progress(move |p| {
             let due = last_progress.is_none_or(|at| at.elapsed() >= PROGRESS_EVERY);
@@ -558,6 +562,7 @@ fn train(
             }
         })
         .with_metrics(move |m| {
+            last_epoch_seen.fetch_max(m.epoch, std::sync::atomic::Ordering::Relaxed);
             metrics_events.emit(&OwnerEvent::Metric {
                 name: m.name,
                 epoch: m.epoch,
@@ -583,7 +588,7 @@ fn train(
         ] {
             events.emit(&OwnerEvent::Metric {
                 name: name.to_owned(),
-                epoch: 0,
+                epoch: last_epoch.load(std::sync::atomic::Ordering::Relaxed),
                 value,
             });
         }

@@ -627,6 +627,17 @@ pub fn iris_trains_distributed(service: &Service, workers: u32) -> JobTicket {
     .expect("job starts");
     let (state, events) = wait(service, &ticket, Duration::from_secs(300));
     assert_eq!(state, JobState::Succeeded, "{events:?}");
+    // Rank 0's exchange totals come under the last epoch the program reported.
+    let metric = |wanted: &str| {
+        events.iter().rev().find_map(|e| match e {
+            OwnerEvent::Metric { name, epoch, value } if name == wanted => Some((*epoch, *value)),
+            _ => None,
+        })
+    };
+    let (last_epoch, _) = metric("train_loss").expect("the program reports its loss");
+    let (epoch, rounds) = metric("exchange_rounds").expect("rank 0 reports its rounds");
+    assert_eq!(epoch, last_epoch, "{events:?}");
+    assert!(rounds >= 60.0, "{rounds} rounds for 60 epochs");
     assert_iris_answers(service, &ticket, &data);
     ticket
 }
