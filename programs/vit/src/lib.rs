@@ -392,9 +392,12 @@ pub fn predict() {
 
 chiron_sdk::export_program!(train = train, predict = predict);
 
+// A distributed job's messages: Fashion-MNIST's parameters take 282 KiB; larger images have
+// more patches, whose position embeddings need more.
 chiron_sdk::manifest!(
     chiron_sdk::manifest::Manifest::new(1_000_000, chiron_sdk::manifest::Answers::TopK(10))
         .memory_mib(1024)
         .model_mib(4)
         .ms_per_1000_examples_epoch(8000)
+        .exchange_kib(304)
 );
