@@ -47,7 +47,10 @@
 //!   owner; [`report_progress`](crate::report_progress) the steps within an epoch, for the
 //!   owner's progress bar (call it every step; the runtime passes on one a second).
 //! - **Policy.** [`manifest!`](crate::manifest!) declares what owners may ask of every model
-//!   the program trains: queries, answer granularity, memory, model size, time per epoch.
+//!   the program trains: queries, answer granularity, memory, model size, time per epoch,
+//!   and the size of a distributed job's exchange messages (what one optimizer's parameters
+//!   take: an owner asking for several workers gets messages of that size, and a job whose
+//!   parameters do not fit is refused at its first step with the size they need).
 //!   [`inputs!`](crate::inputs!) declares the datasets it takes (images or tables, shapes,
 //!   class counts): an owner's dataset outside it is refused before it is uploaded.
 //!
