@@ -2,7 +2,7 @@
 
 use chiron_engine::OptimizerKind;
 pub use chiron_proto::exchange::{
-    ParametersAnswer, Rule, ToServer, ToWorker, frame, pad, pad_into, unpad,
+    ParametersAnswer, Rule, ToServer, ToWorker, fits, frame, pad, pad_into, unpad,
 };
 
 /// The engine's optimizer rules on the wire.

@@ -333,15 +333,23 @@ fn serve(enclave: &Enclave, start: Start) -> Result<(), &'static str> {
                 .first_checkpoint()
                 .map_err(|_| "parameter server failed")?,
         }
-        let outcome = tokio::time::timeout_at(deadline.into(), server.rounds()).await;
-        let outcome = outcome.unwrap_or_else(|_| Err("the job's time budget ran out".into()));
+        // Whether a paced exchange ran its schedule to the end (answering `Refused` after a
+        // failure), so that every connection carried exactly its ticks' messages.
+        let (outcome, schedule_kept) =
+            match tokio::time::timeout_at(deadline.into(), server.rounds()).await {
+                Ok(outcome) => (outcome, server.terms.pace.is_some()),
+                Err(_) => (Err("the job's time budget ran out".into()), false),
+            };
         if let Some(task) = accepting {
             task.abort();
         }
         match outcome {
             Ok(()) => Ok(()),
             Err(reason) => {
-                server.refuse_all(&reason).await;
+                // After a kept schedule one message more would be one more than it has.
+                if !schedule_kept {
+                    server.refuse_all(&reason).await;
+                }
                 Err("parameter server ended the job")
             }
         }
@@ -527,8 +535,6 @@ async fn next_replacement(
     }
 }
 
-/// One optimizer's parameters and state, as the server holds them: flat values, since every
-/// rule is element-wise. The parameters' lengths are fixed at registration.
 /// A synchronous round's answers: which optimizer's parameters go to whom.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Answers {
@@ -567,8 +573,8 @@ type Step = (u32, Rule, Option<f32>, Vec<Option<Vec<f32>>>);
 struct SortedRound {
     /// Ranks done with their program.
     left: Vec<u32>,
-    /// (rank, optimizer): registrations of an optimizer the server holds, with its
-    /// parameters' lengths.
+    /// (rank, optimizer): registrations of an optimizer the server holds, whose values have
+    /// the lengths of the parameters it holds.
     catching_up: Vec<(u32, u32)>,
     /// Registrations of an optimizer the server does not hold yet: its handle and values.
     starting: Vec<(u32, Vec<Vec<f32>>)>,
@@ -615,6 +621,8 @@ fn sort_round(
     Ok(sorted)
 }
 
+/// One optimizer's parameters and state, as the server holds them: flat values, since every
+/// rule is element-wise. The parameters' lengths are fixed at registration.
 struct Held {
     params: Vec<Vec<f32>>,
     optimizer: Option<FlatOptimizer>,
@@ -641,7 +649,8 @@ struct Server<'a> {
     lost: BTreeSet<u32>,
     terms: ExchangeTerms,
     optimizers: BTreeMap<u32, Held>,
-    /// Rounds completed (registrations and steps), since the job began.
+    /// Rounds completed since the job began: those that stepped an optimizer or started
+    /// one (not those in which workers only registered again what the server holds).
     rounds_done: u64,
     /// A paced exchange: the ticks of its schedule done, since the job began.
     ticks_done: u64,
@@ -1186,20 +1195,13 @@ impl Server<'_> {
             // The parameters the round's workers get: their own optimizer's, or else the
             // round's.
             let mut everyone: Option<Vec<u8>> = None;
-            let mut own: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
+            let mut own: BTreeMap<u32, Arc<Vec<u8>>> = BTreeMap::new();
             if failure.is_none() {
                 let encoded = answering
                     .all
                     .map(|optimizer| self.answer(optimizer, size))
                     .transpose()
-                    .and_then(|all| {
-                        let own = answering
-                            .own
-                            .iter()
-                            .map(|(&rank, &optimizer)| Ok((rank, self.answer(optimizer, size)?)))
-                            .collect::<Result<BTreeMap<_, _>, String>>()?;
-                        Ok((all, own))
-                    });
+                    .and_then(|all| Ok((all, self.own_answers(&answering.own, size)?)));
                 match encoded {
                     Ok(encoded) => (everyone, own) = encoded,
                     Err(reason) => {
@@ -1229,7 +1231,7 @@ impl Server<'_> {
                 }
                 let in_round = answered.contains(&worker.rank);
                 let bytes = match (own.get(&worker.rank), &everyone) {
-                    (Some(parameters), _) if in_round => parameters,
+                    (Some(parameters), _) if in_round => &**parameters,
                     (None, Some(parameters)) if in_round => parameters,
                     _ if released.contains(&worker.rank) && failure.is_none() => &let_go,
                     _ => &other,
@@ -1349,11 +1351,7 @@ impl Server<'_> {
                 )?;
             }
             if answers.any() {
-                let own = answers
-                    .own
-                    .iter()
-                    .map(|(&rank, &optimizer)| Ok((rank, Arc::new(self.answer(optimizer, size)?))))
-                    .collect::<Result<BTreeMap<_, _>, String>>()?;
+                let own = self.own_answers(&answers.own, size)?;
                 let everyone = answers.all.is_some();
                 for rank in self.answer_all(everyone, &own).await? {
                     self.lose(rank)?;
@@ -1439,6 +1437,29 @@ impl Server<'_> {
         if let Some(worker) = self.workers.iter_mut().find(|w| w.rank == rank) {
             worker.active = false;
         }
+    }
+
+    /// The answers of `own` (rank → optimizer), each optimizer's encoded once and shared by
+    /// the ranks it answers (after a server is replaced, every worker registers again).
+    fn own_answers(
+        &self,
+        own: &BTreeMap<u32, u32>,
+        size: usize,
+    ) -> Result<BTreeMap<u32, Arc<Vec<u8>>>, String> {
+        let mut encoded: BTreeMap<u32, Arc<Vec<u8>>> = BTreeMap::new();
+        let mut answers = BTreeMap::new();
+        for (&rank, &optimizer) in own {
+            let bytes = match encoded.get(&optimizer) {
+                Some(bytes) => Arc::clone(bytes),
+                None => {
+                    let bytes = Arc::new(self.answer(optimizer, size)?);
+                    encoded.insert(optimizer, Arc::clone(&bytes));
+                    bytes
+                }
+            };
+            answers.insert(rank, bytes);
+        }
+        Ok(answers)
     }
 
     /// `optimizer`'s parameters as an answer of `size` bytes.

@@ -19,7 +19,7 @@ use chiron_sandbox::exchange::{ExchangeError, ParameterExchange, Update};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
-use crate::exchange::{Rule, RuleExt, ToServer, ToWorker, pad, pad_into, unpad};
+use crate::exchange::{Rule, RuleExt, ToServer, ToWorker, fits, pad, pad_into, unpad};
 
 type Stream = chiron_channel::AttestedStream<TcpStream>;
 
@@ -313,7 +313,16 @@ fn keep_pace(
         let (message, repeated) = match next {
             Some(entry) => entry,
             None => match (&ended, pending.try_recv()) {
-                (None, Ok(request)) => (request, false),
+                // A request too large for the job's messages is the program's error; the
+                // tick still carries `Idle`, so the schedule keeps its shape whatever the
+                // program asked for.
+                (None, Ok(request)) => match fits(&request, connection.size) {
+                    Ok(()) => (request, false),
+                    Err(reason) => {
+                        let _ = answer.send(Err(reason));
+                        (ToServer::Idle, false)
+                    }
+                },
                 (Some(reason), Ok(ToServer::Register { .. } | ToServer::Step { .. })) => {
                     let _ = answer.send(Err(reason.clone()));
                     (ToServer::Idle, false)

@@ -168,7 +168,6 @@ fn elementwise_functions_and_their_gradients_agree_with_burn() {
     }
 }
 
-/// Ten SGD-momentum steps of a small MLP: parameters after training agree.
 /// The host sizes an enclave's thread pool to the cores it shares with other enclaves, so
 /// the number of threads must change only the speed: the same network gives bit for bit the
 /// same loss and gradients on one thread and on several.
@@ -235,6 +234,7 @@ fn the_thread_count_changes_no_result() {
     assert_eq!(trained(1), trained(4), "ten training steps");
 }
 
+/// Ten SGD-momentum steps of a small MLP: parameters after training agree.
 fn train<B: Backend>(engine: &B) -> Result<Vec<Vec<f32>>, EngineError> {
     let x = engine.constant(&[16, 12], values(192, 9))?;
     let labels = engine.constant(&[16], (0..16).map(|i| (i % 3) as f32).collect())?;

@@ -219,20 +219,34 @@ pub fn pad<T: Serialize>(message: &T, size: usize) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
+/// Whether `message` fits a message of `size` bytes, without encoding it: `Err` says, as
+/// [`pad`] would, what size it needs. A paced worker checks the program's request before
+/// its tick, so that a request too large is refused to the program and the tick still
+/// carries a message.
+pub fn fits<T: Serialize>(message: &T, size: usize) -> Result<(), String> {
+    match postcard::experimental::serialized_size(message) {
+        Ok(len) if len.saturating_add(4) <= size => Ok(()),
+        _ => Err(too_small(message, size)),
+    }
+}
+
+/// Why `message` does not fit a message of `size` bytes: the size it needs.
+fn too_small<T: Serialize>(message: &T, size: usize) -> String {
+    // The encoding and its 4-byte length.
+    let needed = postcard::experimental::serialized_size(message)
+        .map_or(usize::MAX, |n| n.saturating_add(4));
+    format!(
+        "the model's parameters do not fit the job's exchange messages ({} KiB): ask for \
+         messages of at least {} KiB (`chiron train --exchange-kib`)",
+        size / 1024,
+        needed.div_ceil(1024),
+    )
+}
+
 /// [`pad`] into `out`, which keeps its allocation from one message to the next: a round's
 /// megabytes are encoded in place, with no fresh pages to fault in and clear.
 pub fn pad_into<T: Serialize>(message: &T, size: usize, out: &mut Vec<u8>) -> Result<(), String> {
-    let too_small = || {
-        // The encoding and its 4-byte length.
-        let needed = postcard::experimental::serialized_size(message)
-            .map_or(usize::MAX, |n| n.saturating_add(4));
-        format!(
-            "the model's parameters do not fit the job's exchange messages ({} KiB): ask for \
-             messages of at least {} KiB (`chiron train --exchange-kib`)",
-            size / 1024,
-            needed.div_ceil(1024),
-        )
-    };
+    let too_small = || too_small(message, size);
     if size < 4 {
         return Err(too_small());
     }
@@ -349,6 +363,14 @@ mod tests {
         assert!(refused.contains("do not fit"), "{refused}");
         // 200 floats, their length and the message's: just over 800 bytes, so 1 KiB.
         assert!(refused.contains("at least 1 KiB"), "{refused}");
+        // `fits` says the same without encoding, and agrees at the boundary.
+        assert_eq!(fits(&long, 512), Err(refused));
+        let exact = pad(&long, 1024).expect("fits");
+        let len = u32::from_le_bytes(exact[..4].try_into().expect("4 bytes")) as usize;
+        assert_eq!(fits(&long, len + 4), Ok(()));
+        assert!(pad(&long, len + 4).is_ok());
+        assert!(fits(&long, len + 3).is_err());
+        assert!(pad(&long, len + 3).is_err());
     }
 
     #[test]

@@ -84,8 +84,9 @@ pub struct DeclaredNeeds {
     /// Size of one parameter-exchange message of a distributed job, in KiB: what the
     /// largest set of parameters one of the program's optimizers steps takes on the wire
     /// (4 bytes a value and a few bytes a tensor). The owner's client sizes a distributed
-    /// job's messages to it; without it, to the sealed model's size.
-    #[serde(default)]
+    /// job's messages to it; without it, to the sealed model's size. Left out of JSON when
+    /// undeclared, so that clients which predate it read such a program's needs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exchange_kib: Option<NonZeroU32>,
 }
 
@@ -533,6 +534,15 @@ mod tests {
         assert_eq!(bytes[..8], GOLDEN[..8]);
         assert_eq!(bytes[9..36], GOLDEN[9..36]);
         assert_eq!(Manifest::decode(&bytes), Ok(declared));
+        // JSON: the field only when declared, so older clients read undeclared needs.
+        let json = serde_json::to_string(&golden().needs()).expect("json");
+        assert!(!json.contains("exchange_kib"), "{json}");
+        let json = serde_json::to_string(&needs).expect("json");
+        assert!(json.contains("\"exchange_kib\":1648"), "{json}");
+        assert_eq!(
+            serde_json::from_str::<DeclaredNeeds>(&json).expect("read back"),
+            needs
+        );
         // The same size under version 1, whose bytes 36..40 are reserved, is refused.
         let mut as_version_1 = bytes;
         as_version_1[8] = 1;

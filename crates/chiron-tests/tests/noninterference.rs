@@ -13,8 +13,8 @@ use chiron_client::ClientError;
 use chiron_client::owner::{JobTicket, QuerySession, TrainingTerms};
 use chiron_proto::owner::OwnerEvent;
 use chiron_tests::transcript::{
-    Disclosure, Observed, assert_indistinguishable, assert_no_canary, differences, observe,
-    observe_distributed, private_terms, twin_datasets,
+    Disclosure, Observed, TIME_QUANTUM, assert_indistinguishable, assert_no_canary, differences,
+    observe, observe_distributed, private_terms, twin_datasets,
 };
 use chiron_tests::*;
 
@@ -431,6 +431,54 @@ fn distributed_twins(program: &str, terms: &TrainingTerms) -> [Observed; 2] {
         assert_no_canary(&observed.transcript, &canary);
         observed
     })
+}
+
+/// A private job whose program asks to register more than the exchange's messages carry
+/// fails, and its workers still keep the whole schedule: a program cannot end a connection's
+/// traffic at a tick of its choosing by growing its parameters then.
+#[test]
+fn a_model_too_large_for_a_paced_exchange_fails_the_job_and_keeps_the_schedule() {
+    let terms = private_terms(1, PRIVATE_BUDGET_SECS);
+    let [(data, _), _] = twin_datasets(IMAGES);
+    let observe = |program: &str| {
+        observe_distributed(
+            &program_wasm(program),
+            &data,
+            &terms,
+            (2, 64),
+            Duration::from_secs(120),
+        )
+    };
+    // The CNN's 1 647 KiB of parameters do not fit 64 KiB messages; this fixture's do.
+    let too_large = observe("chiron_cnn");
+    let fits = observe("hostile_leaksteps");
+    assert!(!succeeded(&too_large) && succeeded(&fits));
+    let failure = too_large.owner_events.iter().find_map(|e| match e {
+        OwnerEvent::Failed { detail } => Some(detail.clone()),
+        _ => None,
+    });
+    assert!(
+        failure
+            .as_deref()
+            .is_some_and(|r| r.contains("at least 1648 KiB")),
+        "{:?}",
+        too_large.owner_events
+    );
+    let (a, b) = (
+        &too_large.transcript.peer_traffic,
+        &fits.transcript.peer_traffic,
+    );
+    assert_eq!(a.len(), 4, "two connections, both directions: {a:?}");
+    for ((shape_a, _, last_a), (shape_b, _, last_b)) in a.iter().zip(b) {
+        assert_eq!(
+            shape_a, shape_b,
+            "the failed job's traffic has another shape"
+        );
+        assert!(
+            last_a.abs_diff(*last_b) <= TIME_QUANTUM,
+            "`{shape_a}` ended at {last_a:?} and at {last_b:?}"
+        );
+    }
 }
 
 #[test]

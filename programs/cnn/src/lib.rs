@@ -302,7 +302,8 @@ chiron_sdk::export_program!(train = train, predict = predict);
 // 2-core reference machine (Fashion-MNIST: peak 363 MiB, a 1.7 MiB model, about 1050 ms per
 // 1000 examples per epoch), with some headroom. A distributed job's messages carry the
 // 421 642 parameters of 28×28 images and 10 classes (1 647 KiB); 16 KiB more leave room for
-// some 30 more classes. Larger images need more (32×32 colour: 2 130 KiB).
+// some 30 more classes. Larger images need more (32×32 colour: 2 130 KiB): an owner gives
+// `--exchange-kib`, and a job without it fails at its first step naming the size needed.
 chiron_sdk::manifest!(
     chiron_sdk::manifest::Manifest::new(1_000_000, chiron_sdk::manifest::Answers::TopK(10))
         .memory_mib(512)
