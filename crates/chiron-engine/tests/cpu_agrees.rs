@@ -71,9 +71,9 @@ fn run<B: Backend>(engine: &B, case: &Case) -> Result<(f32, Vec<Vec<f32>>), Engi
     Ok((engine.read(&loss)?[0], out))
 }
 
-#[test]
-fn convolutional_networks_agree_with_burn() {
-    let cases = [
+/// Shapes that exercise padding, strides, tiling and short blocks.
+fn conv_cases() -> [Case; 5] {
+    [
         // Net A's first layer, padded, at batch 3.
         Case {
             input: [3, 3, 32, 32],
@@ -119,7 +119,12 @@ fn convolutional_networks_agree_with_burn() {
             pool: (4, 4),
             classes: 2,
         },
-    ];
+    ]
+}
+
+#[test]
+fn convolutional_networks_agree_with_burn() {
+    let cases = conv_cases();
     for (i, case) in cases.iter().enumerate() {
         let (cpu_loss, cpu) = run(&CpuBackend::new(), case).expect("cpu");
         let (flex_loss, flex) = run(&FlexBackend::new(), case).expect("flex");
@@ -173,35 +178,16 @@ fn elementwise_functions_and_their_gradients_agree_with_burn() {
 /// same loss and gradients on one thread and on several.
 #[test]
 fn the_thread_count_changes_no_result() {
-    let cases = [
-        // Net A's shapes at a training batch.
-        Case {
-            input: [64, 1, 28, 28],
-            conv: [32, 1, 3, 3],
-            stride: 1,
-            padding: 1,
-            pool: (2, 2),
-            classes: 10,
-        },
-        // Blocks of several images, the last one short.
-        Case {
-            input: [20, 5, 10, 10],
-            conv: [7, 5, 3, 3],
-            stride: 1,
-            padding: 1,
-            pool: (2, 2),
-            classes: 5,
-        },
-        // A tiled patch matrix.
-        Case {
-            input: [2, 64, 60, 60],
-            conv: [4, 64, 5, 5],
-            stride: 1,
-            padding: 2,
-            pool: (4, 4),
-            classes: 2,
-        },
-    ];
+    // Net A's shapes at a training batch, then the agreement tests' shapes.
+    let net_a = Case {
+        input: [64, 1, 28, 28],
+        conv: [32, 1, 3, 3],
+        stride: 1,
+        padding: 1,
+        pool: (2, 2),
+        classes: 10,
+    };
+    let cases: Vec<Case> = std::iter::once(net_a).chain(conv_cases()).collect();
     let on = |threads: usize, case: &Case| {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
