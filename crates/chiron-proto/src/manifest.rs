@@ -29,9 +29,10 @@
 //! | 36..40 | version 2: declared parameter-exchange message, KiB; version 1: reserved | `≥ 1` (version 2); zero (version 1) |
 //!
 //! Version 2 adds only the exchange size, so a program that declares none is still written
-//! as version 1 and read by runtimes that predate it. Anything else (another length, magic or version, a reserved byte that is not zero, an
-//! unknown code, a second `chiron.manifest` section) is refused: a newer format gets a new
-//! version number rather than fields an older reader would skip.
+//! as version 1 and read by runtimes that predate it. Anything else (another length, magic
+//! or version, a reserved byte that is not zero, an unknown code, a second
+//! `chiron.manifest` section) is refused: a newer format gets a new version number rather
+//! than fields an older reader would skip.
 //!
 //! # Programs without a manifest
 //!

@@ -256,30 +256,27 @@ pub fn assert_indistinguishable(a: &Transcript, b: &Transcript, disclosure: Disc
     );
 }
 
-/// Everything by which the platform could tell `a` from `b`, under `disclosure`.
-pub fn differences(a: &Transcript, b: &Transcript, disclosure: Disclosure) -> Vec<String> {
-    let mut out = Vec::new();
-    let compare = |what: &str, x: &dyn std::fmt::Debug, y: &dyn std::fmt::Debug| {
-        let (x, y) = (format!("{x:?}"), format!("{y:?}"));
-        (x != y).then(|| format!("{what} differ:\n  {x}\n  {y}"))
-    };
-    out.extend(compare("stored objects", &a.objects, &b.objects));
-    out.extend(compare(
-        "frames between host and enclaves",
-        &a.frames,
-        &b.frames,
-    ));
+/// How `a`'s enclave-to-enclave traffic (as the host's relay saw it) differs from `b`'s: the
+/// record counts and sizes of every connection and direction, and under
+/// [`Disclosure::Private`] when each one's first and last record passed.
+pub fn peer_traffic_differences(
+    a: &Transcript,
+    b: &Transcript,
+    disclosure: Disclosure,
+) -> Vec<String> {
     let shapes = |t: &Transcript| {
         t.peer_traffic
             .iter()
             .map(|(shape, ..)| shape.clone())
             .collect::<Vec<_>>()
     };
-    out.extend(compare(
-        "enclave-to-enclave traffic",
-        &shapes(a),
-        &shapes(b),
-    ));
+    let (shapes_a, shapes_b) = (shapes(a), shapes(b));
+    let mut out = Vec::new();
+    if shapes_a != shapes_b {
+        out.push(format!(
+            "enclave-to-enclave traffic differ:\n  {shapes_a:?}\n  {shapes_b:?}"
+        ));
+    }
     if let Disclosure::Private = disclosure {
         for ((shape, first_a, last_a), (_, first_b, last_b)) in
             a.peer_traffic.iter().zip(&b.peer_traffic)
@@ -293,6 +290,23 @@ pub fn differences(a: &Transcript, b: &Transcript, disclosure: Disclosure) -> Ve
             }
         }
     }
+    out
+}
+
+/// Everything by which the platform could tell `a` from `b`, under `disclosure`.
+pub fn differences(a: &Transcript, b: &Transcript, disclosure: Disclosure) -> Vec<String> {
+    let mut out = Vec::new();
+    let compare = |what: &str, x: &dyn std::fmt::Debug, y: &dyn std::fmt::Debug| {
+        let (x, y) = (format!("{x:?}"), format!("{y:?}"));
+        (x != y).then(|| format!("{what} differ:\n  {x}\n  {y}"))
+    };
+    out.extend(compare("stored objects", &a.objects, &b.objects));
+    out.extend(compare(
+        "frames between host and enclaves",
+        &a.frames,
+        &b.frames,
+    ));
+    out.extend(peer_traffic_differences(a, b, disclosure));
     out.extend(compare("host logs", &a.log, &b.log));
     out.extend(compare("host outputs", &a.stdout, &b.stdout));
     out.extend(compare("public job statuses", &a.api, &b.api));
