@@ -144,6 +144,11 @@ impl OwnerRecord {
 
     /// Writes the ticket to a new file at `path`, readable by its owner only; never over an
     /// existing file.
+    ///
+    /// The ticket appears whole or not at all: it is written and synced under a temporary name
+    /// in the same folder, then linked to `path` in one step that fails if `path` exists. A
+    /// client killed mid-write (an owner's Ctrl-C, a closed terminal) so never leaves an empty
+    /// or partial ticket where the job's only copy of its keys should be.
     pub fn save_new(&self, path: &Path) -> Result<(), RecordError> {
         use std::io::Write;
         let io = |source| RecordError::Io {
@@ -152,23 +157,24 @@ impl OwnerRecord {
             source,
         };
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| io(std::io::Error::other(e)))?;
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut file = options.open(path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
+        // `tempfile` creates the file readable by its owner only (0600 on Unix).
+        let mut draft = tempfile::Builder::new()
+            .prefix(".chiron-ticket-")
+            .suffix(".partial")
+            .tempfile_in(folder_of(path))
+            .map_err(io)?;
+        draft.write_all(&bytes).map_err(io)?;
+        draft.as_file().sync_all().map_err(io)?;
+        draft.persist_noclobber(path).map_err(|e| {
+            if e.error.kind() == std::io::ErrorKind::AlreadyExists {
                 RecordError::Exists {
                     path: path.to_path_buf(),
                 }
             } else {
-                io(e)
+                io(e.error)
             }
         })?;
-        file.write_all(&bytes).map_err(io)
+        Ok(())
     }
 
     /// The class name of class index `class` (its index, for a name the record lacks).
@@ -177,6 +183,15 @@ impl OwnerRecord {
             .get(class as usize)
             .cloned()
             .unwrap_or_else(|| class.to_string())
+    }
+}
+
+/// The folder holding `path`: a bare file name's is the working folder, which `Path::parent`
+/// gives as an empty path.
+fn folder_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
     }
 }
 
@@ -219,16 +234,101 @@ pub fn beside(ticket: &Path, suffix: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chiron_proto::dataset::{DatasetHeader, DatasetKind, ElementEncoding};
+    use chiron_proto::owner::AnswerPolicy;
+
+    fn record(job: usize) -> OwnerRecord {
+        let ticket = JobTicket {
+            job_id: format!("job-{job}"),
+            header: DatasetHeader {
+                kind: DatasetKind::Tabular,
+                dims: vec![4],
+                encoding: ElementEncoding::U8Unit,
+                classes: 3,
+                train_count: 150,
+                valid_count: 0,
+            },
+            answers: AnswerPolicy::Label,
+            event_key: [7; 32],
+            query_token: [9; 32],
+            seed: None,
+        };
+        let program = ProgramRecord {
+            id: "ab".repeat(32),
+            inputs: None,
+        };
+        // Class names long enough that the ticket takes many bytes to write.
+        let names = (0..2000).map(|i| format!("class-{i}")).collect();
+        OwnerRecord::started(ticket, program, names, None, 3, 60, None)
+    }
+
+    /// Only the ticket itself is left in `dir`: no draft under a temporary name.
+    fn files_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("read dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
 
     #[test]
-    fn files_beside_a_ticket_are_named_after_it() {
+    fn a_ticket_is_seen_whole_or_not_at_all() {
+        // An owner's script (or `chiron attach`) may read the ticket the moment it appears,
+        // as the client may be killed the moment it is written: it must never be caught
+        // empty or half-written.
+        let dir = tempfile::tempdir().expect("tmp");
+        for job in 0..50 {
+            let path = dir.path().join(format!("job-{job}.json"));
+            let watcher = {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    loop {
+                        match std::fs::read(&path) {
+                            Ok(bytes) => {
+                                return serde_json::from_slice::<OwnerRecord>(&bytes).is_ok();
+                            }
+                            Err(_) => std::hint::spin_loop(),
+                        }
+                    }
+                })
+            };
+            record(job).save_new(&path).expect("saved");
+            assert!(
+                watcher.join().expect("watcher"),
+                "job {job}: a partial ticket was seen"
+            );
+            let back = OwnerRecord::load(&path).expect("loads");
+            assert_eq!(back.ticket.job_id, format!("job-{job}"));
+        }
+        assert_eq!(files_in(dir.path()).len(), 50, "{:?}", files_in(dir.path()));
+    }
+
+    #[test]
+    fn a_ticket_never_replaces_another() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("run.json");
+        record(1).save_new(&path).expect("saved");
+        let err = record(2).save_new(&path).expect_err("refused");
+        assert!(matches!(err, RecordError::Exists { .. }), "{err}");
         assert_eq!(
-            beside(Path::new("runs/fashion.json"), "metrics.csv"),
-            Path::new("runs/fashion.metrics.csv")
+            OwnerRecord::load(&path).expect("loads").ticket.job_id,
+            "job-1"
         );
-        assert_eq!(
-            beside(Path::new("chiron-job.json"), "curve.svg"),
-            Path::new("chiron-job.curve.svg")
-        );
+        assert_eq!(files_in(dir.path()), ["run.json"]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "readable by its owner only");
+        }
+    }
+
+    #[test]
+    fn a_bare_ticket_name_is_drafted_in_the_working_folder() {
+        assert_eq!(folder_of(Path::new("run.json")), Path::new("."));
+        assert_eq!(folder_of(Path::new("runs/run.json")), Path::new("runs"));
+        assert_eq!(folder_of(Path::new("/run.json")), Path::new("/"));
     }
 }
