@@ -1099,6 +1099,10 @@ impl Server<'_> {
             self.ticks_done = self.ticks_done.max(u64::from(earliest));
         }
         let schedule_over = |worker: &Link| u64::from(worker.next_tick) >= ticks;
+        // The answers that never change, encoded once: every tick sends messages of the
+        // job's size, megabytes each, to every worker.
+        let wait = pad(&ToWorker::Wait, size)?;
+        let let_go = pad(&ToWorker::Released, size)?;
         while self.ticks_done < ticks {
             // A replacement of a lost worker joins at this tick; it keeps its own schedule,
             // which the server's reads follow.
@@ -1193,14 +1197,12 @@ impl Server<'_> {
                 }
             }
             // The parameters the round's workers get: their own optimizer's, or else the
-            // round's.
-            let mut everyone: Option<Vec<u8>> = None;
+            // round's, encoded into the outbox as in a live job's rounds.
+            let mut everyone = false;
             let mut own: BTreeMap<u32, Arc<Vec<u8>>> = BTreeMap::new();
             if failure.is_none() {
-                let encoded = answering
-                    .all
-                    .map(|optimizer| self.answer(optimizer, size))
-                    .transpose()
+                let encoded = self
+                    .encode_for_everyone(answering.all, size)
                     .and_then(|all| Ok((all, self.own_answers(&answering.own, size)?)));
                 match encoded {
                     Ok(encoded) => (everyone, own) = encoded,
@@ -1209,11 +1211,14 @@ impl Server<'_> {
                     }
                 }
             }
+            let refused;
             let other = match &failure {
-                Some(reason) => pad(&ToWorker::Refused(reason.clone()), size)?,
-                None => pad(&ToWorker::Wait, size)?,
+                Some(reason) => {
+                    refused = pad(&ToWorker::Refused(reason.clone()), size)?;
+                    &refused
+                }
+                None => &wait,
             };
-            let let_go = pad(&ToWorker::Released, size)?;
             let checkpoint = self.paced_checkpoint(self.ticks_done + 1, &broken, &mut failure)?;
             tokio::time::sleep_until(arrived + half_tick).await;
             if tokio::time::Instant::now() > arrived + half_tick + LATE {
@@ -1230,11 +1235,11 @@ impl Server<'_> {
                     continue;
                 }
                 let in_round = answered.contains(&worker.rank);
-                let bytes = match (own.get(&worker.rank), &everyone) {
+                let bytes = match (own.get(&worker.rank), everyone) {
                     (Some(parameters), _) if in_round => &**parameters,
-                    (None, Some(parameters)) if in_round => parameters,
+                    (None, true) if in_round => &**self.outbox,
                     _ if released.contains(&worker.rank) && failure.is_none() => &let_go,
-                    _ => &other,
+                    _ => other,
                 };
                 if !worker.send(bytes).await {
                     broken.insert(worker.rank);
@@ -1343,13 +1348,7 @@ impl Server<'_> {
             if self.workers.iter().filter(|w| w.active).count() < active {
                 self.checkpoint()?;
             }
-            if let Some(optimizer) = answers.all {
-                pad_into(
-                    &ParametersAnswer::Applied(held_params(&self.optimizers, optimizer)?),
-                    size,
-                    Arc::make_mut(&mut self.outbox),
-                )?;
-            }
+            self.encode_for_everyone(answers.all, size)?;
             if answers.any() {
                 let own = self.own_answers(&answers.own, size)?;
                 let everyone = answers.all.is_some();
@@ -1460,6 +1459,21 @@ impl Server<'_> {
             answers.insert(rank, bytes);
         }
         Ok(answers)
+    }
+
+    /// Encodes the parameters of `optimizer`, the one the round stepped or registered for
+    /// everyone (if any), as an answer of `size` bytes into the outbox, whose memory every
+    /// round reuses; whether there was one.
+    fn encode_for_everyone(&mut self, optimizer: Option<u32>, size: usize) -> Result<bool, String> {
+        let Some(optimizer) = optimizer else {
+            return Ok(false);
+        };
+        pad_into(
+            &ParametersAnswer::Applied(held_params(&self.optimizers, optimizer)?),
+            size,
+            Arc::make_mut(&mut self.outbox),
+        )?;
+        Ok(true)
     }
 
     /// `optimizer`'s parameters as an answer of `size` bytes.
